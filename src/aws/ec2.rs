@@ -1,0 +1,245 @@
+//! EC2: subnet and route-table discovery, route takeover, source/dest check.
+//!
+//! Read calls (`DescribeSubnets`, `DescribeRouteTables`,
+//! `DescribeNetworkInterfaces`) are paginated and filtered server-side to
+//! our VPC and AZ. Each mutating call changes exactly one route or one
+//! attribute, so a failure can never leave a route table half-changed; the
+//! next reconcile simply tries again. Retries and backoff are the SDK's.
+
+use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
+
+use super::AwsError;
+use crate::domain::{EniId, InstanceId, RouteTableId, SubnetId, VpcId};
+
+/// The destination every NAT owns.
+pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
+
+/// A route table as hanat sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTable {
+    pub id: RouteTableId,
+    pub vpc_id: VpcId,
+    /// The VPC's main route table: never modified by hanat.
+    pub is_main: bool,
+    /// Subnets explicitly associated with it.
+    pub subnets: Vec<SubnetId>,
+    /// The `0.0.0.0/0` route, if there is one.
+    pub default_route: Option<Route>,
+}
+
+/// A `0.0.0.0/0` route's target and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub target: RouteTarget,
+    /// AWS marks a route whose target is gone as a blackhole.
+    pub blackhole: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    Eni(EniId),
+    Instance(InstanceId),
+    NatGateway(String),
+    /// An internet gateway, VPC endpoint, transit gateway, peering…
+    Other(String),
+}
+
+impl std::fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteTarget::Eni(e) => write!(f, "{e}"),
+            RouteTarget::Instance(i) => write!(f, "{i}"),
+            RouteTarget::NatGateway(n) | RouteTarget::Other(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The EC2 client, bound to one region.
+#[derive(Clone)]
+pub struct Ec2 {
+    client: aws_sdk_ec2::Client,
+}
+
+impl Ec2 {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_ec2::Client::new(sdk),
+        }
+    }
+
+    /// Subnets of `vpc` in `az` carrying tag `key=value`.
+    pub async fn tagged_subnets(
+        &self,
+        vpc: &VpcId,
+        az: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<SubnetId>, AwsError> {
+        let resource = format!("{vpc} {az} tag:{key}={value}");
+        let mut pages = self
+            .client
+            .describe_subnets()
+            .filters(filter("vpc-id", &vpc.0))
+            .filters(filter("availability-zone", az))
+            .filters(filter(&format!("tag:{key}"), value))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeSubnets", &resource, e))?;
+            for s in page.subnets() {
+                // Filters are applied by the server; check again so a
+                // misbehaving endpoint cannot widen what we touch.
+                let in_scope = s.vpc_id() == Some(vpc.0.as_str())
+                    && s.availability_zone() == Some(az)
+                    && s.tags()
+                        .iter()
+                        .any(|t| t.key() == Some(key) && t.value() == Some(value));
+                if let (true, Some(id)) = (in_scope, s.subnet_id()) {
+                    out.push(SubnetId(id.to_owned()));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Route tables of `vpc` explicitly associated with any of `subnets`.
+    pub async fn route_tables_for(
+        &self,
+        vpc: &VpcId,
+        subnets: &[SubnetId],
+    ) -> Result<Vec<RouteTable>, AwsError> {
+        if subnets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let resource = format!("{vpc} association.subnet-id");
+        let mut pages = self
+            .client
+            .describe_route_tables()
+            .filters(filter("vpc-id", &vpc.0))
+            .filters(
+                Filter::builder()
+                    .name("association.subnet-id")
+                    .set_values(Some(subnets.iter().map(|s| s.0.clone()).collect()))
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeRouteTables", &resource, e))?;
+            out.extend(page.route_tables().iter().filter_map(route_table));
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
+    /// Create `0.0.0.0/0 → eni` in a table that has no default route.
+    pub async fn create_default_route(&self, rt: &RouteTableId, eni: &EniId) -> Result<(), AwsError> {
+        self.client
+            .create_route()
+            .route_table_id(&rt.0)
+            .destination_cidr_block(DEFAULT_ROUTE)
+            .network_interface_id(&eni.0)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("CreateRoute", &rt.0, e))?;
+        Ok(())
+    }
+
+    /// Point an existing `0.0.0.0/0` at `eni`.
+    pub async fn replace_default_route(&self, rt: &RouteTableId, eni: &EniId) -> Result<(), AwsError> {
+        self.client
+            .replace_route()
+            .route_table_id(&rt.0)
+            .destination_cidr_block(DEFAULT_ROUTE)
+            .network_interface_id(&eni.0)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ReplaceRoute", &rt.0, e))?;
+        Ok(())
+    }
+
+    /// Whether source/destination checking is on for `eni`.
+    pub async fn source_dest_check(&self, eni: &EniId) -> Result<bool, AwsError> {
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .network_interface_ids(&eni.0)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeNetworkInterfaces", &eni.0, e))?;
+        let ni = out.network_interfaces().first().ok_or_else(|| AwsError {
+            operation: "DescribeNetworkInterfaces",
+            resource: eni.0.clone(),
+            code: None,
+            detail: "interface not found".into(),
+        })?;
+        // AWS leaves the field out for some interface types; the default is on.
+        Ok(ni.source_dest_check().unwrap_or(true))
+    }
+
+    /// Turn source/destination checking off on `eni`. Works per interface,
+    /// so it is right for instances with several interfaces.
+    pub async fn disable_source_dest_check(&self, eni: &EniId) -> Result<(), AwsError> {
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(&eni.0)
+            .source_dest_check(AttributeBooleanValue::builder().value(false).build())
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("ModifyNetworkInterfaceAttribute", &eni.0, e))?;
+        Ok(())
+    }
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn route_table(rt: &aws_sdk_ec2::types::RouteTable) -> Option<RouteTable> {
+    let id = RouteTableId(rt.route_table_id()?.to_owned());
+    let vpc_id = VpcId(rt.vpc_id()?.to_owned());
+    let is_main = rt.associations().iter().any(|a| a.main() == Some(true));
+    let mut subnets: Vec<SubnetId> = rt
+        .associations()
+        .iter()
+        .filter_map(|a| a.subnet_id())
+        .map(|s| SubnetId(s.to_owned()))
+        .collect();
+    subnets.sort();
+    let default_route = rt
+        .routes()
+        .iter()
+        .find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))
+        .map(|r| {
+            let target = if let Some(eni) = r.network_interface_id() {
+                RouteTarget::Eni(EniId(eni.to_owned()))
+            } else if let Some(i) = r.instance_id() {
+                RouteTarget::Instance(InstanceId(i.to_owned()))
+            } else if let Some(n) = r.nat_gateway_id() {
+                RouteTarget::NatGateway(n.to_owned())
+            } else {
+                let other = r
+                    .gateway_id()
+                    .or(r.transit_gateway_id())
+                    .or(r.vpc_peering_connection_id())
+                    .unwrap_or("unknown");
+                RouteTarget::Other(other.to_owned())
+            };
+            Route {
+                target,
+                blackhole: r.state() == Some(&RouteState::Blackhole),
+            }
+        });
+    Some(RouteTable {
+        id,
+        vpc_id,
+        is_main,
+        subnets,
+        default_route,
+    })
+}

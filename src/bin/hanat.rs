@@ -1,0 +1,255 @@
+//! `hanat`: parse the command line and config, set up logging, build the
+//! real adapters, run. Every failure ends with one readable line on stderr
+//! and an exit code per failure class (see `hanat::exit`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use hanat::aws::autoscaling::AutoScaling;
+use hanat::aws::ec2::Ec2;
+use hanat::aws::imds::{Imds, identity_with_retry};
+use hanat::config::{Config, LogFormat};
+use hanat::daemon::{self, Deps};
+use hanat::domain::Identity;
+use hanat::kernel::{link, nft, probe_ns, sysctl};
+use hanat::notify::Notifier;
+use hanat::{exit, report};
+
+const DEFAULT_CONFIG: &str = "/etc/hanat/hanat.toml";
+
+const USAGE: &str = "\
+usage: hanat <command> [--config PATH]
+
+commands:
+  run           run the NAT supervisor (as a systemd service)
+  plan          show what `run` would change, change nothing
+  check-config  validate the config file and exit
+options:
+  --config PATH  config file (default /etc/hanat/hanat.toml)
+  -V, --version  print the version
+  -h, --help     print this help
+";
+
+enum Command {
+    Run,
+    Plan,
+    CheckConfig,
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, err: &(dyn std::error::Error + 'static)) -> Self {
+        Self {
+            code,
+            message: report(err),
+        }
+    }
+}
+
+fn parse_args() -> Result<Option<(Command, PathBuf)>, String> {
+    let mut args = std::env::args().skip(1);
+    let mut command = None;
+    let mut config = PathBuf::from(DEFAULT_CONFIG);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-V" | "--version" => {
+                println!("hanat {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "--config" | "-c" => {
+                config = args.next().ok_or("--config needs a path")?.into();
+            }
+            s if s.starts_with("--config=") => config = s["--config=".len()..].into(),
+            "run" if command.is_none() => command = Some(Command::Run),
+            "plan" if command.is_none() => command = Some(Command::Plan),
+            "check-config" if command.is_none() => command = Some(Command::CheckConfig),
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    let command = command.ok_or("missing command")?;
+    Ok(Some((command, config)))
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // journald stamps every line itself.
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (config.log.format, under_journald) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.without_time().with_ansi(false).init(),
+        (LogFormat::Text, false) => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let (command, config_path) = match parse_args() {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hanat: {e}\n\n{USAGE}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hanat: {}", report(&e));
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    if let Command::CheckConfig = command {
+        println!("{}: ok", config_path.display());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hanat: cannot start async runtime: {e}");
+            return ExitCode::from(exit::OSERR);
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Run => run(config).await,
+            Command::Plan => plan(config).await,
+            Command::CheckConfig => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            tracing::error!(error = %f.message, "exiting");
+            eprintln!("hanat: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn identity(config: &Config) -> Result<Identity, Failure> {
+    identity_with_retry(&Imds::from_env(), config.aws.imds_timeout)
+        .await
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))
+}
+
+async fn interface(config: &Config, identity: &Identity) -> Result<String, Failure> {
+    let found = if config.kernel.interface.is_empty() {
+        link::by_mac(&identity.mac).await
+    } else {
+        match link::exists(&config.kernel.interface).await {
+            Ok(true) => Ok(config.kernel.interface.clone()),
+            Ok(false) => Err(hanat::kernel::KernelError::Interface(format!(
+                "kernel.interface `{}` does not exist",
+                config.kernel.interface
+            ))),
+            Err(e) => Err(e),
+        }
+    };
+    found.map_err(|e| Failure::new(exit::OSERR, &e))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the default action (terminate) applies,
+        // which leaves everything in place just the same.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn run(config: Config) -> Result<(), Failure> {
+    let identity = identity(&config).await?;
+    let interface = interface(&config, &identity).await?;
+    let sdk = hanat::aws::sdk_config(&identity.region, &config.aws).await;
+    let deps = Deps {
+        ec2: Ec2::new(&sdk),
+        autoscaling: AutoScaling::new(&sdk),
+        identity,
+        interface,
+        notifier: Notifier::from_env(),
+        config,
+    };
+    daemon::run(deps, shutdown_signal()).await.map_err(|e| {
+        let code = match e {
+            daemon::StartError::ProbeOverlap { .. } => exit::CONFIG,
+            daemon::StartError::Kernel(_) => exit::OSERR,
+        };
+        Failure::new(code, &e)
+    })
+}
+
+async fn plan(config: Config) -> Result<(), Failure> {
+    let identity = identity(&config).await?;
+    println!(
+        "instance {} in {} ({}), VPC {} {:?}, ENI {}",
+        identity.instance_id,
+        identity.availability_zone,
+        identity.region,
+        identity.vpc_id,
+        identity.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        identity.eni
+    );
+    daemon::check_probe_cidr(&identity, &config).map_err(|e| Failure::new(exit::CONFIG, &e))?;
+    let sdk = hanat::aws::sdk_config(&identity.region, &config.aws).await;
+    let ec2 = Ec2::new(&sdk);
+    let observed = daemon::observe(&ec2, &identity, &config)
+        .await
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))?;
+    let plan = hanat::plan::plan(&identity, &observed);
+    let owned: Vec<String> = plan.owned.iter().map(ToString::to_string).collect();
+    println!("route tables in scope: {}", if owned.is_empty() { "none".into() } else { owned.join(", ") });
+    for f in &plan.findings {
+        println!("note: {f}");
+    }
+    for a in &plan.actions {
+        println!("would {a}");
+    }
+    let mut changes = plan.actions.len();
+    match interface(&config, &identity).await {
+        Ok(iface) => {
+            println!("NAT interface: {iface}");
+            for s in sysctl::desired(&iface, config.kernel.conntrack_max) {
+                let now = sysctl::read(&s.key).unwrap_or_else(|_| "unreadable".into());
+                if now != s.value {
+                    println!("would set {} = {} (now {now})", s.key, s.value);
+                    changes += 1;
+                }
+            }
+        }
+        Err(f) => println!("note: {}", f.message),
+    }
+    match nft::table_exists().await {
+        Ok(true) => println!("would replace nftables table ip {} (atomically)", nft::TABLE),
+        Ok(false) => {
+            println!("would create nftables table ip {}", nft::TABLE);
+            changes += 1;
+        }
+        Err(e) => println!("note: {}", report(&e)),
+    }
+    if !probe_ns::netns_path(&config.heartbeat.probe_namespace).exists() {
+        println!("would create probe namespace {}", config.heartbeat.probe_namespace);
+        changes += 1;
+    }
+    println!("{changes} change(s)");
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! The daemon's configuration file (`/etc/hanat/hanat.toml`).
+//!
+//! Parsed once at start-up into plain values. Unknown keys are errors, and
+//! every error names the file, the key and the problem, so an operator can fix
+//! a typo without reading source. No I/O beyond reading the one file.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::Ipv4Cidr;
+
+/// A configuration problem. The message is what the operator sees.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A key has a bad value, an unknown name, or the file is not TOML.
+    #[error("{}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// Dotted key such as `heartbeat.interval`; `(file)` for syntax errors.
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration, with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub discovery: Discovery,
+    pub routes: Routes,
+    pub heartbeat: Heartbeat,
+    pub kernel: Kernel,
+    pub aws: Aws,
+    pub log: Log,
+}
+
+/// Which subnets are ours to serve.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Discovery {
+    pub tag_key: String,
+    pub tag_value: String,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            tag_key: "network".into(),
+            tag_value: "private".into(),
+        }
+    }
+}
+
+/// How route tables are taken over and kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routes {
+    /// How often routes and the source/destination check are re-read and
+    /// repaired. Each wait is jittered by ±10% so a fleet of NATs does not
+    /// call the EC2 API in lock-step. 30 s is 3 read calls per NAT per
+    /// 30 s in steady state: far below EC2's throttling limits.
+    #[serde(deserialize_with = "duration")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            reconcile_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The forwarding heartbeat.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Heartbeat {
+    /// Where probes go, through the NAT path. Any target answering means
+    /// the NAT forwards.
+    pub targets: Vec<ProbeTarget>,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive failed rounds before the daemon reconverges the kernel
+    /// and, if the next round also fails, marks the instance Unhealthy.
+    pub fall: u32,
+    /// Consecutive good rounds that clear a failure state.
+    pub rise: u32,
+    /// After start-up, failures do not count until the first good round or
+    /// until this much time has passed, whichever comes first.
+    #[serde(deserialize_with = "duration")]
+    pub grace_period: Duration,
+    /// Name of the daemon's own probe network namespace (`/run/netns/NAME`).
+    pub probe_namespace: String,
+    /// A /30 for the veth between the host and the probe namespace. Must not
+    /// overlap the VPC; it is NATed exactly like VPC traffic.
+    pub probe_cidr: Ipv4Cidr,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            targets: ["tcp://1.1.1.1:443", "tcp://8.8.8.8:443", "tcp://9.9.9.9:443"]
+                .iter()
+                .filter_map(|t| t.parse().ok())
+                .collect(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            fall: 3,
+            rise: 2,
+            grace_period: Duration::from_secs(60),
+            probe_namespace: "hanat-probe".into(),
+            probe_cidr: Ipv4Cidr {
+                addr: std::net::Ipv4Addr::new(198, 19, 255, 252),
+                prefix: 30,
+            },
+        }
+    }
+}
+
+/// Kernel NAT settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kernel {
+    /// The interface to masquerade out of. Empty: the interface whose MAC is
+    /// the primary MAC in instance metadata.
+    pub interface: String,
+    /// `net.netfilter.nf_conntrack_max`; 0 leaves the kernel's value alone.
+    pub conntrack_max: u64,
+    /// How often sysctls, the nftables table and the probe namespace are
+    /// re-checked and repaired.
+    #[serde(deserialize_with = "duration")]
+    pub converge_interval: Duration,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Self {
+            interface: String::new(),
+            conntrack_max: 262_144,
+            converge_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// AWS API behaviour.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Aws {
+    /// Attempts per API call, with the SDK's exponential backoff and jitter
+    /// between them (throttling is retried too).
+    pub max_attempts: u32,
+    /// Give up on a single API call (all attempts) after this long.
+    #[serde(deserialize_with = "duration")]
+    pub call_timeout: Duration,
+    /// How long start-up waits for the instance metadata service before the
+    /// daemon exits (and systemd restarts it).
+    #[serde(deserialize_with = "duration")]
+    pub imds_timeout: Duration,
+}
+
+impl Default for Aws {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            call_timeout: Duration::from_secs(20),
+            imds_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` (journald-friendly, no timestamps when under systemd) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `hanat=debug`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One heartbeat target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeTarget {
+    /// `tcp://HOST:PORT`: a TCP handshake completes.
+    Tcp { host: String, port: u16 },
+    /// `http://HOST[:PORT]/PATH`: any HTTP response arrives.
+    Http { url: String },
+}
+
+impl std::fmt::Display for ProbeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeTarget::Tcp { host, port } => match host.parse::<IpAddr>() {
+                Ok(IpAddr::V6(_)) => write!(f, "tcp://[{host}]:{port}"),
+                _ => write!(f, "tcp://{host}:{port}"),
+            },
+            ProbeTarget::Http { url } => f.write_str(url),
+        }
+    }
+}
+
+impl std::str::FromStr for ProbeTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| format!("`{s}`: a tcp target needs a port, like tcp://203.0.113.10:80"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("`{s}`: `{port}` is not a port number (1-65535)"))?;
+            if host.is_empty() || host.contains('/') {
+                return Err(format!("`{s}`: missing or bad host"));
+            }
+            Ok(ProbeTarget::Tcp {
+                host: host.to_owned(),
+                port,
+            })
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(format!("`{s}`: missing host"));
+            }
+            Ok(ProbeTarget::Http { url: s.to_owned() })
+        } else {
+            Err(format!(
+                "`{s}`: unsupported target; use tcp://HOST:PORT or http://HOST[:PORT]/PATH"
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProbeTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like 30s or 500ms: {e}")))
+}
+
+impl Config {
+    /// Read and validate the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate `text`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| invalid("(file)", located(text, &e)))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(file)".to_owned() } else { key };
+            invalid(&key, located(text, e.inner()))
+        })?;
+        config.validate().map_err(|(key, msg)| invalid(key, msg))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let hb = &self.heartbeat;
+        if self.discovery.tag_key.is_empty() {
+            return Err(("discovery.tag_key", "must not be empty".into()));
+        }
+        if hb.targets.is_empty() {
+            return Err(("heartbeat.targets", "at least one target is required".into()));
+        }
+        if hb.fall == 0 {
+            return Err(("heartbeat.fall", "must be at least 1".into()));
+        }
+        if hb.rise == 0 {
+            return Err(("heartbeat.rise", "must be at least 1".into()));
+        }
+        if hb.interval < Duration::from_millis(100) {
+            return Err(("heartbeat.interval", "must be at least 100ms".into()));
+        }
+        if hb.timeout.is_zero() || hb.timeout > hb.interval {
+            return Err((
+                "heartbeat.timeout",
+                format!(
+                    "must be more than 0 and at most heartbeat.interval ({})",
+                    humantime::format_duration(hb.interval)
+                ),
+            ));
+        }
+        if hb.probe_cidr.prefix > 30 {
+            return Err(("heartbeat.probe_cidr", "must be a /30 or larger".into()));
+        }
+        let ns = &hb.probe_namespace;
+        if ns.is_empty()
+            || ns.len() > 64
+            || !ns.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err((
+                "heartbeat.probe_namespace",
+                format!("`{ns}` must be 1-64 characters of letters, digits, - and _"),
+            ));
+        }
+        if self.routes.reconcile_interval < Duration::from_secs(1) {
+            return Err(("routes.reconcile_interval", "must be at least 1s".into()));
+        }
+        if self.kernel.converge_interval < Duration::from_millis(100) {
+            return Err(("kernel.converge_interval", "must be at least 100ms".into()));
+        }
+        if self.aws.max_attempts == 0 {
+            return Err(("aws.max_attempts", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The error's message, prefixed with its line number when it has a span.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim_end().to_owned();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("{msg} (line {line})")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/hanat/hanat.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.discovery.tag_key, "network");
+        assert_eq!(c.routes.reconcile_interval, Duration::from_secs(30));
+        assert_eq!(c.heartbeat.fall, 3);
+        assert_eq!(c.heartbeat.targets.len(), 3);
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let c = parse(
+            r#"
+[discovery]
+tag_key = "network"
+tag_value = "private"
+[routes]
+reconcile_interval = "30s"
+[heartbeat]
+targets = ["tcp://203.0.113.10:80", "http://203.0.113.11:8080/health"]
+interval = "1s"
+timeout = "500ms"
+fall = 3
+rise = 2
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.heartbeat.targets,
+            vec![
+                ProbeTarget::Tcp {
+                    host: "203.0.113.10".into(),
+                    port: 80
+                },
+                ProbeTarget::Http {
+                    url: "http://203.0.113.11:8080/health".into()
+                }
+            ]
+        );
+        assert_eq!(c.heartbeat.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("[heartbeat]\nintervall = \"1s\"", "hanat.toml: heartbeat.intervall: unknown field `intervall`, expected one of"),
+            ("[heartbeat]\ninterval = \"1 parsec\"", "hanat.toml: heartbeat.interval: `1 parsec` is not a duration"),
+            ("[heartbeat]\nfall = 0", "heartbeat.fall: must be at least 1"),
+            ("[heartbeat]\nfall = -1", "heartbeat.fall: invalid value"),
+            ("[heartbeat]\ntargets = []", "heartbeat.targets: at least one target is required"),
+            ("[heartbeat]\ntargets = [\"udp://1.2.3.4:53\"]", "heartbeat.targets[0]: `udp://1.2.3.4:53`: unsupported target"),
+            ("[heartbeat]\ntargets = [\"tcp://1.2.3.4\"]", "heartbeat.targets[0]: `tcp://1.2.3.4`: a tcp target needs a port"),
+            ("[heartbeat]\ntimeout = \"2s\"", "heartbeat.timeout: must be more than 0 and at most heartbeat.interval (1s)"),
+            ("[heartbeat]\nprobe_cidr = \"198.19.0.0\"", "heartbeat.probe_cidr: `198.19.0.0` is not an IPv4 network"),
+            ("[heartbeat]\nprobe_namespace = \"a/b\"", "heartbeat.probe_namespace: `a/b` must be"),
+            ("[routes]\nreconcile_interval = \"10ms\"", "routes.reconcile_interval: must be at least 1s"),
+            ("[route]\nreconcile_interval = \"10s\"", "hanat.toml: route: unknown field `route`, expected one of `discovery`, `routes`"),
+            ("[log]\nformat = \"xml\"", "log.format: unknown variant `xml`"),
+            ("[heartbeat\n", "(file): "),
+        ];
+        for (text, want) in cases {
+            let got = parse(text).unwrap_err();
+            assert!(got.contains(want), "for {text:?}\n got: {got}\nwant: {want}");
+            assert!(got.starts_with("/etc/hanat/hanat.toml: "), "{got}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_reports_line() {
+        let got = parse("[heartbeat]\nfall = 3\nrise = = 2\n").unwrap_err();
+        assert!(got.contains("line 3"), "{got}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let e = Config::load(Path::new("/nonexistent/hanat.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+        assert!(e.to_string().starts_with("/nonexistent/hanat.toml: cannot read config file"));
+    }
+
+    #[test]
+    fn target_display_round_trips() {
+        for t in ["tcp://203.0.113.10:80", "tcp://[2001:db8::1]:443", "http://example.com/x"] {
+            let p: ProbeTarget = t.parse().unwrap();
+            assert_eq!(p.to_string(), t);
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The daemon: observe → plan → apply → record, in two loops.
+//!
+//! - The **routes loop** reads the tagged subnets, their route tables and
+//!   the source/destination check from EC2, plans with [`crate::plan`], and
+//!   applies each action as one API call. It runs every
+//!   `routes.reconcile_interval` (±10% jitter); after a failed pass it
+//!   retries sooner, backing off 1 s, 2 s, 4 s… up to the interval.
+//! - The **heartbeat loop** converges the kernel (sysctls, nftables table,
+//!   probe namespace) every `kernel.converge_interval`, sends a probe round
+//!   every `heartbeat.interval`, and acts on the verdicts of
+//!   [`crate::heartbeat::state`]: reconverge once, then report the instance
+//!   Unhealthy to Auto Scaling.
+//!
+//! Shutdown (SIGTERM, SIGINT) stops the loops and leaves routes, sysctls,
+//! rules and the probe namespace in place: the kernel keeps forwarding, and
+//! the next daemon adopts it all. Errors in a loop are logged (identical
+//! repeats at most once a minute) and retried; they never end the daemon.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::aws::autoscaling::AutoScaling;
+use crate::aws::ec2::Ec2;
+use crate::config::Config;
+use crate::domain::{Identity, Ipv4Cidr};
+use crate::heartbeat::probe::Prober;
+use crate::heartbeat::state::{Heartbeat, Verdict};
+use crate::kernel::{KernelError, nft, probe_ns, sysctl};
+use crate::notify::Notifier;
+use crate::plan::{Action, Observed, Plan, plan};
+use crate::{AwsError, report};
+
+/// Everything the daemon acts on, built by `main` (or a test).
+pub struct Deps {
+    pub config: Config,
+    pub identity: Identity,
+    pub ec2: Ec2,
+    pub autoscaling: AutoScaling,
+    /// The interface to masquerade out of.
+    pub interface: String,
+    pub notifier: Notifier,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The probe network overlaps the VPC: probes would be indistinguishable.
+    #[error("heartbeat.probe_cidr {probe} overlaps the VPC CIDR {vpc}; choose another /30")]
+    ProbeOverlap { probe: Ipv4Cidr, vpc: Ipv4Cidr },
+    /// The kernel could not be configured for NAT.
+    #[error("cannot configure kernel NAT")]
+    Kernel(#[from] KernelError),
+}
+
+/// The sources that are NATed: the VPC and the probe network.
+pub fn nat_sources(identity: &Identity, config: &Config) -> Vec<Ipv4Cidr> {
+    let mut v = identity.vpc_cidrs.clone();
+    v.push(config.heartbeat.probe_cidr);
+    v
+}
+
+/// Check that the probe network does not collide with the VPC.
+pub fn check_probe_cidr(identity: &Identity, config: &Config) -> Result<(), StartError> {
+    let probe = config.heartbeat.probe_cidr;
+    match identity.vpc_cidrs.iter().find(|v| v.overlaps(&probe)) {
+        Some(vpc) => Err(StartError::ProbeOverlap { probe, vpc: *vpc }),
+        None => Ok(()),
+    }
+}
+
+/// Converge every kernel setting once. Optional sysctls that cannot be set
+/// are returned for a warning.
+pub async fn converge_kernel(
+    identity: &Identity,
+    config: &Config,
+    interface: &str,
+) -> Result<Vec<KernelError>, KernelError> {
+    // Rules first: loading them loads conntrack, whose sysctls come next.
+    let ruleset = nft::render(interface, &nat_sources(identity, config))?;
+    nft::apply(&ruleset).await?;
+    let skipped = sysctl::apply(&sysctl::desired(interface, config.kernel.conntrack_max))?;
+    probe_ns::ensure(&config.heartbeat.probe_namespace, &config.heartbeat.probe_cidr).await?;
+    Ok(skipped)
+}
+
+/// Read what the routes loop needs from EC2.
+pub async fn observe(ec2: &Ec2, identity: &Identity, config: &Config) -> Result<Observed, AwsError> {
+    let tagged_subnets = ec2
+        .tagged_subnets(
+            &identity.vpc_id,
+            &identity.availability_zone,
+            &config.discovery.tag_key,
+            &config.discovery.tag_value,
+        )
+        .await?;
+    let route_tables = ec2.route_tables_for(&identity.vpc_id, &tagged_subnets).await?;
+    let source_dest_check = Some(ec2.source_dest_check(&identity.eni).await?);
+    Ok(Observed {
+        tagged_subnets,
+        route_tables,
+        source_dest_check,
+    })
+}
+
+/// Apply one plan; every action is tried, the first error is returned.
+pub async fn apply(ec2: &Ec2, identity: &Identity, plan: &Plan) -> Result<(), AwsError> {
+    let mut first_err = None;
+    for action in &plan.actions {
+        let result = match action {
+            Action::CreateRoute { route_table } => {
+                match ec2.create_default_route(route_table, &identity.eni).await {
+                    // Someone created one since we looked: replace it instead.
+                    Err(e) if e.code.as_deref() == Some("RouteAlreadyExists") => {
+                        ec2.replace_default_route(route_table, &identity.eni).await
+                    }
+                    other => other,
+                }
+            }
+            Action::ReplaceRoute { route_table, .. } => {
+                ec2.replace_default_route(route_table, &identity.eni).await
+            }
+            Action::DisableSourceDestCheck { eni } => ec2.disable_source_dest_check(eni).await,
+        };
+        match result {
+            Ok(()) => info!(action = %action, eni = %identity.eni, "applied"),
+            Err(e) => {
+                error!(action = %action, error = %e, "failed; will retry");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Suppresses identical log lines: the first is logged, repeats at most
+/// once per [`LogThrottle::EVERY`], with how many were suppressed.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    last: HashMap<&'static str, (String, Instant, u32)>,
+}
+
+impl LogThrottle {
+    pub const EVERY: Duration = Duration::from_secs(60);
+
+    /// `Some(suppressed)` when `msg` under `key` should be logged now.
+    pub fn check(&mut self, key: &'static str, msg: &str, now: Instant) -> Option<u32> {
+        match self.last.get_mut(key) {
+            Some((last, at, n)) if last == msg && now.duration_since(*at) < Self::EVERY => {
+                *n += 1;
+                None
+            }
+            Some(entry) => {
+                let suppressed = if entry.0 == msg { entry.2 } else { 0 };
+                *entry = (msg.to_owned(), now, 0);
+                Some(suppressed)
+            }
+            None => {
+                self.last.insert(key, (msg.to_owned(), now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// Forget `key`, so the next error under it is logged at once.
+    pub fn clear(&mut self, key: &'static str) {
+        self.last.remove(key);
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.9 + 0.2 * fastrand::f64())
+}
+
+/// Run until `shutdown` completes. Returns an error only if start-up fails.
+pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let span = info_span!(
+        "hanat",
+        instance = %deps.identity.instance_id,
+        az = %deps.identity.availability_zone
+    );
+    run_inner(deps, shutdown).instrument(span).await
+}
+
+async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let Deps {
+        config,
+        identity,
+        ec2,
+        autoscaling,
+        interface,
+        notifier,
+    } = deps;
+    check_probe_cidr(&identity, &config)?;
+    info!(
+        vpc = %identity.vpc_id, eni = %identity.eni, interface = %interface,
+        vpc_cidrs = ?identity.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "starting"
+    );
+    for skipped in converge_kernel(&identity, &config, &interface).await? {
+        warn!(error = %report(&skipped), "optional sysctl not set");
+    }
+    info!(namespace = %config.heartbeat.probe_namespace, "kernel NAT configured");
+    notifier.ready("kernel NAT configured; taking over routes");
+
+    let identity = Arc::new(identity);
+    let config = Arc::new(config);
+    let started = Instant::now();
+    let last_beat = Arc::new(AtomicU64::new(0));
+
+    let routes = tokio::spawn(
+        routes_loop(ec2, identity.clone(), config.clone()).instrument(info_span!("routes")),
+    );
+    let heartbeat = tokio::spawn(
+        heartbeat_loop(
+            autoscaling,
+            identity.clone(),
+            config.clone(),
+            interface,
+            started,
+            last_beat.clone(),
+        )
+        .instrument(info_span!("heartbeat")),
+    );
+
+    let watchdog_every = notifier.watchdog().map(|w| w / 2);
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    // The heartbeat loop must have made progress recently for us to tell
+    // systemd we are alive: a wedged loop gets the daemon restarted.
+    let stale_after = (config.heartbeat.interval * 3 + config.heartbeat.timeout)
+        .max(watchdog_every.unwrap_or_default())
+        .max(config.kernel.converge_interval)
+        + Duration::from_secs(10);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = watchdog.tick(), if watchdog_every.is_some() => {
+                let beat = Duration::from_millis(last_beat.load(Ordering::Relaxed));
+                if started.elapsed().saturating_sub(beat) < stale_after {
+                    notifier.ping();
+                } else {
+                    warn!("heartbeat loop is stuck; withholding watchdog ping");
+                }
+            }
+        }
+    }
+    notifier.stopping();
+    routes.abort();
+    heartbeat.abort();
+    info!("stopping; routes, rules and sysctls stay in place");
+    Ok(())
+}
+
+async fn routes_loop(ec2: Ec2, identity: Arc<Identity>, config: Arc<Config>) {
+    let interval = config.routes.reconcile_interval;
+    let mut throttle = LogThrottle::default();
+    let mut backoff = Duration::from_secs(1);
+    let mut last_owned: Option<Vec<String>> = None;
+    loop {
+        let result = async {
+            let observed = observe(&ec2, &identity, &config).await?;
+            let plan = plan(&identity, &observed);
+            for f in &plan.findings {
+                if let Some(n) = throttle.check("finding", &f.to_string(), Instant::now()) {
+                    warn!(suppressed = n, "{f}");
+                }
+            }
+            let owned: Vec<String> = plan.owned.iter().map(ToString::to_string).collect();
+            if last_owned.as_ref() != Some(&owned) {
+                info!(route_tables = ?owned, "route tables in scope");
+                last_owned = Some(owned);
+            }
+            apply(&ec2, &identity, &plan).await
+        }
+        .await;
+        let wait = match result {
+            Ok(()) => {
+                throttle.clear("aws");
+                backoff = Duration::from_secs(1);
+                jittered(interval)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if let Some(n) = throttle.check("aws", &msg, Instant::now()) {
+                    error!(suppressed = n, error = %msg, retry_in = ?backoff.min(interval), "route reconcile failed");
+                }
+                let wait = backoff.min(interval);
+                backoff = (backoff * 2).min(interval);
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn heartbeat_loop(
+    autoscaling: AutoScaling,
+    identity: Arc<Identity>,
+    config: Arc<Config>,
+    interface: String,
+    started: Instant,
+    last_beat: Arc<AtomicU64>,
+) {
+    let hb_cfg = &config.heartbeat;
+    let prober = Prober {
+        netns: Some(probe_ns::netns_path(&hb_cfg.probe_namespace)),
+        targets: hb_cfg.targets.clone(),
+        timeout: hb_cfg.timeout,
+    };
+    let mut state = Heartbeat::new(hb_cfg.fall, hb_cfg.rise, hb_cfg.grace_period, Duration::ZERO);
+    let mut throttle = LogThrottle::default();
+    let mut rounds = tokio::time::interval(hb_cfg.interval);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_converge = Instant::now() + config.kernel.converge_interval;
+    loop {
+        rounds.tick().await;
+        last_beat.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if Instant::now() >= next_converge {
+            converge_logged(&identity, &config, &interface, &mut throttle).await;
+            next_converge = Instant::now() + config.kernel.converge_interval;
+        }
+        let round = prober.round().await;
+        let ok = round.ok();
+        if !ok {
+            if let Some(n) = throttle.check("probe", &round.failures(), Instant::now()) {
+                warn!(
+                    suppressed = n,
+                    consecutive = state.consecutive_failures() + 1,
+                    failures = %round.failures(),
+                    "probe round failed"
+                );
+            }
+        } else {
+            throttle.clear("probe");
+        }
+        match state.observe(ok, started.elapsed()) {
+            Verdict::Steady => {}
+            Verdict::Recovered => info!("forwarding recovered"),
+            Verdict::Reconverge => {
+                warn!(fall = hb_cfg.fall, "forwarding probe failing; re-applying kernel NAT config");
+                converge_logged(&identity, &config, &interface, &mut throttle).await;
+                next_converge = Instant::now() + config.kernel.converge_interval;
+            }
+            Verdict::MarkUnhealthy => {
+                error!(
+                    failures = %round.failures(),
+                    "packets are not flowing through this NAT even after reconverging; marking instance Unhealthy"
+                );
+                match autoscaling.set_unhealthy(&identity.instance_id).await {
+                    Ok(()) => {
+                        state.reported_unhealthy();
+                        info!("instance reported Unhealthy to Auto Scaling; it will be replaced");
+                    }
+                    Err(e) => error!(error = %e, "could not report Unhealthy; will retry"),
+                }
+            }
+        }
+    }
+}
+
+async fn converge_logged(identity: &Identity, config: &Config, interface: &str, throttle: &mut LogThrottle) {
+    match converge_kernel(identity, config, interface).await {
+        Ok(skipped) => {
+            throttle.clear("kernel");
+            for s in skipped {
+                if let Some(n) = throttle.check("sysctl", &s.to_string(), Instant::now()) {
+                    warn!(suppressed = n, error = %report(&s), "optional sysctl not set");
+                }
+            }
+        }
+        Err(e) => {
+            if let Some(n) = throttle.check("kernel", &report(&e), Instant::now()) {
+                error!(suppressed = n, error = %report(&e), "kernel converge failed; will retry");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_suppresses_identical_repeats() {
+        let mut t = LogThrottle::default();
+        let t0 = Instant::now();
+        assert_eq!(t.check("k", "boom", t0), Some(0));
+        assert_eq!(t.check("k", "boom", t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.check("k", "boom", t0 + Duration::from_secs(2)), None);
+        // A different message is logged at once.
+        assert_eq!(t.check("k", "bang", t0 + Duration::from_secs(3)), Some(0));
+        assert_eq!(t.check("k", "bang", t0 + Duration::from_secs(4)), None);
+        // After a minute, the repeat is logged with the count.
+        assert_eq!(t.check("k", "bang", t0 + Duration::from_secs(70)), Some(1));
+        t.clear("k");
+        assert_eq!(t.check("k", "bang", t0 + Duration::from_secs(71)), Some(0));
+    }
+
+    #[test]
+    fn probe_cidr_must_not_overlap_vpc() {
+        let id = crate::plan::test_identity("i-1", "eni-1", "vpc-1");
+        let mut config = Config::default();
+        assert!(check_probe_cidr(&id, &config).is_ok());
+        config.heartbeat.probe_cidr = "10.0.200.0/30".parse().unwrap();
+        let e = check_probe_cidr(&id, &config).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "heartbeat.probe_cidr 10.0.200.0/30 overlaps the VPC CIDR 10.0.0.0/16; choose another /30"
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! Domain types shared by every module: AWS identifiers and IPv4 networks.
+//!
+//! Adapters convert SDK and kernel data into these types at their edge, so the
+//! decision core never sees an SDK struct. No I/O here.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+macro_rules! aws_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub String);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+    };
+}
+
+aws_id!(
+    /// `i-…`
+    InstanceId
+);
+aws_id!(
+    /// `eni-…`
+    EniId
+);
+aws_id!(
+    /// `rtb-…`
+    RouteTableId
+);
+aws_id!(
+    /// `subnet-…`
+    SubnetId
+);
+aws_id!(
+    /// `vpc-…`
+    VpcId
+);
+
+/// Who this NAT instance is, as told by the instance metadata service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub instance_id: InstanceId,
+    pub region: String,
+    pub availability_zone: String,
+    /// MAC of the primary network interface, lower case.
+    pub mac: String,
+    pub eni: EniId,
+    pub vpc_id: VpcId,
+    pub vpc_cidrs: Vec<Ipv4Cidr>,
+    pub subnet_id: SubnetId,
+    pub private_ip: Ipv4Addr,
+}
+
+/// An IPv4 network such as `10.0.0.0/16`. The address is kept as written;
+/// [`Ipv4Cidr::network`] gives the masked form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+
+    /// The `n`-th address of the network (0 is the network address itself).
+    pub fn nth(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()).wrapping_add(n))
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Why a string is not an IPv4 network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an IPv4 network like 10.0.0.0/16")]
+pub struct CidrParseError(pub String);
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || CidrParseError(s.to_owned());
+        let (addr, prefix) = s.trim().split_once('/').ok_or_else(err)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| err())?;
+        let prefix: u8 = prefix.parse().map_err(|_| err())?;
+        if prefix > 32 {
+            return Err(err());
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parse_and_contains() {
+        let c: Ipv4Cidr = "10.0.0.0/16".parse().unwrap();
+        assert!(c.contains("10.0.255.1".parse().unwrap()));
+        assert!(!c.contains("10.1.0.1".parse().unwrap()));
+        assert_eq!(c.to_string(), "10.0.0.0/16");
+        let all: Ipv4Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.1".parse().unwrap()));
+        for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0/8", "x/8", ""] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn cidr_overlap_and_nth() {
+        let probe: Ipv4Cidr = "198.19.255.252/30".parse().unwrap();
+        let vpc: Ipv4Cidr = "10.0.0.0/16".parse().unwrap();
+        assert!(!probe.overlaps(&vpc));
+        assert!(vpc.overlaps(&"10.0.3.0/24".parse().unwrap()));
+        assert!("198.16.0.0/14".parse::<Ipv4Cidr>().unwrap().overlaps(&probe));
+        assert_eq!(probe.nth(1), Ipv4Addr::new(198, 19, 255, 253));
+        assert_eq!(probe.nth(2), Ipv4Addr::new(198, 19, 255, 254));
+    }
+}

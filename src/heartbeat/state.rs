@@ -1,0 +1,186 @@
+//! The heartbeat's decision logic: pure, fed one round result at a time
+//! with the time as an argument, so every path is testable without a clock.
+//!
+//! ```text
+//!  Healthy ──fall failures──▶ Reconverged ──1 more failure──▶ Unhealthy (reported)
+//!     ▲                           │                              │
+//!     └──────── rise successes ───┘◀──── rise successes ─────────┘
+//! ```
+//! While starting (the grace period), failures are not counted; the first
+//! good round ends the grace period early, because the NAT has proven it
+//! forwards. Once the instance has been reported Unhealthy it is not
+//! reported again (Auto Scaling is replacing it), but a failed report is
+//! retried on the next failing round.
+
+use std::time::Duration;
+
+/// What the daemon must do after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do.
+    Steady,
+    /// `fall` rounds failed: re-apply sysctls, rules and the probe namespace.
+    Reconverge,
+    /// Still failing after reconverging: report the instance Unhealthy.
+    MarkUnhealthy,
+    /// `rise` good rounds after a failure: the NAT forwards again.
+    Recovered,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Within the grace period; no good round seen yet.
+    Starting,
+    Healthy,
+    /// Failed `fall` times; the kernel config was re-applied.
+    Reconverged,
+    /// Judged not forwarding.
+    Unhealthy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    fall: u32,
+    rise: u32,
+    grace_until: Duration,
+    phase: Phase,
+    failures: u32,
+    successes: u32,
+    /// The Unhealthy report reached Auto Scaling.
+    reported: bool,
+}
+
+impl Heartbeat {
+    /// `started` is the time of start-up on the caller's monotonic clock.
+    pub fn new(fall: u32, rise: u32, grace: Duration, started: Duration) -> Self {
+        Self {
+            fall: fall.max(1),
+            rise: rise.max(1),
+            grace_until: started + grace,
+            phase: Phase::Starting,
+            failures: 0,
+            successes: 0,
+            reported: false,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The daemon's report to Auto Scaling succeeded.
+    pub fn reported_unhealthy(&mut self) {
+        self.reported = true;
+    }
+
+    /// Feed one round's result at time `now`.
+    pub fn observe(&mut self, ok: bool, now: Duration) -> Verdict {
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            return match self.phase {
+                Phase::Starting => {
+                    self.phase = Phase::Healthy;
+                    Verdict::Steady
+                }
+                Phase::Healthy => Verdict::Steady,
+                Phase::Reconverged | Phase::Unhealthy if self.successes >= self.rise => {
+                    self.phase = Phase::Healthy;
+                    Verdict::Recovered
+                }
+                Phase::Reconverged | Phase::Unhealthy => Verdict::Steady,
+            };
+        }
+        self.successes = 0;
+        if self.phase == Phase::Starting {
+            if now < self.grace_until {
+                return Verdict::Steady;
+            }
+            self.phase = Phase::Healthy;
+        }
+        self.failures = self.failures.saturating_add(1);
+        match self.phase {
+            Phase::Healthy if self.failures >= self.fall => {
+                self.phase = Phase::Reconverged;
+                Verdict::Reconverge
+            }
+            Phase::Healthy => Verdict::Steady,
+            Phase::Reconverged => {
+                self.phase = Phase::Unhealthy;
+                Verdict::MarkUnhealthy
+            }
+            Phase::Unhealthy if !self.reported => Verdict::MarkUnhealthy,
+            Phase::Unhealthy | Phase::Starting => Verdict::Steady,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// Run a sequence of results, one per second from t=0, and collect verdicts.
+    fn run(hb: &mut Heartbeat, start: u64, seq: &str) -> Vec<Verdict> {
+        seq.chars()
+            .enumerate()
+            .map(|(i, c)| hb.observe(c == '+', S * (start as u32 + i as u32)))
+            .collect()
+    }
+
+    use Verdict::*;
+
+    #[test]
+    fn fall_then_reconverge_then_unhealthy() {
+        let mut hb = Heartbeat::new(3, 2, Duration::ZERO, Duration::ZERO);
+        assert_eq!(run(&mut hb, 0, "+--"), vec![Steady, Steady, Steady]);
+        assert_eq!(run(&mut hb, 3, "-"), vec![Reconverge]);
+        assert_eq!(hb.phase(), Phase::Reconverged);
+        assert_eq!(run(&mut hb, 4, "-"), vec![MarkUnhealthy]);
+        // Report failed: retried on the next failing round.
+        assert_eq!(run(&mut hb, 5, "-"), vec![MarkUnhealthy]);
+        hb.reported_unhealthy();
+        assert_eq!(run(&mut hb, 6, "--"), vec![Steady, Steady]);
+    }
+
+    #[test]
+    fn reconverge_that_works_recovers_after_rise() {
+        let mut hb = Heartbeat::new(2, 2, Duration::ZERO, Duration::ZERO);
+        assert_eq!(run(&mut hb, 0, "+--++"), vec![Steady, Steady, Reconverge, Steady, Recovered]);
+        assert_eq!(hb.phase(), Phase::Healthy);
+        // A fresh failure run needs `fall` again.
+        assert_eq!(run(&mut hb, 5, "-+-"), vec![Steady, Steady, Steady]);
+    }
+
+    #[test]
+    fn flapping_below_fall_never_acts() {
+        let mut hb = Heartbeat::new(3, 2, Duration::ZERO, Duration::ZERO);
+        let v = run(&mut hb, 0, "+--+--+--+--+");
+        assert!(v.iter().all(|v| *v == Steady), "{v:?}");
+    }
+
+    #[test]
+    fn grace_period_ignores_failures_until_first_success_or_timeout() {
+        let mut hb = Heartbeat::new(1, 1, S * 10, Duration::ZERO);
+        assert_eq!(run(&mut hb, 0, "-----"), vec![Steady; 5]);
+        assert_eq!(hb.phase(), Phase::Starting);
+        // Grace over at t=10: failures count from then on.
+        assert_eq!(run(&mut hb, 10, "--"), vec![Reconverge, MarkUnhealthy]);
+
+        let mut hb = Heartbeat::new(1, 1, S * 10, Duration::ZERO);
+        assert_eq!(run(&mut hb, 0, "+-"), vec![Steady, Reconverge]);
+    }
+
+    #[test]
+    fn unhealthy_then_recovery_is_reported() {
+        let mut hb = Heartbeat::new(1, 3, Duration::ZERO, Duration::ZERO);
+        assert_eq!(run(&mut hb, 0, "+--"), vec![Steady, Reconverge, MarkUnhealthy]);
+        hb.reported_unhealthy();
+        assert_eq!(run(&mut hb, 3, "+++"), vec![Steady, Steady, Recovered]);
+    }
+}

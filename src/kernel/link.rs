@@ -1,0 +1,42 @@
+//! Interface lookup through `ip -j link` (netlink, so it always sees the
+//! caller's network namespace, unlike `/sys` which shows the mount's).
+
+use serde::Deserialize;
+
+use super::{KernelError, run};
+
+#[derive(Debug, Deserialize)]
+struct Link {
+    ifname: String,
+    #[serde(default)]
+    address: String,
+}
+
+/// The interface whose MAC is `mac` (case-insensitive).
+pub async fn by_mac(mac: &str) -> Result<String, KernelError> {
+    let links = list().await?;
+    links
+        .iter()
+        .find(|l| l.address.eq_ignore_ascii_case(mac))
+        .map(|l| l.ifname.clone())
+        .ok_or_else(|| {
+            let seen: Vec<String> = links.iter().map(|l| format!("{} {}", l.ifname, l.address)).collect();
+            KernelError::Interface(format!(
+                "no interface has the primary MAC {mac} from instance metadata (have: {}); set kernel.interface",
+                seen.join(", ")
+            ))
+        })
+}
+
+/// Whether interface `name` exists.
+pub async fn exists(name: &str) -> Result<bool, KernelError> {
+    Ok(list().await?.iter().any(|l| l.ifname == name))
+}
+
+async fn list() -> Result<Vec<Link>, KernelError> {
+    let out = run("ip", &["-j", "link", "show"], None).await?;
+    serde_json::from_str(&out).map_err(|e| KernelError::Command {
+        command: "ip -j link show".into(),
+        stderr: format!("unreadable JSON: {e}"),
+    })
+}

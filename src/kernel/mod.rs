@@ -1,0 +1,83 @@
+//! The Linux data plane: sysctls, the nftables NAT table, interface lookup
+//! and the heartbeat's probe namespace.
+//!
+//! Every operation here converges: it is safe to repeat on every tick and
+//! leaves the kernel in the same state whether it ran once or many times.
+//! Nothing is ever torn down on exit, so a daemon restart never interrupts
+//! forwarding. Commands (`nft`, `ip`) are run without a shell; their
+//! stderr becomes the error message.
+
+pub mod link;
+pub mod nft;
+pub mod probe_ns;
+pub mod sysctl;
+
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+
+/// A kernel configuration step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A command could not be started (not installed?).
+    #[error("cannot run `{command}`: {source} (is it installed?)")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    /// A command ran and failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    /// A sysctl could not be written.
+    #[error("sysctl {key}: cannot set to {value}: {source}")]
+    Sysctl {
+        key: String,
+        value: String,
+        source: std::io::Error,
+    },
+    /// The interface to NAT out of could not be found.
+    #[error("network interface: {0}")]
+    Interface(String),
+}
+
+/// Run `program args…`, feeding `stdin` if given; stdout on success.
+pub(crate) async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
+    let command = std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| KernelError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A failed write shows up as the command's own error below.
+        let _ = pipe.write_all(text.as_bytes()).await;
+        drop(pipe);
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| KernelError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let stderr = if stderr.is_empty() {
+            format!("exit status {}", out.status)
+        } else {
+            stderr
+        };
+        Err(KernelError::Command { command, stderr })
+    }
+}

@@ -1,0 +1,105 @@
+//! The nftables ruleset hanat owns: table `ip hanat`.
+//!
+//! Rendered as text from values ([`render`], golden-file tested) and applied
+//! with one `nft -f -` transaction that adds, deletes and recreates the
+//! table, so the kernel switches from the old rules to the new ones
+//! atomically: no packet sees a half-built table, and established flows
+//! (conntrack) are untouched. Only the table named [`TABLE`] is ever
+//! changed; other tables, including ones that drop traffic, are left alone.
+//!
+//! Policy (the one-way "back gate"):
+//! - forward: replies (established/related) pass; new connections pass only
+//!   from the NAT sources (the VPC CIDRs and the probe network); everything
+//!   else is dropped, so nothing outside can open a connection inward;
+//! - postrouting: NAT sources leaving the primary interface for a
+//!   destination outside them are masqueraded to the interface's address.
+
+use super::{KernelError, run};
+use crate::domain::Ipv4Cidr;
+
+/// The family and name of our table.
+pub const TABLE: &str = "hanat";
+
+/// The ruleset for masquerading `sources` out of `iface`. Pure.
+pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
+    if iface.is_empty() || iface.chars().any(|c| c == '"' || c == '\\' || c.is_whitespace()) {
+        return Err(KernelError::Interface(format!(
+            "`{iface}` cannot be used in an nftables rule"
+        )));
+    }
+    let elements = sources
+        .iter()
+        .map(|c| format!("{}/{}", c.network(), c.prefix))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(format!(
+        r#"# Managed by hanat: replaced atomically on every converge. Do not edit.
+table ip {TABLE} {{
+}}
+delete table ip {TABLE}
+table ip {TABLE} {{
+	set nat_sources {{
+		type ipv4_addr
+		flags interval
+		auto-merge
+		elements = {{ {elements} }}
+	}}
+
+	chain forward_filter {{
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		ct state invalid drop
+		ip saddr @nat_sources ct state new accept
+		counter comment "new connection not from a NAT source"
+	}}
+
+	chain postrouting_nat {{
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr @nat_sources ip daddr != @nat_sources oifname "{iface}" masquerade
+	}}
+}}
+"#
+    ))
+}
+
+/// Replace our table with `ruleset` in one transaction.
+pub async fn apply(ruleset: &str) -> Result<(), KernelError> {
+    run("nft", &["-f", "-"], Some(ruleset)).await.map(drop)
+}
+
+/// Whether our table exists (used by `hanat plan`).
+pub async fn table_exists() -> Result<bool, KernelError> {
+    match run("nft", &["list", "table", "ip", TABLE], None).await {
+        Ok(_) => Ok(true),
+        Err(KernelError::Command { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_ruleset() {
+        let sources: Vec<Ipv4Cidr> = ["10.0.0.0/16", "100.64.7.1/24", "198.19.255.252/30"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let got = render("ens5", &sources).unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/ruleset-ens5.nft");
+        // HANAT_BLESS=1 rewrites the golden file after a deliberate change.
+        if std::env::var_os("HANAT_BLESS").is_some() {
+            std::fs::write(path, &got).unwrap();
+        }
+        let golden = std::fs::read_to_string(path).unwrap();
+        assert_eq!(got, golden, "rendered ruleset differs from {path} (HANAT_BLESS=1 to update)");
+    }
+
+    #[test]
+    fn hostile_interface_names_are_refused() {
+        for bad in ["", "eth0\" accept", "a b", "x\\y"] {
+            assert!(render(bad, &[]).is_err(), "{bad:?}");
+        }
+    }
+}

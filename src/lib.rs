@@ -1,0 +1,52 @@
+//! hanat: a supervisor that makes an autoscaled NAT instance as dependable as
+//! a managed NAT gateway.
+//!
+//! Layout:
+//! - [`config`]: the TOML file and its validation;
+//! - [`plan`]: the pure decision core (observed EC2 state → actions);
+//! - [`heartbeat`]: probes through the NAT path and the fall/rise logic;
+//! - [`aws`]: IMDSv2, EC2 and Auto Scaling adapters;
+//! - [`kernel`]: sysctls, nftables, interfaces and the probe namespace;
+//! - [`daemon`]: the loops that tie them together;
+//! - [`notify`]: systemd readiness and watchdog.
+
+pub mod aws;
+pub mod config;
+pub mod daemon;
+pub mod domain;
+pub mod heartbeat;
+pub mod kernel;
+pub mod notify;
+pub mod plan;
+
+pub use aws::AwsError;
+
+/// Exit codes, one per failure class (from sysexits.h).
+pub mod exit {
+    /// Bad command line.
+    pub const USAGE: u8 = 64;
+    /// A required service (instance metadata, AWS) is unavailable.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Internal error.
+    pub const SOFTWARE: u8 = 70;
+    /// The kernel could not be configured (nft or ip missing, no permission).
+    pub const OSERR: u8 = 71;
+    /// Bad configuration file.
+    pub const CONFIG: u8 = 78;
+}
+
+/// An error with its causes, `outer: inner: innermost`, skipping causes
+/// whose text the outer message already contains.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,412 @@
+//! The decision core: what must change so that this NAT owns its AZ's
+//! private routes. Pure: no I/O, no clock; tested with tables of situations.
+//!
+//! Safety rules live here, in one place:
+//! - only route tables *explicitly* associated with a tagged subnet of our
+//!   VPC and AZ are candidates;
+//! - the VPC's main route table is never modified (a tagged subnet that
+//!   falls back to it is reported instead);
+//! - a route table that also serves a subnet outside our tagged set (another
+//!   AZ, or an untagged subnet) is never modified: taking it would steal
+//!   traffic that is not ours;
+//! - a route table of another VPC is never modified.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::aws::ec2::{RouteTable, RouteTarget};
+use crate::domain::{EniId, Identity, InstanceId, RouteTableId, SubnetId};
+
+/// What was read from EC2 in one reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Tagged subnets of our VPC and AZ.
+    pub tagged_subnets: Vec<SubnetId>,
+    /// Route tables explicitly associated with any of them.
+    pub route_tables: Vec<RouteTable>,
+    /// Source/destination check on our ENI; `None` if it could not be read.
+    pub source_dest_check: Option<bool>,
+}
+
+/// One change to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The table has no `0.0.0.0/0`: create one to our ENI.
+    CreateRoute { route_table: RouteTableId },
+    /// `0.0.0.0/0` points elsewhere (or is a blackhole): point it at us.
+    ReplaceRoute {
+        route_table: RouteTableId,
+        from: RouteTarget,
+        blackhole: bool,
+    },
+    /// Source/destination check is on: a NAT must have it off.
+    DisableSourceDestCheck { eni: EniId },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::CreateRoute { route_table } => {
+                write!(f, "create 0.0.0.0/0 in {route_table} (no default route)")
+            }
+            Action::ReplaceRoute {
+                route_table,
+                from,
+                blackhole,
+            } => write!(
+                f,
+                "replace 0.0.0.0/0 in {route_table} (now {from}{})",
+                if *blackhole { ", blackhole" } else { "" }
+            ),
+            Action::DisableSourceDestCheck { eni } => {
+                write!(f, "disable source/destination check on {eni}")
+            }
+        }
+    }
+}
+
+/// Something an operator should know about but hanat will not fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// A tagged subnet uses the main route table implicitly.
+    NoExplicitTable { subnet: SubnetId },
+    /// A tagged subnet is explicitly associated with the main route table.
+    MainTable {
+        route_table: RouteTableId,
+        subnet: SubnetId,
+    },
+    /// The table also serves subnets outside our tagged set in this AZ.
+    SharedTable {
+        route_table: RouteTableId,
+        foreign: Vec<SubnetId>,
+    },
+    /// The table belongs to another VPC (only a broken endpoint returns it).
+    OtherVpc { route_table: RouteTableId },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::NoExplicitTable { subnet } => write!(
+                f,
+                "{subnet} is tagged but has no route table of its own; it uses the VPC's main \
+                 route table, which hanat never modifies: associate it with a private route table"
+            ),
+            Finding::MainTable {
+                route_table,
+                subnet,
+            } => write!(
+                f,
+                "{subnet} is associated with the main route table {route_table}, which hanat never modifies"
+            ),
+            Finding::SharedTable {
+                route_table,
+                foreign,
+            } => {
+                let list: Vec<String> = foreign.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "{route_table} also serves {} (other AZ or untagged); hanat will not take it over",
+                    list.join(", ")
+                )
+            }
+            Finding::OtherVpc { route_table } => {
+                write!(f, "{route_table} belongs to another VPC; ignored")
+            }
+        }
+    }
+}
+
+/// The outcome of planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Route tables this NAT is responsible for (whether or not they need a change).
+    pub owned: Vec<RouteTableId>,
+    pub actions: Vec<Action>,
+    pub findings: Vec<Finding>,
+}
+
+/// Whether a default route already points at this instance.
+fn points_at_us(target: &RouteTarget, id: &Identity) -> bool {
+    match target {
+        RouteTarget::Eni(e) => *e == id.eni,
+        RouteTarget::Instance(i) => *i == id.instance_id,
+        _ => false,
+    }
+}
+
+/// Decide what to change. Deterministic: outputs are ordered by id.
+pub fn plan(id: &Identity, observed: &Observed) -> Plan {
+    let tagged: BTreeSet<&SubnetId> = observed.tagged_subnets.iter().collect();
+    let mut out = Plan::default();
+    let mut covered: BTreeSet<&SubnetId> = BTreeSet::new();
+
+    let mut tables: Vec<&RouteTable> = observed.route_tables.iter().collect();
+    tables.sort_by(|a, b| a.id.cmp(&b.id));
+    for rt in tables {
+        let ours: Vec<&SubnetId> = rt.subnets.iter().filter(|s| tagged.contains(s)).collect();
+        if ours.is_empty() {
+            continue;
+        }
+        covered.extend(ours.iter().copied());
+        if rt.vpc_id != id.vpc_id {
+            out.findings.push(Finding::OtherVpc {
+                route_table: rt.id.clone(),
+            });
+            continue;
+        }
+        if rt.is_main {
+            for s in ours {
+                out.findings.push(Finding::MainTable {
+                    route_table: rt.id.clone(),
+                    subnet: s.clone(),
+                });
+            }
+            continue;
+        }
+        let foreign: Vec<SubnetId> = rt
+            .subnets
+            .iter()
+            .filter(|s| !tagged.contains(s))
+            .cloned()
+            .collect();
+        if !foreign.is_empty() {
+            out.findings.push(Finding::SharedTable {
+                route_table: rt.id.clone(),
+                foreign,
+            });
+            continue;
+        }
+        out.owned.push(rt.id.clone());
+        match &rt.default_route {
+            None => out.actions.push(Action::CreateRoute {
+                route_table: rt.id.clone(),
+            }),
+            Some(r) if points_at_us(&r.target, id) && !r.blackhole => {}
+            Some(r) => out.actions.push(Action::ReplaceRoute {
+                route_table: rt.id.clone(),
+                from: r.target.clone(),
+                blackhole: r.blackhole,
+            }),
+        }
+    }
+    for s in &observed.tagged_subnets {
+        if !covered.contains(s) {
+            out.findings.push(Finding::NoExplicitTable { subnet: s.clone() });
+        }
+    }
+    if observed.source_dest_check == Some(true) {
+        out.actions.push(Action::DisableSourceDestCheck { eni: id.eni.clone() });
+    }
+    out
+}
+
+/// Convenience for tests and the lab: an identity with the given ids.
+#[doc(hidden)]
+pub fn test_identity(instance: &str, eni: &str, vpc: &str) -> Identity {
+    Identity {
+        instance_id: InstanceId(instance.into()),
+        region: "eu-west-1".into(),
+        availability_zone: "eu-west-1a".into(),
+        mac: "02:00:00:00:00:01".into(),
+        eni: EniId(eni.into()),
+        vpc_id: crate::domain::VpcId(vpc.into()),
+        vpc_cidrs: vec![crate::domain::Ipv4Cidr {
+            addr: std::net::Ipv4Addr::new(10, 0, 0, 0),
+            prefix: 16,
+        }],
+        subnet_id: SubnetId("subnet-pub".into()),
+        private_ip: std::net::Ipv4Addr::new(10, 0, 0, 10),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::ec2::Route;
+    use crate::domain::VpcId;
+
+    fn me() -> Identity {
+        test_identity("i-me", "eni-me", "vpc-1")
+    }
+
+    fn rt(id: &str, subnets: &[&str], route: Option<(RouteTarget, bool)>) -> RouteTable {
+        RouteTable {
+            id: RouteTableId(id.into()),
+            vpc_id: VpcId("vpc-1".into()),
+            is_main: false,
+            subnets: subnets.iter().map(|s| SubnetId((*s).into())).collect(),
+            default_route: route.map(|(target, blackhole)| Route { target, blackhole }),
+        }
+    }
+
+    fn eni(e: &str) -> RouteTarget {
+        RouteTarget::Eni(EniId(e.into()))
+    }
+
+    fn observed(tagged: &[&str], tables: Vec<RouteTable>, sdc: Option<bool>) -> Observed {
+        Observed {
+            tagged_subnets: tagged.iter().map(|s| SubnetId((*s).into())).collect(),
+            route_tables: tables,
+            source_dest_check: sdc,
+        }
+    }
+
+    #[test]
+    fn route_decisions() {
+        struct Case {
+            name: &'static str,
+            table: RouteTable,
+            want: Vec<Action>,
+        }
+        let rtb = || RouteTableId("rtb-a".into());
+        let cases = vec![
+            Case {
+                name: "missing route is created",
+                table: rt("rtb-a", &["subnet-a"], None),
+                want: vec![Action::CreateRoute { route_table: rtb() }],
+            },
+            Case {
+                name: "route to us is left alone",
+                table: rt("rtb-a", &["subnet-a"], Some((eni("eni-me"), false))),
+                want: vec![],
+            },
+            Case {
+                name: "route to our instance id is ours too",
+                table: rt(
+                    "rtb-a",
+                    &["subnet-a"],
+                    Some((RouteTarget::Instance(InstanceId("i-me".into())), false)),
+                ),
+                want: vec![],
+            },
+            Case {
+                name: "route to another NAT is taken",
+                table: rt("rtb-a", &["subnet-a"], Some((eni("eni-old"), false))),
+                want: vec![Action::ReplaceRoute {
+                    route_table: rtb(),
+                    from: eni("eni-old"),
+                    blackhole: false,
+                }],
+            },
+            Case {
+                name: "blackhole is replaced",
+                table: rt("rtb-a", &["subnet-a"], Some((eni("eni-dead"), true))),
+                want: vec![Action::ReplaceRoute {
+                    route_table: rtb(),
+                    from: eni("eni-dead"),
+                    blackhole: true,
+                }],
+            },
+            Case {
+                name: "blackhole pointing at our own ENI is re-put",
+                table: rt("rtb-a", &["subnet-a"], Some((eni("eni-me"), true))),
+                want: vec![Action::ReplaceRoute {
+                    route_table: rtb(),
+                    from: eni("eni-me"),
+                    blackhole: true,
+                }],
+            },
+            Case {
+                name: "NAT gateway route is taken",
+                table: rt(
+                    "rtb-a",
+                    &["subnet-a"],
+                    Some((RouteTarget::NatGateway("nat-1".into()), false)),
+                ),
+                want: vec![Action::ReplaceRoute {
+                    route_table: rtb(),
+                    from: RouteTarget::NatGateway("nat-1".into()),
+                    blackhole: false,
+                }],
+            },
+        ];
+        for c in cases {
+            let p = plan(&me(), &observed(&["subnet-a"], vec![c.table], Some(false)));
+            assert_eq!(p.actions, c.want, "{}", c.name);
+            assert_eq!(p.owned, vec![rtb()], "{}", c.name);
+            assert!(p.findings.is_empty(), "{}: {:?}", c.name, p.findings);
+        }
+    }
+
+    #[test]
+    fn never_touches_main_shared_or_foreign_tables() {
+        let mut main = rt("rtb-main", &["subnet-m"], Some((eni("eni-x"), false)));
+        main.is_main = true;
+        let shared = rt("rtb-shared", &["subnet-s", "subnet-other-az"], None);
+        let mut foreign = rt("rtb-foreign", &["subnet-f"], None);
+        foreign.vpc_id = VpcId("vpc-2".into());
+        let untagged_only = rt("rtb-untagged", &["subnet-u"], None);
+        let good = rt("rtb-good", &["subnet-g"], None);
+        let p = plan(
+            &me(),
+            &observed(
+                &["subnet-m", "subnet-s", "subnet-f", "subnet-g", "subnet-lonely"],
+                vec![main, shared, foreign, untagged_only, good],
+                Some(false),
+            ),
+        );
+        assert_eq!(p.owned, vec![RouteTableId("rtb-good".into())]);
+        assert_eq!(
+            p.actions,
+            vec![Action::CreateRoute {
+                route_table: RouteTableId("rtb-good".into())
+            }]
+        );
+        assert_eq!(
+            p.findings,
+            vec![
+                Finding::OtherVpc {
+                    route_table: RouteTableId("rtb-foreign".into())
+                },
+                Finding::MainTable {
+                    route_table: RouteTableId("rtb-main".into()),
+                    subnet: SubnetId("subnet-m".into())
+                },
+                Finding::SharedTable {
+                    route_table: RouteTableId("rtb-shared".into()),
+                    foreign: vec![SubnetId("subnet-other-az".into())]
+                },
+                Finding::NoExplicitTable {
+                    subnet: SubnetId("subnet-lonely".into())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn one_table_serving_two_tagged_subnets_is_owned_once() {
+        let p = plan(
+            &me(),
+            &observed(
+                &["subnet-a", "subnet-b"],
+                vec![rt("rtb-a", &["subnet-a", "subnet-b"], None)],
+                None,
+            ),
+        );
+        assert_eq!(p.owned.len(), 1);
+        assert_eq!(p.actions.len(), 1);
+        assert!(p.findings.is_empty());
+    }
+
+    #[test]
+    fn source_dest_check() {
+        for (sdc, want) in [(Some(true), true), (Some(false), false), (None, false)] {
+            let p = plan(&me(), &observed(&[], vec![], sdc));
+            let has = p
+                .actions
+                .contains(&Action::DisableSourceDestCheck { eni: EniId("eni-me".into()) });
+            assert_eq!(has, want, "{sdc:?}");
+        }
+    }
+
+    #[test]
+    fn actions_read_well() {
+        let a = Action::ReplaceRoute {
+            route_table: RouteTableId("rtb-1".into()),
+            from: eni("eni-2"),
+            blackhole: true,
+        };
+        assert_eq!(a.to_string(), "replace 0.0.0.0/0 in rtb-1 (now eni-2, blackhole)");
+    }
+}

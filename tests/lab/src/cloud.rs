@@ -1,0 +1,317 @@
+//! Control-plane helpers: create and inspect VPC resources in moto through
+//! the real AWS SDK, exactly as an operator's tooling would on AWS.
+
+use anyhow::{Context, Result, anyhow};
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, Filter, LaunchTemplateInstanceMetadataEndpointState,
+    LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplateHttpTokensState,
+    RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
+};
+
+/// EC2 and Auto Scaling clients bound to one endpoint and region.
+#[derive(Clone)]
+pub struct Cloud {
+    pub ec2: aws_sdk_ec2::Client,
+    pub asg: aws_sdk_autoscaling::Client,
+    pub region: String,
+}
+
+/// A NAT instance's network identity, as EC2 reports it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    pub az: String,
+    pub subnet: String,
+    pub vpc: String,
+    pub eni: String,
+    pub mac: String,
+    pub private_ip: String,
+}
+
+fn tag_spec(kind: ResourceType, tags: &[(&str, &str)]) -> TagSpecification {
+    let mut b = TagSpecification::builder().resource_type(kind);
+    for (k, v) in tags {
+        b = b.tags(Tag::builder().key(*k).value(*v).build());
+    }
+    b.build()
+}
+
+impl Cloud {
+    pub async fn new(endpoint: &str, region: &str) -> Cloud {
+        let sdk = crate::moto::sdk_config(endpoint, region).await;
+        Cloud {
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            asg: aws_sdk_autoscaling::Client::new(&sdk),
+            region: region.to_owned(),
+        }
+    }
+
+    pub fn az(&self, i: usize) -> String {
+        format!("{}{}", self.region, (b'a' + i as u8) as char)
+    }
+
+    pub async fn vpc(&self, cidr: &str) -> Result<String> {
+        let out = self.ec2.create_vpc().cidr_block(cidr).send().await?;
+        out.vpc()
+            .and_then(|v| v.vpc_id())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("CreateVpc returned no id"))
+    }
+
+    pub async fn subnet(&self, vpc: &str, cidr: &str, az: &str, tags: &[(&str, &str)]) -> Result<String> {
+        let mut req = self.ec2.create_subnet().vpc_id(vpc).cidr_block(cidr).availability_zone(az);
+        if !tags.is_empty() {
+            req = req.tag_specifications(tag_spec(ResourceType::Subnet, tags));
+        }
+        let out = req.send().await.with_context(|| format!("CreateSubnet {cidr}"))?;
+        out.subnet()
+            .and_then(|s| s.subnet_id())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("CreateSubnet returned no id"))
+    }
+
+    /// A new route table, associated with `subnet` if given.
+    pub async fn route_table(&self, vpc: &str, subnet: Option<&str>) -> Result<String> {
+        let out = self.ec2.create_route_table().vpc_id(vpc).send().await?;
+        let id = out
+            .route_table()
+            .and_then(|r| r.route_table_id())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("CreateRouteTable returned no id"))?;
+        if let Some(s) = subnet {
+            self.ec2.associate_route_table().route_table_id(&id).subnet_id(s).send().await?;
+        }
+        Ok(id)
+    }
+
+    pub async fn main_route_table(&self, vpc: &str) -> Result<String> {
+        let out = self
+            .ec2
+            .describe_route_tables()
+            .filters(Filter::builder().name("vpc-id").values(vpc).build())
+            .filters(Filter::builder().name("association.main").values("true").build())
+            .send()
+            .await?;
+        out.route_tables()
+            .first()
+            .and_then(|r| r.route_table_id())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no main route table for {vpc}"))
+    }
+
+    /// Any AMI moto knows.
+    pub async fn image(&self) -> Result<String> {
+        let out = self.ec2.describe_images().send().await?;
+        out.images()
+            .iter()
+            .filter_map(|i| i.image_id())
+            .next()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("moto has no images"))
+    }
+
+    /// A launch template requiring IMDSv2 and an Auto Scaling group of one
+    /// instance in `subnet`. Returns the instance the group launched.
+    pub async fn nat_group(&self, name: &str, subnet: &str) -> Result<Instance> {
+        let image = self.image().await?;
+        self.ec2
+            .create_launch_template()
+            .launch_template_name(name)
+            .launch_template_data(
+                RequestLaunchTemplateData::builder()
+                    .image_id(image)
+                    .instance_type(aws_sdk_ec2::types::InstanceType::T4gNano)
+                    .metadata_options(
+                        LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                            .http_tokens(LaunchTemplateHttpTokensState::Required)
+                            .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
+                            .http_put_response_hop_limit(1)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .context("CreateLaunchTemplate")?;
+        self.asg
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_template(
+                aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                    .launch_template_name(name)
+                    .version("$Latest")
+                    .build(),
+            )
+            .min_size(1)
+            .max_size(1)
+            .desired_capacity(1)
+            .vpc_zone_identifier(subnet)
+            .health_check_type("EC2")
+            .health_check_grace_period(30)
+            .send()
+            .await
+            .context("CreateAutoScalingGroup")?;
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await?;
+        let id = out
+            .auto_scaling_groups()
+            .first()
+            .and_then(|g| g.instances().first())
+            .and_then(|i| i.instance_id())
+            .ok_or_else(|| anyhow!("group {name} launched no instance"))?
+            .to_owned();
+        self.instance(&id).await
+    }
+
+    /// A stand-alone instance in `subnet` (for decoys and adapter tests).
+    pub async fn run_instance(&self, subnet: &str) -> Result<Instance> {
+        let image = self.image().await?;
+        let out = self
+            .ec2
+            .run_instances()
+            .image_id(image)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(subnet)
+            .send()
+            .await?;
+        let id = out
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .ok_or_else(|| anyhow!("RunInstances returned no instance"))?
+            .to_owned();
+        self.instance(&id).await
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<Instance> {
+        let out = self.ec2.describe_instances().instance_ids(id).send().await?;
+        let i = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .ok_or_else(|| anyhow!("instance {id} not found"))?;
+        let ni = i
+            .network_interfaces()
+            .first()
+            .ok_or_else(|| anyhow!("instance {id} has no network interface"))?;
+        let s = |o: Option<&str>, what: &str| o.map(str::to_owned).ok_or_else(|| anyhow!("{id}: no {what}"));
+        Ok(Instance {
+            id: id.to_owned(),
+            az: s(i.placement().and_then(|p| p.availability_zone()), "AZ")?,
+            subnet: s(i.subnet_id(), "subnet")?,
+            vpc: s(i.vpc_id(), "VPC")?,
+            eni: s(ni.network_interface_id(), "ENI")?,
+            mac: s(ni.mac_address(), "MAC")?.to_ascii_lowercase(),
+            private_ip: s(ni.private_ip_address(), "private IP")?,
+        })
+    }
+
+    /// The `0.0.0.0/0` route of a table: (target id, state).
+    pub async fn default_route(&self, rt: &str) -> Result<Option<(String, String)>> {
+        let out = self.ec2.describe_route_tables().route_table_ids(rt).send().await?;
+        let table = out.route_tables().first().ok_or_else(|| anyhow!("{rt} not found"))?;
+        Ok(table
+            .routes()
+            .iter()
+            .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+            .map(|r| {
+                let target = r
+                    .network_interface_id()
+                    .or(r.instance_id())
+                    .or(r.nat_gateway_id())
+                    .or(r.gateway_id())
+                    .unwrap_or("?")
+                    .to_owned();
+                let state = r.state().map(|s| s.as_str().to_owned()).unwrap_or_default();
+                (target, state)
+            }))
+    }
+
+    pub async fn set_default_route(&self, rt: &str, target: DefaultTarget<'_>) -> Result<()> {
+        let exists = self.default_route(rt).await?.is_some();
+        macro_rules! with_target {
+            ($req:expr) => {
+                match target {
+                    DefaultTarget::Eni(e) => $req.network_interface_id(e),
+                    DefaultTarget::Gateway(g) => $req.gateway_id(g),
+                }
+            };
+        }
+        if exists {
+            with_target!(self.ec2.replace_route().route_table_id(rt).destination_cidr_block("0.0.0.0/0"))
+                .send()
+                .await?;
+        } else {
+            with_target!(self.ec2.create_route().route_table_id(rt).destination_cidr_block("0.0.0.0/0"))
+                .send()
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn internet_gateway(&self, vpc: &str) -> Result<String> {
+        let out = self.ec2.create_internet_gateway().send().await?;
+        let id = out
+            .internet_gateway()
+            .and_then(|g| g.internet_gateway_id())
+            .ok_or_else(|| anyhow!("no IGW id"))?
+            .to_owned();
+        self.ec2.attach_internet_gateway().internet_gateway_id(&id).vpc_id(vpc).send().await?;
+        Ok(id)
+    }
+
+    pub async fn source_dest_check(&self, eni: &str) -> Result<bool> {
+        let out = self.ec2.describe_network_interfaces().network_interface_ids(eni).send().await?;
+        Ok(out
+            .network_interfaces()
+            .first()
+            .and_then(|n| n.source_dest_check())
+            .unwrap_or(true))
+    }
+
+    pub async fn set_source_dest_check(&self, eni: &str, on: bool) -> Result<()> {
+        self.ec2
+            .modify_network_interface_attribute()
+            .network_interface_id(eni)
+            .source_dest_check(AttributeBooleanValue::builder().value(on).build())
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Auto Scaling's health status of an instance (`Healthy`/`Unhealthy`).
+    pub async fn health(&self, instance: &str) -> Result<String> {
+        let out = self
+            .asg
+            .describe_auto_scaling_instances()
+            .instance_ids(instance)
+            .send()
+            .await?;
+        out.auto_scaling_instances()
+            .first()
+            .and_then(|i| i.health_status())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{instance} is not in an Auto Scaling group"))
+    }
+
+    /// Private IP of an ENI (what the VPC router forwards to).
+    pub async fn eni_ip(&self, eni: &str) -> Result<Option<String>> {
+        let out = self.ec2.describe_network_interfaces().network_interface_ids(eni).send().await;
+        Ok(out
+            .ok()
+            .and_then(|o| o.network_interfaces().first().and_then(|n| n.private_ip_address().map(str::to_owned))))
+    }
+}
+
+/// What a test points a default route at.
+#[derive(Debug, Clone, Copy)]
+pub enum DefaultTarget<'a> {
+    Eni(&'a str),
+    Gateway(&'a str),
+}

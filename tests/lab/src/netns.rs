@@ -1,0 +1,161 @@
+//! Network namespaces, veth links and processes inside them.
+//!
+//! Everything is named under a per-run prefix so two labs (or two tests)
+//! never clash, and everything a [`Netns`] holds is removed on drop, even
+//! when a test panics. Namespaces are created from the root mount namespace
+//! (see LAB-NOTES), and processes are started in a namespace with
+//! `nsenter --net` so they share the caller's mount namespace: a daemon's
+//! own `ip netns add` is then visible to the lab and cleaned up by it.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+/// A unique, short prefix for this process and call: `hl<pid><n>`.
+pub fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("hl{}x{n}", std::process::id() % 100_000)
+}
+
+/// Run a command, failing with its stderr.
+pub fn sh(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip` with arguments given as one string (no quoting needed in the lab).
+pub fn ip(args: &str) -> Result<String> {
+    let v: Vec<&str> = args.split_whitespace().collect();
+    sh("ip", &v)
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Result<Netns> {
+        if name.len() > 64 {
+            bail!("namespace name too long: {name}");
+        }
+        let _ = ip(&format!("netns del {name}"));
+        ip(&format!("netns add {name}"))?;
+        let ns = Netns { name: name.to_owned() };
+        ns.ip("link set lo up")?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME …`
+    pub fn ip(&self, args: &str) -> Result<String> {
+        ip(&format!("-n {} {args}", self.name))
+    }
+
+    /// Run a program inside the namespace and wait for it.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        let mut v = vec!["netns", "exec", &self.name, program];
+        v.extend_from_slice(args);
+        sh("ip", &v)
+    }
+
+    /// Set a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(drop)
+    }
+
+    /// A command that will run inside the namespace (same mount namespace
+    /// as the caller). The child gets SIGKILL if the lab process dies.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        crate::die_with_parent(&mut c);
+        c
+    }
+
+    /// A TCP listener whose socket lives in this namespace.
+    pub fn bind_tcp(&self, addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
+        in_netns(&self.path(), move || std::net::TcpListener::bind(addr).map_err(Into::into))
+    }
+
+    /// A UDP socket that lives in this namespace.
+    pub fn bind_udp(&self, addr: std::net::SocketAddr) -> Result<std::net::UdpSocket> {
+        in_netns(&self.path(), move || std::net::UdpSocket::bind(addr).map_err(Into::into))
+    }
+
+    /// Connect a TCP socket from inside this namespace.
+    pub fn connect_tcp(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Result<std::net::TcpStream> {
+        in_netns(&self.path(), move || {
+            std::net::TcpStream::connect_timeout(&addr, timeout).map_err(Into::into)
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&format!("netns del {}", self.name));
+    }
+}
+
+/// Run `f` on a fresh thread that has entered the namespace at `path`.
+/// Sockets it creates stay in that namespace whatever thread uses them.
+pub fn in_netns<T: Send + 'static>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering {}", path.display()))?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
+/// A veth pair from `a:a_if` to `b:b_if`, created directly inside the two
+/// namespaces so no name ever appears in the root namespace.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    ip(&format!(
+        "link add {a_if} netns {} type veth peer name {b_if} netns {}",
+        a.name, b.name
+    ))?;
+    a.ip(&format!("link set {a_if} up"))?;
+    b.ip(&format!("link set {b_if} up"))?;
+    Ok(())
+}
+
+/// Delete every namespace whose name starts with `prefix` (for `down`).
+pub fn remove_all(prefix: &str) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for line in ip("netns list")?.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if !name.is_empty() && name.starts_with(prefix) {
+            ip(&format!("netns del {name}"))?;
+            removed.push(name.to_owned());
+        }
+    }
+    Ok(removed)
+}
