@@ -2,7 +2,7 @@
 //!
 //! Read calls (`DescribeSubnets`, `DescribeRouteTables`,
 //! `DescribeNetworkInterfaces`) are paginated and filtered server-side to
-//! our VPC and AZ. Each mutating call changes exactly one route or one
+//! our VPC (and AZ and tag for subnets), then checked again here. Each mutating call changes exactly one route or one
 //! attribute, so a failure can never leave a route table half-changed; the
 //! next reconcile simply tries again. Retries and backoff are the SDK's.
 
@@ -114,23 +114,26 @@ impl Ec2 {
         if subnets.is_empty() {
             return Ok(Vec::new());
         }
-        let resource = format!("{vpc} association.subnet-id");
+        // Filter by VPC on the server and by association here: one call
+        // either way (a VPC holds at most a few hundred tables), and it does
+        // not depend on multi-value `association.subnet-id` filtering, which
+        // moto gets wrong for tables with several associations.
+        let resource = format!("{vpc}");
         let mut pages = self
             .client
             .describe_route_tables()
             .filters(filter("vpc-id", &vpc.0))
-            .filters(
-                Filter::builder()
-                    .name("association.subnet-id")
-                    .set_values(Some(subnets.iter().map(|s| s.0.clone()).collect()))
-                    .build(),
-            )
             .into_paginator()
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeRouteTables", &resource, e))?;
-            out.extend(page.route_tables().iter().filter_map(route_table));
+            out.extend(
+                page.route_tables()
+                    .iter()
+                    .filter_map(route_table)
+                    .filter(|rt| rt.subnets.iter().any(|s| subnets.contains(s))),
+            );
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out.dedup_by(|a, b| a.id == b.id);

@@ -72,6 +72,22 @@ impl Imds {
         }
     }
 
+    /// A client for an explicit endpoint such as `http://127.0.0.1:8080`.
+    pub fn with_endpoint(endpoint: &str) -> Result<Self, IdentityError> {
+        let builder = aws_config::imds::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .read_timeout(Duration::from_secs(2))
+            .endpoint(endpoint)
+            .map_err(|_| IdentityError::Malformed {
+                path: "(endpoint)".into(),
+                value: endpoint.to_owned(),
+                problem: "not a valid IMDS endpoint URL",
+            })?;
+        Ok(Self {
+            client: builder.build(),
+        })
+    }
+
     async fn get(&self, path: &str) -> Result<String, IdentityError> {
         let full = format!("/latest/meta-data/{path}");
         self.client

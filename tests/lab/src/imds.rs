@@ -144,7 +144,7 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
             break pos;
         }
         if buf.len() > 16 * 1024 {
-            return respond(&mut conn, 400, "request too large").await;
+            return respond(&mut conn, 400, "request too large", None).await;
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
@@ -158,6 +158,7 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
 
+    let mut ttl_header = None;
     let (status, body) = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         if st.unavailable {
@@ -171,6 +172,7 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
                 Some(ttl) => {
                     let token = format!("lab-token-{:016x}", fastrand_u64());
                     st.tokens.insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+                    ttl_header = Some(ttl);
                     (200, token)
                 }
                 None => (400, "missing or invalid token TTL".into()),
@@ -193,10 +195,10 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
             (405, "Method Not Allowed".into())
         }
     };
-    respond(&mut conn, status, &body).await
+    respond(&mut conn, status, &body, ttl_header).await
 }
 
-async fn respond(conn: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+async fn respond(conn: &mut TcpStream, status: u16, body: &str, ttl: Option<u64>) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -205,8 +207,11 @@ async fn respond(conn: &mut TcpStream, status: u16, body: &str) -> std::io::Resu
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
+    let ttl = ttl
+        .map(|t| format!("x-aws-ec2-metadata-token-ttl-seconds: {t}\r\n"))
+        .unwrap_or_default();
     let msg = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n{ttl}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     conn.write_all(msg.as_bytes()).await?;

@@ -1,0 +1,292 @@
+//! The EC2 and Auto Scaling adapters and the planner against a real moto
+//! server, and instance identity against the lab's IMDSv2 emulator.
+//! No root needed.
+
+use std::time::Duration;
+
+use hanat::aws::autoscaling::AutoScaling;
+use hanat::aws::ec2::Ec2;
+use hanat::aws::imds::Imds as ImdsClient;
+use hanat::config::Config;
+use hanat::daemon::{apply, observe};
+use hanat::domain::{EniId, Identity, InstanceId, SubnetId, VpcId};
+use hanat::plan::{Action, Finding, plan};
+use hanat_lab::cloud::{Cloud, DefaultTarget};
+use hanat_lab::imds::{Imds, InstanceMetadata};
+use hanat_lab::moto::Moto;
+
+const REGION: &str = "eu-west-1";
+
+struct World {
+    cloud: Cloud,
+    me: Identity,
+    vpc: String,
+    /// Our AZ's private route tables (two subnets, two tables).
+    ours: Vec<String>,
+    /// Tables hanat must never touch.
+    decoys: Vec<(&'static str, String)>,
+    other_nat_eni: String,
+    asg_instance: String,
+}
+
+/// A VPC with our AZ's tagged subnets and every decoy the issue names.
+async fn world(moto: &Moto) -> World {
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let (a, b) = (cloud.az(0), cloud.az(1));
+    let vpc = cloud.vpc("10.0.0.0/16").await.unwrap();
+    let public = cloud.subnet(&vpc, "10.0.0.0/24", &a, &[]).await.unwrap();
+    let priv1 = cloud.subnet(&vpc, "10.0.1.0/24", &a, &[("network", "private")]).await.unwrap();
+    let priv2 = cloud.subnet(&vpc, "10.0.2.0/24", &a, &[("network", "private")]).await.unwrap();
+    let rt1 = cloud.route_table(&vpc, Some(&priv1)).await.unwrap();
+    let rt2 = cloud.route_table(&vpc, Some(&priv2)).await.unwrap();
+
+    let other_az = cloud.subnet(&vpc, "10.0.11.0/24", &b, &[("network", "private")]).await.unwrap();
+    let rt_other_az = cloud.route_table(&vpc, Some(&other_az)).await.unwrap();
+    let untagged = cloud.subnet(&vpc, "10.0.3.0/24", &a, &[("network", "public")]).await.unwrap();
+    let rt_untagged = cloud.route_table(&vpc, Some(&untagged)).await.unwrap();
+    // Tagged but not explicitly associated: uses the main table.
+    let _lonely = cloud.subnet(&vpc, "10.0.4.0/24", &a, &[("network", "private")]).await.unwrap();
+    let rt_main = cloud.main_route_table(&vpc).await.unwrap();
+    let vpc2 = cloud.vpc("10.1.0.0/16").await.unwrap();
+    let foreign = cloud.subnet(&vpc2, "10.1.1.0/24", &a, &[("network", "private")]).await.unwrap();
+    let rt_foreign = cloud.route_table(&vpc2, Some(&foreign)).await.unwrap();
+    // A table shared between our tagged subnet and one in another AZ.
+    let shared_a = cloud.subnet(&vpc, "10.0.5.0/24", &a, &[("network", "private")]).await.unwrap();
+    let shared_b = cloud.subnet(&vpc, "10.0.15.0/24", &b, &[("network", "private")]).await.unwrap();
+    let rt_shared = cloud.route_table(&vpc, Some(&shared_a)).await.unwrap();
+    cloud
+        .ec2
+        .associate_route_table()
+        .route_table_id(&rt_shared)
+        .subnet_id(&shared_b)
+        .send()
+        .await
+        .unwrap();
+
+    let nat = cloud.nat_group("nat-a", &public).await.unwrap();
+    let other_nat = cloud.run_instance(&public).await.unwrap();
+    // Decoys start with a default route to the other NAT, so any change shows.
+    for rt in [&rt_other_az, &rt_untagged, &rt_main, &rt_foreign, &rt_shared] {
+        if rt == &rt_foreign {
+            let igw = cloud.internet_gateway(&vpc2).await.unwrap();
+            cloud.set_default_route(rt, DefaultTarget::Gateway(&igw)).await.unwrap();
+        } else {
+            cloud.set_default_route(rt, DefaultTarget::Eni(&other_nat.eni)).await.unwrap();
+        }
+    }
+    let me = Identity {
+        instance_id: InstanceId(nat.id.clone()),
+        region: REGION.into(),
+        availability_zone: a.clone(),
+        mac: nat.mac.clone(),
+        eni: EniId(nat.eni.clone()),
+        vpc_id: VpcId(vpc.clone()),
+        vpc_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+        subnet_id: SubnetId(public),
+        private_ip: nat.private_ip.parse().unwrap(),
+    };
+    World {
+        cloud,
+        me,
+        vpc,
+        ours: vec![rt1, rt2],
+        decoys: vec![
+            ("other AZ", rt_other_az),
+            ("untagged", rt_untagged),
+            ("main", rt_main),
+            ("other VPC", rt_foreign),
+            ("shared with other AZ", rt_shared),
+        ],
+        other_nat_eni: other_nat.eni,
+        asg_instance: nat.id,
+    }
+}
+
+async fn adapters(moto: &Moto) -> (Ec2, AutoScaling) {
+    let sdk = moto.sdk_config(REGION).await;
+    (Ec2::new(&sdk), AutoScaling::new(&sdk))
+}
+
+async fn decoy_routes(w: &World) -> Vec<Option<(String, String)>> {
+    let mut v = Vec::new();
+    for (_, rt) in &w.decoys {
+        v.push(w.cloud.default_route(rt).await.unwrap());
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_takeover_and_takeback_touch_only_our_tables() {
+    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap().unwrap();
+    let w = world(&moto).await;
+    let (ec2, _) = adapters(&moto).await;
+    let config = Config::default();
+    let before = decoy_routes(&w).await;
+
+    // rt1 has no default route; rt2 points at another NAT.
+    w.cloud
+        .set_default_route(&w.ours[1], DefaultTarget::Eni(&w.other_nat_eni))
+        .await
+        .unwrap();
+    let observed = observe(&ec2, &w.me, &config).await.unwrap();
+    let p = plan(&w.me, &observed);
+    let mut owned: Vec<String> = p.owned.iter().map(|r| r.0.clone()).collect();
+    owned.sort();
+    let mut want = w.ours.clone();
+    want.sort();
+    assert_eq!(owned, want, "exactly our AZ's private tables are in scope");
+    assert!(p.actions.contains(&Action::CreateRoute {
+        route_table: hanat::domain::RouteTableId(w.ours[0].clone())
+    }));
+    assert!(p.actions.iter().any(|a| matches!(a, Action::ReplaceRoute { route_table, .. } if route_table.0 == w.ours[1])));
+    assert!(p.findings.iter().any(|f| matches!(f, Finding::NoExplicitTable { .. })), "{:?}", p.findings);
+    assert!(p.findings.iter().any(|f| matches!(f, Finding::SharedTable { .. })), "{:?}", p.findings);
+
+    apply(&ec2, &w.me, &p).await.unwrap();
+    for rt in &w.ours {
+        let (target, state) = w.cloud.default_route(rt).await.unwrap().expect("default route");
+        assert_eq!(target, w.me.eni.0, "{rt} points at our ENI");
+        assert_eq!(state, "active");
+    }
+    assert_eq!(decoy_routes(&w).await, before, "decoy tables unchanged");
+    assert!(!w.cloud.source_dest_check(&w.me.eni.0).await.unwrap(), "source/dest check off");
+
+    // Converged: a second pass plans nothing.
+    let again = plan(&w.me, &observe(&ec2, &w.me, &config).await.unwrap());
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+
+    // Someone repoints a table and turns the check back on: taken back.
+    w.cloud
+        .set_default_route(&w.ours[0], DefaultTarget::Eni(&w.other_nat_eni))
+        .await
+        .unwrap();
+    w.cloud.set_source_dest_check(&w.me.eni.0, true).await.unwrap();
+    let p = plan(&w.me, &observe(&ec2, &w.me, &config).await.unwrap());
+    assert_eq!(p.actions.len(), 2, "{:?}", p.actions);
+    apply(&ec2, &w.me, &p).await.unwrap();
+    assert_eq!(w.cloud.default_route(&w.ours[0]).await.unwrap().unwrap().0, w.me.eni.0);
+    assert!(!w.cloud.source_dest_check(&w.me.eni.0).await.unwrap());
+    assert_eq!(decoy_routes(&w).await, before, "decoy tables still unchanged");
+    let _ = &w.vpc;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_tag_selects_other_subnets() {
+    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap().unwrap();
+    let w = world(&moto).await;
+    let (ec2, _) = adapters(&moto).await;
+    let mut config = Config::default();
+    config.discovery.tag_key = "network".into();
+    config.discovery.tag_value = "public".into();
+    let p = plan(&w.me, &observe(&ec2, &w.me, &config).await.unwrap());
+    let untagged = &w.decoys[1].1;
+    assert_eq!(p.owned.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), vec![untagged.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_instance_health_marks_unhealthy() {
+    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap().unwrap();
+    let w = world(&moto).await;
+    let (_, asg) = adapters(&moto).await;
+    assert_eq!(w.cloud.health(&w.asg_instance).await.unwrap(), "Healthy");
+    asg.set_unhealthy(&InstanceId(w.asg_instance.clone())).await.unwrap();
+    assert_eq!(w.cloud.health(&w.asg_instance).await.unwrap(), "Unhealthy");
+    // An instance outside any group: a clear error, not a panic.
+    let err = asg.set_unhealthy(&InstanceId("i-0000000000000dead".into())).await.unwrap_err();
+    assert_eq!(err.operation, "SetInstanceHealth");
+    assert!(err.to_string().starts_with("SetInstanceHealth i-0000000000000dead: "), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_errors_carry_operation_resource_and_code() {
+    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap().unwrap();
+    let (ec2, _) = adapters(&moto).await;
+    let err = ec2
+        .replace_default_route(
+            &hanat::domain::RouteTableId("rtb-00000000000000000".into()),
+            &EniId("eni-00000000000000000".into()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.operation, "ReplaceRoute");
+    assert_eq!(err.resource, "rtb-00000000000000000");
+    assert!(err.code.is_some(), "{err:?}");
+}
+
+fn metadata() -> InstanceMetadata {
+    InstanceMetadata {
+        instance_id: "i-0123456789abcdef0".into(),
+        region: REGION.into(),
+        az: "eu-west-1a".into(),
+        mac: "02:00:00:aa:bb:cc".into(),
+        eni: "eni-0123456789abcdef0".into(),
+        vpc_id: "vpc-0123456789abcdef0".into(),
+        vpc_cidrs: vec!["10.0.0.0/16".into(), "100.64.0.0/16".into()],
+        subnet_id: "subnet-0123456789abcdef0".into(),
+        private_ip: "10.0.0.10".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_from_imdsv2_with_tokens_enforced() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let imds = Imds::serve(listener, metadata().values()).unwrap();
+    let client = ImdsClient::with_endpoint(&format!("http://{}", imds.addr)).unwrap();
+    let id = client.identity().await.unwrap();
+    assert_eq!(id.instance_id.0, "i-0123456789abcdef0");
+    assert_eq!(id.availability_zone, "eu-west-1a");
+    assert_eq!(id.region, "eu-west-1");
+    assert_eq!(id.eni.0, "eni-0123456789abcdef0");
+    assert_eq!(id.vpc_id.0, "vpc-0123456789abcdef0");
+    assert_eq!(
+        id.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        vec!["10.0.0.0/16", "100.64.0.0/16"]
+    );
+    assert_eq!(id.private_ip.to_string(), "10.0.0.10");
+    assert_eq!(imds.rejected_without_token(), 0, "every GET carried a token");
+
+    // A plain GET without a token is refused by the emulator.
+    let mut s = std::net::TcpStream::connect(imds.addr).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert_eq!(imds.rejected_without_token(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_waits_for_slow_imds_and_rejects_odd_answers() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let imds = Imds::serve(listener, metadata().values()).unwrap();
+    let client = ImdsClient::with_endpoint(&format!("http://{}", imds.addr)).unwrap();
+
+    // Down at boot, up 1.5 s later: the identity arrives.
+    imds.set_unavailable(true);
+    let up = imds.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        up.set_unavailable(false);
+    });
+    let id = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(id.instance_id.0, "i-0123456789abcdef0");
+
+    // Never up: gives up within the budget with the last error.
+    imds.set_unavailable(true);
+    let start = std::time::Instant::now();
+    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(3)).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(err.to_string().contains("instance metadata not available after"), "{err}");
+    imds.set_unavailable(false);
+
+    // A malformed value is reported with the path, at once.
+    imds.set("network/interfaces/macs/02:00:00:aa:bb:cc/vpc-ipv4-cidr-blocks", "10.0.0.0/99");
+    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30)).await.unwrap_err();
+    let msg = hanat::report(&err);
+    assert!(msg.contains("vpc-ipv4-cidr-blocks: unexpected value `10.0.0.0/99`"), "{msg}");
+
+    // Missing data (404) is permanent too.
+    imds.remove("mac");
+    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30)).await.unwrap_err();
+    assert!(hanat::report(&err).contains("/latest/meta-data/mac"), "{}", hanat::report(&err));
+}
