@@ -110,10 +110,14 @@ pub struct Heartbeat {
 impl Default for Heartbeat {
     fn default() -> Self {
         Self {
-            targets: ["tcp://1.1.1.1:443", "tcp://8.8.8.8:443", "tcp://9.9.9.9:443"]
-                .iter()
-                .filter_map(|t| t.parse().ok())
-                .collect(),
+            targets: [
+                "tcp://1.1.1.1:443",
+                "tcp://8.8.8.8:443",
+                "tcp://9.9.9.9:443",
+            ]
+            .iter()
+            .filter_map(|t| t.parse().ok())
+            .collect(),
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(500),
             fall: 3,
@@ -231,9 +235,9 @@ impl std::str::FromStr for ProbeTarget {
 
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("tcp://") {
-            let (host, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| format!("`{s}`: a tcp target needs a port, like tcp://203.0.113.10:80"))?;
+            let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+                format!("`{s}`: a tcp target needs a port, like tcp://203.0.113.10:80")
+            })?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let port: u16 = port
                 .parse()
@@ -276,8 +280,9 @@ impl<'de> Deserialize<'de> for Ipv4Cidr {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like 30s or 500ms: {e}")))
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("`{s}` is not a duration like 30s or 500ms: {e}"))
+    })
 }
 
 impl Config {
@@ -314,7 +319,10 @@ impl Config {
             return Err(("discovery.tag_key", "must not be empty".into()));
         }
         if hb.targets.is_empty() {
-            return Err(("heartbeat.targets", "at least one target is required".into()));
+            return Err((
+                "heartbeat.targets",
+                "at least one target is required".into(),
+            ));
         }
         if hb.fall == 0 {
             return Err(("heartbeat.fall", "must be at least 1".into()));
@@ -340,7 +348,9 @@ impl Config {
         let ns = &hb.probe_namespace;
         if ns.is_empty()
             || ns.len() > 64
-            || !ns.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !ns
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err((
                 "heartbeat.probe_namespace",
@@ -426,24 +436,63 @@ rise = 2
     #[test]
     fn errors_name_file_key_and_problem() {
         let cases: &[(&str, &str)] = &[
-            ("[heartbeat]\nintervall = \"1s\"", "hanat.toml: heartbeat.intervall: unknown field `intervall`, expected one of"),
-            ("[heartbeat]\ninterval = \"1 parsec\"", "hanat.toml: heartbeat.interval: `1 parsec` is not a duration"),
-            ("[heartbeat]\nfall = 0", "heartbeat.fall: must be at least 1"),
+            (
+                "[heartbeat]\nintervall = \"1s\"",
+                "hanat.toml: heartbeat.intervall: unknown field `intervall`, expected one of",
+            ),
+            (
+                "[heartbeat]\ninterval = \"1 parsec\"",
+                "hanat.toml: heartbeat.interval: `1 parsec` is not a duration",
+            ),
+            (
+                "[heartbeat]\nfall = 0",
+                "heartbeat.fall: must be at least 1",
+            ),
             ("[heartbeat]\nfall = -1", "heartbeat.fall: invalid value"),
-            ("[heartbeat]\ntargets = []", "heartbeat.targets: at least one target is required"),
-            ("[heartbeat]\ntargets = [\"udp://1.2.3.4:53\"]", "heartbeat.targets[0]: `udp://1.2.3.4:53`: unsupported target"),
-            ("[heartbeat]\ntargets = [\"tcp://1.2.3.4\"]", "heartbeat.targets[0]: `tcp://1.2.3.4`: a tcp target needs a port"),
-            ("[heartbeat]\ntimeout = \"2s\"", "heartbeat.timeout: must be more than 0 and at most heartbeat.interval (1s)"),
-            ("[heartbeat]\nprobe_cidr = \"198.19.0.0\"", "heartbeat.probe_cidr: `198.19.0.0` is not an IPv4 network"),
-            ("[heartbeat]\nprobe_namespace = \"a/b\"", "heartbeat.probe_namespace: `a/b` must be"),
-            ("[routes]\nreconcile_interval = \"10ms\"", "routes.reconcile_interval: must be at least 1s"),
-            ("[route]\nreconcile_interval = \"10s\"", "hanat.toml: route: unknown field `route`, expected one of `discovery`, `routes`"),
-            ("[log]\nformat = \"xml\"", "log.format: unknown variant `xml`"),
+            (
+                "[heartbeat]\ntargets = []",
+                "heartbeat.targets: at least one target is required",
+            ),
+            (
+                "[heartbeat]\ntargets = [\"udp://1.2.3.4:53\"]",
+                "heartbeat.targets[0]: `udp://1.2.3.4:53`: unsupported target",
+            ),
+            (
+                "[heartbeat]\ntargets = [\"tcp://1.2.3.4\"]",
+                "heartbeat.targets[0]: `tcp://1.2.3.4`: a tcp target needs a port",
+            ),
+            (
+                "[heartbeat]\ntimeout = \"2s\"",
+                "heartbeat.timeout: must be more than 0 and at most heartbeat.interval (1s)",
+            ),
+            (
+                "[heartbeat]\nprobe_cidr = \"198.19.0.0\"",
+                "heartbeat.probe_cidr: `198.19.0.0` is not an IPv4 network",
+            ),
+            (
+                "[heartbeat]\nprobe_namespace = \"a/b\"",
+                "heartbeat.probe_namespace: `a/b` must be",
+            ),
+            (
+                "[routes]\nreconcile_interval = \"10ms\"",
+                "routes.reconcile_interval: must be at least 1s",
+            ),
+            (
+                "[route]\nreconcile_interval = \"10s\"",
+                "hanat.toml: route: unknown field `route`, expected one of `discovery`, `routes`",
+            ),
+            (
+                "[log]\nformat = \"xml\"",
+                "log.format: unknown variant `xml`",
+            ),
             ("[heartbeat\n", "(file): "),
         ];
         for (text, want) in cases {
             let got = parse(text).unwrap_err();
-            assert!(got.contains(want), "for {text:?}\n got: {got}\nwant: {want}");
+            assert!(
+                got.contains(want),
+                "for {text:?}\n got: {got}\nwant: {want}"
+            );
             assert!(got.starts_with("/etc/hanat/hanat.toml: "), "{got}");
         }
     }
@@ -458,12 +507,19 @@ rise = 2
     fn missing_file_is_a_read_error() {
         let e = Config::load(Path::new("/nonexistent/hanat.toml")).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }));
-        assert!(e.to_string().starts_with("/nonexistent/hanat.toml: cannot read config file"));
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/hanat.toml: cannot read config file")
+        );
     }
 
     #[test]
     fn target_display_round_trips() {
-        for t in ["tcp://203.0.113.10:80", "tcp://[2001:db8::1]:443", "http://example.com/x"] {
+        for t in [
+            "tcp://203.0.113.10:80",
+            "tcp://[2001:db8::1]:443",
+            "http://example.com/x",
+        ] {
             let p: ProbeTarget = t.parse().unwrap();
             assert_eq!(p.to_string(), t);
         }

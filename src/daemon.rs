@@ -85,12 +85,20 @@ pub async fn converge_kernel(
     let ruleset = nft::render(interface, &nat_sources(identity, config))?;
     nft::apply(&ruleset).await?;
     let skipped = sysctl::apply(&sysctl::desired(interface, config.kernel.conntrack_max))?;
-    probe_ns::ensure(&config.heartbeat.probe_namespace, &config.heartbeat.probe_cidr).await?;
+    probe_ns::ensure(
+        &config.heartbeat.probe_namespace,
+        &config.heartbeat.probe_cidr,
+    )
+    .await?;
     Ok(skipped)
 }
 
 /// Read what the routes loop needs from EC2.
-pub async fn observe(ec2: &Ec2, identity: &Identity, config: &Config) -> Result<Observed, AwsError> {
+pub async fn observe(
+    ec2: &Ec2,
+    identity: &Identity,
+    config: &Config,
+) -> Result<Observed, AwsError> {
     let tagged_subnets = ec2
         .tagged_subnets(
             &identity.vpc_id,
@@ -99,7 +107,9 @@ pub async fn observe(ec2: &Ec2, identity: &Identity, config: &Config) -> Result<
             &config.discovery.tag_value,
         )
         .await?;
-    let route_tables = ec2.route_tables_for(&identity.vpc_id, &tagged_subnets).await?;
+    let route_tables = ec2
+        .route_tables_for(&identity.vpc_id, &tagged_subnets)
+        .await?;
     let source_dest_check = Some(ec2.source_dest_check(&identity.eni).await?);
     Ok(Observed {
         tagged_subnets,
@@ -313,7 +323,12 @@ async fn heartbeat_loop(
         targets: hb_cfg.targets.clone(),
         timeout: hb_cfg.timeout,
     };
-    let mut state = Heartbeat::new(hb_cfg.fall, hb_cfg.rise, hb_cfg.grace_period, Duration::ZERO);
+    let mut state = Heartbeat::new(
+        hb_cfg.fall,
+        hb_cfg.rise,
+        hb_cfg.grace_period,
+        Duration::ZERO,
+    );
     let mut throttle = LogThrottle::default();
     let mut rounds = tokio::time::interval(hb_cfg.interval);
     rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -343,7 +358,10 @@ async fn heartbeat_loop(
             Verdict::Steady => {}
             Verdict::Recovered => info!("forwarding recovered"),
             Verdict::Reconverge => {
-                warn!(fall = hb_cfg.fall, "forwarding probe failing; re-applying kernel NAT config");
+                warn!(
+                    fall = hb_cfg.fall,
+                    "forwarding probe failing; re-applying kernel NAT config"
+                );
                 converge_logged(&identity, &config, &interface, &mut throttle).await;
                 next_converge = Instant::now() + config.kernel.converge_interval;
             }
@@ -364,7 +382,12 @@ async fn heartbeat_loop(
     }
 }
 
-async fn converge_logged(identity: &Identity, config: &Config, interface: &str, throttle: &mut LogThrottle) {
+async fn converge_logged(
+    identity: &Identity,
+    config: &Config,
+    interface: &str,
+    throttle: &mut LogThrottle,
+) {
     match converge_kernel(identity, config, interface).await {
         Ok(skipped) => {
             throttle.clear("kernel");

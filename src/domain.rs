@@ -147,7 +147,12 @@ mod tests {
         let vpc: Ipv4Cidr = "10.0.0.0/16".parse().unwrap();
         assert!(!probe.overlaps(&vpc));
         assert!(vpc.overlaps(&"10.0.3.0/24".parse().unwrap()));
-        assert!("198.16.0.0/14".parse::<Ipv4Cidr>().unwrap().overlaps(&probe));
+        assert!(
+            "198.16.0.0/14"
+                .parse::<Ipv4Cidr>()
+                .unwrap()
+                .overlaps(&probe)
+        );
         assert_eq!(probe.nth(1), Ipv4Addr::new(198, 19, 255, 253));
         assert_eq!(probe.nth(2), Ipv4Addr::new(198, 19, 255, 254));
     }

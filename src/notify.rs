@@ -17,7 +17,9 @@ pub struct Notifier {
 impl Notifier {
     /// Read `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
     pub fn from_env() -> Self {
-        let socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
+        let socket = std::env::var("NOTIFY_SOCKET")
+            .ok()
+            .filter(|s| !s.is_empty());
         let pid_ok = std::env::var("WATCHDOG_PID")
             .ok()
             .map(|p| p.trim() == std::process::id().to_string())

@@ -192,11 +192,14 @@ pub fn plan(id: &Identity, observed: &Observed) -> Plan {
     }
     for s in &observed.tagged_subnets {
         if !covered.contains(s) {
-            out.findings.push(Finding::NoExplicitTable { subnet: s.clone() });
+            out.findings
+                .push(Finding::NoExplicitTable { subnet: s.clone() });
         }
     }
     if observed.source_dest_check == Some(true) {
-        out.actions.push(Action::DisableSourceDestCheck { eni: id.eni.clone() });
+        out.actions.push(Action::DisableSourceDestCheck {
+            eni: id.eni.clone(),
+        });
     }
     out
 }
@@ -341,7 +344,13 @@ mod tests {
         let p = plan(
             &me(),
             &observed(
-                &["subnet-m", "subnet-s", "subnet-f", "subnet-g", "subnet-lonely"],
+                &[
+                    "subnet-m",
+                    "subnet-s",
+                    "subnet-f",
+                    "subnet-g",
+                    "subnet-lonely",
+                ],
                 vec![main, shared, foreign, untagged_only, good],
                 Some(false),
             ),
@@ -393,9 +402,9 @@ mod tests {
     fn source_dest_check() {
         for (sdc, want) in [(Some(true), true), (Some(false), false), (None, false)] {
             let p = plan(&me(), &observed(&[], vec![], sdc));
-            let has = p
-                .actions
-                .contains(&Action::DisableSourceDestCheck { eni: EniId("eni-me".into()) });
+            let has = p.actions.contains(&Action::DisableSourceDestCheck {
+                eni: EniId("eni-me".into()),
+            });
             assert_eq!(has, want, "{sdc:?}");
         }
     }
@@ -407,6 +416,9 @@ mod tests {
             from: eni("eni-2"),
             blackhole: true,
         };
-        assert_eq!(a.to_string(), "replace 0.0.0.0/0 in rtb-1 (now eni-2, blackhole)");
+        assert_eq!(
+            a.to_string(),
+            "replace 0.0.0.0/0 in rtb-1 (now eni-2, blackhole)"
+        );
     }
 }

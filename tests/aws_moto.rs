@@ -2,6 +2,8 @@
 //! server, and instance identity against the lab's IMDSv2 emulator.
 //! No root needed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::time::Duration;
 
 use hanat::aws::autoscaling::AutoScaling;
@@ -35,24 +37,48 @@ async fn world(moto: &Moto) -> World {
     let (a, b) = (cloud.az(0), cloud.az(1));
     let vpc = cloud.vpc("10.0.0.0/16").await.unwrap();
     let public = cloud.subnet(&vpc, "10.0.0.0/24", &a, &[]).await.unwrap();
-    let priv1 = cloud.subnet(&vpc, "10.0.1.0/24", &a, &[("network", "private")]).await.unwrap();
-    let priv2 = cloud.subnet(&vpc, "10.0.2.0/24", &a, &[("network", "private")]).await.unwrap();
+    let priv1 = cloud
+        .subnet(&vpc, "10.0.1.0/24", &a, &[("network", "private")])
+        .await
+        .unwrap();
+    let priv2 = cloud
+        .subnet(&vpc, "10.0.2.0/24", &a, &[("network", "private")])
+        .await
+        .unwrap();
     let rt1 = cloud.route_table(&vpc, Some(&priv1)).await.unwrap();
     let rt2 = cloud.route_table(&vpc, Some(&priv2)).await.unwrap();
 
-    let other_az = cloud.subnet(&vpc, "10.0.11.0/24", &b, &[("network", "private")]).await.unwrap();
+    let other_az = cloud
+        .subnet(&vpc, "10.0.11.0/24", &b, &[("network", "private")])
+        .await
+        .unwrap();
     let rt_other_az = cloud.route_table(&vpc, Some(&other_az)).await.unwrap();
-    let untagged = cloud.subnet(&vpc, "10.0.3.0/24", &a, &[("network", "public")]).await.unwrap();
+    let untagged = cloud
+        .subnet(&vpc, "10.0.3.0/24", &a, &[("network", "public")])
+        .await
+        .unwrap();
     let rt_untagged = cloud.route_table(&vpc, Some(&untagged)).await.unwrap();
     // Tagged but not explicitly associated: uses the main table.
-    let _lonely = cloud.subnet(&vpc, "10.0.4.0/24", &a, &[("network", "private")]).await.unwrap();
+    let _lonely = cloud
+        .subnet(&vpc, "10.0.4.0/24", &a, &[("network", "private")])
+        .await
+        .unwrap();
     let rt_main = cloud.main_route_table(&vpc).await.unwrap();
     let vpc2 = cloud.vpc("10.1.0.0/16").await.unwrap();
-    let foreign = cloud.subnet(&vpc2, "10.1.1.0/24", &a, &[("network", "private")]).await.unwrap();
+    let foreign = cloud
+        .subnet(&vpc2, "10.1.1.0/24", &a, &[("network", "private")])
+        .await
+        .unwrap();
     let rt_foreign = cloud.route_table(&vpc2, Some(&foreign)).await.unwrap();
     // A table shared between our tagged subnet and one in another AZ.
-    let shared_a = cloud.subnet(&vpc, "10.0.5.0/24", &a, &[("network", "private")]).await.unwrap();
-    let shared_b = cloud.subnet(&vpc, "10.0.15.0/24", &b, &[("network", "private")]).await.unwrap();
+    let shared_a = cloud
+        .subnet(&vpc, "10.0.5.0/24", &a, &[("network", "private")])
+        .await
+        .unwrap();
+    let shared_b = cloud
+        .subnet(&vpc, "10.0.15.0/24", &b, &[("network", "private")])
+        .await
+        .unwrap();
     let rt_shared = cloud.route_table(&vpc, Some(&shared_a)).await.unwrap();
     cloud
         .ec2
@@ -66,12 +92,24 @@ async fn world(moto: &Moto) -> World {
     let nat = cloud.nat_group("nat-a", &public).await.unwrap();
     let other_nat = cloud.run_instance(&public).await.unwrap();
     // Decoys start with a default route to the other NAT, so any change shows.
-    for rt in [&rt_other_az, &rt_untagged, &rt_main, &rt_foreign, &rt_shared] {
+    for rt in [
+        &rt_other_az,
+        &rt_untagged,
+        &rt_main,
+        &rt_foreign,
+        &rt_shared,
+    ] {
         if rt == &rt_foreign {
             let igw = cloud.internet_gateway(&vpc2).await.unwrap();
-            cloud.set_default_route(rt, DefaultTarget::Gateway(&igw)).await.unwrap();
+            cloud
+                .set_default_route(rt, DefaultTarget::Gateway(&igw))
+                .await
+                .unwrap();
         } else {
-            cloud.set_default_route(rt, DefaultTarget::Eni(&other_nat.eni)).await.unwrap();
+            cloud
+                .set_default_route(rt, DefaultTarget::Eni(&other_nat.eni))
+                .await
+                .unwrap();
         }
     }
     let me = Identity {
@@ -117,7 +155,10 @@ async fn decoy_routes(w: &World) -> Vec<Option<(String, String)>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_takeover_and_takeback_touch_only_our_tables() {
-    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap().unwrap();
+    let moto = tokio::task::spawn_blocking(Moto::start)
+        .await
+        .unwrap()
+        .unwrap();
     let w = world(&moto).await;
     let (ec2, _) = adapters(&moto).await;
     let config = Config::default();
@@ -138,18 +179,40 @@ async fn discovery_takeover_and_takeback_touch_only_our_tables() {
     assert!(p.actions.contains(&Action::CreateRoute {
         route_table: hanat::domain::RouteTableId(w.ours[0].clone())
     }));
-    assert!(p.actions.iter().any(|a| matches!(a, Action::ReplaceRoute { route_table, .. } if route_table.0 == w.ours[1])));
-    assert!(p.findings.iter().any(|f| matches!(f, Finding::NoExplicitTable { .. })), "{:?}", p.findings);
-    assert!(p.findings.iter().any(|f| matches!(f, Finding::SharedTable { .. })), "{:?}", p.findings);
+    assert!(p.actions.iter().any(
+        |a| matches!(a, Action::ReplaceRoute { route_table, .. } if route_table.0 == w.ours[1])
+    ));
+    assert!(
+        p.findings
+            .iter()
+            .any(|f| matches!(f, Finding::NoExplicitTable { .. })),
+        "{:?}",
+        p.findings
+    );
+    assert!(
+        p.findings
+            .iter()
+            .any(|f| matches!(f, Finding::SharedTable { .. })),
+        "{:?}",
+        p.findings
+    );
 
     apply(&ec2, &w.me, &p).await.unwrap();
     for rt in &w.ours {
-        let (target, state) = w.cloud.default_route(rt).await.unwrap().expect("default route");
+        let (target, state) = w
+            .cloud
+            .default_route(rt)
+            .await
+            .unwrap()
+            .expect("default route");
         assert_eq!(target, w.me.eni.0, "{rt} points at our ENI");
         assert_eq!(state, "active");
     }
     assert_eq!(decoy_routes(&w).await, before, "decoy tables unchanged");
-    assert!(!w.cloud.source_dest_check(&w.me.eni.0).await.unwrap(), "source/dest check off");
+    assert!(
+        !w.cloud.source_dest_check(&w.me.eni.0).await.unwrap(),
+        "source/dest check off"
+    );
 
     // Converged: a second pass plans nothing.
     let again = plan(&w.me, &observe(&ec2, &w.me, &config).await.unwrap());
@@ -160,19 +223,32 @@ async fn discovery_takeover_and_takeback_touch_only_our_tables() {
         .set_default_route(&w.ours[0], DefaultTarget::Eni(&w.other_nat_eni))
         .await
         .unwrap();
-    w.cloud.set_source_dest_check(&w.me.eni.0, true).await.unwrap();
+    w.cloud
+        .set_source_dest_check(&w.me.eni.0, true)
+        .await
+        .unwrap();
     let p = plan(&w.me, &observe(&ec2, &w.me, &config).await.unwrap());
     assert_eq!(p.actions.len(), 2, "{:?}", p.actions);
     apply(&ec2, &w.me, &p).await.unwrap();
-    assert_eq!(w.cloud.default_route(&w.ours[0]).await.unwrap().unwrap().0, w.me.eni.0);
+    assert_eq!(
+        w.cloud.default_route(&w.ours[0]).await.unwrap().unwrap().0,
+        w.me.eni.0
+    );
     assert!(!w.cloud.source_dest_check(&w.me.eni.0).await.unwrap());
-    assert_eq!(decoy_routes(&w).await, before, "decoy tables still unchanged");
+    assert_eq!(
+        decoy_routes(&w).await,
+        before,
+        "decoy tables still unchanged"
+    );
     let _ = &w.vpc;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_tag_selects_other_subnets() {
-    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap().unwrap();
+    let moto = tokio::task::spawn_blocking(Moto::start)
+        .await
+        .unwrap()
+        .unwrap();
     let w = world(&moto).await;
     let (ec2, _) = adapters(&moto).await;
     let mut config = Config::default();
@@ -180,26 +256,44 @@ async fn custom_tag_selects_other_subnets() {
     config.discovery.tag_value = "public".into();
     let p = plan(&w.me, &observe(&ec2, &w.me, &config).await.unwrap());
     let untagged = &w.decoys[1].1;
-    assert_eq!(p.owned.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), vec![untagged.clone()]);
+    assert_eq!(
+        p.owned.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        vec![untagged.clone()]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_instance_health_marks_unhealthy() {
-    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap().unwrap();
+    let moto = tokio::task::spawn_blocking(Moto::start)
+        .await
+        .unwrap()
+        .unwrap();
     let w = world(&moto).await;
     let (_, asg) = adapters(&moto).await;
     assert_eq!(w.cloud.health(&w.asg_instance).await.unwrap(), "Healthy");
-    asg.set_unhealthy(&InstanceId(w.asg_instance.clone())).await.unwrap();
+    asg.set_unhealthy(&InstanceId(w.asg_instance.clone()))
+        .await
+        .unwrap();
     assert_eq!(w.cloud.health(&w.asg_instance).await.unwrap(), "Unhealthy");
     // An instance outside any group: a clear error, not a panic.
-    let err = asg.set_unhealthy(&InstanceId("i-0000000000000dead".into())).await.unwrap_err();
+    let err = asg
+        .set_unhealthy(&InstanceId("i-0000000000000dead".into()))
+        .await
+        .unwrap_err();
     assert_eq!(err.operation, "SetInstanceHealth");
-    assert!(err.to_string().starts_with("SetInstanceHealth i-0000000000000dead: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("SetInstanceHealth i-0000000000000dead: "),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_errors_carry_operation_resource_and_code() {
-    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap().unwrap();
+    let moto = tokio::task::spawn_blocking(Moto::start)
+        .await
+        .unwrap()
+        .unwrap();
     let (ec2, _) = adapters(&moto).await;
     let err = ec2
         .replace_default_route(
@@ -239,16 +333,24 @@ async fn identity_from_imdsv2_with_tokens_enforced() {
     assert_eq!(id.eni.0, "eni-0123456789abcdef0");
     assert_eq!(id.vpc_id.0, "vpc-0123456789abcdef0");
     assert_eq!(
-        id.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        id.vpc_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         vec!["10.0.0.0/16", "100.64.0.0/16"]
     );
     assert_eq!(id.private_ip.to_string(), "10.0.0.10");
-    assert_eq!(imds.rejected_without_token(), 0, "every GET carried a token");
+    assert_eq!(
+        imds.rejected_without_token(),
+        0,
+        "every GET carried a token"
+    );
 
     // A plain GET without a token is refused by the emulator.
     let mut s = std::net::TcpStream::connect(imds.addr).unwrap();
     use std::io::{Read, Write};
-    s.write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 401"), "{out}");
@@ -268,25 +370,47 @@ async fn identity_waits_for_slow_imds_and_rejects_odd_answers() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         up.set_unavailable(false);
     });
-    let id = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30)).await.unwrap();
+    let id = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(id.instance_id.0, "i-0123456789abcdef0");
 
     // Never up: gives up within the budget with the last error.
     imds.set_unavailable(true);
     let start = std::time::Instant::now();
-    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(3)).await.unwrap_err();
+    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(3))
+        .await
+        .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(20));
-    assert!(err.to_string().contains("instance metadata not available after"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("instance metadata not available after"),
+        "{err}"
+    );
     imds.set_unavailable(false);
 
     // A malformed value is reported with the path, at once.
-    imds.set("network/interfaces/macs/02:00:00:aa:bb:cc/vpc-ipv4-cidr-blocks", "10.0.0.0/99");
-    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30)).await.unwrap_err();
+    imds.set(
+        "network/interfaces/macs/02:00:00:aa:bb:cc/vpc-ipv4-cidr-blocks",
+        "10.0.0.0/99",
+    );
+    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30))
+        .await
+        .unwrap_err();
     let msg = hanat::report(&err);
-    assert!(msg.contains("vpc-ipv4-cidr-blocks: unexpected value `10.0.0.0/99`"), "{msg}");
+    assert!(
+        msg.contains("vpc-ipv4-cidr-blocks: unexpected value `10.0.0.0/99`"),
+        "{msg}"
+    );
 
     // Missing data (404) is permanent too.
     imds.remove("mac");
-    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30)).await.unwrap_err();
-    assert!(hanat::report(&err).contains("/latest/meta-data/mac"), "{}", hanat::report(&err));
+    let err = hanat::aws::imds::identity_with_retry(&client, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(
+        hanat::report(&err).contains("/latest/meta-data/mac"),
+        "{}",
+        hanat::report(&err)
+    );
 }

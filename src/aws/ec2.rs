@@ -141,7 +141,11 @@ impl Ec2 {
     }
 
     /// Create `0.0.0.0/0 → eni` in a table that has no default route.
-    pub async fn create_default_route(&self, rt: &RouteTableId, eni: &EniId) -> Result<(), AwsError> {
+    pub async fn create_default_route(
+        &self,
+        rt: &RouteTableId,
+        eni: &EniId,
+    ) -> Result<(), AwsError> {
         self.client
             .create_route()
             .route_table_id(&rt.0)
@@ -154,7 +158,11 @@ impl Ec2 {
     }
 
     /// Point an existing `0.0.0.0/0` at `eni`.
-    pub async fn replace_default_route(&self, rt: &RouteTableId, eni: &EniId) -> Result<(), AwsError> {
+    pub async fn replace_default_route(
+        &self,
+        rt: &RouteTableId,
+        eni: &EniId,
+    ) -> Result<(), AwsError> {
         self.client
             .replace_route()
             .route_table_id(&rt.0)

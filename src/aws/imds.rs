@@ -23,7 +23,7 @@ pub enum IdentityError {
     Fetch {
         path: String,
         #[source]
-        source: ImdsError,
+        source: Box<ImdsError>,
     },
     /// IMDS answered something we cannot use.
     #[error("instance metadata {path}: unexpected value `{value}`: {problem}")]
@@ -45,10 +45,9 @@ impl IdentityError {
     /// or not on EC2); retrying will not help.
     fn is_permanent(&self) -> bool {
         match self {
-            IdentityError::Fetch {
-                source: ImdsError::ErrorResponse(r),
-                ..
-            } => r.response().status().as_u16() == 404,
+            IdentityError::Fetch { source, .. } => {
+                matches!(&**source, ImdsError::ErrorResponse(r) if r.response().status().as_u16() == 404)
+            }
             IdentityError::Malformed { .. } => true,
             _ => false,
         }
@@ -94,7 +93,10 @@ impl Imds {
             .get(full.clone())
             .await
             .map(|s| s.as_ref().trim().to_owned())
-            .map_err(|source| IdentityError::Fetch { path: full, source })
+            .map_err(|source| IdentityError::Fetch {
+                path: full,
+                source: Box::new(source),
+            })
     }
 
     /// Read everything the daemon needs to know about itself, once.
@@ -129,7 +131,11 @@ impl Imds {
         check_prefix(&vpc_id, "vpc-").map_err(|p| malformed(&iface, &vpc_id, p))?;
         check_prefix(&subnet_id, "subnet-").map_err(|p| malformed(&iface, &subnet_id, p))?;
         if availability_zone.is_empty() || region.is_empty() {
-            return Err(malformed("placement/availability-zone", &availability_zone, "empty"));
+            return Err(malformed(
+                "placement/availability-zone",
+                &availability_zone,
+                "empty",
+            ));
         }
         let vpc_cidrs = cidrs
             .split_whitespace()

@@ -43,11 +43,7 @@ impl fmt::Display for AwsError {
 }
 
 impl AwsError {
-    pub(crate) fn from_sdk<E>(
-        operation: &'static str,
-        resource: impl Into<String>,
-        err: E,
-    ) -> Self
+    pub(crate) fn from_sdk<E>(operation: &'static str, resource: impl Into<String>, err: E) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {

@@ -83,12 +83,16 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // journald stamps every line itself.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match (config.log.format, under_journald) {
         (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Text, true) => builder.without_time().with_ansi(false).init(),
+        (LogFormat::Text, true) => builder.without_time().init(),
         (LogFormat::Text, false) => builder.init(),
     }
 }
@@ -166,7 +170,10 @@ async fn interface(config: &Config, identity: &Identity) -> Result<String, Failu
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the default action (terminate) applies,
         // which leaves everything in place just the same.
         return std::future::pending().await;
@@ -206,7 +213,11 @@ async fn plan(config: Config) -> Result<(), Failure> {
         identity.availability_zone,
         identity.region,
         identity.vpc_id,
-        identity.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        identity
+            .vpc_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         identity.eni
     );
     daemon::check_probe_cidr(&identity, &config).map_err(|e| Failure::new(exit::CONFIG, &e))?;
@@ -217,7 +228,14 @@ async fn plan(config: Config) -> Result<(), Failure> {
         .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))?;
     let plan = hanat::plan::plan(&identity, &observed);
     let owned: Vec<String> = plan.owned.iter().map(ToString::to_string).collect();
-    println!("route tables in scope: {}", if owned.is_empty() { "none".into() } else { owned.join(", ") });
+    println!(
+        "route tables in scope: {}",
+        if owned.is_empty() {
+            "none".into()
+        } else {
+            owned.join(", ")
+        }
+    );
     for f in &plan.findings {
         println!("note: {f}");
     }
@@ -239,7 +257,10 @@ async fn plan(config: Config) -> Result<(), Failure> {
         Err(f) => println!("note: {}", f.message),
     }
     match nft::table_exists().await {
-        Ok(true) => println!("would replace nftables table ip {} (atomically)", nft::TABLE),
+        Ok(true) => println!(
+            "would replace nftables table ip {} (atomically)",
+            nft::TABLE
+        ),
         Ok(false) => {
             println!("would create nftables table ip {}", nft::TABLE);
             changes += 1;
@@ -247,7 +268,10 @@ async fn plan(config: Config) -> Result<(), Failure> {
         Err(e) => println!("note: {}", report(&e)),
     }
     if !probe_ns::netns_path(&config.heartbeat.probe_namespace).exists() {
-        println!("would create probe namespace {}", config.heartbeat.probe_namespace);
+        println!(
+            "would create probe namespace {}",
+            config.heartbeat.probe_namespace
+        );
         changes += 1;
     }
     println!("{changes} change(s)");

@@ -38,7 +38,12 @@ impl Round {
     pub fn failures(&self) -> String {
         self.results
             .iter()
-            .filter_map(|r| r.outcome.as_ref().err().map(|e| format!("{}: {e}", r.target)))
+            .filter_map(|r| {
+                r.outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{}: {e}", r.target))
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -96,14 +101,18 @@ impl Prober {
             let entered = std::fs::File::open(path)
                 .map_err(|e| format!("cannot open probe namespace {}: {e}", path.display()))
                 .and_then(|f| {
-                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| format!("cannot enter probe namespace {}: {e}", path.display()))
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        format!("cannot enter probe namespace {}: {e}", path.display())
+                    })
                 });
             if let Err(why) = entered {
                 return fail_all(why);
             }
         }
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => return fail_all(format!("cannot start probe runtime: {e}")),
         };
@@ -114,7 +123,8 @@ impl Prober {
                 let timeout = self.timeout;
                 set.spawn(async move { (i, probe_one(&t, timeout).await) });
             }
-            let mut outcomes: Vec<Option<Result<Duration, String>>> = vec![None; self.targets.len()];
+            let mut outcomes: Vec<Option<Result<Duration, String>>> =
+                vec![None; self.targets.len()];
             while let Some(joined) = set.join_next().await {
                 if let Ok((i, outcome)) = joined {
                     outcomes[i] = Some(outcome);
@@ -139,10 +149,12 @@ async fn probe_one(target: &ProbeTarget, timeout: Duration) -> Result<Duration, 
     let start = Instant::now();
     let attempt = async {
         match target {
-            ProbeTarget::Tcp { host, port } => tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            ProbeTarget::Tcp { host, port } => {
+                tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
             ProbeTarget::Http { url } => {
                 let client = reqwest::Client::builder()
                     .no_proxy()
@@ -166,7 +178,10 @@ async fn probe_one(target: &ProbeTarget, timeout: Duration) -> Result<Duration, 
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(())) => Ok(start.elapsed()),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout))),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }
 
@@ -179,7 +194,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let good = listener.local_addr().unwrap();
         // A port that was free a moment ago: refused.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let prober = Prober {
             netns: None,
             targets: vec![
@@ -210,7 +228,11 @@ mod tests {
         };
         let round = prober.round().await;
         assert!(!round.ok());
-        assert!(round.failures().contains("probe namespace"), "{}", round.failures());
+        assert!(
+            round.failures().contains("probe namespace"),
+            "{}",
+            round.failures()
+        );
     }
 
     #[tokio::test]

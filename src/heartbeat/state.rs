@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn reconverge_that_works_recovers_after_rise() {
         let mut hb = Heartbeat::new(2, 2, Duration::ZERO, Duration::ZERO);
-        assert_eq!(run(&mut hb, 0, "+--++"), vec![Steady, Steady, Reconverge, Steady, Recovered]);
+        assert_eq!(
+            run(&mut hb, 0, "+--++"),
+            vec![Steady, Steady, Reconverge, Steady, Recovered]
+        );
         assert_eq!(hb.phase(), Phase::Healthy);
         // A fresh failure run needs `fall` again.
         assert_eq!(run(&mut hb, 5, "-+-"), vec![Steady, Steady, Steady]);
@@ -179,7 +182,10 @@ mod tests {
     #[test]
     fn unhealthy_then_recovery_is_reported() {
         let mut hb = Heartbeat::new(1, 3, Duration::ZERO, Duration::ZERO);
-        assert_eq!(run(&mut hb, 0, "+--"), vec![Steady, Reconverge, MarkUnhealthy]);
+        assert_eq!(
+            run(&mut hb, 0, "+--"),
+            vec![Steady, Reconverge, MarkUnhealthy]
+        );
         hb.reported_unhealthy();
         assert_eq!(run(&mut hb, 3, "+++"), vec![Steady, Steady, Recovered]);
     }

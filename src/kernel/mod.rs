@@ -41,14 +41,22 @@ pub enum KernelError {
 }
 
 /// Run `program args…`, feeding `stdin` if given; stdout on success.
-pub(crate) async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, KernelError> {
+pub(crate) async fn run(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, KernelError> {
     let command = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
     let mut child = tokio::process::Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

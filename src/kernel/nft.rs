@@ -22,7 +22,11 @@ pub const TABLE: &str = "hanat";
 
 /// The ruleset for masquerading `sources` out of `iface`. Pure.
 pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
-    if iface.is_empty() || iface.chars().any(|c| c == '"' || c == '\\' || c.is_whitespace()) {
+    if iface.is_empty()
+        || iface
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_whitespace())
+    {
         return Err(KernelError::Interface(format!(
             "`{iface}` cannot be used in an nftables rule"
         )));
@@ -93,7 +97,10 @@ mod tests {
             std::fs::write(path, &got).unwrap();
         }
         let golden = std::fs::read_to_string(path).unwrap();
-        assert_eq!(got, golden, "rendered ruleset differs from {path} (HANAT_BLESS=1 to update)");
+        assert_eq!(
+            got, golden,
+            "rendered ruleset differs from {path} (HANAT_BLESS=1 to update)"
+        );
     }
 
     #[test]

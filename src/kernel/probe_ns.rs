@@ -45,19 +45,36 @@ pub async fn ensure(name: &str, cidr: &Ipv4Cidr) -> Result<(), KernelError> {
         let _ = run("ip", &["-n", name, "link", "del", NS_IFACE], None).await;
         run(
             "ip",
-            &["link", "add", HOST_IFACE, "type", "veth", "peer", "name", NS_IFACE, "netns", name],
+            &[
+                "link", "add", HOST_IFACE, "type", "veth", "peer", "name", NS_IFACE, "netns", name,
+            ],
             None,
         )
         .await?;
     }
     let (host_addr, ns_addr) = addresses(cidr);
     let gateway = cidr.nth(1).to_string();
-    run("ip", &["addr", "replace", &host_addr, "dev", HOST_IFACE], None).await?;
+    run(
+        "ip",
+        &["addr", "replace", &host_addr, "dev", HOST_IFACE],
+        None,
+    )
+    .await?;
     run("ip", &["link", "set", HOST_IFACE, "up"], None).await?;
-    run("ip", &["-n", name, "addr", "replace", &ns_addr, "dev", NS_IFACE], None).await?;
+    run(
+        "ip",
+        &["-n", name, "addr", "replace", &ns_addr, "dev", NS_IFACE],
+        None,
+    )
+    .await?;
     run("ip", &["-n", name, "link", "set", "lo", "up"], None).await?;
     run("ip", &["-n", name, "link", "set", NS_IFACE, "up"], None).await?;
-    run("ip", &["-n", name, "route", "replace", "default", "via", &gateway], None).await?;
+    run(
+        "ip",
+        &["-n", name, "route", "replace", "default", "via", &gateway],
+        None,
+    )
+    .await?;
     Ok(())
 }
 

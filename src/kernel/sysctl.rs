@@ -41,10 +41,18 @@ pub fn desired(iface: &str, conntrack_max: u64) -> Vec<Sysctl> {
         s("net.ipv4.conf.default.send_redirects".into(), 0, false),
         s(format!("net.ipv4.conf.{iface}.send_redirects"), 0, false),
         s("net.ipv4.conf.all.rp_filter".into(), 2, false),
-        s("net.netfilter.nf_conntrack_tcp_timeout_established".into(), 7440, true),
+        s(
+            "net.netfilter.nf_conntrack_tcp_timeout_established".into(),
+            7440,
+            true,
+        ),
     ];
     if conntrack_max > 0 {
-        v.push(s("net.netfilter.nf_conntrack_max".into(), conntrack_max, true));
+        v.push(s(
+            "net.netfilter.nf_conntrack_max".into(),
+            conntrack_max,
+            true,
+        ));
     }
     v
 }
@@ -100,7 +108,10 @@ mod tests {
 
     #[test]
     fn paths_keep_dotted_interface_names() {
-        assert_eq!(path("net.ipv4.ip_forward"), PathBuf::from("/proc/sys/net/ipv4/ip_forward"));
+        assert_eq!(
+            path("net.ipv4.ip_forward"),
+            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+        );
         assert_eq!(
             path("net.ipv4.conf.eth0.100.send_redirects"),
             PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/send_redirects")
@@ -110,10 +121,20 @@ mod tests {
     #[test]
     fn desired_values() {
         let d = desired("ens5", 0);
-        assert!(d.iter().any(|x| x.key == "net.ipv4.conf.ens5.send_redirects" && x.value == "0"));
+        assert!(
+            d.iter()
+                .any(|x| x.key == "net.ipv4.conf.ens5.send_redirects" && x.value == "0")
+        );
         assert!(!d.iter().any(|x| x.key == "net.netfilter.nf_conntrack_max"));
         let d = desired("ens5", 1000);
-        assert!(d.iter().any(|x| x.key == "net.netfilter.nf_conntrack_max" && x.value == "1000" && x.optional));
-        assert!(d.iter().any(|x| x.key == "net.ipv4.ip_forward" && x.value == "1" && !x.optional));
+        assert!(
+            d.iter().any(|x| x.key == "net.netfilter.nf_conntrack_max"
+                && x.value == "1000"
+                && x.optional)
+        );
+        assert!(
+            d.iter()
+                .any(|x| x.key == "net.ipv4.ip_forward" && x.value == "1" && !x.optional)
+        );
     }
 }

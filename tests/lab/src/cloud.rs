@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, Filter, LaunchTemplateInstanceMetadataEndpointState,
-    LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplateHttpTokensState,
+    AttributeBooleanValue, Filter, LaunchTemplateHttpTokensState,
+    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
     RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
 };
 
@@ -58,12 +58,26 @@ impl Cloud {
             .ok_or_else(|| anyhow!("CreateVpc returned no id"))
     }
 
-    pub async fn subnet(&self, vpc: &str, cidr: &str, az: &str, tags: &[(&str, &str)]) -> Result<String> {
-        let mut req = self.ec2.create_subnet().vpc_id(vpc).cidr_block(cidr).availability_zone(az);
+    pub async fn subnet(
+        &self,
+        vpc: &str,
+        cidr: &str,
+        az: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<String> {
+        let mut req = self
+            .ec2
+            .create_subnet()
+            .vpc_id(vpc)
+            .cidr_block(cidr)
+            .availability_zone(az);
         if !tags.is_empty() {
             req = req.tag_specifications(tag_spec(ResourceType::Subnet, tags));
         }
-        let out = req.send().await.with_context(|| format!("CreateSubnet {cidr}"))?;
+        let out = req
+            .send()
+            .await
+            .with_context(|| format!("CreateSubnet {cidr}"))?;
         out.subnet()
             .and_then(|s| s.subnet_id())
             .map(str::to_owned)
@@ -79,7 +93,12 @@ impl Cloud {
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("CreateRouteTable returned no id"))?;
         if let Some(s) = subnet {
-            self.ec2.associate_route_table().route_table_id(&id).subnet_id(s).send().await?;
+            self.ec2
+                .associate_route_table()
+                .route_table_id(&id)
+                .subnet_id(s)
+                .send()
+                .await?;
         }
         Ok(id)
     }
@@ -89,7 +108,12 @@ impl Cloud {
             .ec2
             .describe_route_tables()
             .filters(Filter::builder().name("vpc-id").values(vpc).build())
-            .filters(Filter::builder().name("association.main").values("true").build())
+            .filters(
+                Filter::builder()
+                    .name("association.main")
+                    .values("true")
+                    .build(),
+            )
             .send()
             .await?;
         out.route_tables()
@@ -189,7 +213,12 @@ impl Cloud {
     }
 
     pub async fn instance(&self, id: &str) -> Result<Instance> {
-        let out = self.ec2.describe_instances().instance_ids(id).send().await?;
+        let out = self
+            .ec2
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await?;
         let i = out
             .reservations()
             .iter()
@@ -200,7 +229,10 @@ impl Cloud {
             .network_interfaces()
             .first()
             .ok_or_else(|| anyhow!("instance {id} has no network interface"))?;
-        let s = |o: Option<&str>, what: &str| o.map(str::to_owned).ok_or_else(|| anyhow!("{id}: no {what}"));
+        let s = |o: Option<&str>, what: &str| {
+            o.map(str::to_owned)
+                .ok_or_else(|| anyhow!("{id}: no {what}"))
+        };
         Ok(Instance {
             id: id.to_owned(),
             az: s(i.placement().and_then(|p| p.availability_zone()), "AZ")?,
@@ -214,8 +246,16 @@ impl Cloud {
 
     /// The `0.0.0.0/0` route of a table: (target id, state).
     pub async fn default_route(&self, rt: &str) -> Result<Option<(String, String)>> {
-        let out = self.ec2.describe_route_tables().route_table_ids(rt).send().await?;
-        let table = out.route_tables().first().ok_or_else(|| anyhow!("{rt} not found"))?;
+        let out = self
+            .ec2
+            .describe_route_tables()
+            .route_table_ids(rt)
+            .send()
+            .await?;
+        let table = out
+            .route_tables()
+            .first()
+            .ok_or_else(|| anyhow!("{rt} not found"))?;
         Ok(table
             .routes()
             .iter()
@@ -244,13 +284,23 @@ impl Cloud {
             };
         }
         if exists {
-            with_target!(self.ec2.replace_route().route_table_id(rt).destination_cidr_block("0.0.0.0/0"))
-                .send()
-                .await?;
+            with_target!(
+                self.ec2
+                    .replace_route()
+                    .route_table_id(rt)
+                    .destination_cidr_block("0.0.0.0/0")
+            )
+            .send()
+            .await?;
         } else {
-            with_target!(self.ec2.create_route().route_table_id(rt).destination_cidr_block("0.0.0.0/0"))
-                .send()
-                .await?;
+            with_target!(
+                self.ec2
+                    .create_route()
+                    .route_table_id(rt)
+                    .destination_cidr_block("0.0.0.0/0")
+            )
+            .send()
+            .await?;
         }
         Ok(())
     }
@@ -262,12 +312,22 @@ impl Cloud {
             .and_then(|g| g.internet_gateway_id())
             .ok_or_else(|| anyhow!("no IGW id"))?
             .to_owned();
-        self.ec2.attach_internet_gateway().internet_gateway_id(&id).vpc_id(vpc).send().await?;
+        self.ec2
+            .attach_internet_gateway()
+            .internet_gateway_id(&id)
+            .vpc_id(vpc)
+            .send()
+            .await?;
         Ok(id)
     }
 
     pub async fn source_dest_check(&self, eni: &str) -> Result<bool> {
-        let out = self.ec2.describe_network_interfaces().network_interface_ids(eni).send().await?;
+        let out = self
+            .ec2
+            .describe_network_interfaces()
+            .network_interface_ids(eni)
+            .send()
+            .await?;
         Ok(out
             .network_interfaces()
             .first()
@@ -302,10 +362,17 @@ impl Cloud {
 
     /// Private IP of an ENI (what the VPC router forwards to).
     pub async fn eni_ip(&self, eni: &str) -> Result<Option<String>> {
-        let out = self.ec2.describe_network_interfaces().network_interface_ids(eni).send().await;
-        Ok(out
-            .ok()
-            .and_then(|o| o.network_interfaces().first().and_then(|n| n.private_ip_address().map(str::to_owned))))
+        let out = self
+            .ec2
+            .describe_network_interfaces()
+            .network_interface_ids(eni)
+            .send()
+            .await;
+        Ok(out.ok().and_then(|o| {
+            o.network_interfaces()
+                .first()
+                .and_then(|n| n.private_ip_address().map(str::to_owned))
+        }))
     }
 }
 

@@ -66,7 +66,10 @@ impl InstanceMetadata {
             (format!("{m}/interface-id"), self.eni.clone()),
             (format!("{m}/vpc-id"), self.vpc_id.clone()),
             (format!("{m}/subnet-id"), self.subnet_id.clone()),
-            (format!("{m}/vpc-ipv4-cidr-blocks"), self.vpc_cidrs.join("\n")),
+            (
+                format!("{m}/vpc-ipv4-cidr-blocks"),
+                self.vpc_cidrs.join("\n"),
+            ),
             (format!("{m}/local-ipv4s"), self.private_ip.clone()),
         ]
         .into_iter()
@@ -77,7 +80,10 @@ impl InstanceMetadata {
 
 impl Imds {
     /// Serve on `listener` (which may live in any network namespace).
-    pub fn serve(listener: std::net::TcpListener, values: HashMap<String, String>) -> std::io::Result<Imds> {
+    pub fn serve(
+        listener: std::net::TcpListener,
+        values: HashMap<String, String>,
+    ) -> std::io::Result<Imds> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let listener = TcpListener::from_std(listener)?;
@@ -103,11 +109,15 @@ impl Imds {
 
     /// Set `path` (relative to `/latest/meta-data/`) to `value`.
     pub fn set(&self, path: &str, value: &str) {
-        self.lock().values.insert(format!("/latest/meta-data/{path}"), value.to_owned());
+        self.lock()
+            .values
+            .insert(format!("/latest/meta-data/{path}"), value.to_owned());
     }
 
     pub fn remove(&self, path: &str) {
-        self.lock().values.remove(&format!("/latest/meta-data/{path}"));
+        self.lock()
+            .values
+            .remove(&format!("/latest/meta-data/{path}"));
     }
 
     pub fn set_unavailable(&self, down: bool) {
@@ -171,7 +181,8 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
             {
                 Some(ttl) => {
                     let token = format!("lab-token-{:016x}", fastrand_u64());
-                    st.tokens.insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+                    st.tokens
+                        .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
                     ttl_header = Some(ttl);
                     (200, token)
                 }
@@ -198,7 +209,12 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
     respond(&mut conn, status, &body, ttl_header).await
 }
 
-async fn respond(conn: &mut TcpStream, status: u16, body: &str, ttl: Option<u64>) -> std::io::Result<()> {
+async fn respond(
+    conn: &mut TcpStream,
+    status: u16,
+    body: &str,
+    ttl: Option<u64>,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",

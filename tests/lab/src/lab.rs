@@ -32,7 +32,10 @@ use crate::netns::{Netns, veth};
 pub const REGION: &str = "eu-west-1";
 pub const VPC_CIDR: &str = "10.0.0.0/16";
 /// Internet servers (TEST-NET-3, only ever inside the lab's namespace).
-pub const SERVERS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 11)];
+pub const SERVERS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(203, 0, 113, 10),
+    Ipv4Addr::new(203, 0, 113, 11),
+];
 /// TCP port where servers answer with the source address they saw.
 pub const WHOAMI_PORT: u16 = 80;
 /// Port of the moto proxy inside each NAT namespace.
@@ -106,8 +109,14 @@ impl Nat {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
-            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{MOTO_PROXY_PORT}"))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{MOTO_PROXY_PORT}"),
+            )
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_CONFIG_FILE", "/dev/null")
@@ -132,8 +141,14 @@ impl Nat {
 
     /// SIGTERM the daemon and wait for its exit status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let mut c = self.daemon.take().ok_or_else(|| anyhow!("daemon not running"))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let mut c = self
+            .daemon
+            .take()
+            .ok_or_else(|| anyhow!("daemon not running"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = c.try_wait()? {
@@ -240,29 +255,39 @@ impl Lab {
         let name = self.cloud.az(i);
         let pub_cidr = format!("10.0.{}.0/24", 2 * i);
         let prv_cidr = format!("10.0.{}.0/24", 2 * i + 1);
-        let public_subnet = self.cloud.subnet(&self.vpc, &pub_cidr, &name, &[("network", "public")]).await?;
+        let public_subnet = self
+            .cloud
+            .subnet(&self.vpc, &pub_cidr, &name, &[("network", "public")])
+            .await?;
         let private_subnet = self
             .cloud
             .subnet(&self.vpc, &prv_cidr, &name, &[("network", "private")])
             .await?;
-        let private_route_table = self.cloud.route_table(&self.vpc, Some(&private_subnet)).await?;
+        let private_route_table = self
+            .cloud
+            .route_table(&self.vpc, Some(&private_subnet))
+            .await?;
 
         // Router side: a bridge for the public subnet (NATs come and go),
         // a plain link to the private host.
         self.rtr.ip(&format!("link add bp{i} type bridge"))?;
-        self.rtr.ip(&format!("addr add 10.0.{}.1/24 dev bp{i}", 2 * i))?;
+        self.rtr
+            .ip(&format!("addr add 10.0.{}.1/24 dev bp{i}", 2 * i))?;
         self.rtr.ip(&format!("link set bp{i} up"))?;
         let host = Netns::new(&format!("{}-h{i}", self.prefix))?;
         veth(&self.rtr, &format!("prv{i}"), &host, "eth0")?;
-        self.rtr.ip(&format!("addr add 10.0.{}.1/24 dev prv{i}", 2 * i + 1))?;
+        self.rtr
+            .ip(&format!("addr add 10.0.{}.1/24 dev prv{i}", 2 * i + 1))?;
         let host_ip = Ipv4Addr::new(10, 0, (2 * i + 1) as u8, 10);
         host.ip(&format!("addr add {host_ip}/24 dev eth0"))?;
         host.ip(&format!("route add default via 10.0.{}.1", 2 * i + 1))?;
         // Traffic from the private subnet follows its route table (table
         // 100+i); VPC-local destinations stay local, as on AWS.
         let table = 100 + i;
-        self.rtr.ip(&format!("rule add iif prv{i} lookup {table} pref {table}"))?;
-        self.rtr.ip(&format!("route add unreachable default table {table}"))?;
+        self.rtr
+            .ip(&format!("rule add iif prv{i} lookup {table} pref {table}"))?;
+        self.rtr
+            .ip(&format!("route add unreachable default table {table}"))?;
         Ok(Az {
             index: i,
             name,
@@ -280,7 +305,11 @@ impl Lab {
         for a in &self.azs {
             let table = 100 + a.index;
             for b in &self.azs {
-                self.rtr.ip(&format!("route replace 10.0.{}.0/24 dev bp{} table {table}", 2 * b.index, b.index))?;
+                self.rtr.ip(&format!(
+                    "route replace 10.0.{}.0/24 dev bp{} table {table}",
+                    2 * b.index,
+                    b.index
+                ))?;
                 self.rtr.ip(&format!(
                     "route replace 10.0.{}.0/24 dev prv{} table {table}",
                     2 * b.index + 1,
@@ -351,7 +380,10 @@ impl Lab {
     /// The config the lab gives every daemon.
     pub fn daemon_config(&self, probe_namespace: &str) -> String {
         let o = &self.opts;
-        let targets: Vec<String> = SERVERS.iter().map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\"")).collect();
+        let targets: Vec<String> = SERVERS
+            .iter()
+            .map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\""))
+            .collect();
         format!(
             "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
              grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
@@ -432,7 +464,12 @@ impl Lab {
     }
 
     /// Wait until `check` is true, polling every 100 ms, for at most `limit`.
-    pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<Duration>
+    pub async fn wait_for<F, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: F,
+    ) -> Result<Duration>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
@@ -490,12 +527,18 @@ pub fn whoami(ns: &Netns, server: Ipv4Addr, timeout: Duration) -> Result<Ipv4Add
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let _ = s.flush();
-    buf.trim().parse().with_context(|| format!("bad whoami answer {buf:?}"))
+    buf.trim()
+        .parse()
+        .with_context(|| format!("bad whoami answer {buf:?}"))
 }
 
 async fn proxy(listener: std::net::TcpListener, port: u16) {
-    let Ok(()) = listener.set_nonblocking(true) else { return };
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+    let Ok(()) = listener.set_nonblocking(true) else {
+        return;
+    };
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
     while let Ok((mut inbound, _)) = listener.accept().await {
         tokio::spawn(async move {
             if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -506,12 +549,19 @@ async fn proxy(listener: std::net::TcpListener, port: u16) {
 }
 
 /// Keep the router's per-AZ tables in line with the route tables in moto.
-async fn router_sync(cloud: Cloud, rtr: String, tables: Vec<(usize, String)>, stop: Arc<AtomicBool>) {
+async fn router_sync(
+    cloud: Cloud,
+    rtr: String,
+    tables: Vec<(usize, String)>,
+    stop: Arc<AtomicBool>,
+) {
     let mut applied: HashMap<usize, String> = HashMap::new();
     let mut eni_ips: HashMap<String, Option<String>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         for (i, rt) in &tables {
-            let Ok(route) = cloud.default_route(rt).await else { continue };
+            let Ok(route) = cloud.default_route(rt).await else {
+                continue;
+            };
             let want = match route {
                 Some((target, state)) if target.starts_with("eni-") && state != "blackhole" => {
                     if !eni_ips.contains_key(&target) {
@@ -571,7 +621,10 @@ impl Meter {
         let thread = std::thread::spawn(move || {
             let entered = std::fs::File::open(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+                .and_then(|f| {
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| e.to_string())
+                });
             if entered.is_err() {
                 return;
             }
@@ -580,7 +633,9 @@ impl Meter {
             while !st.load(Ordering::Relaxed) {
                 let at = start.elapsed();
                 let seen = one_request(server, every.max(Duration::from_millis(200)) * 2);
-                sm.lock().unwrap_or_else(|p| p.into_inner()).push(Sample { at, seen });
+                sm.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Sample { at, seen });
                 next += every;
                 let now = Instant::now();
                 if next > now {
@@ -603,7 +658,11 @@ impl Meter {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         summarize(&samples)
     }
 }
@@ -615,7 +674,9 @@ impl Drop for Meter {
 }
 
 fn one_request(server: Ipv4Addr, timeout: Duration) -> Option<Ipv4Addr> {
-    let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::from((server, WHOAMI_PORT)), timeout).ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&SocketAddr::from((server, WHOAMI_PORT)), timeout)
+            .ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;

@@ -20,7 +20,8 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
         });
     }
 }

@@ -40,7 +40,10 @@ pub fn ensure_installed() -> Result<PathBuf> {
     if server.exists() {
         return Ok(server);
     }
-    eprintln!("hanat-lab: installing moto[server]=={MOTO_VERSION} into {}", venv.display());
+    eprintln!(
+        "hanat-lab: installing moto[server]=={MOTO_VERSION} into {}",
+        venv.display()
+    );
     let ok = Command::new("python3")
         .args(["-m", "venv"])
         .arg(&venv)
@@ -51,7 +54,11 @@ pub fn ensure_installed() -> Result<PathBuf> {
         bail!("python3 -m venv {} failed", venv.display());
     }
     let ok = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", &format!("moto[server]=={MOTO_VERSION}")])
+        .args([
+            "install",
+            "--quiet",
+            &format!("moto[server]=={MOTO_VERSION}"),
+        ])
         .status()
         .context("running pip")?
         .success();
@@ -118,7 +125,13 @@ pub async fn sdk_config(endpoint: &str, region: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(region.to_owned()))
         .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "hanat-lab"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "hanat-lab",
+        ))
         .load()
         .await
 }
@@ -132,5 +145,7 @@ impl Drop for Moto {
 
 /// A currently free TCP port on loopback.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

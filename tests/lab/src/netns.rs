@@ -55,7 +55,9 @@ impl Netns {
         }
         let _ = ip(&format!("netns del {name}"));
         ip(&format!("netns add {name}"))?;
-        let ns = Netns { name: name.to_owned() };
+        let ns = Netns {
+            name: name.to_owned(),
+        };
         ns.ip("link set lo up")?;
         Ok(ns)
     }
@@ -78,26 +80,33 @@ impl Netns {
 
     /// Set a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(drop)
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(drop)
     }
 
     /// A command that will run inside the namespace (same mount namespace
     /// as the caller). The child gets SIGKILL if the lab process dies.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
         crate::die_with_parent(&mut c);
         c
     }
 
     /// A TCP listener whose socket lives in this namespace.
     pub fn bind_tcp(&self, addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
-        in_netns(&self.path(), move || std::net::TcpListener::bind(addr).map_err(Into::into))
+        in_netns(&self.path(), move || {
+            std::net::TcpListener::bind(addr).map_err(Into::into)
+        })
     }
 
     /// A UDP socket that lives in this namespace.
     pub fn bind_udp(&self, addr: std::net::SocketAddr) -> Result<std::net::UdpSocket> {
-        in_netns(&self.path(), move || std::net::UdpSocket::bind(addr).map_err(Into::into))
+        in_netns(&self.path(), move || {
+            std::net::UdpSocket::bind(addr).map_err(Into::into)
+        })
     }
 
     /// Connect a TCP socket from inside this namespace.
@@ -126,7 +135,8 @@ pub fn in_netns<T: Send + 'static>(
 ) -> Result<T> {
     let path = path.to_owned();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("entering {}", path.display()))?;
         f()

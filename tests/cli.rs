@@ -1,0 +1,130 @@
+//! What an operator sees from the `hanat` binary: exit codes and messages
+//! for good and bad input. No root, no network beyond loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::process::{Command, Output};
+
+fn hanat(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hanat"));
+    c.args(args).env_remove("RUST_LOG");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("run hanat")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn config_file(text: &str) -> (tempdir::Dir, String) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("hanat.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_string_lossy().into_owned();
+    (dir, p)
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "hanat-cli-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let o = hanat(&["--version"], &[]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("hanat {}", env!("CARGO_PKG_VERSION"))
+    );
+    let o = hanat(&["--help"], &[]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("usage: hanat"));
+}
+
+#[test]
+fn bad_usage_exits_64() {
+    for args in [&[][..], &["frobnicate"][..], &["run", "--config"][..]] {
+        let o = hanat(args, &[]);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).starts_with("hanat: "), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn config_errors_exit_78_and_name_file_and_key() {
+    let (_d, path) = config_file("[heartbeat]\ninterval = \"soon\"\n");
+    let o = hanat(&["run", "--config", &path], &[]);
+    assert_eq!(o.status.code(), Some(78));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "hanat: {path}: heartbeat.interval: `soon` is not a duration"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let o = hanat(
+        &["check-config", "--config", "/nonexistent/hanat.toml"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(78));
+    assert!(
+        stderr(&o).contains("/nonexistent/hanat.toml: cannot read config file"),
+        "{}",
+        stderr(&o)
+    );
+
+    let (_d, path) = config_file("[heartbeat]\ntargets = [\"tcp://203.0.113.10:80\"]\n");
+    let o = hanat(&["check-config", "--config", &path], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("{path}: ok")
+    );
+}
+
+#[test]
+fn unreachable_imds_exits_69_after_its_budget() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_d, path) = config_file("[aws]\nimds_timeout = \"2s\"\n");
+    let start = std::time::Instant::now();
+    let o = hanat(
+        &["run", "--config", &path],
+        &[(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            &format!("http://127.0.0.1:{port}"),
+        )],
+    );
+    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("instance metadata not available after"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+}
