@@ -374,6 +374,69 @@ impl Cloud {
                 .and_then(|n| n.private_ip_address().map(str::to_owned))
         }))
     }
+
+    /// The group's in-service, healthy instance.
+    pub async fn group_instance(&self, group: &str) -> Result<Instance> {
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await?;
+        let id = out
+            .auto_scaling_groups()
+            .first()
+            .into_iter()
+            .flat_map(|g| g.instances())
+            .find(|i| {
+                i.health_status() == Some("Healthy")
+                    && i.lifecycle_state() == Some(&aws_sdk_autoscaling::types::LifecycleState::InService)
+            })
+            .and_then(|i| i.instance_id())
+            .ok_or_else(|| anyhow!("group {group} has no healthy in-service instance"))?
+            .to_owned();
+        self.instance(&id).await
+    }
+
+    pub async fn terminate(&self, instance: &str) -> Result<()> {
+        self.ec2.terminate_instances().instance_ids(instance).send().await?;
+        Ok(())
+    }
+
+    /// A VPC Elastic IP with tags: (allocation id, moto's public address).
+    pub async fn allocate_address(&self, tags: &[(&str, &str)]) -> Result<(String, String)> {
+        let out = self
+            .ec2
+            .allocate_address()
+            .domain(aws_sdk_ec2::types::DomainType::Vpc)
+            .tag_specifications(tag_spec(ResourceType::ElasticIp, tags))
+            .send()
+            .await?;
+        let alloc = out.allocation_id().ok_or_else(|| anyhow!("no allocation id"))?;
+        let ip = out.public_ip().ok_or_else(|| anyhow!("no public ip"))?;
+        Ok((alloc.to_owned(), ip.to_owned()))
+    }
+
+    pub async fn associate_address(&self, allocation: &str, instance: &str) -> Result<()> {
+        self.ec2
+            .associate_address()
+            .allocation_id(allocation)
+            .instance_id(instance)
+            .allow_reassociation(true)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Every associated Elastic IP: (moto public address, instance id).
+    pub async fn address_associations(&self) -> Result<Vec<(String, String)>> {
+        let out = self.ec2.describe_addresses().send().await?;
+        Ok(out
+            .addresses()
+            .iter()
+            .filter_map(|a| Some((a.public_ip()?.to_owned(), a.instance_id()?.to_owned())))
+            .collect())
+    }
 }
 
 /// What a test points a default route at.

@@ -2,24 +2,35 @@
 //! the data plane, and the real `hanat` binary on every NAT instance.
 //!
 //! ```text
-//!  host-i (10.0.2i+1.10) ─ prv{i} ┐                ┌ inet (203.0.113.10/.11)
-//!                                 ├─ rtr (VPC router) ─┤  servers that report
-//!  nat-i (ENI IP+MAC) ──── bp{i} ┘  follows moto's   │  the source they saw
-//!    └ hanat, IMDSv2 emulator,        route tables    
-//!      moto proxy on 127.0.0.1:4566
+//!  host-i 10.0.(2i+1).10 ── prv{i} ┐                    ┌── inet: 203.0.113.10/.11
+//!                                  ├── rtr ── igw ──────┤   servers report the
+//!  NAT ns (ENI MAC + IP) ── bp{i} ─┘ VPC      1:1 NAT    │   source they saw
+//!   hanat, IMDSv2 emulator,          router   private ↔ public (Elastic IP)
+//!   moto proxy 127.0.0.1:4566
 //! ```
-//! The router forwards each private subnet's traffic by *its route table in
-//! moto* (polled every 100 ms): a route to an ENI goes to that ENI's address;
-//! no route, a blackhole or an unknown ENI is unreachable. Everything is
-//! named with a unique prefix and removed on drop.
+//! - The **router** forwards each private subnet by *its route table in
+//!   moto* (polled every 100 ms): a route to the ENI of a live NAT goes to
+//!   that ENI's address; no route, a blackhole, or an ENI whose instance is
+//!   gone is unreachable (what AWS shows as a blackhole).
+//! - The **internet gateway** maps each NAT's private address 1:1 to its
+//!   public address: its Elastic IP when moto says one is associated (moto's
+//!   127.x addresses are mapped to 198.51.100.x), otherwise an auto-assigned
+//!   192.0.2.x; unmapped sources are dropped, as on AWS.
+//! - **Auto Scaling** is played by the lab: an instance set Unhealthy is
+//!   terminated; a terminated instance is replaced by moto's group, and the
+//!   lab materialises the replacement (namespace, IMDS, daemon) after
+//!   `boot_delay`. A killed daemon is restarted after `restart_delay`
+//!   (systemd's `Restart=always`).
+//!
+//! Everything is named with a unique prefix and removed on drop.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -32,27 +43,28 @@ use crate::netns::{Netns, veth};
 pub const REGION: &str = "eu-west-1";
 pub const VPC_CIDR: &str = "10.0.0.0/16";
 /// Internet servers (TEST-NET-3, only ever inside the lab's namespace).
-pub const SERVERS: [Ipv4Addr; 2] = [
-    Ipv4Addr::new(203, 0, 113, 10),
-    Ipv4Addr::new(203, 0, 113, 11),
-];
-/// TCP port where servers answer with the source address they saw.
+pub const SERVERS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 11)];
+/// TCP and UDP port where servers answer with the source address they saw.
 pub const WHOAMI_PORT: u16 = 80;
 /// Port of the moto proxy inside each NAT namespace.
 pub const MOTO_PROXY_PORT: u16 = 4566;
+/// Tag on the Elastic IPs of the pool (value: the AZ).
+pub const EIP_POOL_TAG: &str = "hanat:pool";
 
-/// How the lab is built.
+/// How the lab is built and behaves.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
     pub azs: usize,
     pub hanat_bin: PathBuf,
-    /// Extra TOML appended to every daemon's config (sections other than
-    /// those the lab writes).
     pub heartbeat_interval: Duration,
     pub fall: u32,
     pub rise: u32,
     pub grace: Duration,
     pub reconcile_interval: Duration,
+    /// Time from an Auto Scaling launch to the daemon starting.
+    pub boot_delay: Duration,
+    /// systemd's RestartSec for a daemon that died; `None`: never restart.
+    pub restart_delay: Option<Duration>,
 }
 
 impl LabOptions {
@@ -64,63 +76,60 @@ impl LabOptions {
             fall: 3,
             rise: 2,
             grace: Duration::from_secs(30),
-            reconcile_interval: Duration::from_secs(2),
+            reconcile_interval: Duration::from_secs(5),
+            boot_delay: Duration::from_secs(20),
+            restart_delay: Some(Duration::from_secs(1)),
         }
     }
 }
 
-/// One AZ: its subnets, private route table, private host and NAT.
+/// One AZ's fixed parts.
 pub struct Az {
     pub index: usize,
     pub name: String,
     pub public_subnet: String,
     pub private_subnet: String,
     pub private_route_table: String,
+    pub group: String,
     pub host: Netns,
     pub host_ip: Ipv4Addr,
-    pub nat: Option<Nat>,
+    /// The AZ's Elastic IP: (allocation id, lab public address).
+    pub eip: (String, Ipv4Addr),
 }
 
 /// A NAT instance: a namespace with the ENI's address and MAC, its own
-/// IMDSv2 emulator and moto proxy, and (when started) the hanat daemon.
+/// IMDSv2 emulator and moto proxy, and the hanat daemon.
 pub struct Nat {
     pub instance: Instance,
-    pub group: String,
     pub ns: Netns,
     pub imds: Imds,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub probe_namespace: String,
     daemon: Option<Child>,
-    _proxy: tokio::task::JoinHandle<()>,
+    /// When the daemon was seen dead (for the restart delay).
+    died_at: Option<Instant>,
+    _proxy: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Nat {
-    /// Start the daemon (`hanat run`), replacing none: call `kill` first.
-    pub fn start(&mut self, hanat_bin: &std::path::Path, endpoint_port: u16) -> Result<()> {
-        let _ = endpoint_port;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)?;
+    fn start(&mut self, hanat_bin: &Path) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
         let child = self
             .ns
             .command(&hanat_bin.to_string_lossy())
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-            )
-            .env(
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{MOTO_PROXY_PORT}"),
-            )
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+            .envs(daemon_env())
             .env("RUST_LOG", "hanat=debug,info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -128,42 +137,18 @@ impl Nat {
             .spawn()
             .context("starting hanat")?;
         self.daemon = Some(child);
+        self.died_at = None;
         Ok(())
     }
 
-    /// `kill -9` the daemon; everything it configured stays.
-    pub fn kill(&mut self) {
+    fn kill(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// SIGTERM the daemon and wait for its exit status.
-    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let mut c = self
-            .daemon
-            .take()
-            .ok_or_else(|| anyhow!("daemon not running"))?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = c.try_wait()? {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                bail!("daemon did not exit within 10s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Whether the daemon process is still running.
-    pub fn running(&mut self) -> bool {
+    fn running(&mut self) -> bool {
         matches!(self.daemon.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
@@ -179,240 +164,278 @@ impl Drop for Nat {
     }
 }
 
+/// Environment a daemon gets inside a NAT namespace: the AWS API through
+/// the proxy, dummy credentials, and nothing from the host's AWS config.
+pub fn daemon_env() -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{MOTO_PROXY_PORT}")),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_CONFIG_FILE", "/dev/null".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// What a background task or a test may read and change while the lab runs.
+struct Shared {
+    prefix: String,
+    opts: LabOptions,
+    cloud: Cloud,
+    rtr: String,
+    moto_port: u16,
+    dir: PathBuf,
+    /// One slot per AZ: its current NAT, if materialised.
+    nats: Mutex<Vec<Option<Nat>>>,
+    /// Every launch so far, for unique names.
+    launches: Mutex<u32>,
+    /// moto's public address of each Elastic IP → the lab's address.
+    eip_public: HashMap<String, Ipv4Addr>,
+    /// Auto-assigned public addresses of instances without an Elastic IP.
+    auto_public: Mutex<HashMap<String, Ipv4Addr>>,
+    /// Log of lab events (launches, terminations, restarts).
+    events: Mutex<Vec<(Instant, String)>>,
+}
+
+impl Shared {
+    fn nats(&self) -> MutexGuard<'_, Vec<Option<Nat>>> {
+        self.nats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn event(&self, what: String) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), what));
+    }
+}
+
 /// The whole lab. Dropping it removes everything.
 pub struct Lab {
     pub prefix: String,
     pub opts: LabOptions,
     pub cloud: Cloud,
     pub vpc: String,
+    pub igw_id: String,
     pub azs: Vec<Az>,
     pub rtr: Netns,
+    pub igw: Netns,
     pub inet: Netns,
     pub dir: PathBuf,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
-    router: Option<tokio::task::JoinHandle<()>>,
-    servers: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     // Dropped last: daemons talk to it until they are killed.
     pub moto: Moto,
 }
 
+/// A snapshot of one NAT for tests and status.
+#[derive(Debug, Clone)]
+pub struct NatInfo {
+    pub instance: Instance,
+    pub ns: String,
+    pub probe_namespace: String,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub running: bool,
+}
+
 impl Lab {
-    /// Build the control and data planes; daemons are not started yet.
+    /// Build the control and data planes and materialise one NAT per AZ;
+    /// daemons start with [`Lab::start_daemons`].
     pub async fn build(opts: LabOptions) -> Result<Lab> {
         let prefix = crate::netns::unique_prefix();
         let moto = tokio::task::spawn_blocking(Moto::start).await??;
         let cloud = Cloud::new(&moto.endpoint(), REGION).await;
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir)?;
+
         let rtr = Netns::new(&format!("{prefix}-rtr"))?;
+        let igw = Netns::new(&format!("{prefix}-igw"))?;
         let inet = Netns::new(&format!("{prefix}-inet"))?;
-        rtr.sysctl("net.ipv4.ip_forward", "1")?;
-        rtr.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
-        rtr.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
-        veth(&rtr, "inet", &inet, "eth0")?;
-        rtr.ip("addr add 203.0.113.1/24 dev inet")?;
+        for ns in [&rtr, &igw] {
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        }
+        veth(&rtr, "igw", &igw, "vpc")?;
+        rtr.ip("addr add 172.31.255.1/30 dev igw")?;
+        igw.ip("addr add 172.31.255.2/30 dev vpc")?;
+        rtr.ip("route add default via 172.31.255.2")?;
+        igw.ip(&format!("route add {VPC_CIDR} via 172.31.255.1"))?;
+        veth(&igw, "inet", &inet, "eth0")?;
+        igw.ip("addr add 203.0.113.1/24 dev inet")?;
         for s in SERVERS {
             inet.ip(&format!("addr add {s}/24 dev eth0"))?;
         }
         inet.ip("route add default via 203.0.113.1")?;
 
+        // Control plane: the VPC, per-AZ subnets, tables, groups and EIPs.
         let vpc = cloud.vpc(VPC_CIDR).await?;
-        let mut lab = Lab {
+        let igw_id = cloud.internet_gateway(&vpc).await?;
+        let mut azs = Vec::new();
+        let mut eip_public = HashMap::new();
+        for i in 0..opts.azs {
+            let (az, moto_ip) = build_az(&cloud, &vpc, &prefix, &rtr, i).await?;
+            eip_public.insert(moto_ip, az.eip.1);
+            azs.push(az);
+        }
+        for a in &azs {
+            let table = 100 + a.index;
+            for b in &azs {
+                rtr.ip(&format!("route replace 10.0.{}.0/24 dev bp{} table {table}", 2 * b.index, b.index))?;
+                rtr.ip(&format!("route replace 10.0.{}.0/24 dev prv{} table {table}", 2 * b.index + 1, b.index))?;
+            }
+        }
+        let shared = Arc::new(Shared {
             prefix: prefix.clone(),
             opts: opts.clone(),
+            cloud: cloud.clone(),
+            rtr: rtr.name.clone(),
+            moto_port: moto.port,
+            dir: dir.clone(),
+            nats: Mutex::new((0..opts.azs).map(|_| None).collect()),
+            launches: Mutex::new(0),
+            eip_public,
+            auto_public: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut lab = Lab {
+            prefix,
+            opts,
             cloud,
             vpc,
-            azs: Vec::new(),
+            igw_id,
+            azs,
             rtr,
+            igw,
             inet,
             dir,
-            stop: Arc::new(AtomicBool::new(false)),
-            router: None,
-            servers: Vec::new(),
+            shared: shared.clone(),
+            stop: stop.clone(),
+            tasks: Vec::new(),
             moto,
         };
-        for i in 0..opts.azs {
-            let az = lab.build_az(i).await?;
-            lab.azs.push(az);
-        }
         lab.start_servers()?;
-        lab.router = Some(tokio::spawn(router_sync(
-            lab.cloud.clone(),
-            lab.rtr.name.clone(),
-            lab.azs
-                .iter()
-                .map(|a| (a.index, a.private_route_table.clone()))
-                .collect(),
-            lab.stop.clone(),
-        )));
-        for i in 0..opts.azs {
-            lab.add_nat(i).await?;
+        // The first NATs: the groups' instances, with the AZ's Elastic IP.
+        for a in &lab.azs {
+            let instance = lab.cloud.group_instance(&a.group).await?;
+            lab.cloud.associate_address(&a.eip.0, &instance.id).await?;
+            let nat = launch_nat(&shared, a.index, instance).await?;
+            shared.nats()[a.index] = Some(nat);
         }
+        let tables: Vec<(usize, String)> =
+            lab.azs.iter().map(|a| (a.index, a.private_route_table.clone())).collect();
+        lab.tasks.push(tokio::spawn(router_sync(shared.clone(), tables, stop.clone())));
+        lab.tasks.push(tokio::spawn(igw_sync(shared.clone(), lab.igw.name.clone(), stop.clone())));
+        let groups: Vec<(usize, String, String)> = lab
+            .azs
+            .iter()
+            .map(|a| (a.index, a.group.clone(), a.eip.0.clone()))
+            .collect();
+        lab.tasks.push(tokio::spawn(autoscaler(shared, groups, stop)));
         Ok(lab)
     }
 
-    async fn build_az(&mut self, i: usize) -> Result<Az> {
-        let name = self.cloud.az(i);
-        let pub_cidr = format!("10.0.{}.0/24", 2 * i);
-        let prv_cidr = format!("10.0.{}.0/24", 2 * i + 1);
-        let public_subnet = self
-            .cloud
-            .subnet(&self.vpc, &pub_cidr, &name, &[("network", "public")])
-            .await?;
-        let private_subnet = self
-            .cloud
-            .subnet(&self.vpc, &prv_cidr, &name, &[("network", "private")])
-            .await?;
-        let private_route_table = self
-            .cloud
-            .route_table(&self.vpc, Some(&private_subnet))
-            .await?;
-
-        // Router side: a bridge for the public subnet (NATs come and go),
-        // a plain link to the private host.
-        self.rtr.ip(&format!("link add bp{i} type bridge"))?;
-        self.rtr
-            .ip(&format!("addr add 10.0.{}.1/24 dev bp{i}", 2 * i))?;
-        self.rtr.ip(&format!("link set bp{i} up"))?;
-        let host = Netns::new(&format!("{}-h{i}", self.prefix))?;
-        veth(&self.rtr, &format!("prv{i}"), &host, "eth0")?;
-        self.rtr
-            .ip(&format!("addr add 10.0.{}.1/24 dev prv{i}", 2 * i + 1))?;
-        let host_ip = Ipv4Addr::new(10, 0, (2 * i + 1) as u8, 10);
-        host.ip(&format!("addr add {host_ip}/24 dev eth0"))?;
-        host.ip(&format!("route add default via 10.0.{}.1", 2 * i + 1))?;
-        // Traffic from the private subnet follows its route table (table
-        // 100+i); VPC-local destinations stay local, as on AWS.
-        let table = 100 + i;
-        self.rtr
-            .ip(&format!("rule add iif prv{i} lookup {table} pref {table}"))?;
-        self.rtr
-            .ip(&format!("route add unreachable default table {table}"))?;
-        Ok(Az {
-            index: i,
-            name,
-            public_subnet,
-            private_subnet,
-            private_route_table,
-            host,
-            host_ip,
-            nat: None,
-        })
-    }
-
-    /// Complete the per-AZ tables once every AZ's links exist.
-    fn fill_local_routes(&self) -> Result<()> {
-        for a in &self.azs {
-            let table = 100 + a.index;
-            for b in &self.azs {
-                self.rtr.ip(&format!(
-                    "route replace 10.0.{}.0/24 dev bp{} table {table}",
-                    2 * b.index,
-                    b.index
-                ))?;
-                self.rtr.ip(&format!(
-                    "route replace 10.0.{}.0/24 dev prv{} table {table}",
-                    2 * b.index + 1,
-                    b.index
-                ))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Launch a NAT group for AZ `i` in moto and give its instance a namespace.
-    pub async fn add_nat(&mut self, i: usize) -> Result<()> {
-        self.fill_local_routes()?;
-        let az = &self.azs[i];
-        let group = format!("{}-nat-{}", self.prefix, az.name);
-        let instance = self.cloud.nat_group(&group, &az.public_subnet).await?;
-        let nat = self.make_nat(i, instance, group).await?;
-        self.azs[i].nat = Some(nat);
-        Ok(())
-    }
-
-    async fn make_nat(&self, i: usize, instance: Instance, group: String) -> Result<Nat> {
-        let ns = Netns::new(&format!("{}-n{i}", self.prefix))?;
-        // The instance's primary interface: the ENI's MAC and address.
-        veth(&self.rtr, &format!("n{i}"), &ns, "eth0")?;
-        self.rtr.ip(&format!("link set n{i} master bp{i}"))?;
-        ns.ip("link set eth0 down")?;
-        ns.ip(&format!("link set eth0 address {}", instance.mac))?;
-        ns.ip("link set eth0 up")?;
-        ns.ip(&format!("addr add {}/24 dev eth0", instance.private_ip))?;
-        ns.ip(&format!("route add default via 10.0.{}.1", 2 * i))?;
-        // IMDS at its real address, inside the instance.
-        ns.ip("addr add 169.254.169.254/32 dev lo")?;
-        let imds_listener = ns.bind_tcp("169.254.169.254:80".parse()?)?;
-        let meta = InstanceMetadata {
-            instance_id: instance.id.clone(),
-            region: REGION.into(),
-            az: instance.az.clone(),
-            mac: instance.mac.clone(),
-            eni: instance.eni.clone(),
-            vpc_id: instance.vpc.clone(),
-            vpc_cidrs: vec![VPC_CIDR.into()],
-            subnet_id: instance.subnet.clone(),
-            private_ip: instance.private_ip.clone(),
-        };
-        let imds = Imds::serve(imds_listener, meta.values())?;
-        // The AWS API, reached from inside the instance through a proxy.
-        let proxy_listener = ns.bind_tcp(SocketAddr::from(([127, 0, 0, 1], MOTO_PROXY_PORT)))?;
-        let proxy = tokio::spawn(proxy(proxy_listener, self.moto.port));
-
-        let probe_namespace = format!("{}-p{i}", self.prefix);
-        let config_path = self.dir.join(format!("nat-{i}.toml"));
-        let log_path = self.dir.join(format!("nat-{i}.log"));
-        std::fs::write(&config_path, self.daemon_config(&probe_namespace))?;
-        Ok(Nat {
-            instance,
-            group,
-            ns,
-            imds,
-            config_path,
-            log_path,
-            probe_namespace,
-            daemon: None,
-            _proxy: proxy,
-        })
-    }
-
-    /// The config the lab gives every daemon.
-    pub fn daemon_config(&self, probe_namespace: &str) -> String {
-        let o = &self.opts;
-        let targets: Vec<String> = SERVERS
-            .iter()
-            .map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\""))
-            .collect();
-        format!(
-            "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
-             grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
-             [routes]\nreconcile_interval = \"{}\"\n\n[kernel]\nconverge_interval = \"2s\"\n\
-             conntrack_max = 0\n\n[aws]\nimds_timeout = \"20s\"\n",
-            targets.join(", "),
-            humantime::format_duration(o.heartbeat_interval),
-            humantime::format_duration(o.heartbeat_interval / 2),
-            o.fall,
-            o.rise,
-            humantime::format_duration(o.grace),
-            humantime::format_duration(o.reconcile_interval),
-        )
-    }
-
-    pub fn nat(&mut self, i: usize) -> &mut Nat {
-        self.azs[i].nat.as_mut().expect("AZ has a NAT")
-    }
-
     /// Start every NAT's daemon.
-    pub fn start_daemons(&mut self) -> Result<()> {
+    pub fn start_daemons(&self) -> Result<()> {
         let bin = self.opts.hanat_bin.clone();
-        let port = self.moto.port;
-        for a in &mut self.azs {
-            if let Some(n) = a.nat.as_mut() {
-                n.start(&bin, port)?;
+        for n in self.shared.nats().iter_mut().flatten() {
+            if !n.running() {
+                n.start(&bin)?;
             }
         }
         Ok(())
+    }
+
+    /// A snapshot of AZ `i`'s current NAT.
+    pub fn nat(&self, i: usize) -> Option<NatInfo> {
+        self.shared.nats()[i].as_mut().map(|n| NatInfo {
+            instance: n.instance.clone(),
+            ns: n.ns.name.clone(),
+            probe_namespace: n.probe_namespace.clone(),
+            config_path: n.config_path.clone(),
+            log_path: n.log_path.clone(),
+            running: n.running(),
+        })
+    }
+
+    /// The daemon log of AZ `i`'s current NAT.
+    pub fn nat_log(&self, i: usize) -> String {
+        self.shared.nats()[i].as_ref().map(Nat::log).unwrap_or_default()
+    }
+
+    /// `kill -9` AZ `i`'s daemon (the lab's systemd restarts it).
+    pub fn kill_daemon(&self, i: usize) -> Result<()> {
+        let mut nats = self.shared.nats();
+        let n = nats[i].as_mut().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        n.kill();
+        n.died_at = Some(Instant::now());
+        self.shared.event(format!("az{i}: daemon killed"));
+        Ok(())
+    }
+
+    /// SIGTERM AZ `i`'s daemon and wait for its exit status.
+    pub fn terminate_daemon(&self, i: usize) -> Result<std::process::ExitStatus> {
+        let mut child = {
+            let mut nats = self.shared.nats();
+            let n = nats[i].as_mut().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+            n.died_at = Some(Instant::now());
+            n.daemon.take().ok_or_else(|| anyhow!("daemon not running"))?
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("daemon did not exit within 10s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The instance vanishes: namespace and daemon gone, moto instance
+    /// terminated (moto's group launches a replacement).
+    pub async fn terminate_instance(&self, i: usize) -> Result<String> {
+        let nat = self.shared.nats()[i].take().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        let id = nat.instance.id.clone();
+        drop(nat);
+        self.cloud.terminate(&id).await?;
+        self.shared.event(format!("az{i}: {id} terminated"));
+        Ok(id)
+    }
+
+    /// Run a command inside AZ `i`'s NAT namespace.
+    pub fn nat_exec(&self, i: usize, program: &str, args: &[&str]) -> Result<String> {
+        let nats = self.shared.nats();
+        let n = nats[i].as_ref().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        n.ns.exec(program, args)
+    }
+
+    /// A command that runs inside AZ `i`'s NAT namespace with the daemon's
+    /// environment (for `hanat plan`).
+    pub fn nat_command(&self, i: usize, program: &str) -> Result<std::process::Command> {
+        let nats = self.shared.nats();
+        let n = nats[i].as_ref().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        let mut c = n.ns.command(program);
+        c.envs(daemon_env());
+        Ok(c)
+    }
+
+    /// The public address the internet sees for AZ `i`'s current NAT.
+    pub fn public_ip(&self, i: usize) -> Option<Ipv4Addr> {
+        let id = self.shared.nats()[i].as_ref()?.instance.id.clone();
+        let auto = self.shared.auto_public.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
+        auto.or(Some(self.azs[i].eip.1))
+    }
+
+    /// Lab events since start, with their times.
+    pub fn events(&self) -> Vec<(Instant, String)> {
+        self.shared.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn start_servers(&mut self) -> Result<()> {
@@ -420,7 +443,7 @@ impl Lab {
             let l = self.inet.bind_tcp(SocketAddr::from((s, WHOAMI_PORT)))?;
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
-            self.servers.push(tokio::spawn(async move {
+            self.tasks.push(tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 while let Ok((mut c, peer)) = l.accept().await {
                     tokio::spawn(async move {
@@ -429,26 +452,47 @@ impl Lab {
                     });
                 }
             }));
+            let u = self.inet.bind_udp(SocketAddr::from((s, WHOAMI_PORT)))?;
+            u.set_nonblocking(true)?;
+            let u = tokio::net::UdpSocket::from_std(u)?;
+            self.tasks.push(tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                while let Ok((_, peer)) = u.recv_from(&mut buf).await {
+                    let _ = u.send_to(format!("{}\n", peer.ip()).as_bytes(), peer).await;
+                }
+            }));
         }
         Ok(())
     }
 
     /// Ask an internet server, from AZ `i`'s private host, which source
-    /// address it saw.
+    /// address it saw (TCP).
     pub fn whoami(&self, i: usize, timeout: Duration) -> Result<Ipv4Addr> {
         whoami(&self.azs[i].host, SERVERS[0], timeout)
     }
 
-    /// Make the router send traffic from the internet for AZ `i`'s private
+    /// The same over UDP.
+    pub fn whoami_udp(&self, i: usize, timeout: Duration) -> Result<Ipv4Addr> {
+        let s = self.azs[i].host.bind_udp("0.0.0.0:0".parse()?)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send_to(b"who", SocketAddr::from((SERVERS[1], WHOAMI_PORT)))?;
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf)?;
+        String::from_utf8_lossy(&buf[..n]).trim().parse().context("bad UDP answer")
+    }
+
+    /// Make the router send traffic from outside for AZ `i`'s private
     /// subnet to its NAT (an attacker who can reach the NAT).
     pub fn route_inbound_via_nat(&self, i: usize) -> Result<()> {
-        let nat = self.azs[i].nat.as_ref().ok_or_else(|| anyhow!("no NAT"))?;
-        self.rtr.ip("rule add iif inet lookup 99 pref 99").ok();
+        let nat = self.nat(i).ok_or_else(|| anyhow!("no NAT"))?;
+        self.rtr.ip("rule add iif igw lookup 99 pref 99").ok();
         self.rtr.ip(&format!(
             "route replace 10.0.{}.0/24 via {} table 99",
             2 * i + 1,
             nat.instance.private_ip
         ))?;
+        self.igw.ip(&format!("route replace 10.0.{}.0/24 via 172.31.255.1", 2 * i + 1))?;
+        self.inet.ip(&format!("route replace 10.0.{}.0/24 via 203.0.113.1", 2 * i + 1))?;
         Ok(())
     }
 
@@ -463,13 +507,22 @@ impl Lab {
         Meter::start(&self.azs[i].host, SERVERS[0], every)
     }
 
+    /// Where AZ `i`'s private default route points in moto.
+    pub async fn route_target(&self, i: usize) -> Result<Option<String>> {
+        Ok(self.cloud.default_route(&self.azs[i].private_route_table).await?.map(|(t, _)| t))
+    }
+
+    /// Whether AZ `i` is served as it should be: its route on its own live
+    /// NAT, whose daemon runs, and egress works.
+    pub async fn az_ok(&self, i: usize) -> bool {
+        let Some(nat) = self.nat(i) else { return false };
+        nat.running
+            && self.route_target(i).await.ok().flatten().as_deref() == Some(nat.instance.eni.as_str())
+            && self.whoami(i, Duration::from_millis(500)).is_ok()
+    }
+
     /// Wait until `check` is true, polling every 100 ms, for at most `limit`.
-    pub async fn wait_for<F, Fut>(
-        &self,
-        what: &str,
-        limit: Duration,
-        mut check: F,
-    ) -> Result<Duration>
+    pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<Duration>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
@@ -484,35 +537,169 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let logs: Vec<String> = self
-            .azs
-            .iter()
-            .filter_map(|a| a.nat.as_ref())
-            .map(|n| format!("--- {} ---\n{}", n.log_path.display(), tail(&n.log(), 40)))
-            .collect();
         bail!(
             "timed out after {limit:?} waiting for {what} (last error: {last_err:?})\n{}",
-            logs.join("\n")
+            self.logs_tail(40)
         )
+    }
+
+    /// Wait until every AZ is served by its own NAT.
+    pub async fn wait_converged(&self, limit: Duration) -> Result<Duration> {
+        self.wait_for("every AZ served by its own NAT", limit, || async {
+            for i in 0..self.azs.len() {
+                if !self.az_ok(i).await {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    /// The last `n` lines of every daemon log, for failure messages.
+    pub fn logs_tail(&self, n: usize) -> String {
+        let nats = self.shared.nats();
+        nats.iter()
+            .flatten()
+            .map(|nat| format!("--- {} ---\n{}", nat.log_path.display(), tail(&nat.log(), n)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(r) = self.router.take() {
-            r.abort();
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
-        for s in self.servers.drain(..) {
-            s.abort();
-        }
-        for a in &mut self.azs {
-            a.nat.take();
-        }
+        self.shared.nats().iter_mut().for_each(|n| drop(n.take()));
         if std::env::var_os("HANAT_LAB_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+async fn build_az(cloud: &Cloud, vpc: &str, prefix: &str, rtr: &Netns, i: usize) -> Result<(Az, String)> {
+    let name = cloud.az(i);
+    let public_subnet = cloud
+        .subnet(vpc, &format!("10.0.{}.0/24", 2 * i), &name, &[("network", "public")])
+        .await?;
+    let private_subnet = cloud
+        .subnet(vpc, &format!("10.0.{}.0/24", 2 * i + 1), &name, &[("network", "private")])
+        .await?;
+    let private_route_table = cloud.route_table(vpc, Some(&private_subnet)).await?;
+    let group = format!("{prefix}-nat-{name}");
+    cloud.nat_group(&group, &public_subnet).await?;
+    let (alloc, moto_ip) = cloud.allocate_address(&[(EIP_POOL_TAG, &name)]).await?;
+    let eip = (alloc, Ipv4Addr::new(198, 51, 100, 10 + i as u8));
+
+    // Router side: a bridge for the public subnet (NATs come and go), a
+    // link to the private host, and the private subnet's own table.
+    rtr.ip(&format!("link add bp{i} type bridge"))?;
+    rtr.ip(&format!("addr add 10.0.{}.1/24 dev bp{i}", 2 * i))?;
+    rtr.ip(&format!("link set bp{i} up"))?;
+    let host = Netns::new(&format!("{prefix}-h{i}"))?;
+    veth(rtr, &format!("prv{i}"), &host, "eth0")?;
+    rtr.ip(&format!("addr add 10.0.{}.1/24 dev prv{i}", 2 * i + 1))?;
+    let host_ip = Ipv4Addr::new(10, 0, (2 * i + 1) as u8, 10);
+    host.ip(&format!("addr add {host_ip}/24 dev eth0"))?;
+    host.ip(&format!("route add default via 10.0.{}.1", 2 * i + 1))?;
+    let table = 100 + i;
+    rtr.ip(&format!("rule add iif prv{i} lookup {table} pref {table}"))?;
+    rtr.ip(&format!("route add unreachable default table {table}"))?;
+    Ok((
+        Az {
+            index: i,
+            name,
+            public_subnet,
+            private_subnet,
+            private_route_table,
+            group,
+            host,
+            host_ip,
+            eip,
+        },
+        moto_ip,
+    ))
+}
+
+/// Give `instance` a namespace, IMDS, proxy and config; the daemon starts
+/// when the caller says so.
+async fn launch_nat(shared: &Shared, i: usize, instance: Instance) -> Result<Nat> {
+    let n = {
+        let mut l = shared.launches.lock().unwrap_or_else(|p| p.into_inner());
+        *l += 1;
+        *l
+    };
+    let prefix = &shared.prefix;
+    let ns = Netns::new(&format!("{prefix}-n{i}g{n}"))?;
+    let rtr = Netns {
+        name: shared.rtr.clone(),
+    };
+    let link = format!("n{i}g{n}");
+    let made = veth(&rtr, &link, &ns, "eth0");
+    // `rtr` is borrowed by name only: never delete it from here.
+    std::mem::forget(rtr);
+    made?;
+    crate::netns::ip(&format!("-n {} link set {link} master bp{i}", shared.rtr))?;
+    ns.ip("link set eth0 down")?;
+    ns.ip(&format!("link set eth0 address {}", instance.mac))?;
+    ns.ip("link set eth0 up")?;
+    ns.ip(&format!("addr add {}/24 dev eth0", instance.private_ip))?;
+    ns.ip(&format!("route add default via 10.0.{}.1", 2 * i))?;
+    // IMDS at its real address, inside the instance.
+    ns.ip("addr add 169.254.169.254/32 dev lo")?;
+    let meta = InstanceMetadata {
+        instance_id: instance.id.clone(),
+        region: REGION.into(),
+        az: instance.az.clone(),
+        mac: instance.mac.clone(),
+        eni: instance.eni.clone(),
+        vpc_id: instance.vpc.clone(),
+        vpc_cidrs: vec![VPC_CIDR.into()],
+        subnet_id: instance.subnet.clone(),
+        private_ip: instance.private_ip.clone(),
+    };
+    let imds = Imds::serve(ns.bind_tcp("169.254.169.254:80".parse()?)?, meta.values())?;
+    // The AWS API, reached from inside the instance through a proxy.
+    let proxy_listener = ns.bind_tcp(SocketAddr::from(([127, 0, 0, 1], MOTO_PROXY_PORT)))?;
+    let proxy = tokio::spawn(proxy(proxy_listener, shared.moto_port));
+
+    let probe_namespace = format!("{prefix}-p{i}g{n}");
+    let config_path = shared.dir.join(format!("nat-{i}-{n}.toml"));
+    let log_path = shared.dir.join(format!("nat-{i}-{n}.log"));
+    std::fs::write(&config_path, daemon_config(&shared.opts, &probe_namespace))?;
+    shared.event(format!("az{i}: {} materialised", instance.id));
+    Ok(Nat {
+        instance,
+        ns,
+        imds,
+        config_path,
+        log_path,
+        probe_namespace,
+        daemon: None,
+        died_at: None,
+        _proxy: AbortOnDrop(proxy),
+    })
+}
+
+/// The config the lab gives every daemon.
+pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
+    let targets: Vec<String> = SERVERS.iter().map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\"")).collect();
+    format!(
+        "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
+         grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
+         [routes]\nreconcile_interval = \"{}\"\n\n[kernel]\nconverge_interval = \"2s\"\n\
+         conntrack_max = 0\n\n[aws]\nimds_timeout = \"20s\"\n",
+        targets.join(", "),
+        humantime::format_duration(o.heartbeat_interval),
+        humantime::format_duration(o.heartbeat_interval / 2),
+        o.fall,
+        o.rise,
+        humantime::format_duration(o.grace),
+        humantime::format_duration(o.reconcile_interval),
+    )
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -526,19 +713,12 @@ pub fn whoami(ns: &Netns, server: Ipv4Addr, timeout: Duration) -> Result<Ipv4Add
     s.set_read_timeout(Some(timeout))?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let _ = s.flush();
-    buf.trim()
-        .parse()
-        .with_context(|| format!("bad whoami answer {buf:?}"))
+    buf.trim().parse().with_context(|| format!("bad whoami answer {buf:?}"))
 }
 
 async fn proxy(listener: std::net::TcpListener, port: u16) {
-    let Ok(()) = listener.set_nonblocking(true) else {
-        return;
-    };
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-        return;
-    };
+    let Ok(()) = listener.set_nonblocking(true) else { return };
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
     while let Ok((mut inbound, _)) = listener.accept().await {
         tokio::spawn(async move {
             if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -549,34 +729,27 @@ async fn proxy(listener: std::net::TcpListener, port: u16) {
 }
 
 /// Keep the router's per-AZ tables in line with the route tables in moto.
-async fn router_sync(
-    cloud: Cloud,
-    rtr: String,
-    tables: Vec<(usize, String)>,
-    stop: Arc<AtomicBool>,
-) {
+async fn router_sync(shared: Arc<Shared>, tables: Vec<(usize, String)>, stop: Arc<AtomicBool>) {
     let mut applied: HashMap<usize, String> = HashMap::new();
-    let mut eni_ips: HashMap<String, Option<String>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
+        // Live ENIs: those of materialised NATs.
+        let live: HashMap<String, String> = shared
+            .nats()
+            .iter()
+            .flatten()
+            .map(|n| (n.instance.eni.clone(), n.instance.private_ip.clone()))
+            .collect();
         for (i, rt) in &tables {
-            let Ok(route) = cloud.default_route(rt).await else {
-                continue;
-            };
+            let Ok(route) = shared.cloud.default_route(rt).await else { continue };
             let want = match route {
-                Some((target, state)) if target.starts_with("eni-") && state != "blackhole" => {
-                    if !eni_ips.contains_key(&target) {
-                        let ip = cloud.eni_ip(&target).await.ok().flatten();
-                        eni_ips.insert(target.clone(), ip);
-                    }
-                    match eni_ips.get(&target).cloned().flatten() {
-                        Some(ip) => format!("default via {ip}"),
-                        None => "unreachable default".into(),
-                    }
-                }
+                Some((target, state)) if state != "blackhole" => match live.get(&target) {
+                    Some(ip) => format!("default via {ip}"),
+                    None => "unreachable default".into(),
+                },
                 _ => "unreachable default".into(),
             };
             if applied.get(i) != Some(&want) {
-                let cmd = format!("-n {rtr} route replace {want} table {}", 100 + i);
+                let cmd = format!("-n {} route replace {want} table {}", shared.rtr, 100 + i);
                 if crate::netns::ip(&cmd).is_ok() {
                     applied.insert(*i, want);
                 }
@@ -586,11 +759,150 @@ async fn router_sync(
     }
 }
 
+/// Keep the internet gateway's 1:1 NAT in line with moto's Elastic IP
+/// associations and the live instances.
+async fn igw_sync(shared: Arc<Shared>, igw: String, stop: Arc<AtomicBool>) {
+    let mut applied = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        let instances: Vec<Instance> = shared.nats().iter().flatten().map(|n| n.instance.clone()).collect();
+        let Ok(assoc) = shared.cloud.address_associations().await else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        let mut map: Vec<(String, Ipv4Addr)> = Vec::new();
+        for inst in &instances {
+            let eip = assoc
+                .iter()
+                .find(|(_, id)| id == &inst.id)
+                .and_then(|(moto_ip, _)| shared.eip_public.get(moto_ip).copied());
+            let public = match eip {
+                Some(ip) => {
+                    shared.auto_public.lock().unwrap_or_else(|p| p.into_inner()).remove(&inst.id);
+                    ip
+                }
+                None => {
+                    let mut auto = shared.auto_public.lock().unwrap_or_else(|p| p.into_inner());
+                    let next = Ipv4Addr::new(192, 0, 2, 10 + auto.len() as u8);
+                    *auto.entry(inst.id.clone()).or_insert(next)
+                }
+            };
+            map.push((inst.private_ip.clone(), public));
+        }
+        let rules = igw_ruleset(&map);
+        if rules != applied {
+            let ok = std::process::Command::new("ip")
+                .args(["netns", "exec", &igw, "nft", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    if let Some(mut i) = c.stdin.take() {
+                        i.write_all(rules.as_bytes())?;
+                    }
+                    c.wait()
+                })
+                .is_ok_and(|s| s.success());
+            if ok {
+                applied = rules;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn igw_ruleset(map: &[(String, Ipv4Addr)]) -> String {
+    let snat: Vec<String> = map.iter().map(|(p, e)| format!("{p} : {e}")).collect();
+    let dnat: Vec<String> = map.iter().map(|(p, e)| format!("{e} : {p}")).collect();
+    let mapped: Vec<String> = map.iter().map(|(p, _)| p.clone()).collect();
+    let elements = |v: &[String]| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", v.join(", "))
+        }
+    };
+    format!(
+        "table ip labigw {{}}\ndelete table ip labigw\ntable ip labigw {{\n\
+         map snat_map {{ type ipv4_addr : ipv4_addr; {} }}\n\
+         map dnat_map {{ type ipv4_addr : ipv4_addr; {} }}\n\
+         set mapped {{ type ipv4_addr; {} }}\n\
+         chain pre {{ type nat hook prerouting priority dstnat; policy accept; iifname \"inet\" dnat to ip daddr map @dnat_map; }}\n\
+         chain post {{ type nat hook postrouting priority srcnat; policy accept; oifname \"inet\" snat to ip saddr map @snat_map; }}\n\
+         chain filter {{ type filter hook forward priority filter; policy accept; ct state new oifname \"inet\" ip saddr {VPC_CIDR} ip saddr != @mapped drop; }}\n}}\n",
+        elements(&snat),
+        elements(&dnat),
+        elements(&mapped),
+    )
+}
+
+/// Play Auto Scaling (and systemd): replace Unhealthy or vanished
+/// instances after the boot delay, restart dead daemons.
+async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String, String)>, stop: Arc<AtomicBool>) {
+    let mut pending: HashMap<String, Instant> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        for (i, group, eip) in &groups {
+            let i = *i;
+            let current = shared.nats()[i].as_ref().map(|n| n.instance.id.clone());
+            // An instance the daemon reported Unhealthy is terminated.
+            if let Some(id) = &current {
+                if shared.cloud.health(id).await.ok().as_deref() == Some("Unhealthy") {
+                    let nat = shared.nats()[i].take();
+                    drop(nat);
+                    let _ = shared.cloud.terminate(id).await;
+                    shared.event(format!("az{i}: {id} Unhealthy, terminated"));
+                    continue;
+                }
+            }
+            // A running daemon that died is restarted, like systemd would.
+            if let Some(delay) = shared.opts.restart_delay {
+                let mut nats = shared.nats();
+                if let Some(n) = nats[i].as_mut() {
+                    if n.daemon.is_some() && !n.running() {
+                        n.daemon = None;
+                        n.died_at.get_or_insert(Instant::now());
+                    }
+                    if n.daemon.is_none() && n.died_at.is_some_and(|t| t.elapsed() >= delay) {
+                        if n.start(&shared.opts.hanat_bin).is_ok() {
+                            drop(nats);
+                            shared.event(format!("az{i}: daemon restarted"));
+                        }
+                    }
+                }
+            }
+            if current.is_some() {
+                continue;
+            }
+            // No NAT: materialise the group's new instance after boot delay.
+            let Ok(instance) = shared.cloud.group_instance(group).await else { continue };
+            let since = *pending.entry(instance.id.clone()).or_insert_with(Instant::now);
+            if since.elapsed() < shared.opts.boot_delay {
+                continue;
+            }
+            pending.remove(&instance.id);
+            // Until the daemon claims addresses itself, the launch script
+            // associates the AZ's pool address.
+            let _ = shared.cloud.associate_address(eip, &instance.id).await;
+            match launch_nat(&shared, i, instance).await {
+                Ok(mut nat) => {
+                    let started = nat.start(&shared.opts.hanat_bin);
+                    shared.event(format!("az{i}: {} booted (daemon {:?})", nat.instance.id, started.is_ok()));
+                    shared.nats()[i] = Some(nat);
+                }
+                Err(e) => shared.event(format!("az{i}: launch failed: {e:#}")),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Requests sent at a steady rate from a private host, each recorded.
 pub struct Meter {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    pub started: Instant,
 }
 
 /// One metered request.
@@ -603,13 +915,20 @@ pub struct Sample {
 }
 
 /// What a meter saw.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MeterReport {
     pub sent: usize,
     pub lost: usize,
     /// Longest time between two answered requests.
     pub longest_gap: Duration,
+    /// Source addresses in the order first seen.
     pub sources: Vec<Ipv4Addr>,
+    /// How often the seen source changed from one answer to the next.
+    pub source_changes: usize,
+    /// When the last failed request was sent (from the meter's start).
+    pub last_failure: Option<Duration>,
+    /// The first answered request after the last failure.
+    pub first_success_after_last_failure: Option<Duration>,
 }
 
 impl Meter {
@@ -618,24 +937,19 @@ impl Meter {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let path = ns.path();
         let (st, sm) = (stop.clone(), samples.clone());
+        let started = Instant::now();
         let thread = std::thread::spawn(move || {
             let entered = std::fs::File::open(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|f| {
-                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| e.to_string())
-                });
+                .and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
             if entered.is_err() {
                 return;
             }
-            let start = Instant::now();
-            let mut next = start;
+            let mut next = started;
             while !st.load(Ordering::Relaxed) {
-                let at = start.elapsed();
-                let seen = one_request(server, every.max(Duration::from_millis(200)) * 2);
-                sm.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Sample { at, seen });
+                let at = started.elapsed();
+                let seen = one_request(server, every.max(Duration::from_millis(250)) * 2);
+                sm.lock().unwrap_or_else(|p| p.into_inner()).push(Sample { at, seen });
                 next += every;
                 let now = Instant::now();
                 if next > now {
@@ -649,7 +963,13 @@ impl Meter {
             stop,
             samples,
             thread: Some(thread),
+            started,
         }
+    }
+
+    /// The report so far, without stopping.
+    pub fn peek(&self) -> MeterReport {
+        summarize(&self.samples.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Stop and summarise.
@@ -658,12 +978,7 @@ impl Meter {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let samples = self
-            .samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        summarize(&samples)
+        summarize(&self.samples.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -674,9 +989,7 @@ impl Drop for Meter {
 }
 
 fn one_request(server: Ipv4Addr, timeout: Duration) -> Option<Ipv4Addr> {
-    let mut s =
-        std::net::TcpStream::connect_timeout(&SocketAddr::from((server, WHOAMI_PORT)), timeout)
-            .ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::from((server, WHOAMI_PORT)), timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
@@ -685,24 +998,57 @@ fn one_request(server: Ipv4Addr, timeout: Duration) -> Option<Ipv4Addr> {
 
 /// Summarise samples: losses, the longest gap between answers, sources seen.
 pub fn summarize(samples: &[Sample]) -> MeterReport {
-    let mut longest_gap = Duration::ZERO;
-    let mut last_ok: Option<Duration> = None;
-    let mut sources: Vec<Ipv4Addr> = Vec::new();
+    let mut r = MeterReport {
+        sent: samples.len(),
+        ..MeterReport::default()
+    };
+    let mut last_ok: Option<&Sample> = None;
     for s in samples {
-        if let Some(ip) = s.seen {
-            if let Some(prev) = last_ok {
-                longest_gap = longest_gap.max(s.at.saturating_sub(prev));
+        match s.seen {
+            Some(ip) => {
+                if let Some(prev) = last_ok {
+                    r.longest_gap = r.longest_gap.max(s.at.saturating_sub(prev.at));
+                    if prev.seen != Some(ip) {
+                        r.source_changes += 1;
+                    }
+                }
+                if r.last_failure.is_some() && r.first_success_after_last_failure.is_none() {
+                    r.first_success_after_last_failure = Some(s.at);
+                }
+                last_ok = Some(s);
+                if !r.sources.contains(&ip) {
+                    r.sources.push(ip);
+                }
             }
-            last_ok = Some(s.at);
-            if !sources.contains(&ip) {
-                sources.push(ip);
+            None => {
+                r.lost += 1;
+                r.last_failure = Some(s.at);
+                r.first_success_after_last_failure = None;
             }
         }
     }
-    MeterReport {
-        sent: samples.len(),
-        lost: samples.iter().filter(|s| s.seen.is_none()).count(),
-        longest_gap,
-        sources,
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_an_outage() {
+        let ip = |n| Some(Ipv4Addr::new(198, 51, 100, n));
+        let ms = Duration::from_millis;
+        let samples: Vec<Sample> = [(0, ip(10)), (50, ip(10)), (100, None), (150, None), (200, ip(11)), (250, ip(11))]
+            .into_iter()
+            .map(|(t, seen)| Sample { at: ms(t), seen })
+            .collect();
+        let r = summarize(&samples);
+        assert_eq!(r.sent, 6);
+        assert_eq!(r.lost, 2);
+        assert_eq!(r.longest_gap, ms(150));
+        assert_eq!(r.source_changes, 1);
+        assert_eq!(r.last_failure, Some(ms(150)));
+        assert_eq!(r.first_success_after_last_failure, Some(ms(200)));
+        assert_eq!(r.sources.len(), 2);
     }
 }
