@@ -155,10 +155,7 @@ async fn decoy_routes(w: &World) -> Vec<Option<(String, String)>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_takeover_and_takeback_touch_only_our_tables() {
-    let moto = tokio::task::spawn_blocking(Moto::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let moto = Moto::start().unwrap();
     let w = world(&moto).await;
     let (ec2, _) = adapters(&moto).await;
     let config = Config::default();
@@ -245,10 +242,7 @@ async fn discovery_takeover_and_takeback_touch_only_our_tables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_tag_selects_other_subnets() {
-    let moto = tokio::task::spawn_blocking(Moto::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let moto = Moto::start().unwrap();
     let w = world(&moto).await;
     let (ec2, _) = adapters(&moto).await;
     let mut config = Config::default();
@@ -264,10 +258,7 @@ async fn custom_tag_selects_other_subnets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_instance_health_marks_unhealthy() {
-    let moto = tokio::task::spawn_blocking(Moto::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let moto = Moto::start().unwrap();
     let w = world(&moto).await;
     let (_, asg) = adapters(&moto).await;
     assert_eq!(w.cloud.health(&w.asg_instance).await.unwrap(), "Healthy");
@@ -290,10 +281,7 @@ async fn set_instance_health_marks_unhealthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_errors_carry_operation_resource_and_code() {
-    let moto = tokio::task::spawn_blocking(Moto::start)
-        .await
-        .unwrap()
-        .unwrap();
+    let moto = Moto::start().unwrap();
     let (ec2, _) = adapters(&moto).await;
     let err = ec2
         .replace_default_route(

@@ -33,7 +33,11 @@ fn plan(lab: &Lab) -> String {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "plan failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "plan failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
@@ -49,31 +53,64 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
     assert_eq!(lab.cloud.default_route(&rt).await.unwrap(), None);
     assert!(lab.whoami(0, Duration::from_millis(500)).is_err());
     let p = plan(&lab);
-    assert!(p.contains(&format!("would create 0.0.0.0/0 in {rt}")), "{p}");
-    assert!(p.contains("would set net.ipv4.ip_forward = 1 (now 0)"), "{p}");
+    assert!(
+        p.contains(&format!("would create 0.0.0.0/0 in {rt}")),
+        "{p}"
+    );
+    assert!(
+        p.contains("would set net.ipv4.ip_forward = 1 (now 0)"),
+        "{p}"
+    );
     assert!(p.contains("would create nftables table ip hanat"), "{p}");
-    assert_eq!(lab.cloud.default_route(&rt).await.unwrap(), None, "plan changed nothing");
+    assert_eq!(
+        lab.cloud.default_route(&rt).await.unwrap(),
+        None,
+        "plan changed nothing"
+    );
 
     lab.start_daemons().unwrap();
     lab.wait_converged(Duration::from_secs(30)).await.unwrap();
     let nat = lab.nat(0).unwrap();
-    assert_eq!(lab.route_target(0).await.unwrap().as_deref(), Some(nat.instance.eni.as_str()));
-    assert!(!lab.cloud.source_dest_check(&nat.instance.eni).await.unwrap());
+    assert_eq!(
+        lab.route_target(0).await.unwrap().as_deref(),
+        Some(nat.instance.eni.as_str())
+    );
+    assert!(
+        !lab.cloud
+            .source_dest_check(&nat.instance.eni)
+            .await
+            .unwrap()
+    );
 
     // The internet sees the AZ's Elastic IP, never the private host.
     let eip = lab.azs[0].eip.1;
     assert_eq!(lab.whoami(0, Duration::from_secs(2)).unwrap(), eip);
-    assert_eq!(lab.whoami_udp(0, Duration::from_secs(2)).unwrap(), eip, "UDP is NATed too");
+    assert_eq!(
+        lab.whoami_udp(0, Duration::from_secs(2)).unwrap(),
+        eip,
+        "UDP is NATed too"
+    );
 
     // Nothing from outside can open a connection to a private host through
     // the NAT; the same host is reachable when the NAT is not in the path.
-    let listener = lab.azs[0].host.bind_tcp("0.0.0.0:2222".parse().unwrap()).unwrap();
+    let listener = lab.azs[0]
+        .host
+        .bind_tcp("0.0.0.0:2222".parse().unwrap())
+        .unwrap();
     std::thread::spawn(move || for _ in listener.incoming() {});
     lab.route_inbound_via_nat(0).unwrap();
     let inbound = lab.connect_inbound(0, 2222, Duration::from_secs(2));
-    assert!(inbound.is_err(), "an inbound connection got through the NAT");
-    let direct = lab.rtr.connect_tcp((lab.azs[0].host_ip, 2222).into(), Duration::from_secs(2));
-    assert!(direct.is_ok(), "control: the private host listens: {direct:?}");
+    assert!(
+        inbound.is_err(),
+        "an inbound connection got through the NAT"
+    );
+    let direct = lab
+        .rtr
+        .connect_tcp((lab.azs[0].host_ip, 2222).into(), Duration::from_secs(2));
+    assert!(
+        direct.is_ok(),
+        "control: the private host listens: {direct:?}"
+    );
 
     // A healthy NAT stays Healthy.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -97,9 +134,13 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
 
     // Someone turns forwarding off: the daemon turns it back on, and the
     // instance stays Healthy.
-    lab.nat_exec(0, "sysctl", &["-qw", "net.ipv4.ip_forward=0"]).unwrap();
+    lab.nat_exec(0, "sysctl", &["-qw", "net.ipv4.ip_forward=0"])
+        .unwrap();
     lab.wait_for("ip_forward restored", Duration::from_secs(15), || async {
-        Ok(lab.nat_exec(0, "cat", &["/proc/sys/net/ipv4/ip_forward"])?.trim() == "1")
+        Ok(lab
+            .nat_exec(0, "cat", &["/proc/sys/net/ipv4/ip_forward"])?
+            .trim()
+            == "1")
     })
     .await
     .unwrap();
@@ -134,12 +175,21 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
     let took = start.elapsed();
     eprintln!("marked Unhealthy {took:?} after forwarding broke");
     // fall (3) failed rounds, then one more after reconverging: 4 × 500 ms.
-    assert!(took >= Duration::from_millis(1500), "reported too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "reported too early: {took:?}"
+    );
     let log = log();
     assert!(log.contains("re-applying kernel NAT config"), "{log}");
     assert!(log.contains("marking instance Unhealthy"), "{log}");
-    assert!(log.contains("instance reported Unhealthy to Auto Scaling"), "{log}");
-    assert!(!log.contains("chaos"), "the daemon never touched the foreign table");
+    assert!(
+        log.contains("instance reported Unhealthy to Auto Scaling"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("chaos"),
+        "the daemon never touched the foreign table"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +208,11 @@ async fn kill_and_restart_lose_no_request() {
     // kill -9: the kernel keeps forwarding; the probe namespace stays; the
     // lab's systemd restarts the daemon, which adopts everything.
     lab.kill_daemon(0).unwrap();
-    assert!(std::path::Path::new("/run/netns").join(&nat.probe_namespace).exists());
+    assert!(
+        std::path::Path::new("/run/netns")
+            .join(&nat.probe_namespace)
+            .exists()
+    );
     lab.wait_for("restart after kill", Duration::from_secs(10), || async {
         Ok(log().matches("kernel NAT configured").count() == 2)
     })
@@ -184,5 +238,9 @@ async fn kill_and_restart_lose_no_request() {
     assert_eq!(report.sources, vec![lab.azs[0].eip.1]);
     assert!(lab.nat(0).unwrap().running);
     assert_eq!(lab.cloud.health(&nat.instance.id).await.unwrap(), "Healthy");
-    assert!(!log().contains("probe round failed"), "no probe failed across restarts:\n{}", log());
+    assert!(
+        !log().contains("probe round failed"),
+        "no probe failed across restarts:\n{}",
+        log()
+    );
 }

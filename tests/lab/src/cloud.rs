@@ -390,7 +390,8 @@ impl Cloud {
             .flat_map(|g| g.instances())
             .find(|i| {
                 i.health_status() == Some("Healthy")
-                    && i.lifecycle_state() == Some(&aws_sdk_autoscaling::types::LifecycleState::InService)
+                    && i.lifecycle_state()
+                        == Some(&aws_sdk_autoscaling::types::LifecycleState::InService)
             })
             .and_then(|i| i.instance_id())
             .ok_or_else(|| anyhow!("group {group} has no healthy in-service instance"))?
@@ -399,7 +400,11 @@ impl Cloud {
     }
 
     pub async fn terminate(&self, instance: &str) -> Result<()> {
-        self.ec2.terminate_instances().instance_ids(instance).send().await?;
+        self.ec2
+            .terminate_instances()
+            .instance_ids(instance)
+            .send()
+            .await?;
         Ok(())
     }
 
@@ -412,7 +417,9 @@ impl Cloud {
             .tag_specifications(tag_spec(ResourceType::ElasticIp, tags))
             .send()
             .await?;
-        let alloc = out.allocation_id().ok_or_else(|| anyhow!("no allocation id"))?;
+        let alloc = out
+            .allocation_id()
+            .ok_or_else(|| anyhow!("no allocation id"))?;
         let ip = out.public_ip().ok_or_else(|| anyhow!("no public ip"))?;
         Ok((alloc.to_owned(), ip.to_owned()))
     }

@@ -43,7 +43,10 @@ use crate::netns::{Netns, veth};
 pub const REGION: &str = "eu-west-1";
 pub const VPC_CIDR: &str = "10.0.0.0/16";
 /// Internet servers (TEST-NET-3, only ever inside the lab's namespace).
-pub const SERVERS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 11)];
+pub const SERVERS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(203, 0, 113, 10),
+    Ipv4Addr::new(203, 0, 113, 11),
+];
 /// TCP and UDP port where servers answer with the source address they saw.
 pub const WHOAMI_PORT: u16 = 80;
 /// Port of the moto proxy inside each NAT namespace.
@@ -121,14 +124,20 @@ impl Drop for AbortOnDrop {
 
 impl Nat {
     fn start(&mut self, hanat_bin: &Path) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         let child = self
             .ns
             .command(&hanat_bin.to_string_lossy())
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
             .envs(daemon_env())
             .env("RUST_LOG", "hanat=debug,info")
             .stdin(Stdio::null())
@@ -168,7 +177,10 @@ impl Drop for Nat {
 /// the proxy, dummy credentials, and nothing from the host's AWS config.
 pub fn daemon_env() -> Vec<(String, String)> {
     [
-        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{MOTO_PROXY_PORT}")),
+        (
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{MOTO_PROXY_PORT}"),
+        ),
         ("AWS_ACCESS_KEY_ID", "testing".into()),
         ("AWS_SECRET_ACCESS_KEY", "testing".into()),
         ("AWS_CONFIG_FILE", "/dev/null".into()),
@@ -205,7 +217,10 @@ impl Shared {
     }
 
     fn event(&self, what: String) {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), what));
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((Instant::now(), what));
     }
 }
 
@@ -244,7 +259,9 @@ impl Lab {
     /// daemons start with [`Lab::start_daemons`].
     pub async fn build(opts: LabOptions) -> Result<Lab> {
         let prefix = crate::netns::unique_prefix();
-        let moto = tokio::task::spawn_blocking(Moto::start).await??;
+        // Started on this thread, not a pooled one: moto gets SIGKILL when
+        // the thread that spawned it ends (parent-death signal).
+        let moto = tokio::task::block_in_place(Moto::start)?;
         let cloud = Cloud::new(&moto.endpoint(), REGION).await;
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir)?;
@@ -282,8 +299,16 @@ impl Lab {
         for a in &azs {
             let table = 100 + a.index;
             for b in &azs {
-                rtr.ip(&format!("route replace 10.0.{}.0/24 dev bp{} table {table}", 2 * b.index, b.index))?;
-                rtr.ip(&format!("route replace 10.0.{}.0/24 dev prv{} table {table}", 2 * b.index + 1, b.index))?;
+                rtr.ip(&format!(
+                    "route replace 10.0.{}.0/24 dev bp{} table {table}",
+                    2 * b.index,
+                    b.index
+                ))?;
+                rtr.ip(&format!(
+                    "route replace 10.0.{}.0/24 dev prv{} table {table}",
+                    2 * b.index + 1,
+                    b.index
+                ))?;
             }
         }
         let shared = Arc::new(Shared {
@@ -324,16 +349,28 @@ impl Lab {
             let nat = launch_nat(&shared, a.index, instance).await?;
             shared.nats()[a.index] = Some(nat);
         }
-        let tables: Vec<(usize, String)> =
-            lab.azs.iter().map(|a| (a.index, a.private_route_table.clone())).collect();
-        lab.tasks.push(tokio::spawn(router_sync(shared.clone(), tables, stop.clone())));
-        lab.tasks.push(tokio::spawn(igw_sync(shared.clone(), lab.igw.name.clone(), stop.clone())));
+        let tables: Vec<(usize, String)> = lab
+            .azs
+            .iter()
+            .map(|a| (a.index, a.private_route_table.clone()))
+            .collect();
+        lab.tasks.push(tokio::spawn(router_sync(
+            shared.clone(),
+            tables,
+            stop.clone(),
+        )));
+        lab.tasks.push(tokio::spawn(igw_sync(
+            shared.clone(),
+            lab.igw.name.clone(),
+            stop.clone(),
+        )));
         let groups: Vec<(usize, String, String)> = lab
             .azs
             .iter()
             .map(|a| (a.index, a.group.clone(), a.eip.0.clone()))
             .collect();
-        lab.tasks.push(tokio::spawn(autoscaler(shared, groups, stop)));
+        lab.tasks
+            .push(tokio::spawn(autoscaler(shared, groups, stop)));
         Ok(lab)
     }
 
@@ -362,13 +399,18 @@ impl Lab {
 
     /// The daemon log of AZ `i`'s current NAT.
     pub fn nat_log(&self, i: usize) -> String {
-        self.shared.nats()[i].as_ref().map(Nat::log).unwrap_or_default()
+        self.shared.nats()[i]
+            .as_ref()
+            .map(Nat::log)
+            .unwrap_or_default()
     }
 
     /// `kill -9` AZ `i`'s daemon (the lab's systemd restarts it).
     pub fn kill_daemon(&self, i: usize) -> Result<()> {
         let mut nats = self.shared.nats();
-        let n = nats[i].as_mut().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        let n = nats[i]
+            .as_mut()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
         n.kill();
         n.died_at = Some(Instant::now());
         self.shared.event(format!("az{i}: daemon killed"));
@@ -379,9 +421,13 @@ impl Lab {
     pub fn terminate_daemon(&self, i: usize) -> Result<std::process::ExitStatus> {
         let mut child = {
             let mut nats = self.shared.nats();
-            let n = nats[i].as_mut().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+            let n = nats[i]
+                .as_mut()
+                .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
             n.died_at = Some(Instant::now());
-            n.daemon.take().ok_or_else(|| anyhow!("daemon not running"))?
+            n.daemon
+                .take()
+                .ok_or_else(|| anyhow!("daemon not running"))?
         };
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
@@ -401,7 +447,9 @@ impl Lab {
     /// The instance vanishes: namespace and daemon gone, moto instance
     /// terminated (moto's group launches a replacement).
     pub async fn terminate_instance(&self, i: usize) -> Result<String> {
-        let nat = self.shared.nats()[i].take().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        let nat = self.shared.nats()[i]
+            .take()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
         let id = nat.instance.id.clone();
         drop(nat);
         self.cloud.terminate(&id).await?;
@@ -412,7 +460,9 @@ impl Lab {
     /// Run a command inside AZ `i`'s NAT namespace.
     pub fn nat_exec(&self, i: usize, program: &str, args: &[&str]) -> Result<String> {
         let nats = self.shared.nats();
-        let n = nats[i].as_ref().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        let n = nats[i]
+            .as_ref()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
         n.ns.exec(program, args)
     }
 
@@ -420,7 +470,9 @@ impl Lab {
     /// environment (for `hanat plan`).
     pub fn nat_command(&self, i: usize, program: &str) -> Result<std::process::Command> {
         let nats = self.shared.nats();
-        let n = nats[i].as_ref().ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        let n = nats[i]
+            .as_ref()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
         let mut c = n.ns.command(program);
         c.envs(daemon_env());
         Ok(c)
@@ -429,13 +481,23 @@ impl Lab {
     /// The public address the internet sees for AZ `i`'s current NAT.
     pub fn public_ip(&self, i: usize) -> Option<Ipv4Addr> {
         let id = self.shared.nats()[i].as_ref()?.instance.id.clone();
-        let auto = self.shared.auto_public.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
+        let auto = self
+            .shared
+            .auto_public
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied();
         auto.or(Some(self.azs[i].eip.1))
     }
 
     /// Lab events since start, with their times.
     pub fn events(&self) -> Vec<(Instant, String)> {
-        self.shared.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn start_servers(&mut self) -> Result<()> {
@@ -478,7 +540,10 @@ impl Lab {
         s.send_to(b"who", SocketAddr::from((SERVERS[1], WHOAMI_PORT)))?;
         let mut buf = [0u8; 64];
         let n = s.recv(&mut buf)?;
-        String::from_utf8_lossy(&buf[..n]).trim().parse().context("bad UDP answer")
+        String::from_utf8_lossy(&buf[..n])
+            .trim()
+            .parse()
+            .context("bad UDP answer")
     }
 
     /// Make the router send traffic from outside for AZ `i`'s private
@@ -491,8 +556,14 @@ impl Lab {
             2 * i + 1,
             nat.instance.private_ip
         ))?;
-        self.igw.ip(&format!("route replace 10.0.{}.0/24 via 172.31.255.1", 2 * i + 1))?;
-        self.inet.ip(&format!("route replace 10.0.{}.0/24 via 203.0.113.1", 2 * i + 1))?;
+        self.igw.ip(&format!(
+            "route replace 10.0.{}.0/24 via 172.31.255.1",
+            2 * i + 1
+        ))?;
+        self.inet.ip(&format!(
+            "route replace 10.0.{}.0/24 via 203.0.113.1",
+            2 * i + 1
+        ))?;
         Ok(())
     }
 
@@ -509,7 +580,11 @@ impl Lab {
 
     /// Where AZ `i`'s private default route points in moto.
     pub async fn route_target(&self, i: usize) -> Result<Option<String>> {
-        Ok(self.cloud.default_route(&self.azs[i].private_route_table).await?.map(|(t, _)| t))
+        Ok(self
+            .cloud
+            .default_route(&self.azs[i].private_route_table)
+            .await?
+            .map(|(t, _)| t))
     }
 
     /// Whether AZ `i` is served as it should be: its route on its own live
@@ -517,12 +592,18 @@ impl Lab {
     pub async fn az_ok(&self, i: usize) -> bool {
         let Some(nat) = self.nat(i) else { return false };
         nat.running
-            && self.route_target(i).await.ok().flatten().as_deref() == Some(nat.instance.eni.as_str())
+            && self.route_target(i).await.ok().flatten().as_deref()
+                == Some(nat.instance.eni.as_str())
             && self.whoami(i, Duration::from_millis(500)).is_ok()
     }
 
     /// Wait until `check` is true, polling every 100 ms, for at most `limit`.
-    pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> Result<Duration>
+    pub async fn wait_for<F, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: F,
+    ) -> Result<Duration>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool>>,
@@ -561,7 +642,13 @@ impl Lab {
         let nats = self.shared.nats();
         nats.iter()
             .flatten()
-            .map(|nat| format!("--- {} ---\n{}", nat.log_path.display(), tail(&nat.log(), n)))
+            .map(|nat| {
+                format!(
+                    "--- {} ---\n{}",
+                    nat.log_path.display(),
+                    tail(&nat.log(), n)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -580,13 +667,29 @@ impl Drop for Lab {
     }
 }
 
-async fn build_az(cloud: &Cloud, vpc: &str, prefix: &str, rtr: &Netns, i: usize) -> Result<(Az, String)> {
+async fn build_az(
+    cloud: &Cloud,
+    vpc: &str,
+    prefix: &str,
+    rtr: &Netns,
+    i: usize,
+) -> Result<(Az, String)> {
     let name = cloud.az(i);
     let public_subnet = cloud
-        .subnet(vpc, &format!("10.0.{}.0/24", 2 * i), &name, &[("network", "public")])
+        .subnet(
+            vpc,
+            &format!("10.0.{}.0/24", 2 * i),
+            &name,
+            &[("network", "public")],
+        )
         .await?;
     let private_subnet = cloud
-        .subnet(vpc, &format!("10.0.{}.0/24", 2 * i + 1), &name, &[("network", "private")])
+        .subnet(
+            vpc,
+            &format!("10.0.{}.0/24", 2 * i + 1),
+            &name,
+            &[("network", "private")],
+        )
         .await?;
     let private_route_table = cloud.route_table(vpc, Some(&private_subnet)).await?;
     let group = format!("{prefix}-nat-{name}");
@@ -686,7 +789,10 @@ async fn launch_nat(shared: &Shared, i: usize, instance: Instance) -> Result<Nat
 
 /// The config the lab gives every daemon.
 pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
-    let targets: Vec<String> = SERVERS.iter().map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\"")).collect();
+    let targets: Vec<String> = SERVERS
+        .iter()
+        .map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\""))
+        .collect();
     format!(
         "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
@@ -713,12 +819,18 @@ pub fn whoami(ns: &Netns, server: Ipv4Addr, timeout: Duration) -> Result<Ipv4Add
     s.set_read_timeout(Some(timeout))?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    buf.trim().parse().with_context(|| format!("bad whoami answer {buf:?}"))
+    buf.trim()
+        .parse()
+        .with_context(|| format!("bad whoami answer {buf:?}"))
 }
 
 async fn proxy(listener: std::net::TcpListener, port: u16) {
-    let Ok(()) = listener.set_nonblocking(true) else { return };
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+    let Ok(()) = listener.set_nonblocking(true) else {
+        return;
+    };
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
     while let Ok((mut inbound, _)) = listener.accept().await {
         tokio::spawn(async move {
             if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -740,7 +852,9 @@ async fn router_sync(shared: Arc<Shared>, tables: Vec<(usize, String)>, stop: Ar
             .map(|n| (n.instance.eni.clone(), n.instance.private_ip.clone()))
             .collect();
         for (i, rt) in &tables {
-            let Ok(route) = shared.cloud.default_route(rt).await else { continue };
+            let Ok(route) = shared.cloud.default_route(rt).await else {
+                continue;
+            };
             let want = match route {
                 Some((target, state)) if state != "blackhole" => match live.get(&target) {
                     Some(ip) => format!("default via {ip}"),
@@ -764,7 +878,12 @@ async fn router_sync(shared: Arc<Shared>, tables: Vec<(usize, String)>, stop: Ar
 async fn igw_sync(shared: Arc<Shared>, igw: String, stop: Arc<AtomicBool>) {
     let mut applied = String::new();
     while !stop.load(Ordering::Relaxed) {
-        let instances: Vec<Instance> = shared.nats().iter().flatten().map(|n| n.instance.clone()).collect();
+        let instances: Vec<Instance> = shared
+            .nats()
+            .iter()
+            .flatten()
+            .map(|n| n.instance.clone())
+            .collect();
         let Ok(assoc) = shared.cloud.address_associations().await else {
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
@@ -777,7 +896,11 @@ async fn igw_sync(shared: Arc<Shared>, igw: String, stop: Arc<AtomicBool>) {
                 .and_then(|(moto_ip, _)| shared.eip_public.get(moto_ip).copied());
             let public = match eip {
                 Some(ip) => {
-                    shared.auto_public.lock().unwrap_or_else(|p| p.into_inner()).remove(&inst.id);
+                    shared
+                        .auto_public
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&inst.id);
                     ip
                 }
                 None => {
@@ -839,7 +962,11 @@ fn igw_ruleset(map: &[(String, Ipv4Addr)]) -> String {
 
 /// Play Auto Scaling (and systemd): replace Unhealthy or vanished
 /// instances after the boot delay, restart dead daemons.
-async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String, String)>, stop: Arc<AtomicBool>) {
+async fn autoscaler(
+    shared: Arc<Shared>,
+    groups: Vec<(usize, String, String)>,
+    stop: Arc<AtomicBool>,
+) {
     let mut pending: HashMap<String, Instant> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         for (i, group, eip) in &groups {
@@ -875,8 +1002,12 @@ async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String, String)>, s
                 continue;
             }
             // No NAT: materialise the group's new instance after boot delay.
-            let Ok(instance) = shared.cloud.group_instance(group).await else { continue };
-            let since = *pending.entry(instance.id.clone()).or_insert_with(Instant::now);
+            let Ok(instance) = shared.cloud.group_instance(group).await else {
+                continue;
+            };
+            let since = *pending
+                .entry(instance.id.clone())
+                .or_insert_with(Instant::now);
             if since.elapsed() < shared.opts.boot_delay {
                 continue;
             }
@@ -887,7 +1018,11 @@ async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String, String)>, s
             match launch_nat(&shared, i, instance).await {
                 Ok(mut nat) => {
                     let started = nat.start(&shared.opts.hanat_bin);
-                    shared.event(format!("az{i}: {} booted (daemon {:?})", nat.instance.id, started.is_ok()));
+                    shared.event(format!(
+                        "az{i}: {} booted (daemon {:?})",
+                        nat.instance.id,
+                        started.is_ok()
+                    ));
                     shared.nats()[i] = Some(nat);
                 }
                 Err(e) => shared.event(format!("az{i}: launch failed: {e:#}")),
@@ -941,7 +1076,10 @@ impl Meter {
         let thread = std::thread::spawn(move || {
             let entered = std::fs::File::open(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+                .and_then(|f| {
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| e.to_string())
+                });
             if entered.is_err() {
                 return;
             }
@@ -949,7 +1087,9 @@ impl Meter {
             while !st.load(Ordering::Relaxed) {
                 let at = started.elapsed();
                 let seen = one_request(server, every.max(Duration::from_millis(250)) * 2);
-                sm.lock().unwrap_or_else(|p| p.into_inner()).push(Sample { at, seen });
+                sm.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Sample { at, seen });
                 next += every;
                 let now = Instant::now();
                 if next > now {
@@ -989,7 +1129,9 @@ impl Drop for Meter {
 }
 
 fn one_request(server: Ipv4Addr, timeout: Duration) -> Option<Ipv4Addr> {
-    let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::from((server, WHOAMI_PORT)), timeout).ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&SocketAddr::from((server, WHOAMI_PORT)), timeout)
+            .ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
@@ -1038,10 +1180,17 @@ mod tests {
     fn summary_of_an_outage() {
         let ip = |n| Some(Ipv4Addr::new(198, 51, 100, n));
         let ms = Duration::from_millis;
-        let samples: Vec<Sample> = [(0, ip(10)), (50, ip(10)), (100, None), (150, None), (200, ip(11)), (250, ip(11))]
-            .into_iter()
-            .map(|(t, seen)| Sample { at: ms(t), seen })
-            .collect();
+        let samples: Vec<Sample> = [
+            (0, ip(10)),
+            (50, ip(10)),
+            (100, None),
+            (150, None),
+            (200, ip(11)),
+            (250, ip(11)),
+        ]
+        .into_iter()
+        .map(|(t, seen)| Sample { at: ms(t), seen })
+        .collect();
         let r = summarize(&samples);
         assert_eq!(r.sent, 6);
         assert_eq!(r.lost, 2);

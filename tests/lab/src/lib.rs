@@ -7,6 +7,7 @@
 //! - [`imds`]: a per-instance IMDSv2 emulator with tokens enforced;
 //! - [`lab`]: the assembled VPC with its router, internet and NATs.
 
+pub mod chaos;
 pub mod cloud;
 pub mod imds;
 pub mod lab;
@@ -14,7 +15,9 @@ pub mod moto;
 pub mod netns;
 
 /// Make `cmd`'s child receive SIGKILL when the lab process dies, so a
-/// crashed test leaves no daemon behind.
+/// crashed test leaves no daemon behind. The signal fires when the *thread*
+/// that spawned the child ends: spawn only from long-lived threads (the
+/// runtime's workers or the main thread), never from `spawn_blocking`.
 pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure only calls prctl(2), which is async-signal-safe.

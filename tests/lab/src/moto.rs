@@ -80,7 +80,9 @@ impl Moto {
         // Retry with another port if one is taken between probe and bind.
         for _ in 0..5 {
             let port = free_port()?;
-            let child = Command::new(&server)
+            let mut cmd = Command::new(&server);
+            crate::die_with_parent(&mut cmd);
+            let child = cmd
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

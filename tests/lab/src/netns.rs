@@ -157,15 +157,53 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     Ok(())
 }
 
-/// Delete every namespace whose name starts with `prefix` (for `down`).
-pub fn remove_all(prefix: &str) -> Result<Vec<String>> {
+/// Whether `name` is one of the lab's namespaces: `hl<digits>x<digits>-…`.
+pub fn is_lab_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("hl") else {
+        return false;
+    };
+    let Some((head, _)) = rest.split_once('-') else {
+        return false;
+    };
+    let Some((pid, n)) = head.split_once('x') else {
+        return false;
+    };
+    !pid.is_empty()
+        && !n.is_empty()
+        && pid.chars().all(|c| c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Delete every namespace and temp directory a lab left behind (for `down`).
+/// Processes inside die with the lab process (parent-death signal).
+pub fn remove_lab_leftovers() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for line in ip("netns list")?.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        if !name.is_empty() && name.starts_with(prefix) {
+        if is_lab_name(name) {
             ip(&format!("netns del {name}"))?;
             removed.push(name.to_owned());
         }
     }
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_lab_name(&format!("{name}-")) && e.path().is_dir() {
+                let _ = std::fs::remove_dir_all(e.path());
+                removed.push(e.path().display().to_string());
+            }
+        }
+    }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lab_names() {
+        assert!(super::is_lab_name("hl123x0-rtr"));
+        assert!(!super::is_lab_name("hl123-rtr"));
+        assert!(!super::is_lab_name("hanat-probe"));
+        assert!(!super::is_lab_name("hlx0-rtr"));
+    }
 }

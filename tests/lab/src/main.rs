@@ -1,0 +1,273 @@
+//! `hanat-lab`: a multi-AZ VPC with autoscaled hanat NAT instances on one
+//! machine. `up` runs it until Ctrl-C; `chaos` measures one failure; `down`
+//! removes what a crashed lab left behind.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hanat_lab::chaos::{self, ChaosOptions, Scenario};
+use hanat_lab::lab::{Lab, LabOptions};
+
+const USAGE: &str = "\
+usage: hanat-lab <command> [options]
+
+commands:
+  up [--azs N]                     build the lab, run it until Ctrl-C, tear it down
+  chaos SCENARIO [--azs N] [--json]
+                                   up → converge → inject → measure → down
+                                   scenarios: none, kill-daemon, terminate-instance,
+                                   stop-forwarding, hijack-route
+  down                             remove namespaces a crashed lab left behind
+options:
+  --azs N            availability zones, 1-3 (default 2)
+  --boot-delay D     Auto Scaling launch to daemon start (default 20s)
+  --timeout D        chaos: give up waiting for recovery (default 120s)
+  --hanat PATH       the hanat binary (default: next to hanat-lab, built if missing)
+  --json             chaos: print one JSON object
+Needs root (network namespaces, nftables); installs moto into ~/.cache/hanat on first use.
+";
+
+struct Args {
+    command: String,
+    scenario: Option<String>,
+    azs: usize,
+    boot_delay: Duration,
+    timeout: Duration,
+    hanat: Option<PathBuf>,
+    json: bool,
+}
+
+fn parse() -> Result<Option<Args>> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        command: String::new(),
+        scenario: None,
+        azs: 2,
+        boot_delay: Duration::from_secs(20),
+        timeout: Duration::from_secs(120),
+        hanat: None,
+        json: false,
+    };
+    let duration = |v: Option<String>, flag: &str| -> Result<Duration> {
+        let v = v.with_context(|| format!("{flag} needs a value"))?;
+        humantime::parse_duration(&v)
+            .with_context(|| format!("{flag}: `{v}` is not a duration like 20s"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "--azs" => {
+                let v = it.next().context("--azs needs a number")?;
+                a.azs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=3).contains(n))
+                    .with_context(|| format!("--azs: `{v}` is not 1, 2 or 3"))?;
+            }
+            "--boot-delay" => a.boot_delay = duration(it.next(), "--boot-delay")?,
+            "--timeout" => a.timeout = duration(it.next(), "--timeout")?,
+            "--hanat" => a.hanat = Some(it.next().context("--hanat needs a path")?.into()),
+            "--json" => a.json = true,
+            s if s.starts_with('-') => bail!("unknown option `{s}`"),
+            s if a.command.is_empty() => a.command = s.to_owned(),
+            s if a.command == "chaos" && a.scenario.is_none() => a.scenario = Some(s.to_owned()),
+            s => bail!("unexpected argument `{s}`"),
+        }
+    }
+    if a.command.is_empty() {
+        bail!("missing command");
+    }
+    Ok(Some(a))
+}
+
+/// The hanat binary: given, next to this one, or built now.
+fn hanat_bin(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    let sibling = exe.with_file_name("hanat");
+    if !sibling.exists() {
+        eprintln!("hanat-lab: building the hanat binary…");
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml");
+        let ok =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--bin",
+                    "hanat",
+                    "--manifest-path",
+                    manifest,
+                ])
+                .status()
+                .context("running cargo build for hanat")?
+                .success();
+        if !ok || !sibling.exists() {
+            bail!("could not build hanat; pass --hanat PATH");
+        }
+    }
+    Ok(sibling)
+}
+
+fn lab_options(a: &Args) -> Result<LabOptions> {
+    let mut o = LabOptions::new(hanat_bin(a.hanat.clone())?);
+    o.azs = a.azs;
+    o.boot_delay = a.boot_delay;
+    o.heartbeat_interval = Duration::from_millis(500);
+    o.grace = Duration::from_secs(30);
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hanat-lab: {e:#}\n\n{USAGE}");
+            return ExitCode::from(64);
+        }
+    };
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!(
+            "hanat-lab: needs root (network namespaces and nftables); try: sudo hanat-lab {}",
+            args.command
+        );
+        return ExitCode::from(77);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hanat-lab: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let result = rt.block_on(async {
+        match args.command.as_str() {
+            "up" => up(&args).await,
+            "chaos" => chaos_cmd(&args).await,
+            "down" => down(),
+            other => bail!("unknown command `{other}`"),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("hanat-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(a: &Args) -> Result<u8> {
+    let opts = lab_options(a)?;
+    println!(
+        "hanat-lab: building a {}-AZ VPC (moto + network namespaces)…",
+        opts.azs
+    );
+    let lab = Lab::build(opts).await?;
+    lab.start_daemons()?;
+    println!(
+        "hanat-lab: up as {}; logs in {}; Ctrl-C to tear down",
+        lab.prefix,
+        lab.dir.display()
+    );
+    let start = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        print_status(&lab, start).await;
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    println!("\nhanat-lab: tearing down");
+    drop(lab);
+    Ok(0)
+}
+
+async fn print_status(lab: &Lab, start: Instant) {
+    println!(
+        "\n[{:>4}s] {:<12} {:<21} {:<10} {:<24} {:<7} {}",
+        start.elapsed().as_secs(),
+        "AZ",
+        "NAT instance",
+        "health",
+        "private route →",
+        "egress",
+        "public IP (seen)"
+    );
+    for a in &lab.azs {
+        let nat = lab.nat(a.index);
+        let (id, eni, running) = match &nat {
+            Some(n) => (n.instance.id.clone(), n.instance.eni.clone(), n.running),
+            None => ("(booting)".into(), String::new(), false),
+        };
+        let health = match &nat {
+            Some(n) => lab
+                .cloud
+                .health(&n.instance.id)
+                .await
+                .unwrap_or_else(|_| "gone".into()),
+            None => "-".into(),
+        };
+        let health = if nat.is_some() && !running {
+            format!("{health}*")
+        } else {
+            health
+        };
+        let route = match lab.route_target(a.index).await {
+            Ok(Some(t)) if !eni.is_empty() && t == eni => "own NAT".to_owned(),
+            Ok(Some(t)) => t,
+            Ok(None) => "none".into(),
+            Err(_) => "?".into(),
+        };
+        let seen = lab.whoami(a.index, Duration::from_millis(500));
+        println!(
+            "        {:<12} {:<21} {:<10} {:<24} {:<7} {}",
+            a.name,
+            id,
+            health,
+            route,
+            if seen.is_ok() { "OK" } else { "FAIL" },
+            seen.map(|s| s.to_string()).unwrap_or_else(|_| "-".into())
+        );
+    }
+}
+
+async fn chaos_cmd(a: &Args) -> Result<u8> {
+    let name = a.scenario.as_deref().context("chaos needs a SCENARIO")?;
+    let scenario = Scenario::parse(name)?;
+    let opts = ChaosOptions {
+        lab: lab_options(a)?,
+        timeout: a.timeout,
+        every: Duration::from_millis(50),
+    };
+    let report = chaos::run(scenario, opts).await?;
+    if a.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(if report.recovered { 0 } else { 1 })
+}
+
+fn down() -> Result<u8> {
+    let removed = hanat_lab::netns::remove_lab_leftovers()?;
+    if removed.is_empty() {
+        println!("hanat-lab: nothing to remove");
+    } else {
+        println!("hanat-lab: removed {}", removed.join(", "));
+    }
+    Ok(0)
+}
