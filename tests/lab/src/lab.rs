@@ -258,6 +258,7 @@ impl Lab {
     /// Build the control and data planes and materialise one NAT per AZ;
     /// daemons start with [`Lab::start_daemons`].
     pub async fn build(opts: LabOptions) -> Result<Lab> {
+        crate::ensure_tools()?;
         let prefix = crate::netns::unique_prefix();
         // Started on this thread, not a pooled one: moto gets SIGKILL when
         // the thread that spawned it ends (parent-death signal).
@@ -800,7 +801,7 @@ pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
          conntrack_max = 0\n\n[aws]\nimds_timeout = \"20s\"\n",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
-        humantime::format_duration(o.heartbeat_interval / 2),
+        humantime::format_duration(o.heartbeat_interval * 4 / 5),
         o.fall,
         o.rise,
         humantime::format_duration(o.grace),

@@ -28,3 +28,49 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Commands the lab needs, with the Debian package that provides each.
+const TOOLS: [(&str, &str); 4] = [
+    ("nft", "nftables"),
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("sysctl", "procps"),
+];
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+        .unwrap_or(false)
+}
+
+/// Make sure the lab's tools are installed: missing ones are installed with
+/// apt-get when it exists (the lab runs as root), otherwise the error says
+/// which packages to install.
+pub fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(c, _)| !on_path(c))
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !on_path("apt-get") {
+        anyhow::bail!("missing tools; install the packages: {}", missing.join(" "));
+    }
+    eprintln!("hanat-lab: installing {} with apt-get", missing.join(" "));
+    let run = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(&missing);
+    if !(run(&["update", "-qq"]) && run(&install)) {
+        anyhow::bail!("apt-get could not install: {}", missing.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! End-to-end tests of the lab (`hanat-lab`) with the real daemon: a
+//! multi-AZ VPC whose private hosts reach the internet through their AZ's
+//! NAT and Elastic IP, and every chaos scenario recovering by itself.
+//! Bounds are generous; exact figures belong to `hanat-lab chaos --json`.
+//! Needs root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::time::Duration;
+
+use hanat_lab::chaos::{self, ChaosOptions, Scenario};
+use hanat_lab::lab::{Lab, LabOptions};
+
+fn root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    eprintln!("skipped: lab tests need root (network namespaces, nftables)");
+    false
+}
+
+fn options(azs: usize) -> LabOptions {
+    let mut o = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
+    o.azs = azs;
+    o.boot_delay = Duration::from_secs(3);
+    o
+}
+
+fn leftovers(prefix: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_labs_each_az_egresses_through_its_own_elastic_ip() {
+    if !root() {
+        return;
+    }
+    // Two labs at once must not clash.
+    let (a, b) = tokio::join!(Lab::build(options(2)), Lab::build(options(1)));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.prefix, b.prefix);
+    a.start_daemons().unwrap();
+    b.start_daemons().unwrap();
+    a.wait_converged(Duration::from_secs(60)).await.unwrap();
+    b.wait_converged(Duration::from_secs(60)).await.unwrap();
+
+    for lab in [&a, &b] {
+        for az in &lab.azs {
+            let seen = lab.whoami(az.index, Duration::from_secs(2)).unwrap();
+            assert_eq!(
+                seen, az.eip.1,
+                "{} AZ {} egresses with its Elastic IP",
+                lab.prefix, az.name
+            );
+            let nat = lab.nat(az.index).unwrap();
+            assert_eq!(
+                lab.route_target(az.index).await.unwrap(),
+                Some(nat.instance.eni.clone())
+            );
+        }
+    }
+    assert_ne!(a.azs[0].eip.1, a.azs[1].eip.1, "one address per AZ");
+
+    // An outsider cannot open connections inward through any NAT.
+    for az in &a.azs {
+        let listener = az.host.bind_tcp("0.0.0.0:2222".parse().unwrap()).unwrap();
+        std::thread::spawn(move || for _ in listener.incoming() {});
+        a.route_inbound_via_nat(az.index).unwrap();
+        assert!(
+            a.connect_inbound(az.index, 2222, Duration::from_secs(1))
+                .is_err()
+        );
+    }
+
+    // Everything goes away with the lab.
+    let (pa, pb) = (a.prefix.clone(), b.prefix.clone());
+    let probe = a.nat(0).unwrap().probe_namespace;
+    assert!(leftovers(&pa).contains(&probe));
+    drop(a);
+    drop(b);
+    assert_eq!(leftovers(&pa), Vec::<String>::new());
+    assert_eq!(leftovers(&pb), Vec::<String>::new());
+}
+
+async fn scenario(s: Scenario) -> chaos::Report {
+    let opts = ChaosOptions {
+        lab: options(2),
+        timeout: Duration::from_secs(90),
+        every: Duration::from_millis(50),
+    };
+    let r = chaos::run(s, opts).await.unwrap();
+    eprintln!("{}", r.json());
+    assert!(r.recovered, "{}", r.human());
+    assert!(r.sent > 50, "{}", r.human());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_none_and_kill_daemon_lose_nothing() {
+    if !root() {
+        return;
+    }
+    let r = scenario(Scenario::None).await;
+    assert_eq!(r.lost, 0, "{}", r.human());
+    let r = scenario(Scenario::KillDaemon).await;
+    assert_eq!(r.lost, 0, "{}", r.human());
+    assert!(
+        r.events.iter().any(|e| e.contains("daemon restarted")),
+        "{}",
+        r.human()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_hijack_route_is_taken_back() {
+    if !root() {
+        return;
+    }
+    let r = scenario(Scenario::HijackRoute).await;
+    // Reconcile every 5 s (±10%) plus slack.
+    assert!(r.outage_ms < 15_000, "{}", r.human());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_dead_instances_are_replaced() {
+    if !root() {
+        return;
+    }
+    let r = scenario(Scenario::TerminateInstance).await;
+    assert!(
+        r.lost > 0,
+        "the AZ has no NAT until the replacement boots: {}",
+        r.human()
+    );
+    assert!(r.outage_ms < 30_000, "{}", r.human());
+    let r = scenario(Scenario::StopForwarding).await;
+    assert!(
+        r.events.iter().any(|e| e.contains("Unhealthy, terminated")),
+        "{}",
+        r.human()
+    );
+    assert!(r.outage_ms < 40_000, "{}", r.human());
+}
