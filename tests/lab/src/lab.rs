@@ -974,14 +974,14 @@ async fn autoscaler(
             let i = *i;
             let current = shared.nats()[i].as_ref().map(|n| n.instance.id.clone());
             // An instance the daemon reported Unhealthy is terminated.
-            if let Some(id) = &current {
-                if shared.cloud.health(id).await.ok().as_deref() == Some("Unhealthy") {
-                    let nat = shared.nats()[i].take();
-                    drop(nat);
-                    let _ = shared.cloud.terminate(id).await;
-                    shared.event(format!("az{i}: {id} Unhealthy, terminated"));
-                    continue;
-                }
+            if let Some(id) = &current
+                && shared.cloud.health(id).await.ok().as_deref() == Some("Unhealthy")
+            {
+                let nat = shared.nats()[i].take();
+                drop(nat);
+                let _ = shared.cloud.terminate(id).await;
+                shared.event(format!("az{i}: {id} Unhealthy, terminated"));
+                continue;
             }
             // A running daemon that died is restarted, like systemd would.
             if let Some(delay) = shared.opts.restart_delay {
@@ -991,11 +991,12 @@ async fn autoscaler(
                         n.daemon = None;
                         n.died_at.get_or_insert(Instant::now());
                     }
-                    if n.daemon.is_none() && n.died_at.is_some_and(|t| t.elapsed() >= delay) {
-                        if n.start(&shared.opts.hanat_bin).is_ok() {
-                            drop(nats);
-                            shared.event(format!("az{i}: daemon restarted"));
-                        }
+                    if n.daemon.is_none()
+                        && n.died_at.is_some_and(|t| t.elapsed() >= delay)
+                        && n.start(&shared.opts.hanat_bin).is_ok()
+                    {
+                        drop(nats);
+                        shared.event(format!("az{i}: daemon restarted"));
                     }
                 }
             }

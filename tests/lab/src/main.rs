@@ -198,14 +198,13 @@ async fn up(a: &Args) -> Result<u8> {
 
 async fn print_status(lab: &Lab, start: Instant) {
     println!(
-        "\n[{:>4}s] {:<12} {:<21} {:<10} {:<24} {:<7} {}",
+        "\n[{:>4}s] {:<12} {:<21} {:<10} {:<24} {:<7} public IP (seen)",
         start.elapsed().as_secs(),
         "AZ",
         "NAT instance",
         "health",
         "private route →",
         "egress",
-        "public IP (seen)"
     );
     for a in &lab.azs {
         let nat = lab.nat(a.index);
