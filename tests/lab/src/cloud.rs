@@ -1,18 +1,21 @@
 //! Control-plane helpers: create and inspect VPC resources in moto through
 //! the real AWS SDK, exactly as an operator's tooling would on AWS.
 
-use anyhow::{Context, Result, anyhow};
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, anyhow, bail};
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, Filter, LaunchTemplateHttpTokensState,
     LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
     RequestLaunchTemplateData, ResourceType, Tag, TagSpecification,
 };
 
-/// EC2 and Auto Scaling clients bound to one endpoint and region.
+/// EC2, Auto Scaling and CloudFormation clients bound to one endpoint and region.
 #[derive(Clone)]
 pub struct Cloud {
     pub ec2: aws_sdk_ec2::Client,
     pub asg: aws_sdk_autoscaling::Client,
+    pub cfn: aws_sdk_cloudformation::Client,
     pub region: String,
 }
 
@@ -42,6 +45,7 @@ impl Cloud {
         Cloud {
             ec2: aws_sdk_ec2::Client::new(&sdk),
             asg: aws_sdk_autoscaling::Client::new(&sdk),
+            cfn: aws_sdk_cloudformation::Client::new(&sdk),
             region: region.to_owned(),
         }
     }
@@ -443,6 +447,102 @@ impl Cloud {
             .iter()
             .filter_map(|a| Some((a.public_ip()?.to_owned(), a.instance_id()?.to_owned())))
             .collect())
+    }
+
+    /// Create a CloudFormation stack from `template` and wait for it; the
+    /// stack's outputs by key.
+    pub async fn deploy_stack(
+        &self,
+        name: &str,
+        template: &str,
+        params: &[(&str, &str)],
+    ) -> Result<HashMap<String, String>> {
+        use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
+        let mut req = self
+            .cfn
+            .create_stack()
+            .stack_name(name)
+            .template_body(template)
+            .capabilities(Capability::CapabilityIam);
+        for (k, v) in params {
+            req = req.parameters(
+                Parameter::builder()
+                    .parameter_key(*k)
+                    .parameter_value(*v)
+                    .build(),
+            );
+        }
+        req.send()
+            .await
+            .with_context(|| format!("CreateStack {name}"))?;
+        for _ in 0..600 {
+            let out = self.cfn.describe_stacks().stack_name(name).send().await?;
+            let stack = out
+                .stacks()
+                .first()
+                .ok_or_else(|| anyhow!("stack {name} vanished"))?;
+            match stack.stack_status() {
+                Some(StackStatus::CreateComplete) => {
+                    return Ok(stack
+                        .outputs()
+                        .iter()
+                        .filter_map(|o| {
+                            Some((o.output_key()?.to_owned(), o.output_value()?.to_owned()))
+                        })
+                        .collect());
+                }
+                Some(StackStatus::CreateInProgress) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                other => bail!(
+                    "stack {name}: {other:?}: {}",
+                    stack.stack_status_reason().unwrap_or("no reason given")
+                ),
+            }
+        }
+        bail!("stack {name} did not complete in 60 s")
+    }
+
+    /// The internet gateway attached to `vpc`.
+    pub async fn vpc_internet_gateway(&self, vpc: &str) -> Result<String> {
+        let out = self
+            .ec2
+            .describe_internet_gateways()
+            .filters(
+                Filter::builder()
+                    .name("attachment.vpc-id")
+                    .values(vpc)
+                    .build(),
+            )
+            .send()
+            .await?;
+        out.internet_gateways()
+            .first()
+            .and_then(|g| g.internet_gateway_id())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no internet gateway attached to {vpc}"))
+    }
+
+    pub async fn tag(&self, resource: &str, tags: &[(&str, &str)]) -> Result<()> {
+        let mut req = self.ec2.create_tags().resources(resource);
+        for (k, v) in tags {
+            req = req.tags(Tag::builder().key(*k).value(*v).build());
+        }
+        req.send().await?;
+        Ok(())
+    }
+
+    /// Scale a group to nothing (for AZs a lab does not use).
+    pub async fn empty_group(&self, group: &str) -> Result<()> {
+        self.asg
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(group)
+            .min_size(0)
+            .max_size(0)
+            .desired_capacity(0)
+            .send()
+            .await?;
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@
 //!   `boot_delay`. A killed daemon is restarted after `restart_delay`
 //!   (systemd's `Restart=always`).
 //!
+//! The control plane is `cloudformation/vpc.yaml`, deployed into moto.
 //! Everything is named with a unique prefix and removed on drop.
 
 use std::collections::HashMap;
@@ -40,7 +41,9 @@ use crate::imds::{Imds, InstanceMetadata};
 use crate::moto::Moto;
 use crate::netns::{Netns, veth};
 
-pub const REGION: &str = "eu-west-1";
+/// moto's CloudFormation resolves `!GetAZs ""` to us-east-1's zones
+/// whatever the region, so the lab lives there.
+pub const REGION: &str = "us-east-1";
 pub const VPC_CIDR: &str = "10.0.0.0/16";
 /// Internet servers (TEST-NET-3, only ever inside the lab's namespace).
 pub const SERVERS: [Ipv4Addr; 2] = [
@@ -287,16 +290,10 @@ impl Lab {
         }
         inet.ip("route add default via 203.0.113.1")?;
 
-        // Control plane: the VPC, per-AZ subnets, tables, groups and EIPs.
-        let vpc = cloud.vpc(VPC_CIDR).await?;
-        let igw_id = cloud.internet_gateway(&vpc).await?;
-        let mut azs = Vec::new();
-        let mut eip_public = HashMap::new();
-        for i in 0..opts.azs {
-            let (az, moto_ip) = build_az(&cloud, &vpc, &prefix, &rtr, i).await?;
-            eip_public.insert(moto_ip, az.eip.1);
-            azs.push(az);
-        }
+        // Control plane: the project's own CloudFormation template, deployed
+        // into moto exactly as an operator would deploy it on AWS.
+        let (vpc, azs, eip_public) = deploy_vpc(&cloud, &prefix, &rtr, opts.azs).await?;
+        let igw_id = cloud.vpc_internet_gateway(&vpc).await?;
         for a in &azs {
             let table = 100 + a.index;
             for b in &azs {
@@ -668,64 +665,134 @@ impl Drop for Lab {
     }
 }
 
-async fn build_az(
+/// The VPC template, compiled in so the lab binary is self-contained.
+pub const VPC_TEMPLATE: &str = include_str!("../../../cloudformation/vpc.yaml");
+
+/// Deploy `cloudformation/vpc.yaml` (at least 2 AZs: the template's minimum;
+/// groups of AZs beyond `azs` are scaled to zero) and build each used AZ's
+/// data plane. Returns the VPC, the AZs, and moto's EIP address → lab address.
+async fn deploy_vpc(
     cloud: &Cloud,
-    vpc: &str,
     prefix: &str,
     rtr: &Netns,
-    i: usize,
-) -> Result<(Az, String)> {
-    let name = cloud.az(i);
-    let public_subnet = cloud
-        .subnet(
-            vpc,
-            &format!("10.0.{}.0/24", 2 * i),
-            &name,
-            &[("network", "public")],
-        )
-        .await?;
-    let private_subnet = cloud
-        .subnet(
-            vpc,
-            &format!("10.0.{}.0/24", 2 * i + 1),
-            &name,
-            &[("network", "private")],
-        )
-        .await?;
-    let private_route_table = cloud.route_table(vpc, Some(&private_subnet)).await?;
-    let group = format!("{prefix}-nat-{name}");
-    cloud.nat_group(&group, &public_subnet).await?;
-    let (alloc, moto_ip) = cloud.allocate_address(&[(EIP_POOL_TAG, &name)]).await?;
-    let eip = (alloc, Ipv4Addr::new(198, 51, 100, 10 + i as u8));
+    azs: usize,
+) -> Result<(String, Vec<Az>, HashMap<String, Ipv4Addr>)> {
+    let ami = cloud.image().await?;
+    let deployed = azs.max(2);
+    let n = deployed.to_string();
+    let mut params: Vec<(String, String)> = vec![
+        ("Name".into(), prefix.into()),
+        ("AmiId".into(), ami),
+        ("NumberOfAZs".into(), n),
+        ("VpcCidr".into(), VPC_CIDR.into()),
+    ];
+    for (i, az) in ["A", "B", "C"].iter().enumerate() {
+        params.push((
+            format!("PublicSubnetCidr{az}"),
+            format!("10.0.{}.0/24", 2 * i),
+        ));
+        params.push((
+            format!("PrivateSubnetCidr{az}"),
+            format!("10.0.{}.0/24", 2 * i + 1),
+        ));
+    }
+    let params: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let out = cloud.deploy_stack(prefix, VPC_TEMPLATE, &params).await?;
+    let list = |key: &str| -> Result<Vec<String>> {
+        let v: Vec<String> = out
+            .get(key)
+            .ok_or_else(|| anyhow!("stack output {key} missing"))?
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        if v.len() != deployed {
+            bail!(
+                "stack output {key} has {} entries, expected {deployed}",
+                v.len()
+            );
+        }
+        Ok(v)
+    };
+    let vpc = out
+        .get("VpcId")
+        .cloned()
+        .ok_or_else(|| anyhow!("stack output VpcId missing"))?;
+    let (public, private, tables) = (
+        list("PublicSubnets")?,
+        list("PrivateSubnets")?,
+        list("PrivateRouteTables")?,
+    );
+    let (groups, allocations, eips) = (
+        list("NatGroups")?,
+        list("ElasticIpAllocations")?,
+        list("ElasticIps")?,
+    );
 
-    // Router side: a bridge for the public subnet (NATs come and go), a
-    // link to the private host, and the private subnet's own table.
-    rtr.ip(&format!("link add bp{i} type bridge"))?;
-    rtr.ip(&format!("addr add 10.0.{}.1/24 dev bp{i}", 2 * i))?;
-    rtr.ip(&format!("link set bp{i} up"))?;
-    let host = Netns::new(&format!("{prefix}-h{i}"))?;
-    veth(rtr, &format!("prv{i}"), &host, "eth0")?;
-    rtr.ip(&format!("addr add 10.0.{}.1/24 dev prv{i}", 2 * i + 1))?;
-    let host_ip = Ipv4Addr::new(10, 0, (2 * i + 1) as u8, 10);
-    host.ip(&format!("addr add {host_ip}/24 dev eth0"))?;
-    host.ip(&format!("route add default via 10.0.{}.1", 2 * i + 1))?;
-    let table = 100 + i;
-    rtr.ip(&format!("rule add iif prv{i} lookup {table} pref {table}"))?;
-    rtr.ip(&format!("route add unreachable default table {table}"))?;
-    Ok((
-        Az {
+    // moto records CloudFormation's subnet/route-table associations apart
+    // from the route tables, so DescribeRouteTables does not show them: make
+    // them again through the API, as they are on AWS.
+    for (rt, subnet) in tables.iter().zip(&private) {
+        cloud
+            .ec2
+            .associate_route_table()
+            .route_table_id(rt)
+            .subnet_id(subnet)
+            .send()
+            .await?;
+    }
+    let mut out_azs = Vec::new();
+    let mut eip_public = HashMap::new();
+    for i in 0..deployed {
+        if i >= azs {
+            cloud.empty_group(&groups[i]).await?;
+            continue;
+        }
+        let name = cloud.az(i);
+        // moto drops tags on CloudFormation EIPs; put back what the
+        // template declares.
+        cloud
+            .tag(
+                &allocations[i],
+                &[
+                    (EIP_POOL_TAG, prefix),
+                    ("hanat:az", &name),
+                    ("hanat:group", &groups[i]),
+                ],
+            )
+            .await?;
+        let lab_ip = Ipv4Addr::new(198, 51, 100, 10 + i as u8);
+        eip_public.insert(eips[i].clone(), lab_ip);
+
+        // Router side: a bridge for the public subnet (NATs come and go), a
+        // link to the private host, and the private subnet's own table.
+        rtr.ip(&format!("link add bp{i} type bridge"))?;
+        rtr.ip(&format!("addr add 10.0.{}.1/24 dev bp{i}", 2 * i))?;
+        rtr.ip(&format!("link set bp{i} up"))?;
+        let host = Netns::new(&format!("{prefix}-h{i}"))?;
+        veth(rtr, &format!("prv{i}"), &host, "eth0")?;
+        rtr.ip(&format!("addr add 10.0.{}.1/24 dev prv{i}", 2 * i + 1))?;
+        let host_ip = Ipv4Addr::new(10, 0, (2 * i + 1) as u8, 10);
+        host.ip(&format!("addr add {host_ip}/24 dev eth0"))?;
+        host.ip(&format!("route add default via 10.0.{}.1", 2 * i + 1))?;
+        let table = 100 + i;
+        rtr.ip(&format!("rule add iif prv{i} lookup {table} pref {table}"))?;
+        rtr.ip(&format!("route add unreachable default table {table}"))?;
+        out_azs.push(Az {
             index: i,
             name,
-            public_subnet,
-            private_subnet,
-            private_route_table,
-            group,
+            public_subnet: public[i].clone(),
+            private_subnet: private[i].clone(),
+            private_route_table: tables[i].clone(),
+            group: groups[i].clone(),
             host,
             host_ip,
-            eip,
-        },
-        moto_ip,
-    ))
+            eip: (allocations[i].clone(), lab_ip),
+        });
+    }
+    Ok((vpc, out_azs, eip_public))
 }
 
 /// Give `instance` a namespace, IMDS, proxy and config; the daemon starts
