@@ -1,0 +1,381 @@
+//! The CloudFormation templates deployed into a real moto server, and the
+//! result asserted: what an operator gets after `aws cloudformation deploy`.
+//! Where moto does not model a property (lifecycle hooks, EIP tags,
+//! MapPublicIpOnLaunch, the associations CloudFormation makes), the template text is checked instead
+//! and the gap is named.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::HashMap;
+
+use aws_sdk_ec2::types::Filter;
+use hanat_lab::cloud::Cloud;
+use hanat_lab::moto::Moto;
+
+const VPC: &str = include_str!("../cloudformation/vpc.yaml");
+const EXISTING: &str = include_str!("../cloudformation/existing-vpc.yaml");
+/// moto resolves `!GetAZs ""` to us-east-1's zones.
+const REGION: &str = "us-east-1";
+
+fn list(out: &HashMap<String, String>, key: &str) -> Vec<String> {
+    out.get(key)
+        .unwrap_or_else(|| panic!("output {key}"))
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn stack_resources(cloud: &Cloud, stack: &str) -> Vec<(String, String, String)> {
+    let out = cloud
+        .cfn
+        .list_stack_resources()
+        .stack_name(stack)
+        .send()
+        .await
+        .unwrap();
+    out.stack_resource_summaries()
+        .iter()
+        .map(|r| {
+            (
+                r.logical_resource_id().unwrap_or_default().to_owned(),
+                r.resource_type().unwrap_or_default().to_owned(),
+                r.resource_status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Everything the VPC template promises, for `azs` AZs.
+async fn check_vpc_stack(cloud: &Cloud, stack: &str, azs: usize, scheduled: bool) {
+    let ami = cloud.image().await.unwrap();
+    let n = azs.to_string();
+    let out = cloud
+        .deploy_stack(
+            stack,
+            VPC,
+            &[
+                ("Name", stack),
+                ("AmiId", &ami),
+                ("NumberOfAZs", &n),
+                ("ScheduleEnabled", if scheduled { "true" } else { "false" }),
+            ],
+        )
+        .await
+        .unwrap();
+    let vpc = out["VpcId"].clone();
+    let (public, private) = (list(&out, "PublicSubnets"), list(&out, "PrivateSubnets"));
+    let (tables, groups) = (list(&out, "PrivateRouteTables"), list(&out, "NatGroups"));
+    assert_eq!(public.len(), azs);
+    assert_eq!(private.len(), azs);
+    assert_eq!(tables.len(), azs);
+    assert_eq!(list(&out, "ElasticIps").len(), azs);
+
+    // Private subnets: tagged network=private, one per AZ.
+    let subnets = cloud
+        .ec2
+        .describe_subnets()
+        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+        .send()
+        .await
+        .unwrap();
+    let az_of: HashMap<String, String> = subnets
+        .subnets()
+        .iter()
+        .map(|s| {
+            (
+                s.subnet_id().unwrap().to_owned(),
+                s.availability_zone().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let tagged: Vec<&str> = subnets
+        .subnets()
+        .iter()
+        .filter(|s| {
+            s.tags()
+                .iter()
+                .any(|t| t.key() == Some("network") && t.value() == Some("private"))
+        })
+        .map(|s| s.subnet_id().unwrap())
+        .collect();
+    let mut want: Vec<&str> = private.iter().map(String::as_str).collect();
+    want.sort();
+    let mut tagged = tagged;
+    tagged.sort();
+    assert_eq!(
+        tagged, want,
+        "exactly the private subnets carry network=private"
+    );
+    let mut private_azs: Vec<&String> = private.iter().map(|s| &az_of[s]).collect();
+    private_azs.dedup();
+    assert_eq!(private_azs.len(), azs, "one private subnet per AZ");
+
+    // One NAT group per AZ, in that AZ's public subnet, of exactly one instance.
+    let described = cloud
+        .asg
+        .describe_auto_scaling_groups()
+        .set_auto_scaling_group_names(Some(groups.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.auto_scaling_groups().len(), azs);
+    for (i, g) in groups.iter().enumerate() {
+        let d = described
+            .auto_scaling_groups()
+            .iter()
+            .find(|d| d.auto_scaling_group_name() == Some(g.as_str()))
+            .unwrap();
+        assert_eq!(
+            (d.min_size(), d.max_size(), d.desired_capacity()),
+            (Some(1), Some(1), Some(1)),
+            "{g}"
+        );
+        assert_eq!(
+            d.vpc_zone_identifier(),
+            Some(public[i].as_str()),
+            "{g} lives in its AZ's public subnet"
+        );
+        assert_eq!(d.health_check_type(), Some("EC2"));
+        assert_eq!(d.instances().len(), 1);
+        assert!(
+            d.tags()
+                .iter()
+                .any(|t| t.key() == Some("hanat:stack") && t.propagate_at_launch() == Some(true))
+        );
+    }
+
+    // The launch template requires IMDSv2 with a hop limit of 1.
+    let lt = cloud
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_name(format!("{stack}-nat"))
+        .send()
+        .await
+        .unwrap();
+    let data = lt.launch_template_versions()[0]
+        .launch_template_data()
+        .unwrap();
+    let md = data.metadata_options().unwrap();
+    assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(md.http_put_response_hop_limit(), Some(1));
+    assert!(data.iam_instance_profile().is_some());
+    assert!(
+        data.key_name().is_none(),
+        "no SSH key by default: SSM instead"
+    );
+
+    // The security group admits nothing from outside the VPC.
+    let sgs = cloud
+        .ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values(format!("{stack}*"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let nat_sgs: Vec<_> = sgs
+        .security_groups()
+        .iter()
+        .filter(|g| {
+            g.description() == Some("hanat NAT instances - accept traffic from the VPC only")
+        })
+        .collect();
+    assert_eq!(nat_sgs.len(), 1);
+    assert!(
+        !nat_sgs[0].ip_permissions().is_empty(),
+        "the VPC is admitted"
+    );
+    for perm in nat_sgs[0].ip_permissions() {
+        for r in perm.ip_ranges() {
+            assert_eq!(
+                r.cidr_ip(),
+                Some("10.0.0.0/16"),
+                "ingress only from the VPC"
+            );
+        }
+        assert!(perm.ipv6_ranges().is_empty());
+    }
+
+    // S3 goes through a gateway endpoint on every private route table.
+    let eps = cloud
+        .ec2
+        .describe_vpc_endpoints()
+        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+        .send()
+        .await
+        .unwrap();
+    let s3 = &eps.vpc_endpoints()[0];
+    assert_eq!(
+        s3.service_name(),
+        Some(format!("com.amazonaws.{REGION}.s3").as_str())
+    );
+    let mut ep_tables: Vec<String> = s3.route_table_ids().to_vec();
+    ep_tables.sort();
+    let mut want_tables = tables.clone();
+    want_tables.sort();
+    assert_eq!(ep_tables, want_tables);
+
+    // The role allows exactly what the daemon calls.
+    let resources = stack_resources(cloud, stack).await;
+    assert!(
+        resources.iter().all(|(_, _, st)| st == "CREATE_COMPLETE"),
+        "{resources:?}"
+    );
+    let assoc = resources
+        .iter()
+        .filter(|(_, t, _)| t == "AWS::EC2::SubnetRouteTableAssociation")
+        .count();
+    assert_eq!(assoc, 2 * azs, "public and private associations");
+    let schedules = cloud.asg.describe_scheduled_actions().send().await.unwrap();
+    let ours = schedules
+        .scheduled_update_group_actions()
+        .iter()
+        .filter(|a| groups.contains(&a.auto_scaling_group_name().unwrap_or_default().to_owned()))
+        .count();
+    assert_eq!(
+        ours,
+        if scheduled { 2 * azs } else { 0 },
+        "scheduled start/stop per group"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vpc_template_deploys_with_two_and_three_azs() {
+    let moto = Moto::start().unwrap();
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    check_vpc_stack(&cloud, "two", 2, false).await;
+    check_vpc_stack(&cloud, "three", 3, true).await;
+}
+
+#[test]
+fn what_moto_does_not_model_is_in_the_template() {
+    // Public subnets give instances public addresses (moto ignores it).
+    assert_eq!(VPC.matches("MapPublicIpOnLaunch: true").count(), 3);
+    for (name, t) in [("vpc.yaml", VPC), ("existing-vpc.yaml", EXISTING)] {
+        // A termination lifecycle hook on every group (moto ignores them).
+        let groups = t
+            .matches("Type: AWS::AutoScaling::AutoScalingGroup")
+            .count();
+        assert_eq!(groups, 3, "{name}");
+        assert_eq!(
+            t.matches("LifecycleTransition: autoscaling:EC2_INSTANCE_TERMINATING")
+                .count(),
+            groups,
+            "{name}"
+        );
+        // Every Elastic IP tagged for the pool and its group (moto drops EIP tags).
+        let eips = t.matches("Type: AWS::EC2::EIP").count();
+        assert_eq!(eips, 3, "{name}");
+        assert_eq!(t.matches(r#"Key: "hanat:pool""#).count(), eips, "{name}");
+        assert_eq!(t.matches(r#"Key: "hanat:group""#).count(), eips, "{name}");
+        // IMDSv2 only.
+        assert!(
+            t.contains("HttpTokens: required") && t.contains("HttpPutResponseHopLimit: 1"),
+            "{name}"
+        );
+        // Exactly the daemon's API calls, mutating ones scoped by condition.
+        for action in [
+            "ec2:DescribeSubnets",
+            "ec2:DescribeRouteTables",
+            "ec2:DescribeNetworkInterfaces",
+            "ec2:CreateRoute",
+            "ec2:ReplaceRoute",
+            "ec2:ModifyNetworkInterfaceAttribute",
+            "autoscaling:SetInstanceHealth",
+        ] {
+            assert!(t.contains(action), "{name} grants {action}");
+        }
+        let actions = t
+            .lines()
+            .filter(|l| {
+                l.trim_start().starts_with("- ec2:") || l.trim_start().starts_with("- autoscaling:")
+            })
+            .count()
+            + t.lines()
+                .filter(|l| {
+                    l.trim_start().starts_with("Action: ec2:")
+                        || l.trim_start().starts_with("Action: autoscaling:")
+                })
+                .count();
+        assert_eq!(
+            actions, 8,
+            "{name}: no action beyond the daemon's (plus CompleteLifecycleAction for the hook)"
+        );
+        assert_eq!(
+            t.matches("Condition:\n                  StringEquals:")
+                .count(),
+            3,
+            "{name}: every mutating statement is conditioned"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_vpc_template_adds_nats_to_a_vpc() {
+    let moto = Moto::start().unwrap();
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let vpc = cloud.vpc("10.20.0.0/16").await.unwrap();
+    let a = cloud
+        .subnet(&vpc, "10.20.0.0/24", &cloud.az(0), &[])
+        .await
+        .unwrap();
+    let b = cloud
+        .subnet(&vpc, "10.20.1.0/24", &cloud.az(1), &[])
+        .await
+        .unwrap();
+    let ami = cloud.image().await.unwrap();
+    let out = cloud
+        .deploy_stack(
+            "existing",
+            EXISTING,
+            &[
+                ("AmiId", &ami),
+                ("VpcId", &vpc),
+                ("VpcCidr", "10.20.0.0/16"),
+                ("PublicSubnetA", &a),
+                ("PublicSubnetB", &b),
+            ],
+        )
+        .await
+        .unwrap();
+    let groups = list(&out, "NatGroups");
+    assert_eq!(
+        groups,
+        vec!["hanat-nat-a".to_owned(), "hanat-nat-b".to_owned()]
+    );
+    assert_eq!(list(&out, "ElasticIps").len(), 2);
+    let described = cloud
+        .asg
+        .describe_auto_scaling_groups()
+        .set_auto_scaling_group_names(Some(groups))
+        .send()
+        .await
+        .unwrap();
+    let zones: Vec<&str> = described
+        .auto_scaling_groups()
+        .iter()
+        .filter_map(|g| g.vpc_zone_identifier())
+        .collect();
+    assert_eq!(zones, vec![a.as_str(), b.as_str()]);
+    let sg = &out["SecurityGroup"];
+    let sgs = cloud
+        .ec2
+        .describe_security_groups()
+        .group_ids(sg)
+        .send()
+        .await
+        .unwrap();
+    assert!(!sgs.security_groups()[0].ip_permissions().is_empty());
+    for perm in sgs.security_groups()[0].ip_permissions() {
+        for r in perm.ip_ranges() {
+            assert_eq!(r.cidr_ip(), Some("10.20.0.0/16"));
+        }
+    }
+}
