@@ -105,6 +105,38 @@ fn config_errors_exit_78_and_name_file_and_key() {
 }
 
 #[test]
+fn json_logs_are_one_object_per_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_d, path) = config_file("[aws]\nimds_timeout = \"1s\"\n[log]\nformat = \"json\"\n");
+    let o = hanat(
+        &["run", "--config", &path],
+        &[(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            &format!("http://127.0.0.1:{port}"),
+        )],
+    );
+    assert_eq!(o.status.code(), Some(69));
+    let err = stderr(&o);
+    let logs: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!logs.is_empty(), "{err}");
+    assert!(
+        logs.iter().any(
+            |l| l["level"] == "WARN" && l["fields"]["message"] == "instance metadata not ready"
+        ),
+        "{err}"
+    );
+    assert!(logs.iter().any(|l| l["level"] == "ERROR"), "{err}");
+}
+
+#[test]
 fn unreachable_imds_exits_69_after_its_budget() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -244,3 +244,87 @@ async fn kill_and_restart_lose_no_request() {
         log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_notify_watchdog_and_capabilities() {
+    if !root() {
+        return;
+    }
+    let lab = lab().await;
+    let nat = lab.nat(0).unwrap();
+    let dir = std::env::temp_dir().join(format!("{}-notify", lab.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+
+    // With the unit's capabilities only: readiness, watchdog pings, and a
+    // clean stop on SIGTERM.
+    let mut child = lab
+        .nat_command(0, "setpriv")
+        .unwrap()
+        .args([
+            "--bounding-set=-all,+net_admin,+sys_admin",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_hanat"))
+        .args(["run", "--config"])
+        .arg(&nat.config_path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while seen
+        .iter()
+        .filter(|m: &&String| m.as_str() == "WATCHDOG=1")
+        .count()
+        < 3
+    {
+        let n = sock.recv(&mut buf).expect("notify message within 10 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen[0].starts_with("READY=1\nSTATUS="), "{seen:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    loop {
+        let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    // It did its work with those capabilities: the route is ours.
+    assert_eq!(
+        lab.route_target(0).await.unwrap(),
+        Some(nat.instance.eni.clone())
+    );
+
+    // Without CAP_SYS_ADMIN the probe namespace cannot be made: a clear
+    // error and exit code 71, not a daemon that pretends to be healthy.
+    lab.nat_exec(0, "ip", &["netns", "del", &nat.probe_namespace])
+        .ok();
+    let out = lab
+        .nat_command(0, "setpriv")
+        .unwrap()
+        .args(["--bounding-set=-all,+net_admin", "--no-new-privs", "--"])
+        .arg(env!("CARGO_BIN_EXE_hanat"))
+        .args(["run", "--config"])
+        .arg(&nat.config_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(71), "{err}");
+    assert!(
+        err.contains("hanat: cannot configure kernel NAT: `ip netns add"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -71,6 +71,9 @@ pub struct LabOptions {
     pub boot_delay: Duration,
     /// systemd's RestartSec for a daemon that died; `None`: never restart.
     pub restart_delay: Option<Duration>,
+    /// Run daemons with only these capabilities and no-new-privileges, as
+    /// `systemd/hanat.service` does (`setpriv` syntax).
+    pub capabilities: String,
 }
 
 impl LabOptions {
@@ -85,6 +88,7 @@ impl LabOptions {
             reconcile_interval: Duration::from_secs(5),
             boot_delay: Duration::from_secs(20),
             restart_delay: Some(Duration::from_secs(1)),
+            capabilities: "net_admin,sys_admin".into(),
         }
     }
 }
@@ -126,14 +130,21 @@ impl Drop for AbortOnDrop {
 }
 
 impl Nat {
-    fn start(&mut self, hanat_bin: &Path) -> Result<()> {
+    /// Start the daemon with only `capabilities` (see [`LabOptions`]).
+    fn start(&mut self, hanat_bin: &Path, capabilities: &str) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)?;
         let child = self
             .ns
-            .command(&hanat_bin.to_string_lossy())
+            .command("setpriv")
+            .arg(format!(
+                "--bounding-set=-all,+{}",
+                capabilities.replace(',', ",+")
+            ))
+            .args(["--no-new-privs", "--"])
+            .arg(hanat_bin)
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env_clear()
@@ -377,7 +388,7 @@ impl Lab {
         let bin = self.opts.hanat_bin.clone();
         for n in self.shared.nats().iter_mut().flatten() {
             if !n.running() {
-                n.start(&bin)?;
+                n.start(&bin, &self.opts.capabilities)?;
             }
         }
         Ok(())
@@ -1060,7 +1071,8 @@ async fn autoscaler(
                     }
                     if n.daemon.is_none()
                         && n.died_at.is_some_and(|t| t.elapsed() >= delay)
-                        && n.start(&shared.opts.hanat_bin).is_ok()
+                        && n.start(&shared.opts.hanat_bin, &shared.opts.capabilities)
+                            .is_ok()
                     {
                         drop(nats);
                         shared.event(format!("az{i}: daemon restarted"));
@@ -1086,7 +1098,7 @@ async fn autoscaler(
             let _ = shared.cloud.associate_address(eip, &instance.id).await;
             match launch_nat(&shared, i, instance).await {
                 Ok(mut nat) => {
-                    let started = nat.start(&shared.opts.hanat_bin);
+                    let started = nat.start(&shared.opts.hanat_bin, &shared.opts.capabilities);
                     shared.event(format!(
                         "az{i}: {} booted (daemon {:?})",
                         nat.instance.id,
