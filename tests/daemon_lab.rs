@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use hanat_lab::lab::{Lab, LabOptions};
 
-fn root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    eprintln!("skipped: kernel tests need root (network namespaces, nftables)");
-    false
-}
-
 async fn lab() -> Lab {
     let mut opts = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
     opts.grace = Duration::from_secs(20);
@@ -43,7 +35,7 @@ fn plan(lab: &Lab) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
-    if !root() {
+    if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     let lab = lab().await;
@@ -123,7 +115,7 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_forwarding_is_healed_or_reported_unhealthy() {
-    if !root() {
+    if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     let lab = lab().await;
@@ -194,7 +186,7 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_and_restart_lose_no_request() {
-    if !root() {
+    if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     let lab = lab().await;
@@ -247,7 +239,7 @@ async fn kill_and_restart_lose_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_notify_watchdog_and_capabilities() {
-    if !root() {
+    if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     let lab = lab().await;

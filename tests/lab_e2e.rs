@@ -11,14 +11,6 @@ use std::time::Duration;
 use hanat_lab::chaos::{self, ChaosOptions, Scenario};
 use hanat_lab::lab::{Lab, LabOptions};
 
-fn root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    eprintln!("skipped: lab tests need root (network namespaces, nftables)");
-    false
-}
-
 fn options(azs: usize) -> LabOptions {
     let mut o = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
     o.azs = azs;
@@ -41,7 +33,7 @@ fn leftovers(prefix: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_labs_each_az_egresses_through_its_own_elastic_ip() {
-    if !root() {
+    if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     // Two labs at once must not clash.
@@ -106,7 +98,7 @@ async fn scenario(s: Scenario) -> chaos::Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_none_and_kill_daemon_lose_nothing() {
-    if !root() {
+    if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     let r = scenario(Scenario::None).await;
@@ -122,7 +114,7 @@ async fn chaos_none_and_kill_daemon_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_hijack_route_is_taken_back() {
-    if !root() {
+    if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     let r = scenario(Scenario::HijackRoute).await;
@@ -132,7 +124,7 @@ async fn chaos_hijack_route_is_taken_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_dead_instances_are_replaced() {
-    if !root() {
+    if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     let r = scenario(Scenario::TerminateInstance).await;

@@ -69,7 +69,16 @@ impl Prober {
             .spawn(move || {
                 let _ = tx.send(me.round_blocking());
             });
-        let fail_all = |why: String| Round {
+        if let Err(e) = spawned {
+            return self.fail_all(format!("cannot start probe thread: {e}"));
+        }
+        rx.await
+            .unwrap_or_else(|_| self.fail_all("probe thread ended without a result".into()))
+    }
+
+    /// A round in which every target failed for the same reason.
+    fn fail_all(&self, why: String) -> Round {
+        Round {
             results: self
                 .targets
                 .iter()
@@ -78,25 +87,10 @@ impl Prober {
                     outcome: Err(why.clone()),
                 })
                 .collect(),
-        };
-        if let Err(e) = spawned {
-            return fail_all(format!("cannot start probe thread: {e}"));
         }
-        rx.await
-            .unwrap_or_else(|_| fail_all("probe thread ended without a result".into()))
     }
 
     fn round_blocking(&self) -> Round {
-        let fail_all = |why: String| Round {
-            results: self
-                .targets
-                .iter()
-                .map(|t| TargetResult {
-                    target: t.clone(),
-                    outcome: Err(why.clone()),
-                })
-                .collect(),
-        };
         if let Some(path) = &self.netns {
             let entered = std::fs::File::open(path)
                 .map_err(|e| format!("cannot open probe namespace {}: {e}", path.display()))
@@ -106,7 +100,7 @@ impl Prober {
                     })
                 });
             if let Err(why) = entered {
-                return fail_all(why);
+                return self.fail_all(why);
             }
         }
         let rt = match tokio::runtime::Builder::new_current_thread()
@@ -114,7 +108,7 @@ impl Prober {
             .build()
         {
             Ok(rt) => rt,
-            Err(e) => return fail_all(format!("cannot start probe runtime: {e}")),
+            Err(e) => return self.fail_all(format!("cannot start probe runtime: {e}")),
         };
         rt.block_on(async {
             let mut set = tokio::task::JoinSet::new();

@@ -74,3 +74,13 @@ pub fn ensure_tools() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Whether kernel tests can run: they need root. Prints why they are
+/// skipped otherwise.
+pub fn can_run_kernel_tests() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    eprintln!("skipped: kernel and lab tests need root (network namespaces, nftables)");
+    false
+}
