@@ -39,6 +39,7 @@ pub struct Config {
     pub routes: Routes,
     pub heartbeat: Heartbeat,
     pub kernel: Kernel,
+    pub peers: Peers,
     pub aws: Aws,
     pub log: Log,
 }
@@ -155,6 +156,67 @@ impl Default for Kernel {
             converge_interval: Duration::from_secs(10),
         }
     }
+}
+
+/// Failover between the NAT instances of one deployment.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Peers {
+    /// `peer`: a healthy NAT adopts the private routes of an AZ whose NAT
+    /// died; `none`: each AZ waits for its own replacement.
+    pub failover: Failover,
+    /// How the AZ's own NAT takes its routes back from an adopter:
+    /// `immediate`, or `drain:<duration>` to let the adopter's connections
+    /// finish first.
+    #[serde(deserialize_with = "failback")]
+    pub failback: Duration,
+    /// UDP port of the heartbeats between NAT instances.
+    pub port: u16,
+    /// How often each NAT tells its peers how it is (and at once when that
+    /// changes). Datagrams are tiny: this can be short.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// A peer that has not been heard from for this long is suspect; it is
+    /// declared dead only when EC2 confirms its instance is gone.
+    #[serde(deserialize_with = "duration")]
+    pub dead_after: Duration,
+    /// The tag on the Auto Scaling groups that marks one deployment; peers
+    /// are the groups with the same value as ours.
+    pub group_tag: String,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Self {
+            failover: Failover::Peer,
+            failback: Duration::ZERO,
+            port: 7470,
+            interval: Duration::from_millis(250),
+            dead_after: Duration::from_secs(1),
+            group_tag: "hanat:stack".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failover {
+    Peer,
+    None,
+}
+
+fn failback<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "immediate" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || {
+        serde::de::Error::custom(format!(
+            "`{s}` is neither `immediate` nor `drain:<duration>` like drain:60s"
+        ))
+    };
+    let d = s.strip_prefix("drain:").ok_or_else(bad)?;
+    humantime::parse_duration(d).map_err(|_| bad())
 }
 
 /// AWS API behaviour.
@@ -363,6 +425,18 @@ impl Config {
         if self.kernel.converge_interval < Duration::from_millis(100) {
             return Err(("kernel.converge_interval", "must be at least 100ms".into()));
         }
+        if self.peers.port == 0 {
+            return Err(("peers.port", "must be a port number (1-65535)".into()));
+        }
+        if self.peers.interval < Duration::from_millis(50) {
+            return Err(("peers.interval", "must be at least 50ms".into()));
+        }
+        if self.peers.dead_after < self.peers.interval * 2 {
+            return Err((
+                "peers.dead_after",
+                "must be at least twice peers.interval".into(),
+            ));
+        }
         if self.aws.max_attempts == 0 {
             return Err(("aws.max_attempts", "must be at least 1".into()));
         }
@@ -431,6 +505,20 @@ rise = 2
             ]
         );
         assert_eq!(c.heartbeat.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn failback_forms() {
+        let c = parse("[peers]\nfailback = \"drain:90s\"\nfailover = \"none\"").unwrap();
+        assert_eq!(c.peers.failback, Duration::from_secs(90));
+        assert_eq!(c.peers.failover, Failover::None);
+        assert_eq!(
+            parse("[peers]\nfailback = \"immediate\"")
+                .unwrap()
+                .peers
+                .failback,
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -18,21 +18,27 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::aws::autoscaling::AutoScaling;
 use crate::aws::ec2::Ec2;
+use crate::aws::ec2::RouteTarget;
 use crate::config::Config;
+use crate::config::Failover;
+use crate::domain::EniId;
 use crate::domain::{Identity, Ipv4Cidr};
+use crate::failover::{self, PeerShared};
 use crate::heartbeat::probe::Prober;
-use crate::heartbeat::state::{Heartbeat, Verdict};
+use crate::heartbeat::state::{Heartbeat, Phase, Verdict};
 use crate::kernel::{KernelError, nft, probe_ns, sysctl};
 use crate::notify::Notifier;
+use crate::peers::Status;
 use crate::plan::{Action, Observed, Plan, plan};
 use crate::{AwsError, report};
 
@@ -99,10 +105,22 @@ pub async fn observe(
     identity: &Identity,
     config: &Config,
 ) -> Result<Observed, AwsError> {
+    observe_az(ec2, identity, config, &identity.availability_zone, true).await
+}
+
+/// Read the tagged subnets of `az` in our VPC and their route tables, and,
+/// if `with_check`, our interface's source/destination check.
+pub async fn observe_az(
+    ec2: &Ec2,
+    identity: &Identity,
+    config: &Config,
+    az: &str,
+    with_check: bool,
+) -> Result<Observed, AwsError> {
     let tagged_subnets = ec2
         .tagged_subnets(
             &identity.vpc_id,
-            &identity.availability_zone,
+            az,
             &config.discovery.tag_key,
             &config.discovery.tag_value,
         )
@@ -110,7 +128,10 @@ pub async fn observe(
     let route_tables = ec2
         .route_tables_for(&identity.vpc_id, &tagged_subnets)
         .await?;
-    let source_dest_check = Some(ec2.source_dest_check(&identity.eni).await?);
+    let source_dest_check = match with_check {
+        true => Some(ec2.source_dest_check(&identity.eni).await?),
+        false => None,
+    };
     Ok(Observed {
         tagged_subnets,
         route_tables,
@@ -223,8 +244,33 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     let started = Instant::now();
     let last_beat = Arc::new(AtomicU64::new(0));
 
+    let (status_tx, status_rx) = watch::channel(Status::Starting);
+    let peers = Arc::new(Mutex::new(PeerShared::default()));
+    let failover = match config.peers.failover {
+        Failover::Peer => Some(tokio::spawn(
+            failover::peers_loop(
+                ec2.clone(),
+                autoscaling.clone(),
+                identity.clone(),
+                config.clone(),
+                status_rx.clone(),
+                peers.clone(),
+                started,
+            )
+            .instrument(info_span!("peers")),
+        )),
+        Failover::None => None,
+    };
     let routes = tokio::spawn(
-        routes_loop(ec2, identity.clone(), config.clone()).instrument(info_span!("routes")),
+        routes_loop(
+            ec2,
+            identity.clone(),
+            config.clone(),
+            status_rx,
+            peers,
+            started,
+        )
+        .instrument(info_span!("routes")),
     );
     let heartbeat = tokio::spawn(
         heartbeat_loop(
@@ -234,6 +280,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
             interface,
             started,
             last_beat.clone(),
+            status_tx,
         )
         .instrument(info_span!("heartbeat")),
     );
@@ -263,16 +310,59 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     notifier.stopping();
     routes.abort();
     heartbeat.abort();
+    if let Some(f) = failover {
+        f.abort();
+    }
     info!("stopping; routes, rules and sysctls stay in place");
     Ok(())
 }
 
-async fn routes_loop(ec2: Ec2, identity: Arc<Identity>, config: Arc<Config>) {
+/// Keep only what this NAT may do now: nothing but the source/destination
+/// check until its own forwarding is proven (`Ok`); and with
+/// `failback = drain:D`, routes held by a healthy peer only `D` after that.
+fn gate(
+    mut plan: Plan,
+    status: Status,
+    drain_left: bool,
+    live_peer_enis: &[EniId],
+) -> (Plan, usize) {
+    let before = plan.actions.len();
+    plan.actions.retain(|a| match a {
+        Action::DisableSourceDestCheck { .. } => true,
+        _ if status != Status::Ok => false,
+        Action::ReplaceRoute {
+            from: RouteTarget::Eni(e),
+            blackhole: false,
+            ..
+        } if drain_left => !live_peer_enis.contains(e),
+        _ => true,
+    });
+    let held = before - plan.actions.len();
+    (plan, held)
+}
+
+async fn routes_loop(
+    ec2: Ec2,
+    identity: Arc<Identity>,
+    config: Arc<Config>,
+    mut status: watch::Receiver<Status>,
+    peers: Arc<Mutex<PeerShared>>,
+    started: Instant,
+) {
     let interval = config.routes.reconcile_interval;
     let mut throttle = LogThrottle::default();
     let mut backoff = Duration::from_secs(1);
     let mut last_owned: Option<Vec<String>> = None;
+    let mut healthy_since: Option<Instant> = None;
     loop {
+        let now_status = *status.borrow_and_update();
+        match now_status {
+            Status::Ok => {
+                healthy_since.get_or_insert_with(Instant::now);
+            }
+            _ => healthy_since = None,
+        }
+        let drain_left = healthy_since.is_some_and(|t| t.elapsed() < config.peers.failback);
         let result = async {
             let observed = observe(&ec2, &identity, &config).await?;
             let plan = plan(&identity, &observed);
@@ -286,6 +376,21 @@ async fn routes_loop(ec2: Ec2, identity: Arc<Identity>, config: Arc<Config>) {
                 info!(route_tables = ?owned, "route tables in scope");
                 last_owned = Some(owned);
             }
+            let live = peers
+                .lock()
+                .map(|p| p.live_enis(started.elapsed(), config.peers.dead_after))
+                .unwrap_or_default();
+            let (plan, held) = gate(plan, now_status, drain_left, &live);
+            if held > 0 {
+                let why = if now_status == Status::Ok {
+                    "draining the adopter's connections before taking routes back"
+                } else {
+                    "waiting for this NAT's own forwarding probe to pass before taking routes"
+                };
+                if let Some(n) = throttle.check("held", why, Instant::now()) {
+                    info!(suppressed = n, held, status = %now_status, "{why}");
+                }
+            }
             apply(&ec2, &identity, &plan).await
         }
         .await;
@@ -293,7 +398,13 @@ async fn routes_loop(ec2: Ec2, identity: Arc<Identity>, config: Arc<Config>) {
             Ok(()) => {
                 throttle.clear("aws");
                 backoff = Duration::from_secs(1);
-                jittered(interval)
+                let wait = jittered(interval);
+                // Come back when the drain ends rather than a whole interval later.
+                match healthy_since {
+                    Some(t) if drain_left => wait
+                        .min((t + config.peers.failback).saturating_duration_since(Instant::now())),
+                    _ => wait,
+                }
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -305,7 +416,16 @@ async fn routes_loop(ec2: Ec2, identity: Arc<Identity>, config: Arc<Config>) {
                 wait
             }
         };
-        tokio::time::sleep(wait).await;
+        // A change of our own forwarding verdict (first good probe,
+        // recovery) is acted on at once.
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = status.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 }
 
@@ -316,6 +436,7 @@ async fn heartbeat_loop(
     interface: String,
     started: Instant,
     last_beat: Arc<AtomicU64>,
+    status: watch::Sender<Status>,
 ) {
     let hb_cfg = &config.heartbeat;
     let prober = Prober {
@@ -330,11 +451,14 @@ async fn heartbeat_loop(
         Duration::ZERO,
     );
     let mut throttle = LogThrottle::default();
-    let mut rounds = tokio::time::interval(hb_cfg.interval);
-    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_converge = Instant::now() + config.kernel.converge_interval;
+    let mut next_round = Instant::now();
     loop {
-        rounds.tick().await;
+        tokio::time::sleep_until(next_round).await;
+        // A failed round is confirmed (or cleared) at once instead of a whole
+        // interval later: failing rounds last `timeout` each, so `fall`
+        // failures take about fall × timeout, not fall × interval.
+        next_round = Instant::now() + hb_cfg.interval;
         last_beat.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if Instant::now() >= next_converge {
             converge_logged(&identity, &config, &interface, &mut throttle).await;
@@ -342,6 +466,9 @@ async fn heartbeat_loop(
         }
         let round = prober.round().await;
         let ok = round.ok();
+        if !ok && state.consecutive_failures() + 1 < hb_cfg.fall {
+            next_round = Instant::now() + Duration::from_millis(50);
+        }
         if !ok {
             if let Some(n) = throttle.check("probe", &round.failures(), Instant::now()) {
                 warn!(
@@ -354,7 +481,22 @@ async fn heartbeat_loop(
         } else {
             throttle.clear("probe");
         }
-        match state.observe(ok, started.elapsed()) {
+        let verdict = state.observe(ok, started.elapsed());
+        let said = match state.phase() {
+            Phase::Starting => Status::Starting,
+            Phase::Healthy => Status::Ok,
+            Phase::Reconverged | Phase::Unhealthy => Status::Failing,
+        };
+        // Peers hear it at once: a failing NAT says so before it reconverges
+        // and long before Auto Scaling replaces it.
+        status.send_if_modified(|s| {
+            let changed = *s != said && *s != Status::Exiting;
+            if changed {
+                *s = said;
+            }
+            changed
+        });
+        match verdict {
             Verdict::Steady => {}
             Verdict::Recovered => info!("forwarding recovered"),
             Verdict::Reconverge => {

@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: the TOML file and its validation;
 //! - [`plan`]: the pure decision core (observed EC2 state → actions);
+//! - [`peers`]: heartbeats between NATs and the adoption decision;
 //! - [`heartbeat`]: probes through the NAT path and the fall/rise logic;
 //! - [`aws`]: IMDSv2, EC2 and Auto Scaling adapters;
 //! - [`kernel`]: sysctls, nftables, interfaces and the probe namespace;
@@ -14,9 +15,11 @@ pub mod aws;
 pub mod config;
 pub mod daemon;
 pub mod domain;
+pub mod failover;
 pub mod heartbeat;
 pub mod kernel;
 pub mod notify;
+pub mod peers;
 pub mod plan;
 
 pub use aws::AwsError;

@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::aws::ec2::{RouteTable, RouteTarget};
+use crate::aws::ec2::{Route, RouteTable, RouteTarget};
 use crate::domain::{EniId, Identity, InstanceId, RouteTableId, SubnetId};
 
 /// What was read from EC2 in one reconcile.
@@ -135,8 +135,17 @@ fn points_at_us(target: &RouteTarget, id: &Identity) -> bool {
     }
 }
 
-/// Decide what to change. Deterministic: outputs are ordered by id.
+/// Decide what to change so this NAT owns its AZ's private routes.
+/// Deterministic: outputs are ordered by id.
 pub fn plan(id: &Identity, observed: &Observed) -> Plan {
+    plan_with(id, observed, &|_| true)
+}
+
+/// [`plan`], taking an existing default route only when `may_take` allows
+/// it (a missing route is always created). Adoption of a dead peer's AZ
+/// passes "points at the dead peer, or is a blackhole", so a route that a
+/// healthy NAT owns is never taken.
+pub fn plan_with(id: &Identity, observed: &Observed, may_take: &dyn Fn(&Route) -> bool) -> Plan {
     let tagged: BTreeSet<&SubnetId> = observed.tagged_subnets.iter().collect();
     let mut out = Plan::default();
     let mut covered: BTreeSet<&SubnetId> = BTreeSet::new();
@@ -183,6 +192,7 @@ pub fn plan(id: &Identity, observed: &Observed) -> Plan {
                 route_table: rt.id.clone(),
             }),
             Some(r) if points_at_us(&r.target, id) && !r.blackhole => {}
+            Some(r) if !may_take(r) => {}
             Some(r) => out.actions.push(Action::ReplaceRoute {
                 route_table: rt.id.clone(),
                 from: r.target.clone(),
@@ -226,7 +236,6 @@ pub fn test_identity(instance: &str, eni: &str, vpc: &str) -> Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::ec2::Route;
     use crate::domain::VpcId;
 
     fn me() -> Identity {
@@ -407,6 +416,37 @@ mod tests {
             });
             assert_eq!(has, want, "{sdc:?}");
         }
+    }
+
+    #[test]
+    fn adoption_takes_only_what_the_predicate_allows() {
+        let dead = eni("eni-dead");
+        let tables = vec![
+            rt("rtb-dead", &["subnet-a"], Some((dead.clone(), false))),
+            rt("rtb-black", &["subnet-b"], Some((eni("eni-x"), true))),
+            rt(
+                "rtb-healthy",
+                &["subnet-c"],
+                Some((eni("eni-alive"), false)),
+            ),
+            rt("rtb-none", &["subnet-d"], None),
+        ];
+        let obs = observed(
+            &["subnet-a", "subnet-b", "subnet-c", "subnet-d"],
+            tables,
+            None,
+        );
+        let p = plan_with(&me(), &obs, &|r: &Route| r.blackhole || r.target == dead);
+        let touched: Vec<&str> =
+            p.actions
+                .iter()
+                .map(|a| match a {
+                    Action::CreateRoute { route_table }
+                    | Action::ReplaceRoute { route_table, .. } => route_table.0.as_str(),
+                    Action::DisableSourceDestCheck { .. } => "sdc",
+                })
+                .collect();
+        assert_eq!(touched, vec!["rtb-black", "rtb-dead", "rtb-none"]);
     }
 
     #[test]

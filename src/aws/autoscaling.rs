@@ -1,8 +1,9 @@
 //! Auto Scaling: report this instance Unhealthy so its group replaces it.
 //!
-//! One call, `SetInstanceHealth`, with `ShouldRespectGracePeriod=false`: a
-//! NAT that does not forward must go now, not after the group's grace
-//! period. The caller retries on failure (see the daemon's heartbeat).
+//! `SetInstanceHealth` with `ShouldRespectGracePeriod=false`: a NAT that
+//! does not forward must go now, not after the group's grace period. The
+//! caller retries on failure (see the daemon's heartbeat). Read calls find
+//! this instance's group and the groups of the same deployment (peers).
 
 use super::AwsError;
 use crate::domain::InstanceId;
@@ -29,5 +30,77 @@ impl AutoScaling {
             .await
             .map_err(|e| AwsError::from_sdk("SetInstanceHealth", &instance.0, e))?;
         Ok(())
+    }
+
+    /// The group this instance belongs to, if any.
+    pub async fn group_of(&self, instance: &InstanceId) -> Result<Option<String>, AwsError> {
+        let out = self
+            .client
+            .describe_auto_scaling_instances()
+            .instance_ids(&instance.0)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeAutoScalingInstances", &instance.0, e))?;
+        Ok(out
+            .auto_scaling_instances()
+            .first()
+            .and_then(|i| i.auto_scaling_group_name())
+            .map(str::to_owned))
+    }
+
+    /// The value of tag `key` on `group`.
+    pub async fn group_tag(&self, group: &str, key: &str) -> Result<Option<String>, AwsError> {
+        let out = self
+            .client
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeAutoScalingGroups", group, e))?;
+        Ok(out
+            .auto_scaling_groups()
+            .first()
+            .into_iter()
+            .flat_map(|g| g.tags())
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value())
+            .map(str::to_owned))
+    }
+
+    /// In-service instances of every group tagged `key=value`.
+    pub async fn instances_of_groups_tagged(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<InstanceId>, AwsError> {
+        let resource = format!("tag:{key}={value}");
+        let mut pages = self
+            .client
+            .describe_auto_scaling_groups()
+            .filters(
+                aws_sdk_autoscaling::types::Filter::builder()
+                    .name(format!("tag:{key}"))
+                    .values(value)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| AwsError::from_sdk("DescribeAutoScalingGroups", &resource, e))?;
+            for g in page.auto_scaling_groups() {
+                for i in g.instances() {
+                    let in_service = matches!(
+                        i.lifecycle_state(),
+                        Some(aws_sdk_autoscaling::types::LifecycleState::InService)
+                    );
+                    if let (true, Some(id)) = (in_service, i.instance_id()) {
+                        out.push(InstanceId(id.to_owned()));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -54,6 +54,18 @@ impl std::fmt::Display for RouteTarget {
     }
 }
 
+/// An instance as peers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: InstanceId,
+    pub az: String,
+    /// Primary interface and its private address.
+    pub eni: Option<EniId>,
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// `pending` or `running`: it can still forward or soon will.
+    pub alive: bool,
+}
+
 /// The EC2 client, bound to one region.
 #[derive(Clone)]
 pub struct Ec2 {
@@ -204,6 +216,65 @@ impl Ec2 {
             .await
             .map_err(|e| AwsError::from_sdk("ModifyNetworkInterfaceAttribute", &eni.0, e))?;
         Ok(())
+    }
+
+    /// Placement, primary interface and state of `ids`. Instances EC2 no
+    /// longer knows are simply absent.
+    pub async fn instances(&self, ids: &[InstanceId]) -> Result<Vec<InstanceInfo>, AwsError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let resource = ids
+            .iter()
+            .map(|i| i.0.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut pages = self
+            .client
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(ids.iter().map(|i| i.0.clone()).collect()))
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk("DescribeInstances", &resource, e))?;
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(id) = i.instance_id() else { continue };
+                let primary = i
+                    .network_interfaces()
+                    .iter()
+                    .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+                    .or_else(|| i.network_interfaces().first());
+                let alive = matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(
+                        aws_sdk_ec2::types::InstanceStateName::Pending
+                            | aws_sdk_ec2::types::InstanceStateName::Running
+                    )
+                );
+                out.push(InstanceInfo {
+                    id: InstanceId(id.to_owned()),
+                    az: i
+                        .placement()
+                        .and_then(|p| p.availability_zone())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    eni: primary
+                        .and_then(|n| n.network_interface_id())
+                        .map(|e| EniId(e.to_owned())),
+                    ip: primary
+                        .and_then(|n| n.private_ip_address())
+                        .and_then(|ip| ip.parse().ok()),
+                    alive,
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

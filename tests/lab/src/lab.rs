@@ -74,6 +74,10 @@ pub struct LabOptions {
     /// Run daemons with only these capabilities and no-new-privileges, as
     /// `systemd/hanat.service` does (`setpriv` syntax).
     pub capabilities: String,
+    /// `peers.failover`: `peer` (default) or `none`.
+    pub failover: String,
+    /// `peers.failback`: `immediate` (default) or `drain:<duration>`.
+    pub failback: String,
 }
 
 impl LabOptions {
@@ -89,6 +93,8 @@ impl LabOptions {
             boot_delay: Duration::from_secs(20),
             restart_delay: Some(Duration::from_secs(1)),
             capabilities: "net_admin,sys_admin".into(),
+            failover: "peer".into(),
+            failback: "immediate".into(),
         }
     }
 }
@@ -876,7 +882,7 @@ pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
         "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
          [routes]\nreconcile_interval = \"{}\"\n\n[kernel]\nconverge_interval = \"2s\"\n\
-         conntrack_max = 0\n\n[aws]\nimds_timeout = \"20s\"\n",
+         conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n\n[aws]\nimds_timeout = \"20s\"\n",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
         humantime::format_duration(o.heartbeat_interval * 4 / 5),
@@ -884,6 +890,8 @@ pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
         o.rise,
         humantime::format_duration(o.grace),
         humantime::format_duration(o.reconcile_interval),
+        o.failover,
+        o.failback,
     )
 }
 

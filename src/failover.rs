@@ -1,0 +1,362 @@
+//! Peer failover, the I/O side of [`crate::peers`]: find the NATs of the
+//! same deployment (Auto Scaling groups sharing our group's `peers.group_tag`
+//! value), exchange UDP heartbeats with them, confirm silent ones through
+//! EC2, and adopt the private routes of an AZ whose NAT is dead.
+//!
+//! API use stays low: the peer list is refreshed every
+//! `routes.reconcile_interval` (or when an unknown peer speaks), EC2 is asked
+//! about a silent peer at most once a second and only while it is silent,
+//! and a dead peer's AZ is re-read at most once a second until adopted,
+//! then once per reconcile interval. Failures are logged and retried; peer
+//! failover never stops the daemon.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::aws::autoscaling::AutoScaling;
+use crate::aws::ec2::{Ec2, Route, RouteTarget};
+use crate::config::Config;
+use crate::daemon::{LogThrottle, apply, observe_az};
+use crate::domain::{EniId, Identity, InstanceId};
+use crate::peers::{Message, Peer, Status, View, decide};
+use crate::plan::plan_with;
+
+/// What the peers loop knows, shared with the routes loop (for failback).
+#[derive(Debug, Default)]
+pub struct PeerShared {
+    pub peers: Vec<Peer>,
+    pub view: View,
+    /// Peers EC2 says are gone, or that left their group.
+    pub gone: HashSet<InstanceId>,
+    /// A peer we do not know spoke: refresh the list.
+    pub refresh_wanted: bool,
+}
+
+impl PeerShared {
+    /// Interfaces of peers heard recently saying they forward.
+    pub fn live_enis(&self, now: Duration, fresh: Duration) -> Vec<EniId> {
+        self.peers
+            .iter()
+            .filter(|p| {
+                !self.gone.contains(&p.instance)
+                    && self.view.fresh(&p.instance, now, fresh) == Some(Status::Ok)
+            })
+            .map(|p| p.eni.clone())
+            .collect()
+    }
+}
+
+/// Run peer failover until aborted.
+pub async fn peers_loop(
+    ec2: Ec2,
+    asg: AutoScaling,
+    me: Arc<Identity>,
+    config: Arc<Config>,
+    mut status: watch::Receiver<Status>,
+    shared: Arc<Mutex<PeerShared>>,
+    started: Instant,
+) {
+    let Some(deployment) = deployment(&asg, &me, &config).await else {
+        return;
+    };
+    let socket = match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.peers.port)))
+        .await
+    {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            error!(port = config.peers.port, error = %e, "cannot open the peer heartbeat port; peer failover is off");
+            return;
+        }
+    };
+    info!(deployment = %deployment, port = config.peers.port, "peer failover on");
+    tokio::spawn(receive(
+        socket.clone(),
+        me.instance_id.clone(),
+        shared.clone(),
+        started,
+    ));
+
+    let interval = config.peers.interval;
+    let mut throttle = LogThrottle::default();
+    let mut seq: u64 = 0;
+    let mut next_refresh = Instant::now();
+    let mut checked: HashMap<InstanceId, Instant> = HashMap::new();
+    let mut adopted: HashMap<InstanceId, Instant> = HashMap::new();
+    let mut known_dead: HashSet<InstanceId> = HashSet::new();
+    loop {
+        let my_status = *status.borrow_and_update();
+        let refresh = Instant::now() >= next_refresh || lock(&shared).refresh_wanted;
+        if refresh {
+            match peer_list(&asg, &ec2, &me, &config, &deployment).await {
+                Ok((list, departed)) => {
+                    let mut s = lock(&shared);
+                    let before: Vec<InstanceId> =
+                        s.peers.iter().map(|p| p.instance.clone()).collect();
+                    // Keep departed peers: their AZ may still need adopting.
+                    let mut peers = list;
+                    let old = std::mem::take(&mut s.peers);
+                    for p in old {
+                        if !peers.iter().any(|q| q.instance == p.instance) {
+                            s.gone.insert(p.instance.clone());
+                            peers.push(p);
+                        }
+                    }
+                    s.gone.extend(departed);
+                    s.peers = peers;
+                    s.refresh_wanted = false;
+                    let after: Vec<InstanceId> =
+                        s.peers.iter().map(|p| p.instance.clone()).collect();
+                    if before != after {
+                        let names: Vec<String> = s
+                            .peers
+                            .iter()
+                            .map(|p| format!("{} ({})", p.instance, p.az))
+                            .collect();
+                        info!(peers = ?names, "peers");
+                    }
+                    next_refresh = Instant::now() + config.routes.reconcile_interval;
+                }
+                Err(e) => {
+                    if let Some(n) = throttle.check("refresh", &e.to_string(), Instant::now()) {
+                        warn!(suppressed = n, error = %e, "cannot list peers; will retry");
+                    }
+                    next_refresh = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+
+        // Heartbeat to every peer that may still be there.
+        seq += 1;
+        let msg = Message {
+            instance: me.instance_id.clone(),
+            az: me.availability_zone.clone(),
+            status: my_status,
+            seq,
+        }
+        .encode();
+        let targets: Vec<Ipv4Addr> = {
+            let s = lock(&shared);
+            s.peers
+                .iter()
+                .filter(|p| !s.gone.contains(&p.instance))
+                .map(|p| p.ip)
+                .collect()
+        };
+        for ip in targets {
+            let _ = socket
+                .send_to(msg.as_bytes(), (ip, config.peers.port))
+                .await;
+        }
+
+        let (decision, peers_now) = {
+            let s = lock(&shared);
+            let d = decide(
+                &me,
+                my_status,
+                &s.peers,
+                &s.view,
+                &s.gone,
+                started.elapsed(),
+                config.peers.dead_after,
+            );
+            (d, s.peers.clone())
+        };
+        for id in &decision.dead {
+            if known_dead.insert(id.clone()) {
+                warn!(peer = %id, "peer NAT is dead");
+            }
+        }
+        known_dead.retain(|id| decision.dead.contains(id));
+
+        // Silence is only a suspicion: ask EC2 (at most once a second each).
+        let due: Vec<InstanceId> = decision
+            .suspects
+            .iter()
+            .filter(|id| {
+                checked
+                    .get(*id)
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            })
+            .cloned()
+            .collect();
+        if !due.is_empty() {
+            for id in &due {
+                checked.insert(id.clone(), Instant::now());
+            }
+            match ec2.instances(&due).await {
+                Ok(infos) => {
+                    let mut s = lock(&shared);
+                    for id in &due {
+                        let alive = infos.iter().any(|i| &i.id == id && i.alive);
+                        if !alive {
+                            info!(peer = %id, "silent peer confirmed gone by EC2");
+                            s.gone.insert(id.clone());
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(n) = throttle.check("confirm", &e.to_string(), Instant::now()) {
+                        warn!(suppressed = n, error = %e, "cannot confirm silent peers");
+                    }
+                }
+            }
+        }
+
+        for dead in decision.adopt {
+            if adopted
+                .get(&dead.instance)
+                .is_some_and(|t| Instant::now() < *t)
+            {
+                continue;
+            }
+            let result = adopt(&ec2, &me, &config, &dead).await;
+            let retry = match result {
+                Ok(0) => config.routes.reconcile_interval,
+                Ok(n) => {
+                    info!(peer = %dead.instance, az = %dead.az, routes = n, "adopted the private routes of a dead peer's AZ");
+                    config.routes.reconcile_interval
+                }
+                Err(e) => {
+                    error!(peer = %dead.instance, az = %dead.az, error = %e, "adoption failed; will retry");
+                    Duration::from_secs(1)
+                }
+            };
+            adopted.insert(dead.instance.clone(), Instant::now() + retry);
+        }
+        adopted.retain(|id, _| peers_now.iter().any(|p| &p.instance == id));
+
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            changed = status.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(interval).await;
+                }
+            }
+        }
+    }
+}
+
+/// The value of our group's deployment tag; `None` (with a warning) turns
+/// peer failover off.
+async fn deployment(asg: &AutoScaling, me: &Identity, config: &Config) -> Option<String> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let found = async {
+            let Some(group) = asg.group_of(&me.instance_id).await? else {
+                return Ok::<_, crate::AwsError>(Err(format!(
+                    "{} is not in an Auto Scaling group",
+                    me.instance_id
+                )));
+            };
+            Ok(
+                match asg.group_tag(&group, &config.peers.group_tag).await? {
+                    Some(v) => Ok(v),
+                    None => Err(format!(
+                        "group {group} has no tag {}",
+                        config.peers.group_tag
+                    )),
+                },
+            )
+        }
+        .await;
+        match found {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(why)) => {
+                warn!("{why}; peer failover is off");
+                return None;
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "cannot find this instance's group; will retry");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// The live peers, and instances of ours that are no longer alive.
+async fn peer_list(
+    asg: &AutoScaling,
+    ec2: &Ec2,
+    me: &Identity,
+    config: &Config,
+    deployment: &str,
+) -> Result<(Vec<Peer>, Vec<InstanceId>), crate::AwsError> {
+    let ids: Vec<InstanceId> = asg
+        .instances_of_groups_tagged(&config.peers.group_tag, deployment)
+        .await?
+        .into_iter()
+        .filter(|i| *i != me.instance_id)
+        .collect();
+    let infos = ec2.instances(&ids).await?;
+    let mut peers = Vec::new();
+    let mut departed = Vec::new();
+    for i in infos {
+        match (i.alive, i.eni, i.ip) {
+            (true, Some(eni), Some(ip)) => peers.push(Peer {
+                instance: i.id,
+                az: i.az,
+                eni,
+                ip,
+            }),
+            _ => departed.push(i.id),
+        }
+    }
+    peers.sort_by(|a, b| a.az.cmp(&b.az).then(a.instance.cmp(&b.instance)));
+    Ok((peers, departed))
+}
+
+/// Point the dead peer's AZ's private routes at us, taking only routes that
+/// point at that peer, are blackholes or are missing. Returns how many
+/// routes changed.
+async fn adopt(
+    ec2: &Ec2,
+    me: &Identity,
+    config: &Config,
+    dead: &Peer,
+) -> Result<usize, crate::AwsError> {
+    let observed = observe_az(ec2, me, config, &dead.az, false).await?;
+    let dead_eni = RouteTarget::Eni(dead.eni.clone());
+    let dead_instance = RouteTarget::Instance(dead.instance.clone());
+    let may_take = |r: &Route| r.blackhole || r.target == dead_eni || r.target == dead_instance;
+    let plan = plan_with(me, &observed, &may_take);
+    apply(ec2, me, &plan).await?;
+    Ok(plan.actions.len())
+}
+
+fn lock(s: &Mutex<PeerShared>) -> std::sync::MutexGuard<'_, PeerShared> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn receive(
+    socket: Arc<UdpSocket>,
+    me: InstanceId,
+    shared: Arc<Mutex<PeerShared>>,
+    started: Instant,
+) {
+    let mut buf = [0u8; 256];
+    loop {
+        let Ok((n, _from)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Some(msg) = Message::decode(&buf[..n]) else {
+            continue;
+        };
+        if msg.instance == me {
+            continue;
+        }
+        let mut s = lock(&shared);
+        if !s.peers.iter().any(|p| p.instance == msg.instance) {
+            s.refresh_wanted = true;
+        }
+        s.view.record(&msg, started.elapsed());
+    }
+}

@@ -1,0 +1,379 @@
+//! Peers: the NAT instances of the same deployment in other AZs, and the
+//! pure logic that decides when this NAT adopts another AZ's routes.
+//!
+//! Every daemon sends a one-line UDP heartbeat to every peer each
+//! `heartbeat.interval`, carrying its own forwarding verdict, and at once
+//! when that verdict changes. A peer is **dead** when it says so itself
+//! (`failing`, `exiting`) or when it has gone silent *and* EC2 confirms its
+//! instance is gone: silence alone (a partition) never moves a route. The
+//! AZ of a dead peer is adopted by exactly one healthy NAT: the next AZ after
+//! it in name order (wrapping) that has one. Route changes are planned by
+//! [`crate::plan::plan_with`] so they only take routes that point at the
+//! dead peer, are blackholes or are missing: a stale decision is harmless.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::domain::{EniId, Identity, InstanceId};
+
+/// What a NAT says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Up, but its forwarding has not been proven yet.
+    Starting,
+    /// Its forwarding probe passes.
+    Ok,
+    /// Its forwarding probe fails.
+    Failing,
+    /// It is leaving (scale-in, spot interruption, stop with hand-off).
+    Exiting,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Ok => "ok",
+            Status::Failing => "failing",
+            Status::Exiting => "exiting",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Starting,
+            Status::Ok,
+            Status::Failing,
+            Status::Exiting,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One heartbeat datagram: `hanat/1 <instance> <az> <status> <seq>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub instance: InstanceId,
+    pub az: String,
+    pub status: Status,
+    pub seq: u64,
+}
+
+const MAGIC: &str = "hanat/1";
+
+impl Message {
+    pub fn encode(&self) -> String {
+        format!(
+            "{MAGIC} {} {} {} {}",
+            self.instance, self.az, self.status, self.seq
+        )
+    }
+
+    /// `None` for anything that is not a well-formed heartbeat.
+    pub fn decode(bytes: &[u8]) -> Option<Message> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.split_ascii_whitespace();
+        if parts.next()? != MAGIC {
+            return None;
+        }
+        let instance = parts.next()?;
+        let az = parts.next()?;
+        let status = Status::parse(parts.next()?)?;
+        let seq = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || !instance.starts_with("i-") || az.is_empty() {
+            return None;
+        }
+        Some(Message {
+            instance: InstanceId(instance.to_owned()),
+            az: az.to_owned(),
+            status,
+            seq,
+        })
+    }
+}
+
+/// A NAT instance of the same deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub instance: InstanceId,
+    pub az: String,
+    pub eni: EniId,
+    pub ip: Ipv4Addr,
+}
+
+/// What this daemon has heard from its peers, with times on its own
+/// monotonic clock.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    heard: HashMap<InstanceId, (Duration, Status)>,
+}
+
+impl View {
+    pub fn record(&mut self, msg: &Message, now: Duration) {
+        self.heard.insert(msg.instance.clone(), (now, msg.status));
+    }
+
+    /// The peer's last status if heard within `fresh`, else `None` (silent).
+    pub fn fresh(&self, id: &InstanceId, now: Duration, fresh: Duration) -> Option<Status> {
+        self.heard
+            .get(id)
+            .filter(|(at, _)| now.saturating_sub(*at) < fresh)
+            .map(|(_, s)| *s)
+    }
+
+    pub fn heard_of(&self, id: &InstanceId) -> bool {
+        self.heard.contains_key(id)
+    }
+}
+
+/// What to do about the peers this round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Dead peers whose AZ this NAT must adopt.
+    pub adopt: Vec<Peer>,
+    /// Silent peers whose instance state EC2 must confirm.
+    pub suspects: Vec<InstanceId>,
+    /// Dead peers, whoever adopts them (for logs).
+    pub dead: Vec<InstanceId>,
+}
+
+/// Decide adoptions. `gone`: peers EC2 says are not running (or that left
+/// their group). Pure and deterministic.
+pub fn decide(
+    me: &Identity,
+    my_status: Status,
+    peers: &[Peer],
+    view: &View,
+    gone: &HashSet<InstanceId>,
+    now: Duration,
+    dead_after: Duration,
+) -> Decision {
+    let mut d = Decision::default();
+    // Healthy NATs by AZ, this one included when it forwards.
+    let mut healthy: Vec<(&str, &InstanceId)> = peers
+        .iter()
+        .filter(|p| {
+            !gone.contains(&p.instance)
+                && view.fresh(&p.instance, now, dead_after) == Some(Status::Ok)
+        })
+        .map(|p| (p.az.as_str(), &p.instance))
+        .collect();
+    if my_status == Status::Ok {
+        healthy.push((me.availability_zone.as_str(), &me.instance_id));
+    }
+    healthy.sort();
+    for p in peers {
+        let said = view.fresh(&p.instance, now, dead_after);
+        let dead =
+            gone.contains(&p.instance) || matches!(said, Some(Status::Failing | Status::Exiting));
+        if !dead {
+            if said.is_none() {
+                d.suspects.push(p.instance.clone());
+            }
+            continue;
+        }
+        d.dead.push(p.instance.clone());
+        // An AZ that has another healthy NAT (a replacement) needs no adopter.
+        if healthy.iter().any(|(az, _)| *az == p.az) {
+            continue;
+        }
+        let after = healthy.iter().find(|(az, _)| *az > p.az.as_str());
+        if after
+            .or(healthy.first())
+            .is_some_and(|(_, id)| **id == me.instance_id)
+        {
+            d.adopt.push(p.clone());
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn me(az: &str) -> Identity {
+        let mut id = crate::plan::test_identity("i-me", "eni-me", "vpc-1");
+        id.availability_zone = az.into();
+        id
+    }
+
+    fn peer(id: &str, az: &str) -> Peer {
+        Peer {
+            instance: InstanceId(id.into()),
+            az: az.into(),
+            eni: EniId(format!("eni-{id}")),
+            ip: Ipv4Addr::new(10, 0, 0, 1),
+        }
+    }
+
+    fn heard(view: &mut View, id: &str, az: &str, status: Status, at: Duration) {
+        view.record(
+            &Message {
+                instance: InstanceId(id.into()),
+                az: az.into(),
+                status,
+                seq: 1,
+            },
+            at,
+        );
+    }
+
+    fn ids(v: &[Peer]) -> Vec<&str> {
+        v.iter().map(|p| p.instance.0.as_str()).collect()
+    }
+
+    #[test]
+    fn messages_round_trip_and_reject_garbage() {
+        let m = Message {
+            instance: InstanceId("i-0abc".into()),
+            az: "eu-west-1a".into(),
+            status: Status::Failing,
+            seq: 42,
+        };
+        assert_eq!(m.encode(), "hanat/1 i-0abc eu-west-1a failing 42");
+        assert_eq!(Message::decode(m.encode().as_bytes()), Some(m));
+        for bad in [
+            "",
+            "hanat/2 i-1 a ok 1",
+            "hanat/1 i-1 a fine 1",
+            "hanat/1 x-1 a ok 1",
+            "hanat/1 i-1 a ok",
+            "hanat/1 i-1 a ok 1 extra",
+        ] {
+            assert_eq!(Message::decode(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(Message::decode(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn a_peer_that_says_it_fails_is_adopted_by_the_next_az() {
+        let peers = [peer("i-a", "az-a"), peer("i-c", "az-c")];
+        let mut view = View::default();
+        heard(&mut view, "i-a", "az-a", Status::Failing, S * 10);
+        heard(&mut view, "i-c", "az-c", Status::Ok, S * 10);
+        // b is next after a: b adopts, c does not.
+        let d = decide(
+            &me("az-b"),
+            Status::Ok,
+            &peers,
+            &view,
+            &HashSet::new(),
+            S * 10,
+            S * 2,
+        );
+        assert_eq!(ids(&d.adopt), vec!["i-a"]);
+        // Seen from c, with b healthy: c leaves it to b.
+        let peers_c = [peer("i-a", "az-a"), peer("i-me-b", "az-b")];
+        let mut view_c = view.clone();
+        heard(&mut view_c, "i-me-b", "az-b", Status::Ok, S * 10);
+        let d = decide(
+            &me("az-c"),
+            Status::Ok,
+            &peers_c,
+            &view_c,
+            &HashSet::new(),
+            S * 10,
+            S * 2,
+        );
+        assert!(d.adopt.is_empty());
+        assert_eq!(d.dead, vec![InstanceId("i-a".into())]);
+    }
+
+    #[test]
+    fn ring_wraps_and_skips_unhealthy() {
+        // c dies; a (first after wrap) adopts. From b's view b is not next.
+        let peers = [peer("i-c", "az-c"), peer("i-b", "az-b")];
+        let mut view = View::default();
+        heard(&mut view, "i-c", "az-c", Status::Exiting, S);
+        heard(&mut view, "i-b", "az-b", Status::Ok, S);
+        let d = decide(
+            &me("az-a"),
+            Status::Ok,
+            &peers,
+            &view,
+            &HashSet::new(),
+            S,
+            S * 2,
+        );
+        assert_eq!(ids(&d.adopt), vec!["i-c"]);
+        // If a is not forwarding itself, b is the only healthy one: b adopts.
+        let d = decide(
+            &me("az-a"),
+            Status::Failing,
+            &peers,
+            &view,
+            &HashSet::new(),
+            S,
+            S * 2,
+        );
+        assert!(d.adopt.is_empty());
+    }
+
+    #[test]
+    fn silence_alone_never_adopts() {
+        let peers = [peer("i-a", "az-a")];
+        let mut view = View::default();
+        heard(&mut view, "i-a", "az-a", Status::Ok, S);
+        // Partition: silent for 10 s, but EC2 says it runs.
+        let d = decide(
+            &me("az-b"),
+            Status::Ok,
+            &peers,
+            &view,
+            &HashSet::new(),
+            S * 11,
+            S * 2,
+        );
+        assert!(d.adopt.is_empty());
+        assert_eq!(d.suspects, vec![InstanceId("i-a".into())]);
+        // EC2 confirms it is gone: adopt.
+        let gone: HashSet<InstanceId> = [InstanceId("i-a".into())].into();
+        let d = decide(&me("az-b"), Status::Ok, &peers, &view, &gone, S * 11, S * 2);
+        assert_eq!(ids(&d.adopt), vec!["i-a"]);
+    }
+
+    #[test]
+    fn a_healthy_replacement_in_the_az_means_no_adoption() {
+        let peers = [peer("i-old", "az-a"), peer("i-new", "az-a")];
+        let mut view = View::default();
+        heard(&mut view, "i-new", "az-a", Status::Ok, S);
+        let gone: HashSet<InstanceId> = [InstanceId("i-old".into())].into();
+        let d = decide(&me("az-b"), Status::Ok, &peers, &view, &gone, S, S * 2);
+        assert!(d.adopt.is_empty());
+        // A replacement still starting does not count: keep serving the AZ.
+        heard(&mut view, "i-new", "az-a", Status::Starting, S);
+        let d = decide(&me("az-b"), Status::Ok, &peers, &view, &gone, S, S * 2);
+        assert_eq!(ids(&d.adopt), vec!["i-old"]);
+    }
+
+    #[test]
+    fn a_nat_that_is_not_ok_adopts_nothing() {
+        let peers = [peer("i-a", "az-a")];
+        let mut view = View::default();
+        heard(&mut view, "i-a", "az-a", Status::Failing, S);
+        for status in [Status::Starting, Status::Failing, Status::Exiting] {
+            let d = decide(
+                &me("az-b"),
+                status,
+                &peers,
+                &view,
+                &HashSet::new(),
+                S,
+                S * 2,
+            );
+            assert!(d.adopt.is_empty(), "{status}");
+        }
+    }
+}
