@@ -308,7 +308,7 @@ fn what_moto_does_not_model_is_in_the_template() {
                 })
                 .count();
         assert_eq!(
-            actions, 8,
+            actions, 11,
             "{name}: no action beyond the daemon's (plus CompleteLifecycleAction for the hook)"
         );
         assert_eq!(
