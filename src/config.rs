@@ -40,6 +40,7 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     pub kernel: Kernel,
     pub peers: Peers,
+    pub eip: Eip,
     pub aws: Aws,
     pub log: Log,
 }
@@ -217,6 +218,26 @@ fn failback<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     };
     let d = s.strip_prefix("drain:").ok_or_else(bad)?;
     humantime::parse_duration(d).map_err(|_| bad())
+}
+
+/// The AZ's stable public address.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Eip {
+    /// Claim the Elastic IP tagged for this NAT's group at start and keep it.
+    pub claim: bool,
+    /// The tag whose value is this NAT's Auto Scaling group name (the
+    /// CloudFormation templates set it on each AZ's address).
+    pub tag_key: String,
+}
+
+impl Default for Eip {
+    fn default() -> Self {
+        Self {
+            claim: true,
+            tag_key: "hanat:group".into(),
+        }
+    }
 }
 
 /// AWS API behaviour.

@@ -39,7 +39,7 @@ use crate::heartbeat::state::{Heartbeat, Phase, Verdict};
 use crate::kernel::{KernelError, nft, probe_ns, sysctl};
 use crate::notify::Notifier;
 use crate::peers::Status;
-use crate::plan::{Action, Observed, Plan, plan};
+use crate::plan::{Action, AddressAction, Observed, Plan, plan, plan_address};
 use crate::{AwsError, report};
 
 /// Everything the daemon acts on, built by `main` (or a test).
@@ -264,6 +264,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     let routes = tokio::spawn(
         routes_loop(
             ec2,
+            autoscaling.clone(),
             identity.clone(),
             config.clone(),
             status_rx,
@@ -341,8 +342,55 @@ fn gate(
     (plan, held)
 }
 
+/// Keep the AZ's Elastic IP on our interface: take it when it is free or
+/// its holder is gone, never from a running instance.
+pub async fn claim_address(
+    ec2: &Ec2,
+    identity: &Identity,
+    tag_key: &str,
+    group: &str,
+) -> Result<AddressAction, AwsError> {
+    let pool = ec2.addresses_tagged(tag_key, group).await?;
+    let mut alive = HashMap::new();
+    for a in pool.iter().take(1) {
+        let holder = match (&a.instance, &a.eni) {
+            (Some(i), _) => Some(i.clone()),
+            (None, Some(e)) if *e != identity.eni => ec2.eni_owner(e).await?,
+            _ => None,
+        };
+        let is_alive = match holder {
+            Some(h) if h == identity.instance_id => true,
+            Some(h) => ec2
+                .instances(std::slice::from_ref(&h))
+                .await?
+                .iter()
+                .any(|i| i.alive),
+            None => false,
+        };
+        alive.insert(a.allocation_id.clone(), is_alive);
+    }
+    let action = plan_address(identity, &pool, |a| {
+        alive.get(&a.allocation_id).copied().unwrap_or(true)
+    });
+    if let AddressAction::Associate {
+        allocation_id,
+        reassociate,
+    } = &action
+    {
+        ec2.associate_address(allocation_id, &identity.eni, *reassociate)
+            .await?;
+        let ip = pool
+            .first()
+            .map(|a| a.public_ip.clone())
+            .unwrap_or_default();
+        info!(allocation = %allocation_id, public_ip = %ip, eni = %identity.eni, reassociate, "claimed the AZ's Elastic IP");
+    }
+    Ok(action)
+}
+
 async fn routes_loop(
     ec2: Ec2,
+    asg: AutoScaling,
     identity: Arc<Identity>,
     config: Arc<Config>,
     mut status: watch::Receiver<Status>,
@@ -354,7 +402,50 @@ async fn routes_loop(
     let mut backoff = Duration::from_secs(1);
     let mut last_owned: Option<Vec<String>> = None;
     let mut healthy_since: Option<Instant> = None;
+    // This instance's Auto Scaling group: None until known.
+    let mut group: Option<Option<String>> = None;
     loop {
+        if config.eip.claim {
+            if group.is_none() {
+                match asg.group_of(&identity.instance_id).await {
+                    Ok(g) => {
+                        if g.is_none() {
+                            warn!("not in an Auto Scaling group: no Elastic IP to claim");
+                        }
+                        group = Some(g);
+                    }
+                    Err(e) => {
+                        if let Some(n) = throttle.check("eip", &e.to_string(), Instant::now()) {
+                            warn!(suppressed = n, error = %e, "cannot find this instance's group; will retry");
+                        }
+                    }
+                }
+            }
+            if let Some(Some(g)) = &group {
+                let msg = match claim_address(&ec2, &identity, &config.eip.tag_key, g).await {
+                    Ok(AddressAction::Keep | AddressAction::Associate { .. }) => None,
+                    Ok(AddressAction::NoAddress) => Some(format!(
+                        "no Elastic IP tagged {}={g}; serving with the instance's own public address",
+                        config.eip.tag_key
+                    )),
+                    Ok(AddressAction::HeldByHealthy {
+                        allocation_id,
+                        holder,
+                    }) => Some(format!(
+                        "Elastic IP {allocation_id} is held by running {holder}; not taking it, serving with the instance's own public address"
+                    )),
+                    Err(e) => Some(format!("cannot claim the Elastic IP: {e}")),
+                };
+                match msg {
+                    Some(m) => {
+                        if let Some(n) = throttle.check("eip", &m, Instant::now()) {
+                            warn!(suppressed = n, "{m}");
+                        }
+                    }
+                    None => throttle.clear("eip"),
+                }
+            }
+        }
         let now_status = *status.borrow_and_update();
         match now_status {
             Status::Ok => {

@@ -214,6 +214,59 @@ pub fn plan_with(id: &Identity, observed: &Observed, may_take: &dyn Fn(&Route) -
     out
 }
 
+/// What to do about the AZ's Elastic IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressAction {
+    /// It is on our interface.
+    Keep,
+    /// Take it; `reassociate` when a dead holder still has it.
+    Associate {
+        allocation_id: String,
+        reassociate: bool,
+    },
+    /// A healthy instance holds it: never take it.
+    HeldByHealthy {
+        allocation_id: String,
+        holder: String,
+    },
+    /// The pool has no address for us.
+    NoAddress,
+}
+
+/// Decide about the pool's address for this NAT. `holder_alive` says
+/// whether the current holder (if any) is a running instance. Pure.
+pub fn plan_address(
+    id: &Identity,
+    pool: &[crate::aws::ec2::Address],
+    holder_alive: impl Fn(&crate::aws::ec2::Address) -> bool,
+) -> AddressAction {
+    let Some(a) = pool.first() else {
+        return AddressAction::NoAddress;
+    };
+    let mine = a.eni.as_ref() == Some(&id.eni) || a.instance.as_ref() == Some(&id.instance_id);
+    let held = a.eni.is_some() || a.instance.is_some();
+    match (mine, held) {
+        (true, _) => AddressAction::Keep,
+        (false, false) => AddressAction::Associate {
+            allocation_id: a.allocation_id.clone(),
+            reassociate: false,
+        },
+        (false, true) if holder_alive(a) => AddressAction::HeldByHealthy {
+            allocation_id: a.allocation_id.clone(),
+            holder: a
+                .instance
+                .as_ref()
+                .map(|i| i.0.clone())
+                .or(a.eni.as_ref().map(|e| e.0.clone()))
+                .unwrap_or_default(),
+        },
+        (false, true) => AddressAction::Associate {
+            allocation_id: a.allocation_id.clone(),
+            reassociate: true,
+        },
+    }
+}
+
 /// Convenience for tests and the lab: an identity with the given ids.
 #[doc(hidden)]
 pub fn test_identity(instance: &str, eni: &str, vpc: &str) -> Identity {
@@ -447,6 +500,43 @@ mod tests {
                 })
                 .collect();
         assert_eq!(touched, vec!["rtb-black", "rtb-dead", "rtb-none"]);
+    }
+
+    #[test]
+    fn address_decisions() {
+        use crate::aws::ec2::Address;
+        let addr = |eni: Option<&str>| Address {
+            allocation_id: "eipalloc-1".into(),
+            public_ip: "198.51.100.10".into(),
+            eni: eni.map(|e| EniId(e.into())),
+            instance: None,
+        };
+        assert_eq!(plan_address(&me(), &[], |_| true), AddressAction::NoAddress);
+        assert_eq!(
+            plan_address(&me(), &[addr(Some("eni-me"))], |_| true),
+            AddressAction::Keep
+        );
+        assert_eq!(
+            plan_address(&me(), &[addr(None)], |_| true),
+            AddressAction::Associate {
+                allocation_id: "eipalloc-1".into(),
+                reassociate: false
+            }
+        );
+        assert_eq!(
+            plan_address(&me(), &[addr(Some("eni-old"))], |_| true),
+            AddressAction::HeldByHealthy {
+                allocation_id: "eipalloc-1".into(),
+                holder: "eni-old".into()
+            }
+        );
+        assert_eq!(
+            plan_address(&me(), &[addr(Some("eni-old"))], |_| false),
+            AddressAction::Associate {
+                allocation_id: "eipalloc-1".into(),
+                reassociate: true
+            }
+        );
     }
 
     #[test]

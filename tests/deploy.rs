@@ -286,6 +286,8 @@ fn what_moto_does_not_model_is_in_the_template() {
             "ec2:DescribeRouteTables",
             "ec2:DescribeNetworkInterfaces",
             "ec2:DescribeInstances",
+            "ec2:DescribeAddresses",
+            "ec2:AssociateAddress",
             "autoscaling:DescribeAutoScalingInstances",
             "autoscaling:DescribeAutoScalingGroups",
             "ec2:CreateRoute",
@@ -308,13 +310,13 @@ fn what_moto_does_not_model_is_in_the_template() {
                 })
                 .count();
         assert_eq!(
-            actions, 11,
+            actions, 14,
             "{name}: no action beyond the daemon's (plus CompleteLifecycleAction for the hook)"
         );
         assert_eq!(
             t.matches("Condition:\n                  StringEquals:")
                 .count(),
-            3,
+            5,
             "{name}: every mutating statement is conditioned"
         );
     }

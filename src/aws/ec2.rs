@@ -66,6 +66,15 @@ pub struct InstanceInfo {
     pub alive: bool,
 }
 
+/// An Elastic IP and where it is associated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub allocation_id: String,
+    pub public_ip: String,
+    pub eni: Option<EniId>,
+    pub instance: Option<InstanceId>,
+}
+
 /// The EC2 client, bound to one region.
 #[derive(Clone)]
 pub struct Ec2 {
@@ -275,6 +284,70 @@ impl Ec2 {
             }
         }
         Ok(out)
+    }
+
+    /// VPC Elastic IPs tagged `key=value`.
+    pub async fn addresses_tagged(&self, key: &str, value: &str) -> Result<Vec<Address>, AwsError> {
+        let resource = format!("tag:{key}={value}");
+        let out = self
+            .client
+            .describe_addresses()
+            .filters(filter(&format!("tag:{key}"), value))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeAddresses", &resource, e))?;
+        let some = |s: Option<&str>| s.filter(|v| !v.is_empty()).map(str::to_owned);
+        let mut v: Vec<Address> = out
+            .addresses()
+            .iter()
+            .filter_map(|a| {
+                Some(Address {
+                    allocation_id: a.allocation_id()?.to_owned(),
+                    public_ip: a.public_ip().unwrap_or_default().to_owned(),
+                    eni: some(a.network_interface_id()).map(EniId),
+                    instance: some(a.instance_id()).map(InstanceId),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.allocation_id.cmp(&b.allocation_id));
+        Ok(v)
+    }
+
+    /// The instance `eni` is attached to; `None` if it is detached or gone.
+    pub async fn eni_owner(&self, eni: &EniId) -> Result<Option<InstanceId>, AwsError> {
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .filters(filter("network-interface-id", &eni.0))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeNetworkInterfaces", &eni.0, e))?;
+        Ok(out
+            .network_interfaces()
+            .first()
+            .and_then(|n| n.attachment())
+            .and_then(|a| a.instance_id())
+            .filter(|i| !i.is_empty())
+            .map(|i| InstanceId(i.to_owned())))
+    }
+
+    /// Associate an Elastic IP with `eni`. Without `reassociate`, AWS
+    /// refuses if someone holds it, so a stale decision cannot steal it.
+    pub async fn associate_address(
+        &self,
+        allocation_id: &str,
+        eni: &EniId,
+        reassociate: bool,
+    ) -> Result<(), AwsError> {
+        self.client
+            .associate_address()
+            .allocation_id(allocation_id)
+            .network_interface_id(&eni.0)
+            .allow_reassociation(reassociate)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("AssociateAddress", allocation_id, e))?;
+        Ok(())
     }
 }
 

@@ -439,13 +439,21 @@ impl Cloud {
         Ok(())
     }
 
-    /// Every associated Elastic IP: (moto public address, instance id).
+    /// Every associated Elastic IP: (moto public address, holder), where
+    /// the holder is an instance id or, when associated by interface, an
+    /// ENI id.
     pub async fn address_associations(&self) -> Result<Vec<(String, String)>> {
         let out = self.ec2.describe_addresses().send().await?;
         Ok(out
             .addresses()
             .iter()
-            .filter_map(|a| Some((a.public_ip()?.to_owned(), a.instance_id()?.to_owned())))
+            .filter_map(|a| {
+                let holder = a
+                    .instance_id()
+                    .filter(|i| !i.is_empty())
+                    .or(a.network_interface_id().filter(|e| !e.is_empty()))?;
+                Some((a.public_ip()?.to_owned(), holder.to_owned()))
+            })
             .collect())
     }
 

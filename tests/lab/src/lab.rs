@@ -360,7 +360,6 @@ impl Lab {
         // The first NATs: the groups' instances, with the AZ's Elastic IP.
         for a in &lab.azs {
             let instance = lab.cloud.group_instance(&a.group).await?;
-            lab.cloud.associate_address(&a.eip.0, &instance.id).await?;
             let nat = launch_nat(&shared, a.index, instance).await?;
             shared.nats()[a.index] = Some(nat);
         }
@@ -379,11 +378,8 @@ impl Lab {
             lab.igw.name.clone(),
             stop.clone(),
         )));
-        let groups: Vec<(usize, String, String)> = lab
-            .azs
-            .iter()
-            .map(|a| (a.index, a.group.clone(), a.eip.0.clone()))
-            .collect();
+        let groups: Vec<(usize, String)> =
+            lab.azs.iter().map(|a| (a.index, a.group.clone())).collect();
         lab.tasks
             .push(tokio::spawn(autoscaler(shared, groups, stop)));
         Ok(lab)
@@ -603,13 +599,13 @@ impl Lab {
     }
 
     /// Whether AZ `i` is served as it should be: its route on its own live
-    /// NAT, whose daemon runs, and egress works.
+    /// NAT, whose daemon runs, and egress works with the AZ's Elastic IP.
     pub async fn az_ok(&self, i: usize) -> bool {
         let Some(nat) = self.nat(i) else { return false };
         nat.running
             && self.route_target(i).await.ok().flatten().as_deref()
                 == Some(nat.instance.eni.as_str())
-            && self.whoami(i, Duration::from_millis(500)).is_ok()
+            && self.whoami(i, Duration::from_millis(500)).ok() == Some(self.azs[i].eip.1)
     }
 
     /// Wait until `check` is true, polling every 100 ms, for at most `limit`.
@@ -979,7 +975,7 @@ async fn igw_sync(shared: Arc<Shared>, igw: String, stop: Arc<AtomicBool>) {
         for inst in &instances {
             let eip = assoc
                 .iter()
-                .find(|(_, id)| id == &inst.id)
+                .find(|(_, holder)| holder == &inst.id || holder == &inst.eni)
                 .and_then(|(moto_ip, _)| shared.eip_public.get(moto_ip).copied());
             let public = match eip {
                 Some(ip) => {
@@ -1051,12 +1047,12 @@ fn igw_ruleset(map: &[(String, Ipv4Addr)]) -> String {
 /// instances after the boot delay, restart dead daemons.
 async fn autoscaler(
     shared: Arc<Shared>,
-    groups: Vec<(usize, String, String)>,
+    groups: Vec<(usize, String)>,
     stop: Arc<AtomicBool>,
 ) {
     let mut pending: HashMap<String, Instant> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
-        for (i, group, eip) in &groups {
+        for (i, group) in &groups {
             let i = *i;
             let current = shared.nats()[i].as_ref().map(|n| n.instance.id.clone());
             // An instance the daemon reported Unhealthy is terminated.
@@ -1101,9 +1097,6 @@ async fn autoscaler(
                 continue;
             }
             pending.remove(&instance.id);
-            // Until the daemon claims addresses itself, the launch script
-            // associates the AZ's pool address.
-            let _ = shared.cloud.associate_address(eip, &instance.id).await;
             match launch_nat(&shared, i, instance).await {
                 Ok(mut nat) => {
                     let started = nat.start(&shared.opts.hanat_bin, &shared.opts.capabilities);
