@@ -402,3 +402,87 @@ async fn identity_waits_for_slow_imds_and_rejects_odd_answers() {
         hanat::report(&err)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elastic_ip_is_claimed_but_never_taken_from_a_running_holder() {
+    use hanat::daemon::claim_address;
+    use hanat::plan::AddressAction;
+    let moto = Moto::start().unwrap();
+    let w = world(&moto).await;
+    let (ec2, _) = adapters(&moto).await;
+    let (alloc, _) = w
+        .cloud
+        .allocate_address(&[("hanat:group", "nat-a")])
+        .await
+        .unwrap();
+    let holder = |cloud: Cloud| async move {
+        let out = cloud.ec2.describe_addresses().send().await.unwrap();
+        out.addresses()[0]
+            .network_interface_id()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // Free: claimed onto our interface; then kept.
+    let a = claim_address(&ec2, &w.me, "hanat:group", "nat-a")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            a,
+            AddressAction::Associate {
+                reassociate: false,
+                ..
+            }
+        ),
+        "{a:?}"
+    );
+    assert_eq!(holder(w.cloud.clone()).await, w.me.eni.0);
+    assert_eq!(
+        claim_address(&ec2, &w.me, "hanat:group", "nat-a")
+            .await
+            .unwrap(),
+        AddressAction::Keep
+    );
+
+    // Held by another running instance: left alone.
+    let other = w.cloud.run_instance(&w.me.subnet_id.0).await.unwrap();
+    let mut me2 = w.me.clone();
+    me2.instance_id = InstanceId(other.id.clone());
+    me2.eni = EniId(other.eni.clone());
+    let a = claim_address(&ec2, &me2, "hanat:group", "nat-a")
+        .await
+        .unwrap();
+    assert!(matches!(a, AddressAction::HeldByHealthy { .. }), "{a:?}");
+    assert_eq!(
+        holder(w.cloud.clone()).await,
+        w.me.eni.0,
+        "not taken from a running holder"
+    );
+
+    // The holder is terminated: the new NAT takes the address.
+    w.cloud.terminate(&w.me.instance_id.0).await.unwrap();
+    let a = claim_address(&ec2, &me2, "hanat:group", "nat-a")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            a,
+            AddressAction::Associate {
+                reassociate: true,
+                ..
+            }
+        ),
+        "{a:?}"
+    );
+    assert_eq!(holder(w.cloud.clone()).await, other.eni);
+
+    // No address for a group: said, nothing changed.
+    assert_eq!(
+        claim_address(&ec2, &me2, "hanat:group", "nat-z")
+            .await
+            .unwrap(),
+        AddressAction::NoAddress
+    );
+    let _ = alloc;
+}

@@ -1045,11 +1045,7 @@ fn igw_ruleset(map: &[(String, Ipv4Addr)]) -> String {
 
 /// Play Auto Scaling (and systemd): replace Unhealthy or vanished
 /// instances after the boot delay, restart dead daemons.
-async fn autoscaler(
-    shared: Arc<Shared>,
-    groups: Vec<(usize, String)>,
-    stop: Arc<AtomicBool>,
-) {
+async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String)>, stop: Arc<AtomicBool>) {
     let mut pending: HashMap<String, Instant> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         for (i, group) in &groups {
