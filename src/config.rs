@@ -40,6 +40,7 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     pub kernel: Kernel,
     pub peers: Peers,
+    pub exit: Exit,
     pub eip: Eip,
     pub aws: Aws,
     pub log: Log,
@@ -218,6 +219,40 @@ fn failback<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     };
     let d = s.strip_prefix("drain:").ok_or_else(bad)?;
     humantime::parse_duration(d).map_err(|_| bad())
+}
+
+/// Planned exits: scale-in (lifecycle hook), spot interruption, and
+/// optionally `systemctl stop`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Exit {
+    /// How often instance metadata is asked about a coming termination.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// After the routes have moved to a peer, keep forwarding this long so
+    /// packets still arriving here (replies to the Elastic IP) get through.
+    #[serde(deserialize_with = "duration")]
+    pub drain: Duration,
+    /// Give up waiting for a peer to take the routes after this long.
+    #[serde(deserialize_with = "duration")]
+    pub handoff_timeout: Duration,
+    /// The termination lifecycle hook to complete (the templates' name).
+    pub lifecycle_hook: String,
+    /// Hand the routes to a peer on SIGTERM too (for planned maintenance).
+    /// Off by default: a restart should not move routes.
+    pub handoff_on_stop: bool,
+}
+
+impl Default for Exit {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            drain: Duration::from_secs(10),
+            handoff_timeout: Duration::from_secs(30),
+            lifecycle_hook: "hanat-handoff".into(),
+            handoff_on_stop: false,
+        }
+    }
 }
 
 /// The AZ's stable public address.

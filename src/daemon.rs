@@ -29,11 +29,13 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::aws::autoscaling::AutoScaling;
 use crate::aws::ec2::Ec2;
 use crate::aws::ec2::RouteTarget;
+use crate::aws::imds::Imds;
 use crate::config::Config;
 use crate::config::Failover;
 use crate::domain::EniId;
 use crate::domain::{Identity, Ipv4Cidr};
 use crate::failover::{self, PeerShared};
+use crate::handoff;
 use crate::heartbeat::probe::Prober;
 use crate::heartbeat::state::{Heartbeat, Phase, Verdict};
 use crate::kernel::{KernelError, nft, probe_ns, sysctl};
@@ -48,6 +50,8 @@ pub struct Deps {
     pub identity: Identity,
     pub ec2: Ec2,
     pub autoscaling: AutoScaling,
+    /// Instance metadata, watched for planned exits.
+    pub imds: Imds,
     /// The interface to masquerade out of.
     pub interface: String,
     pub notifier: Notifier,
@@ -224,6 +228,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         identity,
         ec2,
         autoscaling,
+        imds,
         interface,
         notifier,
     } = deps;
@@ -245,6 +250,23 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     let last_beat = Arc::new(AtomicU64::new(0));
 
     let (status_tx, status_rx) = watch::channel(Status::Starting);
+    let status_tx = Arc::new(status_tx);
+    let planned_exit = {
+        let (ec2, asg, me, config, status) = (
+            ec2.clone(),
+            autoscaling.clone(),
+            identity.clone(),
+            config.clone(),
+            status_tx.clone(),
+        );
+        tokio::spawn(
+            async move {
+                let reason = handoff::watch_metadata(&imds, config.exit.poll_interval).await;
+                handoff::hand_off(reason, &ec2, &asg, &me, &config, &status).await;
+            }
+            .instrument(info_span!("exit")),
+        )
+    };
     let peers = Arc::new(Mutex::new(PeerShared::default()));
     let failover = match config.peers.failover {
         Failover::Peer => Some(tokio::spawn(
@@ -261,6 +283,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         )),
         Failover::None => None,
     };
+    let (ec2_for_stop, asg_for_stop) = (ec2.clone(), autoscaling.clone());
     let routes = tokio::spawn(
         routes_loop(
             ec2,
@@ -281,7 +304,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
             interface,
             started,
             last_beat.clone(),
-            status_tx,
+            status_tx.clone(),
         )
         .instrument(info_span!("heartbeat")),
     );
@@ -307,6 +330,19 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
                 }
             }
         }
+    }
+    planned_exit.abort();
+    if config.exit.handoff_on_stop && *status_tx.borrow() != Status::Exiting {
+        notifier.status("handing routes to a peer before stopping");
+        handoff::hand_off(
+            handoff::Reason::Stop,
+            &ec2_for_stop,
+            &asg_for_stop,
+            &identity,
+            &config,
+            &status_tx,
+        )
+        .await;
     }
     notifier.stopping();
     routes.abort();
@@ -527,7 +563,7 @@ async fn heartbeat_loop(
     interface: String,
     started: Instant,
     last_beat: Arc<AtomicU64>,
-    status: watch::Sender<Status>,
+    status: Arc<watch::Sender<Status>>,
 ) {
     let hb_cfg = &config.heartbeat;
     let prober = Prober {

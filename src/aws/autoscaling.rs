@@ -103,4 +103,24 @@ impl AutoScaling {
         }
         Ok(out)
     }
+
+    /// Let the group go on terminating this instance. moto answers 500;
+    /// callers treat failure as non-fatal (the hook times out by itself).
+    pub async fn complete_lifecycle_action(
+        &self,
+        group: &str,
+        hook: &str,
+        instance: &InstanceId,
+    ) -> Result<(), AwsError> {
+        self.client
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(&instance.0)
+            .lifecycle_action_result("CONTINUE")
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("CompleteLifecycleAction", &instance.0, e))?;
+        Ok(())
+    }
 }

@@ -55,6 +55,7 @@ impl IdentityError {
 }
 
 /// An IMDSv2 client.
+#[derive(Clone)]
 pub struct Imds {
     client: aws_config::imds::Client,
 }
@@ -97,6 +98,15 @@ impl Imds {
                 path: full,
                 source: Box::new(source),
             })
+    }
+
+    /// A metadata path that may be absent: `None` on 404.
+    pub async fn get_optional(&self, path: &str) -> Result<Option<String>, IdentityError> {
+        match self.get(path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_permanent() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Read everything the daemon needs to know about itself, once.

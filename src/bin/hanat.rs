@@ -191,6 +191,7 @@ async fn run(config: Config) -> Result<(), Failure> {
     let deps = Deps {
         ec2: Ec2::new(&sdk),
         autoscaling: AutoScaling::new(&sdk),
+        imds: Imds::from_env(),
         identity,
         interface,
         notifier: Notifier::from_env(),

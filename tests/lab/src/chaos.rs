@@ -23,15 +23,30 @@ pub enum Scenario {
     StopForwarding,
     /// Someone points the AZ's private route table elsewhere.
     HijackRoute,
+    /// Auto Scaling scales the NAT in (termination lifecycle hook).
+    ScaleIn,
+    /// A spot interruption notice.
+    SpotInterruption,
+    /// Every NAT replaced, one AZ after the other, by scale-in.
+    InstanceRefresh,
+    /// The NATs cannot hear each other for 8 s; all stay healthy.
+    Partition,
+    /// AZ 0 is lost: its NAT vanishes and nothing launches there for 10 s.
+    AzOutage,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
         Scenario::StopForwarding,
         Scenario::HijackRoute,
+        Scenario::ScaleIn,
+        Scenario::SpotInterruption,
+        Scenario::InstanceRefresh,
+        Scenario::Partition,
+        Scenario::AzOutage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +56,11 @@ impl Scenario {
             Scenario::TerminateInstance => "terminate-instance",
             Scenario::StopForwarding => "stop-forwarding",
             Scenario::HijackRoute => "hijack-route",
+            Scenario::ScaleIn => "scale-in",
+            Scenario::SpotInterruption => "spot-interruption",
+            Scenario::InstanceRefresh => "instance-refresh",
+            Scenario::Partition => "partition",
+            Scenario::AzOutage => "az-outage",
         }
     }
 
@@ -74,6 +94,8 @@ pub struct Report {
     pub recovery_ms: u64,
     /// How often the source address seen by the internet changed.
     pub source_ip_changes: usize,
+    /// How often any private route's target changed in the control plane.
+    pub route_changes: usize,
     pub events: Vec<String>,
 }
 
@@ -82,7 +104,7 @@ impl Report {
         let events: Vec<String> = self.events.iter().map(|e| json_string(e)).collect();
         format!(
             "{{\"scenario\":\"{}\",\"azs\":{},\"recovered\":{},\"outage_ms\":{},\"lost\":{},\"sent\":{},\
-             \"recovery_ms\":{},\"source_ip_changes\":{},\"events\":[{}]}}",
+             \"recovery_ms\":{},\"source_ip_changes\":{},\"route_changes\":{},\"events\":[{}]}}",
             self.scenario.name(),
             self.azs,
             self.recovered,
@@ -91,13 +113,15 @@ impl Report {
             self.sent,
             self.recovery_ms,
             self.source_ip_changes,
+            self.route_changes,
             events.join(",")
         )
     }
 
     pub fn human(&self) -> String {
         let mut s = format!(
-            "scenario {}: {} — longest gap {} ms, {} of {} requests lost, recovery {} ms, source IP changes {}\n",
+            "scenario {}: {} — longest gap {} ms, {} of {} requests lost, recovery {} ms, \
+             source IP changes {}, route changes {}\n",
             self.scenario.name(),
             if self.recovered {
                 "recovered"
@@ -108,7 +132,8 @@ impl Report {
             self.lost,
             self.sent,
             self.recovery_ms,
-            self.source_ip_changes
+            self.source_ip_changes,
+            self.route_changes
         );
         for e in &self.events {
             s.push_str(&format!("  {e}\n"));
@@ -143,10 +168,21 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
 
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
-    inject(&lab, scenario).await?;
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let counter = tokio::spawn(count_route_changes(
+        lab.cloud.clone(),
+        lab.azs
+            .iter()
+            .map(|a| a.private_route_table.clone())
+            .collect(),
+        watching.clone(),
+    ));
+    inject(&lab, scenario, opts.timeout).await?;
     let recovered = wait_recovered(&lab, &meters[0], injected, opts.timeout).await;
     // A little more steady state, so a relapse would show.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let route_changes = counter.await.unwrap_or(0);
 
     let reports: Vec<MeterReport> = meters.into_iter().map(|m| m.finish()).collect();
     let affected = &reports[0];
@@ -173,11 +209,38 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         sent: reports.iter().map(|r| r.sent).sum(),
         recovery_ms,
         source_ip_changes: reports.iter().map(|r| r.source_changes).sum(),
+        route_changes,
         events,
     })
 }
 
-async fn inject(lab: &Lab, scenario: Scenario) -> Result<()> {
+/// Count changes of the private routes' targets until `watching` ends.
+async fn count_route_changes(
+    cloud: crate::cloud::Cloud,
+    tables: Vec<String>,
+    watching: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> usize {
+    let mut last: Vec<Option<String>> = vec![None; tables.len()];
+    let mut changes = 0;
+    let mut first = true;
+    while watching.load(std::sync::atomic::Ordering::Relaxed) {
+        for (i, rt) in tables.iter().enumerate() {
+            if let Ok(route) = cloud.default_route(rt).await {
+                let target = route.map(|(t, state)| format!("{t} {state}"));
+                if !first && target != last[i] {
+                    changes += 1;
+                }
+                last[i] = target;
+            }
+        }
+        first = false;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    changes
+}
+
+async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> {
+    let hook_timeout = Duration::from_secs(60);
     match scenario {
         Scenario::None => Ok(()),
         Scenario::KillDaemon => lab.kill_daemon(0),
@@ -194,6 +257,25 @@ async fn inject(lab: &Lab, scenario: Scenario) -> Result<()> {
                 .set_default_route(&lab.azs[0].private_route_table, DefaultTarget::Gateway(&lab.igw_id))
                 .await
         }
+        Scenario::ScaleIn => lab.scale_in(0, hook_timeout),
+        Scenario::SpotInterruption => lab.spot_interruption(0, Duration::from_secs(120)),
+        Scenario::InstanceRefresh => {
+            for i in 0..lab.azs.len() {
+                let old = lab.nat(i).map(|n| n.instance.id);
+                lab.scale_in(i, hook_timeout)?;
+                lab.wait_for("the refreshed NAT to serve its AZ", timeout, || async {
+                    Ok(lab.nat(i).map(|n| n.instance.id) != old && lab.az_ok(i).await)
+                })
+                .await?;
+            }
+            Ok(())
+        }
+        Scenario::Partition => {
+            lab.partition(true)?;
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            lab.partition(false)
+        }
+        Scenario::AzOutage => lab.az_outage(0, Duration::from_secs(10)).await,
     }
 }
 
@@ -231,4 +313,102 @@ async fn wait_recovered(
         }
     }
     false
+}
+
+/// One line of `hanat-lab bench failover`.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    pub scenario: Scenario,
+    pub mode: String,
+    pub runs: usize,
+    pub recovered: usize,
+    /// Outage (longest gap) percentiles, ms: p50, p95, max.
+    pub outage: (u64, u64, u64),
+    /// Lost requests: p50, max.
+    pub lost: (u64, u64),
+    /// Route changes: p50, max.
+    pub route_changes: (u64, u64),
+}
+
+/// The nearest-rank percentile `p` (0-100) of `v`.
+pub fn percentile(v: &[u64], p: u64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    let rank = (p * s.len() as u64).div_ceil(100).max(1) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+pub fn bench_row(scenario: Scenario, mode: &str, reports: &[Report]) -> BenchRow {
+    let outage: Vec<u64> = reports.iter().map(|r| r.outage_ms).collect();
+    let lost: Vec<u64> = reports.iter().map(|r| r.lost as u64).collect();
+    let routes: Vec<u64> = reports.iter().map(|r| r.route_changes as u64).collect();
+    BenchRow {
+        scenario,
+        mode: mode.to_owned(),
+        runs: reports.len(),
+        recovered: reports.iter().filter(|r| r.recovered).count(),
+        outage: (
+            percentile(&outage, 50),
+            percentile(&outage, 95),
+            percentile(&outage, 100),
+        ),
+        lost: (percentile(&lost, 50), percentile(&lost, 100)),
+        route_changes: (percentile(&routes, 50), percentile(&routes, 100)),
+    }
+}
+
+/// A Markdown table of bench rows.
+pub fn bench_table(rows: &[BenchRow]) -> String {
+    let mut t = String::from(
+        "| scenario | failover | recovered | outage p50 ms | p95 ms | max ms | lost p50 | lost max | route changes p50 | max |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.scenario.name(),
+            r.mode,
+            r.recovered,
+            r.runs,
+            r.outage.0,
+            r.outage.1,
+            r.outage.2,
+            r.lost.0,
+            r.lost.1,
+            r.route_changes.0,
+            r.route_changes.1
+        ));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v = [5, 1, 4, 2, 3, 10, 9, 8, 7, 6];
+        assert_eq!(percentile(&v, 50), 5);
+        assert_eq!(percentile(&v, 95), 10);
+        assert_eq!(percentile(&v, 100), 10);
+        assert_eq!(percentile(&[7], 95), 7);
+        assert_eq!(percentile(&[], 50), 0);
+    }
+
+    #[test]
+    fn scenario_names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.name()).unwrap(), s);
+        }
+        assert!(
+            Scenario::parse("meteor")
+                .unwrap_err()
+                .to_string()
+                .contains("choose one of: none")
+        );
+    }
 }

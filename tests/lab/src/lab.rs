@@ -229,6 +229,8 @@ struct Shared {
     auto_public: Mutex<HashMap<String, Ipv4Addr>>,
     /// Log of lab events (launches, terminations, restarts).
     events: Mutex<Vec<(Instant, String)>>,
+    /// AZs that are down, until when.
+    az_down: Mutex<HashMap<usize, Instant>>,
 }
 
 impl Shared {
@@ -258,7 +260,7 @@ pub struct Lab {
     pub dir: PathBuf,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     // Dropped last: daemons talk to it until they are killed.
     pub moto: Moto,
 }
@@ -338,6 +340,7 @@ impl Lab {
             eip_public,
             auto_public: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
+            az_down: Mutex::new(HashMap::new()),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut lab = Lab {
@@ -353,7 +356,7 @@ impl Lab {
             dir,
             shared: shared.clone(),
             stop: stop.clone(),
-            tasks: Vec::new(),
+            tasks: Mutex::new(Vec::new()),
             moto,
         };
         lab.start_servers()?;
@@ -368,19 +371,27 @@ impl Lab {
             .iter()
             .map(|a| (a.index, a.private_route_table.clone()))
             .collect();
-        lab.tasks.push(tokio::spawn(router_sync(
-            shared.clone(),
-            tables,
-            stop.clone(),
-        )));
-        lab.tasks.push(tokio::spawn(igw_sync(
-            shared.clone(),
-            lab.igw.name.clone(),
-            stop.clone(),
-        )));
+        lab.tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::spawn(router_sync(
+                shared.clone(),
+                tables,
+                stop.clone(),
+            )));
+        lab.tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::spawn(igw_sync(
+                shared.clone(),
+                lab.igw.name.clone(),
+                stop.clone(),
+            )));
         let groups: Vec<(usize, String)> =
             lab.azs.iter().map(|a| (a.index, a.group.clone())).collect();
         lab.tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
             .push(tokio::spawn(autoscaler(shared, groups, stop)));
         Ok(lab)
     }
@@ -458,14 +469,107 @@ impl Lab {
     /// The instance vanishes: namespace and daemon gone, moto instance
     /// terminated (moto's group launches a replacement).
     pub async fn terminate_instance(&self, i: usize) -> Result<String> {
-        let nat = self.shared.nats()[i]
-            .take()
+        terminate_nat(&self.shared, i, "terminated").await
+    }
+
+    /// Set an instance metadata value of AZ `i`'s NAT.
+    pub fn set_metadata(&self, i: usize, path: &str, value: &str) -> Result<()> {
+        let nats = self.shared.nats();
+        let n = nats[i]
+            .as_ref()
             .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
-        let id = nat.instance.id.clone();
-        drop(nat);
-        self.cloud.terminate(&id).await?;
-        self.shared.event(format!("az{i}: {id} terminated"));
-        Ok(id)
+        n.imds.set(path, value);
+        Ok(())
+    }
+
+    /// Auto Scaling scales AZ `i`'s NAT in: its target lifecycle state
+    /// becomes `Terminated`; the termination hook holds the instance until
+    /// the daemon says its hand-off is done (moto cannot record
+    /// `CompleteLifecycleAction`, so the lab reads the daemon's log), at most
+    /// `hook_timeout`; then the instance goes and is replaced.
+    pub fn scale_in(&self, i: usize, hook_timeout: Duration) -> Result<()> {
+        self.set_metadata(i, "autoscaling/target-lifecycle-state", "Terminated")?;
+        self.shared
+            .event(format!("az{i}: lifecycle state Terminated"));
+        self.terminate_after_handoff(i, hook_timeout)
+    }
+
+    /// A spot interruption notice for AZ `i`'s NAT; the instance goes when
+    /// the daemon's hand-off is done (the lab's shortened notice), at most
+    /// after `notice` (two minutes on AWS).
+    pub fn spot_interruption(&self, i: usize, notice: Duration) -> Result<()> {
+        self.set_metadata(
+            i,
+            "spot/instance-action",
+            "{\"action\": \"terminate\", \"time\": \"2026-01-01T00:00:00Z\"}",
+        )?;
+        self.shared
+            .event(format!("az{i}: spot interruption notice"));
+        self.terminate_after_handoff(i, notice)
+    }
+
+    fn terminate_after_handoff(&self, i: usize, limit: Duration) -> Result<()> {
+        let (log, id) = {
+            let nats = self.shared.nats();
+            let n = nats[i]
+                .as_ref()
+                .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+            (n.log_path.clone(), n.instance.id.clone())
+        };
+        let shared = self.shared.clone();
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::spawn(async move {
+                let start = Instant::now();
+                while start.elapsed() < limit {
+                    if std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .contains("hand-off done")
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let still = shared.nats()[i]
+                    .as_ref()
+                    .is_some_and(|n| n.instance.id == id);
+                if still {
+                    let _ = terminate_nat(&shared, i, "terminated after hand-off").await;
+                }
+            }));
+        Ok(())
+    }
+
+    /// Cut the heartbeats between NATs (UDP on the peer port) in the VPC
+    /// router, or restore them.
+    pub fn partition(&self, on: bool) -> Result<()> {
+        if on {
+            self.rtr.exec(
+                "nft",
+                &["add table ip labpart; add chain ip labpart c { type filter hook forward priority -50; policy accept; }; add rule ip labpart c udp dport 7470 drop"],
+            )?;
+            self.shared.event("NATs partitioned".into());
+        } else {
+            self.rtr.exec("nft", &["delete table ip labpart"])?;
+            self.shared.event("partition healed".into());
+        }
+        Ok(())
+    }
+
+    /// Take AZ `i` down: its NAT vanishes and no replacement can launch there
+    /// for `hold`.
+    pub async fn az_outage(&self, i: usize, hold: Duration) -> Result<()> {
+        *self
+            .shared
+            .az_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(i)
+            .or_insert_with(Instant::now) = Instant::now() + hold;
+        terminate_nat(&self.shared, i, "lost with its AZ")
+            .await
+            .map(drop)
     }
 
     /// Run a command inside AZ `i`'s NAT namespace.
@@ -516,24 +620,30 @@ impl Lab {
             let l = self.inet.bind_tcp(SocketAddr::from((s, WHOAMI_PORT)))?;
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
-            self.tasks.push(tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                while let Ok((mut c, peer)) = l.accept().await {
-                    tokio::spawn(async move {
-                        let _ = c.write_all(format!("{}\n", peer.ip()).as_bytes()).await;
-                        let _ = c.shutdown().await;
-                    });
-                }
-            }));
+            self.tasks
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    while let Ok((mut c, peer)) = l.accept().await {
+                        tokio::spawn(async move {
+                            let _ = c.write_all(format!("{}\n", peer.ip()).as_bytes()).await;
+                            let _ = c.shutdown().await;
+                        });
+                    }
+                }));
             let u = self.inet.bind_udp(SocketAddr::from((s, WHOAMI_PORT)))?;
             u.set_nonblocking(true)?;
             let u = tokio::net::UdpSocket::from_std(u)?;
-            self.tasks.push(tokio::spawn(async move {
-                let mut buf = [0u8; 512];
-                while let Ok((_, peer)) = u.recv_from(&mut buf).await {
-                    let _ = u.send_to(format!("{}\n", peer.ip()).as_bytes(), peer).await;
-                }
-            }));
+            self.tasks
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    while let Ok((_, peer)) = u.recv_from(&mut buf).await {
+                        let _ = u.send_to(format!("{}\n", peer.ip()).as_bytes(), peer).await;
+                    }
+                }));
         }
         Ok(())
     }
@@ -668,7 +778,12 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks.drain(..) {
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
         self.shared.nats().iter_mut().for_each(|n| drop(n.take()));
@@ -808,6 +923,19 @@ async fn deploy_vpc(
     Ok((vpc, out_azs, eip_public))
 }
 
+/// Remove AZ `i`'s NAT (namespace and daemon) and terminate it in moto
+/// (whose group launches a replacement).
+async fn terminate_nat(shared: &Shared, i: usize, why: &str) -> Result<String> {
+    let nat = shared.nats()[i]
+        .take()
+        .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+    let id = nat.instance.id.clone();
+    drop(nat);
+    shared.cloud.terminate(&id).await?;
+    shared.event(format!("az{i}: {id} {why}"));
+    Ok(id)
+}
+
 /// Give `instance` a namespace, IMDS, proxy and config; the daemon starts
 /// when the caller says so.
 async fn launch_nat(shared: &Shared, i: usize, instance: Instance) -> Result<Nat> {
@@ -878,7 +1006,9 @@ pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
         "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
          [routes]\nreconcile_interval = \"{}\"\n\n[kernel]\nconverge_interval = \"2s\"\n\
-         conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n\n[aws]\nimds_timeout = \"20s\"\n",
+         conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n\n\
+         [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\n\
+         [aws]\nimds_timeout = \"20s\"\n",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
         humantime::format_duration(o.heartbeat_interval * 4 / 5),
@@ -1080,6 +1210,15 @@ async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String)>, stop: Arc
                 }
             }
             if current.is_some() {
+                continue;
+            }
+            let down = shared
+                .az_down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&i)
+                .is_some_and(|until| Instant::now() < *until);
+            if down {
                 continue;
             }
             // No NAT: materialise the group's new instance after boot delay.

@@ -18,7 +18,11 @@ commands:
   chaos SCENARIO [--azs N] [--json]
                                    up → converge → inject → measure → down
                                    scenarios: none, kill-daemon, terminate-instance,
-                                   stop-forwarding, hijack-route
+                                   stop-forwarding, hijack-route, scale-in,
+                                   spot-interruption, instance-refresh, partition,
+                                   az-outage
+  bench failover [--runs N]        every scenario N times (default 10) with
+                                   failover = peer and = none; a table of outages
   down                             remove namespaces a crashed lab left behind
 options:
   --azs N            availability zones, 1-3 (default 2)
@@ -26,6 +30,8 @@ options:
   --timeout D        chaos: give up waiting for recovery (default 120s)
   --hanat PATH       the hanat binary (default: next to hanat-lab, built if missing)
   --json             chaos: print one JSON object
+  --runs N           bench: runs per scenario and mode (default 10)
+  --scenarios A,B    bench: only these scenarios
 Needs root (network namespaces, nftables); installs moto into ~/.cache/hanat on first use.
 ";
 
@@ -37,6 +43,8 @@ struct Args {
     timeout: Duration,
     hanat: Option<PathBuf>,
     json: bool,
+    runs: usize,
+    scenarios: Option<String>,
 }
 
 fn parse() -> Result<Option<Args>> {
@@ -49,6 +57,8 @@ fn parse() -> Result<Option<Args>> {
         timeout: Duration::from_secs(120),
         hanat: None,
         json: false,
+        runs: 10,
+        scenarios: None,
     };
     let duration = |v: Option<String>, flag: &str| -> Result<Duration> {
         let v = v.with_context(|| format!("{flag} needs a value"))?;
@@ -73,9 +83,20 @@ fn parse() -> Result<Option<Args>> {
             "--timeout" => a.timeout = duration(it.next(), "--timeout")?,
             "--hanat" => a.hanat = Some(it.next().context("--hanat needs a path")?.into()),
             "--json" => a.json = true,
+            "--runs" => {
+                let v = it.next().context("--runs needs a number")?;
+                a.runs = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("--runs: `{v}` is not a positive number"))?;
+            }
+            "--scenarios" => a.scenarios = Some(it.next().context("--scenarios needs a list")?),
             s if s.starts_with('-') => bail!("unknown option `{s}`"),
             s if a.command.is_empty() => a.command = s.to_owned(),
-            s if a.command == "chaos" && a.scenario.is_none() => a.scenario = Some(s.to_owned()),
+            s if (a.command == "chaos" || a.command == "bench") && a.scenario.is_none() => {
+                a.scenario = Some(s.to_owned())
+            }
             s => bail!("unexpected argument `{s}`"),
         }
     }
@@ -155,6 +176,7 @@ fn main() -> ExitCode {
         match args.command.as_str() {
             "up" => up(&args).await,
             "chaos" => chaos_cmd(&args).await,
+            "bench" => bench(&args).await,
             "down" => down(),
             other => bail!("unknown command `{other}`"),
         }
@@ -259,6 +281,40 @@ async fn chaos_cmd(a: &Args) -> Result<u8> {
         print!("{}", report.human());
     }
     Ok(if report.recovered { 0 } else { 1 })
+}
+
+async fn bench(a: &Args) -> Result<u8> {
+    if a.scenario.as_deref() != Some("failover") {
+        bail!("the only benchmark is `bench failover`");
+    }
+    let scenarios: Vec<Scenario> = match &a.scenarios {
+        Some(list) => list
+            .split(',')
+            .map(Scenario::parse)
+            .collect::<Result<_>>()?,
+        None => Scenario::ALL.to_vec(),
+    };
+    let mut rows = Vec::new();
+    for s in &scenarios {
+        for mode in ["peer", "none"] {
+            let mut reports = Vec::new();
+            for run in 1..=a.runs {
+                let mut lab = lab_options(a)?;
+                lab.failover = mode.into();
+                let opts = ChaosOptions {
+                    lab,
+                    timeout: a.timeout,
+                    every: Duration::from_millis(50),
+                };
+                let r = chaos::run(*s, opts).await?;
+                eprintln!("{} {mode} run {run}/{}: {}", s.name(), a.runs, r.json());
+                reports.push(r);
+            }
+            rows.push(chaos::bench_row(*s, mode, &reports));
+        }
+    }
+    println!("{}", chaos::bench_table(&rows));
+    Ok(0)
 }
 
 fn down() -> Result<u8> {
