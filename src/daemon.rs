@@ -695,6 +695,54 @@ mod tests {
     }
 
     #[test]
+    fn routes_wait_for_own_forwarding_and_for_the_drain() {
+        use crate::domain::RouteTableId;
+        let rt = || RouteTableId("rtb-1".into());
+        let from_peer = Action::ReplaceRoute {
+            route_table: rt(),
+            from: RouteTarget::Eni(EniId("eni-peer".into())),
+            blackhole: false,
+        };
+        let from_dead = Action::ReplaceRoute {
+            route_table: rt(),
+            from: RouteTarget::Eni(EniId("eni-dead".into())),
+            blackhole: false,
+        };
+        let create = Action::CreateRoute { route_table: rt() };
+        let sdc = Action::DisableSourceDestCheck {
+            eni: EniId("eni-me".into()),
+        };
+        let plan = Plan {
+            owned: vec![rt()],
+            actions: vec![
+                from_peer.clone(),
+                from_dead.clone(),
+                create.clone(),
+                sdc.clone(),
+            ],
+            findings: vec![],
+        };
+        let live = [EniId("eni-peer".into())];
+        // Not proven yet: only the source/destination check.
+        for status in [Status::Starting, Status::Failing, Status::Exiting] {
+            let (p, held) = gate(plan.clone(), status, false, &live);
+            assert_eq!(p.actions, vec![sdc.clone()], "{status}");
+            assert_eq!(held, 3);
+        }
+        // Proven, draining: everything but the route a live peer holds.
+        let (p, held) = gate(plan.clone(), Status::Ok, true, &live);
+        assert_eq!(
+            p.actions,
+            vec![from_dead.clone(), create.clone(), sdc.clone()]
+        );
+        assert_eq!(held, 1);
+        // Proven, drain over (or immediate failback): everything.
+        let (p, held) = gate(plan.clone(), Status::Ok, false, &live);
+        assert_eq!(p.actions, plan.actions);
+        assert_eq!(held, 0);
+    }
+
+    #[test]
     fn probe_cidr_must_not_overlap_vpc() {
         let id = crate::plan::test_identity("i-1", "eni-1", "vpc-1");
         let mut config = Config::default();

@@ -37,6 +37,9 @@ pub struct PeerShared {
     pub gone: HashSet<InstanceId>,
     /// A peer we do not know spoke: refresh the list.
     pub refresh_wanted: bool,
+    /// Woken when a peer's status changes, so adoption need not wait for
+    /// the next round.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl PeerShared {
@@ -84,6 +87,7 @@ pub async fn peers_loop(
     ));
 
     let interval = config.peers.interval;
+    let wake = lock(&shared).wake.clone();
     let mut throttle = LogThrottle::default();
     let mut seq: u64 = 0;
     let mut next_refresh = Instant::now();
@@ -234,6 +238,7 @@ pub async fn peers_loop(
 
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
             changed = status.changed() => {
                 if changed.is_err() {
                     tokio::time::sleep(interval).await;
@@ -357,6 +362,11 @@ async fn receive(
         if !s.peers.iter().any(|p| p.instance == msg.instance) {
             s.refresh_wanted = true;
         }
-        s.view.record(&msg, started.elapsed());
+        let now = started.elapsed();
+        let before = s.view.fresh(&msg.instance, now, Duration::MAX);
+        s.view.record(&msg, now);
+        if before != Some(msg.status) {
+            s.wake.notify_one();
+        }
     }
 }

@@ -1284,6 +1284,8 @@ pub struct MeterReport {
 }
 
 impl Meter {
+    /// Send a request every `every`, each on its own (so a slow or lost one
+    /// does not delay the next), from inside `ns`.
     fn start(ns: &Netns, server: Ipv4Addr, every: Duration) -> Meter {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
@@ -1297,24 +1299,33 @@ impl Meter {
                     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(|e| e.to_string())
                 });
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             if entered.is_err() {
                 return;
             }
-            let mut next = started;
-            while !st.load(Ordering::Relaxed) {
-                let at = started.elapsed();
-                let seen = one_request(server, every.max(Duration::from_millis(250)) * 2);
-                sm.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Sample { at, seen });
-                next += every;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                } else {
-                    next = now;
+            rt.block_on(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut inflight = tokio::task::JoinSet::new();
+                while !st.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let at = started.elapsed();
+                    let sm = sm.clone();
+                    inflight.spawn(async move {
+                        let seen = one_request(server, Duration::from_secs(1)).await;
+                        sm.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Sample { at, seen });
+                    });
+                    while inflight.try_join_next().is_some() {}
                 }
-            }
+                while inflight.join_next().await.is_some() {}
+            });
         });
         Meter {
             stop,
@@ -1345,18 +1356,25 @@ impl Drop for Meter {
     }
 }
 
-fn one_request(server: Ipv4Addr, timeout: Duration) -> Option<Ipv4Addr> {
-    let mut s =
-        std::net::TcpStream::connect_timeout(&SocketAddr::from((server, WHOAMI_PORT)), timeout)
+async fn one_request(server: Ipv4Addr, timeout: Duration) -> Option<Ipv4Addr> {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(SocketAddr::from((server, WHOAMI_PORT)))
+            .await
             .ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.trim().parse().ok()
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        buf.trim().parse().ok()
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten()
 }
 
-/// Summarise samples: losses, the longest gap between answers, sources seen.
+/// Summarise samples (in any order): losses, the longest gap between
+/// answered requests' send times, sources seen.
 pub fn summarize(samples: &[Sample]) -> MeterReport {
+    let mut samples = samples.to_vec();
+    samples.sort_by_key(|s| s.at);
+    let samples = &samples[..];
     let mut r = MeterReport {
         sent: samples.len(),
         ..MeterReport::default()
