@@ -69,13 +69,14 @@ pub async fn peers_loop(
     let Some(deployment) = deployment(&asg, &me, &config).await else {
         return;
     };
-    let socket = match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.peers.port)))
-        .await
-    {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            error!(port = config.peers.port, error = %e, "cannot open the peer heartbeat port; peer failover is off");
-            return;
+    // The port may still be held by a predecessor that is shutting down.
+    let socket = loop {
+        match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.peers.port))).await {
+            Ok(s) => break Arc::new(s),
+            Err(e) => {
+                error!(port = config.peers.port, error = %e, "cannot open the peer heartbeat port; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
         }
     };
     info!(deployment = %deployment, port = config.peers.port, "peer failover on");
@@ -113,6 +114,16 @@ pub async fn peers_loop(
                         }
                     }
                     s.gone.extend(departed);
+                    // Forget a departed peer once its AZ has a NAT again, so
+                    // the list does not grow with every replacement.
+                    let gone = s.gone.clone();
+                    let live_azs: HashSet<String> = peers
+                        .iter()
+                        .filter(|p| !gone.contains(&p.instance))
+                        .map(|p| p.az.clone())
+                        .collect();
+                    peers.retain(|p| !gone.contains(&p.instance) || !live_azs.contains(&p.az));
+                    s.gone.retain(|id| peers.iter().any(|p| &p.instance == id));
                     s.peers = peers;
                     s.refresh_wanted = false;
                     let after: Vec<InstanceId> =

@@ -177,3 +177,40 @@ async fn chaos_partition_moves_no_route() {
     assert_eq!(r.route_changes, 0, "{}", r.human());
     assert_eq!(r.lost, 0, "{}", r.human());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_with_handoff_moves_routes_first() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    opts.handoff_on_stop = true;
+    let lab = Lab::build(opts).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let peer_eni = lab.nat(1).unwrap().instance.eni;
+    let meter = lab.meter(0, Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // systemctl stop: the daemon hands AZ 0's routes to AZ 1, drains, exits 0.
+    let status = lab.terminate_daemon(0).unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        lab.route_target(0).await.unwrap(),
+        Some(peer_eni),
+        "routes were handed over before the exit"
+    );
+    // The lab's systemd starts it again; it takes its routes back.
+    lab.wait_converged(Duration::from_secs(30)).await.unwrap();
+    let r = meter.finish();
+    assert_eq!(r.lost, 0, "{r:?}");
+    assert_eq!(
+        r.sources.len(),
+        2,
+        "AZ 1's address while handed over: {r:?}"
+    );
+    assert!(
+        lab.nat_log(0)
+            .contains("planned exit: handing this AZ's routes to a peer")
+    );
+}

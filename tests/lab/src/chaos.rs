@@ -166,6 +166,18 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    // Scenarios that end with AZ 0's instance replaced have not recovered
+    // before that has happened.
+    let before = lab.nat(0).map(|n| n.instance.id);
+    let replaced_by_end = matches!(
+        scenario,
+        Scenario::TerminateInstance
+            | Scenario::StopForwarding
+            | Scenario::ScaleIn
+            | Scenario::SpotInterruption
+            | Scenario::InstanceRefresh
+            | Scenario::AzOutage
+    );
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
     let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -178,7 +190,8 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         watching.clone(),
     ));
     inject(&lab, scenario, opts.timeout).await?;
-    let recovered = wait_recovered(&lab, &meters[0], injected, opts.timeout).await;
+    let replaced = || !replaced_by_end || lab.nat(0).map(|n| n.instance.id) != before;
+    let recovered = wait_recovered(&lab, &meters[0], injected, opts.timeout, &replaced).await;
     // A little more steady state, so a relapse would show.
     tokio::time::sleep(Duration::from_secs(1)).await;
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -288,14 +301,16 @@ async fn lab_ok(lab: &Lab) -> bool {
     true
 }
 
-/// Recovered: every AZ on its own running NAT with egress, and the
-/// affected AZ's meter answering steadily for 2 s. Effects can take a
-/// moment to show, so at least 3 s are watched.
+/// Recovered: the scenario has run its course (`done`: e.g. the instance
+/// was replaced), every AZ is on its own running NAT with its Elastic IP,
+/// and the affected AZ's meter has answered steadily for 2 s. Effects can
+/// take a moment to show, so at least 3 s are watched.
 async fn wait_recovered(
     lab: &Lab,
     meter: &crate::lab::Meter,
     injected: Instant,
     timeout: Duration,
+    done: &dyn Fn() -> bool,
 ) -> bool {
     let steady = Duration::from_secs(2);
     while injected.elapsed() < timeout {
@@ -308,7 +323,7 @@ async fn wait_recovered(
         let quiet = r
             .last_failure
             .is_none_or(|f| now.saturating_sub(f) >= steady);
-        if quiet && lab_ok(lab).await {
+        if quiet && done() && lab_ok(lab).await {
             return true;
         }
     }

@@ -78,6 +78,8 @@ pub struct LabOptions {
     pub failover: String,
     /// `peers.failback`: `immediate` (default) or `drain:<duration>`.
     pub failback: String,
+    /// `exit.handoff_on_stop`.
+    pub handoff_on_stop: bool,
 }
 
 impl LabOptions {
@@ -95,6 +97,7 @@ impl LabOptions {
             capabilities: "net_admin,sys_admin".into(),
             failover: "peer".into(),
             failback: "immediate".into(),
+            handoff_on_stop: false,
         }
     }
 }
@@ -446,7 +449,8 @@ impl Lab {
             let n = nats[i]
                 .as_mut()
                 .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
-            n.died_at = Some(Instant::now());
+            // Like systemd, restart only once the stopping process exited.
+            n.died_at = None;
             n.daemon
                 .take()
                 .ok_or_else(|| anyhow!("daemon not running"))?
@@ -456,6 +460,9 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = child.try_wait()? {
+                if let Some(n) = self.shared.nats()[i].as_mut() {
+                    n.died_at = Some(Instant::now());
+                }
                 return Ok(st);
             }
             if Instant::now() > deadline {
@@ -1007,7 +1014,8 @@ pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
          [routes]\nreconcile_interval = \"{}\"\n\n[kernel]\nconverge_interval = \"2s\"\n\
          conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n\n\
-         [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\n\
+         [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
+         handoff_on_stop = {}\n\n\
          [aws]\nimds_timeout = \"20s\"\n",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
@@ -1018,6 +1026,7 @@ pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
         humantime::format_duration(o.reconcile_interval),
         o.failover,
         o.failback,
+        o.handoff_on_stop,
     )
 }
 
