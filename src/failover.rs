@@ -5,7 +5,8 @@
 //!
 //! API use stays low: the peer list is refreshed every
 //! `routes.reconcile_interval` (or when an unknown peer speaks), EC2 is asked
-//! about a silent peer at most once a second and only while it is silent,
+//! about a silent peer only while it is silent, backing off from 1 s to the
+//! reconcile interval while EC2 says it still runs,
 //! and a dead peer's AZ is re-read at most once a second until adopted,
 //! then once per reconcile interval. Failures are logged and retried; peer
 //! failover never stops the daemon.
@@ -92,7 +93,8 @@ pub async fn peers_loop(
     let mut throttle = LogThrottle::default();
     let mut seq: u64 = 0;
     let mut next_refresh = Instant::now();
-    let mut checked: HashMap<InstanceId, Instant> = HashMap::new();
+    // Per silent peer: when EC2 may be asked next, and the current backoff.
+    let mut checked: HashMap<InstanceId, (Instant, Duration)> = HashMap::new();
     let mut adopted: HashMap<InstanceId, Instant> = HashMap::new();
     let mut known_dead: HashSet<InstanceId> = HashSet::new();
     loop {
@@ -190,21 +192,18 @@ pub async fn peers_loop(
         }
         known_dead.retain(|id| decision.dead.contains(id));
 
-        // Silence is only a suspicion: ask EC2 (at most once a second each).
+        // Silence is only a suspicion: ask EC2. The first question comes at
+        // once; while EC2 keeps saying the peer runs (a partition, a peer
+        // with failover off), the next waits 1 s, 2 s, 4 s… up to the
+        // reconcile interval, so a peer that never speaks costs little.
+        checked.retain(|id, _| decision.suspects.contains(id));
         let due: Vec<InstanceId> = decision
             .suspects
             .iter()
-            .filter(|id| {
-                checked
-                    .get(*id)
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-            })
+            .filter(|id| checked.get(*id).is_none_or(|(at, _)| Instant::now() >= *at))
             .cloned()
             .collect();
         if !due.is_empty() {
-            for id in &due {
-                checked.insert(id.clone(), Instant::now());
-            }
             match ec2.instances(&due).await {
                 Ok(infos) => {
                     let mut s = lock(&shared);
@@ -214,6 +213,10 @@ pub async fn peers_loop(
                             info!(peer = %id, "silent peer confirmed gone by EC2");
                             s.gone.insert(id.clone());
                         }
+                        let backoff = checked.get(id).map_or(Duration::from_secs(1), |(_, b)| {
+                            (*b * 2).min(config.routes.reconcile_interval)
+                        });
+                        checked.insert(id.clone(), (Instant::now() + backoff, backoff));
                     }
                 }
                 Err(e) => {
