@@ -230,6 +230,18 @@ mod tests {
         );
     }
 
+    /// [`decide`] for a NAT in `az`, with `dead_after` = 2 s.
+    fn decide_in(
+        az: &str,
+        status: Status,
+        peers: &[Peer],
+        view: &View,
+        gone: &HashSet<InstanceId>,
+        now: Duration,
+    ) -> Decision {
+        decide(&me(az), status, peers, view, gone, now, S * 2)
+    }
+
     fn ids(v: &[Peer]) -> Vec<&str> {
         v.iter().map(|p| p.instance.0.as_str()).collect()
     }
@@ -264,28 +276,19 @@ mod tests {
         heard(&mut view, "i-a", "az-a", Status::Failing, S * 10);
         heard(&mut view, "i-c", "az-c", Status::Ok, S * 10);
         // b is next after a: b adopts, c does not.
-        let d = decide(
-            &me("az-b"),
-            Status::Ok,
-            &peers,
-            &view,
-            &HashSet::new(),
-            S * 10,
-            S * 2,
-        );
+        let d = decide_in("az-b", Status::Ok, &peers, &view, &HashSet::new(), S * 10);
         assert_eq!(ids(&d.adopt), vec!["i-a"]);
         // Seen from c, with b healthy: c leaves it to b.
         let peers_c = [peer("i-a", "az-a"), peer("i-me-b", "az-b")];
         let mut view_c = view.clone();
         heard(&mut view_c, "i-me-b", "az-b", Status::Ok, S * 10);
-        let d = decide(
-            &me("az-c"),
+        let d = decide_in(
+            "az-c",
             Status::Ok,
             &peers_c,
             &view_c,
             &HashSet::new(),
             S * 10,
-            S * 2,
         );
         assert!(d.adopt.is_empty());
         assert_eq!(d.dead, vec![InstanceId("i-a".into())]);
@@ -298,26 +301,10 @@ mod tests {
         let mut view = View::default();
         heard(&mut view, "i-c", "az-c", Status::Exiting, S);
         heard(&mut view, "i-b", "az-b", Status::Ok, S);
-        let d = decide(
-            &me("az-a"),
-            Status::Ok,
-            &peers,
-            &view,
-            &HashSet::new(),
-            S,
-            S * 2,
-        );
+        let d = decide_in("az-a", Status::Ok, &peers, &view, &HashSet::new(), S);
         assert_eq!(ids(&d.adopt), vec!["i-c"]);
         // If a is not forwarding itself, b is the only healthy one: b adopts.
-        let d = decide(
-            &me("az-a"),
-            Status::Failing,
-            &peers,
-            &view,
-            &HashSet::new(),
-            S,
-            S * 2,
-        );
+        let d = decide_in("az-a", Status::Failing, &peers, &view, &HashSet::new(), S);
         assert!(d.adopt.is_empty());
     }
 
@@ -327,20 +314,12 @@ mod tests {
         let mut view = View::default();
         heard(&mut view, "i-a", "az-a", Status::Ok, S);
         // Partition: silent for 10 s, but EC2 says it runs.
-        let d = decide(
-            &me("az-b"),
-            Status::Ok,
-            &peers,
-            &view,
-            &HashSet::new(),
-            S * 11,
-            S * 2,
-        );
+        let d = decide_in("az-b", Status::Ok, &peers, &view, &HashSet::new(), S * 11);
         assert!(d.adopt.is_empty());
         assert_eq!(d.suspects, vec![InstanceId("i-a".into())]);
         // EC2 confirms it is gone: adopt.
         let gone: HashSet<InstanceId> = [InstanceId("i-a".into())].into();
-        let d = decide(&me("az-b"), Status::Ok, &peers, &view, &gone, S * 11, S * 2);
+        let d = decide_in("az-b", Status::Ok, &peers, &view, &gone, S * 11);
         assert_eq!(ids(&d.adopt), vec!["i-a"]);
     }
 
@@ -350,11 +329,11 @@ mod tests {
         let mut view = View::default();
         heard(&mut view, "i-new", "az-a", Status::Ok, S);
         let gone: HashSet<InstanceId> = [InstanceId("i-old".into())].into();
-        let d = decide(&me("az-b"), Status::Ok, &peers, &view, &gone, S, S * 2);
+        let d = decide_in("az-b", Status::Ok, &peers, &view, &gone, S);
         assert!(d.adopt.is_empty());
         // A replacement still starting does not count: keep serving the AZ.
         heard(&mut view, "i-new", "az-a", Status::Starting, S);
-        let d = decide(&me("az-b"), Status::Ok, &peers, &view, &gone, S, S * 2);
+        let d = decide_in("az-b", Status::Ok, &peers, &view, &gone, S);
         assert_eq!(ids(&d.adopt), vec!["i-old"]);
     }
 
@@ -364,15 +343,7 @@ mod tests {
         let mut view = View::default();
         heard(&mut view, "i-a", "az-a", Status::Failing, S);
         for status in [Status::Starting, Status::Failing, Status::Exiting] {
-            let d = decide(
-                &me("az-b"),
-                status,
-                &peers,
-                &view,
-                &HashSet::new(),
-                S,
-                S * 2,
-            );
+            let d = decide_in("az-b", status, &peers, &view, &HashSet::new(), S);
             assert!(d.adopt.is_empty(), "{status}");
         }
     }

@@ -15,6 +15,15 @@ async fn lab() -> Lab {
     Lab::build(opts).await.expect("lab builds")
 }
 
+/// A lab whose daemon has started and serves its AZ, and that NAT.
+async fn serving_lab() -> (Lab, hanat_lab::lab::NatInfo) {
+    let lab = lab().await;
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(30)).await.unwrap();
+    let nat = lab.nat(0).unwrap();
+    (lab, nat)
+}
+
 fn plan(lab: &Lab) -> String {
     let nat = lab.nat(0).unwrap();
     let out = lab
@@ -118,10 +127,7 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
-    let lab = lab().await;
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(30)).await.unwrap();
-    let nat = lab.nat(0).unwrap();
+    let (lab, nat) = serving_lab().await;
     let log = || std::fs::read_to_string(&nat.log_path).unwrap_or_default();
 
     // Someone turns forwarding off: the daemon turns it back on, and the
@@ -189,10 +195,7 @@ async fn kill_and_restart_lose_no_request() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
-    let lab = lab().await;
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(30)).await.unwrap();
-    let nat = lab.nat(0).unwrap();
+    let (lab, nat) = serving_lab().await;
     let log = || std::fs::read_to_string(&nat.log_path).unwrap_or_default();
     let meter = lab.meter(0, Duration::from_millis(50));
     tokio::time::sleep(Duration::from_secs(1)).await;
