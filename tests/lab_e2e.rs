@@ -214,3 +214,50 @@ async fn stop_with_handoff_moves_routes_first() {
             .contains("planned exit: handing this AZ's routes to a peer")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_drain_leaves_routes_with_the_adopter_for_a_while() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    opts.failback = "drain:4s".into();
+    let lab = Lab::build(opts).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let old = lab.nat(0).unwrap().instance.id;
+    let peer_eni = lab.nat(1).unwrap().instance.eni;
+    lab.terminate_instance(0).await.unwrap();
+
+    // The replacement boots and proves it forwards; the peer keeps the
+    // routes for the drain, then the replacement takes them.
+    lab.wait_for(
+        "the replacement to say it drains",
+        Duration::from_secs(30),
+        || async {
+            Ok(lab.nat(0).is_some_and(|n| n.instance.id != old)
+                && lab
+                    .nat_log(0)
+                    .contains("draining the adopter's connections before taking routes back"))
+        },
+    )
+    .await
+    .unwrap();
+    let held_since = std::time::Instant::now();
+    assert_eq!(
+        lab.route_target(0).await.unwrap(),
+        Some(peer_eni.clone()),
+        "still with the adopter"
+    );
+    lab.wait_for("failback", Duration::from_secs(20), || async {
+        Ok(lab.route_target(0).await? != Some(peer_eni.clone()))
+    })
+    .await
+    .unwrap();
+    let held = held_since.elapsed();
+    assert!(
+        held >= Duration::from_secs(2),
+        "taken back after only {held:?} of a 4 s drain"
+    );
+    lab.wait_converged(Duration::from_secs(20)).await.unwrap();
+}
