@@ -129,10 +129,6 @@ impl View {
             .filter(|(at, _)| now.saturating_sub(*at) < fresh)
             .map(|(_, s)| *s)
     }
-
-    pub fn heard_of(&self, id: &InstanceId) -> bool {
-        self.heard.contains_key(id)
-    }
 }
 
 /// What to do about the peers this round.

@@ -146,8 +146,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn identity(config: &Config) -> Result<Identity, Failure> {
-    identity_with_retry(&Imds::from_env(), config.aws.imds_timeout)
+async fn identity(imds: &Imds, config: &Config) -> Result<Identity, Failure> {
+    identity_with_retry(imds, config.aws.imds_timeout)
         .await
         .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))
 }
@@ -185,13 +185,14 @@ async fn shutdown_signal() {
 }
 
 async fn run(config: Config) -> Result<(), Failure> {
-    let identity = identity(&config).await?;
+    let imds = Imds::from_env();
+    let identity = identity(&imds, &config).await?;
     let interface = interface(&config, &identity).await?;
     let sdk = hanat::aws::sdk_config(&identity.region, &config.aws).await;
     let deps = Deps {
         ec2: Ec2::new(&sdk),
         autoscaling: AutoScaling::new(&sdk),
-        imds: Imds::from_env(),
+        imds,
         identity,
         interface,
         notifier: Notifier::from_env(),
@@ -207,7 +208,7 @@ async fn run(config: Config) -> Result<(), Failure> {
 }
 
 async fn plan(config: Config) -> Result<(), Failure> {
-    let identity = identity(&config).await?;
+    let identity = identity(&Imds::from_env(), &config).await?;
     println!(
         "instance {} in {} ({}), VPC {} {:?}, ENI {}",
         identity.instance_id,

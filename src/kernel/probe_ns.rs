@@ -77,12 +77,3 @@ pub async fn ensure(name: &str, cidr: &Ipv4Cidr) -> Result<(), KernelError> {
     .await?;
     Ok(())
 }
-
-/// Remove the probe namespace and its veth (used by tests and `hanat` never
-/// on its own: leaving it in place is what makes restarts seamless).
-pub async fn remove(name: &str) -> Result<(), KernelError> {
-    if netns_path(name).exists() {
-        run("ip", &["netns", "del", name], None).await?;
-    }
-    Ok(())
-}

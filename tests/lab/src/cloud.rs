@@ -364,21 +364,6 @@ impl Cloud {
             .ok_or_else(|| anyhow!("{instance} is not in an Auto Scaling group"))
     }
 
-    /// Private IP of an ENI (what the VPC router forwards to).
-    pub async fn eni_ip(&self, eni: &str) -> Result<Option<String>> {
-        let out = self
-            .ec2
-            .describe_network_interfaces()
-            .network_interface_ids(eni)
-            .send()
-            .await;
-        Ok(out.ok().and_then(|o| {
-            o.network_interfaces()
-                .first()
-                .and_then(|n| n.private_ip_address().map(str::to_owned))
-        }))
-    }
-
     /// The group's in-service, healthy instance.
     pub async fn group_instance(&self, group: &str) -> Result<Instance> {
         let out = self
@@ -426,17 +411,6 @@ impl Cloud {
             .ok_or_else(|| anyhow!("no allocation id"))?;
         let ip = out.public_ip().ok_or_else(|| anyhow!("no public ip"))?;
         Ok((alloc.to_owned(), ip.to_owned()))
-    }
-
-    pub async fn associate_address(&self, allocation: &str, instance: &str) -> Result<()> {
-        self.ec2
-            .associate_address()
-            .allocation_id(allocation)
-            .instance_id(instance)
-            .allow_reassociation(true)
-            .send()
-            .await?;
-        Ok(())
     }
 
     /// Every associated Elastic IP: (moto public address, holder), where
