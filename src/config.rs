@@ -4,6 +4,7 @@
 //! every error names the file, the key and the problem, so an operator can fix
 //! a typo without reading source. No I/O beyond reading the one file.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -185,6 +186,33 @@ pub struct Peers {
     /// The tag on the Auto Scaling groups that marks one deployment; peers
     /// are the groups with the same value as ours.
     pub group_tag: String,
+    /// Per AZ, a managed NAT Gateway to point the AZ's private routes at
+    /// when no NAT instance of the deployment is healthy to serve it; a NAT
+    /// instance takes the routes back as soon as it is healthy.
+    pub fallback_nat_gateway_id: BTreeMap<String, NatGatewayId>,
+}
+
+/// The id of a managed NAT Gateway (`nat-…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatGatewayId(pub String);
+
+impl<'de> Deserialize<'de> for NatGatewayId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let hex = s.strip_prefix("nat-").unwrap_or_default();
+        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(serde::de::Error::custom(format!(
+                "`{s}` is not a NAT Gateway id like nat-0123456789abcdef0"
+            )));
+        }
+        Ok(NatGatewayId(s))
+    }
+}
+
+impl std::fmt::Display for NatGatewayId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Default for Peers {
@@ -196,6 +224,7 @@ impl Default for Peers {
             interval: Duration::from_millis(250),
             dead_after: Duration::from_secs(1),
             group_tag: "hanat:stack".into(),
+            fallback_nat_gateway_id: BTreeMap::new(),
         }
     }
 }
@@ -578,8 +607,28 @@ rise = 2
     }
 
     #[test]
+    fn fallback_nat_gateways_by_az() {
+        let c = parse(
+            "[peers.fallback_nat_gateway_id]\n\"eu-west-1a\" = \"nat-0abc\"\n\"eu-west-1b\" = \"nat-0def\"",
+        )
+        .unwrap();
+        let ids: Vec<(&str, &str)> = c
+            .peers
+            .fallback_nat_gateway_id
+            .iter()
+            .map(|(az, id)| (az.as_str(), id.0.as_str()))
+            .collect();
+        assert_eq!(ids, [("eu-west-1a", "nat-0abc"), ("eu-west-1b", "nat-0def")]);
+        assert!(Config::default().peers.fallback_nat_gateway_id.is_empty());
+    }
+
+    #[test]
     fn errors_name_file_key_and_problem() {
         let cases: &[(&str, &str)] = &[
+            (
+                "[peers.fallback_nat_gateway_id]\n\"eu-west-1a\" = \"igw-0abc\"",
+                "hanat.toml: peers.fallback_nat_gateway_id.eu-west-1a: `igw-0abc` is not a NAT Gateway id",
+            ),
             (
                 "[heartbeat]\nintervall = \"1s\"",
                 "hanat.toml: heartbeat.intervall: unknown field `intervall`, expected one of",

@@ -143,27 +143,34 @@ pub async fn observe_az(
     })
 }
 
-/// Apply one plan; every action is tried, the first error is returned.
+/// Apply one plan made by [`plan`] or [`crate::plan::plan_with`]: routes
+/// point at this NAT.
 pub async fn apply(ec2: &Ec2, identity: &Identity, plan: &Plan) -> Result<(), AwsError> {
+    apply_to(ec2, &RouteTarget::Eni(identity.eni.clone()), plan).await
+}
+
+/// Apply one plan, pointing routes at `to`; every action is tried, the
+/// first error is returned.
+pub async fn apply_to(ec2: &Ec2, to: &RouteTarget, plan: &Plan) -> Result<(), AwsError> {
     let mut first_err = None;
     for action in &plan.actions {
         let result = match action {
             Action::CreateRoute { route_table } => {
-                match ec2.create_default_route(route_table, &identity.eni).await {
+                match ec2.create_default_route(route_table, to).await {
                     // Someone created one since we looked: replace it instead.
                     Err(e) if e.code.as_deref() == Some("RouteAlreadyExists") => {
-                        ec2.replace_default_route(route_table, &identity.eni).await
+                        ec2.replace_default_route(route_table, to).await
                     }
                     other => other,
                 }
             }
             Action::ReplaceRoute { route_table, .. } => {
-                ec2.replace_default_route(route_table, &identity.eni).await
+                ec2.replace_default_route(route_table, to).await
             }
             Action::DisableSourceDestCheck { eni } => ec2.disable_source_dest_check(eni).await,
         };
         match result {
-            Ok(()) => info!(action = %action, eni = %identity.eni, "applied"),
+            Ok(()) => info!(action = %action, to = %to, "applied"),
             Err(e) => {
                 error!(action = %action, error = %e, "failed; will retry");
                 first_err.get_or_insert(e);
@@ -356,7 +363,8 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
 
 /// Keep only what this NAT may do now: nothing but the source/destination
 /// check until its own forwarding is proven (`Ok`); and with
-/// `failback = drain:D`, routes held by a healthy peer only `D` after that.
+/// `failback = drain:D`, routes held by a healthy peer or a fallback NAT
+/// Gateway only `D` after that.
 fn gate(
     mut plan: Plan,
     status: Status,
@@ -372,6 +380,11 @@ fn gate(
             blackhole: false,
             ..
         } if drain_left => !live_peer_enis.contains(e),
+        Action::ReplaceRoute {
+            from: RouteTarget::NatGateway(_),
+            blackhole: false,
+            ..
+        } => !drain_left,
         _ => true,
     });
     let held = before - plan.actions.len();
@@ -507,6 +520,15 @@ async fn routes_loop(
                 .lock()
                 .map(|p| p.live_enis(started.elapsed(), config.peers.dead_after))
                 .unwrap_or_default();
+            // This NAT cannot serve its AZ and no peer is healthy to adopt
+            // it: the AZ's fallback NAT Gateway stands in, if there is one.
+            if matches!(now_status, Status::Failing | Status::Exiting) && live.is_empty() {
+                let az = &identity.availability_zone;
+                let moved = failover::fall_back(&ec2, &identity, &config, az, &live).await?;
+                if let Some(n) = moved.filter(|n| *n > 0) {
+                    warn!(routes = n, status = %now_status, "no healthy peer to take this AZ: pointed its routes at the fallback NAT Gateway");
+                }
+            }
             let (plan, held) = gate(plan, now_status, drain_left, &live);
             if held > 0 {
                 let why = if now_status == Status::Ok {
@@ -722,20 +744,30 @@ mod tests {
             ],
             findings: vec![],
         };
+        let from_gateway = Action::ReplaceRoute {
+            route_table: rt(),
+            from: RouteTarget::NatGateway("nat-1".into()),
+            blackhole: false,
+        };
+        let plan = Plan {
+            actions: [plan.actions, vec![from_gateway.clone()]].concat(),
+            ..plan
+        };
         let live = [EniId("eni-peer".into())];
         // Not proven yet: only the source/destination check.
         for status in [Status::Starting, Status::Failing, Status::Exiting] {
             let (p, held) = gate(plan.clone(), status, false, &live);
             assert_eq!(p.actions, vec![sdc.clone()], "{status}");
-            assert_eq!(held, 3);
+            assert_eq!(held, 4);
         }
-        // Proven, draining: everything but the route a live peer holds.
+        // Proven, draining: everything but the routes a live peer or the
+        // fallback NAT Gateway holds.
         let (p, held) = gate(plan.clone(), Status::Ok, true, &live);
         assert_eq!(
             p.actions,
             vec![from_dead.clone(), create.clone(), sdc.clone()]
         );
-        assert_eq!(held, 1);
+        assert_eq!(held, 2);
         // Proven, drain over (or immediate failback): everything.
         let (p, held) = gate(plan.clone(), Status::Ok, false, &live);
         assert_eq!(p.actions, plan.actions);

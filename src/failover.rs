@@ -24,10 +24,10 @@ use tracing::{error, info, warn};
 use crate::aws::autoscaling::AutoScaling;
 use crate::aws::ec2::{Ec2, Route, RouteTarget};
 use crate::config::Config;
-use crate::daemon::{LogThrottle, apply, observe_az};
+use crate::daemon::{LogThrottle, apply, apply_to, observe_az};
 use crate::domain::{EniId, Identity, InstanceId};
 use crate::peers::{Message, Peer, Status, View, decide};
-use crate::plan::plan_with;
+use crate::plan::{plan_to, plan_with};
 
 /// What the peers loop knows, shared with the routes loop (for failback).
 #[derive(Debug, Default)]
@@ -248,6 +248,29 @@ pub async fn peers_loop(
             };
             adopted.insert(dead.instance.clone(), Instant::now() + retry);
         }
+        for dead in decision.fallback {
+            if adopted
+                .get(&dead.instance)
+                .is_some_and(|t| Instant::now() < *t)
+            {
+                continue;
+            }
+            let live = lock(&shared).live_enis(started.elapsed(), config.peers.dead_after);
+            let retry = match fall_back(&ec2, &me, &config, &dead.az, &live).await {
+                Ok(Some(n)) => {
+                    if n > 0 {
+                        warn!(peer = %dead.instance, az = %dead.az, routes = n, "no healthy NAT instance can adopt a dead peer's AZ: pointed its routes at the AZ's fallback NAT Gateway");
+                    }
+                    config.routes.reconcile_interval
+                }
+                Ok(None) => config.routes.reconcile_interval,
+                Err(e) => {
+                    error!(peer = %dead.instance, az = %dead.az, error = %e, "fallback to the NAT Gateway failed; will retry");
+                    Duration::from_secs(1)
+                }
+            };
+            adopted.insert(dead.instance.clone(), Instant::now() + retry);
+        }
         adopted.retain(|id, _| peers_now.iter().any(|p| &p.instance == id));
 
         tokio::select! {
@@ -344,10 +367,65 @@ async fn adopt(
     let observed = observe_az(ec2, me, config, &dead.az, false).await?;
     let dead_eni = RouteTarget::Eni(dead.eni.clone());
     let dead_instance = RouteTarget::Instance(dead.instance.clone());
-    let may_take = |r: &Route| r.blackhole || r.target == dead_eni || r.target == dead_instance;
+    // A fallback NAT Gateway only stands in until a NAT instance is healthy.
+    let fallback = config
+        .peers
+        .fallback_nat_gateway_id
+        .get(&dead.az)
+        .map(|n| RouteTarget::NatGateway(n.0.clone()));
+    let may_take = |r: &Route| {
+        r.blackhole
+            || r.target == dead_eni
+            || r.target == dead_instance
+            || Some(&r.target) == fallback.as_ref()
+    };
     let plan = plan_with(me, &observed, &may_take);
     apply(ec2, me, &plan).await?;
     Ok(plan.actions.len())
+}
+
+/// Point `az`'s private routes at its fallback NAT Gateway, taking only
+/// routes that are blackholes or point at an instance that is not a healthy
+/// peer (`live`). `None` when the AZ has no usable fallback (not
+/// configured, or EC2 says it is not an available gateway of our VPC: then
+/// routes are left alone, with a warning).
+pub async fn fall_back(
+    ec2: &Ec2,
+    me: &Identity,
+    config: &Config,
+    az: &str,
+    live: &[EniId],
+) -> Result<Option<usize>, crate::AwsError> {
+    let Some(id) = config.peers.fallback_nat_gateway_id.get(az) else {
+        return Ok(None);
+    };
+    match ec2.nat_gateway(&id.0).await? {
+        Some((state, vpc)) if state == "available" && vpc == me.vpc_id => {}
+        found => {
+            let what = match found {
+                None => "does not exist".to_owned(),
+                Some((_, vpc)) if vpc != me.vpc_id => {
+                    format!("is in {vpc}, not in this NAT's {}", me.vpc_id)
+                }
+                Some((state, _)) => format!("is {state}, not available"),
+            };
+            warn!(az, nat_gateway = %id, "peers.fallback_nat_gateway_id: the NAT Gateway {what}; leaving the AZ's routes as they are");
+            return Ok(None);
+        }
+    }
+    let observed = observe_az(ec2, me, config, az, false).await?;
+    let may_take = |r: &Route| {
+        r.blackhole
+            || match &r.target {
+                RouteTarget::Eni(e) => !live.contains(e),
+                RouteTarget::Instance(_) => true,
+                RouteTarget::NatGateway(_) | RouteTarget::Other(_) => false,
+            }
+    };
+    let to = RouteTarget::NatGateway(id.0.clone());
+    let plan = plan_to(me, &observed, &to, &may_take);
+    apply_to(ec2, &to, &plan).await?;
+    Ok(Some(plan.actions.len()))
 }
 
 fn lock(s: &Mutex<PeerShared>) -> std::sync::MutexGuard<'_, PeerShared> {

@@ -10,6 +10,8 @@
 //! it in name order (wrapping) that has one. Route changes are planned by
 //! [`crate::plan::plan_with`] so they only take routes that point at the
 //! dead peer, are blackholes or are missing: a stale decision is harmless.
+//! When no NAT is healthy at all, one daemon that still runs points the
+//! orphaned AZ at its fallback NAT Gateway (if configured) instead.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -140,6 +142,9 @@ pub struct Decision {
     pub suspects: Vec<InstanceId>,
     /// Dead peers, whoever adopts them (for logs).
     pub dead: Vec<InstanceId>,
+    /// Dead peers whose AZ no healthy NAT can adopt and that this daemon
+    /// must point at the AZ's fallback NAT Gateway, if it has one.
+    pub fallback: Vec<Peer>,
 }
 
 /// Decide adoptions. `gone`: peers EC2 says are not running (or that left
@@ -167,6 +172,23 @@ pub fn decide(
         healthy.push((me.availability_zone.as_str(), &me.instance_id));
     }
     healthy.sort();
+    // Daemons still running, whatever their verdict: when no NAT is
+    // healthy, one of them points an orphaned AZ at its fallback NAT Gateway.
+    let mut running: Vec<(&str, &InstanceId)> = peers
+        .iter()
+        .filter(|p| {
+            !gone.contains(&p.instance)
+                && matches!(
+                    view.fresh(&p.instance, now, dead_after),
+                    Some(Status::Starting | Status::Ok | Status::Failing)
+                )
+        })
+        .map(|p| (p.az.as_str(), &p.instance))
+        .collect();
+    if my_status != Status::Exiting {
+        running.push((me.availability_zone.as_str(), &me.instance_id));
+    }
+    running.sort();
     for p in peers {
         let said = view.fresh(&p.instance, now, dead_after);
         let dead =
@@ -180,6 +202,18 @@ pub fn decide(
         d.dead.push(p.instance.clone());
         // An AZ that has another healthy NAT (a replacement) needs no adopter.
         if healthy.iter().any(|(az, _)| *az == p.az) {
+            continue;
+        }
+        if healthy.is_empty() {
+            // The AZ's own daemon, if it still runs, does this itself;
+            // otherwise the next running one in the ring.
+            let actor = running.iter().find(|(az, _)| *az >= p.az.as_str());
+            if actor
+                .or(running.first())
+                .is_some_and(|(_, id)| **id == me.instance_id)
+            {
+                d.fallback.push(p.clone());
+            }
             continue;
         }
         let after = healthy.iter().find(|(az, _)| *az > p.az.as_str());
@@ -331,6 +365,47 @@ mod tests {
         heard(&mut view, "i-new", "az-a", Status::Starting, S);
         let d = decide_in("az-b", Status::Ok, &peers, &view, &gone, S);
         assert_eq!(ids(&d.adopt), vec!["i-old"]);
+    }
+
+    #[test]
+    fn with_no_healthy_nat_one_running_daemon_falls_back() {
+        // a is gone, b fails, c fails: nobody can adopt a. The first running
+        // daemon at or after az-a in the ring (b) points it at the fallback.
+        let gone: HashSet<InstanceId> = [InstanceId("i-a".into())].into();
+        let peers = [peer("i-a", "az-a"), peer("i-c", "az-c")];
+        let mut view = View::default();
+        heard(&mut view, "i-c", "az-c", Status::Failing, S);
+        let d = decide_in("az-b", Status::Failing, &peers, &view, &gone, S);
+        assert!(d.adopt.is_empty());
+        assert_eq!(ids(&d.fallback), vec!["i-a"]);
+        // c leaves a to b; c's own AZ is c's to fall back (it still runs).
+        let peers_c = [peer("i-a", "az-a"), peer("i-b", "az-b")];
+        let mut view_c = View::default();
+        heard(&mut view_c, "i-b", "az-b", Status::Failing, S);
+        let d = decide_in("az-c", Status::Failing, &peers_c, &view_c, &gone, S);
+        assert!(d.fallback.is_empty());
+        // A failing peer's own AZ is left to that peer.
+        let d = decide_in("az-b", Status::Failing, &peers, &view, &HashSet::new(), S);
+        assert!(d.fallback.is_empty());
+        // An exiting daemon acts for nobody; the next running one does.
+        let d = decide_in("az-b", Status::Exiting, &peers, &view, &gone, S);
+        assert!(d.fallback.is_empty());
+        // The wrap: only a running daemon before the dead AZ.
+        let peers_z = [peer("i-z", "az-z")];
+        let gone_z: HashSet<InstanceId> = [InstanceId("i-z".into())].into();
+        let d = decide_in(
+            "az-a",
+            Status::Starting,
+            &peers_z,
+            &View::default(),
+            &gone_z,
+            S,
+        );
+        assert_eq!(ids(&d.fallback), vec!["i-z"]);
+        // As soon as one NAT is healthy, it adopts instead.
+        heard(&mut view, "i-c", "az-c", Status::Ok, S);
+        let d = decide_in("az-b", Status::Failing, &peers, &view, &gone, S);
+        assert!(d.fallback.is_empty() && d.adopt.is_empty());
     }
 
     #[test]

@@ -126,13 +126,12 @@ pub struct Plan {
     pub findings: Vec<Finding>,
 }
 
-/// Whether a default route already points at this instance.
-fn points_at_us(target: &RouteTarget, id: &Identity) -> bool {
-    match target {
-        RouteTarget::Eni(e) => *e == id.eni,
-        RouteTarget::Instance(i) => *i == id.instance_id,
-        _ => false,
-    }
+/// Whether a default route already points at `to` (for this instance's
+/// interface, pointing at the instance counts too).
+fn points_at(target: &RouteTarget, to: &RouteTarget, id: &Identity) -> bool {
+    target == to
+        || (*to == RouteTarget::Eni(id.eni.clone())
+            && *target == RouteTarget::Instance(id.instance_id.clone()))
 }
 
 /// Decide what to change so this NAT owns its AZ's private routes.
@@ -146,6 +145,17 @@ pub fn plan(id: &Identity, observed: &Observed) -> Plan {
 /// passes "points at the dead peer, or is a blackhole", so a route that a
 /// healthy NAT owns is never taken.
 pub fn plan_with(id: &Identity, observed: &Observed, may_take: &dyn Fn(&Route) -> bool) -> Plan {
+    plan_to(id, observed, &RouteTarget::Eni(id.eni.clone()), may_take)
+}
+
+/// [`plan_with`], pointing the routes at `to` instead of this NAT (a
+/// fallback NAT Gateway).
+pub fn plan_to(
+    id: &Identity,
+    observed: &Observed,
+    to: &RouteTarget,
+    may_take: &dyn Fn(&Route) -> bool,
+) -> Plan {
     let tagged: BTreeSet<&SubnetId> = observed.tagged_subnets.iter().collect();
     let mut out = Plan::default();
     let mut covered: BTreeSet<&SubnetId> = BTreeSet::new();
@@ -191,7 +201,7 @@ pub fn plan_with(id: &Identity, observed: &Observed, may_take: &dyn Fn(&Route) -
             None => out.actions.push(Action::CreateRoute {
                 route_table: rt.id.clone(),
             }),
-            Some(r) if points_at_us(&r.target, id) && !r.blackhole => {}
+            Some(r) if points_at(&r.target, to, id) && !r.blackhole => {}
             Some(r) if !may_take(r) => {}
             Some(r) => out.actions.push(Action::ReplaceRoute {
                 route_table: rt.id.clone(),

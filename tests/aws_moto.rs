@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use hanat::aws::autoscaling::AutoScaling;
-use hanat::aws::ec2::Ec2;
+use hanat::aws::ec2::{Ec2, RouteTarget};
 use hanat::aws::imds::Imds as ImdsClient;
-use hanat::config::Config;
+use hanat::config::{Config, NatGatewayId};
 use hanat::daemon::{apply, observe};
 use hanat::domain::{EniId, Identity, InstanceId, SubnetId, VpcId};
 use hanat::plan::{Action, Finding, plan};
@@ -241,6 +241,75 @@ async fn discovery_takeover_and_takeback_touch_only_our_tables() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
+    let moto = Moto::start().unwrap();
+    let w = world(&moto).await;
+    let (ec2, _) = adapters(&moto).await;
+    let before = decoy_routes(&w).await;
+    let public = w.me.subnet_id.0.clone();
+    let (gateway, _) = w.cloud.nat_gateway(&public).await.unwrap();
+    let az = w.me.availability_zone.clone();
+    let mut config = Config::default();
+    let fallback = |config: &mut Config, id: &str| {
+        config
+            .peers
+            .fallback_nat_gateway_id
+            .insert(az.clone(), NatGatewayId(id.into()));
+    };
+    // rt1 points at us (we are failing), rt2 at a healthy peer.
+    w.cloud
+        .set_default_route(&w.ours[0], DefaultTarget::Eni(&w.me.eni.0))
+        .await
+        .unwrap();
+    w.cloud
+        .set_default_route(&w.ours[1], DefaultTarget::Eni(&w.other_nat_eni))
+        .await
+        .unwrap();
+    let live = [EniId(w.other_nat_eni.clone())];
+
+    // Not configured, unknown, or another VPC's gateway: nothing moves.
+    let targets = || async {
+        let mut v = Vec::new();
+        for rt in &w.ours {
+            v.push(w.cloud.default_route(rt).await.unwrap().unwrap().0);
+        }
+        v
+    };
+    let start = targets().await;
+    let none = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
+    assert_eq!(none.unwrap(), None);
+    fallback(&mut config, "nat-0000000000000dead");
+    let unknown = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
+    assert_eq!(unknown.unwrap(), None);
+    let vpc2 = w.cloud.vpc("10.9.0.0/16").await.unwrap();
+    let subnet2 = w.cloud.subnet(&vpc2, "10.9.0.0/24", &az, &[]).await.unwrap();
+    let (foreign_gateway, _) = w.cloud.nat_gateway(&subnet2).await.unwrap();
+    fallback(&mut config, &foreign_gateway);
+    let foreign = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
+    assert_eq!(foreign.unwrap(), None);
+    assert_eq!(targets().await, start);
+
+    // Our VPC's gateway: it takes our route, not the healthy peer's.
+    fallback(&mut config, &gateway);
+    let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
+    assert_eq!(moved.unwrap(), Some(1));
+    assert_eq!(targets().await, vec![gateway.clone(), w.other_nat_eni.clone()]);
+    // With no healthy peer at all, the other route follows; again: no-op.
+    let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &[]).await;
+    assert_eq!(moved.unwrap(), Some(1));
+    assert_eq!(targets().await, vec![gateway.clone(), gateway.clone()]);
+    let again = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &[]).await;
+    assert_eq!(again.unwrap(), Some(0));
+    assert_eq!(decoy_routes(&w).await, before, "decoy tables unchanged");
+
+    // Healthy again, the NAT takes its routes back from the gateway.
+    let p = plan(&w.me, &observe(&ec2, &w.me, &config).await.unwrap());
+    apply(&ec2, &w.me, &p).await.unwrap();
+    assert_eq!(targets().await, vec![w.me.eni.0.clone(), w.me.eni.0.clone()]);
+    assert_eq!(decoy_routes(&w).await, before, "decoy tables still unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_tag_selects_other_subnets() {
     let moto = Moto::start().unwrap();
     let w = world(&moto).await;
@@ -286,7 +355,7 @@ async fn aws_errors_carry_operation_resource_and_code() {
     let err = ec2
         .replace_default_route(
             &hanat::domain::RouteTableId("rtb-00000000000000000".into()),
-            &EniId("eni-00000000000000000".into()),
+            &RouteTarget::Eni(EniId("eni-00000000000000000".into())),
         )
         .await
         .unwrap_err();

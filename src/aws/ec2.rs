@@ -161,38 +161,81 @@ impl Ec2 {
         Ok(out)
     }
 
-    /// Create `0.0.0.0/0 → eni` in a table that has no default route.
+    /// Create `0.0.0.0/0 → to` in a table that has no default route.
     pub async fn create_default_route(
         &self,
         rt: &RouteTableId,
-        eni: &EniId,
+        to: &RouteTarget,
     ) -> Result<(), AwsError> {
-        self.client
+        let req = self
+            .client
             .create_route()
             .route_table_id(&rt.0)
-            .destination_cidr_block(DEFAULT_ROUTE)
-            .network_interface_id(&eni.0)
-            .send()
+            .destination_cidr_block(DEFAULT_ROUTE);
+        let req = match to {
+            RouteTarget::Eni(e) => req.network_interface_id(&e.0),
+            RouteTarget::Instance(i) => req.instance_id(&i.0),
+            RouteTarget::NatGateway(n) => req.nat_gateway_id(n),
+            RouteTarget::Other(g) => req.gateway_id(g),
+        };
+        req.send()
             .await
             .map_err(|e| AwsError::from_sdk("CreateRoute", &rt.0, e))?;
         Ok(())
     }
 
-    /// Point an existing `0.0.0.0/0` at `eni`.
+    /// Point an existing `0.0.0.0/0` at `to`.
     pub async fn replace_default_route(
         &self,
         rt: &RouteTableId,
-        eni: &EniId,
+        to: &RouteTarget,
     ) -> Result<(), AwsError> {
-        self.client
+        let req = self
+            .client
             .replace_route()
             .route_table_id(&rt.0)
-            .destination_cidr_block(DEFAULT_ROUTE)
-            .network_interface_id(&eni.0)
-            .send()
+            .destination_cidr_block(DEFAULT_ROUTE);
+        let req = match to {
+            RouteTarget::Eni(e) => req.network_interface_id(&e.0),
+            RouteTarget::Instance(i) => req.instance_id(&i.0),
+            RouteTarget::NatGateway(n) => req.nat_gateway_id(n),
+            RouteTarget::Other(g) => req.gateway_id(g),
+        };
+        req.send()
             .await
             .map_err(|e| AwsError::from_sdk("ReplaceRoute", &rt.0, e))?;
         Ok(())
+    }
+
+    /// The state (`available`, `deleted`…) and VPC of a NAT Gateway;
+    /// `None` if EC2 does not know it.
+    pub async fn nat_gateway(&self, id: &str) -> Result<Option<(String, VpcId)>, AwsError> {
+        let out = self
+            .client
+            .describe_nat_gateways()
+            .nat_gateway_ids(id)
+            .send()
+            .await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                let e = AwsError::from_sdk("DescribeNatGateways", id, e);
+                if e.code.as_deref().is_some_and(|c| c.contains("NotFound")) {
+                    return Ok(None);
+                }
+                return Err(e);
+            }
+        };
+        Ok(out
+            .nat_gateways()
+            .iter()
+            .find(|n| n.nat_gateway_id() == Some(id))
+            .map(|n| {
+                (
+                    n.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    VpcId(n.vpc_id().unwrap_or_default().to_owned()),
+                )
+            }))
     }
 
     /// Whether source/destination checking is on for `eni`.

@@ -284,6 +284,7 @@ impl Cloud {
                 match target {
                     DefaultTarget::Eni(e) => $req.network_interface_id(e),
                     DefaultTarget::Gateway(g) => $req.gateway_id(g),
+                    DefaultTarget::NatGateway(n) => $req.nat_gateway_id(n),
                 }
             };
         }
@@ -413,6 +414,24 @@ impl Cloud {
         Ok((alloc.to_owned(), ip.to_owned()))
     }
 
+    /// A managed NAT Gateway in `subnet` with a new Elastic IP:
+    /// (gateway id, moto's public address of its Elastic IP).
+    pub async fn nat_gateway(&self, subnet: &str) -> Result<(String, String)> {
+        let (alloc, ip) = self.allocate_address(&[]).await?;
+        let out = self
+            .ec2
+            .create_nat_gateway()
+            .subnet_id(subnet)
+            .allocation_id(alloc)
+            .send()
+            .await?;
+        let id = out
+            .nat_gateway()
+            .and_then(|n| n.nat_gateway_id())
+            .ok_or_else(|| anyhow!("no NAT gateway id"))?;
+        Ok((id.to_owned(), ip))
+    }
+
     /// Every associated Elastic IP: (moto public address, holder), where
     /// the holder is an instance id or, when associated by interface, an
     /// ENI id.
@@ -533,4 +552,5 @@ impl Cloud {
 pub enum DefaultTarget<'a> {
     Eni(&'a str),
     Gateway(&'a str),
+    NatGateway(&'a str),
 }
