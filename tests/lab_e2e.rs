@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use hanat_lab::chaos::{self, ChaosOptions, Scenario};
-use hanat_lab::lab::{Lab, LabOptions};
+use hanat_lab::lab::{Lab, LabOptions, elastic_ip, nat_gateway_public_ip};
 
 fn options(azs: usize) -> LabOptions {
     let mut o = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
@@ -266,4 +266,39 @@ async fn failback_drain_leaves_routes_with_the_adopter_for_a_while() {
         "taken back after only {held:?} of a 4 s drain"
     );
     lab.wait_converged(Duration::from_secs(20)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_lone_az_falls_back_to_its_nat_gateway() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    // One AZ, no peer: its NAT Gateway carries the AZ from the moment the
+    // NAT fails until the replacement (booting 8 s) has proven itself.
+    let run = |s: Scenario| async move {
+        let mut lab = options(1);
+        lab.fallback_nat_gateway = true;
+        lab.boot_delay = Duration::from_secs(8);
+        let opts = ChaosOptions {
+            lab,
+            timeout: Duration::from_secs(90),
+            every: Duration::from_millis(50),
+        };
+        let r = chaos::run(s, opts).await.unwrap();
+        eprintln!("{}", r.json());
+        assert!(r.recovered, "{}", r.human());
+        r
+    };
+    let (eip, gateway) = (elastic_ip(0), nat_gateway_public_ip(0));
+    let r = run(Scenario::StopForwarding).await;
+    assert_eq!(r.sources, vec![eip, gateway], "{}", r.human());
+    assert!(r.source_ip_changes >= 2, "{}", r.human());
+    assert!(r.route_changes >= 2, "{}", r.human());
+    // Well under the 8 s boot of the replacement.
+    assert!(r.outage_ms < 6_000, "{}", r.human());
+    // A planned exit hands the routes to the gateway before forwarding
+    // stops: at most a request caught mid-handshake at each route switch.
+    let r = run(Scenario::ScaleIn).await;
+    assert_eq!(r.sources, vec![eip, gateway], "{}", r.human());
+    assert!(r.lost <= r.route_changes, "{}", r.human());
 }

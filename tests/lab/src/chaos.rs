@@ -96,15 +96,23 @@ pub struct Report {
     pub source_ip_changes: usize,
     /// How often any private route's target changed in the control plane.
     pub route_changes: usize,
+    /// Source addresses the internet saw from AZ 0, in the order first seen.
+    pub sources: Vec<std::net::Ipv4Addr>,
     pub events: Vec<String>,
 }
 
 impl Report {
     pub fn json(&self) -> String {
         let events: Vec<String> = self.events.iter().map(|e| json_string(e)).collect();
+        let sources: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| json_string(&s.to_string()))
+            .collect();
         format!(
             "{{\"scenario\":\"{}\",\"azs\":{},\"recovered\":{},\"outage_ms\":{},\"lost\":{},\"sent\":{},\
-             \"recovery_ms\":{},\"source_ip_changes\":{},\"route_changes\":{},\"events\":[{}]}}",
+             \"recovery_ms\":{},\"source_ip_changes\":{},\"route_changes\":{},\"sources\":[{}],\
+             \"events\":[{}]}}",
             self.scenario.name(),
             self.azs,
             self.recovered,
@@ -114,6 +122,7 @@ impl Report {
             self.recovery_ms,
             self.source_ip_changes,
             self.route_changes,
+            sources.join(","),
             events.join(",")
         )
     }
@@ -135,6 +144,8 @@ impl Report {
             self.source_ip_changes,
             self.route_changes
         );
+        let sources: Vec<String> = self.sources.iter().map(ToString::to_string).collect();
+        s.push_str(&format!("  AZ 0 seen as: {}\n", sources.join(" then ")));
         for e in &self.events {
             s.push_str(&format!("  {e}\n"));
         }
@@ -223,6 +234,7 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         recovery_ms,
         source_ip_changes: reports.iter().map(|r| r.source_changes).sum(),
         route_changes,
+        sources: affected.sources.clone(),
         events,
     })
 }

@@ -7,15 +7,21 @@
 //!  NAT ns (ENI MAC + IP) ── bp{i} ─┘ VPC      1:1 NAT    │   source they saw
 //!   hanat, IMDSv2 emulator,          router   private ↔ public (Elastic IP)
 //!   moto proxy 127.0.0.1:4566
+//!  NAT Gateway ns 10.0.(2i).250 ── bp{i}   (with --fallback-nat-gateway)
 //! ```
 //! - The **router** forwards each private subnet by *its route table in
 //!   moto* (polled every 100 ms): a route to the ENI of a live NAT goes to
-//!   that ENI's address; no route, a blackhole, or an ENI whose instance is
-//!   gone is unreachable (what AWS shows as a blackhole).
+//!   that ENI's address, a route to the AZ's NAT Gateway to its namespace;
+//!   no route, a blackhole, or an ENI whose instance is gone is unreachable
+//!   (what AWS shows as a blackhole).
 //! - The **internet gateway** maps each NAT's private address 1:1 to its
 //!   public address: its Elastic IP when moto says one is associated (moto's
-//!   127.x addresses are mapped to 198.51.100.x), otherwise an auto-assigned
-//!   192.0.2.x; unmapped sources are dropped, as on AWS.
+//!   127.x addresses are mapped to 198.51.100.10+i, NAT Gateways' to
+//!   198.51.100.20+i), otherwise an auto-assigned 192.0.2.x; unmapped
+//!   sources are dropped, as on AWS. It is synced just before the router,
+//!   so an address claimed before a route moved is in place first.
+//! - A **NAT Gateway** (optional, one per AZ) is moto's resource plus a
+//!   namespace on the public subnet that masquerades the VPC.
 //! - **Auto Scaling** is played by the lab: an instance set Unhealthy is
 //!   terminated; a terminated instance is replaced by moto's group, and the
 //!   lab materialises the replacement (namespace, IMDS, daemon) after
@@ -57,6 +63,16 @@ pub const MOTO_PROXY_PORT: u16 = 4566;
 /// Tag on the Elastic IPs of the pool (value: the AZ).
 pub const EIP_POOL_TAG: &str = "hanat:pool";
 
+/// The lab's address for AZ `i`'s Elastic IP (moto's are 127.x).
+pub fn elastic_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 10 + i as u8)
+}
+
+/// The lab's address for the Elastic IP of AZ `i`'s NAT Gateway.
+pub fn nat_gateway_public_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 20 + i as u8)
+}
+
 /// How the lab is built and behaves.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -80,6 +96,9 @@ pub struct LabOptions {
     pub failback: String,
     /// `exit.handoff_on_stop`.
     pub handoff_on_stop: bool,
+    /// Give every AZ a managed NAT Gateway (moto, with a data plane) and
+    /// name it in `peers.fallback_nat_gateway_id`.
+    pub fallback_nat_gateway: bool,
 }
 
 impl LabOptions {
@@ -98,6 +117,7 @@ impl LabOptions {
             failover: "peer".into(),
             failback: "immediate".into(),
             handoff_on_stop: false,
+            fallback_nat_gateway: false,
         }
     }
 }
@@ -114,6 +134,20 @@ pub struct Az {
     pub host_ip: Ipv4Addr,
     /// The AZ's Elastic IP: (allocation id, lab public address).
     pub eip: (String, Ipv4Addr),
+    /// The AZ's fallback NAT Gateway, if the lab has them.
+    pub nat_gateway: Option<NatGateway>,
+    _nat_gateway_ns: Option<Netns>,
+}
+
+/// A managed NAT Gateway: moto's resource, and a namespace that
+/// masquerades like one.
+#[derive(Debug, Clone)]
+pub struct NatGateway {
+    pub id: String,
+    /// Its address in the public subnet (the lab's choice, not moto's).
+    pub private_ip: Ipv4Addr,
+    /// The lab's address for its Elastic IP.
+    pub public_ip: Ipv4Addr,
 }
 
 /// A NAT instance: a namespace with the ENI's address and MAC, its own
@@ -234,6 +268,8 @@ struct Shared {
     events: Mutex<Vec<(Instant, String)>>,
     /// AZs that are down, until when.
     az_down: Mutex<HashMap<usize, Instant>>,
+    /// Per AZ (name), its fallback NAT Gateway.
+    gateways: Vec<(String, NatGateway)>,
 }
 
 impl Shared {
@@ -314,7 +350,7 @@ impl Lab {
 
         // Control plane: the project's own CloudFormation template, deployed
         // into moto exactly as an operator would deploy it on AWS.
-        let (vpc, azs, eip_public) = deploy_vpc(&cloud, &prefix, &rtr, opts.azs).await?;
+        let (vpc, azs, eip_public) = deploy_vpc(&cloud, &prefix, &rtr, &opts).await?;
         let igw_id = cloud.vpc_internet_gateway(&vpc).await?;
         for a in &azs {
             let table = 100 + a.index;
@@ -344,6 +380,10 @@ impl Lab {
             auto_public: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
             az_down: Mutex::new(HashMap::new()),
+            gateways: azs
+                .iter()
+                .filter_map(|a| a.nat_gateway.clone().map(|g| (a.name.clone(), g)))
+                .collect(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut lab = Lab {
@@ -377,16 +417,9 @@ impl Lab {
         lab.tasks
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tokio::spawn(router_sync(
+            .push(tokio::spawn(plane_sync(
                 shared.clone(),
                 tables,
-                stop.clone(),
-            )));
-        lab.tasks
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tokio::spawn(igw_sync(
-                shared.clone(),
                 lab.igw.name.clone(),
                 stop.clone(),
             )));
@@ -810,8 +843,9 @@ async fn deploy_vpc(
     cloud: &Cloud,
     prefix: &str,
     rtr: &Netns,
-    azs: usize,
+    opts: &LabOptions,
 ) -> Result<(String, Vec<Az>, HashMap<String, Ipv4Addr>)> {
+    let azs = opts.azs;
     let ami = cloud.image().await?;
     let deployed = azs.max(2);
     let n = deployed.to_string();
@@ -898,7 +932,7 @@ async fn deploy_vpc(
                 ],
             )
             .await?;
-        let lab_ip = Ipv4Addr::new(198, 51, 100, 10 + i as u8);
+        let lab_ip = elastic_ip(i);
         eip_public.insert(eips[i].clone(), lab_ip);
 
         // Router side: a bridge for the public subnet (NATs come and go), a
@@ -915,6 +949,20 @@ async fn deploy_vpc(
         let table = 100 + i;
         rtr.ip(&format!("rule add iif prv{i} lookup {table} pref {table}"))?;
         rtr.ip(&format!("route add unreachable default table {table}"))?;
+        let (nat_gateway, nat_gateway_ns) = match opts.fallback_nat_gateway {
+            true => {
+                let (id, moto_ip) = cloud.nat_gateway(&public[i]).await?;
+                let gw = NatGateway {
+                    id,
+                    private_ip: Ipv4Addr::new(10, 0, (2 * i) as u8, 250),
+                    public_ip: nat_gateway_public_ip(i),
+                };
+                eip_public.insert(moto_ip, gw.public_ip);
+                let ns = nat_gateway_plane(rtr, prefix, i, &gw)?;
+                (Some(gw), Some(ns))
+            }
+            false => (None, None),
+        };
         out_azs.push(Az {
             index: i,
             name,
@@ -925,9 +973,34 @@ async fn deploy_vpc(
             host,
             host_ip,
             eip: (allocations[i].clone(), lab_ip),
+            nat_gateway,
+            _nat_gateway_ns: nat_gateway_ns,
         });
     }
     Ok((vpc, out_azs, eip_public))
+}
+
+/// AZ `i`'s NAT Gateway data plane: a namespace on the public subnet that
+/// masquerades the VPC to its own address (the internet gateway maps that
+/// to the gateway's Elastic IP).
+fn nat_gateway_plane(rtr: &Netns, prefix: &str, i: usize, gw: &NatGateway) -> Result<Netns> {
+    let ns = Netns::new(&format!("{prefix}-gw{i}"))?;
+    veth(rtr, &format!("gw{i}"), &ns, "eth0")?;
+    rtr.ip(&format!("link set gw{i} master bp{i}"))?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+    ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+    ns.ip(&format!("addr add {}/24 dev eth0", gw.private_ip))?;
+    ns.ip(&format!("route add default via 10.0.{}.1", 2 * i))?;
+    ns.exec(
+        "nft",
+        &[&format!(
+            "add table ip labnatgw; add chain ip labnatgw post {{ type nat hook postrouting \
+             priority srcnat; policy accept; }}; add rule ip labnatgw post \
+             ip saddr {VPC_CIDR} ip daddr != {VPC_CIDR} masquerade"
+        )],
+    )?;
+    Ok(ns)
 }
 
 /// Remove AZ `i`'s NAT (namespace and daemon) and terminate it in moto
@@ -988,7 +1061,10 @@ async fn launch_nat(shared: &Shared, i: usize, instance: Instance) -> Result<Nat
     let probe_namespace = format!("{prefix}-p{i}g{n}");
     let config_path = shared.dir.join(format!("nat-{i}-{n}.toml"));
     let log_path = shared.dir.join(format!("nat-{i}-{n}.log"));
-    std::fs::write(&config_path, daemon_config(&shared.opts, &probe_namespace))?;
+    std::fs::write(
+        &config_path,
+        daemon_config(&shared.opts, &probe_namespace, &shared.gateways),
+    )?;
     shared.event(format!("az{i}: {} materialised", instance.id));
     Ok(Nat {
         instance,
@@ -1004,7 +1080,15 @@ async fn launch_nat(shared: &Shared, i: usize, instance: Instance) -> Result<Nat
 }
 
 /// The config the lab gives every daemon.
-pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
+pub fn daemon_config(
+    o: &LabOptions,
+    probe_namespace: &str,
+    gateways: &[(String, NatGateway)],
+) -> String {
+    let fallbacks: String = gateways
+        .iter()
+        .map(|(az, g)| format!("\"{az}\" = \"{}\"\n", g.id))
+        .collect();
     let targets: Vec<String> = SERVERS
         .iter()
         .map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\""))
@@ -1016,7 +1100,7 @@ pub fn daemon_config(o: &LabOptions, probe_namespace: &str) -> String {
          conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
-         [aws]\nimds_timeout = \"20s\"\n",
+         [aws]\nimds_timeout = \"20s\"\n\n[peers.fallback_nat_gateway_id]\n{fallbacks}",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
         humantime::format_duration(o.heartbeat_interval * 4 / 5),
@@ -1062,98 +1146,125 @@ async fn proxy(listener: std::net::TcpListener, port: u16) {
     }
 }
 
-/// Keep the router's per-AZ tables in line with the route tables in moto.
-async fn router_sync(shared: Arc<Shared>, tables: Vec<(usize, String)>, stop: Arc<AtomicBool>) {
-    let mut applied: HashMap<usize, String> = HashMap::new();
+/// Keep the data plane in line with moto, every 100 ms: first the internet
+/// gateway's 1:1 NAT (Elastic IP associations), then the router's per-AZ
+/// tables (route tables). In that order, so an address claimed before a
+/// route moved is in place before traffic follows the route.
+async fn plane_sync(
+    shared: Arc<Shared>,
+    tables: Vec<(usize, String)>,
+    igw: String,
+    stop: Arc<AtomicBool>,
+) {
+    let mut routes: HashMap<usize, String> = HashMap::new();
+    let mut rules = String::new();
     while !stop.load(Ordering::Relaxed) {
-        // Live ENIs: those of materialised NATs.
-        let live: HashMap<String, String> = shared
-            .nats()
-            .iter()
-            .flatten()
-            .map(|n| (n.instance.eni.clone(), n.instance.private_ip.clone()))
-            .collect();
-        for (i, rt) in &tables {
-            let Ok(route) = shared.cloud.default_route(rt).await else {
-                continue;
-            };
-            let want = match route {
-                Some((target, state)) if state != "blackhole" => match live.get(&target) {
-                    Some(ip) => format!("default via {ip}"),
-                    None => "unreachable default".into(),
-                },
-                _ => "unreachable default".into(),
-            };
-            if applied.get(i) != Some(&want) {
-                let cmd = format!("-n {} route replace {want} table {}", shared.rtr, 100 + i);
-                if crate::netns::ip(&cmd).is_ok() {
-                    applied.insert(*i, want);
-                }
-            }
-        }
+        igw_step(&shared, &igw, &mut rules).await;
+        router_step(&shared, &tables, &mut routes).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Keep the internet gateway's 1:1 NAT in line with moto's Elastic IP
-/// associations and the live instances.
-async fn igw_sync(shared: Arc<Shared>, igw: String, stop: Arc<AtomicBool>) {
-    let mut applied = String::new();
-    while !stop.load(Ordering::Relaxed) {
-        let instances: Vec<Instance> = shared
-            .nats()
+/// The router forwards each private subnet by its route table in moto.
+async fn router_step(
+    shared: &Shared,
+    tables: &[(usize, String)],
+    applied: &mut HashMap<usize, String>,
+) {
+    // Live ENIs: those of materialised NATs.
+    let live: HashMap<String, String> = shared
+        .nats()
+        .iter()
+        .flatten()
+        .map(|n| (n.instance.eni.clone(), n.instance.private_ip.clone()))
+        .collect();
+    let gateway = |id: &str| {
+        shared
+            .gateways
             .iter()
-            .flatten()
-            .map(|n| n.instance.clone())
-            .collect();
-        let Ok(assoc) = shared.cloud.address_associations().await else {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            .find(|(_, g)| g.id == id)
+            .map(|(_, g)| g.private_ip.to_string())
+    };
+    for (i, rt) in tables {
+        let Ok(route) = shared.cloud.default_route(rt).await else {
             continue;
         };
-        let mut map: Vec<(String, Ipv4Addr)> = Vec::new();
-        for inst in &instances {
-            let eip = assoc
-                .iter()
-                .find(|(_, holder)| holder == &inst.id || holder == &inst.eni)
-                .and_then(|(moto_ip, _)| shared.eip_public.get(moto_ip).copied());
-            let public = match eip {
-                Some(ip) => {
-                    shared
-                        .auto_public
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&inst.id);
-                    ip
+        let want = match route {
+            Some((target, state)) if state != "blackhole" => {
+                match live.get(&target).cloned().or_else(|| gateway(&target)) {
+                    Some(ip) => format!("default via {ip}"),
+                    None => "unreachable default".into(),
                 }
-                None => {
-                    let mut auto = shared.auto_public.lock().unwrap_or_else(|p| p.into_inner());
-                    let next = Ipv4Addr::new(192, 0, 2, 10 + auto.len() as u8);
-                    *auto.entry(inst.id.clone()).or_insert(next)
-                }
-            };
-            map.push((inst.private_ip.clone(), public));
-        }
-        let rules = igw_ruleset(&map);
-        if rules != applied {
-            let ok = std::process::Command::new("ip")
-                .args(["netns", "exec", &igw, "nft", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .and_then(|mut c| {
-                    use std::io::Write;
-                    if let Some(mut i) = c.stdin.take() {
-                        i.write_all(rules.as_bytes())?;
-                    }
-                    c.wait()
-                })
-                .is_ok_and(|s| s.success());
-            if ok {
-                applied = rules;
+            }
+            _ => "unreachable default".into(),
+        };
+        if applied.get(i) != Some(&want) {
+            let cmd = format!("-n {} route replace {want} table {}", shared.rtr, 100 + i);
+            if crate::netns::ip(&cmd).is_ok() {
+                applied.insert(*i, want);
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The internet gateway maps each live instance (and NAT Gateway) 1:1 to
+/// its public address: its Elastic IP if moto has one associated, else an
+/// auto-assigned one.
+async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
+    let instances: Vec<Instance> = shared
+        .nats()
+        .iter()
+        .flatten()
+        .map(|n| n.instance.clone())
+        .collect();
+    let Ok(assoc) = shared.cloud.address_associations().await else {
+        return;
+    };
+    let mut map: Vec<(String, Ipv4Addr)> = Vec::new();
+    for inst in &instances {
+        let eip = assoc
+            .iter()
+            .find(|(_, holder)| holder == &inst.id || holder == &inst.eni)
+            .and_then(|(moto_ip, _)| shared.eip_public.get(moto_ip).copied());
+        let public = match eip {
+            Some(ip) => {
+                shared
+                    .auto_public
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&inst.id);
+                ip
+            }
+            None => {
+                let mut auto = shared.auto_public.lock().unwrap_or_else(|p| p.into_inner());
+                let next = Ipv4Addr::new(192, 0, 2, 10 + auto.len() as u8);
+                *auto.entry(inst.id.clone()).or_insert(next)
+            }
+        };
+        map.push((inst.private_ip.clone(), public));
+    }
+    for (_, g) in &shared.gateways {
+        map.push((g.private_ip.to_string(), g.public_ip));
+    }
+    let rules = igw_ruleset(&map);
+    if rules != *applied {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", igw, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                if let Some(mut i) = c.stdin.take() {
+                    i.write_all(rules.as_bytes())?;
+                }
+                c.wait()
+            })
+            .is_ok_and(|s| s.success());
+        if ok {
+            *applied = rules;
+        }
     }
 }
 

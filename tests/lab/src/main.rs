@@ -27,6 +27,9 @@ commands:
 options:
   --azs N            availability zones, 1-3 (default 2)
   --boot-delay D     Auto Scaling launch to daemon start (default 20s)
+  --fallback-nat-gateway
+                     give every AZ a managed NAT Gateway and name it in
+                     peers.fallback_nat_gateway_id
   --timeout D        chaos: give up waiting for recovery (default 120s)
   --hanat PATH       the hanat binary (default: next to hanat-lab, built if missing)
   --json             chaos: print one JSON object
@@ -45,6 +48,7 @@ struct Args {
     json: bool,
     runs: usize,
     scenarios: Option<String>,
+    fallback_nat_gateway: bool,
 }
 
 fn parse() -> Result<Option<Args>> {
@@ -59,6 +63,7 @@ fn parse() -> Result<Option<Args>> {
         json: false,
         runs: 10,
         scenarios: None,
+        fallback_nat_gateway: false,
     };
     let duration = |v: Option<String>, flag: &str| -> Result<Duration> {
         let v = v.with_context(|| format!("{flag} needs a value"))?;
@@ -83,6 +88,7 @@ fn parse() -> Result<Option<Args>> {
             "--timeout" => a.timeout = duration(it.next(), "--timeout")?,
             "--hanat" => a.hanat = Some(it.next().context("--hanat needs a path")?.into()),
             "--json" => a.json = true,
+            "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
             "--runs" => {
                 let v = it.next().context("--runs needs a number")?;
                 a.runs = v
@@ -142,6 +148,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.boot_delay = a.boot_delay;
     o.heartbeat_interval = Duration::from_millis(500);
     o.grace = Duration::from_secs(30);
+    o.fallback_nat_gateway = a.fallback_nat_gateway;
     Ok(o)
 }
 
