@@ -254,6 +254,83 @@ async fn vpc_template_deploys_with_two_and_three_azs() {
     check_vpc_stack(&cloud, "three", 3, true).await;
 }
 
+/// Run the launch template's user data with `/etc/hanat` moved to a
+/// temporary directory and `systemctl` a no-op; the config it wrote.
+async fn config_from_user_data(cloud: &Cloud, template: &str) -> hanat::config::Config {
+    let lt = cloud
+        .ec2
+        .describe_launch_template_versions()
+        .launch_template_name(template)
+        .send()
+        .await
+        .unwrap();
+    let encoded = lt.launch_template_versions()[0]
+        .launch_template_data()
+        .and_then(|d| d.user_data())
+        .expect("user data")
+        .to_owned();
+    let decoded = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(encoded.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let script = String::from_utf8(decoded.stdout).unwrap();
+    let dir = std::env::temp_dir().join(format!("hanat-userdata-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = script
+        .replace("/etc/hanat", &dir.join("etc").display().to_string())
+        .replace("systemctl ", "true ");
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(dir.join("etc/hanat.toml")).unwrap_or_default();
+    let config = hanat::config::Config::load(&dir.join("etc/hanat.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+    config.unwrap_or_else(|e| panic!("user data writes a config hanat rejects: {e}\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_data_writes_a_config_hanat_accepts() {
+    let moto = Moto::start().unwrap();
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let ami = cloud.image().await.unwrap();
+    for (stack, fallbacks) in [
+        ("plain", ""),
+        ("fallback", "us-east-1a=nat-0abc123,us-east-1b=nat-0def456"),
+    ] {
+        cloud
+            .deploy_stack(
+                stack,
+                VPC,
+                &[
+                    ("Name", stack),
+                    ("AmiId", &ami),
+                    ("FallbackNatGateways", fallbacks),
+                ],
+            )
+            .await
+            .unwrap();
+        let config = config_from_user_data(&cloud, &format!("{stack}-nat")).await;
+        assert_eq!(config.heartbeat.targets.len(), 3, "{stack}");
+        let got: Vec<String> = config
+            .peers
+            .fallback_nat_gateway_id
+            .iter()
+            .map(|(az, id)| format!("{az}={id}"))
+            .collect();
+        assert_eq!(got.join(","), fallbacks, "{stack}");
+    }
+}
+
 #[test]
 fn what_moto_does_not_model_is_in_the_template() {
     // Public subnets give instances public addresses (moto ignores it).
@@ -287,6 +364,7 @@ fn what_moto_does_not_model_is_in_the_template() {
             "ec2:DescribeNetworkInterfaces",
             "ec2:DescribeInstances",
             "ec2:DescribeAddresses",
+            "ec2:DescribeNatGateways",
             "ec2:AssociateAddress",
             "autoscaling:DescribeAutoScalingInstances",
             "autoscaling:DescribeAutoScalingGroups",
@@ -310,7 +388,7 @@ fn what_moto_does_not_model_is_in_the_template() {
                 })
                 .count();
         assert_eq!(
-            actions, 14,
+            actions, 15,
             "{name}: no action beyond the daemon's (plus CompleteLifecycleAction for the hook)"
         );
         assert_eq!(
@@ -356,6 +434,9 @@ async fn existing_vpc_template_adds_nats_to_a_vpc() {
         vec!["hanat-nat-a".to_owned(), "hanat-nat-b".to_owned()]
     );
     assert_eq!(list(&out, "ElasticIps").len(), 2);
+    let config = config_from_user_data(&cloud, "hanat-nat").await;
+    assert_eq!(config.heartbeat.targets.len(), 3);
+    assert!(config.peers.fallback_nat_gateway_id.is_empty());
     let described = cloud
         .asg
         .describe_auto_scaling_groups()
