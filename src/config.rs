@@ -618,7 +618,10 @@ rise = 2
             .iter()
             .map(|(az, id)| (az.as_str(), id.0.as_str()))
             .collect();
-        assert_eq!(ids, [("eu-west-1a", "nat-0abc"), ("eu-west-1b", "nat-0def")]);
+        assert_eq!(
+            ids,
+            [("eu-west-1a", "nat-0abc"), ("eu-west-1b", "nat-0def")]
+        );
         assert!(Config::default().peers.fallback_nat_gateway_id.is_empty());
     }
 

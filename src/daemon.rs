@@ -274,6 +274,10 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
             .instrument(info_span!("exit")),
         )
     };
+    tokio::spawn(
+        failover::check_fallbacks(ec2.clone(), identity.clone(), config.clone())
+            .instrument(info_span!("fallback")),
+    );
     let peers = Arc::new(Mutex::new(PeerShared::default()));
     let failover = match config.peers.failover {
         Failover::Peer => Some(tokio::spawn(

@@ -399,19 +399,9 @@ pub async fn fall_back(
     let Some(id) = config.peers.fallback_nat_gateway_id.get(az) else {
         return Ok(None);
     };
-    match ec2.nat_gateway(&id.0).await? {
-        Some((state, vpc)) if state == "available" && vpc == me.vpc_id => {}
-        found => {
-            let what = match found {
-                None => "does not exist".to_owned(),
-                Some((_, vpc)) if vpc != me.vpc_id => {
-                    format!("is in {vpc}, not in this NAT's {}", me.vpc_id)
-                }
-                Some((state, _)) => format!("is {state}, not available"),
-            };
-            warn!(az, nat_gateway = %id, "peers.fallback_nat_gateway_id: the NAT Gateway {what}; leaving the AZ's routes as they are");
-            return Ok(None);
-        }
+    if let Err(what) = usable(ec2, me, &id.0).await? {
+        warn!(az, nat_gateway = %id, "peers.fallback_nat_gateway_id: the NAT Gateway {what}; leaving the AZ's routes as they are");
+        return Ok(None);
     }
     let observed = observe_az(ec2, me, config, az, false).await?;
     let may_take = |r: &Route| {
@@ -426,6 +416,44 @@ pub async fn fall_back(
     let plan = plan_to(me, &observed, &to, &may_take);
     apply_to(ec2, &to, &plan).await?;
     Ok(Some(plan.actions.len()))
+}
+
+/// Whether EC2 says the NAT Gateway is available in our VPC; if not, why.
+async fn usable(ec2: &Ec2, me: &Identity, id: &str) -> Result<Result<(), String>, crate::AwsError> {
+    Ok(match ec2.nat_gateway(id).await? {
+        Some((state, vpc)) if state == "available" && vpc == me.vpc_id => Ok(()),
+        None => Err("does not exist".to_owned()),
+        Some((_, vpc)) if vpc != me.vpc_id => {
+            Err(format!("is in {vpc}, not in this NAT's {}", me.vpc_id))
+        }
+        Some((state, _)) => Err(format!("is {state}, not available")),
+    })
+}
+
+/// At start: say which fallback NAT Gateways are usable, so a typo shows
+/// long before an outage needs one.
+pub async fn check_fallbacks(ec2: Ec2, me: Arc<Identity>, config: Arc<Config>) {
+    for (az, id) in &config.peers.fallback_nat_gateway_id {
+        let mut attempt = 0;
+        let verdict = loop {
+            match usable(&ec2, &me, &id.0).await {
+                Err(_) if attempt < 5 => {
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        match verdict {
+            Ok(Ok(())) => info!(az = %az, nat_gateway = %id, "fallback NAT Gateway available"),
+            Ok(Err(what)) => {
+                warn!(az = %az, nat_gateway = %id, "peers.fallback_nat_gateway_id: the NAT Gateway {what}; it will not be used while that lasts")
+            }
+            Err(e) => {
+                warn!(az = %az, nat_gateway = %id, error = %e, "cannot check the fallback NAT Gateway")
+            }
+        }
+    }
 }
 
 fn lock(s: &Mutex<PeerShared>) -> std::sync::MutexGuard<'_, PeerShared> {

@@ -282,7 +282,11 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
     let unknown = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
     assert_eq!(unknown.unwrap(), None);
     let vpc2 = w.cloud.vpc("10.9.0.0/16").await.unwrap();
-    let subnet2 = w.cloud.subnet(&vpc2, "10.9.0.0/24", &az, &[]).await.unwrap();
+    let subnet2 = w
+        .cloud
+        .subnet(&vpc2, "10.9.0.0/24", &az, &[])
+        .await
+        .unwrap();
     let (foreign_gateway, _) = w.cloud.nat_gateway(&subnet2).await.unwrap();
     fallback(&mut config, &foreign_gateway);
     let foreign = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
@@ -293,7 +297,10 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
     fallback(&mut config, &gateway);
     let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
     assert_eq!(moved.unwrap(), Some(1));
-    assert_eq!(targets().await, vec![gateway.clone(), w.other_nat_eni.clone()]);
+    assert_eq!(
+        targets().await,
+        vec![gateway.clone(), w.other_nat_eni.clone()]
+    );
     // With no healthy peer at all, the other route follows; again: no-op.
     let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &[]).await;
     assert_eq!(moved.unwrap(), Some(1));
@@ -305,8 +312,15 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
     // Healthy again, the NAT takes its routes back from the gateway.
     let p = plan(&w.me, &observe(&ec2, &w.me, &config).await.unwrap());
     apply(&ec2, &w.me, &p).await.unwrap();
-    assert_eq!(targets().await, vec![w.me.eni.0.clone(), w.me.eni.0.clone()]);
-    assert_eq!(decoy_routes(&w).await, before, "decoy tables still unchanged");
+    assert_eq!(
+        targets().await,
+        vec![w.me.eni.0.clone(), w.me.eni.0.clone()]
+    );
+    assert_eq!(
+        decoy_routes(&w).await,
+        before,
+        "decoy tables still unchanged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

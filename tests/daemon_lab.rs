@@ -10,8 +10,13 @@ use std::time::Duration;
 use hanat_lab::lab::{Lab, LabOptions};
 
 async fn lab() -> Lab {
+    lab_with(|_| {}).await
+}
+
+async fn lab_with(change: impl FnOnce(&mut LabOptions)) -> Lab {
     let mut opts = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
     opts.grace = Duration::from_secs(20);
+    change(&mut opts);
     Lab::build(opts).await.expect("lab builds")
 }
 
@@ -47,7 +52,8 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
-    let lab = lab().await;
+    // With a fallback NAT Gateway configured: a healthy NAT never uses it.
+    let lab = lab_with(|o| o.fallback_nat_gateway = true).await;
     let rt = lab.azs[0].private_route_table.clone();
 
     // Before the daemon: no route, no egress; `hanat plan` changes nothing.
@@ -113,9 +119,15 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
         "control: the private host listens: {direct:?}"
     );
 
-    // A healthy NAT stays Healthy.
+    // A healthy NAT stays Healthy, and says its fallback is usable.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(lab.cloud.health(&nat.instance.id).await.unwrap(), "Healthy");
+    let log = lab.nat_log(0);
+    assert!(log.contains("fallback NAT Gateway available"), "{log}");
+    assert_eq!(
+        lab.route_target(0).await.unwrap(),
+        Some(nat.instance.eni.clone())
+    );
 
     // Converged: `hanat plan` now has nothing to change.
     let p = plan(&lab);

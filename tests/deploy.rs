@@ -291,7 +291,11 @@ async fn config_from_user_data(cloud: &Cloud, template: &str) -> hanat::config::
         .args(["-c", &script])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(dir.join("etc/hanat.toml")).unwrap_or_default();
     let config = hanat::config::Config::load(&dir.join("etc/hanat.toml"));
     let _ = std::fs::remove_dir_all(&dir);
