@@ -5,18 +5,25 @@
 //! caller retries on failure (see the daemon's heartbeat). Read calls find
 //! this instance's group and the groups of the same deployment (peers).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use super::AwsError;
 use crate::domain::InstanceId;
 
 #[derive(Clone)]
 pub struct AutoScaling {
     client: aws_sdk_autoscaling::Client,
+    /// Groups found by [`AutoScaling::group_of`], shared by every clone:
+    /// the routes loop, the peers loop and the hand-off ask once between them.
+    groups: Arc<Mutex<HashMap<InstanceId, String>>>,
 }
 
 impl AutoScaling {
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
         Self {
             client: aws_sdk_autoscaling::Client::new(sdk),
+            groups: Arc::default(),
         }
     }
 
@@ -32,8 +39,12 @@ impl AutoScaling {
         Ok(())
     }
 
-    /// The group this instance belongs to, if any.
+    /// The group this instance belongs to, if any. A group once found is
+    /// remembered; "none" is not (a new instance may not show yet).
     pub async fn group_of(&self, instance: &InstanceId) -> Result<Option<String>, AwsError> {
+        if let Some(g) = self.cached(instance) {
+            return Ok(Some(g));
+        }
         let out = self
             .client
             .describe_auto_scaling_instances()
@@ -41,11 +52,23 @@ impl AutoScaling {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("DescribeAutoScalingInstances", &instance.0, e))?;
-        Ok(out
+        let group = out
             .auto_scaling_instances()
             .first()
             .and_then(|i| i.auto_scaling_group_name())
-            .map(str::to_owned))
+            .map(str::to_owned);
+        if let Some(g) = &group {
+            self.lock().insert(instance.clone(), g.clone());
+        }
+        Ok(group)
+    }
+
+    fn cached(&self, instance: &InstanceId) -> Option<String> {
+        self.lock().get(instance).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, String>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The value of tag `key` on `group`.
