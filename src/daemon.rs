@@ -520,15 +520,21 @@ async fn routes_loop(
                 info!(route_tables = ?owned, "route tables in scope");
                 last_owned = Some(owned);
             }
-            let live = peers
+            let (live, dead) = peers
                 .lock()
-                .map(|p| p.live_enis(started.elapsed(), config.peers.dead_after))
+                .map(|p| {
+                    let now = started.elapsed();
+                    (
+                        p.live_enis(now, config.peers.dead_after),
+                        p.dead_targets(now, config.peers.dead_after),
+                    )
+                })
                 .unwrap_or_default();
             // This NAT cannot serve its AZ and no peer is healthy to adopt
             // it: the AZ's fallback NAT Gateway stands in, if there is one.
             if matches!(now_status, Status::Failing | Status::Exiting) && live.is_empty() {
                 let az = &identity.availability_zone;
-                let moved = failover::fall_back(&ec2, &identity, &config, az, &live).await?;
+                let moved = failover::fall_back(&ec2, &identity, &config, az, &dead).await?;
                 if let Some(n) = moved.filter(|n| *n > 0) {
                     warn!(routes = n, status = %now_status, "no healthy peer to take this AZ: pointed its routes at the fallback NAT Gateway");
                 }

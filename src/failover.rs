@@ -4,7 +4,8 @@
 //! EC2, and adopt the private routes of an AZ whose NAT is dead.
 //!
 //! API use stays low: the peer list is refreshed every
-//! `routes.reconcile_interval` (or when an unknown peer speaks), EC2 is asked
+//! `routes.reconcile_interval` (or when an unknown peer speaks, at most
+//! every 2 s), EC2 is asked
 //! about a silent peer only while it is silent, backing off from 1 s to the
 //! reconcile interval while EC2 says it still runs,
 //! and a dead peer's AZ is re-read at most once a second until adopted,
@@ -26,7 +27,7 @@ use crate::aws::ec2::{Ec2, Route, RouteTarget};
 use crate::config::Config;
 use crate::daemon::{LogThrottle, apply, apply_to, observe_az};
 use crate::domain::{EniId, Identity, InstanceId};
-use crate::peers::{Message, Peer, Status, View, decide};
+use crate::peers::{Arrival, Message, Peer, Status, View, arrival, decide};
 use crate::plan::{plan_to, plan_with};
 
 /// What the peers loop knows, shared with the routes loop (for failback).
@@ -44,6 +45,27 @@ pub struct PeerShared {
 }
 
 impl PeerShared {
+    /// Route targets of peers known to be dead: gone by EC2, or heard
+    /// recently saying they fail or leave.
+    pub fn dead_targets(&self, now: Duration, fresh: Duration) -> Vec<RouteTarget> {
+        self.peers
+            .iter()
+            .filter(|p| {
+                self.gone.contains(&p.instance)
+                    || matches!(
+                        self.view.fresh(&p.instance, now, fresh),
+                        Some(Status::Failing | Status::Exiting)
+                    )
+            })
+            .flat_map(|p| {
+                [
+                    RouteTarget::Eni(p.eni.clone()),
+                    RouteTarget::Instance(p.instance.clone()),
+                ]
+            })
+            .collect()
+    }
+
     /// Interfaces of peers heard recently saying they forward.
     pub fn live_enis(&self, now: Duration, fresh: Duration) -> Vec<EniId> {
         self.peers
@@ -93,14 +115,20 @@ pub async fn peers_loop(
     let mut throttle = LogThrottle::default();
     let mut seq: u64 = 0;
     let mut next_refresh = Instant::now();
+    // An unknown sender asks for a refresh; at most this often, so a stream
+    // of made-up heartbeats cannot turn into a stream of API calls.
+    const ON_DEMAND: Duration = Duration::from_secs(2);
+    let mut last_refresh: Option<Instant> = None;
     // Per silent peer: when EC2 may be asked next, and the current backoff.
     let mut checked: HashMap<InstanceId, (Instant, Duration)> = HashMap::new();
     let mut adopted: HashMap<InstanceId, Instant> = HashMap::new();
     let mut known_dead: HashSet<InstanceId> = HashSet::new();
     loop {
         let my_status = *status.borrow_and_update();
-        let refresh = Instant::now() >= next_refresh || lock(&shared).refresh_wanted;
-        if refresh {
+        let wanted =
+            lock(&shared).refresh_wanted && last_refresh.is_none_or(|t| t.elapsed() >= ON_DEMAND);
+        if Instant::now() >= next_refresh || wanted {
+            last_refresh = Some(Instant::now());
             match peer_list(&asg, &ec2, &me, &config, &deployment).await {
                 Ok((list, departed)) => {
                     let mut s = lock(&shared);
@@ -255,8 +283,8 @@ pub async fn peers_loop(
             {
                 continue;
             }
-            let live = lock(&shared).live_enis(started.elapsed(), config.peers.dead_after);
-            let retry = match fall_back(&ec2, &me, &config, &dead.az, &live).await {
+            let known_dead = lock(&shared).dead_targets(started.elapsed(), config.peers.dead_after);
+            let retry = match fall_back(&ec2, &me, &config, &dead.az, &known_dead).await {
                 Ok(Some(n)) => {
                     if n > 0 {
                         warn!(peer = %dead.instance, az = %dead.az, routes = n, "no healthy NAT instance can adopt a dead peer's AZ: pointed its routes at the AZ's fallback NAT Gateway");
@@ -385,16 +413,18 @@ async fn adopt(
 }
 
 /// Point `az`'s private routes at its fallback NAT Gateway, taking only
-/// routes that are blackholes or point at an instance that is not a healthy
-/// peer (`live`). `None` when the AZ has no usable fallback (not
-/// configured, or EC2 says it is not an available gateway of our VPC: then
-/// routes are left alone, with a warning).
+/// routes that are blackholes or point at this NAT or at a NAT known to be
+/// dead (`dead`: it said `failing`/`exiting`, or EC2 says it is gone). A
+/// NAT merely not heard from keeps its routes: under a one-way partition a
+/// healthy adopter must not be fought. `None` when the AZ has no usable
+/// fallback (not configured, or EC2 says it is not an available gateway of
+/// our VPC: then routes are left alone, with a warning).
 pub async fn fall_back(
     ec2: &Ec2,
     me: &Identity,
     config: &Config,
     az: &str,
-    live: &[EniId],
+    dead: &[RouteTarget],
 ) -> Result<Option<usize>, crate::AwsError> {
     let Some(id) = config.peers.fallback_nat_gateway_id.get(az) else {
         return Ok(None);
@@ -404,13 +434,12 @@ pub async fn fall_back(
         return Ok(None);
     }
     let observed = observe_az(ec2, me, config, az, false).await?;
+    let (my_eni, my_instance) = (
+        RouteTarget::Eni(me.eni.clone()),
+        RouteTarget::Instance(me.instance_id.clone()),
+    );
     let may_take = |r: &Route| {
-        r.blackhole
-            || match &r.target {
-                RouteTarget::Eni(e) => !live.contains(e),
-                RouteTarget::Instance(_) => true,
-                RouteTarget::NatGateway(_) | RouteTarget::Other(_) => false,
-            }
+        r.blackhole || r.target == my_eni || r.target == my_instance || dead.contains(&r.target)
     };
     let to = RouteTarget::NatGateway(id.0.clone());
     let plan = plan_to(me, &observed, &to, &may_take);
@@ -467,8 +496,9 @@ async fn receive(
     started: Instant,
 ) {
     let mut buf = [0u8; 256];
+    let mut throttle = LogThrottle::default();
     loop {
-        let Ok((n, _from)) = socket.recv_from(&mut buf).await else {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -478,9 +508,24 @@ async fn receive(
         if msg.instance == me {
             continue;
         }
+        let from = match from.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => continue,
+        };
         let mut s = lock(&shared);
-        if !s.peers.iter().any(|p| p.instance == msg.instance) {
-            s.refresh_wanted = true;
+        match arrival(&s.peers, &msg, from) {
+            Arrival::Record => {}
+            Arrival::Unknown => {
+                s.refresh_wanted = true;
+                continue;
+            }
+            Arrival::WrongSender => {
+                let what = format!("{} from {from}", msg.instance);
+                if let Some(n) = throttle.check("sender", &what, Instant::now()) {
+                    warn!(suppressed = n, peer = %msg.instance, from = %from, "ignored a heartbeat naming a peer but not sent from its address");
+                }
+                continue;
+            }
         }
         let now = started.elapsed();
         let before = s.view.fresh(&msg.instance, now, Duration::MAX);

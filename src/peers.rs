@@ -2,8 +2,9 @@
 //! pure logic that decides when this NAT adopts another AZ's routes.
 //!
 //! Every daemon sends a one-line UDP heartbeat to every peer each
-//! `heartbeat.interval`, carrying its own forwarding verdict, and at once
-//! when that verdict changes. A peer is **dead** when it says so itself
+//! `peers.interval`, carrying its own forwarding verdict, and at once
+//! when that verdict changes; a heartbeat counts only if it comes from the
+//! address EC2 gives for the instance it names. A peer is **dead** when it says so itself
 //! (`failing`, `exiting`) or when it has gone silent *and* EC2 confirms its
 //! instance is gone: silence alone (a partition) never moves a route. The
 //! AZ of a dead peer is adopted by exactly one healthy NAT: the next AZ after
@@ -100,6 +101,30 @@ impl Message {
             status,
             seq,
         })
+    }
+}
+
+/// What to make of a heartbeat that arrived from `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// A known peer, from its own address: record it.
+    Record,
+    /// An instance not (yet) in the peer list: refresh the list, record
+    /// nothing until it is known.
+    Unknown,
+    /// It names a known peer but comes from another address: ignore it.
+    /// Inside a VPC only instances with the source/destination check off
+    /// (NATs) can forge a source address, so this keeps any other host of
+    /// the VPC from faking a peer's verdict.
+    WrongSender,
+}
+
+/// Classify a heartbeat by who it claims to be and where it came from.
+pub fn arrival(peers: &[Peer], msg: &Message, from: Ipv4Addr) -> Arrival {
+    match peers.iter().find(|p| p.instance == msg.instance) {
+        None => Arrival::Unknown,
+        Some(p) if p.ip == from => Arrival::Record,
+        Some(_) => Arrival::WrongSender,
     }
 }
 
@@ -297,6 +322,22 @@ mod tests {
             assert_eq!(Message::decode(bad.as_bytes()), None, "{bad}");
         }
         assert_eq!(Message::decode(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn heartbeats_count_only_from_the_peers_own_address() {
+        let peers = [peer("i-a", "az-a")];
+        let msg = |id: &str| Message {
+            instance: InstanceId(id.into()),
+            az: "az-a".into(),
+            status: Status::Failing,
+            seq: 1,
+        };
+        let own = Ipv4Addr::new(10, 0, 0, 1);
+        let other = Ipv4Addr::new(10, 0, 3, 99);
+        assert_eq!(arrival(&peers, &msg("i-a"), own), Arrival::Record);
+        assert_eq!(arrival(&peers, &msg("i-a"), other), Arrival::WrongSender);
+        assert_eq!(arrival(&peers, &msg("i-new"), other), Arrival::Unknown);
     }
 
     #[test]

@@ -256,7 +256,7 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
             .fallback_nat_gateway_id
             .insert(az.clone(), NatGatewayId(id.into()));
     };
-    // rt1 points at us (we are failing), rt2 at a healthy peer.
+    // rt1 points at us (we are failing), rt2 at a peer not known dead.
     w.cloud
         .set_default_route(&w.ours[0], DefaultTarget::Eni(&w.me.eni.0))
         .await
@@ -265,7 +265,7 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
         .set_default_route(&w.ours[1], DefaultTarget::Eni(&w.other_nat_eni))
         .await
         .unwrap();
-    let live = [EniId(w.other_nat_eni.clone())];
+    let alive: [RouteTarget; 0] = [];
 
     // Not configured, unknown, or another VPC's gateway: nothing moves.
     let targets = || async {
@@ -276,10 +276,10 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
         v
     };
     let start = targets().await;
-    let none = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
+    let none = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(none.unwrap(), None);
     fallback(&mut config, "nat-0000000000000dead");
-    let unknown = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
+    let unknown = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(unknown.unwrap(), None);
     let vpc2 = w.cloud.vpc("10.9.0.0/16").await.unwrap();
     let subnet2 = w
@@ -289,23 +289,24 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
         .unwrap();
     let (foreign_gateway, _) = w.cloud.nat_gateway(&subnet2).await.unwrap();
     fallback(&mut config, &foreign_gateway);
-    let foreign = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
+    let foreign = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(foreign.unwrap(), None);
     assert_eq!(targets().await, start);
 
-    // Our VPC's gateway: it takes our route, not the healthy peer's.
+    // Our VPC's gateway: it takes our route, not the peer's.
     fallback(&mut config, &gateway);
-    let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &live).await;
+    let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(moved.unwrap(), Some(1));
     assert_eq!(
         targets().await,
         vec![gateway.clone(), w.other_nat_eni.clone()]
     );
-    // With no healthy peer at all, the other route follows; again: no-op.
-    let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &[]).await;
+    // Once that peer is known dead, its route follows; again: no-op.
+    let dead = [RouteTarget::Eni(EniId(w.other_nat_eni.clone()))];
+    let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &dead).await;
     assert_eq!(moved.unwrap(), Some(1));
     assert_eq!(targets().await, vec![gateway.clone(), gateway.clone()]);
-    let again = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &[]).await;
+    let again = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &dead).await;
     assert_eq!(again.unwrap(), Some(0));
     assert_eq!(decoy_routes(&w).await, before, "decoy tables unchanged");
 

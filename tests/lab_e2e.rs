@@ -83,6 +83,52 @@ async fn two_labs_each_az_egresses_through_its_own_elastic_ip() {
     assert_eq!(leftovers(&pb), Vec::<String>::new());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_failing_heartbeat_moves_no_route() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let lab = Lab::build(options(2)).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let (nat0, nat1) = (lab.nat(0).unwrap(), lab.nat(1).unwrap());
+    // A private host of the VPC (source/destination check on: it cannot
+    // forge its address) claims to be AZ 0's NAT, failing, for 3 s.
+    let forged = format!(
+        "hanat/1 {} {} failing 999999",
+        nat0.instance.id, lab.azs[0].name
+    );
+    let socket = lab.azs[0]
+        .host
+        .bind_udp("0.0.0.0:0".parse().unwrap())
+        .unwrap();
+    let target: std::net::SocketAddr = format!("{}:7470", nat1.instance.private_ip)
+        .parse()
+        .unwrap();
+    let own = Some(nat0.instance.eni.clone());
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        socket.send_to(forged.as_bytes(), target).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            lab.route_target(0).await.unwrap(),
+            own,
+            "AZ 0's route moved"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lab.route_target(0).await.unwrap(), own);
+    assert_eq!(
+        lab.whoami(0, Duration::from_secs(2)).unwrap(),
+        lab.azs[0].eip.1
+    );
+    let log = lab.nat_log(1);
+    assert!(
+        log.contains("ignored a heartbeat naming a peer but not sent from its address"),
+        "{log}"
+    );
+}
+
 async fn scenario(s: Scenario) -> chaos::Report {
     let opts = ChaosOptions {
         lab: options(2),
