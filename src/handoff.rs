@@ -6,7 +6,8 @@
 //! refresh, held by the templates' termination lifecycle hook) and
 //! `spot/instance-action` (the two-minute spot warning); and SIGTERM when
 //! `exit.handoff_on_stop` is set. The hand-off: say `exiting` to the peers
-//! (one of them adopts the AZ's routes), wait until no route of the AZ points
+//! (one of them adopts the AZ's routes; with none healthy, the routes loop
+//! points them at the AZ's fallback NAT Gateway), wait until no route of the AZ points
 //! here any more (at most `exit.handoff_timeout`), keep forwarding for
 //! `exit.drain`, then complete the lifecycle action. Every step is logged;
 //! failures are logged and the exit goes on.
@@ -98,12 +99,12 @@ pub async fn hand_off(
     if moved {
         info!(
             took_ms = start.elapsed().as_millis() as u64,
-            "a peer took this AZ's routes; draining"
+            "this AZ's routes moved (to a peer, or to the fallback NAT Gateway); draining"
         );
     } else {
         warn!(
             timeout = ?config.exit.handoff_timeout,
-            "no peer took this AZ's routes (none healthy, or failover = none); leaving them"
+            "nothing took this AZ's routes (no healthy peer and no usable fallback NAT Gateway); leaving them"
         );
     }
     tokio::time::sleep(config.exit.drain).await;
