@@ -281,7 +281,9 @@ async fn config_from_user_data(cloud: &Cloud, template: &str) -> hanat::config::
         })
         .unwrap();
     let script = String::from_utf8(decoded.stdout).unwrap();
-    let dir = std::env::temp_dir().join(format!("hanat-userdata-{}", std::process::id()));
+    // One directory per call: tests run in parallel in this process.
+    let dir =
+        std::env::temp_dir().join(format!("hanat-userdata-{}-{template}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let script = script
