@@ -367,14 +367,9 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
 
 /// Keep only what this NAT may do now: nothing but the source/destination
 /// check until its own forwarding is proven (`Ok`); and with
-/// `failback = drain:D`, routes held by a healthy peer or a fallback NAT
-/// Gateway only `D` after that.
-fn gate(
-    mut plan: Plan,
-    status: Status,
-    drain_left: bool,
-    live_peer_enis: &[EniId],
-) -> (Plan, usize) {
+/// `failback = drain:D`, routes held by a running NAT (`holders`) or a
+/// fallback NAT Gateway only `D` after that.
+fn gate(mut plan: Plan, status: Status, drain_left: bool, holders: &[EniId]) -> (Plan, usize) {
     let before = plan.actions.len();
     plan.actions.retain(|a| match a {
         Action::DisableSourceDestCheck { .. } => true,
@@ -383,7 +378,7 @@ fn gate(
             from: RouteTarget::Eni(e),
             blackhole: false,
             ..
-        } if drain_left => !live_peer_enis.contains(e),
+        } if drain_left => !holders.contains(e),
         Action::ReplaceRoute {
             from: RouteTarget::NatGateway(_),
             blackhole: false,
@@ -393,6 +388,18 @@ fn gate(
     });
     let held = before - plan.actions.len();
     (plan, held)
+}
+
+/// Whether `eni` is attached to a pending or running instance.
+async fn eni_runs(ec2: &Ec2, eni: &EniId) -> Result<bool, AwsError> {
+    Ok(match ec2.eni_owner(eni).await? {
+        Some(owner) => ec2
+            .instances(std::slice::from_ref(&owner))
+            .await?
+            .iter()
+            .any(|i| i.alive),
+        None => false,
+    })
 }
 
 /// Keep the AZ's Elastic IP on our interface: take it when it is free or
@@ -539,7 +546,27 @@ async fn routes_loop(
                     warn!(routes = n, status = %now_status, "no healthy peer to take this AZ: pointed its routes at the fallback NAT Gateway");
                 }
             }
-            let (plan, held) = gate(plan, now_status, drain_left, &live);
+            // Draining: a route held by a running NAT stays with it for the
+            // drain. Heartbeats say which peers are alive, but a NAT that
+            // just started may not have heard them yet: ask EC2 about any
+            // holder they do not vouch for (only while draining).
+            let mut holders = live;
+            if drain_left && now_status == Status::Ok {
+                for action in &plan.actions {
+                    if let Action::ReplaceRoute {
+                        from: RouteTarget::Eni(e),
+                        blackhole: false,
+                        ..
+                    } = action
+                        && !holders.contains(e)
+                        && !dead.contains(&RouteTarget::Eni(e.clone()))
+                        && eni_runs(&ec2, e).await?
+                    {
+                        holders.push(e.clone());
+                    }
+                }
+            }
+            let (plan, held) = gate(plan, now_status, drain_left, &holders);
             if held > 0 {
                 let why = if now_status == Status::Ok {
                     "draining the adopter's connections before taking routes back"
