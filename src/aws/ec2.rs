@@ -81,6 +81,19 @@ pub struct Ec2 {
     client: aws_sdk_ec2::Client,
 }
 
+/// Set the target of a CreateRoute or ReplaceRoute request (two builder
+/// types with the same setters).
+macro_rules! with_target {
+    ($req:expr, $to:expr) => {
+        match $to {
+            RouteTarget::Eni(e) => $req.network_interface_id(&e.0),
+            RouteTarget::Instance(i) => $req.instance_id(&i.0),
+            RouteTarget::NatGateway(n) => $req.nat_gateway_id(n),
+            RouteTarget::Other(g) => $req.gateway_id(g),
+        }
+    };
+}
+
 impl Ec2 {
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
         Self {
@@ -172,12 +185,7 @@ impl Ec2 {
             .create_route()
             .route_table_id(&rt.0)
             .destination_cidr_block(DEFAULT_ROUTE);
-        let req = match to {
-            RouteTarget::Eni(e) => req.network_interface_id(&e.0),
-            RouteTarget::Instance(i) => req.instance_id(&i.0),
-            RouteTarget::NatGateway(n) => req.nat_gateway_id(n),
-            RouteTarget::Other(g) => req.gateway_id(g),
-        };
+        let req = with_target!(req, to);
         req.send()
             .await
             .map_err(|e| AwsError::from_sdk("CreateRoute", &rt.0, e))?;
@@ -195,12 +203,7 @@ impl Ec2 {
             .replace_route()
             .route_table_id(&rt.0)
             .destination_cidr_block(DEFAULT_ROUTE);
-        let req = match to {
-            RouteTarget::Eni(e) => req.network_interface_id(&e.0),
-            RouteTarget::Instance(i) => req.instance_id(&i.0),
-            RouteTarget::NatGateway(n) => req.nat_gateway_id(n),
-            RouteTarget::Other(g) => req.gateway_id(g),
-        };
+        let req = with_target!(req, to);
         req.send()
             .await
             .map_err(|e| AwsError::from_sdk("ReplaceRoute", &rt.0, e))?;
