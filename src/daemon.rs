@@ -32,7 +32,7 @@ use crate::aws::ec2::RouteTarget;
 use crate::aws::imds::Imds;
 use crate::config::Config;
 use crate::config::Failover;
-use crate::domain::EniId;
+use crate::domain::{EniId, InstanceId};
 use crate::domain::{Identity, Ipv4Cidr};
 use crate::failover::{self, PeerShared};
 use crate::handoff;
@@ -392,14 +392,19 @@ fn gate(mut plan: Plan, status: Status, drain_left: bool, holders: &[EniId]) -> 
 
 /// Whether `eni` is attached to a pending or running instance.
 async fn eni_runs(ec2: &Ec2, eni: &EniId) -> Result<bool, AwsError> {
-    Ok(match ec2.eni_owner(eni).await? {
-        Some(owner) => ec2
-            .instances(std::slice::from_ref(&owner))
-            .await?
-            .iter()
-            .any(|i| i.alive),
-        None => false,
-    })
+    match ec2.eni_owner(eni).await? {
+        Some(owner) => instance_runs(ec2, &owner).await,
+        None => Ok(false),
+    }
+}
+
+/// Whether EC2 says `id` is pending or running.
+async fn instance_runs(ec2: &Ec2, id: &InstanceId) -> Result<bool, AwsError> {
+    Ok(ec2
+        .instances(std::slice::from_ref(id))
+        .await?
+        .iter()
+        .any(|i| i.alive))
 }
 
 /// Keep the AZ's Elastic IP on our interface: take it when it is free or
@@ -420,11 +425,7 @@ pub async fn claim_address(
         };
         let is_alive = match holder {
             Some(h) if h == identity.instance_id => true,
-            Some(h) => ec2
-                .instances(std::slice::from_ref(&h))
-                .await?
-                .iter()
-                .any(|i| i.alive),
+            Some(h) => instance_runs(ec2, &h).await?,
             None => false,
         };
         alive.insert(a.allocation_id.clone(), is_alive);
