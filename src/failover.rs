@@ -255,44 +255,42 @@ pub async fn peers_loop(
             }
         }
 
-        for dead in decision.adopt {
+        // Adoptions and fallbacks share one schedule per dead peer: retried
+        // after 1 s on error, else looked at again each reconcile interval.
+        let covers = (decision.adopt.into_iter().map(|p| (p, Cover::Adopt)))
+            .chain(decision.fallback.into_iter().map(|p| (p, Cover::Gateway)));
+        for (dead, cover) in covers {
             if adopted
                 .get(&dead.instance)
                 .is_some_and(|t| Instant::now() < *t)
             {
                 continue;
             }
-            let result = adopt(&ec2, &me, &config, &dead).await;
-            let retry = match result {
-                Ok(0) => config.routes.reconcile_interval,
-                Ok(n) => {
+            let result = match cover {
+                Cover::Adopt => adopt(&ec2, &me, &config, &dead).await,
+                Cover::Gateway => {
+                    let known_dead =
+                        lock(&shared).dead_targets(started.elapsed(), config.peers.dead_after);
+                    fall_back(&ec2, &me, &config, &dead.az, &known_dead)
+                        .await
+                        .map(|n| n.unwrap_or(0))
+                }
+            };
+            let retry = match (result, cover) {
+                (Ok(0), _) => config.routes.reconcile_interval,
+                (Ok(n), Cover::Adopt) => {
                     info!(peer = %dead.instance, az = %dead.az, routes = n, "adopted the private routes of a dead peer's AZ");
                     config.routes.reconcile_interval
                 }
-                Err(e) => {
+                (Ok(n), Cover::Gateway) => {
+                    warn!(peer = %dead.instance, az = %dead.az, routes = n, "no healthy NAT instance can adopt a dead peer's AZ: pointed its routes at the AZ's fallback NAT Gateway");
+                    config.routes.reconcile_interval
+                }
+                (Err(e), Cover::Adopt) => {
                     error!(peer = %dead.instance, az = %dead.az, error = %e, "adoption failed; will retry");
                     Duration::from_secs(1)
                 }
-            };
-            adopted.insert(dead.instance.clone(), Instant::now() + retry);
-        }
-        for dead in decision.fallback {
-            if adopted
-                .get(&dead.instance)
-                .is_some_and(|t| Instant::now() < *t)
-            {
-                continue;
-            }
-            let known_dead = lock(&shared).dead_targets(started.elapsed(), config.peers.dead_after);
-            let retry = match fall_back(&ec2, &me, &config, &dead.az, &known_dead).await {
-                Ok(Some(n)) => {
-                    if n > 0 {
-                        warn!(peer = %dead.instance, az = %dead.az, routes = n, "no healthy NAT instance can adopt a dead peer's AZ: pointed its routes at the AZ's fallback NAT Gateway");
-                    }
-                    config.routes.reconcile_interval
-                }
-                Ok(None) => config.routes.reconcile_interval,
-                Err(e) => {
+                (Err(e), Cover::Gateway) => {
                     error!(peer = %dead.instance, az = %dead.az, error = %e, "fallback to the NAT Gateway failed; will retry");
                     Duration::from_secs(1)
                 }
@@ -311,6 +309,15 @@ pub async fn peers_loop(
             }
         }
     }
+}
+
+/// How a dead peer's AZ is covered.
+#[derive(Debug, Clone, Copy)]
+enum Cover {
+    /// This NAT takes its routes.
+    Adopt,
+    /// No NAT is healthy: its fallback NAT Gateway does.
+    Gateway,
 }
 
 /// The value of our group's deployment tag; `None` (with a warning) turns
