@@ -173,7 +173,8 @@ pub struct Peers {
     /// finish first.
     #[serde(deserialize_with = "failback")]
     pub failback: Duration,
-    /// UDP port of the heartbeats between NAT instances.
+    /// UDP port of the heartbeats between NAT instances; the next port
+    /// carries the flow hand-off tunnel.
     pub port: u16,
     /// How often each NAT tells its peers how it is (and at once when that
     /// changes). Datagrams are tiny: this can be short.
@@ -186,6 +187,13 @@ pub struct Peers {
     /// The tag on the Auto Scaling groups that marks one deployment; peers
     /// are the groups with the same value as ours.
     pub group_tag: String,
+    /// After taking routes from a NAT that still forwards (a peer on a
+    /// planned exit, or an adopter giving this AZ back), send the packets of
+    /// connections it translates to it through a tunnel for at most this
+    /// long (and only while it is heard from), so they are not reset.
+    /// `0s` turns flow hand-off off.
+    #[serde(deserialize_with = "duration")]
+    pub flow_handoff: Duration,
     /// Per AZ, a managed NAT Gateway to point the AZ's private routes at
     /// when no NAT instance of the deployment is healthy to serve it; a NAT
     /// instance takes the routes back as soon as it is healthy.
@@ -215,6 +223,13 @@ impl std::fmt::Display for NatGatewayId {
     }
 }
 
+impl Peers {
+    /// UDP port of the flow hand-off tunnel (VXLAN).
+    pub fn tunnel_port(&self) -> u16 {
+        self.port.saturating_add(1)
+    }
+}
+
 impl Default for Peers {
     fn default() -> Self {
         Self {
@@ -224,6 +239,7 @@ impl Default for Peers {
             interval: Duration::from_millis(250),
             dead_after: Duration::from_secs(1),
             group_tag: "hanat:stack".into(),
+            flow_handoff: Duration::from_secs(300),
             fallback_nat_gateway_id: BTreeMap::new(),
         }
     }
@@ -510,8 +526,12 @@ impl Config {
         if self.kernel.converge_interval < Duration::from_millis(100) {
             return Err(("kernel.converge_interval", "must be at least 100ms".into()));
         }
-        if self.peers.port == 0 {
-            return Err(("peers.port", "must be a port number (1-65535)".into()));
+        if self.peers.port == 0 || self.peers.port == u16::MAX {
+            return Err((
+                "peers.port",
+                "must be a port number from 1 to 65534 (the next one carries the flow hand-off tunnel)"
+                    .into(),
+            ));
         }
         if self.peers.interval < Duration::from_millis(50) {
             return Err(("peers.interval", "must be at least 50ms".into()));

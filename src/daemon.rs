@@ -32,16 +32,18 @@ use crate::aws::ec2::RouteTarget;
 use crate::aws::imds::Imds;
 use crate::config::Config;
 use crate::config::Failover;
-use crate::domain::{EniId, InstanceId};
+use crate::domain::{EniId, InstanceId, SubnetId};
 use crate::domain::{Identity, Ipv4Cidr};
 use crate::failover::{self, PeerShared};
+use crate::flow_handoff::FlowHandoff;
 use crate::handoff;
 use crate::heartbeat::probe::Prober;
 use crate::heartbeat::state::{Heartbeat, Phase, Verdict};
-use crate::kernel::{KernelError, nft, probe_ns, sysctl};
+use crate::kernel::{KernelError, nft, probe_ns, sysctl, tunnel};
 use crate::notify::Notifier;
+use crate::peers::Peer;
 use crate::peers::Status;
-use crate::plan::{Action, AddressAction, Observed, Plan, plan, plan_address};
+use crate::plan::{Action, AddressAction, Observed, Plan, plan, plan_address, sources_taken};
 use crate::{AwsError, report};
 
 /// Everything the daemon acts on, built by `main` (or a test).
@@ -84,8 +86,13 @@ pub fn check_probe_cidr(identity: &Identity, config: &Config) -> Result<(), Star
     }
 }
 
-/// Converge every kernel setting once. Optional sysctls that cannot be set
-/// are returned for a warning.
+/// Whether this NAT takes part in flow hand-off (see [`crate::flow_handoff`]).
+pub fn flow_handoff_on(config: &Config) -> bool {
+    config.peers.failover == Failover::Peer && !config.peers.flow_handoff.is_zero()
+}
+
+/// Converge every kernel setting once. Optional settings that cannot be
+/// made (some sysctls, the flow hand-off tunnel) are returned for a warning.
 pub async fn converge_kernel(
     identity: &Identity,
     config: &Config,
@@ -94,12 +101,19 @@ pub async fn converge_kernel(
     // Rules first: loading them loads conntrack, whose sysctls come next.
     let ruleset = nft::render(interface, &nat_sources(identity, config))?;
     nft::apply(&ruleset).await?;
-    let skipped = sysctl::apply(&sysctl::desired(interface, config.kernel.conntrack_max))?;
+    let mut skipped = sysctl::apply(&sysctl::desired(interface, config.kernel.conntrack_max))?;
     probe_ns::ensure(
         &config.heartbeat.probe_namespace,
         &config.heartbeat.probe_cidr,
     )
     .await?;
+    // Peers hand flows to this NAT whether or not it hands any itself.
+    if flow_handoff_on(config)
+        && let Err(e) =
+            tunnel::ensure_device(identity.private_ip, config.peers.tunnel_port(), interface).await
+    {
+        skipped.push(e);
+    }
     Ok(skipped)
 }
 
@@ -121,7 +135,7 @@ pub async fn observe_az(
     az: &str,
     with_check: bool,
 ) -> Result<Observed, AwsError> {
-    let tagged_subnets = ec2
+    let subnets = ec2
         .tagged_subnets(
             &identity.vpc_id,
             az,
@@ -129,6 +143,11 @@ pub async fn observe_az(
             &config.discovery.tag_value,
         )
         .await?;
+    let tagged_subnets: Vec<SubnetId> = subnets.iter().map(|(s, _)| s.clone()).collect();
+    let subnet_cidrs = subnets
+        .into_iter()
+        .filter_map(|(s, c)| Some((s, c?)))
+        .collect();
     let route_tables = ec2
         .route_tables_for(&identity.vpc_id, &tagged_subnets)
         .await?;
@@ -138,6 +157,7 @@ pub async fn observe_az(
     };
     Ok(Observed {
         tagged_subnets,
+        subnet_cidrs,
         route_tables,
         source_dest_check,
     })
@@ -246,7 +266,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         "starting"
     );
     for skipped in converge_kernel(&identity, &config, &interface).await? {
-        warn!(error = %report(&skipped), "optional sysctl not set");
+        warn!(error = %report(&skipped), "optional kernel setting not made");
     }
     info!(namespace = %config.heartbeat.probe_namespace, "kernel NAT configured");
     notifier.ready("kernel NAT configured; taking over routes");
@@ -278,7 +298,17 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         failover::check_fallbacks(ec2.clone(), identity.clone(), config.clone())
             .instrument(info_span!("fallback")),
     );
-    let peers = Arc::new(Mutex::new(PeerShared::default()));
+    let flows = FlowHandoff::new(
+        &interface,
+        match flow_handoff_on(&config) {
+            true => config.peers.flow_handoff,
+            false => Duration::ZERO,
+        },
+    );
+    let peers = Arc::new(Mutex::new(PeerShared {
+        flows: Arc::new(tokio::sync::Mutex::new(flows)),
+        ..PeerShared::default()
+    }));
     let failover = match config.peers.failover {
         Failover::Peer => Some(tokio::spawn(
             failover::peers_loop(
@@ -459,6 +489,7 @@ async fn routes_loop(
     started: Instant,
 ) {
     let interval = config.routes.reconcile_interval;
+    let flows = peers.lock().map(|p| p.flows.clone()).unwrap_or_default();
     let mut throttle = LogThrottle::default();
     let mut backoff = Duration::from_secs(1);
     let mut last_owned: Option<Vec<String>> = None;
@@ -576,6 +607,25 @@ async fn routes_loop(
                 };
                 if let Some(n) = throttle.check("held", why, Instant::now()) {
                     info!(suppressed = n, held, status = %now_status, "{why}");
+                }
+            }
+            // Taking routes back from a NAT that still forwards (the
+            // adopter): the connections it translates go on through it.
+            let known: Vec<Peer> = peers.lock().map(|p| p.peers.clone()).unwrap_or_default();
+            for p in &known {
+                let from = [
+                    RouteTarget::Eni(p.eni.clone()),
+                    RouteTarget::Instance(p.instance.clone()),
+                ];
+                if from.iter().any(|t| dead.contains(t)) {
+                    continue;
+                }
+                let sources = sources_taken(&observed, &plan, &from);
+                if sources.is_empty() {
+                    continue;
+                }
+                if let Err(e) = flows.lock().await.hand_to(p, &sources, Instant::now()).await {
+                    warn!(peer = %p.instance, error = %report(&e), "cannot hand the adopter's connections back to it; they will be reset");
                 }
             }
             apply(&ec2, &identity, &plan).await
@@ -722,7 +772,7 @@ async fn converge_logged(
             throttle.clear("kernel");
             for s in skipped {
                 if let Some(n) = throttle.check("sysctl", &s.to_string(), Instant::now()) {
-                    warn!(suppressed = n, error = %report(&s), "optional sysctl not set");
+                    warn!(suppressed = n, error = %report(&s), "optional kernel setting not made");
                 }
             }
         }

@@ -65,7 +65,7 @@ pub struct Identity {
 
 /// An IPv4 network such as `10.0.0.0/16`. The address is kept as written;
 /// [`Ipv4Cidr::network`] gives the masked form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Cidr {
     pub addr: Ipv4Addr,
     pub prefix: u8,

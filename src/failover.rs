@@ -28,7 +28,8 @@ use crate::config::Config;
 use crate::daemon::{LogThrottle, apply, apply_to, observe_az};
 use crate::domain::{EniId, Identity, InstanceId};
 use crate::peers::{Arrival, Message, Peer, Status, View, arrival, decide};
-use crate::plan::{plan_to, plan_with};
+use crate::plan::{plan_to, plan_with, sources_taken};
+use crate::{flow_handoff, report};
 
 /// What the peers loop knows, shared with the routes loop (for failback).
 #[derive(Debug, Default)]
@@ -42,6 +43,8 @@ pub struct PeerShared {
     /// Woken when a peer's status changes, so adoption need not wait for
     /// the next round.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Connections handed to the NATs routes were taken from.
+    pub flows: flow_handoff::Shared,
 }
 
 impl PeerShared {
@@ -92,6 +95,7 @@ pub async fn peers_loop(
     let Some(deployment) = deployment(&asg, &me, &config).await else {
         return;
     };
+    let flows = lock(&shared).flows.clone();
     // The port may still be held by a predecessor that is shutting down.
     let socket = loop {
         match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.peers.port))).await {
@@ -144,15 +148,24 @@ pub async fn peers_loop(
                         }
                     }
                     s.gone.extend(departed);
-                    // Forget a departed peer once its AZ has a NAT again, so
-                    // the list does not grow with every replacement.
+                    // Forget a departed peer once its AZ has a NAT again and
+                    // it is silent (one draining on a planned exit still
+                    // forwards handed-off flows), so the list does not grow
+                    // with every replacement.
                     let gone = s.gone.clone();
                     let live_azs: HashSet<String> = peers
                         .iter()
                         .filter(|p| !gone.contains(&p.instance))
                         .map(|p| p.az.clone())
                         .collect();
-                    peers.retain(|p| !gone.contains(&p.instance) || !live_azs.contains(&p.az));
+                    let now = started.elapsed();
+                    peers.retain(|p| {
+                        !gone.contains(&p.instance)
+                            || !live_azs.contains(&p.az)
+                            || s.view
+                                .fresh(&p.instance, now, flow_handoff::SILENCE)
+                                .is_some()
+                    });
                     s.gone.retain(|id| peers.iter().any(|p| &p.instance == id));
                     s.peers = peers;
                     s.refresh_wanted = false;
@@ -213,6 +226,28 @@ pub async fn peers_loop(
             );
             (d, s.peers.clone())
         };
+        // Flow hand-offs last while their previous holder is heard from.
+        let heard: HashMap<InstanceId, Status> = {
+            let s = lock(&shared);
+            let now = started.elapsed();
+            s.peers
+                .iter()
+                .filter_map(|p| {
+                    let st = s.view.fresh(&p.instance, now, flow_handoff::SILENCE)?;
+                    Some((p.instance.clone(), st))
+                })
+                .collect()
+        };
+        if let Err(e) = flows
+            .lock()
+            .await
+            .expire(Instant::now(), |id| heard.get(id).copied())
+            .await
+            && let Some(n) = throttle.check("handoff", &e.to_string(), Instant::now())
+        {
+            warn!(suppressed = n, error = %report(&e), "cannot update the flow hand-off; will retry");
+        }
+
         for id in &decision.dead {
             if known_dead.insert(id.clone()) {
                 warn!(peer = %id, "peer NAT is dead");
@@ -267,7 +302,15 @@ pub async fn peers_loop(
                 continue;
             }
             let result = match cover {
-                Cover::Adopt => adopt(&ec2, &me, &config, &dead).await,
+                Cover::Adopt => {
+                    // A peer on a planned exit still forwards its connections.
+                    let leaving = lock(&shared).view.fresh(
+                        &dead.instance,
+                        started.elapsed(),
+                        config.peers.dead_after,
+                    ) == Some(Status::Exiting);
+                    adopt(&ec2, &me, &config, &dead, leaving.then_some(&flows)).await
+                }
                 Cover::Gateway => {
                     let known_dead =
                         lock(&shared).dead_targets(started.elapsed(), config.peers.dead_after);
@@ -391,13 +434,15 @@ async fn peer_list(
 }
 
 /// Point the dead peer's AZ's private routes at us, taking only routes that
-/// point at that peer, are blackholes or are missing. Returns how many
-/// routes changed.
+/// point at that peer, are blackholes or are missing. With `flows` (the
+/// peer is leaving and still forwards), its connections are handed to it
+/// first. Returns how many routes changed.
 async fn adopt(
     ec2: &Ec2,
     me: &Identity,
     config: &Config,
     dead: &Peer,
+    flows: Option<&flow_handoff::Shared>,
 ) -> Result<usize, crate::AwsError> {
     let observed = observe_az(ec2, me, config, &dead.az, false).await?;
     let dead_eni = RouteTarget::Eni(dead.eni.clone());
@@ -415,6 +460,17 @@ async fn adopt(
             || Some(&r.target) == fallback.as_ref()
     };
     let plan = plan_with(me, &observed, &may_take);
+    if let Some(flows) = flows {
+        let sources = sources_taken(&observed, &plan, &[dead_eni.clone(), dead_instance.clone()]);
+        if let Err(e) = flows
+            .lock()
+            .await
+            .hand_to(dead, &sources, Instant::now())
+            .await
+        {
+            warn!(peer = %dead.instance, error = %report(&e), "cannot hand the leaving peer's connections back to it; they will be reset");
+        }
+    }
     apply(ec2, me, &plan).await?;
     Ok(plan.actions.len())
 }

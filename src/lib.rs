@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod failover;
+pub mod flow_handoff;
 pub mod handoff;
 pub mod heartbeat;
 pub mod kernel;

@@ -11,17 +11,19 @@
 //!   traffic that is not ours;
 //! - a route table of another VPC is never modified.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::aws::ec2::{Route, RouteTable, RouteTarget};
-use crate::domain::{EniId, Identity, InstanceId, RouteTableId, SubnetId};
+use crate::domain::{EniId, Identity, InstanceId, Ipv4Cidr, RouteTableId, SubnetId};
 
 /// What was read from EC2 in one reconcile.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     /// Tagged subnets of our VPC and AZ.
     pub tagged_subnets: Vec<SubnetId>,
+    /// Their IPv4 networks (for flow hand-off).
+    pub subnet_cidrs: BTreeMap<SubnetId, Ipv4Cidr>,
     /// Route tables explicitly associated with any of them.
     pub route_tables: Vec<RouteTable>,
     /// Source/destination check on our ENI; `None` if it could not be read.
@@ -224,6 +226,34 @@ pub fn plan_to(
     out
 }
 
+/// The networks of the subnets whose routes `plan` takes from `from` (a
+/// NAT's interface or instance; blackholes excluded): the sources of the
+/// connections that NAT still translates. Sorted, without duplicates.
+pub fn sources_taken(observed: &Observed, plan: &Plan, from: &[RouteTarget]) -> Vec<Ipv4Cidr> {
+    let tables: BTreeSet<&RouteTableId> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ReplaceRoute {
+                route_table,
+                from: f,
+                blackhole: false,
+            } if from.contains(f) => Some(route_table),
+            _ => None,
+        })
+        .collect();
+    let mut out: Vec<Ipv4Cidr> = observed
+        .route_tables
+        .iter()
+        .filter(|rt| tables.contains(&rt.id))
+        .flat_map(|rt| rt.subnets.iter())
+        .filter_map(|s| observed.subnet_cidrs.get(s).copied())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// What to do about the AZ's Elastic IP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressAction {
@@ -322,9 +352,56 @@ mod tests {
     fn observed(tagged: &[&str], tables: Vec<RouteTable>, sdc: Option<bool>) -> Observed {
         Observed {
             tagged_subnets: tagged.iter().map(|s| SubnetId((*s).into())).collect(),
+            subnet_cidrs: tagged
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let cidr = format!("10.0.{}.0/24", i + 1).parse().unwrap();
+                    (SubnetId((*s).into()), cidr)
+                })
+                .collect(),
             route_tables: tables,
             source_dest_check: sdc,
         }
+    }
+
+    #[test]
+    fn sources_taken_are_the_subnets_of_tables_taken_from_that_nat() {
+        let peer = [
+            eni("eni-p"),
+            RouteTarget::Instance(InstanceId("i-p".into())),
+        ];
+        let obs = observed(
+            &["subnet-a", "subnet-b", "subnet-c", "subnet-d", "subnet-e"],
+            vec![
+                // Two subnets on one table held by the peer's interface.
+                rt(
+                    "rtb-1",
+                    &["subnet-a", "subnet-b"],
+                    Some((eni("eni-p"), false)),
+                ),
+                // Held by the peer's instance id.
+                rt(
+                    "rtb-2",
+                    &["subnet-c"],
+                    Some((RouteTarget::Instance(InstanceId("i-p".into())), false)),
+                ),
+                // A blackhole to the peer: it is gone, nothing to hand to.
+                rt("rtb-3", &["subnet-d"], Some((eni("eni-p"), true))),
+                // Another NAT's route.
+                rt("rtb-4", &["subnet-e"], Some((eni("eni-other"), false))),
+            ],
+            None,
+        );
+        let plan = plan(&me(), &obs);
+        assert_eq!(plan.actions.len(), 4, "{:?}", plan.actions);
+        let got: Vec<String> = sources_taken(&obs, &plan, &peer)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, ["10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24"]);
+        let none = sources_taken(&obs, &Plan::default(), &peer);
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -229,17 +229,24 @@ async fn chaos_partition_moves_no_route() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_with_handoff_moves_routes_first() {
+async fn stop_with_handoff_moves_routes_first_and_keeps_connections() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
     let mut opts = options(2);
     opts.handoff_on_stop = true;
+    // Long enough to open a connection through the adopter before the
+    // daemon is back and takes its routes back.
+    opts.restart_delay = Some(Duration::from_secs(4));
     let lab = Lab::build(opts).await.unwrap();
     lab.start_daemons().unwrap();
     lab.wait_converged(Duration::from_secs(60)).await.unwrap();
     let peer_eni = lab.nat(1).unwrap().instance.eni;
+    let (eip0, eip1) = (elastic_ip(0), elastic_ip(1));
     let meter = lab.meter(0, Duration::from_millis(50));
+    // A connection opened through AZ 0's own NAT.
+    let mut early = lab.session(0, Duration::from_secs(3)).unwrap();
+    assert_eq!(early.ask().unwrap(), eip0);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // systemctl stop: the daemon hands AZ 0's routes to AZ 1, drains, exits 0.
@@ -250,12 +257,36 @@ async fn stop_with_handoff_moves_routes_first() {
         Some(peer_eni),
         "routes were handed over before the exit"
     );
-    // The lab's systemd starts it again; it takes its routes back.
+    lab.wait_for(
+        "AZ 0's new connections to leave through AZ 1",
+        Duration::from_secs(10),
+        || async { Ok(lab.whoami(0, Duration::from_secs(2))? == eip1) },
+    )
+    .await
+    .unwrap();
+    // Its packets now reach AZ 1's NAT, which has no translation for them:
+    // flow hand-off sends them through the tunnel to AZ 0's NAT, so the
+    // connection lives on with its address.
+    let got = early.ask();
+    assert_eq!(
+        got.expect("the early connection survives the hand-over"),
+        eip0
+    );
+    let mut handed = lab.session(0, Duration::from_secs(3)).unwrap();
+    assert_eq!(handed.ask().unwrap(), eip1, "opened through the adopter");
+
+    // The lab's systemd starts it again; it takes its routes back, and the
+    // connection opened through the adopter goes on through it.
     lab.wait_converged(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(early.ask().unwrap(), eip0);
+    assert_eq!(
+        handed
+            .ask()
+            .expect("the adopter's connection survives the take-back"),
+        eip1
+    );
     let r = meter.finish();
-    // At most a request caught mid-handshake by each of the two route moves
-    // (hand-off and take-back); see chaos_planned_exits_lose_nothing.
-    assert!(r.lost <= 2, "{r:?}");
+    assert_eq!(r.lost, 0, "{r:?}");
     assert_eq!(
         r.sources.len(),
         2,
@@ -265,6 +296,13 @@ async fn stop_with_handoff_moves_routes_first() {
         lab.nat_log(0)
             .contains("planned exit: handing this AZ's routes to a peer")
     );
+    for i in [0, 1] {
+        assert!(
+            lab.nat_log(i).contains("flow hand-off: mid-flow packets"),
+            "NAT {i}:\n{}",
+            lab.nat_log(i)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
 
 use super::AwsError;
-use crate::domain::{EniId, InstanceId, RouteTableId, SubnetId, VpcId};
+use crate::domain::{EniId, InstanceId, Ipv4Cidr, RouteTableId, SubnetId, VpcId};
 
 /// The destination every NAT owns.
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
@@ -101,14 +101,15 @@ impl Ec2 {
         }
     }
 
-    /// Subnets of `vpc` in `az` carrying tag `key=value`.
+    /// Subnets of `vpc` in `az` carrying tag `key=value`, with their IPv4
+    /// networks where EC2 gives a readable one.
     pub async fn tagged_subnets(
         &self,
         vpc: &VpcId,
         az: &str,
         key: &str,
         value: &str,
-    ) -> Result<Vec<SubnetId>, AwsError> {
+    ) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError> {
         let resource = format!("{vpc} {az} tag:{key}={value}");
         let mut pages = self
             .client
@@ -130,12 +131,13 @@ impl Ec2 {
                         .iter()
                         .any(|t| t.key() == Some(key) && t.value() == Some(value));
                 if let (true, Some(id)) = (in_scope, s.subnet_id()) {
-                    out.push(SubnetId(id.to_owned()));
+                    let cidr = s.cidr_block().and_then(|c| c.parse().ok());
+                    out.push((SubnetId(id.to_owned()), cidr));
                 }
             }
         }
-        out.sort();
-        out.dedup();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
     }
 

@@ -11,6 +11,7 @@ pub mod link;
 pub mod nft;
 pub mod probe_ns;
 pub mod sysctl;
+pub mod tunnel;
 
 use std::process::Stdio;
 

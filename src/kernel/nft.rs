@@ -10,18 +10,22 @@
 //! Policy (the one-way "back gate"):
 //! - forward: replies (established/related) pass; new connections pass only
 //!   from the NAT sources (the VPC CIDRs and the probe network); everything
-//!   else is dropped, so nothing outside can open a connection inward;
+//!   else is dropped, so nothing outside can open a connection inward.
+//!   Flow hand-off ([`super::tunnel`]): what is routed into the tunnel
+//!   passes (only marked mid-flow packets are); what comes out of it passes
+//!   only if it belongs to a connection this NAT translates;
 //! - postrouting: NAT sources leaving the primary interface for a
 //!   destination outside them are masqueraded to the interface's address.
 
+use super::tunnel::DEVICE as tunnel;
 use super::{KernelError, run};
 use crate::domain::Ipv4Cidr;
 
 /// The family and name of our table.
 pub const TABLE: &str = "hanat";
 
-/// The ruleset for masquerading `sources` out of `iface`. Pure.
-pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
+/// Refuse an interface name that would break out of a quoted nftables string.
+pub(super) fn check_iface(iface: &str) -> Result<(), KernelError> {
     if iface.is_empty()
         || iface
             .chars()
@@ -31,6 +35,12 @@ pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> 
             "`{iface}` cannot be used in an nftables rule"
         )));
     }
+    Ok(())
+}
+
+/// The ruleset for masquerading `sources` out of `iface`. Pure.
+pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
+    check_iface(iface)?;
     let elements = sources
         .iter()
         .map(|c| format!("{}/{}", c.network(), c.prefix))
@@ -52,6 +62,8 @@ table ip {TABLE} {{
 	chain forward_filter {{
 		type filter hook forward priority filter; policy drop;
 		ct state established,related accept
+		oifname "{tunnel}" accept comment "flow hand-off: mid-flow packets of another NAT's connection"
+		iifname "{tunnel}" drop comment "flow hand-off: only connections this NAT translates"
 		ct state invalid drop
 		ip saddr @nat_sources ct state new accept
 		counter comment "new connection not from a NAT source"

@@ -58,6 +58,9 @@ pub const SERVERS: [Ipv4Addr; 2] = [
 ];
 /// TCP and UDP port where servers answer with the source address they saw.
 pub const WHOAMI_PORT: u16 = 80;
+/// The internet servers' session port: one line back (the source address
+/// seen) for every line received, for as long as the connection lasts.
+pub const SESSION_PORT: u16 = 7;
 /// Port of the moto proxy inside each NAT namespace.
 pub const MOTO_PROXY_PORT: u16 = 4566;
 /// Tag on the Elastic IPs of the pool (value: the AZ).
@@ -99,6 +102,8 @@ pub struct LabOptions {
     /// Give every AZ a managed NAT Gateway (moto, with a data plane) and
     /// name it in `peers.fallback_nat_gateway_id`.
     pub fallback_nat_gateway: bool,
+    /// `peers.flow_handoff`: `None` leaves hanat's default.
+    pub flow_handoff: Option<Duration>,
 }
 
 impl LabOptions {
@@ -118,6 +123,7 @@ impl LabOptions {
             failback: "immediate".into(),
             handoff_on_stop: false,
             fallback_nat_gateway: false,
+            flow_handoff: None,
         }
     }
 }
@@ -672,6 +678,27 @@ impl Lab {
                         });
                     }
                 }));
+            let l = self.inet.bind_tcp(SocketAddr::from((s, SESSION_PORT)))?;
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            self.tasks
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tokio::spawn(async move {
+                    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                    while let Ok((c, peer)) = l.accept().await {
+                        tokio::spawn(async move {
+                            let (r, mut w) = c.into_split();
+                            let mut lines = tokio::io::BufReader::new(r).lines();
+                            while let Ok(Some(_)) = lines.next_line().await {
+                                let answer = format!("{}\n", peer.ip());
+                                if w.write_all(answer.as_bytes()).await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                }));
             let u = self.inet.bind_udp(SocketAddr::from((s, WHOAMI_PORT)))?;
             u.set_nonblocking(true)?;
             let u = tokio::net::UdpSocket::from_std(u)?;
@@ -692,6 +719,20 @@ impl Lab {
     /// address it saw (TCP).
     pub fn whoami(&self, i: usize, timeout: Duration) -> Result<Ipv4Addr> {
         whoami(&self.azs[i].host, SERVERS[0], timeout)
+    }
+
+    /// Open a long-lived connection from AZ `i`'s private host to an
+    /// internet server.
+    pub fn session(&self, i: usize, timeout: Duration) -> Result<Session> {
+        let s = self.azs[i]
+            .host
+            .connect_tcp(SocketAddr::from((SERVERS[0], SESSION_PORT)), timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(Session {
+            reader: std::io::BufReader::new(s.try_clone()?),
+            stream: s,
+        })
     }
 
     /// The same over UDP.
@@ -1093,11 +1134,15 @@ pub fn daemon_config(
         .iter()
         .map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\""))
         .collect();
+    let flow_handoff = o
+        .flow_handoff
+        .map(|d| format!("flow_handoff = \"{}\"\n", humantime::format_duration(d)))
+        .unwrap_or_default();
     format!(
         "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
          [routes]\nreconcile_interval = \"{}\"\n\n[kernel]\nconverge_interval = \"2s\"\n\
-         conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n\n\
+         conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
          [aws]\nimds_timeout = \"20s\"\n\n[peers.fallback_nat_gateway_id]\n{fallbacks}",
@@ -1117,6 +1162,28 @@ pub fn daemon_config(
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A long-lived connection to an internet server's session port.
+pub struct Session {
+    stream: std::net::TcpStream,
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Session {
+    /// Which source address the server sees for this connection now; an
+    /// error if the connection was reset or timed out.
+    pub fn ask(&mut self) -> Result<Ipv4Addr> {
+        use std::io::{BufRead, Write};
+        self.stream.write_all(b"who\n")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("the server closed the connection");
+        }
+        line.trim()
+            .parse()
+            .with_context(|| format!("bad session answer {line:?}"))
+    }
 }
 
 /// One request to the whoami server from inside `ns`.

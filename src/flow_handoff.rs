@@ -1,0 +1,192 @@
+//! Flow hand-off, the control side of [`crate::kernel::tunnel`]: to which
+//! NATs this one sends mid-flow packets, for which sources, and until when.
+//!
+//! An entry is added just *before* this NAT takes routes from a NAT that
+//! still forwards: by the peers loop when it adopts the AZ of a peer that
+//! said `exiting` (a planned exit), and by the routes loop when it takes its
+//! own AZ back from a running adopter (failback). The sources are the
+//! networks of the subnets behind the routes taken. An entry ends when the
+//! previous holder says it is failing or has not been heard from for
+//! [`SILENCE`], and at the latest after `peers.flow_handoff`.
+//! Once it ends, what is left of those connections is masqueraded here and
+//! reset by the far end, as it would have been without hand-off.
+//!
+//! Kernel errors are returned for the caller to log, and the route change
+//! goes ahead regardless: a failed hand-off costs only the connections it
+//! would have kept. A failed update is retried on the next expiry check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::domain::{InstanceId, Ipv4Cidr};
+use crate::kernel::KernelError;
+use crate::kernel::tunnel::{self, Handoff};
+use crate::peers::{Peer, Status};
+
+/// How long a previous holder may be silent before its hand-off ends. Longer
+/// than `peers.dead_after`: a NAT whose daemon restarts (`systemctl stop`
+/// with hand-off, then start) keeps forwarding meanwhile, and one that has
+/// just started may not have heard its peers yet. For a NAT that is really
+/// gone, its connections are lost either way; this only delays the reset.
+pub const SILENCE: Duration = Duration::from_secs(10);
+
+/// The flow hand-offs of this NAT, shared by the routes and peers loops.
+pub type Shared = Arc<tokio::sync::Mutex<FlowHandoff>>;
+
+#[derive(Debug)]
+struct Entry {
+    peer: InstanceId,
+    sources: BTreeSet<Ipv4Cidr>,
+    since: Instant,
+}
+
+/// What this NAT hands over, and the kernel state that does it.
+#[derive(Debug)]
+pub struct FlowHandoff {
+    iface: String,
+    max: Duration,
+    entries: BTreeMap<Ipv4Addr, Entry>,
+    /// The last kernel update failed: redo it.
+    stale: bool,
+}
+
+/// Whether a hand-off that started `age` ago to a peer last heard saying
+/// `heard` (within [`SILENCE`]; `None`: not heard) goes on. Only
+/// heartbeats count: a NAT draining on a planned exit has left its group
+/// but still forwards, and still says so. Pure.
+pub fn keep(age: Duration, heard: Option<Status>, max: Duration) -> bool {
+    if age >= max {
+        return false;
+    }
+    match heard {
+        Some(Status::Ok | Status::Exiting | Status::Starting) => true,
+        Some(Status::Failing) => false,
+        None => age < SILENCE,
+    }
+}
+
+impl Default for FlowHandoff {
+    /// Off: hands nothing over.
+    fn default() -> Self {
+        Self::new("", Duration::ZERO)
+    }
+}
+
+impl FlowHandoff {
+    /// Hand-offs for packets arriving on `iface`, each for at most `max`
+    /// (zero: never hand off).
+    pub fn new(iface: &str, max: Duration) -> Self {
+        Self {
+            iface: iface.to_owned(),
+            max,
+            entries: BTreeMap::new(),
+            stale: true,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.max.is_zero()
+    }
+
+    /// Start sending the packets of `sources` that belong to connections
+    /// of `peer` to it. A source handed to another peer before now goes to
+    /// this one (the most recent holder has its connections).
+    pub async fn hand_to(
+        &mut self,
+        peer: &Peer,
+        sources: &[Ipv4Cidr],
+        now: Instant,
+    ) -> Result<(), KernelError> {
+        if !self.enabled() || sources.is_empty() {
+            return Ok(());
+        }
+        for e in self.entries.values_mut() {
+            e.sources.retain(|s| !sources.contains(s));
+        }
+        let entry = self.entries.entry(peer.ip).or_insert_with(|| Entry {
+            peer: peer.instance.clone(),
+            sources: BTreeSet::new(),
+            since: now,
+        });
+        entry.peer = peer.instance.clone();
+        entry.since = now;
+        entry.sources.extend(sources.iter().copied());
+        self.entries.retain(|_, e| !e.sources.is_empty());
+        let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
+        info!(peer = %peer.instance, ip = %peer.ip, sources = ?list, "flow hand-off: mid-flow packets from these sources go to the previous holder");
+        self.converge().await
+    }
+
+    /// End the hand-offs [`keep`] no longer allows; `heard(peer)` is what
+    /// the peer last said within [`SILENCE`].
+    pub async fn expire(
+        &mut self,
+        now: Instant,
+        heard: impl Fn(&InstanceId) -> Option<Status>,
+    ) -> Result<(), KernelError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let before = self.entries.len();
+        let max = self.max;
+        self.entries.retain(|ip, e| {
+            let go_on = keep(now.duration_since(e.since), heard(&e.peer), max);
+            if !go_on {
+                info!(peer = %e.peer, ip = %ip, "flow hand-off ended");
+            }
+            go_on
+        });
+        if self.entries.len() != before || self.stale {
+            self.converge().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether any hand-off is on (for tests and logs).
+    pub fn active(&self) -> usize {
+        self.entries.len()
+    }
+
+    async fn converge(&mut self) -> Result<(), KernelError> {
+        let handoffs: Vec<Handoff> = self
+            .entries
+            .iter()
+            .map(|(ip, e)| Handoff {
+                peer: *ip,
+                sources: e.sources.iter().copied().collect(),
+            })
+            .collect();
+        let result = tunnel::converge(&self.iface, &handoffs).await;
+        self.stale = result.is_err();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handoff_lasts_while_the_previous_holder_forwards() {
+        let max = Duration::from_secs(300);
+        let s = Duration::from_secs;
+        // (age, heard, keep?)
+        let cases = [
+            (s(1), Some(Status::Exiting), true),
+            (s(100), Some(Status::Ok), true),
+            (s(300), Some(Status::Ok), false),
+            (s(1), Some(Status::Failing), false),
+            (s(1), None, true),
+            (SILENCE, None, false),
+            (s(60), None, false),
+        ];
+        for (age, heard, want) in cases {
+            assert_eq!(keep(age, heard, max), want, "{age:?} {heard:?}");
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The flow hand-off tunnel: a VXLAN device ([`DEVICE`]) that carries
+//! mid-flow TCP packets to the NAT that still holds their conntrack entry.
+//!
+//! Why: a NAT's translations live in its own conntrack table. When a route
+//! moves from a NAT that still forwards (one leaving on a planned exit, or
+//! an adopter giving an AZ back) to this one, packets of connections opened
+//! through the other NAT start arriving here. Masquerading them with our
+//! address would make the far end reset them. Instead, a TCP packet that
+//! arrives on the primary interface from a handed-off source, is not a SYN
+//! and belongs to no connection of ours, gets a firewall mark; a policy
+//! route sends marked packets through the tunnel to the previous holder,
+//! which forwards them with the translation it already has. Replies come
+//! back through it as before (the far end talks to its address).
+//!
+//! What is set up (all converging, nothing torn down on exit):
+//! - the device: VXLAN id [`VNI`], UDP port `peers.port + 1`, local address
+//!   the NAT's private IP, no learning, MAC [`mac`] of the private IP (so a
+//!   sender can address any NAT without ARP), the primary interface's MTU
+//!   (the outer packet may be fragmented; inside a VPC the MTU is 9001), and
+//!   a link-local /32 (loose reverse-path filtering drops packets arriving
+//!   on an interface without an IPv4 address);
+//! - per previous holder `P`: route table and firewall mark [`mark`]`(P)`
+//!   with `default via P dev hanat0 onlink`, a permanent neighbour entry
+//!   and a forwarding-database entry (MAC → P), and
+//!   `ip rule priority 7470 iif IFACE fwmark M lookup M`; the rule matches
+//!   only packets that came in on the primary interface, so the tunnel's own
+//!   outer packets (sent by this host) are never routed into the tunnel;
+//! - nftables table `ip hanat_handoff`: a map from handed-off source
+//!   networks to marks, applied atomically like the main table.
+//!
+//! Only [`DEVICE`], rules at priority [`RULE_PRIORITY`], the tables they
+//! name and [`NFT_TABLE`] are ever changed.
+
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+
+use super::{KernelError, run};
+use crate::domain::Ipv4Cidr;
+
+/// The tunnel device's name.
+pub const DEVICE: &str = "hanat0";
+/// The VXLAN network identifier every hanat NAT uses.
+pub const VNI: u32 = 7470;
+/// Our nftables table for the hand-off marks.
+pub const NFT_TABLE: &str = "hanat_handoff";
+/// Priority of our policy-routing rules.
+pub const RULE_PRIORITY: u32 = 7470;
+/// The device's own address: never leaves the host, only there so that
+/// reverse-path filtering accepts what arrives on the device.
+const DEVICE_ADDRESS: &str = "169.254.74.70/32";
+
+/// Packets from `sources` that belong to a connection of `peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    pub peer: Ipv4Addr,
+    pub sources: Vec<Ipv4Cidr>,
+}
+
+/// Firewall mark and route table for handing flows to `peer`: `0x68` and
+/// the low 24 bits of its address, so the same peer always gets the same
+/// number (stable across daemon restarts) and peers of one VPC (at most a
+/// /16 each) never share one.
+pub fn mark(peer: Ipv4Addr) -> u32 {
+    0x6800_0000 | (u32::from(peer) & 0x00ff_ffff)
+}
+
+/// The tunnel device's MAC on the NAT whose private address is `ip`: a
+/// locally administered address that spells it out.
+pub fn mac(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:68:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// The hand-off table for packets arriving on `iface`. Pure. A source
+/// network named for two peers goes to the first.
+pub fn render(iface: &str, handoffs: &[Handoff]) -> Result<String, KernelError> {
+    super::nft::check_iface(iface)?;
+    let mut taken: Vec<Ipv4Cidr> = Vec::new();
+    let mut elements = Vec::new();
+    for h in handoffs {
+        for s in &h.sources {
+            if taken.iter().any(|t| t.overlaps(s)) {
+                continue;
+            }
+            taken.push(*s);
+            elements.push(format!(
+                "{}/{} : {:#010x}",
+                s.network(),
+                s.prefix,
+                mark(h.peer)
+            ));
+        }
+    }
+    let elements = match elements.is_empty() {
+        true => String::new(),
+        false => format!("\t\telements = {{ {} }}\n", elements.join(", ")),
+    };
+    Ok(format!(
+        r#"# Managed by hanat: replaced atomically whenever a flow hand-off starts or ends. Do not edit.
+table ip {NFT_TABLE} {{
+}}
+delete table ip {NFT_TABLE}
+table ip {NFT_TABLE} {{
+	map previous_holder {{
+		type ipv4_addr : mark
+		flags interval
+{elements}	}}
+
+	chain prerouting_mark {{
+		type filter hook prerouting priority mangle; policy accept;
+		iifname "{iface}" ip protocol tcp tcp flags & syn == 0 ct state new,invalid meta mark set ip saddr map @previous_holder
+	}}
+}}
+"#
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct LinkDetail {
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    linkinfo: Option<LinkInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LinkInfo {
+    #[serde(default)]
+    info_data: Option<VxlanData>,
+}
+
+#[derive(Debug, Deserialize)]
+struct VxlanData {
+    #[serde(default)]
+    id: u32,
+    #[serde(default)]
+    local: Option<String>,
+    #[serde(default)]
+    port: u16,
+}
+
+async fn link_detail(name: &str) -> Result<Option<LinkDetail>, KernelError> {
+    let Ok(out) = run("ip", &["-j", "-d", "link", "show", "dev", name], None).await else {
+        return Ok(None);
+    };
+    let mut links: Vec<LinkDetail> =
+        serde_json::from_str(&out).map_err(|e| KernelError::Command {
+            command: format!("ip -j -d link show dev {name}"),
+            stderr: format!("unreadable JSON: {e}"),
+        })?;
+    Ok(links.pop())
+}
+
+/// Make the tunnel device exist, as described in the module header, for
+/// the NAT at `local` sending out of `iface`. Converges: an existing device
+/// with other settings is replaced.
+pub async fn ensure_device(local: Ipv4Addr, port: u16, iface: &str) -> Result<(), KernelError> {
+    let mtu = link_detail(iface)
+        .await?
+        .map(|l| l.mtu)
+        .filter(|m| *m > 0)
+        .unwrap_or(1500);
+    let local_s = local.to_string();
+    let current = link_detail(DEVICE).await?;
+    let matches = current.as_ref().is_some_and(|l| {
+        l.linkinfo
+            .as_ref()
+            .and_then(|i| i.info_data.as_ref())
+            .is_some_and(|d| d.id == VNI && d.port == port && d.local.as_deref() == Some(&local_s))
+    });
+    if current.is_some() && !matches {
+        run("ip", &["link", "del", "dev", DEVICE], None).await?;
+    }
+    if !matches {
+        let (vni, port) = (VNI.to_string(), port.to_string());
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                DEVICE,
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "local",
+                &local_s,
+                "dstport",
+                &port,
+                "nolearning",
+            ],
+            None,
+        )
+        .await?;
+    }
+    // Only what differs is set: setting the MAC, even to the same value,
+    // flushes the device's neighbour entries (the hand-off routes' next hops).
+    let now = link_detail(DEVICE).await?;
+    let address = mac(local);
+    let mut changes: Vec<String> = Vec::new();
+    if now
+        .as_ref()
+        .is_none_or(|l| !l.address.eq_ignore_ascii_case(&address))
+    {
+        changes.extend(["address".into(), address]);
+    }
+    if now.as_ref().is_none_or(|l| l.mtu != mtu) {
+        changes.extend(["mtu".into(), mtu.to_string()]);
+    }
+    if now
+        .as_ref()
+        .is_none_or(|l| !l.flags.iter().any(|f| f == "UP"))
+    {
+        changes.push("up".into());
+    }
+    if !changes.is_empty() {
+        let mut args = vec!["link", "set", "dev", DEVICE];
+        args.extend(changes.iter().map(String::as_str));
+        run("ip", &args, None).await?;
+    }
+    run(
+        "ip",
+        &["addr", "replace", DEVICE_ADDRESS, "dev", DEVICE],
+        None,
+    )
+    .await
+    .map(drop)
+}
+
+#[derive(Debug, Deserialize)]
+struct Rule {
+    #[serde(default)]
+    priority: u32,
+    #[serde(default)]
+    table: String,
+}
+
+/// Route tables our rules point at now.
+async fn tables_in_use() -> Result<Vec<u32>, KernelError> {
+    let out = run("ip", &["-j", "rule", "show"], None).await?;
+    let rules: Vec<Rule> = serde_json::from_str(&out).map_err(|e| KernelError::Command {
+        command: "ip -j rule show".into(),
+        stderr: format!("unreadable JSON: {e}"),
+    })?;
+    Ok(rules
+        .iter()
+        .filter(|r| r.priority == RULE_PRIORITY)
+        .filter_map(|r| r.table.parse().ok())
+        .collect())
+}
+
+/// Make the kernel hand exactly `handoffs` over (the device must exist).
+/// New routes come first, then the marks, then stale routes go, so a
+/// marked packet always finds its route.
+pub async fn converge(iface: &str, handoffs: &[Handoff]) -> Result<(), KernelError> {
+    let ruleset = render(iface, handoffs)?;
+    let in_use = tables_in_use().await?;
+    for h in handoffs {
+        let (peer, table, lladdr) = (h.peer.to_string(), mark(h.peer).to_string(), mac(h.peer));
+        let fwmark = format!("{:#x}", mark(h.peer));
+        run(
+            "ip",
+            &[
+                "route", "replace", "default", "via", &peer, "dev", DEVICE, "onlink", "table",
+                &table,
+            ],
+            None,
+        )
+        .await?;
+        run(
+            "ip",
+            &[
+                "neigh",
+                "replace",
+                &peer,
+                "dev",
+                DEVICE,
+                "lladdr",
+                &lladdr,
+                "nud",
+                "permanent",
+            ],
+            None,
+        )
+        .await?;
+        run(
+            "bridge",
+            &["fdb", "replace", &lladdr, "dev", DEVICE, "dst", &peer],
+            None,
+        )
+        .await?;
+        if !in_use.contains(&mark(h.peer)) {
+            let priority = RULE_PRIORITY.to_string();
+            run(
+                "ip",
+                &[
+                    "rule", "add", "priority", &priority, "iif", iface, "fwmark", &fwmark,
+                    "lookup", &table,
+                ],
+                None,
+            )
+            .await?;
+        }
+    }
+    super::nft::apply(&ruleset).await?;
+    for table in in_use {
+        if handoffs.iter().any(|h| mark(h.peer) == table) {
+            continue;
+        }
+        let (priority, t) = (RULE_PRIORITY.to_string(), table.to_string());
+        run(
+            "ip",
+            &["rule", "del", "priority", &priority, "lookup", &t],
+            None,
+        )
+        .await?;
+        run("ip", &["route", "flush", "table", &t], None).await?;
+    }
+    // Neighbour and forwarding entries of peers no longer handed to.
+    let wanted: Vec<String> = handoffs.iter().map(|h| h.peer.to_string()).collect();
+    for dst in entries("ip", &["-j", "neigh", "show", "dev", DEVICE], "dst").await? {
+        if !wanted.contains(&dst) {
+            run("ip", &["neigh", "del", &dst, "dev", DEVICE], None).await?;
+        }
+    }
+    let fdb = run("bridge", &["-j", "fdb", "show", "dev", DEVICE], None).await?;
+    let fdb: Vec<serde_json::Value> = serde_json::from_str(&fdb).unwrap_or_default();
+    for e in fdb {
+        let (Some(lladdr), Some(dst)) = (e["mac"].as_str(), e["dst"].as_str()) else {
+            continue;
+        };
+        if lladdr != "00:00:00:00:00:00" && !wanted.iter().any(|w| w == dst) {
+            run(
+                "bridge",
+                &["fdb", "del", lladdr, "dev", DEVICE, "dst", dst],
+                None,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The `key` field of each object `program args` prints as a JSON list.
+async fn entries(program: &str, args: &[&str], key: &str) -> Result<Vec<String>, KernelError> {
+    let out = run(program, args, None).await?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+    Ok(list
+        .iter()
+        .filter_map(|e| e[key].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn golden_handoff_table() {
+        let handoffs = [
+            Handoff {
+                peer: Ipv4Addr::new(10, 0, 101, 10),
+                sources: vec![cidr("10.0.1.0/24"), cidr("10.0.3.7/24")],
+            },
+            Handoff {
+                peer: Ipv4Addr::new(10, 0, 102, 10),
+                // Already handed to the first peer: skipped, not an nft error.
+                sources: vec![cidr("10.0.2.0/24"), cidr("10.0.1.128/25")],
+            },
+        ];
+        let got = render("ens5", &handoffs).unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/handoff-ens5.nft");
+        // HANAT_BLESS=1 rewrites the golden file after a deliberate change.
+        if std::env::var_os("HANAT_BLESS").is_some() {
+            std::fs::write(path, &got).unwrap();
+        }
+        let golden = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            got, golden,
+            "rendered table differs from {path} (HANAT_BLESS=1 to update)"
+        );
+        let empty = render("ens5", &[]).unwrap();
+        assert!(!empty.contains("elements"), "{empty}");
+        assert!(render("ens5\" accept", &[]).is_err());
+    }
+
+    #[test]
+    fn marks_and_macs_follow_the_peer_address() {
+        let ip = Ipv4Addr::new(10, 0, 101, 10);
+        assert_eq!(mark(ip), 0x6800_650a);
+        assert_eq!(mac(ip), "02:68:0a:00:65:0a");
+        assert_ne!(mark(ip), mark(Ipv4Addr::new(10, 0, 102, 10)));
+    }
+}
