@@ -65,11 +65,13 @@ net.ipv4.conf.all.rp_filter = 2
 net.netfilter.nf_conntrack_tcp_timeout_established = 7440
 SYSCTL
 # The unit may not load modules itself (ProtectKernelModules): load at boot.
+# vxlan carries the flow hand-off tunnel between NATs (peers.flow_handoff).
 cat > /etc/modules-load.d/hanat.conf <<'MODULES'
 nf_tables
 nf_conntrack
 nf_nat
 nft_masq
+vxlan
 MODULES
 
 systemctl daemon-reload
