@@ -259,6 +259,12 @@ async fn tables_in_use() -> Result<Vec<u32>, KernelError> {
 /// marked packet always finds its route.
 pub async fn converge(iface: &str, handoffs: &[Handoff]) -> Result<(), KernelError> {
     let ruleset = render(iface, handoffs)?;
+    let device = link_detail(DEVICE).await?.is_some();
+    if !device && !handoffs.is_empty() {
+        return Err(KernelError::Interface(format!(
+            "the flow hand-off device {DEVICE} does not exist (see the earlier warning)"
+        )));
+    }
     let in_use = tables_in_use().await?;
     for h in handoffs {
         let (peer, table, lladdr) = (h.peer.to_string(), mark(h.peer).to_string(), mac(h.peer));
@@ -320,6 +326,9 @@ pub async fn converge(iface: &str, handoffs: &[Handoff]) -> Result<(), KernelErr
         )
         .await?;
         run("ip", &["route", "flush", "table", &t], None).await?;
+    }
+    if !device {
+        return Ok(());
     }
     // Neighbour and forwarding entries of peers no longer handed to.
     let wanted: Vec<String> = handoffs.iter().map(|h| h.peer.to_string()).collect();

@@ -1,0 +1,157 @@
+//! The flow hand-off tunnel against the real kernel, in a network namespace
+//! of its own: the device, rules, routes, neighbour and forwarding entries
+//! and nftables table converge to exactly what is asked, and go away again,
+//! touching nothing else. (That packets really flow through it is shown by
+//! `lab_e2e::stop_with_handoff_moves_routes_first_and_keeps_connections`.)
+//! Needs root; skipped otherwise.
+
+use std::net::Ipv4Addr;
+
+use hanat::kernel::tunnel::{self, DEVICE, Handoff, mark};
+use hanat_lab::netns::{Netns, in_netns, unique_prefix};
+
+/// Run `f` (async) inside `ns`, on a runtime of its own thread.
+fn inside<T: Send + 'static, F>(ns: &Netns, f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    in_netns(&ns.path(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(rt.block_on(f()))
+    })
+    .unwrap()
+}
+
+fn cidr(s: &str) -> hanat::domain::Ipv4Cidr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn tunnel_state_converges_both_ways_and_touches_nothing_else() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let ns = Netns::new(&format!("{}-tun", unique_prefix())).unwrap();
+    // No dummy driver in every kernel: one end of a veth pair will do.
+    ns.ip("link add eth0 type veth peer name eth1").unwrap();
+    ns.ip("link set eth0 mtu 9001 up").unwrap();
+    ns.ip("addr add 10.0.0.4/24 dev eth0").unwrap();
+    // Someone else's rule and table: must survive.
+    ns.ip("rule add priority 100 fwmark 0x1 lookup 100")
+        .unwrap();
+    let sh = |cmd: &str| {
+        let v: Vec<&str> = cmd.split_whitespace().collect();
+        ns.exec(v[0], &v[1..]).unwrap()
+    };
+    sh("nft add table ip theirs");
+
+    // Nothing to hand off and no device yet: a no-op, not an error.
+    inside(&ns, || async { tunnel::converge("eth0", &[]).await }).unwrap();
+
+    let local = Ipv4Addr::new(10, 0, 0, 4);
+    for _ in 0..2 {
+        inside(&ns, move || async move {
+            tunnel::ensure_device(local, 7471, "eth0").await
+        })
+        .unwrap();
+    }
+    let link = ns.ip(&format!("-d link show {DEVICE}")).unwrap();
+    assert!(link.contains("vxlan id 7470 local 10.0.0.4"), "{link}");
+    assert!(link.contains("dstport 7471"), "{link}");
+    assert!(link.contains("mtu 9001"), "{link}");
+    assert!(link.contains("02:68:0a:00:00:04"), "{link}");
+    assert!(link.contains("UP"), "{link}");
+
+    let peers = [Ipv4Addr::new(10, 0, 2, 4), Ipv4Addr::new(10, 0, 4, 4)];
+    let both = vec![
+        Handoff {
+            peer: peers[0],
+            sources: vec![cidr("10.0.1.0/24")],
+        },
+        Handoff {
+            peer: peers[1],
+            sources: vec![cidr("10.0.3.0/24"), cidr("10.0.5.0/24")],
+        },
+    ];
+    for _ in 0..2 {
+        let h = both.clone();
+        inside(
+            &ns,
+            move || async move { tunnel::converge("eth0", &h).await },
+        )
+        .unwrap();
+    }
+    let rules = ns.ip("rule show priority 7470").unwrap();
+    assert_eq!(
+        rules.lines().count(),
+        2,
+        "one rule per peer, not repeated:\n{rules}"
+    );
+    for p in peers {
+        let table = mark(p).to_string();
+        assert!(
+            rules.contains(&format!("fwmark {:#x} iif eth0 lookup {table}", mark(p))),
+            "{rules}"
+        );
+        let route = ns.ip(&format!("route show table {table}")).unwrap();
+        assert!(
+            route.contains(&format!("default via {p} dev {DEVICE} onlink")),
+            "{route}"
+        );
+        let neigh = ns.ip(&format!("neigh show {p} dev {DEVICE}")).unwrap();
+        assert!(
+            neigh.contains(&tunnel::mac(p)) && neigh.contains("PERMANENT"),
+            "{neigh}"
+        );
+    }
+    let fdb = sh(&format!("bridge fdb show dev {DEVICE}"));
+    for p in peers {
+        assert!(
+            fdb.contains(&format!("{} dst {p}", tunnel::mac(p))),
+            "{fdb}"
+        );
+    }
+    let table = sh(&format!("nft list table ip {}", tunnel::NFT_TABLE));
+    assert!(table.contains("10.0.1.0/24 : 0x68000204"), "{table}");
+    assert!(table.contains("10.0.5.0/24 : 0x68000404"), "{table}");
+
+    // Setting the device up again must not drop the neighbour entries.
+    inside(&ns, move || async move {
+        tunnel::ensure_device(local, 7471, "eth0").await
+    })
+    .unwrap();
+    let neigh = ns.ip(&format!("neigh show dev {DEVICE}")).unwrap();
+    assert_eq!(neigh.matches("PERMANENT").count(), 2, "{neigh}");
+
+    // One hand-off ends: only its state goes.
+    let one = vec![both[1].clone()];
+    inside(
+        &ns,
+        move || async move { tunnel::converge("eth0", &one).await },
+    )
+    .unwrap();
+    let rules = ns.ip("rule show priority 7470").unwrap();
+    assert_eq!(rules.lines().count(), 1, "{rules}");
+    assert!(!rules.contains(&mark(peers[0]).to_string()), "{rules}");
+    let gone = ns
+        .ip(&format!("route show table {}", mark(peers[0])))
+        .unwrap_or_default();
+    assert!(gone.trim().is_empty(), "{gone}");
+    let neigh = ns.ip(&format!("neigh show dev {DEVICE}")).unwrap();
+    assert!(!neigh.contains(&peers[0].to_string()), "{neigh}");
+    let fdb = sh(&format!("bridge fdb show dev {DEVICE}"));
+    assert!(!fdb.contains(&peers[0].to_string()), "{fdb}");
+
+    // All end.
+    inside(&ns, || async { tunnel::converge("eth0", &[]).await }).unwrap();
+    assert!(ns.ip("rule show priority 7470").unwrap().trim().is_empty());
+    let table = sh(&format!("nft list table ip {}", tunnel::NFT_TABLE));
+    assert!(!table.contains("elements"), "{table}");
+
+    // Not ours: untouched.
+    let theirs = ns.ip("rule show priority 100").unwrap();
+    assert!(theirs.contains("lookup 100"), "{theirs}");
+    assert!(sh("nft list tables").contains("table ip theirs"));
+}
