@@ -5,6 +5,8 @@
 //! `lab_e2e::stop_with_handoff_moves_routes_first_and_keeps_connections`.)
 //! Needs root; skipped otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::net::Ipv4Addr;
 
 use hanat::kernel::tunnel::{self, DEVICE, Handoff, mark};
