@@ -610,16 +610,24 @@ async fn routes_loop(
                 }
             }
             // Taking routes back from a NAT that still forwards (the
-            // adopter): the connections it translates go on through it.
-            let known: Vec<Peer> = peers.lock().map(|p| p.peers.clone()).unwrap_or_default();
-            for p in &known {
+            // adopter, even one leaving itself): the connections it
+            // translates go on through it.
+            let forwarding: Vec<Peer> = peers
+                .lock()
+                .map(|s| {
+                    let now = started.elapsed();
+                    s.peers
+                        .iter()
+                        .filter(|p| s.may_forward(p, now))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for p in &forwarding {
                 let from = [
                     RouteTarget::Eni(p.eni.clone()),
                     RouteTarget::Instance(p.instance.clone()),
                 ];
-                if from.iter().any(|t| dead.contains(t)) {
-                    continue;
-                }
                 let sources = sources_taken(&observed, &plan, &from);
                 if sources.is_empty() {
                     continue;

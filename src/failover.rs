@@ -69,6 +69,18 @@ impl PeerShared {
             .collect()
     }
 
+    /// Whether `p` may still forward the connections it translates (a flow
+    /// hand-off to it makes sense): not heard saying it fails, and heard
+    /// from recently or not known to be gone. A NAT draining on a planned
+    /// exit has left its group but still forwards, and says so.
+    pub fn may_forward(&self, p: &Peer, now: Duration) -> bool {
+        match self.view.fresh(&p.instance, now, flow_handoff::SILENCE) {
+            Some(Status::Failing) => false,
+            Some(_) => true,
+            None => !self.gone.contains(&p.instance),
+        }
+    }
+
     /// Interfaces of peers heard recently saying they forward.
     pub fn live_enis(&self, now: Duration, fresh: Duration) -> Vec<EniId> {
         self.peers
@@ -304,11 +316,7 @@ pub async fn peers_loop(
             let result = match cover {
                 Cover::Adopt => {
                     // A peer on a planned exit still forwards its connections.
-                    let leaving = lock(&shared).view.fresh(
-                        &dead.instance,
-                        started.elapsed(),
-                        config.peers.dead_after,
-                    ) == Some(Status::Exiting);
+                    let leaving = lock(&shared).may_forward(&dead, started.elapsed());
                     adopt(&ec2, &me, &config, &dead, leaving.then_some(&flows)).await
                 }
                 Cover::Gateway => {
@@ -596,5 +604,52 @@ async fn receive(
         if before != Some(msg.status) {
             s.wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_are_handed_only_to_a_peer_that_may_still_forward() {
+        let peer = |id: &str| Peer {
+            instance: InstanceId(id.into()),
+            az: "eu-west-1a".into(),
+            eni: EniId(format!("eni-{id}")),
+            ip: Ipv4Addr::new(10, 0, 0, 4),
+        };
+        let mut s = PeerShared::default();
+        let at = Duration::from_secs(100);
+        for (id, status) in [
+            ("i-exiting", Status::Exiting),
+            ("i-ok", Status::Ok),
+            ("i-failing", Status::Failing),
+            ("i-left-group", Status::Exiting),
+        ] {
+            s.view.record(
+                &Message {
+                    instance: InstanceId(id.into()),
+                    az: "eu-west-1a".into(),
+                    status,
+                    seq: 1,
+                },
+                at,
+            );
+        }
+        // Left its group while draining: gone, but still heard.
+        s.gone.insert(InstanceId("i-left-group".into()));
+        s.gone.insert(InstanceId("i-terminated".into()));
+        let now = at + Duration::from_secs(1);
+        assert!(s.may_forward(&peer("i-exiting"), now));
+        assert!(s.may_forward(&peer("i-ok"), now));
+        assert!(s.may_forward(&peer("i-left-group"), now));
+        assert!(!s.may_forward(&peer("i-failing"), now));
+        assert!(!s.may_forward(&peer("i-terminated"), now));
+        // Not heard yet, not known gone: a fresh peer list, give it a chance.
+        assert!(s.may_forward(&peer("i-new"), now));
+        // Silent for longer than flow_handoff::SILENCE and gone.
+        let later = at + flow_handoff::SILENCE + Duration::from_secs(1);
+        assert!(!s.may_forward(&peer("i-left-group"), later));
     }
 }
