@@ -627,6 +627,25 @@ rise = 2
     }
 
     #[test]
+    fn flow_handoff_and_its_tunnel_port() {
+        let c = parse("").unwrap();
+        assert_eq!(c.peers.flow_handoff, Duration::from_secs(300));
+        assert_eq!(c.peers.tunnel_port(), 7471);
+        let off = parse("[peers]\nflow_handoff = \"0s\"").unwrap();
+        assert!(off.peers.flow_handoff.is_zero());
+        let err = parse("[peers]\nflow_handoff = \"soon\"").unwrap_err();
+        assert!(
+            err.contains("peers.flow_handoff") && err.contains("not a duration"),
+            "{err}"
+        );
+        let err = parse("[peers]\nport = 65535").unwrap_err();
+        assert!(
+            err.contains("peers.port") && err.contains("flow hand-off tunnel"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn fallback_nat_gateways_by_az() {
         let c = parse(
             "[peers.fallback_nat_gateway_id]\n\"eu-west-1a\" = \"nat-0abc\"\n\"eu-west-1b\" = \"nat-0def\"",
