@@ -533,6 +533,9 @@ async fn usable(ec2: &Ec2, me: &Identity, id: &str) -> Result<Result<(), String>
 /// At start: say which fallback NAT Gateways are usable, so a typo shows
 /// long before an outage needs one.
 pub async fn check_fallbacks(ec2: Ec2, me: Arc<Identity>, config: Arc<Config>) {
+    for (id, azs) in shared_fallbacks(&config.peers.fallback_nat_gateway_id) {
+        warn!(nat_gateway = %id, azs = ?azs, "peers.fallback_nat_gateway_id: one NAT Gateway stands in for several AZs; traffic from the others crosses AZs (billed per GB, and lost with the gateway's AZ)");
+    }
     for (az, id) in &config.peers.fallback_nat_gateway_id {
         let mut attempt = 0;
         let verdict = loop {
@@ -554,6 +557,20 @@ pub async fn check_fallbacks(ec2: Ec2, me: Arc<Identity>, config: Arc<Config>) {
             }
         }
     }
+}
+
+/// Gateways named for more than one AZ, with those AZs. Pure.
+fn shared_fallbacks(
+    by_az: &std::collections::BTreeMap<String, crate::config::NatGatewayId>,
+) -> Vec<(String, Vec<String>)> {
+    let mut azs_of: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (az, id) in by_az {
+        azs_of.entry(id.0.clone()).or_default().push(az.clone());
+    }
+    azs_of
+        .into_iter()
+        .filter(|(_, azs)| azs.len() > 1)
+        .collect()
 }
 
 fn lock(s: &Mutex<PeerShared>) -> std::sync::MutexGuard<'_, PeerShared> {
@@ -610,6 +627,19 @@ async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_named_for_several_azs_is_found() {
+        let id = |s: &str| crate::config::NatGatewayId(s.into());
+        let by_az = [("a", "nat-1"), ("b", "nat-1"), ("c", "nat-2")]
+            .into_iter()
+            .map(|(az, n)| (az.to_owned(), id(n)))
+            .collect();
+        assert_eq!(
+            shared_fallbacks(&by_az),
+            vec![("nat-1".to_owned(), vec!["a".to_owned(), "b".to_owned()])]
+        );
+    }
 
     #[test]
     fn flows_are_handed_only_to_a_peer_that_may_still_forward() {
