@@ -573,7 +573,9 @@ async fn routes_loop(
             // it: the AZ's fallback NAT Gateway stands in, if there is one.
             if matches!(now_status, Status::Failing | Status::Exiting) && live.is_empty() {
                 let az = &identity.availability_zone;
-                let moved = failover::fall_back(&ec2, &identity, &config, az, &dead).await?;
+                let moved =
+                    failover::fall_back_with(&ec2, &identity, &config, az, &dead, Some(&observed))
+                        .await?;
                 if let Some(n) = moved.filter(|n| *n > 0) {
                     warn!(routes = n, status = %now_status, "no healthy peer to take this AZ: pointed its routes at the fallback NAT Gateway");
                 }

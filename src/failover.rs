@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::daemon::{LogThrottle, apply, apply_to, observe_az};
 use crate::domain::{EniId, Identity, InstanceId};
 use crate::peers::{Arrival, Message, Peer, Status, View, arrival, decide};
-use crate::plan::{plan_to, plan_with, sources_taken};
+use crate::plan::{Observed, plan_to, plan_with, sources_taken};
 use crate::{flow_handoff, report};
 
 /// What the peers loop knows, shared with the routes loop (for failback).
@@ -497,6 +497,19 @@ pub async fn fall_back(
     az: &str,
     dead: &[RouteTarget],
 ) -> Result<Option<usize>, crate::AwsError> {
+    fall_back_with(ec2, me, config, az, dead, None).await
+}
+
+/// [`fall_back`], with the AZ's subnets and route tables already read in
+/// this pass (the routes loop has its own AZ's), so they are not read twice.
+pub async fn fall_back_with(
+    ec2: &Ec2,
+    me: &Identity,
+    config: &Config,
+    az: &str,
+    dead: &[RouteTarget],
+    observed: Option<&Observed>,
+) -> Result<Option<usize>, crate::AwsError> {
     let Some(id) = config.peers.fallback_nat_gateway_id.get(az) else {
         return Ok(None);
     };
@@ -504,7 +517,14 @@ pub async fn fall_back(
         warn!(az, nat_gateway = %id, "peers.fallback_nat_gateway_id: the NAT Gateway {what}; leaving the AZ's routes as they are");
         return Ok(None);
     }
-    let observed = observe_az(ec2, me, config, az, false).await?;
+    let observed = match observed {
+        // The source/destination check is the routes loop's business.
+        Some(o) => Observed {
+            source_dest_check: None,
+            ..o.clone()
+        },
+        None => observe_az(ec2, me, config, az, false).await?,
+    };
     let (my_eni, my_instance) = (
         RouteTarget::Eni(me.eni.clone()),
         RouteTarget::Instance(me.instance_id.clone()),
