@@ -300,6 +300,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     );
     let flows = FlowHandoff::new(
         &interface,
+        config.peers.tunnel_port(),
         match flow_handoff_on(&config) {
             true => config.peers.flow_handoff,
             false => Duration::ZERO,

@@ -238,22 +238,25 @@ pub async fn peers_loop(
             );
             (d, s.peers.clone())
         };
-        // Flow hand-offs last while their previous holder is heard from.
-        let heard: HashMap<InstanceId, Status> = {
+        // Flow hand-offs last while their previous holder is heard from;
+        // only the peers may use the tunnel.
+        let (heard, peer_ips): (HashMap<InstanceId, Status>, Vec<Ipv4Addr>) = {
             let s = lock(&shared);
             let now = started.elapsed();
-            s.peers
+            let heard = s
+                .peers
                 .iter()
                 .filter_map(|p| {
                     let st = s.view.fresh(&p.instance, now, flow_handoff::SILENCE)?;
                     Some((p.instance.clone(), st))
                 })
-                .collect()
+                .collect();
+            (heard, s.peers.iter().map(|p| p.ip).collect())
         };
         if let Err(e) = flows
             .lock()
             .await
-            .expire(Instant::now(), |id| heard.get(id).copied())
+            .expire(Instant::now(), |id| heard.get(id).copied(), &peer_ips)
             .await
             && let Some(n) = throttle.check("handoff", &e.to_string(), Instant::now())
         {

@@ -49,7 +49,10 @@ struct Entry {
 #[derive(Debug)]
 pub struct FlowHandoff {
     iface: String,
+    port: u16,
     max: Duration,
+    /// The peers' addresses: only they may send into the tunnel.
+    peers: Vec<Ipv4Addr>,
     entries: BTreeMap<Ipv4Addr, Entry>,
     /// The last kernel update failed: redo it.
     stale: bool,
@@ -73,17 +76,19 @@ pub fn keep(age: Duration, heard: Option<Status>, max: Duration) -> bool {
 impl Default for FlowHandoff {
     /// Off: hands nothing over.
     fn default() -> Self {
-        Self::new("", Duration::ZERO)
+        Self::new("", 0, Duration::ZERO)
     }
 }
 
 impl FlowHandoff {
-    /// Hand-offs for packets arriving on `iface`, each for at most `max`
-    /// (zero: never hand off).
-    pub fn new(iface: &str, max: Duration) -> Self {
+    /// Hand-offs for packets arriving on `iface`, through the tunnel on UDP
+    /// `port`, each for at most `max` (zero: never hand off).
+    pub fn new(iface: &str, port: u16, max: Duration) -> Self {
         Self {
             iface: iface.to_owned(),
+            port,
             max,
+            peers: Vec::new(),
             entries: BTreeMap::new(),
             stale: true,
         }
@@ -122,15 +127,24 @@ impl FlowHandoff {
         self.converge().await
     }
 
-    /// End the hand-offs [`keep`] no longer allows; `heard(peer)` is what
-    /// the peer last said within [`SILENCE`].
+    /// End the hand-offs [`keep`] no longer allows (`heard(peer)` is what
+    /// the peer last said within [`SILENCE`]), and let only `peers` (their
+    /// addresses) send into the tunnel.
     pub async fn expire(
         &mut self,
         now: Instant,
         heard: impl Fn(&InstanceId) -> Option<Status>,
+        peers: &[Ipv4Addr],
     ) -> Result<(), KernelError> {
         if !self.enabled() {
             return Ok(());
+        }
+        let mut peers = peers.to_vec();
+        peers.sort();
+        peers.dedup();
+        if peers != self.peers {
+            self.peers = peers;
+            self.stale = true;
         }
         let before = self.entries.len();
         let max = self.max;
@@ -161,7 +175,7 @@ impl FlowHandoff {
                 sources: e.sources.iter().copied().collect(),
             })
             .collect();
-        let result = tunnel::converge(&self.iface, &handoffs).await;
+        let result = tunnel::converge(&self.iface, self.port, &self.peers, &handoffs).await;
         self.stale = result.is_err();
         result
     }

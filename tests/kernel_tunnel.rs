@@ -50,7 +50,10 @@ fn tunnel_state_converges_both_ways_and_touches_nothing_else() {
     sh("nft add table ip theirs");
 
     // Nothing to hand off and no device yet: a no-op, not an error.
-    inside(&ns, || async { tunnel::converge("eth0", &[]).await }).unwrap();
+    inside(&ns, || async {
+        tunnel::converge("eth0", 7471, &[], &[]).await
+    })
+    .unwrap();
 
     let local = Ipv4Addr::new(10, 0, 0, 4);
     for _ in 0..2 {
@@ -79,10 +82,9 @@ fn tunnel_state_converges_both_ways_and_touches_nothing_else() {
     ];
     for _ in 0..2 {
         let h = both.clone();
-        inside(
-            &ns,
-            move || async move { tunnel::converge("eth0", &h).await },
-        )
+        inside(&ns, move || async move {
+            tunnel::converge("eth0", 7471, &peers, &h).await
+        })
         .unwrap();
     }
     let rules = ns.ip("rule show priority 7470").unwrap();
@@ -118,6 +120,14 @@ fn tunnel_state_converges_both_ways_and_touches_nothing_else() {
     let table = sh(&format!("nft list table ip {}", tunnel::NFT_TABLE));
     assert!(table.contains("10.0.1.0/24 : 0x68000204"), "{table}");
     assert!(table.contains("10.0.5.0/24 : 0x68000404"), "{table}");
+    assert!(
+        table.contains("elements = { 10.0.2.4, 10.0.4.4 }"),
+        "{table}"
+    );
+    assert!(
+        table.contains("udp dport 7471 ip saddr != @tunnel_peers drop"),
+        "{table}"
+    );
 
     // Setting the device up again must not drop the neighbour entries.
     inside(&ns, move || async move {
@@ -129,10 +139,9 @@ fn tunnel_state_converges_both_ways_and_touches_nothing_else() {
 
     // One hand-off ends: only its state goes.
     let one = vec![both[1].clone()];
-    inside(
-        &ns,
-        move || async move { tunnel::converge("eth0", &one).await },
-    )
+    inside(&ns, move || async move {
+        tunnel::converge("eth0", 7471, &peers, &one).await
+    })
     .unwrap();
     let rules = ns.ip("rule show priority 7470").unwrap();
     assert_eq!(rules.lines().count(), 1, "{rules}");
@@ -147,7 +156,10 @@ fn tunnel_state_converges_both_ways_and_touches_nothing_else() {
     assert!(!fdb.contains(&peers[0].to_string()), "{fdb}");
 
     // All end.
-    inside(&ns, || async { tunnel::converge("eth0", &[]).await }).unwrap();
+    inside(&ns, || async {
+        tunnel::converge("eth0", 7471, &[], &[]).await
+    })
+    .unwrap();
     assert!(ns.ip("rule show priority 7470").unwrap().trim().is_empty());
     let table = sh(&format!("nft list table ip {}", tunnel::NFT_TABLE));
     assert!(!table.contains("elements"), "{table}");

@@ -26,7 +26,9 @@
 //!   only packets that came in on the primary interface, so the tunnel's own
 //!   outer packets (sent by this host) are never routed into the tunnel;
 //! - nftables table `ip hanat_handoff`: a map from handed-off source
-//!   networks to marks, applied atomically like the main table.
+//!   networks to marks, and an input filter that lets only the peers' own
+//!   addresses send to the tunnel port, applied atomically like the main
+//!   table.
 //!
 //! Only [`DEVICE`], rules at priority [`RULE_PRIORITY`], the tables they
 //! name and [`NFT_TABLE`] are ever changed.
@@ -72,9 +74,15 @@ pub fn mac(ip: Ipv4Addr) -> String {
     format!("02:68:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
-/// The hand-off table for packets arriving on `iface`. Pure. A source
-/// network named for two peers goes to the first.
-pub fn render(iface: &str, handoffs: &[Handoff]) -> Result<String, KernelError> {
+/// The hand-off table for packets arriving on `iface`, accepting tunnel
+/// packets (UDP `port`) only from `peers`. Pure. A source network named for
+/// two peers goes to the first.
+pub fn render(
+    iface: &str,
+    port: u16,
+    peers: &[Ipv4Addr],
+    handoffs: &[Handoff],
+) -> Result<String, KernelError> {
     super::nft::check_iface(iface)?;
     let mut taken: Vec<Ipv4Cidr> = Vec::new();
     let mut elements = Vec::new();
@@ -96,8 +104,15 @@ pub fn render(iface: &str, handoffs: &[Handoff]) -> Result<String, KernelError> 
         true => String::new(),
         false => format!("\t\telements = {{ {} }}\n", elements.join(", ")),
     };
+    let peers = match peers.is_empty() {
+        true => String::new(),
+        false => {
+            let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
+            format!("\t\telements = {{ {} }}\n", list.join(", "))
+        }
+    };
     Ok(format!(
-        r#"# Managed by hanat: replaced atomically whenever a flow hand-off starts or ends. Do not edit.
+        r#"# Managed by hanat: replaced atomically when a flow hand-off starts or ends, or the peers change. Do not edit.
 table ip {NFT_TABLE} {{
 }}
 delete table ip {NFT_TABLE}
@@ -107,9 +122,18 @@ table ip {NFT_TABLE} {{
 		flags interval
 {elements}	}}
 
+	set tunnel_peers {{
+		type ipv4_addr
+{peers}	}}
+
 	chain prerouting_mark {{
 		type filter hook prerouting priority mangle; policy accept;
 		iifname "{iface}" ip protocol tcp tcp flags & syn == 0 ct state new,invalid meta mark set ip saddr map @previous_holder
+	}}
+
+	chain input_tunnel {{
+		type filter hook input priority filter; policy accept;
+		udp dport {port} ip saddr != @tunnel_peers drop comment "the tunnel is for peer NATs only"
 	}}
 }}
 "#
@@ -254,11 +278,17 @@ async fn tables_in_use() -> Result<Vec<u32>, KernelError> {
         .collect())
 }
 
-/// Make the kernel hand exactly `handoffs` over (the device must exist).
-/// New routes come first, then the marks, then stale routes go, so a
-/// marked packet always finds its route.
-pub async fn converge(iface: &str, handoffs: &[Handoff]) -> Result<(), KernelError> {
-    let ruleset = render(iface, handoffs)?;
+/// Make the kernel hand exactly `handoffs` over (the device must exist for
+/// any), and accept tunnel packets on UDP `port` only from `peers`. New
+/// routes come first, then the marks, then stale routes go, so a marked
+/// packet always finds its route.
+pub async fn converge(
+    iface: &str,
+    port: u16,
+    peers: &[Ipv4Addr],
+    handoffs: &[Handoff],
+) -> Result<(), KernelError> {
+    let ruleset = render(iface, port, peers, handoffs)?;
     let device = link_detail(DEVICE).await?.is_some();
     if !device && !handoffs.is_empty() {
         return Err(KernelError::Interface(format!(
@@ -386,7 +416,8 @@ mod tests {
                 sources: vec![cidr("10.0.2.0/24"), cidr("10.0.1.128/25")],
             },
         ];
-        let got = render("ens5", &handoffs).unwrap();
+        let peers = [Ipv4Addr::new(10, 0, 101, 10), Ipv4Addr::new(10, 0, 102, 10)];
+        let got = render("ens5", 7471, &peers, &handoffs).unwrap();
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/handoff-ens5.nft");
         // HANAT_BLESS=1 rewrites the golden file after a deliberate change.
         if std::env::var_os("HANAT_BLESS").is_some() {
@@ -397,9 +428,9 @@ mod tests {
             got, golden,
             "rendered table differs from {path} (HANAT_BLESS=1 to update)"
         );
-        let empty = render("ens5", &[]).unwrap();
+        let empty = render("ens5", 7471, &[], &[]).unwrap();
         assert!(!empty.contains("elements"), "{empty}");
-        assert!(render("ens5\" accept", &[]).is_err());
+        assert!(render("ens5\" accept", 7471, &[], &[]).is_err());
     }
 
     #[test]
