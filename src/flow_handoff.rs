@@ -161,11 +161,6 @@ impl FlowHandoff {
         Ok(())
     }
 
-    /// Whether any hand-off is on (for tests and logs).
-    pub fn active(&self) -> usize {
-        self.entries.len()
-    }
-
     async fn converge(&mut self) -> Result<(), KernelError> {
         let handoffs: Vec<Handoff> = self
             .entries

@@ -90,3 +90,19 @@ pub(crate) async fn run(
         Err(KernelError::Command { command, stderr })
     }
 }
+
+/// Compare `got` with the golden file `tests/golden/<name>`; with
+/// `HANAT_BLESS=1`, rewrite the file instead (after a deliberate change).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test helper: fails loudly by design
+pub(crate) fn assert_golden(name: &str, got: &str) {
+    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("HANAT_BLESS").is_some() {
+        std::fs::write(&path, got).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        got, golden,
+        "rendered text differs from {path} (HANAT_BLESS=1 to update)"
+    );
+}

@@ -103,16 +103,7 @@ mod tests {
             .map(|c| c.parse().unwrap())
             .collect();
         let got = render("ens5", &sources).unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/ruleset-ens5.nft");
-        // HANAT_BLESS=1 rewrites the golden file after a deliberate change.
-        if std::env::var_os("HANAT_BLESS").is_some() {
-            std::fs::write(path, &got).unwrap();
-        }
-        let golden = std::fs::read_to_string(path).unwrap();
-        assert_eq!(
-            got, golden,
-            "rendered ruleset differs from {path} (HANAT_BLESS=1 to update)"
-        );
+        super::super::assert_golden("ruleset-ens5.nft", &got);
     }
 
     #[test]

@@ -418,16 +418,7 @@ mod tests {
         ];
         let peers = [Ipv4Addr::new(10, 0, 101, 10), Ipv4Addr::new(10, 0, 102, 10)];
         let got = render("ens5", 7471, &peers, &handoffs).unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/handoff-ens5.nft");
-        // HANAT_BLESS=1 rewrites the golden file after a deliberate change.
-        if std::env::var_os("HANAT_BLESS").is_some() {
-            std::fs::write(path, &got).unwrap();
-        }
-        let golden = std::fs::read_to_string(path).unwrap();
-        assert_eq!(
-            got, golden,
-            "rendered table differs from {path} (HANAT_BLESS=1 to update)"
-        );
+        super::super::assert_golden("handoff-ens5.nft", &got);
         let empty = render("ens5", 7471, &[], &[]).unwrap();
         assert!(!empty.contains("elements"), "{empty}");
         assert!(render("ens5\" accept", 7471, &[], &[]).is_err());

@@ -661,56 +661,60 @@ impl Lab {
             .clone()
     }
 
+    /// A listening socket on the internet namespace, for a server task.
+    fn listen_tcp(&self, addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+        let l = self.inet.bind_tcp(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(tokio::net::TcpListener::from_std(l)?)
+    }
+
+    /// Keep `task` for as long as the lab (aborted with it).
+    fn keep_task(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
     fn start_servers(&mut self) -> Result<()> {
         for s in SERVERS {
-            let l = self.inet.bind_tcp(SocketAddr::from((s, WHOAMI_PORT)))?;
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            self.tasks
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    while let Ok((mut c, peer)) = l.accept().await {
-                        tokio::spawn(async move {
-                            let _ = c.write_all(format!("{}\n", peer.ip()).as_bytes()).await;
-                            let _ = c.shutdown().await;
-                        });
-                    }
-                }));
-            let l = self.inet.bind_tcp(SocketAddr::from((s, SESSION_PORT)))?;
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            self.tasks
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(tokio::spawn(async move {
-                    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-                    while let Ok((c, peer)) = l.accept().await {
-                        tokio::spawn(async move {
-                            let (r, mut w) = c.into_split();
-                            let mut lines = tokio::io::BufReader::new(r).lines();
-                            while let Ok(Some(_)) = lines.next_line().await {
-                                let answer = format!("{}\n", peer.ip());
-                                if w.write_all(answer.as_bytes()).await.is_err() {
-                                    break;
-                                }
+            // whoami: the source address seen, then close.
+            let l = self.listen_tcp(SocketAddr::from((s, WHOAMI_PORT)))?;
+            self.keep_task(tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Ok((mut c, peer)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let _ = c.write_all(format!("{}\n", peer.ip()).as_bytes()).await;
+                        let _ = c.shutdown().await;
+                    });
+                }
+            }));
+            // Session: the source address seen, once per line received.
+            let l = self.listen_tcp(SocketAddr::from((s, SESSION_PORT)))?;
+            self.keep_task(tokio::spawn(async move {
+                use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                while let Ok((c, peer)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let (r, mut w) = c.into_split();
+                        let mut lines = tokio::io::BufReader::new(r).lines();
+                        while let Ok(Some(_)) = lines.next_line().await {
+                            let answer = format!("{}\n", peer.ip());
+                            if w.write_all(answer.as_bytes()).await.is_err() {
+                                break;
                             }
-                        });
-                    }
-                }));
+                        }
+                    });
+                }
+            }));
             let u = self.inet.bind_udp(SocketAddr::from((s, WHOAMI_PORT)))?;
             u.set_nonblocking(true)?;
             let u = tokio::net::UdpSocket::from_std(u)?;
-            self.tasks
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(tokio::spawn(async move {
-                    let mut buf = [0u8; 512];
-                    while let Ok((_, peer)) = u.recv_from(&mut buf).await {
-                        let _ = u.send_to(format!("{}\n", peer.ip()).as_bytes(), peer).await;
-                    }
-                }));
+            self.keep_task(tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                while let Ok((_, peer)) = u.recv_from(&mut buf).await {
+                    let _ = u.send_to(format!("{}\n", peer.ip()).as_bytes(), peer).await;
+                }
+            }));
         }
         Ok(())
     }
