@@ -298,7 +298,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         failover::check_fallbacks(ec2.clone(), identity.clone(), config.clone())
             .instrument(info_span!("fallback")),
     );
-    let flows = FlowHandoff::new(
+    let mut flows = FlowHandoff::new(
         &interface,
         config.peers.tunnel_port(),
         match flow_handoff_on(&config) {
@@ -306,6 +306,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
             false => Duration::ZERO,
         },
     );
+    flows.resume(Instant::now()).await;
     let peers = Arc::new(Mutex::new(PeerShared {
         flows: Arc::new(tokio::sync::Mutex::new(flows)),
         ..PeerShared::default()

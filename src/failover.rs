@@ -240,7 +240,7 @@ pub async fn peers_loop(
         };
         // Flow hand-offs last while their previous holder is heard from;
         // only the peers may use the tunnel.
-        let (heard, peer_ips): (HashMap<InstanceId, Status>, Vec<Ipv4Addr>) = {
+        let (heard, peer_ips): (HashMap<Ipv4Addr, Status>, Vec<Ipv4Addr>) = {
             let s = lock(&shared);
             let now = started.elapsed();
             let heard = s
@@ -248,7 +248,7 @@ pub async fn peers_loop(
                 .iter()
                 .filter_map(|p| {
                     let st = s.view.fresh(&p.instance, now, flow_handoff::SILENCE)?;
-                    Some((p.instance.clone(), st))
+                    Some((p.ip, st))
                 })
                 .collect();
             (heard, s.peers.iter().map(|p| p.ip).collect())
@@ -256,7 +256,7 @@ pub async fn peers_loop(
         if let Err(e) = flows
             .lock()
             .await
-            .expire(Instant::now(), |id| heard.get(id).copied(), &peer_ips)
+            .expire(Instant::now(), |ip| heard.get(&ip).copied(), &peer_ips)
             .await
             && let Some(n) = throttle.check("handoff", &e.to_string(), Instant::now())
         {

@@ -11,6 +11,10 @@
 //! Once it ends, what is left of those connections is masqueraded here and
 //! reset by the far end, as it would have been without hand-off.
 //!
+//! The state lives in the kernel, and a restarted daemon takes over what it
+//! finds there ([`FlowHandoff::resume`]): restarting the daemon does not
+//! reset handed-off connections.
+//!
 //! Kernel errors are returned for the caller to log, and the route change
 //! goes ahead regardless: a failed hand-off costs only the connections it
 //! would have kept. A failed update is retried on the next expiry check.
@@ -23,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::domain::{InstanceId, Ipv4Cidr};
+use crate::domain::Ipv4Cidr;
 use crate::kernel::KernelError;
 use crate::kernel::tunnel::{self, Handoff};
 use crate::peers::{Peer, Status};
@@ -40,7 +44,6 @@ pub type Shared = Arc<tokio::sync::Mutex<FlowHandoff>>;
 
 #[derive(Debug)]
 struct Entry {
-    peer: InstanceId,
     sources: BTreeSet<Ipv4Cidr>,
     since: Instant,
 }
@@ -114,11 +117,9 @@ impl FlowHandoff {
             e.sources.retain(|s| !sources.contains(s));
         }
         let entry = self.entries.entry(peer.ip).or_insert_with(|| Entry {
-            peer: peer.instance.clone(),
             sources: BTreeSet::new(),
             since: now,
         });
-        entry.peer = peer.instance.clone();
         entry.since = now;
         entry.sources.extend(sources.iter().copied());
         self.entries.retain(|_, e| !e.sources.is_empty());
@@ -127,13 +128,34 @@ impl FlowHandoff {
         self.converge().await
     }
 
-    /// End the hand-offs [`keep`] no longer allows (`heard(peer)` is what
-    /// the peer last said within [`SILENCE`]), and let only `peers` (their
-    /// addresses) send into the tunnel.
+    /// Take over the hand-offs an earlier daemon left in the kernel (a
+    /// restart must not reset the connections they carry); each counts as
+    /// starting now. Returns how many.
+    pub async fn resume(&mut self, now: Instant) -> usize {
+        if !self.enabled() {
+            return 0;
+        }
+        for h in tunnel::current().await {
+            let list: Vec<String> = h.sources.iter().map(ToString::to_string).collect();
+            info!(ip = %h.peer, sources = ?list, "flow hand-off resumed from before the restart");
+            self.entries.insert(
+                h.peer,
+                Entry {
+                    sources: h.sources.into_iter().collect(),
+                    since: now,
+                },
+            );
+        }
+        self.entries.len()
+    }
+
+    /// End the hand-offs [`keep`] no longer allows (`heard(ip)` is what the
+    /// peer at that address last said within [`SILENCE`]), and let only
+    /// `peers` (their addresses) send into the tunnel.
     pub async fn expire(
         &mut self,
         now: Instant,
-        heard: impl Fn(&InstanceId) -> Option<Status>,
+        heard: impl Fn(Ipv4Addr) -> Option<Status>,
         peers: &[Ipv4Addr],
     ) -> Result<(), KernelError> {
         if !self.enabled() {
@@ -149,9 +171,9 @@ impl FlowHandoff {
         let before = self.entries.len();
         let max = self.max;
         self.entries.retain(|ip, e| {
-            let go_on = keep(now.duration_since(e.since), heard(&e.peer), max);
+            let go_on = keep(now.duration_since(e.since), heard(*ip), max);
             if !go_on {
-                info!(peer = %e.peer, ip = %ip, "flow hand-off ended");
+                info!(ip = %ip, "flow hand-off ended");
             }
             go_on
         });

@@ -129,6 +129,11 @@ fn tunnel_state_converges_both_ways_and_touches_nothing_else() {
         "{table}"
     );
 
+    // What a restarted daemon reads back is what was set.
+    let mut now = inside(&ns, || async { tunnel::current().await });
+    now.sort_by_key(|h| h.peer);
+    assert_eq!(now, both, "read back");
+
     // Setting the device up again must not drop the neighbour entries.
     inside(&ns, move || async move {
         tunnel::ensure_device(local, 7471, "eth0").await

@@ -274,6 +274,29 @@ async fn stop_with_handoff_moves_routes_first_and_keeps_connections() {
     );
     let mut handed = lab.session(0, Duration::from_secs(3)).unwrap();
     assert_eq!(handed.ask().unwrap(), eip1, "opened through the adopter");
+    // The adopter's daemon dies and comes back: it takes over the hand-off
+    // the kernel still carries instead of resetting it.
+    lab.kill_daemon(1).unwrap();
+    lab.wait_for("the adopter to resume", Duration::from_secs(20), || async {
+        Ok(lab.nat_log(1).contains("flow hand-off resumed"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        early
+            .ask()
+            .expect("the early connection survives the adopter's restart"),
+        eip0
+    );
+    // Past its first converge of the hand-off, the restarted daemon keeps it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rules = lab
+        .nat_exec(1, "ip", &["rule", "show", "priority", "7470"])
+        .unwrap();
+    assert!(
+        rules.contains("fwmark"),
+        "hand-off dropped on restart: {rules:?}"
+    );
 
     // The lab's systemd starts it again; it takes its routes back, and the
     // connection opened through the adopter goes on through it.

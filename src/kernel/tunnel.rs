@@ -385,6 +385,72 @@ pub async fn converge(
     Ok(())
 }
 
+/// The hand-offs the kernel carries out now (left by an earlier daemon):
+/// each rule's table names its peer (its `via`), and the map its sources.
+/// Empty when there are none or the state cannot be read.
+pub async fn current() -> Vec<Handoff> {
+    let Ok(tables) = tables_in_use().await else {
+        return Vec::new();
+    };
+    let map = run(
+        "nft",
+        &["-j", "list", "map", "ip", NFT_TABLE, "previous_holder"],
+        None,
+    )
+    .await
+    .map(|out| map_elements(&out))
+    .unwrap_or_default();
+    let mut out = Vec::new();
+    for table in tables {
+        let t = table.to_string();
+        let Ok(gateways) = entries("ip", &["-j", "route", "show", "table", &t], "gateway").await
+        else {
+            continue;
+        };
+        let Some(peer) = gateways.iter().find_map(|g| g.parse::<Ipv4Addr>().ok()) else {
+            continue;
+        };
+        let sources: Vec<Ipv4Cidr> = map
+            .iter()
+            .filter(|(_, m)| *m == table && mark(peer) == table)
+            .map(|(c, _)| *c)
+            .collect();
+        if !sources.is_empty() {
+            out.push(Handoff { peer, sources });
+        }
+    }
+    out
+}
+
+/// The `(source, mark)` elements of our map in `nft -j list map` output.
+/// Pure.
+pub fn map_elements(json: &str) -> Vec<(Ipv4Cidr, u32)> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let sets = v["nftables"].as_array().cloned().unwrap_or_default();
+    for elem in sets.iter().filter_map(|o| o["map"]["elem"].as_array()) {
+        for pair in elem {
+            let (key, value) = (&pair[0], &pair[1]);
+            let Some(mark) = value.as_u64().and_then(|m| u32::try_from(m).ok()) else {
+                continue;
+            };
+            let cidr = match (key.as_str(), &key["prefix"]) {
+                (Some(addr), _) => format!("{addr}/32").parse().ok(),
+                (None, p) => match (p["addr"].as_str(), p["len"].as_u64()) {
+                    (Some(a), Some(l)) => format!("{a}/{l}").parse().ok(),
+                    _ => None,
+                },
+            };
+            if let Some(c) = cidr {
+                out.push((c, mark));
+            }
+        }
+    }
+    out
+}
+
 /// The `key` field of each object `program args` prints as a JSON list.
 async fn entries(program: &str, args: &[&str], key: &str) -> Result<Vec<String>, KernelError> {
     let out = run(program, args, None).await?;
@@ -422,6 +488,20 @@ mod tests {
         let empty = render("ens5", 7471, &[], &[]).unwrap();
         assert!(!empty.contains("elements"), "{empty}");
         assert!(render("ens5\" accept", 7471, &[], &[]).is_err());
+    }
+
+    #[test]
+    fn map_elements_are_read_back_from_nft_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "ip", "name": "previous_holder", "table": "hanat_handoff", "type": "ipv4_addr", "map": "mark", "flags": ["interval"], "elem": [[{"prefix": {"addr": "10.0.1.0", "len": 24}}, 1744856330], ["10.0.3.5", 1744856586], [{"range": ["10.0.4.0", "10.0.4.9"]}, 1]]}}]}"#;
+        assert_eq!(
+            map_elements(json),
+            vec![
+                (cidr("10.0.1.0/24"), 0x6800_650a),
+                (cidr("10.0.3.5/32"), 0x6800_660a)
+            ]
+        );
+        assert!(map_elements("not json").is_empty());
+        assert!(map_elements(r#"{"nftables": []}"#).is_empty());
     }
 
     #[test]
