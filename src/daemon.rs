@@ -301,6 +301,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     let mut flows = FlowHandoff::new(
         &interface,
         config.peers.tunnel_port(),
+        &identity.vpc_cidrs,
         match flow_handoff_on(&config) {
             true => config.peers.flow_handoff,
             false => Duration::ZERO,
@@ -428,6 +429,31 @@ async fn eni_runs(ec2: &Ec2, eni: &EniId) -> Result<bool, AwsError> {
         Some(owner) => instance_runs(ec2, &owner).await,
         None => Ok(false),
     }
+}
+
+/// The NAT instance a route points at (by interface or instance id), as a
+/// peer, if EC2 says it is pending or running.
+async fn running_nat(ec2: &Ec2, target: &RouteTarget) -> Result<Option<Peer>, AwsError> {
+    let id = match target {
+        RouteTarget::Instance(i) => i.clone(),
+        RouteTarget::Eni(e) => match ec2.eni_owner(e).await? {
+            Some(i) => i,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let infos = ec2.instances(std::slice::from_ref(&id)).await?;
+    Ok(infos
+        .into_iter()
+        .find(|i| i.id == id && i.alive)
+        .and_then(|i| {
+            Some(Peer {
+                instance: i.id,
+                az: i.az,
+                eni: i.eni?,
+                ip: i.ip?,
+            })
+        }))
 }
 
 /// Whether EC2 says `id` is pending or running.
@@ -616,17 +642,51 @@ async fn routes_loop(
             // Taking routes back from a NAT that still forwards (the
             // adopter, even one leaving itself): the connections it
             // translates go on through it.
-            let forwarding: Vec<Peer> = peers
+            let (mut forwarding, known): (Vec<Peer>, Vec<RouteTarget>) = peers
                 .lock()
                 .map(|s| {
                     let now = started.elapsed();
-                    s.peers
+                    let forwarding = s
+                        .peers
                         .iter()
                         .filter(|p| s.may_forward(p, now))
                         .cloned()
-                        .collect()
+                        .collect();
+                    let known = s
+                        .peers
+                        .iter()
+                        .flat_map(|p| {
+                            [
+                                RouteTarget::Eni(p.eni.clone()),
+                                RouteTarget::Instance(p.instance.clone()),
+                            ]
+                        })
+                        .collect();
+                    (forwarding, known)
                 })
                 .unwrap_or_default();
+            // A holder the peer list does not have (it may not be loaded
+            // yet, this daemon having just started): EC2 says who it is.
+            if flows.lock().await.enabled() {
+                for action in &plan.actions {
+                    if let Action::ReplaceRoute {
+                        from,
+                        blackhole: false,
+                        ..
+                    } = action
+                        && matches!(from, RouteTarget::Eni(_) | RouteTarget::Instance(_))
+                        && !known.contains(from)
+                    {
+                        match running_nat(&ec2, from).await {
+                            Ok(Some(p)) => forwarding.push(p),
+                            Ok(None) => {}
+                            Err(e) => {
+                                warn!(holder = %from, error = %e, "cannot look up the route's holder; its connections will not be handed back to it")
+                            }
+                        }
+                    }
+                }
+            }
             for p in &forwarding {
                 let from = [
                     RouteTarget::Eni(p.eni.clone()),

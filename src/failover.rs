@@ -238,25 +238,22 @@ pub async fn peers_loop(
             );
             (d, s.peers.clone())
         };
-        // Flow hand-offs last while their previous holder is heard from;
-        // only the peers may use the tunnel.
-        let (heard, peer_ips): (HashMap<Ipv4Addr, Status>, Vec<Ipv4Addr>) = {
+        // Flow hand-offs last while their previous holder is heard from.
+        let heard: HashMap<Ipv4Addr, Status> = {
             let s = lock(&shared);
             let now = started.elapsed();
-            let heard = s
-                .peers
+            s.peers
                 .iter()
                 .filter_map(|p| {
                     let st = s.view.fresh(&p.instance, now, flow_handoff::SILENCE)?;
                     Some((p.ip, st))
                 })
-                .collect();
-            (heard, s.peers.iter().map(|p| p.ip).collect())
+                .collect()
         };
         if let Err(e) = flows
             .lock()
             .await
-            .expire(Instant::now(), |ip| heard.get(&ip).copied(), &peer_ips)
+            .expire(Instant::now(), |ip| heard.get(&ip).copied())
             .await
             && let Some(n) = throttle.check("handoff", &e.to_string(), Instant::now())
         {

@@ -54,8 +54,8 @@ pub struct FlowHandoff {
     iface: String,
     port: u16,
     max: Duration,
-    /// The peers' addresses: only they may send into the tunnel.
-    peers: Vec<Ipv4Addr>,
+    /// The VPC's networks: only they may send into the tunnel.
+    vpc: Vec<Ipv4Cidr>,
     entries: BTreeMap<Ipv4Addr, Entry>,
     /// The last kernel update failed: redo it.
     stale: bool,
@@ -79,19 +79,20 @@ pub fn keep(age: Duration, heard: Option<Status>, max: Duration) -> bool {
 impl Default for FlowHandoff {
     /// Off: hands nothing over.
     fn default() -> Self {
-        Self::new("", 0, Duration::ZERO)
+        Self::new("", 0, &[], Duration::ZERO)
     }
 }
 
 impl FlowHandoff {
     /// Hand-offs for packets arriving on `iface`, through the tunnel on UDP
-    /// `port`, each for at most `max` (zero: never hand off).
-    pub fn new(iface: &str, port: u16, max: Duration) -> Self {
+    /// `port` (open to the `vpc` networks only), each for at most `max`
+    /// (zero: never hand off).
+    pub fn new(iface: &str, port: u16, vpc: &[Ipv4Cidr], max: Duration) -> Self {
         Self {
             iface: iface.to_owned(),
             port,
             max,
-            peers: Vec::new(),
+            vpc: vpc.to_vec(),
             entries: BTreeMap::new(),
             stale: true,
         }
@@ -150,23 +151,14 @@ impl FlowHandoff {
     }
 
     /// End the hand-offs [`keep`] no longer allows (`heard(ip)` is what the
-    /// peer at that address last said within [`SILENCE`]), and let only
-    /// `peers` (their addresses) send into the tunnel.
+    /// peer at that address last said within [`SILENCE`]).
     pub async fn expire(
         &mut self,
         now: Instant,
         heard: impl Fn(Ipv4Addr) -> Option<Status>,
-        peers: &[Ipv4Addr],
     ) -> Result<(), KernelError> {
         if !self.enabled() {
             return Ok(());
-        }
-        let mut peers = peers.to_vec();
-        peers.sort();
-        peers.dedup();
-        if peers != self.peers {
-            self.peers = peers;
-            self.stale = true;
         }
         let before = self.entries.len();
         let max = self.max;
@@ -192,7 +184,7 @@ impl FlowHandoff {
                 sources: e.sources.iter().copied().collect(),
             })
             .collect();
-        let result = tunnel::converge(&self.iface, self.port, &self.peers, &handoffs).await;
+        let result = tunnel::converge(&self.iface, self.port, &self.vpc, &handoffs).await;
         self.stale = result.is_err();
         result
     }

@@ -302,10 +302,26 @@ async fn stop_with_handoff_moves_routes_first_and_keeps_connections() {
     // connection opened through the adopter goes on through it.
     lab.wait_converged(Duration::from_secs(30)).await.unwrap();
     assert_eq!(early.ask().unwrap(), eip0);
+    let got = handed.ask();
+    if got.is_err() {
+        for i in [0, 1] {
+            eprintln!("NAT {i} log\n{}", lab.nat_log(i));
+            for cmd in [
+                "ip rule",
+                "nft list table ip hanat_handoff",
+                "ip -s link show hanat0",
+            ] {
+                let v: Vec<&str> = cmd.split(' ').collect();
+                eprintln!(
+                    "NAT {i} $ {cmd}\n{}",
+                    lab.nat_exec(i, v[0], &v[1..])
+                        .unwrap_or_else(|e| e.to_string())
+                );
+            }
+        }
+    }
     assert_eq!(
-        handed
-            .ask()
-            .expect("the adopter's connection survives the take-back"),
+        got.expect("the adopter's connection survives the take-back"),
         eip1
     );
     let r = meter.finish();

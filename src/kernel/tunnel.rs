@@ -26,9 +26,9 @@
 //!   only packets that came in on the primary interface, so the tunnel's own
 //!   outer packets (sent by this host) are never routed into the tunnel;
 //! - nftables table `ip hanat_handoff`: a map from handed-off source
-//!   networks to marks, and an input filter that lets only the peers' own
-//!   addresses send to the tunnel port, applied atomically like the main
-//!   table.
+//!   networks to marks, and an input filter that lets only the VPC send to
+//!   the tunnel port (whatever the security group says), applied atomically
+//!   like the main table.
 //!
 //! Only [`DEVICE`], rules at priority [`RULE_PRIORITY`], the tables they
 //! name and [`NFT_TABLE`] are ever changed.
@@ -75,12 +75,12 @@ pub fn mac(ip: Ipv4Addr) -> String {
 }
 
 /// The hand-off table for packets arriving on `iface`, accepting tunnel
-/// packets (UDP `port`) only from `peers`. Pure. A source network named for
-/// two peers goes to the first.
+/// packets (UDP `port`) only from the `vpc` networks. Pure. A source
+/// network named for two peers goes to the first.
 pub fn render(
     iface: &str,
     port: u16,
-    peers: &[Ipv4Addr],
+    vpc: &[Ipv4Cidr],
     handoffs: &[Handoff],
 ) -> Result<String, KernelError> {
     super::nft::check_iface(iface)?;
@@ -104,15 +104,18 @@ pub fn render(
         true => String::new(),
         false => format!("\t\telements = {{ {} }}\n", elements.join(", ")),
     };
-    let peers = match peers.is_empty() {
+    let vpc = match vpc.is_empty() {
         true => String::new(),
         false => {
-            let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
+            let list: Vec<String> = vpc
+                .iter()
+                .map(|c| format!("{}/{}", c.network(), c.prefix))
+                .collect();
             format!("\t\telements = {{ {} }}\n", list.join(", "))
         }
     };
     Ok(format!(
-        r#"# Managed by hanat: replaced atomically when a flow hand-off starts or ends, or the peers change. Do not edit.
+        r#"# Managed by hanat: replaced atomically when a flow hand-off starts or ends. Do not edit.
 table ip {NFT_TABLE} {{
 }}
 delete table ip {NFT_TABLE}
@@ -122,9 +125,10 @@ table ip {NFT_TABLE} {{
 		flags interval
 {elements}	}}
 
-	set tunnel_peers {{
+	set tunnel_sources {{
 		type ipv4_addr
-{peers}	}}
+		flags interval
+{vpc}	}}
 
 	chain prerouting_mark {{
 		type filter hook prerouting priority mangle; policy accept;
@@ -133,7 +137,7 @@ table ip {NFT_TABLE} {{
 
 	chain input_tunnel {{
 		type filter hook input priority filter; policy accept;
-		udp dport {port} ip saddr != @tunnel_peers drop comment "the tunnel is for peer NATs only"
+		udp dport {port} ip saddr != @tunnel_sources drop comment "the tunnel is for NATs of this VPC only"
 	}}
 }}
 "#
@@ -279,16 +283,16 @@ async fn tables_in_use() -> Result<Vec<u32>, KernelError> {
 }
 
 /// Make the kernel hand exactly `handoffs` over (the device must exist for
-/// any), and accept tunnel packets on UDP `port` only from `peers`. New
+/// any), and accept tunnel packets on UDP `port` only from `vpc`. New
 /// routes come first, then the marks, then stale routes go, so a marked
 /// packet always finds its route.
 pub async fn converge(
     iface: &str,
     port: u16,
-    peers: &[Ipv4Addr],
+    vpc: &[Ipv4Cidr],
     handoffs: &[Handoff],
 ) -> Result<(), KernelError> {
-    let ruleset = render(iface, port, peers, handoffs)?;
+    let ruleset = render(iface, port, vpc, handoffs)?;
     let device = link_detail(DEVICE).await?.is_some();
     if !device && !handoffs.is_empty() {
         return Err(KernelError::Interface(format!(
@@ -482,8 +486,7 @@ mod tests {
                 sources: vec![cidr("10.0.2.0/24"), cidr("10.0.1.128/25")],
             },
         ];
-        let peers = [Ipv4Addr::new(10, 0, 101, 10), Ipv4Addr::new(10, 0, 102, 10)];
-        let got = render("ens5", 7471, &peers, &handoffs).unwrap();
+        let got = render("ens5", 7471, &[cidr("10.0.0.0/16")], &handoffs).unwrap();
         super::super::assert_golden("handoff-ens5.nft", &got);
         let empty = render("ens5", 7471, &[], &[]).unwrap();
         assert!(!empty.contains("elements"), "{empty}");
