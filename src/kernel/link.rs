@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{KernelError, run};
+use super::{KernelError, run_json};
 
 #[derive(Debug, Deserialize)]
 struct Link {
@@ -34,9 +34,5 @@ pub async fn exists(name: &str) -> Result<bool, KernelError> {
 }
 
 async fn list() -> Result<Vec<Link>, KernelError> {
-    let out = run("ip", &["-j", "link", "show"], None).await?;
-    serde_json::from_str(&out).map_err(|e| KernelError::Command {
-        command: "ip -j link show".into(),
-        stderr: format!("unreadable JSON: {e}"),
-    })
+    run_json("ip", &["-j", "link", "show"]).await
 }

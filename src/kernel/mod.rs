@@ -91,6 +91,30 @@ pub(crate) async fn run(
     }
 }
 
+/// Run `program args…` and read its JSON output (`ip -j`, `nft -j`).
+pub(crate) async fn run_json<T: serde::de::DeserializeOwned>(
+    program: &str,
+    args: &[&str],
+) -> Result<T, KernelError> {
+    let out = run(program, args, None).await?;
+    parse_json(program, args, &out)
+}
+
+/// Read the JSON that `program args…` printed.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    program: &str,
+    args: &[&str],
+    out: &str,
+) -> Result<T, KernelError> {
+    serde_json::from_str(out).map_err(|e| KernelError::Command {
+        command: std::iter::once(program)
+            .chain(args.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" "),
+        stderr: format!("unreadable JSON: {e}"),
+    })
+}
+
 /// Compare `got` with the golden file `tests/golden/<name>`; with
 /// `HANAT_BLESS=1`, rewrite the file instead (after a deliberate change).
 #[cfg(test)]

@@ -37,7 +37,7 @@ use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 
-use super::{KernelError, run};
+use super::{KernelError, parse_json, run, run_json};
 use crate::domain::Ipv4Cidr;
 
 /// The tunnel device's name.
@@ -172,15 +172,13 @@ struct VxlanData {
     port: u16,
 }
 
+/// The interface `name`, or `None` if there is none.
 async fn link_detail(name: &str) -> Result<Option<LinkDetail>, KernelError> {
-    let Ok(out) = run("ip", &["-j", "-d", "link", "show", "dev", name], None).await else {
+    let args = ["-j", "-d", "link", "show", "dev", name];
+    let Ok(out) = run("ip", &args, None).await else {
         return Ok(None);
     };
-    let mut links: Vec<LinkDetail> =
-        serde_json::from_str(&out).map_err(|e| KernelError::Command {
-            command: format!("ip -j -d link show dev {name}"),
-            stderr: format!("unreadable JSON: {e}"),
-        })?;
+    let mut links: Vec<LinkDetail> = parse_json("ip", &args, &out)?;
     Ok(links.pop())
 }
 
@@ -228,7 +226,10 @@ pub async fn ensure_device(local: Ipv4Addr, port: u16, iface: &str) -> Result<()
     }
     // Only what differs is set: setting the MAC, even to the same value,
     // flushes the device's neighbour entries (the hand-off routes' next hops).
-    let now = link_detail(DEVICE).await?;
+    let now = match matches {
+        true => current,
+        false => link_detail(DEVICE).await?,
+    };
     let address = mac(local);
     let mut changes: Vec<String> = Vec::new();
     if now
@@ -270,11 +271,7 @@ struct Rule {
 
 /// Route tables our rules point at now.
 async fn tables_in_use() -> Result<Vec<u32>, KernelError> {
-    let out = run("ip", &["-j", "rule", "show"], None).await?;
-    let rules: Vec<Rule> = serde_json::from_str(&out).map_err(|e| KernelError::Command {
-        command: "ip -j rule show".into(),
-        stderr: format!("unreadable JSON: {e}"),
-    })?;
+    let rules: Vec<Rule> = run_json("ip", &["-j", "rule", "show"]).await?;
     Ok(rules
         .iter()
         .filter(|r| r.priority == RULE_PRIORITY)
