@@ -32,7 +32,7 @@ use crate::aws::ec2::RouteTarget;
 use crate::aws::imds::Imds;
 use crate::config::Config;
 use crate::config::Failover;
-use crate::domain::{EniId, InstanceId, SubnetId};
+use crate::domain::{EniId, SubnetId};
 use crate::domain::{Identity, Ipv4Cidr};
 use crate::failover::{self, PeerShared};
 use crate::flow_handoff::FlowHandoff;
@@ -423,17 +423,12 @@ fn gate(mut plan: Plan, status: Status, drain_left: bool, holders: &[EniId]) -> 
     (plan, held)
 }
 
-/// Whether `eni` is attached to a pending or running instance.
-async fn eni_runs(ec2: &Ec2, eni: &EniId) -> Result<bool, AwsError> {
-    match ec2.eni_owner(eni).await? {
-        Some(owner) => instance_runs(ec2, &owner).await,
-        None => Ok(false),
-    }
-}
-
-/// The NAT instance a route points at (by interface or instance id), as a
-/// peer, if EC2 says it is pending or running.
-async fn running_nat(ec2: &Ec2, target: &RouteTarget) -> Result<Option<Peer>, AwsError> {
+/// The instance a route points at (by interface or instance id), if EC2
+/// says it is pending or running.
+async fn running_instance(
+    ec2: &Ec2,
+    target: &RouteTarget,
+) -> Result<Option<crate::aws::ec2::InstanceInfo>, AwsError> {
     let id = match target {
         RouteTarget::Instance(i) => i.clone(),
         RouteTarget::Eni(e) => match ec2.eni_owner(e).await? {
@@ -443,26 +438,79 @@ async fn running_nat(ec2: &Ec2, target: &RouteTarget) -> Result<Option<Peer>, Aw
         _ => return Ok(None),
     };
     let infos = ec2.instances(std::slice::from_ref(&id)).await?;
-    Ok(infos
-        .into_iter()
-        .find(|i| i.id == id && i.alive)
-        .and_then(|i| {
-            Some(Peer {
-                instance: i.id,
-                az: i.az,
-                eni: i.eni?,
-                ip: i.ip?,
-            })
-        }))
+    Ok(infos.into_iter().find(|i| i.id == id && i.alive))
 }
 
-/// Whether EC2 says `id` is pending or running.
-async fn instance_runs(ec2: &Ec2, id: &InstanceId) -> Result<bool, AwsError> {
-    Ok(ec2
-        .instances(std::slice::from_ref(id))
-        .await?
-        .iter()
-        .any(|i| i.alive))
+/// Before `plan` takes routes from NATs that may still forward, hand the
+/// connections they translate back to them (see [`crate::flow_handoff`]).
+/// A holder the peer list does not have (it may not be loaded yet, this
+/// daemon having just started) is looked up in EC2. Failures are logged:
+/// the routes move regardless.
+async fn hand_back(
+    ec2: &Ec2,
+    peers: &Mutex<PeerShared>,
+    flows: &crate::flow_handoff::Shared,
+    observed: &Observed,
+    plan: &Plan,
+    now: Duration,
+) {
+    if !flows.lock().await.enabled() {
+        return;
+    }
+    let (mut forwarding, known): (Vec<Peer>, Vec<RouteTarget>) = peers
+        .lock()
+        .map(|s| {
+            let forwarding = s
+                .peers
+                .iter()
+                .filter(|p| s.may_forward(p, now))
+                .cloned()
+                .collect();
+            let known = s.peers.iter().flat_map(Peer::route_targets).collect();
+            (forwarding, known)
+        })
+        .unwrap_or_default();
+    for action in &plan.actions {
+        if let Action::ReplaceRoute {
+            from,
+            blackhole: false,
+            ..
+        } = action
+            && matches!(from, RouteTarget::Eni(_) | RouteTarget::Instance(_))
+            && !known.contains(from)
+        {
+            match running_instance(ec2, from).await {
+                Ok(Some(i)) => {
+                    if let (Some(eni), Some(ip)) = (i.eni, i.ip) {
+                        forwarding.push(Peer {
+                            instance: i.id,
+                            az: i.az,
+                            eni,
+                            ip,
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(holder = %from, error = %e, "cannot look up the route's holder; its connections will not be handed back to it")
+                }
+            }
+        }
+    }
+    for p in &forwarding {
+        let sources = sources_taken(observed, plan, &p.route_targets());
+        if sources.is_empty() {
+            continue;
+        }
+        if let Err(e) = flows
+            .lock()
+            .await
+            .hand_to(p, &sources, Instant::now())
+            .await
+        {
+            warn!(peer = %p.instance, error = %report(&e), "cannot hand the adopter's connections back to it; they will be reset");
+        }
+    }
 }
 
 /// Keep the AZ's Elastic IP on our interface: take it when it is free or
@@ -483,7 +531,9 @@ pub async fn claim_address(
         };
         let is_alive = match holder {
             Some(h) if h == identity.instance_id => true,
-            Some(h) => instance_runs(ec2, &h).await?,
+            Some(h) => running_instance(ec2, &RouteTarget::Instance(h))
+                .await?
+                .is_some(),
             None => false,
         };
         alive.insert(a.allocation_id.clone(), is_alive);
@@ -622,7 +672,9 @@ async fn routes_loop(
                     } = action
                         && !holders.contains(e)
                         && !dead.contains(&RouteTarget::Eni(e.clone()))
-                        && eni_runs(&ec2, e).await?
+                        && running_instance(&ec2, &RouteTarget::Eni(e.clone()))
+                            .await?
+                            .is_some()
                     {
                         holders.push(e.clone());
                     }
@@ -642,64 +694,7 @@ async fn routes_loop(
             // Taking routes back from a NAT that still forwards (the
             // adopter, even one leaving itself): the connections it
             // translates go on through it.
-            let (mut forwarding, known): (Vec<Peer>, Vec<RouteTarget>) = peers
-                .lock()
-                .map(|s| {
-                    let now = started.elapsed();
-                    let forwarding = s
-                        .peers
-                        .iter()
-                        .filter(|p| s.may_forward(p, now))
-                        .cloned()
-                        .collect();
-                    let known = s
-                        .peers
-                        .iter()
-                        .flat_map(|p| {
-                            [
-                                RouteTarget::Eni(p.eni.clone()),
-                                RouteTarget::Instance(p.instance.clone()),
-                            ]
-                        })
-                        .collect();
-                    (forwarding, known)
-                })
-                .unwrap_or_default();
-            // A holder the peer list does not have (it may not be loaded
-            // yet, this daemon having just started): EC2 says who it is.
-            if flows.lock().await.enabled() {
-                for action in &plan.actions {
-                    if let Action::ReplaceRoute {
-                        from,
-                        blackhole: false,
-                        ..
-                    } = action
-                        && matches!(from, RouteTarget::Eni(_) | RouteTarget::Instance(_))
-                        && !known.contains(from)
-                    {
-                        match running_nat(&ec2, from).await {
-                            Ok(Some(p)) => forwarding.push(p),
-                            Ok(None) => {}
-                            Err(e) => {
-                                warn!(holder = %from, error = %e, "cannot look up the route's holder; its connections will not be handed back to it")
-                            }
-                        }
-                    }
-                }
-            }
-            for p in &forwarding {
-                let from = [
-                    RouteTarget::Eni(p.eni.clone()),
-                    RouteTarget::Instance(p.instance.clone()),
-                ];
-                let sources = sources_taken(&observed, &plan, &from);
-                if sources.is_empty() {
-                    continue;
-                }
-                if let Err(e) = flows.lock().await.hand_to(p, &sources, Instant::now()).await {
-                    warn!(peer = %p.instance, error = %report(&e), "cannot hand the adopter's connections back to it; they will be reset");
-                }
-            }
+            hand_back(&ec2, &peers, &flows, &observed, &plan, started.elapsed()).await;
             apply(&ec2, &identity, &plan).await
         }
         .await;

@@ -60,12 +60,7 @@ impl PeerShared {
                         Some(Status::Failing | Status::Exiting)
                     )
             })
-            .flat_map(|p| {
-                [
-                    RouteTarget::Eni(p.eni.clone()),
-                    RouteTarget::Instance(p.instance.clone()),
-                ]
-            })
+            .flat_map(Peer::route_targets)
             .collect()
     }
 
@@ -453,8 +448,7 @@ async fn adopt(
     flows: Option<&flow_handoff::Shared>,
 ) -> Result<usize, crate::AwsError> {
     let observed = observe_az(ec2, me, config, &dead.az, false).await?;
-    let dead_eni = RouteTarget::Eni(dead.eni.clone());
-    let dead_instance = RouteTarget::Instance(dead.instance.clone());
+    let dead_targets = dead.route_targets();
     // A fallback NAT Gateway only stands in until a NAT instance is healthy.
     let fallback = config
         .peers
@@ -462,14 +456,11 @@ async fn adopt(
         .get(&dead.az)
         .map(|n| RouteTarget::NatGateway(n.0.clone()));
     let may_take = |r: &Route| {
-        r.blackhole
-            || r.target == dead_eni
-            || r.target == dead_instance
-            || Some(&r.target) == fallback.as_ref()
+        r.blackhole || dead_targets.contains(&r.target) || Some(&r.target) == fallback.as_ref()
     };
     let plan = plan_with(me, &observed, &may_take);
     if let Some(flows) = flows {
-        let sources = sources_taken(&observed, &plan, &[dead_eni.clone(), dead_instance.clone()]);
+        let sources = sources_taken(&observed, &plan, &dead_targets);
         if let Err(e) = flows
             .lock()
             .await

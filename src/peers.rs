@@ -19,6 +19,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::aws::ec2::RouteTarget;
 use crate::domain::{EniId, Identity, InstanceId};
 
 /// What a NAT says about itself.
@@ -135,6 +136,17 @@ pub struct Peer {
     pub az: String,
     pub eni: EniId,
     pub ip: Ipv4Addr,
+}
+
+impl Peer {
+    /// The two ways a route can point at this NAT: its interface, or its
+    /// instance.
+    pub fn route_targets(&self) -> [RouteTarget; 2] {
+        [
+            RouteTarget::Eni(self.eni.clone()),
+            RouteTarget::Instance(self.instance.clone()),
+        ]
+    }
 }
 
 /// What this daemon has heard from its peers, with times on its own
