@@ -43,7 +43,7 @@ use crate::kernel::{KernelError, nft, probe_ns, sysctl, tunnel};
 use crate::notify::Notifier;
 use crate::peers::Peer;
 use crate::peers::Status;
-use crate::plan::{Action, AddressAction, Observed, Plan, plan, plan_address, sources_taken};
+use crate::plan::{Action, AddressAction, Observed, Plan, plan, plan_address};
 use crate::{AwsError, report};
 
 /// Everything the daemon acts on, built by `main` (or a test).
@@ -498,18 +498,7 @@ async fn hand_back(
         }
     }
     for p in &forwarding {
-        let sources = sources_taken(observed, plan, &p.route_targets());
-        if sources.is_empty() {
-            continue;
-        }
-        if let Err(e) = flows
-            .lock()
-            .await
-            .hand_to(p, &sources, Instant::now())
-            .await
-        {
-            warn!(peer = %p.instance, error = %report(&e), "cannot hand the adopter's connections back to it; they will be reset");
-        }
+        flows.lock().await.before_taking(p, observed, plan).await;
     }
 }
 

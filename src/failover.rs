@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::daemon::{LogThrottle, apply, apply_to, observe_az};
 use crate::domain::{EniId, Identity, InstanceId};
 use crate::peers::{Arrival, Message, Peer, Status, View, arrival, decide};
-use crate::plan::{Observed, plan_to, plan_with, sources_taken};
+use crate::plan::{Observed, plan_to, plan_with};
 use crate::{flow_handoff, report};
 
 /// What the peers loop knows, shared with the routes loop (for failback).
@@ -460,15 +460,11 @@ async fn adopt(
     };
     let plan = plan_with(me, &observed, &may_take);
     if let Some(flows) = flows {
-        let sources = sources_taken(&observed, &plan, &dead_targets);
-        if let Err(e) = flows
+        flows
             .lock()
             .await
-            .hand_to(dead, &sources, Instant::now())
-            .await
-        {
-            warn!(peer = %dead.instance, error = %report(&e), "cannot hand the leaving peer's connections back to it; they will be reset");
-        }
+            .before_taking(dead, &observed, &plan)
+            .await;
     }
     apply(ec2, me, &plan).await?;
     Ok(plan.actions.len())

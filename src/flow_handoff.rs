@@ -25,12 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::domain::Ipv4Cidr;
 use crate::kernel::KernelError;
 use crate::kernel::tunnel::{self, Handoff};
 use crate::peers::{Peer, Status};
+use crate::plan::{Observed, Plan, sources_taken};
+use crate::report;
 
 /// How long a previous holder may be silent before its hand-off ends. Longer
 /// than `peers.dead_after`: a NAT whose daemon restarts (`systemctl stop`
@@ -127,6 +129,16 @@ impl FlowHandoff {
         let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
         info!(peer = %peer.instance, ip = %peer.ip, sources = ?list, "flow hand-off: mid-flow packets from these sources go to the previous holder");
         self.converge().await
+    }
+
+    /// Before `plan` (made from `observed`) takes routes from `peer`, which
+    /// may still forward: hand it the connections of the subnets behind
+    /// those routes. A failure is logged; the routes move regardless.
+    pub async fn before_taking(&mut self, peer: &Peer, observed: &Observed, plan: &Plan) {
+        let sources = sources_taken(observed, plan, &peer.route_targets());
+        if let Err(e) = self.hand_to(peer, &sources, Instant::now()).await {
+            warn!(peer = %peer.instance, error = %report(&e), "cannot hand the previous holder's connections back to it; they will be reset");
+        }
     }
 
     /// Take over the hand-offs an earlier daemon left in the kernel (a
