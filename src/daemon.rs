@@ -782,6 +782,7 @@ async fn heartbeat_loop(
         };
         // Peers hear it at once: a failing NAT says so before it reconverges
         // and long before Auto Scaling replaces it.
+        let was = *status.borrow();
         status.send_if_modified(|s| {
             let changed = *s != said && *s != Status::Exiting;
             if changed {
@@ -789,6 +790,9 @@ async fn heartbeat_loop(
             }
             changed
         });
+        if was == Status::Starting && said == Status::Ok {
+            info!("forwarding verified: probes pass through this NAT");
+        }
         match verdict {
             Verdict::Steady => {}
             Verdict::Recovered => info!("forwarding recovered"),

@@ -156,7 +156,7 @@ async fn interface(config: &Config, identity: &Identity) -> Result<String, Failu
     let found = if config.kernel.interface.is_empty() {
         link::by_mac(&identity.mac).await
     } else {
-        match link::exists(&config.kernel.interface).await {
+        match link::exists_in(None, &config.kernel.interface).await {
             Ok(true) => Ok(config.kernel.interface.clone()),
             Ok(false) => Err(hanat::kernel::KernelError::Interface(format!(
                 "kernel.interface `{}` does not exist",
@@ -269,12 +269,22 @@ async fn plan(config: Config) -> Result<(), Failure> {
         }
         Err(e) => println!("note: {}", report(&e)),
     }
-    if !probe_ns::netns_path(&config.heartbeat.probe_namespace).exists() {
-        println!(
-            "would create probe namespace {}",
-            config.heartbeat.probe_namespace
-        );
-        changes += 1;
+    let probe = &config.heartbeat.probe_namespace;
+    match probe_ns::handle(probe) {
+        Ok(probe_ns::Handle::Live) => {}
+        Ok(probe_ns::Handle::Missing) => {
+            println!("would create probe namespace {probe}");
+            changes += 1;
+        }
+        // Not counted as a change: under systemd this is what a healthy
+        // daemon looks like from a shell, and every start makes a new one.
+        Ok(probe_ns::Handle::Stale) => println!(
+            "note: {} is not a live namespace from here: a daemon under systemd keeps its probe \
+             namespace in its own mount namespace, out of this shell's sight; `hanat run` \
+             started here would replace the file with a new namespace",
+            probe_ns::netns_path(probe).display()
+        ),
+        Err(e) => println!("note: {}", report(&e)),
     }
     println!("{changes} change(s)");
     Ok(())

@@ -28,9 +28,14 @@ pub async fn by_mac(mac: &str) -> Result<String, KernelError> {
         })
 }
 
-/// Whether interface `name` exists.
-pub async fn exists(name: &str) -> Result<bool, KernelError> {
-    Ok(list().await?.iter().any(|l| l.ifname == name))
+/// Whether interface `name` exists in network namespace `netns` (a name
+/// under `/run/netns`), or in the daemon's own with `None`.
+pub async fn exists_in(netns: Option<&str>, name: &str) -> Result<bool, KernelError> {
+    let links: Vec<Link> = match netns {
+        Some(ns) => run_json("ip", &["-n", ns, "-j", "link", "show"]).await?,
+        None => list().await?,
+    };
+    Ok(links.iter().any(|l| l.ifname == name))
 }
 
 async fn list() -> Result<Vec<Link>, KernelError> {

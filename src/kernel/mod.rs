@@ -4,7 +4,16 @@
 //! Every operation here converges: it is safe to repeat on every tick and
 //! leaves the kernel in the same state whether it ran once or many times.
 //! Nothing is ever torn down on exit, so a daemon restart never interrupts
-//! forwarding. Commands (`nft`, `ip`) are run without a shell; their
+//! forwarding.
+//!
+//! What a restarted daemon finds depends on where the state lives. The
+//! sysctls, the nftables tables, the hand-off tunnel's device, rules, routes
+//! and neighbour entries live in the network namespace the daemon shares
+//! with the host, so they outlive it whatever mount namespace it ran in, and
+//! the next daemon reads them back. The one exception is the probe
+//! namespace's *handle*, a bind mount in the daemon's own mount namespace:
+//! under systemd's sandbox it dies with the daemon and leaves a stale file
+//! ([`probe_ns`] replaces it). Commands (`nft`, `ip`) are run without a shell; their
 //! stderr becomes the error message.
 
 pub mod link;
@@ -34,6 +43,12 @@ pub enum KernelError {
     Sysctl {
         key: String,
         value: String,
+        source: std::io::Error,
+    },
+    /// A namespace handle could not be read or removed.
+    #[error("namespace handle {}: {source}", path.display())]
+    Handle {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
     /// The interface to NAT out of could not be found.
