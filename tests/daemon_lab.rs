@@ -212,14 +212,12 @@ async fn kill_and_restart_lose_no_request() {
     let meter = lab.meter(0, Duration::from_millis(50));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // kill -9: the kernel keeps forwarding; the probe namespace stays; the
-    // lab's systemd restarts the daemon, which adopts everything.
+    // kill -9: the kernel keeps forwarding; the lab's systemd restarts the
+    // daemon, which adopts routes, rules and sysctls. The probe namespace
+    // died with the daemon's private mount namespace, as under systemd; the
+    // new daemon makes it again before its first probe.
     lab.kill_daemon(0).unwrap();
-    assert!(
-        std::path::Path::new("/run/netns")
-            .join(&nat.probe_namespace)
-            .exists()
-    );
+    assert!(probe_handle_is_stale(&nat.probe_namespace));
     lab.wait_for("restart after kill", Duration::from_secs(10), || async {
         Ok(log().matches("kernel NAT configured").count() == 2)
     })
@@ -252,6 +250,124 @@ async fn kill_and_restart_lose_no_request() {
     );
 }
 
+/// Whether `ip` fails on the probe namespace's handle the way issue 10
+/// describes: the file is there, the namespace behind it is not.
+fn probe_handle_is_stale(name: &str) -> bool {
+    let path = std::path::Path::new("/run/netns").join(name);
+    let ip = hanat_lab::netns::sh("ip", &["-n", name, "link", "show"]);
+    path.is_file() && ip.is_err_and(|e| e.to_string().contains("Invalid argument"))
+}
+
+/// Issue 10: under the unit's sandbox a daemon's `ip netns add` mounts the
+/// probe namespace in its private mount namespace, so a `kill -9` leaves a
+/// plain file at /run/netns/NAME. Three restarts in a row must each come
+/// back whole: probing, repairing routes, reporting broken forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_kill_restarts_under_the_sandbox_each_recover_fully() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    // The lab leaves an Unhealthy instance running, so the same NAT can be
+    // reported again after each restart.
+    let lab = lab_with(|o| o.replace_unhealthy = false).await;
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(30)).await.unwrap();
+    let nat = lab.nat(0).unwrap();
+    let id = nat.instance.id.clone();
+    let rt = lab.azs[0].private_route_table.clone();
+    let log = || std::fs::read_to_string(&nat.log_path).unwrap_or_default();
+    let verified = || log().matches("forwarding verified").count();
+    let drop_all = "add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }";
+    assert_eq!(verified(), 1, "{}", log());
+
+    for restart in 1..=3 {
+        lab.kill_daemon(0).unwrap();
+        assert!(
+            probe_handle_is_stale(&nat.probe_namespace),
+            "restart {restart}: the killed daemon's probe namespace is gone, its handle left"
+        );
+        lab.wait_for(
+            "the new daemon's probe passes",
+            Duration::from_secs(20),
+            || async { Ok(verified() == restart + 1) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("restart {restart}: {e}\n{}", log()));
+
+        // It takes back a hijacked route.
+        let igw = hanat_lab::cloud::DefaultTarget::Gateway(&lab.igw_id);
+        lab.cloud.set_default_route(&rt, igw).await.unwrap();
+        lab.wait_for("route taken back", Duration::from_secs(20), || async {
+            Ok(lab.route_target(0).await?.as_deref() == Some(nat.instance.eni.as_str()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("restart {restart}: {e}\n{}", log()));
+
+        // It reports forwarding it cannot repair.
+        lab.nat_exec(0, "nft", &[drop_all]).unwrap();
+        lab.wait_for("reported Unhealthy", Duration::from_secs(20), || async {
+            Ok(lab.cloud.health(&id).await? == "Unhealthy")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("restart {restart}: {e}\n{}", log()));
+        lab.nat_exec(0, "nft", &["delete table inet chaos"])
+            .unwrap();
+        lab.cloud.set_health(&id, "Healthy").await.unwrap();
+    }
+    let log = log();
+    assert_eq!(
+        log.matches("not a live namespace").count(),
+        3,
+        "each restart replaced the stale handle:\n{log}"
+    );
+    assert!(!log.contains("cannot configure kernel NAT"), "{log}");
+    assert!(!log.contains("kernel converge failed"), "{log}");
+    // And the NAT still forwards, with its Elastic IP.
+    lab.wait_for("egress", Duration::from_secs(10), || async {
+        Ok(lab.whoami(0, Duration::from_millis(500)).ok() == Some(lab.azs[0].eip.1))
+    })
+    .await
+    .unwrap();
+}
+
+/// A stale handle found at the very first start (a crashed daemon of an
+/// older version, or a reboot-less redeploy) is no reason not to start; and
+/// `hanat plan` says what `run` will do about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_probe_handle_at_start_is_replaced() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let lab = lab().await;
+    let nat = lab.nat(0).unwrap();
+    let handle = std::path::Path::new("/run/netns").join(&nat.probe_namespace);
+    std::fs::create_dir_all("/run/netns").unwrap();
+    std::fs::write(&handle, b"").unwrap();
+    assert!(probe_handle_is_stale(&nat.probe_namespace));
+    let p = plan(&lab);
+    assert!(
+        p.contains(&format!(
+            "note: {} is not a live namespace from here",
+            handle.display()
+        )),
+        "{p}"
+    );
+
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(30)).await.unwrap();
+    lab.wait_for("probe passes", Duration::from_secs(10), || async {
+        Ok(lab.nat_log(0).contains("forwarding verified"))
+    })
+    .await
+    .unwrap();
+    let log = lab.nat_log(0);
+    assert!(log.contains("not a live namespace"), "{log}");
+    assert_eq!(
+        lab.whoami(0, Duration::from_secs(2)).unwrap(),
+        lab.azs[0].eip.1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_notify_watchdog_and_capabilities() {
     if !hanat_lab::can_run_kernel_tests() {
@@ -259,28 +375,20 @@ async fn systemd_notify_watchdog_and_capabilities() {
     }
     let lab = lab().await;
     let nat = lab.nat(0).unwrap();
-    let dir = std::env::temp_dir().join(format!("{}-notify", lab.prefix));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock_path = dir.join("notify.sock");
+    // In the lab's directory: the unit's PrivateTmp hides the host's /tmp.
+    let sock_path = lab.dir.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
 
-    // With the unit's capabilities only: readiness, watchdog pings, and a
-    // clean stop on SIGTERM.
+    // In the unit's sandbox: readiness, watchdog pings, and a clean stop on
+    // SIGTERM.
     let mut child = lab
-        .nat_command(0, "setpriv")
+        .daemon_command(0, None)
         .unwrap()
-        .args([
-            "--bounding-set=-all,+net_admin,+sys_admin",
-            "--no-new-privs",
-            "--",
-        ])
-        .arg(env!("CARGO_BIN_EXE_hanat"))
-        .args(["run", "--config"])
-        .arg(&nat.config_path)
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -314,17 +422,12 @@ async fn systemd_notify_watchdog_and_capabilities() {
         Some(nat.instance.eni.clone())
     );
 
-    // Without CAP_SYS_ADMIN the probe namespace cannot be made: a clear
-    // error and exit code 71, not a daemon that pretends to be healthy.
-    lab.nat_exec(0, "ip", &["netns", "del", &nat.probe_namespace])
-        .ok();
+    // Without CAP_SYS_ADMIN the probe namespace cannot be made (the one
+    // above died with its daemon's mount namespace): a clear error and exit
+    // code 71, not a daemon that pretends to be healthy.
     let out = lab
-        .nat_command(0, "setpriv")
+        .daemon_command(0, Some("net_admin"))
         .unwrap()
-        .args(["--bounding-set=-all,+net_admin", "--no-new-privs", "--"])
-        .arg(env!("CARGO_BIN_EXE_hanat"))
-        .args(["run", "--config"])
-        .arg(&nat.config_path)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -333,5 +436,4 @@ async fn systemd_notify_watchdog_and_capabilities() {
         err.contains("hanat: cannot configure kernel NAT: `ip netns add"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -365,6 +365,18 @@ impl Cloud {
             .ok_or_else(|| anyhow!("{instance} is not in an Auto Scaling group"))
     }
 
+    /// Set an instance's Auto Scaling health (as an operator would after a
+    /// false alarm).
+    pub async fn set_health(&self, instance: &str, status: &str) -> Result<()> {
+        self.asg
+            .set_instance_health()
+            .instance_id(instance)
+            .health_status(status)
+            .send()
+            .await?;
+        Ok(())
+    }
+
     /// The group's in-service, healthy instance.
     pub async fn group_instance(&self, group: &str) -> Result<Instance> {
         let out = self

@@ -46,11 +46,15 @@ use crate::cloud::{Cloud, Instance};
 use crate::imds::{Imds, InstanceMetadata};
 use crate::moto::Moto;
 use crate::netns::{Netns, veth};
+use crate::sandbox::Sandbox;
 
 /// moto's CloudFormation resolves `!GetAZs ""` to us-east-1's zones
 /// whatever the region, so the lab lives there.
 pub const REGION: &str = "us-east-1";
 pub const VPC_CIDR: &str = "10.0.0.0/16";
+/// Where each lab keeps its files (configs, logs), in `<prefix>/`: not
+/// under `/tmp` or `/root`, which the unit's sandbox hides from daemons.
+pub const LAB_DIR: &str = "/run/hanat-lab";
 /// Internet servers (TEST-NET-3, only ever inside the lab's namespace).
 pub const SERVERS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(203, 0, 113, 10),
@@ -90,9 +94,10 @@ pub struct LabOptions {
     pub boot_delay: Duration,
     /// systemd's RestartSec for a daemon that died; `None`: never restart.
     pub restart_delay: Option<Duration>,
-    /// Run daemons with only these capabilities and no-new-privileges, as
-    /// `systemd/hanat.service` does (`setpriv` syntax).
-    pub capabilities: String,
+    /// Daemons run in the sandbox of `systemd/hanat.service` (see
+    /// [`crate::sandbox`]); `Some` replaces its capability bounding set
+    /// (`setpriv` syntax: `net_admin,sys_admin`).
+    pub capabilities: Option<String>,
     /// `peers.failover`: `peer` (default) or `none`.
     pub failover: String,
     /// `peers.failback`: `immediate` (default) or `drain:<duration>`.
@@ -104,6 +109,9 @@ pub struct LabOptions {
     pub fallback_nat_gateway: bool,
     /// `peers.flow_handoff`: `None` leaves hanat's default.
     pub flow_handoff: Option<Duration>,
+    /// Play Auto Scaling's replacement of an instance reported Unhealthy
+    /// (default); `false` leaves it running, for tests that report again.
+    pub replace_unhealthy: bool,
 }
 
 impl LabOptions {
@@ -118,12 +126,13 @@ impl LabOptions {
             reconcile_interval: Duration::from_secs(5),
             boot_delay: Duration::from_secs(20),
             restart_delay: Some(Duration::from_secs(1)),
-            capabilities: "net_admin,sys_admin".into(),
+            capabilities: None,
             failover: "peer".into(),
             failback: "immediate".into(),
             handoff_on_stop: false,
             fallback_nat_gateway: false,
             flow_handoff: None,
+            replace_unhealthy: true,
         }
     }
 }
@@ -178,24 +187,48 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How daemons are started: the unit's sandbox and the binary it runs.
+pub struct Launch {
+    pub sandbox: Sandbox,
+    pub bin: PathBuf,
+    /// An empty file in the lab's directory the binary is bind-mounted onto
+    /// inside the sandbox (the unit's `/usr/bin/hanat`): `ProtectHome`
+    /// hides a binary built under `/root`.
+    pub installed: PathBuf,
+}
+
+impl Launch {
+    fn new(opts: &LabOptions, dir: &Path) -> Result<Launch> {
+        let mut sandbox = Sandbox::shipped()?;
+        if let Some(caps) = &opts.capabilities {
+            sandbox = sandbox.with_capabilities(caps);
+        }
+        let installed = dir.join("hanat");
+        std::fs::write(&installed, b"")?;
+        Ok(Launch {
+            sandbox,
+            bin: opts.hanat_bin.clone(),
+            installed,
+        })
+    }
+
+    /// A command running the unit's `ExecStart` in `ns` with `config`.
+    pub fn command(&self, ns: &Netns, config: &Path) -> std::process::Command {
+        self.sandbox
+            .command(&ns.path(), &self.bin, &self.installed, config)
+    }
+}
+
 impl Nat {
-    /// Start the daemon with only `capabilities` (see [`LabOptions`]).
-    fn start(&mut self, hanat_bin: &Path, capabilities: &str) -> Result<()> {
+    /// Start the daemon the way the unit does.
+    fn start(&mut self, launch: &Launch) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let child = self
-            .ns
-            .command("setpriv")
-            .arg(format!(
-                "--bounding-set=-all,+{}",
-                capabilities.replace(',', ",+")
-            ))
-            .args(["--no-new-privs", "--"])
-            .arg(hanat_bin)
-            .args(["run", "--config"])
-            .arg(&self.config_path)
+        launch.sandbox.run_pre_outside()?;
+        let child = launch
+            .command(&self.ns, &self.config_path)
             .env_clear()
             .env(
                 "PATH",
@@ -262,6 +295,7 @@ struct Shared {
     rtr: String,
     moto_port: u16,
     dir: PathBuf,
+    launch: Launch,
     /// One slot per AZ: its current NAT, if materialised.
     nats: Mutex<Vec<Option<Nat>>>,
     /// Every launch so far, for unique names.
@@ -331,8 +365,9 @@ impl Lab {
         // the thread that spawned it ends (parent-death signal).
         let moto = tokio::task::block_in_place(Moto::start)?;
         let cloud = Cloud::new(&moto.endpoint(), REGION).await;
-        let dir = std::env::temp_dir().join(&prefix);
+        let dir = Path::new(LAB_DIR).join(&prefix);
         std::fs::create_dir_all(&dir)?;
+        let launch = Launch::new(&opts, &dir)?;
 
         let rtr = Netns::new(&format!("{prefix}-rtr"))?;
         let igw = Netns::new(&format!("{prefix}-igw"))?;
@@ -380,6 +415,7 @@ impl Lab {
             rtr: rtr.name.clone(),
             moto_port: moto.port,
             dir: dir.clone(),
+            launch,
             nats: Mutex::new((0..opts.azs).map(|_| None).collect()),
             launches: Mutex::new(0),
             eip_public,
@@ -440,10 +476,9 @@ impl Lab {
 
     /// Start every NAT's daemon.
     pub fn start_daemons(&self) -> Result<()> {
-        let bin = self.opts.hanat_bin.clone();
         for n in self.shared.nats().iter_mut().flatten() {
             if !n.running() {
-                n.start(&bin, &self.opts.capabilities)?;
+                n.start(&self.shared.launch)?;
             }
         }
         Ok(())
@@ -635,6 +670,29 @@ impl Lab {
             .as_ref()
             .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
         let mut c = n.ns.command(program);
+        c.envs(daemon_env());
+        Ok(c)
+    }
+
+    /// A command that starts a daemon on AZ `i`'s NAT the way the unit does
+    /// (the lab's own is not touched), with `capabilities` instead of the
+    /// unit's bounding set if given, and the daemon's environment.
+    pub fn daemon_command(
+        &self,
+        i: usize,
+        capabilities: Option<&str>,
+    ) -> Result<std::process::Command> {
+        let nats = self.shared.nats();
+        let n = nats[i]
+            .as_ref()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        let launch = &self.shared.launch;
+        launch.sandbox.run_pre_outside()?;
+        let sandbox = match capabilities {
+            Some(caps) => launch.sandbox.with_capabilities(caps),
+            None => launch.sandbox.clone(),
+        };
+        let mut c = sandbox.command(&n.ns.path(), &launch.bin, &launch.installed, &n.config_path);
         c.envs(daemon_env());
         Ok(c)
     }
@@ -1374,6 +1432,7 @@ async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String)>, stop: Arc
             let current = shared.nats()[i].as_ref().map(|n| n.instance.id.clone());
             // An instance the daemon reported Unhealthy is terminated.
             if let Some(id) = &current
+                && shared.opts.replace_unhealthy
                 && shared.cloud.health(id).await.ok().as_deref() == Some("Unhealthy")
             {
                 let nat = shared.nats()[i].take();
@@ -1392,8 +1451,7 @@ async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String)>, stop: Arc
                     }
                     if n.daemon.is_none()
                         && n.died_at.is_some_and(|t| t.elapsed() >= delay)
-                        && n.start(&shared.opts.hanat_bin, &shared.opts.capabilities)
-                            .is_ok()
+                        && n.start(&shared.launch).is_ok()
                     {
                         drop(nats);
                         shared.event(format!("az{i}: daemon restarted"));
@@ -1425,7 +1483,7 @@ async fn autoscaler(shared: Arc<Shared>, groups: Vec<(usize, String)>, stop: Arc
             pending.remove(&instance.id);
             match launch_nat(&shared, i, instance).await {
                 Ok(mut nat) => {
-                    let started = nat.start(&shared.opts.hanat_bin, &shared.opts.capabilities);
+                    let started = nat.start(&shared.launch);
                     shared.event(format!(
                         "az{i}: {} booted (daemon {:?})",
                         nat.instance.id,

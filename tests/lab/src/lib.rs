@@ -5,6 +5,8 @@
 //! - [`cloud`]: creating and reading VPC resources through the AWS SDK;
 //! - [`netns`]: namespaces, veths, sockets and processes inside them;
 //! - [`imds`]: a per-instance IMDSv2 emulator with tokens enforced;
+//! - [`sandbox`]: the shipped systemd unit's sandbox, which every daemon
+//!   of the lab runs in;
 //! - [`lab`]: the assembled VPC with its router, internet and NATs.
 
 pub mod chaos;
@@ -13,6 +15,7 @@ pub mod imds;
 pub mod lab;
 pub mod moto;
 pub mod netns;
+pub mod sandbox;
 
 /// Make `cmd`'s child receive SIGKILL when the lab process dies, so a
 /// crashed test leaves no daemon behind. The signal fires when the *thread*
@@ -30,10 +33,12 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 }
 
 /// Commands the lab needs, with the Debian package that provides each.
-const TOOLS: [(&str, &str); 4] = [
+const TOOLS: [(&str, &str); 6] = [
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
+    ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
     ("sysctl", "procps"),
 ];
 

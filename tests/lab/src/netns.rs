@@ -3,9 +3,10 @@
 //! Everything is named under a per-run prefix so two labs (or two tests)
 //! never clash, and everything a [`Netns`] holds is removed on drop, even
 //! when a test panics. Namespaces are created from the root mount namespace
-//! (see LAB-NOTES), and processes are started in a namespace with
-//! `nsenter --net` so they share the caller's mount namespace: a daemon's
-//! own `ip netns add` is then visible to the lab and cleaned up by it.
+//! (see LAB-NOTES), and the lab's own processes are started in a namespace
+//! with `nsenter --net`, so they share the caller's mount namespace. Daemons
+//! are not: they run in the unit's sandbox ([`crate::sandbox`]), with a
+//! mount namespace of their own, as under systemd.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -185,7 +186,8 @@ pub fn remove_lab_leftovers() -> Result<Vec<String>> {
             removed.push(name.to_owned());
         }
     }
-    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+    let dirs = [PathBuf::from(crate::lab::LAB_DIR), std::env::temp_dir()];
+    for dir in dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()) {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if is_lab_name(&format!("{name}-")) && e.path().is_dir() {
