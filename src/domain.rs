@@ -1,4 +1,5 @@
-//! Domain types shared by every module: AWS identifiers and IPv4 networks.
+//! Domain types shared by every module: AWS identifiers, IPv4 networks,
+//! route tables, routes and their targets, instances and Elastic IPs.
 //!
 //! Adapters convert SDK and kernel data into these types at their edge, so the
 //! decision core never sees an SDK struct. No I/O here.
@@ -122,6 +123,67 @@ impl FromStr for Ipv4Cidr {
         }
         Ok(Self { addr, prefix })
     }
+}
+
+/// A route table as hanat sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTable {
+    pub id: RouteTableId,
+    pub vpc_id: VpcId,
+    /// The VPC's main route table: never modified by hanat.
+    pub is_main: bool,
+    /// Subnets explicitly associated with it.
+    pub subnets: Vec<SubnetId>,
+    /// The `0.0.0.0/0` route, if there is one.
+    pub default_route: Option<Route>,
+}
+
+/// A `0.0.0.0/0` route's target and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub target: RouteTarget,
+    /// AWS marks a route whose target is gone as a blackhole.
+    pub blackhole: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    Eni(EniId),
+    Instance(InstanceId),
+    NatGateway(String),
+    /// An internet gateway, VPC endpoint, transit gateway, peering…
+    Other(String),
+}
+
+impl fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteTarget::Eni(e) => write!(f, "{e}"),
+            RouteTarget::Instance(i) => write!(f, "{i}"),
+            RouteTarget::NatGateway(n) | RouteTarget::Other(n) => f.write_str(n),
+        }
+    }
+}
+
+/// An instance as peers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: InstanceId,
+    pub az: String,
+    /// Primary interface and its private address.
+    pub eni: Option<EniId>,
+    pub ip: Option<Ipv4Addr>,
+    /// `pending` or `running`: it can still forward or soon will.
+    pub alive: bool,
+}
+
+/// An Elastic IP and where it is associated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub allocation_id: String,
+    pub public_ip: String,
+    pub eni: Option<EniId>,
+    pub instance: Option<InstanceId>,
 }
 
 #[cfg(test)]

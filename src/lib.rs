@@ -8,16 +8,15 @@
 //! - [`heartbeat`]: probes through the NAT path and the fall/rise logic;
 //! - [`aws`]: IMDSv2, EC2 and Auto Scaling adapters;
 //! - [`kernel`]: sysctls, nftables, interfaces and the probe namespace;
-//! - [`daemon`]: the loops that tie them together;
+//! - [`daemon`]: the loops that tie them together (routes, heartbeat, peers,
+//!   planned exits);
 //! - [`notify`]: systemd readiness and watchdog.
 
 pub mod aws;
 pub mod config;
 pub mod daemon;
 pub mod domain;
-pub mod failover;
 pub mod flow_handoff;
-pub mod handoff;
 pub mod heartbeat;
 pub mod kernel;
 pub mod notify;

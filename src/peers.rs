@@ -19,7 +19,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::aws::ec2::RouteTarget;
+use crate::domain::RouteTarget;
 use crate::domain::{EniId, Identity, InstanceId};
 
 /// What a NAT says about itself.

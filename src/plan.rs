@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::aws::ec2::{Route, RouteTable, RouteTarget};
 use crate::domain::{EniId, Identity, InstanceId, Ipv4Cidr, RouteTableId, SubnetId};
+use crate::domain::{Route, RouteTable, RouteTarget};
 
 /// What was read from EC2 in one reconcile.
 #[derive(Debug, Clone, Default)]
@@ -277,8 +277,8 @@ pub enum AddressAction {
 /// whether the current holder (if any) is a running instance. Pure.
 pub fn plan_address(
     id: &Identity,
-    pool: &[crate::aws::ec2::Address],
-    holder_alive: impl Fn(&crate::aws::ec2::Address) -> bool,
+    pool: &[crate::domain::Address],
+    holder_alive: impl Fn(&crate::domain::Address) -> bool,
 ) -> AddressAction {
     let Some(a) = pool.first() else {
         return AddressAction::NoAddress;
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn address_decisions() {
-        use crate::aws::ec2::Address;
+        use crate::domain::Address;
         let addr = |eni: Option<&str>| Address {
             allocation_id: "eipalloc-1".into(),
             public_ip: "198.51.100.10".into(),

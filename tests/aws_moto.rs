@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use hanat::aws::autoscaling::AutoScaling;
-use hanat::aws::ec2::{Ec2, RouteTarget};
+use hanat::aws::ec2::Ec2;
 use hanat::aws::imds::Imds as ImdsClient;
 use hanat::config::{Config, NatGatewayId};
-use hanat::daemon::{apply, observe};
+use hanat::daemon::take::{apply, observe};
+use hanat::domain::RouteTarget;
 use hanat::domain::{EniId, Identity, InstanceId, SubnetId, VpcId};
 use hanat::plan::{Action, Finding, plan};
 use hanat_lab::cloud::{Cloud, DefaultTarget};
@@ -276,10 +277,10 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
         v
     };
     let start = targets().await;
-    let none = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &alive).await;
+    let none = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(none.unwrap(), None);
     fallback(&mut config, "nat-0000000000000dead");
-    let unknown = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &alive).await;
+    let unknown = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(unknown.unwrap(), None);
     let vpc2 = w.cloud.vpc("10.9.0.0/16").await.unwrap();
     let subnet2 = w
@@ -289,13 +290,13 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
         .unwrap();
     let (foreign_gateway, _) = w.cloud.nat_gateway(&subnet2).await.unwrap();
     fallback(&mut config, &foreign_gateway);
-    let foreign = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &alive).await;
+    let foreign = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(foreign.unwrap(), None);
     assert_eq!(targets().await, start);
 
     // Our VPC's gateway: it takes our route, not the peer's.
     fallback(&mut config, &gateway);
-    let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &alive).await;
+    let moved = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(moved.unwrap(), Some(1));
     assert_eq!(
         targets().await,
@@ -303,10 +304,10 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
     );
     // Once that peer is known dead, its route follows; again: no-op.
     let dead = [RouteTarget::Eni(EniId(w.other_nat_eni.clone()))];
-    let moved = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &dead).await;
+    let moved = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &dead).await;
     assert_eq!(moved.unwrap(), Some(1));
     assert_eq!(targets().await, vec![gateway.clone(), gateway.clone()]);
-    let again = hanat::failover::fall_back(&ec2, &w.me, &config, &az, &dead).await;
+    let again = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &dead).await;
     assert_eq!(again.unwrap(), Some(0));
     assert_eq!(decoy_routes(&w).await, before, "decoy tables unchanged");
 

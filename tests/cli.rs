@@ -168,16 +168,27 @@ fn shipped_and_documented_configs_are_accepted() {
     assert!(o.status.success(), "{}", stderr(&o));
     // The configuration reference's block, with every key at its default.
     let readme = include_str!("../docs/configuration.md");
-    let start = readme.find("```toml\n").expect("the reference has a toml block") + 8;
+    let start = readme
+        .find("```toml\n")
+        .expect("the reference has a toml block")
+        + 8;
     let block = &readme[start..];
     let block = &block[..block.find("```").unwrap()];
     assert!(block.contains("[peers.fallback_nat_gateway_id]"), "{block}");
     let (_dir, path) = config_file(block);
     let o = hanat(&["check-config", "--config", &path], &[]);
-    assert!(o.status.success(), "docs/configuration.md's config: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "docs/configuration.md's config: {}",
+        stderr(&o)
+    );
     // The commented example in it is valid too.
     let example = block.replace("# \"eu-west-1a\" = ", "\"eu-west-1a\" = ");
     let (_dir2, path) = config_file(&example);
     let o = hanat(&["check-config", "--config", &path], &[]);
-    assert!(o.status.success(), "docs/configuration.md's example: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "docs/configuration.md's example: {}",
+        stderr(&o)
+    );
 }

@@ -9,71 +9,13 @@
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
 
 use super::AwsError;
-use crate::domain::{EniId, InstanceId, Ipv4Cidr, RouteTableId, SubnetId, VpcId};
+use crate::domain::{
+    Address, EniId, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable, RouteTableId,
+    RouteTarget, SubnetId, VpcId,
+};
 
 /// The destination every NAT owns.
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
-
-/// A route table as hanat sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteTable {
-    pub id: RouteTableId,
-    pub vpc_id: VpcId,
-    /// The VPC's main route table: never modified by hanat.
-    pub is_main: bool,
-    /// Subnets explicitly associated with it.
-    pub subnets: Vec<SubnetId>,
-    /// The `0.0.0.0/0` route, if there is one.
-    pub default_route: Option<Route>,
-}
-
-/// A `0.0.0.0/0` route's target and state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub target: RouteTarget,
-    /// AWS marks a route whose target is gone as a blackhole.
-    pub blackhole: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteTarget {
-    Eni(EniId),
-    Instance(InstanceId),
-    NatGateway(String),
-    /// An internet gateway, VPC endpoint, transit gateway, peering…
-    Other(String),
-}
-
-impl std::fmt::Display for RouteTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RouteTarget::Eni(e) => write!(f, "{e}"),
-            RouteTarget::Instance(i) => write!(f, "{i}"),
-            RouteTarget::NatGateway(n) | RouteTarget::Other(n) => f.write_str(n),
-        }
-    }
-}
-
-/// An instance as peers see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceInfo {
-    pub id: InstanceId,
-    pub az: String,
-    /// Primary interface and its private address.
-    pub eni: Option<EniId>,
-    pub ip: Option<std::net::Ipv4Addr>,
-    /// `pending` or `running`: it can still forward or soon will.
-    pub alive: bool,
-}
-
-/// An Elastic IP and where it is associated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Address {
-    pub allocation_id: String,
-    pub public_ip: String,
-    pub eni: Option<EniId>,
-    pub instance: Option<InstanceId>,
-}
 
 /// The EC2 client, bound to one region.
 #[derive(Clone)]

@@ -225,7 +225,7 @@ async fn plan(config: Config) -> Result<(), Failure> {
     daemon::check_probe_cidr(&identity, &config).map_err(|e| Failure::new(exit::CONFIG, &e))?;
     let sdk = hanat::aws::sdk_config(&identity.region, &config.aws).await;
     let ec2 = Ec2::new(&sdk);
-    let observed = daemon::observe(&ec2, &identity, &config)
+    let observed = daemon::take::observe(&ec2, &identity, &config)
         .await
         .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))?;
     let plan = hanat::plan::plan(&identity, &observed);

@@ -56,6 +56,30 @@ pub enum KernelError {
     Interface(String),
 }
 
+/// The flow hand-off tunnel's device (see [`tunnel`]); the NAT table's
+/// forward chain names it too.
+pub const TUNNEL_DEVICE: &str = "hanat0";
+
+/// Refuse an interface name that would break out of a quoted nftables string.
+pub(crate) fn check_iface(iface: &str) -> Result<(), KernelError> {
+    if iface.is_empty()
+        || iface
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_whitespace())
+    {
+        return Err(KernelError::Interface(format!(
+            "`{iface}` cannot be used in an nftables rule"
+        )));
+    }
+    Ok(())
+}
+
+/// Apply an nftables ruleset (ours replace their own table) in one `nft -f`
+/// transaction.
+pub async fn apply_ruleset(ruleset: &str) -> Result<(), KernelError> {
+    run("nft", &["-f", "-"], Some(ruleset)).await.map(drop)
+}
+
 /// Run `program args…`, feeding `stdin` if given; stdout on success.
 pub(crate) async fn run(
     program: &str,

@@ -1,7 +1,7 @@
 //! The nftables ruleset hanat owns: table `ip hanat`.
 //!
 //! Rendered as text from values ([`render`], golden-file tested) and applied
-//! with one `nft -f -` transaction that adds, deletes and recreates the
+//! ([`super::apply_ruleset`]) with one `nft -f -` transaction that adds, deletes and recreates the
 //! table, so the kernel switches from the old rules to the new ones
 //! atomically: no packet sees a half-built table, and established flows
 //! (conntrack) are untouched. Only the table named [`TABLE`] is ever
@@ -17,26 +17,12 @@
 //! - postrouting: NAT sources leaving the primary interface for a
 //!   destination outside them are masqueraded to the interface's address.
 
-use super::tunnel::DEVICE as tunnel;
-use super::{KernelError, run};
+use super::TUNNEL_DEVICE as tunnel;
+use super::{KernelError, check_iface, run};
 use crate::domain::Ipv4Cidr;
 
 /// The family and name of our table.
 pub const TABLE: &str = "hanat";
-
-/// Refuse an interface name that would break out of a quoted nftables string.
-pub(super) fn check_iface(iface: &str) -> Result<(), KernelError> {
-    if iface.is_empty()
-        || iface
-            .chars()
-            .any(|c| c == '"' || c == '\\' || c.is_whitespace())
-    {
-        return Err(KernelError::Interface(format!(
-            "`{iface}` cannot be used in an nftables rule"
-        )));
-    }
-    Ok(())
-}
 
 /// The ruleset for masquerading `sources` out of `iface`. Pure.
 pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
@@ -76,11 +62,6 @@ table ip {TABLE} {{
 }}
 "#
     ))
-}
-
-/// Replace our table with `ruleset` in one transaction.
-pub async fn apply(ruleset: &str) -> Result<(), KernelError> {
-    run("nft", &["-f", "-"], Some(ruleset)).await.map(drop)
 }
 
 /// Whether our table exists (used by `hanat plan`).

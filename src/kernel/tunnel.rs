@@ -41,7 +41,7 @@ use super::{KernelError, parse_json, run, run_json};
 use crate::domain::Ipv4Cidr;
 
 /// The tunnel device's name.
-pub const DEVICE: &str = "hanat0";
+pub const DEVICE: &str = super::TUNNEL_DEVICE;
 /// The VXLAN network identifier every hanat NAT uses.
 pub const VNI: u32 = 7470;
 /// Our nftables table for the hand-off marks.
@@ -83,7 +83,7 @@ pub fn render(
     vpc: &[Ipv4Cidr],
     handoffs: &[Handoff],
 ) -> Result<String, KernelError> {
-    super::nft::check_iface(iface)?;
+    super::check_iface(iface)?;
     let mut taken: Vec<Ipv4Cidr> = Vec::new();
     let mut elements = Vec::new();
     for h in handoffs {
@@ -344,7 +344,7 @@ pub async fn converge(
             .await?;
         }
     }
-    super::nft::apply(&ruleset).await?;
+    super::apply_ruleset(&ruleset).await?;
     for table in in_use {
         if handoffs.iter().any(|h| mark(h.peer) == table) {
             continue;

@@ -22,11 +22,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::log::LogThrottle;
+use super::take::{apply, apply_to, observe_az};
 use crate::aws::autoscaling::AutoScaling;
-use crate::aws::ec2::{Ec2, Route, RouteTarget};
+use crate::aws::ec2::Ec2;
 use crate::config::Config;
-use crate::daemon::{LogThrottle, apply, apply_to, observe_az};
-use crate::domain::{EniId, Identity, InstanceId};
+use crate::domain::{EniId, Identity, InstanceId, Route, RouteTarget};
 use crate::peers::{Arrival, Message, Peer, Status, View, arrival, decide};
 use crate::plan::{Observed, plan_to, plan_with};
 use crate::{flow_handoff, report};

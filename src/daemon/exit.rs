@@ -19,12 +19,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::take::observe;
 use crate::aws::autoscaling::AutoScaling;
-use crate::aws::ec2::{Ec2, RouteTarget};
+use crate::aws::ec2::Ec2;
 use crate::aws::imds::Imds;
 use crate::config::Config;
-use crate::daemon::observe;
 use crate::domain::Identity;
+use crate::domain::RouteTarget;
 use crate::peers::Status;
 
 /// Why the NAT is leaving.

@@ -11,10 +11,19 @@
 //!   [`crate::heartbeat::state`]: reconverge once, then report the instance
 //!   Unhealthy to Auto Scaling.
 //!
+//! - The **peers loop** ([`peers`]) and the **planned-exit watcher**
+//!   ([`exit`]) run beside them; [`take`] holds the EC2 reads and writes of
+//!   routes they all share, [`log`] the rate limit on repeated errors.
+//!
 //! Shutdown (SIGTERM, SIGINT) stops the loops and leaves routes, sysctls,
 //! rules and the probe namespace in place: the kernel keeps forwarding, and
 //! the next daemon adopts it all. Errors in a loop are logged (identical
 //! repeats at most once a minute) and retried; they never end the daemon.
+
+pub mod exit;
+pub mod log;
+pub mod peers;
+pub mod take;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,20 +35,20 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use self::log::LogThrottle;
+use self::peers::PeerShared;
+use self::take::{apply, observe};
 use crate::aws::autoscaling::AutoScaling;
 use crate::aws::ec2::Ec2;
-use crate::aws::ec2::RouteTarget;
 use crate::aws::imds::Imds;
 use crate::config::Config;
 use crate::config::Failover;
-use crate::domain::{EniId, SubnetId};
+use crate::domain::{EniId, InstanceInfo, RouteTarget};
 use crate::domain::{Identity, Ipv4Cidr};
-use crate::failover::{self, PeerShared};
 use crate::flow_handoff::FlowHandoff;
-use crate::handoff;
 use crate::heartbeat::probe::Prober;
 use crate::heartbeat::state::{Heartbeat, Phase, Verdict};
-use crate::kernel::{KernelError, nft, probe_ns, sysctl, tunnel};
+use crate::kernel::{self, KernelError, nft, probe_ns, sysctl, tunnel};
 use crate::notify::Notifier;
 use crate::peers::Peer;
 use crate::peers::Status;
@@ -100,7 +109,7 @@ pub async fn converge_kernel(
 ) -> Result<Vec<KernelError>, KernelError> {
     // Rules first: loading them loads conntrack, whose sysctls come next.
     let ruleset = nft::render(interface, &nat_sources(identity, config))?;
-    nft::apply(&ruleset).await?;
+    kernel::apply_ruleset(&ruleset).await?;
     let mut skipped = sysctl::apply(&sysctl::desired(interface, config.kernel.conntrack_max))?;
     probe_ns::ensure(
         &config.heartbeat.probe_namespace,
@@ -115,124 +124,6 @@ pub async fn converge_kernel(
         skipped.push(e);
     }
     Ok(skipped)
-}
-
-/// Read what the routes loop needs from EC2.
-pub async fn observe(
-    ec2: &Ec2,
-    identity: &Identity,
-    config: &Config,
-) -> Result<Observed, AwsError> {
-    observe_az(ec2, identity, config, &identity.availability_zone, true).await
-}
-
-/// Read the tagged subnets of `az` in our VPC and their route tables, and,
-/// if `with_check`, our interface's source/destination check.
-pub async fn observe_az(
-    ec2: &Ec2,
-    identity: &Identity,
-    config: &Config,
-    az: &str,
-    with_check: bool,
-) -> Result<Observed, AwsError> {
-    let subnets = ec2
-        .tagged_subnets(
-            &identity.vpc_id,
-            az,
-            &config.discovery.tag_key,
-            &config.discovery.tag_value,
-        )
-        .await?;
-    let tagged_subnets: Vec<SubnetId> = subnets.iter().map(|(s, _)| s.clone()).collect();
-    let subnet_cidrs = subnets
-        .into_iter()
-        .filter_map(|(s, c)| Some((s, c?)))
-        .collect();
-    let route_tables = ec2
-        .route_tables_for(&identity.vpc_id, &tagged_subnets)
-        .await?;
-    let source_dest_check = match with_check {
-        true => Some(ec2.source_dest_check(&identity.eni).await?),
-        false => None,
-    };
-    Ok(Observed {
-        tagged_subnets,
-        subnet_cidrs,
-        route_tables,
-        source_dest_check,
-    })
-}
-
-/// Apply one plan made by [`plan`] or [`crate::plan::plan_with`]: routes
-/// point at this NAT.
-pub async fn apply(ec2: &Ec2, identity: &Identity, plan: &Plan) -> Result<(), AwsError> {
-    apply_to(ec2, &RouteTarget::Eni(identity.eni.clone()), plan).await
-}
-
-/// Apply one plan, pointing routes at `to`; every action is tried, the
-/// first error is returned.
-pub async fn apply_to(ec2: &Ec2, to: &RouteTarget, plan: &Plan) -> Result<(), AwsError> {
-    let mut first_err = None;
-    for action in &plan.actions {
-        let result = match action {
-            Action::CreateRoute { route_table } => {
-                match ec2.create_default_route(route_table, to).await {
-                    // Someone created one since we looked: replace it instead.
-                    Err(e) if e.code.as_deref() == Some("RouteAlreadyExists") => {
-                        ec2.replace_default_route(route_table, to).await
-                    }
-                    other => other,
-                }
-            }
-            Action::ReplaceRoute { route_table, .. } => {
-                ec2.replace_default_route(route_table, to).await
-            }
-            Action::DisableSourceDestCheck { eni } => ec2.disable_source_dest_check(eni).await,
-        };
-        match result {
-            Ok(()) => info!(action = %action, to = %to, "applied"),
-            Err(e) => {
-                error!(action = %action, error = %e, "failed; will retry");
-                first_err.get_or_insert(e);
-            }
-        }
-    }
-    first_err.map_or(Ok(()), Err)
-}
-
-/// Suppresses identical log lines: the first is logged, repeats at most
-/// once per [`LogThrottle::EVERY`], with how many were suppressed.
-#[derive(Debug, Default)]
-pub struct LogThrottle {
-    last: HashMap<&'static str, (String, Instant, u32)>,
-}
-
-impl LogThrottle {
-    pub const EVERY: Duration = Duration::from_secs(60);
-
-    /// `Some(suppressed)` when `msg` under `key` should be logged now.
-    pub fn check(&mut self, key: &'static str, msg: &str, now: Instant) -> Option<u32> {
-        match self.last.get_mut(key) {
-            Some((last, at, n)) if last == msg && now.duration_since(*at) < Self::EVERY => {
-                *n += 1;
-                None
-            }
-            Some(entry) => {
-                let suppressed = if entry.0 == msg { entry.2 } else { 0 };
-                *entry = (msg.to_owned(), now, 0);
-                Some(suppressed)
-            }
-            None => {
-                self.last.insert(key, (msg.to_owned(), now, 0));
-                Some(0)
-            }
-        }
-    }
-
-    /// Forget `key`, so the next error under it is logged at once.
-    pub fn clear(&mut self, key: &'static str) {
-        self.last.remove(key);
-    }
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -288,14 +179,14 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         );
         tokio::spawn(
             async move {
-                let reason = handoff::watch_metadata(&imds, config.exit.poll_interval).await;
-                handoff::hand_off(reason, &ec2, &asg, &me, &config, &status).await;
+                let reason = exit::watch_metadata(&imds, config.exit.poll_interval).await;
+                exit::hand_off(reason, &ec2, &asg, &me, &config, &status).await;
             }
             .instrument(info_span!("exit")),
         )
     };
     tokio::spawn(
-        failover::check_fallbacks(ec2.clone(), identity.clone(), config.clone())
+        peers::check_fallbacks(ec2.clone(), identity.clone(), config.clone())
             .instrument(info_span!("fallback")),
     );
     let mut flows = FlowHandoff::new(
@@ -314,7 +205,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     }));
     let failover = match config.peers.failover {
         Failover::Peer => Some(tokio::spawn(
-            failover::peers_loop(
+            peers::peers_loop(
                 ec2.clone(),
                 autoscaling.clone(),
                 identity.clone(),
@@ -378,8 +269,8 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     planned_exit.abort();
     if config.exit.handoff_on_stop && *status_tx.borrow() != Status::Exiting {
         notifier.status("handing routes to a peer before stopping");
-        handoff::hand_off(
-            handoff::Reason::Stop,
+        exit::hand_off(
+            exit::Reason::Stop,
             &ec2_for_stop,
             &asg_for_stop,
             &identity,
@@ -428,7 +319,7 @@ fn gate(mut plan: Plan, status: Status, drain_left: bool, holders: &[EniId]) -> 
 async fn running_instance(
     ec2: &Ec2,
     target: &RouteTarget,
-) -> Result<Option<crate::aws::ec2::InstanceInfo>, AwsError> {
+) -> Result<Option<InstanceInfo>, AwsError> {
     let id = match target {
         RouteTarget::Instance(i) => i.clone(),
         RouteTarget::Eni(e) => match ec2.eni_owner(e).await? {
@@ -641,7 +532,7 @@ async fn routes_loop(
             if matches!(now_status, Status::Failing | Status::Exiting) && live.is_empty() {
                 let az = &identity.availability_zone;
                 let moved =
-                    failover::fall_back_with(&ec2, &identity, &config, az, &dead, Some(&observed))
+                    peers::fall_back_with(&ec2, &identity, &config, az, &dead, Some(&observed))
                         .await?;
                 if let Some(n) = moved.filter(|n| *n > 0) {
                     warn!(routes = n, status = %now_status, "no healthy peer to take this AZ: pointed its routes at the fallback NAT Gateway");
@@ -847,22 +738,6 @@ async fn converge_logged(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttle_suppresses_identical_repeats() {
-        let mut t = LogThrottle::default();
-        let t0 = Instant::now();
-        assert_eq!(t.check("k", "boom", t0), Some(0));
-        assert_eq!(t.check("k", "boom", t0 + Duration::from_secs(1)), None);
-        assert_eq!(t.check("k", "boom", t0 + Duration::from_secs(2)), None);
-        // A different message is logged at once.
-        assert_eq!(t.check("k", "bang", t0 + Duration::from_secs(3)), Some(0));
-        assert_eq!(t.check("k", "bang", t0 + Duration::from_secs(4)), None);
-        // After a minute, the repeat is logged with the count.
-        assert_eq!(t.check("k", "bang", t0 + Duration::from_secs(70)), Some(1));
-        t.clear("k");
-        assert_eq!(t.check("k", "bang", t0 + Duration::from_secs(71)), Some(0));
-    }
 
     #[test]
     fn routes_wait_for_own_forwarding_and_for_the_drain() {

@@ -1,0 +1,138 @@
+//! Every retry schedule and fixed wait of the daemon's loops, named and
+//! written down in one place, and the one backoff type that walks them.
+//!
+//! A [`Schedule`] starts at `first` and doubles after each failure up to
+//! `max`; a success resets it. Where the cap is a config value (the
+//! reconcile interval), the loop caps the schedule with [`Schedule::capped`].
+//! The SDK's own per-call retries (`aws.max_attempts`, exponential backoff
+//! with jitter) happen inside each call, before any of these.
+
+use std::time::Duration;
+
+/// A retry schedule: `first`, doubling after each failure, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Schedule {
+    /// The same schedule, never above `max`.
+    pub fn capped(self, max: Duration) -> Schedule {
+        Schedule {
+            first: self.first.min(max),
+            max: self.max.min(max),
+        }
+    }
+
+    /// A fresh backoff on this schedule.
+    pub fn backoff(self) -> Backoff {
+        Backoff {
+            schedule: self,
+            next: self.first,
+        }
+    }
+}
+
+/// Where a loop is on its [`Schedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    schedule: Schedule,
+    next: Duration,
+}
+
+impl Backoff {
+    /// The wait before the next attempt; the one after will be twice as
+    /// long (up to the cap).
+    pub fn fail(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.schedule.max);
+        wait
+    }
+
+    /// The wait [`Backoff::fail`] would return now.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    /// Back to the start after a success.
+    pub fn reset(&mut self) {
+        self.next = self.schedule.first;
+    }
+}
+
+/// A failed route pass (own AZ) is retried after 1 s, 2 s, 4 s… up to
+/// `routes.reconcile_interval`.
+pub const ROUTES_RETRY: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    max: Duration::MAX,
+};
+
+/// A peer that stays silent while EC2 says it runs (a partition, a peer
+/// with failover off) is asked about again after 1 s, 2 s, 4 s… up to
+/// `routes.reconcile_interval`, so a peer that never speaks costs little.
+pub const PEER_CONFIRM: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    max: Duration::MAX,
+};
+
+/// Finding this instance's group and deployment tag at start of the peers
+/// loop: 1 s doubling to 30 s, for as long as it takes.
+pub const DEPLOYMENT_LOOKUP: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
+
+/// Checking the fallback NAT Gateways at start: 1 s doubling, at most
+/// [`FALLBACK_CHECK_ATTEMPTS`] retries (1+2+4+8+16 s), then a warning.
+pub const FALLBACK_CHECK: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(16),
+};
+/// How many times the fallback check is retried after an error.
+pub const FALLBACK_CHECK_ATTEMPTS: u32 = 5;
+
+/// A failed peer-list refresh is tried again after this.
+pub const PEER_LIST_RETRY: Duration = Duration::from_secs(1);
+
+/// An unknown sender asks for a peer-list refresh at most this often, so a
+/// stream of made-up heartbeats cannot turn into a stream of API calls.
+pub const PEER_LIST_ON_DEMAND: Duration = Duration::from_secs(2);
+
+/// The peer heartbeat port may still be held by a predecessor that is
+/// shutting down: try to bind it again after this.
+pub const PEER_PORT_RETRY: Duration = Duration::from_secs(5);
+
+/// A failed adoption or fallback of a dead peer's AZ is tried again after
+/// this; a successful one is looked at again each reconcile interval.
+pub const COVER_RETRY: Duration = Duration::from_secs(1);
+
+/// During a planned exit, how often the route tables are read to see
+/// whether a peer took the AZ's routes.
+pub const HANDOFF_POLL: Duration = Duration::from_millis(250);
+
+/// After a failed probe round (short of `fall`), the next round starts
+/// after this instead of a whole interval, so `fall` failures take about
+/// `fall × timeout`.
+pub const PROBE_RECHECK: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_to_the_cap_and_resets() {
+        let s = Duration::from_secs;
+        let mut b = ROUTES_RETRY.capped(s(5)).backoff();
+        let waits: Vec<Duration> = (0..5).map(|_| b.fail()).collect();
+        assert_eq!(waits, [s(1), s(2), s(4), s(5), s(5)]);
+        b.reset();
+        assert_eq!(b.fail(), s(1));
+        // A cap below the first step caps that too.
+        let mut tight = ROUTES_RETRY.capped(Duration::from_millis(300)).backoff();
+        assert_eq!(tight.fail(), Duration::from_millis(300));
+        let mut fb = FALLBACK_CHECK.backoff();
+        let total: Duration = (0..FALLBACK_CHECK_ATTEMPTS).map(|_| fb.fail()).sum();
+        assert_eq!(total, s(31));
+    }
+}

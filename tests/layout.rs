@@ -1,0 +1,142 @@
+//! The architecture's one hard rule, checked on the source: no module of
+//! `src/` imports one that imports it back, directly or through others.
+//! (Dependencies point one way: bin → daemon → {plan, peers, aws, kernel…}
+//! → {config, domain}.) A `use` of `crate::…`, `super::…` or `self::…`
+//! outside `#[cfg(test)]` counts as an edge to the deepest module it names.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Module path (`daemon::peers`) → its source, without its test module.
+fn modules() -> BTreeMap<String, String> {
+    fn walk(dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if !p.ends_with("bin") {
+                    walk(&p, out);
+                }
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+            let rel = p.strip_prefix(&src_dir).unwrap().with_extension("");
+            let mut parts: Vec<String> = rel
+                .iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect();
+            if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+                parts.pop();
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            let text = match text.find("#[cfg(test)]\nmod tests") {
+                Some(i) => text[..i].to_owned(),
+                None => text,
+            };
+            out.insert(parts.join("::"), text);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+    out
+}
+
+/// The module a path (`crate::a::b::Item`, `super::x`) names, as seen from
+/// module `from`: the deepest prefix that is a module.
+fn resolve(mods: &BTreeMap<String, String>, from: &str, path: &str) -> Option<String> {
+    let mut base: Vec<&str> = from.split("::").filter(|s| !s.is_empty()).collect();
+    let mut segs: Vec<&str> = path.split("::").map(str::trim).collect();
+    match segs[0] {
+        "crate" => base.clear(),
+        "self" => {}
+        "super" => {
+            while segs.get(1) == Some(&"super") {
+                base.pop();
+                segs.remove(0);
+            }
+            base.pop();
+        }
+        _ => return None,
+    }
+    let segs = &segs[1..];
+    (0..=segs.len()).rev().find_map(|i| {
+        let m = [&base[..], &segs[..i]].concat().join("::");
+        mods.contains_key(&m).then_some(m)
+    })
+}
+
+/// Every module each module imports.
+fn edges(mods: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
+    let path_char = |c: char| c.is_alphanumeric() || c == '_' || c == ':';
+    let mut out = BTreeMap::new();
+    for (m, text) in mods {
+        let mut to = BTreeSet::new();
+        for prefix in ["crate::", "super::", "self::"] {
+            for (i, _) in text.match_indices(prefix) {
+                let before = text[..i].chars().next_back();
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                    continue;
+                }
+                let rest = &text[i..];
+                let end = rest.find(|c| !path_char(c)).unwrap_or(rest.len());
+                let path = rest[..end].trim_end_matches(':');
+                let mut targets = vec![path.to_owned()];
+                // The items of a `…::{a, b::c}` group.
+                if let Some(group) = rest[end..].strip_prefix('{') {
+                    let group = &group[..group.find('}').unwrap_or(group.len())];
+                    for item in group.split(',') {
+                        let item = item.split_whitespace().next().unwrap_or("");
+                        if !item.is_empty() && item != "self" {
+                            targets.push(format!("{path}::{item}"));
+                        }
+                    }
+                }
+                for t in targets {
+                    if let Some(t) = resolve(mods, m, &t)
+                        && &t != m
+                    {
+                        to.insert(t);
+                    }
+                }
+            }
+        }
+        out.insert(m.clone(), to);
+    }
+    out
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    let mods = modules();
+    assert!(mods.contains_key("daemon::peers"), "{:?}", mods.keys());
+    let edges = edges(&mods);
+    assert!(
+        edges["daemon::peers"].contains("daemon::take"),
+        "the import reader works: {:?}",
+        edges["daemon::peers"]
+    );
+    let mut circles = Vec::new();
+    for start in edges.keys() {
+        // Depth-first from `start`, looking for a way back to it.
+        let mut stack = vec![vec![start.clone()]];
+        while let Some(path) = stack.pop() {
+            let last = path.last().unwrap();
+            for next in &edges[last] {
+                if next == start {
+                    circles.push(format!("{} -> {start}", path.join(" -> ")));
+                } else if !path.contains(next) {
+                    stack.push([path.clone(), vec![next.clone()]].concat());
+                }
+            }
+        }
+    }
+    assert!(
+        circles.is_empty(),
+        "import circles:\n{}",
+        circles.join("\n")
+    );
+}
