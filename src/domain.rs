@@ -1,5 +1,6 @@
 //! Domain types shared by every module: AWS identifiers, IPv4 networks,
-//! route tables, routes and their targets, instances and Elastic IPs.
+//! route tables, routes and their targets, instances, Elastic IPs, and what
+//! a NAT says about itself.
 //!
 //! Adapters convert SDK and kernel data into these types at their edge, so the
 //! decision core never sees an SDK struct. No I/O here.
@@ -184,6 +185,47 @@ pub struct Address {
     pub public_ip: String,
     pub eni: Option<EniId>,
     pub instance: Option<InstanceId>,
+}
+
+/// What a NAT says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Up, but its forwarding has not been proven yet.
+    Starting,
+    /// Its forwarding probe passes.
+    Ok,
+    /// Its forwarding probe fails.
+    Failing,
+    /// It is leaving (scale-in, spot interruption, stop with hand-off).
+    Exiting,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Ok => "ok",
+            Status::Failing => "failing",
+            Status::Exiting => "exiting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Starting,
+            Status::Ok,
+            Status::Failing,
+            Status::Exiting,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,26 @@
 //! hanat: a supervisor that makes an autoscaled NAT instance as dependable as
 //! a managed NAT gateway.
 //!
-//! Layout:
-//! - [`config`]: the TOML file and its validation;
-//! - [`plan`]: the pure decision core (observed EC2 state → actions);
-//! - [`peers`]: heartbeats between NATs and the adoption decision;
-//! - [`heartbeat`]: probes through the NAT path and the fall/rise logic;
-//! - [`aws`]: IMDSv2, EC2 and Auto Scaling adapters;
-//! - [`kernel`]: sysctls, nftables, interfaces and the probe namespace;
-//! - [`daemon`]: the loops that tie them together (routes, heartbeat, peers,
-//!   planned exits);
-//! - [`notify`]: systemd readiness and watchdog.
+//! Layout (dependencies point down the list; none points back):
+//! - `bin/hanat.rs`: the thin `main`;
+//! - [`daemon`]: the loops (routes, heartbeat, peers, planned exits) that
+//!   observe, decide and act;
+//! - [`decide`]: the pure decisions (routes, peers, heartbeat, flow
+//!   hand-off, backoff schedules);
+//! - [`aws`]: IMDSv2, EC2 and Auto Scaling adapters; [`kernel`]: sysctls,
+//!   nftables, interfaces, the probe namespace and probes, the hand-off
+//!   tunnel; [`notify`]: systemd readiness and watchdog;
+//! - [`config`] and [`domain`]: the config file and the types all speak.
+
+#![forbid(unsafe_code)]
 
 pub mod aws;
 pub mod config;
 pub mod daemon;
+pub mod decide;
 pub mod domain;
-pub mod flow_handoff;
-pub mod heartbeat;
 pub mod kernel;
 pub mod notify;
-pub mod peers;
-pub mod plan;
 
 pub use aws::AwsError;
 

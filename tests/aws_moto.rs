@@ -6,14 +6,15 @@
 
 use std::time::Duration;
 
-use hanat::aws::autoscaling::AutoScaling;
-use hanat::aws::ec2::Ec2;
+use std::sync::Arc;
+
+use hanat::aws::cloud::{Cloud as _, Sdk};
 use hanat::aws::imds::Imds as ImdsClient;
 use hanat::config::{Config, NatGatewayId};
 use hanat::daemon::take::{apply, observe};
+use hanat::decide::routes::{Action, Finding, plan};
 use hanat::domain::RouteTarget;
 use hanat::domain::{EniId, Identity, InstanceId, SubnetId, VpcId};
-use hanat::plan::{Action, Finding, plan};
 use hanat_lab::cloud::{Cloud, DefaultTarget};
 use hanat_lab::imds::{Imds, InstanceMetadata};
 use hanat_lab::moto::Moto;
@@ -141,9 +142,25 @@ async fn world(moto: &Moto) -> World {
     }
 }
 
-async fn adapters(moto: &Moto) -> (Ec2, AutoScaling) {
-    let sdk = moto.sdk_config(REGION).await;
-    (Ec2::new(&sdk), AutoScaling::new(&sdk))
+async fn adapters(moto: &Moto) -> Sdk {
+    Sdk::new(&moto.sdk_config(REGION).await)
+}
+
+/// The daemon's fallback to the AZ's NAT Gateway, as `me` with `config`.
+async fn fall_back(
+    sdk: &Sdk,
+    me: &Identity,
+    config: &Config,
+    az: &str,
+    dead: &[RouteTarget],
+) -> Result<Option<usize>, hanat::AwsError> {
+    let ctx = hanat::daemon::ctx::Ctx::new(
+        Arc::new(sdk.clone()),
+        me.clone(),
+        config.clone(),
+        hanat::daemon::flows::FlowHandoff::default(),
+    );
+    hanat::daemon::cover::fall_back(&ctx, az, dead, None).await
 }
 
 async fn decoy_routes(w: &World) -> Vec<Option<(String, String)>> {
@@ -158,7 +175,7 @@ async fn decoy_routes(w: &World) -> Vec<Option<(String, String)>> {
 async fn discovery_takeover_and_takeback_touch_only_our_tables() {
     let moto = Moto::start().unwrap();
     let w = world(&moto).await;
-    let (ec2, _) = adapters(&moto).await;
+    let ec2 = adapters(&moto).await;
     let config = Config::default();
     let before = decoy_routes(&w).await;
 
@@ -245,7 +262,7 @@ async fn discovery_takeover_and_takeback_touch_only_our_tables() {
 async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
     let moto = Moto::start().unwrap();
     let w = world(&moto).await;
-    let (ec2, _) = adapters(&moto).await;
+    let ec2 = adapters(&moto).await;
     let before = decoy_routes(&w).await;
     let public = w.me.subnet_id.0.clone();
     let (gateway, _) = w.cloud.nat_gateway(&public).await.unwrap();
@@ -277,10 +294,10 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
         v
     };
     let start = targets().await;
-    let none = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &alive).await;
+    let none = fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(none.unwrap(), None);
     fallback(&mut config, "nat-0000000000000dead");
-    let unknown = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &alive).await;
+    let unknown = fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(unknown.unwrap(), None);
     let vpc2 = w.cloud.vpc("10.9.0.0/16").await.unwrap();
     let subnet2 = w
@@ -290,13 +307,13 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
         .unwrap();
     let (foreign_gateway, _) = w.cloud.nat_gateway(&subnet2).await.unwrap();
     fallback(&mut config, &foreign_gateway);
-    let foreign = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &alive).await;
+    let foreign = fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(foreign.unwrap(), None);
     assert_eq!(targets().await, start);
 
     // Our VPC's gateway: it takes our route, not the peer's.
     fallback(&mut config, &gateway);
-    let moved = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &alive).await;
+    let moved = fall_back(&ec2, &w.me, &config, &az, &alive).await;
     assert_eq!(moved.unwrap(), Some(1));
     assert_eq!(
         targets().await,
@@ -304,10 +321,10 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
     );
     // Once that peer is known dead, its route follows; again: no-op.
     let dead = [RouteTarget::Eni(EniId(w.other_nat_eni.clone()))];
-    let moved = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &dead).await;
+    let moved = fall_back(&ec2, &w.me, &config, &az, &dead).await;
     assert_eq!(moved.unwrap(), Some(1));
     assert_eq!(targets().await, vec![gateway.clone(), gateway.clone()]);
-    let again = hanat::daemon::peers::fall_back(&ec2, &w.me, &config, &az, &dead).await;
+    let again = fall_back(&ec2, &w.me, &config, &az, &dead).await;
     assert_eq!(again.unwrap(), Some(0));
     assert_eq!(decoy_routes(&w).await, before, "decoy tables unchanged");
 
@@ -329,7 +346,7 @@ async fn fallback_nat_gateway_stands_in_only_for_routes_no_healthy_nat_holds() {
 async fn custom_tag_selects_other_subnets() {
     let moto = Moto::start().unwrap();
     let w = world(&moto).await;
-    let (ec2, _) = adapters(&moto).await;
+    let ec2 = adapters(&moto).await;
     let mut config = Config::default();
     config.discovery.tag_key = "network".into();
     config.discovery.tag_value = "public".into();
@@ -345,7 +362,7 @@ async fn custom_tag_selects_other_subnets() {
 async fn set_instance_health_marks_unhealthy() {
     let moto = Moto::start().unwrap();
     let w = world(&moto).await;
-    let (_, asg) = adapters(&moto).await;
+    let asg = adapters(&moto).await;
     assert_eq!(w.cloud.health(&w.asg_instance).await.unwrap(), "Healthy");
     asg.set_unhealthy(&InstanceId(w.asg_instance.clone()))
         .await
@@ -367,7 +384,7 @@ async fn set_instance_health_marks_unhealthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_errors_carry_operation_resource_and_code() {
     let moto = Moto::start().unwrap();
-    let (ec2, _) = adapters(&moto).await;
+    let ec2 = adapters(&moto).await;
     let err = ec2
         .replace_default_route(
             &hanat::domain::RouteTableId("rtb-00000000000000000".into()),
@@ -490,11 +507,11 @@ async fn identity_waits_for_slow_imds_and_rejects_odd_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elastic_ip_is_claimed_but_never_taken_from_a_running_holder() {
-    use hanat::daemon::claim_address;
-    use hanat::plan::AddressAction;
+    use hanat::daemon::eip::claim_address;
+    use hanat::decide::routes::AddressAction;
     let moto = Moto::start().unwrap();
     let w = world(&moto).await;
-    let (ec2, _) = adapters(&moto).await;
+    let ec2 = adapters(&moto).await;
     let (alloc, _) = w
         .cloud
         .allocate_address(&[("hanat:group", "nat-a")])

@@ -7,7 +7,10 @@
 //! `AWS_ENDPOINT_URL` redirects every client (the lab points it at moto).
 
 pub mod autoscaling;
+pub mod cloud;
 pub mod ec2;
+#[cfg(test)]
+pub mod fake;
 pub mod imds;
 
 use std::fmt;

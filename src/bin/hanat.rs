@@ -2,16 +2,19 @@
 //! real adapters, run. Every failure ends with one readable line on stderr
 //! and an exit code per failure class (see `hanat::exit`).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hanat::aws::autoscaling::AutoScaling;
-use hanat::aws::ec2::Ec2;
+use std::sync::Arc;
+
+use hanat::aws::cloud::Sdk;
 use hanat::aws::imds::{Imds, identity_with_retry};
 use hanat::config::{Config, LogFormat};
 use hanat::daemon::{self, Deps};
 use hanat::domain::Identity;
-use hanat::kernel::{link, nft, probe_ns, sysctl};
+use hanat::kernel::link;
 use hanat::notify::Notifier;
 use hanat::{exit, report};
 
@@ -153,19 +156,9 @@ async fn identity(imds: &Imds, config: &Config) -> Result<Identity, Failure> {
 }
 
 async fn interface(config: &Config, identity: &Identity) -> Result<String, Failure> {
-    let found = if config.kernel.interface.is_empty() {
-        link::by_mac(&identity.mac).await
-    } else {
-        match link::exists_in(None, &config.kernel.interface).await {
-            Ok(true) => Ok(config.kernel.interface.clone()),
-            Ok(false) => Err(hanat::kernel::KernelError::Interface(format!(
-                "kernel.interface `{}` does not exist",
-                config.kernel.interface
-            ))),
-            Err(e) => Err(e),
-        }
-    };
-    found.map_err(|e| Failure::new(exit::OSERR, &e))
+    link::nat_interface(&config.kernel.interface, &identity.mac)
+        .await
+        .map_err(|e| Failure::new(exit::OSERR, &e))
 }
 
 async fn shutdown_signal() {
@@ -190,8 +183,7 @@ async fn run(config: Config) -> Result<(), Failure> {
     let interface = interface(&config, &identity).await?;
     let sdk = hanat::aws::sdk_config(&identity.region, &config.aws).await;
     let deps = Deps {
-        ec2: Ec2::new(&sdk),
-        autoscaling: AutoScaling::new(&sdk),
+        cloud: Arc::new(Sdk::new(&sdk)),
         imds,
         identity,
         interface,
@@ -200,8 +192,9 @@ async fn run(config: Config) -> Result<(), Failure> {
     };
     daemon::run(deps, shutdown_signal()).await.map_err(|e| {
         let code = match e {
-            daemon::StartError::ProbeOverlap { .. } => exit::CONFIG,
-            daemon::StartError::Kernel(_) => exit::OSERR,
+            daemon::RunError::ProbeOverlap { .. } => exit::CONFIG,
+            daemon::RunError::Kernel(_) => exit::OSERR,
+            daemon::RunError::Panicked { .. } => exit::SOFTWARE,
         };
         Failure::new(code, &e)
     })
@@ -224,68 +217,13 @@ async fn plan(config: Config) -> Result<(), Failure> {
     );
     daemon::check_probe_cidr(&identity, &config).map_err(|e| Failure::new(exit::CONFIG, &e))?;
     let sdk = hanat::aws::sdk_config(&identity.region, &config.aws).await;
-    let ec2 = Ec2::new(&sdk);
-    let observed = daemon::take::observe(&ec2, &identity, &config)
+    let found = link::nat_interface(&config.kernel.interface, &identity.mac).await;
+    let dry = daemon::dry_run::dry_run(&Sdk::new(&sdk), &identity, &config, found)
         .await
         .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))?;
-    let plan = hanat::plan::plan(&identity, &observed);
-    let owned: Vec<String> = plan.owned.iter().map(ToString::to_string).collect();
-    println!(
-        "route tables in scope: {}",
-        if owned.is_empty() {
-            "none".into()
-        } else {
-            owned.join(", ")
-        }
-    );
-    for f in &plan.findings {
-        println!("note: {f}");
+    for line in &dry.lines {
+        println!("{line}");
     }
-    for a in &plan.actions {
-        println!("would {a}");
-    }
-    let mut changes = plan.actions.len();
-    match interface(&config, &identity).await {
-        Ok(iface) => {
-            println!("NAT interface: {iface}");
-            for s in sysctl::desired(&iface, config.kernel.conntrack_max) {
-                let now = sysctl::read(&s.key).unwrap_or_else(|_| "unreadable".into());
-                if now != s.value {
-                    println!("would set {} = {} (now {now})", s.key, s.value);
-                    changes += 1;
-                }
-            }
-        }
-        Err(f) => println!("note: {}", f.message),
-    }
-    match nft::table_exists().await {
-        Ok(true) => println!(
-            "would replace nftables table ip {} (atomically)",
-            nft::TABLE
-        ),
-        Ok(false) => {
-            println!("would create nftables table ip {}", nft::TABLE);
-            changes += 1;
-        }
-        Err(e) => println!("note: {}", report(&e)),
-    }
-    let probe = &config.heartbeat.probe_namespace;
-    match probe_ns::handle(probe) {
-        Ok(probe_ns::Handle::Live) => {}
-        Ok(probe_ns::Handle::Missing) => {
-            println!("would create probe namespace {probe}");
-            changes += 1;
-        }
-        // Not counted as a change: under systemd this is what a healthy
-        // daemon looks like from a shell, and every start makes a new one.
-        Ok(probe_ns::Handle::Stale) => println!(
-            "note: {} is not a live namespace from here: a daemon under systemd keeps its probe \
-             namespace in its own mount namespace, out of this shell's sight; `hanat run` \
-             started here would replace the file with a new namespace",
-            probe_ns::netns_path(probe).display()
-        ),
-        Err(e) => println!("note: {}", report(&e)),
-    }
-    println!("{changes} change(s)");
+    println!("{} change(s)", dry.changes);
     Ok(())
 }

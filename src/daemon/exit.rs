@@ -12,21 +12,16 @@
 //! `exit.drain`, then complete the lifecycle action. Every step is logged;
 //! failures are logged and the exit goes on.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::ctx::Ctx;
 use super::take::observe;
-use crate::aws::autoscaling::AutoScaling;
-use crate::aws::ec2::Ec2;
 use crate::aws::imds::Imds;
-use crate::config::Config;
-use crate::domain::Identity;
-use crate::domain::RouteTarget;
-use crate::peers::Status;
+use crate::decide::backoff::HANDOFF_POLL;
+use crate::domain::{RouteTarget, Status};
 
 /// Why the NAT is leaving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,19 +60,35 @@ pub async fn watch_metadata(imds: &Imds, every: Duration) -> Reason {
 
 /// Hand this NAT's routes to a peer and drain. Returns when it is safe to
 /// stop forwarding.
-pub async fn hand_off(
-    reason: Reason,
-    ec2: &Ec2,
-    asg: &AutoScaling,
-    me: &Identity,
-    config: &Config,
-    status: &Arc<watch::Sender<Status>>,
-) {
+pub async fn hand_off(ctx: &Ctx, reason: Reason) {
     warn!(%reason, "planned exit: handing this AZ's routes to a peer");
-    status.send_replace(Status::Exiting);
+    ctx.status.send_replace(Status::Exiting);
     let start = Instant::now();
-    let moved = loop {
-        match observe(ec2, me, config).await {
+    let moved = wait_for_routes_to_move(ctx, start).await;
+    if moved {
+        info!(
+            took_ms = start.elapsed().as_millis() as u64,
+            "this AZ's routes moved (to a peer, or to the fallback NAT Gateway); draining"
+        );
+    } else {
+        warn!(
+            timeout = ?ctx.config.exit.handoff_timeout,
+            "nothing took this AZ's routes (no healthy peer and no usable fallback NAT Gateway); leaving them"
+        );
+    }
+    tokio::time::sleep(ctx.config.exit.drain).await;
+    if reason == Reason::ScaleIn {
+        complete_lifecycle_action(ctx).await;
+    }
+    info!("hand-off done");
+}
+
+/// Whether, within `exit.handoff_timeout` of `start`, no route of the AZ
+/// points here any more (read every [`HANDOFF_POLL`]).
+async fn wait_for_routes_to_move(ctx: &Ctx, start: Instant) -> bool {
+    let me = &ctx.me;
+    loop {
+        match observe(&*ctx.cloud, me, &ctx.config).await {
             Ok(observed) => {
                 let still_ours = observed.route_tables.iter().any(|rt| {
                     rt.default_route.as_ref().is_some_and(|r| match &r.target {
@@ -87,47 +98,37 @@ pub async fn hand_off(
                     })
                 });
                 if !still_ours {
-                    break true;
+                    return true;
                 }
             }
             Err(e) => warn!(error = %e, "cannot read route tables during hand-off"),
         }
-        if start.elapsed() >= config.exit.handoff_timeout {
-            break false;
+        if start.elapsed() >= ctx.config.exit.handoff_timeout {
+            return false;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    if moved {
-        info!(
-            took_ms = start.elapsed().as_millis() as u64,
-            "this AZ's routes moved (to a peer, or to the fallback NAT Gateway); draining"
-        );
-    } else {
-        warn!(
-            timeout = ?config.exit.handoff_timeout,
-            "nothing took this AZ's routes (no healthy peer and no usable fallback NAT Gateway); leaving them"
-        );
+        tokio::time::sleep(HANDOFF_POLL).await;
     }
-    tokio::time::sleep(config.exit.drain).await;
-    if reason == Reason::ScaleIn {
-        let completed = async {
-            let group = asg.group_of(&me.instance_id).await?;
-            match group {
-                Some(g) => asg
-                    .complete_lifecycle_action(&g, &config.exit.lifecycle_hook, &me.instance_id)
-                    .await
-                    .map(|()| true),
-                None => Ok(false),
-            }
-        }
-        .await;
-        match completed {
-            Ok(true) => info!(hook = %config.exit.lifecycle_hook, "lifecycle action completed"),
-            Ok(false) => warn!("not in an Auto Scaling group: no lifecycle action to complete"),
-            Err(e) => {
-                warn!(error = %e, "could not complete the lifecycle action; the hook's timeout will")
-            }
+}
+
+/// Let the group terminate the instance now (the hook's timeout would
+/// otherwise); a failure only delays that.
+async fn complete_lifecycle_action(ctx: &Ctx) {
+    let (cloud, me, hook) = (&ctx.cloud, &ctx.me, &ctx.config.exit.lifecycle_hook);
+    let completed = async {
+        match cloud.group_of(&me.instance_id).await? {
+            Some(g) => cloud
+                .complete_lifecycle_action(&g, hook, &me.instance_id)
+                .await
+                .map(|()| true),
+            None => Ok(false),
         }
     }
-    info!("hand-off done");
+    .await;
+    match completed {
+        Ok(true) => info!(hook = %hook, "lifecycle action completed"),
+        Ok(false) => warn!("not in an Auto Scaling group: no lifecycle action to complete"),
+        Err(e) => {
+            warn!(error = %e, "could not complete the lifecycle action; the hook's timeout will")
+        }
+    }
 }

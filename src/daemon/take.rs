@@ -1,39 +1,43 @@
-//! Reading an AZ's private routes from EC2 and pointing them at a target:
-//! the I/O on both sides of [`crate::plan`], shared by the routes loop (own
-//! AZ), adoption and the NAT Gateway fallback (peers loop), the planned-exit
-//! hand-off and `hanat plan`.
+//! Taking an AZ's private routes: the one path from observation to action
+//! that the own-AZ pass, adoption of a dead peer's AZ and the NAT Gateway
+//! fallback all go through — read the AZ ([`observe_az`]), plan
+//! ([`crate::decide::routes`]), hand the connections of the routes taken
+//! back to a NAT that still forwards ([`Hand`]), apply ([`apply_to`]).
 //!
 //! Every mutating call changes one route or one attribute; [`apply_to`]
 //! tries every action of a plan and returns the first error, so a failed
 //! call never leaves the rest undone and the next pass retries it.
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use super::ctx::Ctx;
 use crate::AwsError;
-use crate::aws::ec2::Ec2;
+use crate::aws::cloud::Cloud;
 use crate::config::Config;
-use crate::domain::{Identity, RouteTarget, SubnetId};
-use crate::plan::{Action, Observed, Plan};
+use crate::decide::peers::Peer;
+use crate::decide::routes::{Action, Observed, Plan, plan_to};
+use crate::domain::{Identity, InstanceInfo, Route, RouteTarget, SubnetId};
 
-/// Read what the routes loop needs from EC2.
+/// Read what the routes loop needs from EC2: our AZ, with our interface's
+/// source/destination check.
 pub async fn observe(
-    ec2: &Ec2,
+    cloud: &dyn Cloud,
     identity: &Identity,
     config: &Config,
 ) -> Result<Observed, AwsError> {
-    observe_az(ec2, identity, config, &identity.availability_zone, true).await
+    observe_az(cloud, identity, config, &identity.availability_zone, true).await
 }
 
 /// Read the tagged subnets of `az` in our VPC and their route tables, and,
 /// if `with_check`, our interface's source/destination check.
 pub async fn observe_az(
-    ec2: &Ec2,
+    cloud: &dyn Cloud,
     identity: &Identity,
     config: &Config,
     az: &str,
     with_check: bool,
 ) -> Result<Observed, AwsError> {
-    let subnets = ec2
+    let subnets = cloud
         .tagged_subnets(
             &identity.vpc_id,
             az,
@@ -46,11 +50,11 @@ pub async fn observe_az(
         .into_iter()
         .filter_map(|(s, c)| Some((s, c?)))
         .collect();
-    let route_tables = ec2
+    let route_tables = cloud
         .route_tables_for(&identity.vpc_id, &tagged_subnets)
         .await?;
     let source_dest_check = match with_check {
-        true => Some(ec2.source_dest_check(&identity.eni).await?),
+        true => Some(cloud.source_dest_check(&identity.eni).await?),
         false => None,
     };
     Ok(Observed {
@@ -61,31 +65,30 @@ pub async fn observe_az(
     })
 }
 
-/// Apply one plan made by [`plan`] or [`crate::plan::plan_with`]: routes
-/// point at this NAT.
-pub async fn apply(ec2: &Ec2, identity: &Identity, plan: &Plan) -> Result<(), AwsError> {
-    apply_to(ec2, &RouteTarget::Eni(identity.eni.clone()), plan).await
+/// Apply a plan that points routes at this NAT.
+pub async fn apply(cloud: &dyn Cloud, identity: &Identity, plan: &Plan) -> Result<(), AwsError> {
+    apply_to(cloud, &RouteTarget::Eni(identity.eni.clone()), plan).await
 }
 
 /// Apply one plan, pointing routes at `to`; every action is tried, the
 /// first error is returned.
-pub async fn apply_to(ec2: &Ec2, to: &RouteTarget, plan: &Plan) -> Result<(), AwsError> {
+pub async fn apply_to(cloud: &dyn Cloud, to: &RouteTarget, plan: &Plan) -> Result<(), AwsError> {
     let mut first_err = None;
     for action in &plan.actions {
         let result = match action {
             Action::CreateRoute { route_table } => {
-                match ec2.create_default_route(route_table, to).await {
+                match cloud.create_default_route(route_table, to).await {
                     // Someone created one since we looked: replace it instead.
                     Err(e) if e.code.as_deref() == Some("RouteAlreadyExists") => {
-                        ec2.replace_default_route(route_table, to).await
+                        cloud.replace_default_route(route_table, to).await
                     }
                     other => other,
                 }
             }
             Action::ReplaceRoute { route_table, .. } => {
-                ec2.replace_default_route(route_table, to).await
+                cloud.replace_default_route(route_table, to).await
             }
-            Action::DisableSourceDestCheck { eni } => ec2.disable_source_dest_check(eni).await,
+            Action::DisableSourceDestCheck { eni } => cloud.disable_source_dest_check(eni).await,
         };
         match result {
             Ok(()) => info!(action = %action, to = %to, "applied"),
@@ -96,4 +99,145 @@ pub async fn apply_to(ec2: &Ec2, to: &RouteTarget, plan: &Plan) -> Result<(), Aw
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Whose connections go back to them when routes are taken.
+pub enum Hand<'a> {
+    /// Nobody's: the routes go to a NAT Gateway, or their holder is dead.
+    Nothing,
+    /// This peer's, which is leaving and still forwards (adoption at a
+    /// planned exit).
+    To(&'a Peer),
+    /// Every holder of a route taken that may still forward, whether the
+    /// peer list knows it or EC2 must say who it is (taking our own AZ back
+    /// from an adopter).
+    Holders,
+}
+
+/// What a take is about: `az`'s routes, pointed at `to`, taking an existing
+/// route only where `may_take` allows (a missing one is always created).
+pub struct Take<'a> {
+    pub az: &'a str,
+    pub to: RouteTarget,
+    pub may_take: &'a (dyn Fn(&Route) -> bool + Sync),
+    /// The AZ as already read in this pass, if it was.
+    pub observed: Option<Observed>,
+}
+
+/// Read (unless given) and plan.
+pub async fn read_and_plan(ctx: &Ctx, take: &Take<'_>) -> Result<(Observed, Plan), AwsError> {
+    let observed = match &take.observed {
+        Some(o) => o.clone(),
+        None => observe_az(&*ctx.cloud, &ctx.me, &ctx.config, take.az, false).await?,
+    };
+    let plan = plan_to(&ctx.me, &observed, &take.to, take.may_take);
+    Ok((observed, plan))
+}
+
+/// Hand the connections of the routes `plan` takes to `hand`, then apply.
+/// Returns how many actions were applied.
+pub async fn hand_over_and_apply(
+    ctx: &Ctx,
+    observed: &Observed,
+    plan: &Plan,
+    to: &RouteTarget,
+    hand: Hand<'_>,
+) -> Result<usize, AwsError> {
+    match hand {
+        Hand::Nothing => {}
+        Hand::To(peer) => {
+            ctx.flows
+                .lock()
+                .await
+                .before_taking(peer, observed, plan)
+                .await;
+        }
+        Hand::Holders => hand_back(ctx, observed, plan).await,
+    }
+    apply_to(&*ctx.cloud, to, plan).await?;
+    Ok(plan.actions.len())
+}
+
+/// The whole path: read, plan, hand over, apply.
+pub async fn take(ctx: &Ctx, take: Take<'_>, hand: Hand<'_>) -> Result<usize, AwsError> {
+    let (observed, plan) = read_and_plan(ctx, &take).await?;
+    hand_over_and_apply(ctx, &observed, &plan, &take.to, hand).await
+}
+
+/// The instance a route points at (by interface or instance id), if EC2
+/// says it is pending or running.
+pub async fn running_instance(
+    cloud: &dyn Cloud,
+    target: &RouteTarget,
+) -> Result<Option<InstanceInfo>, AwsError> {
+    let id = match target {
+        RouteTarget::Instance(i) => i.clone(),
+        RouteTarget::Eni(e) => match cloud.eni_owner(e).await? {
+            Some(i) => i,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let infos = cloud.instances(std::slice::from_ref(&id)).await?;
+    Ok(infos.into_iter().find(|i| i.id == id && i.alive))
+}
+
+/// Before `plan` takes routes from NATs that may still forward, hand the
+/// connections they translate back to them (see [`super::flows`]). A
+/// holder the peer list does not have (it may not be loaded yet, this
+/// daemon having just started) is looked up in EC2. Failures are logged:
+/// the routes move regardless.
+async fn hand_back(ctx: &Ctx, observed: &Observed, plan: &Plan) {
+    if !ctx.flows.lock().await.enabled() {
+        return;
+    }
+    let (mut forwarding, known): (Vec<Peer>, Vec<RouteTarget>) = {
+        let (s, now) = (ctx.peers(), ctx.now());
+        let forwarding = s
+            .peers
+            .iter()
+            .filter(|p| s.may_forward(p, now))
+            .cloned()
+            .collect();
+        (
+            forwarding,
+            s.peers.iter().flat_map(Peer::route_targets).collect(),
+        )
+    };
+    for action in &plan.actions {
+        if let Action::ReplaceRoute {
+            from,
+            blackhole: false,
+            ..
+        } = action
+            && matches!(from, RouteTarget::Eni(_) | RouteTarget::Instance(_))
+            && !known.contains(from)
+        {
+            match running_instance(&*ctx.cloud, from).await {
+                Ok(Some(InstanceInfo {
+                    id,
+                    az,
+                    eni: Some(eni),
+                    ip: Some(ip),
+                    ..
+                })) => forwarding.push(Peer {
+                    instance: id,
+                    az,
+                    eni,
+                    ip,
+                }),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(holder = %from, error = %e, "cannot look up the route's holder; its connections will not be handed back to it")
+                }
+            }
+        }
+    }
+    for p in &forwarding {
+        ctx.flows
+            .lock()
+            .await
+            .before_taking(p, observed, plan)
+            .await;
+    }
 }

@@ -116,6 +116,14 @@ pub const HANDOFF_POLL: Duration = Duration::from_millis(250);
 /// `fall × timeout`.
 pub const PROBE_RECHECK: Duration = Duration::from_millis(50);
 
+/// A failed receive on the peer heartbeat socket is tried again after this.
+pub const PEER_RECEIVE_RETRY: Duration = Duration::from_millis(100);
+
+/// The systemd watchdog is pinged only while the heartbeat loop made
+/// progress within three rounds plus a timeout (or a watchdog period, or a
+/// converge interval, whichever is longest) plus this slack.
+pub const WATCHDOG_SLACK: Duration = Duration::from_secs(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;

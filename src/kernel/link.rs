@@ -28,6 +28,20 @@ pub async fn by_mac(mac: &str) -> Result<String, KernelError> {
         })
 }
 
+/// The interface to NAT out of: `configured` if set (it must exist), else
+/// the one with the primary MAC from instance metadata.
+pub async fn nat_interface(configured: &str, mac: &str) -> Result<String, KernelError> {
+    if configured.is_empty() {
+        return by_mac(mac).await;
+    }
+    match exists_in(None, configured).await? {
+        true => Ok(configured.to_owned()),
+        false => Err(KernelError::Interface(format!(
+            "kernel.interface `{configured}` does not exist"
+        ))),
+    }
+}
+
 /// Whether interface `name` exists in network namespace `netns` (a name
 /// under `/run/netns`), or in the daemon's own with `None`.
 pub async fn exists_in(netns: Option<&str>, name: &str) -> Result<bool, KernelError> {

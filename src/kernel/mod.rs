@@ -1,5 +1,6 @@
-//! The Linux data plane: sysctls, the nftables NAT table, interface lookup
-//! and the heartbeat's probe namespace.
+//! The Linux data plane: sysctls, the nftables NAT table, interface lookup,
+//! the heartbeat's probe namespace and the probes sent from it, and the flow
+//! hand-off tunnel.
 //!
 //! Every operation here converges: it is safe to repeat on every tick and
 //! leaves the kernel in the same state whether it ran once or many times.
@@ -18,6 +19,7 @@
 
 pub mod link;
 pub mod nft;
+pub mod probe;
 pub mod probe_ns;
 pub mod sysctl;
 pub mod tunnel;

@@ -279,108 +279,136 @@ async fn tables_in_use() -> Result<Vec<u32>, KernelError> {
         .collect())
 }
 
+/// What the kernel holds of the hand-off, read before converging.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// [`DEVICE`] exists.
+    pub device: bool,
+    /// Tables our rules (priority [`RULE_PRIORITY`]) point at.
+    pub tables: Vec<u32>,
+    /// Neighbour entries on the device (their addresses).
+    pub neighbours: Vec<String>,
+    /// Forwarding entries on the device: (MAC, destination).
+    pub fdb: Vec<(String, String)>,
+}
+
+/// One command of a converge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Ip(Vec<String>),
+    Bridge(Vec<String>),
+    /// Apply our nftables table (see [`render`]).
+    Ruleset(String),
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The commands that make the kernel hand exactly `handoffs` over from
+/// what it holds (`found`), and accept tunnel packets on UDP `port` only
+/// from `vpc`. New routes come first, then the marks, then stale routes
+/// go, so a marked packet always finds its route. Pure.
+pub fn steps(
+    iface: &str,
+    port: u16,
+    vpc: &[Ipv4Cidr],
+    handoffs: &[Handoff],
+    found: &Found,
+) -> Result<Vec<Step>, KernelError> {
+    let ruleset = render(iface, port, vpc, handoffs)?;
+    if !found.device && !handoffs.is_empty() {
+        return Err(KernelError::Interface(format!(
+            "the flow hand-off device {DEVICE} does not exist (see the earlier warning)"
+        )));
+    }
+    let mut v = Vec::new();
+    for h in handoffs {
+        let (peer, m, lladdr) = (h.peer, mark(h.peer), mac(h.peer));
+        v.push(Step::Ip(words(&format!(
+            "route replace default via {peer} dev {DEVICE} onlink table {m}"
+        ))));
+        v.push(Step::Ip(words(&format!(
+            "neigh replace {peer} dev {DEVICE} lladdr {lladdr} nud permanent"
+        ))));
+        v.push(Step::Bridge(words(&format!(
+            "fdb replace {lladdr} dev {DEVICE} dst {peer}"
+        ))));
+        if !found.tables.contains(&m) {
+            v.push(Step::Ip(words(&format!(
+                "rule add priority {RULE_PRIORITY} iif {iface} fwmark {m:#x} lookup {m}"
+            ))));
+        }
+    }
+    v.push(Step::Ruleset(ruleset));
+    for table in &found.tables {
+        if !handoffs.iter().any(|h| mark(h.peer) == *table) {
+            v.push(Step::Ip(words(&format!(
+                "rule del priority {RULE_PRIORITY} lookup {table}"
+            ))));
+            v.push(Step::Ip(words(&format!("route flush table {table}"))));
+        }
+    }
+    // Neighbour and forwarding entries of peers no longer handed to.
+    let wanted: Vec<String> = handoffs.iter().map(|h| h.peer.to_string()).collect();
+    for dst in found.neighbours.iter().filter(|d| !wanted.contains(d)) {
+        v.push(Step::Ip(words(&format!("neigh del {dst} dev {DEVICE}"))));
+    }
+    for (lladdr, dst) in &found.fdb {
+        if lladdr != "00:00:00:00:00:00" && !wanted.contains(dst) {
+            v.push(Step::Bridge(words(&format!(
+                "fdb del {lladdr} dev {DEVICE} dst {dst}"
+            ))));
+        }
+    }
+    Ok(v)
+}
+
+/// Read what the kernel holds of the hand-off.
+pub async fn find() -> Result<Found, KernelError> {
+    let device = link_detail(DEVICE).await?.is_some();
+    let tables = tables_in_use().await?;
+    if !device {
+        return Ok(Found {
+            tables,
+            ..Found::default()
+        });
+    }
+    let neighbours = entries("ip", &["-j", "neigh", "show", "dev", DEVICE], "dst").await?;
+    let fdb = run("bridge", &["-j", "fdb", "show", "dev", DEVICE], None).await?;
+    let fdb: Vec<serde_json::Value> = serde_json::from_str(&fdb).unwrap_or_default();
+    let fdb = fdb
+        .iter()
+        .filter_map(|e| Some((e["mac"].as_str()?.to_owned(), e["dst"].as_str()?.to_owned())))
+        .collect();
+    Ok(Found {
+        device,
+        tables,
+        neighbours,
+        fdb,
+    })
+}
+
 /// Make the kernel hand exactly `handoffs` over (the device must exist for
-/// any), and accept tunnel packets on UDP `port` only from `vpc`. New
-/// routes come first, then the marks, then stale routes go, so a marked
-/// packet always finds its route.
+/// any): read what it holds, then run [`steps`].
 pub async fn converge(
     iface: &str,
     port: u16,
     vpc: &[Ipv4Cidr],
     handoffs: &[Handoff],
 ) -> Result<(), KernelError> {
-    let ruleset = render(iface, port, vpc, handoffs)?;
-    let device = link_detail(DEVICE).await?.is_some();
-    if !device && !handoffs.is_empty() {
-        return Err(KernelError::Interface(format!(
-            "the flow hand-off device {DEVICE} does not exist (see the earlier warning)"
-        )));
-    }
-    let in_use = tables_in_use().await?;
-    for h in handoffs {
-        let (peer, table, lladdr) = (h.peer.to_string(), mark(h.peer).to_string(), mac(h.peer));
-        let fwmark = format!("{:#x}", mark(h.peer));
-        run(
-            "ip",
-            &[
-                "route", "replace", "default", "via", &peer, "dev", DEVICE, "onlink", "table",
-                &table,
-            ],
-            None,
-        )
-        .await?;
-        run(
-            "ip",
-            &[
-                "neigh",
-                "replace",
-                &peer,
-                "dev",
-                DEVICE,
-                "lladdr",
-                &lladdr,
-                "nud",
-                "permanent",
-            ],
-            None,
-        )
-        .await?;
-        run(
-            "bridge",
-            &["fdb", "replace", &lladdr, "dev", DEVICE, "dst", &peer],
-            None,
-        )
-        .await?;
-        if !in_use.contains(&mark(h.peer)) {
-            let priority = RULE_PRIORITY.to_string();
-            run(
-                "ip",
-                &[
-                    "rule", "add", "priority", &priority, "iif", iface, "fwmark", &fwmark,
-                    "lookup", &table,
-                ],
-                None,
-            )
-            .await?;
-        }
-    }
-    super::apply_ruleset(&ruleset).await?;
-    for table in in_use {
-        if handoffs.iter().any(|h| mark(h.peer) == table) {
-            continue;
-        }
-        let (priority, t) = (RULE_PRIORITY.to_string(), table.to_string());
-        run(
-            "ip",
-            &["rule", "del", "priority", &priority, "lookup", &t],
-            None,
-        )
-        .await?;
-        run("ip", &["route", "flush", "table", &t], None).await?;
-    }
-    if !device {
-        return Ok(());
-    }
-    // Neighbour and forwarding entries of peers no longer handed to.
-    let wanted: Vec<String> = handoffs.iter().map(|h| h.peer.to_string()).collect();
-    for dst in entries("ip", &["-j", "neigh", "show", "dev", DEVICE], "dst").await? {
-        if !wanted.contains(&dst) {
-            run("ip", &["neigh", "del", &dst, "dev", DEVICE], None).await?;
-        }
-    }
-    let fdb = run("bridge", &["-j", "fdb", "show", "dev", DEVICE], None).await?;
-    let fdb: Vec<serde_json::Value> = serde_json::from_str(&fdb).unwrap_or_default();
-    for e in fdb {
-        let (Some(lladdr), Some(dst)) = (e["mac"].as_str(), e["dst"].as_str()) else {
-            continue;
-        };
-        if lladdr != "00:00:00:00:00:00" && !wanted.iter().any(|w| w == dst) {
-            run(
-                "bridge",
-                &["fdb", "del", lladdr, "dev", DEVICE, "dst", dst],
-                None,
-            )
-            .await?;
+    let found = find().await?;
+    for step in steps(iface, port, vpc, handoffs, &found)? {
+        match step {
+            Step::Ip(args) => {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run("ip", &args, None).await?;
+            }
+            Step::Bridge(args) => {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run("bridge", &args, None).await?;
+            }
+            Step::Ruleset(text) => super::apply_ruleset(&text).await?,
         }
     }
     Ok(())
@@ -488,6 +516,64 @@ mod tests {
         let empty = render("ens5", 7471, &[], &[]).unwrap();
         assert!(!empty.contains("elements"), "{empty}");
         assert!(render("ens5\" accept", 7471, &[], &[]).is_err());
+    }
+
+    #[test]
+    fn steps_add_the_new_peer_before_the_marks_and_remove_the_old_after() {
+        let new = Ipv4Addr::new(10, 0, 102, 10);
+        let old = Ipv4Addr::new(10, 0, 101, 10);
+        let handoffs = [Handoff {
+            peer: new,
+            sources: vec![cidr("10.0.2.0/24")],
+        }];
+        let found = Found {
+            device: true,
+            tables: vec![mark(old)],
+            neighbours: vec![old.to_string(), new.to_string()],
+            fdb: vec![
+                (mac(old), old.to_string()),
+                ("00:00:00:00:00:00".into(), "10.0.9.9".into()),
+            ],
+        };
+        let vpc = [cidr("10.0.0.0/16")];
+        let got: Vec<String> = steps("ens5", 7471, &vpc, &handoffs, &found)
+            .unwrap()
+            .into_iter()
+            .map(|s| match s {
+                Step::Ip(a) => format!("ip {}", a.join(" ")),
+                Step::Bridge(a) => format!("bridge {}", a.join(" ")),
+                Step::Ruleset(_) => "nft -f ruleset".into(),
+            })
+            .collect();
+        let (m_new, m_old) = (mark(new), mark(old));
+        let want = [
+            format!("ip route replace default via {new} dev hanat0 onlink table {m_new}"),
+            format!(
+                "ip neigh replace {new} dev hanat0 lladdr {} nud permanent",
+                mac(new)
+            ),
+            format!("bridge fdb replace {} dev hanat0 dst {new}", mac(new)),
+            format!("ip rule add priority 7470 iif ens5 fwmark {m_new:#x} lookup {m_new}"),
+            "nft -f ruleset".into(),
+            format!("ip rule del priority 7470 lookup {m_old}"),
+            format!("ip route flush table {m_old}"),
+            format!("ip neigh del {old} dev hanat0"),
+            format!("bridge fdb del {} dev hanat0 dst {old}", mac(old)),
+        ];
+        assert_eq!(got, want);
+        // Converged: only the idempotent replaces and the ruleset again.
+        let settled = Found {
+            device: true,
+            tables: vec![m_new],
+            neighbours: vec![new.to_string()],
+            fdb: vec![(mac(new), new.to_string())],
+        };
+        let again = steps("ens5", 7471, &vpc, &handoffs, &settled).unwrap();
+        assert_eq!(again.len(), 4, "{again:?}");
+        // Nothing to hand over needs no device; something does.
+        let none = Found::default();
+        assert_eq!(steps("ens5", 7471, &vpc, &[], &none).unwrap().len(), 1);
+        assert!(steps("ens5", 7471, &vpc, &handoffs, &none).is_err());
     }
 
     #[test]

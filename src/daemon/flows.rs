@@ -7,7 +7,7 @@
 //! own AZ back from a running adopter (failback). The sources are the
 //! networks of the subnets behind the routes taken. An entry ends when the
 //! previous holder says it is failing or has not been heard from for
-//! [`SILENCE`], and at the latest after `peers.flow_handoff`.
+//! [`crate::decide::flows::SILENCE`], and at the latest after `peers.flow_handoff`.
 //! Once it ends, what is left of those connections is masqueraded here and
 //! reset by the far end, as it would have been without hand-off.
 //!
@@ -27,19 +27,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::decide::flows::keep;
+use crate::decide::peers::Peer;
+use crate::decide::routes::{Observed, Plan, sources_taken};
 use crate::domain::Ipv4Cidr;
+use crate::domain::Status;
 use crate::kernel::KernelError;
 use crate::kernel::tunnel::{self, Handoff};
-use crate::peers::{Peer, Status};
-use crate::plan::{Observed, Plan, sources_taken};
 use crate::report;
-
-/// How long a previous holder may be silent before its hand-off ends. Longer
-/// than `peers.dead_after`: a NAT whose daemon restarts (`systemctl stop`
-/// with hand-off, then start) keeps forwarding meanwhile, and one that has
-/// just started may not have heard its peers yet. For a NAT that is really
-/// gone, its connections are lost either way; this only delays the reset.
-pub const SILENCE: Duration = Duration::from_secs(10);
 
 /// The flow hand-offs of this NAT, shared by the routes and peers loops.
 pub type Shared = Arc<tokio::sync::Mutex<FlowHandoff>>;
@@ -61,21 +56,6 @@ pub struct FlowHandoff {
     entries: BTreeMap<Ipv4Addr, Entry>,
     /// The last kernel update failed: redo it.
     stale: bool,
-}
-
-/// Whether a hand-off that started `age` ago to a peer last heard saying
-/// `heard` (within [`SILENCE`]; `None`: not heard) goes on. Only
-/// heartbeats count: a NAT draining on a planned exit has left its group
-/// but still forwards, and still says so. Pure.
-pub fn keep(age: Duration, heard: Option<Status>, max: Duration) -> bool {
-    if age >= max {
-        return false;
-    }
-    match heard {
-        Some(Status::Ok | Status::Exiting | Status::Starting) => true,
-        Some(Status::Failing) => false,
-        None => age < SILENCE,
-    }
 }
 
 impl Default for FlowHandoff {
@@ -163,7 +143,8 @@ impl FlowHandoff {
     }
 
     /// End the hand-offs [`keep`] no longer allows (`heard(ip)` is what the
-    /// peer at that address last said within [`SILENCE`]).
+    /// peer at that address last said within
+    /// [`crate::decide::flows::SILENCE`]).
     pub async fn expire(
         &mut self,
         now: Instant,
@@ -199,29 +180,5 @@ impl FlowHandoff {
         let result = tunnel::converge(&self.iface, self.port, &self.vpc, &handoffs).await;
         self.stale = result.is_err();
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_handoff_lasts_while_the_previous_holder_forwards() {
-        let max = Duration::from_secs(300);
-        let s = Duration::from_secs;
-        // (age, heard, keep?)
-        let cases = [
-            (s(1), Some(Status::Exiting), true),
-            (s(100), Some(Status::Ok), true),
-            (s(300), Some(Status::Ok), false),
-            (s(1), Some(Status::Failing), false),
-            (s(1), None, true),
-            (SILENCE, None, false),
-            (s(60), None, false),
-        ];
-        for (age, heard, want) in cases {
-            assert_eq!(keep(age, heard, max), want, "{age:?} {heard:?}");
-        }
     }
 }

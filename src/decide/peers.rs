@@ -9,59 +9,18 @@
 //! instance is gone: silence alone (a partition) never moves a route. The
 //! AZ of a dead peer is adopted by exactly one healthy NAT: the next AZ after
 //! it in name order (wrapping) that has one. Route changes are planned by
-//! [`crate::plan::plan_with`] so they only take routes that point at the
+//! [`super::routes::plan_with`] so they only take routes that point at the
 //! dead peer, are blackholes or are missing: a stale decision is harmless.
 //! When no NAT is healthy at all, one daemon that still runs points the
 //! orphaned AZ at its fallback NAT Gateway (if configured) instead.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::domain::RouteTarget;
-use crate::domain::{EniId, Identity, InstanceId};
-
-/// What a NAT says about itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Up, but its forwarding has not been proven yet.
-    Starting,
-    /// Its forwarding probe passes.
-    Ok,
-    /// Its forwarding probe fails.
-    Failing,
-    /// It is leaving (scale-in, spot interruption, stop with hand-off).
-    Exiting,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Status::Starting => "starting",
-            Status::Ok => "ok",
-            Status::Failing => "failing",
-            Status::Exiting => "exiting",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Status> {
-        [
-            Status::Starting,
-            Status::Ok,
-            Status::Failing,
-            Status::Exiting,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use super::backoff::COVER_RETRY;
+use super::flows::SILENCE;
+use crate::domain::{EniId, Identity, InstanceId, RouteTarget, Status};
 
 /// One heartbeat datagram: `hanat/1 <instance> <az> <status> <seq>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +223,149 @@ pub fn decide(
     d
 }
 
+/// What this daemon knows of its peers: the list from Auto Scaling and EC2,
+/// what each last said, and which are gone. Shared by the peers loop, which
+/// keeps it, and the routes loop, which asks it who is alive. Pure.
+#[derive(Debug, Clone, Default)]
+pub struct PeerState {
+    pub peers: Vec<Peer>,
+    pub view: View,
+    /// Peers EC2 says are gone, or that left their group.
+    pub gone: HashSet<InstanceId>,
+    /// A peer we do not know spoke: refresh the list.
+    pub refresh_wanted: bool,
+}
+
+impl PeerState {
+    /// Take a fresh peer list (`list`: alive in our groups; `departed`:
+    /// instances of our groups no longer alive). Peers that left stay while
+    /// their AZ may still need covering: until the AZ has a NAT again and
+    /// they are silent (one draining on a planned exit still forwards
+    /// handed-off flows), so the list does not grow with every replacement.
+    /// Returns whether the set of peers changed.
+    pub fn merge(&mut self, list: Vec<Peer>, departed: Vec<InstanceId>, now: Duration) -> bool {
+        let before: Vec<InstanceId> = self.peers.iter().map(|p| p.instance.clone()).collect();
+        let mut peers = list;
+        for p in std::mem::take(&mut self.peers) {
+            if !peers.iter().any(|q| q.instance == p.instance) {
+                self.gone.insert(p.instance.clone());
+                peers.push(p);
+            }
+        }
+        self.gone.extend(departed);
+        let (gone, view) = (&self.gone, &self.view);
+        let live_azs: HashSet<String> = peers
+            .iter()
+            .filter(|p| !gone.contains(&p.instance))
+            .map(|p| p.az.clone())
+            .collect();
+        peers.retain(|p| {
+            !gone.contains(&p.instance)
+                || !live_azs.contains(&p.az)
+                || view.fresh(&p.instance, now, SILENCE).is_some()
+        });
+        self.gone
+            .retain(|id| peers.iter().any(|p| &p.instance == id));
+        self.peers = peers;
+        self.refresh_wanted = false;
+        let after: Vec<InstanceId> = self.peers.iter().map(|p| p.instance.clone()).collect();
+        before != after
+    }
+
+    /// Addresses to send heartbeats to: every peer that may still be there.
+    pub fn heartbeat_targets(&self) -> Vec<Ipv4Addr> {
+        self.peers
+            .iter()
+            .filter(|p| !self.gone.contains(&p.instance))
+            .map(|p| p.ip)
+            .collect()
+    }
+
+    /// What each peer said within [`SILENCE`], by address (flow hand-offs
+    /// last while their previous holder is heard from).
+    pub fn heard_by_ip(&self, now: Duration) -> HashMap<Ipv4Addr, Status> {
+        self.peers
+            .iter()
+            .filter_map(|p| Some((p.ip, self.view.fresh(&p.instance, now, SILENCE)?)))
+            .collect()
+    }
+
+    /// Route targets of peers known to be dead: gone by EC2, or heard
+    /// recently saying they fail or leave.
+    pub fn dead_targets(&self, now: Duration, fresh: Duration) -> Vec<RouteTarget> {
+        self.peers
+            .iter()
+            .filter(|p| {
+                self.gone.contains(&p.instance)
+                    || matches!(
+                        self.view.fresh(&p.instance, now, fresh),
+                        Some(Status::Failing | Status::Exiting)
+                    )
+            })
+            .flat_map(Peer::route_targets)
+            .collect()
+    }
+
+    /// Whether `p` may still forward the connections it translates (a flow
+    /// hand-off to it makes sense): not heard saying it fails, and heard
+    /// from recently or not known to be gone. A NAT draining on a planned
+    /// exit has left its group but still forwards, and says so.
+    pub fn may_forward(&self, p: &Peer, now: Duration) -> bool {
+        match self.view.fresh(&p.instance, now, SILENCE) {
+            Some(Status::Failing) => false,
+            Some(_) => true,
+            None => !self.gone.contains(&p.instance),
+        }
+    }
+
+    /// Interfaces of peers heard recently saying they forward.
+    pub fn live_enis(&self, now: Duration, fresh: Duration) -> Vec<EniId> {
+        self.peers
+            .iter()
+            .filter(|p| {
+                !self.gone.contains(&p.instance)
+                    && self.view.fresh(&p.instance, now, fresh) == Some(Status::Ok)
+            })
+            .map(|p| p.eni.clone())
+            .collect()
+    }
+
+    /// Record a heartbeat that arrived from `from` (see [`arrival`]).
+    /// Returns what was made of it, and whether the peer's status changed.
+    pub fn hear(&mut self, msg: &Message, from: Ipv4Addr, now: Duration) -> (Arrival, bool) {
+        let what = arrival(&self.peers, msg, from);
+        match what {
+            Arrival::Record => {
+                let before = self.view.fresh(&msg.instance, now, Duration::MAX);
+                self.view.record(msg, now);
+                (what, before != Some(msg.status))
+            }
+            Arrival::Unknown => {
+                self.refresh_wanted = true;
+                (what, false)
+            }
+            Arrival::WrongSender => (what, false),
+        }
+    }
+}
+
+/// How a dead peer's AZ is covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cover {
+    /// This NAT takes its routes.
+    Adopt,
+    /// No NAT is healthy: its fallback NAT Gateway does.
+    Gateway,
+}
+
+impl Cover {
+    /// When to look at the dead peer's AZ again after covering it: each
+    /// reconcile interval after a success, [`COVER_RETRY`] after an error.
+    pub fn next_look(ok: bool, reconcile: Duration) -> Duration {
+        if ok { reconcile } else { COVER_RETRY }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +373,7 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn me(az: &str) -> Identity {
-        let mut id = crate::plan::test_identity("i-me", "eni-me", "vpc-1");
+        let mut id = crate::decide::routes::test_identity("i-me", "eni-me", "vpc-1");
         id.availability_zone = az.into();
         id
     }

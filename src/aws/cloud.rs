@@ -1,0 +1,181 @@
+//! The narrow interface the daemon's loops use to reach EC2 and Auto
+//! Scaling: exactly the calls they make, in domain types. [`Sdk`] is the
+//! real one (the AWS SDK, see [`super::ec2`] and [`super::autoscaling`]); a
+//! stateful fake in the tests plays a whole account, with injectable errors
+//! and latency, so the loops can be run under paused time.
+
+use async_trait::async_trait;
+
+use super::AwsError;
+use super::autoscaling::AutoScaling;
+use super::ec2::Ec2;
+use crate::domain::{
+    Address, EniId, InstanceId, InstanceInfo, Ipv4Cidr, RouteTable, RouteTableId, RouteTarget,
+    SubnetId, VpcId,
+};
+
+/// The EC2 and Auto Scaling calls of the loops.
+#[async_trait]
+pub trait Cloud: Send + Sync {
+    /// Subnets of `vpc` in `az` tagged `key=value`, with their networks.
+    async fn tagged_subnets(
+        &self,
+        vpc: &VpcId,
+        az: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError>;
+    /// The route tables of `vpc` explicitly associated with `subnets`.
+    async fn route_tables_for(
+        &self,
+        vpc: &VpcId,
+        subnets: &[SubnetId],
+    ) -> Result<Vec<RouteTable>, AwsError>;
+    async fn create_default_route(
+        &self,
+        rt: &RouteTableId,
+        to: &RouteTarget,
+    ) -> Result<(), AwsError>;
+    async fn replace_default_route(
+        &self,
+        rt: &RouteTableId,
+        to: &RouteTarget,
+    ) -> Result<(), AwsError>;
+    /// A NAT Gateway's state and VPC; `None` if EC2 does not know it.
+    async fn nat_gateway(&self, id: &str) -> Result<Option<(String, VpcId)>, AwsError>;
+    async fn source_dest_check(&self, eni: &EniId) -> Result<bool, AwsError>;
+    async fn disable_source_dest_check(&self, eni: &EniId) -> Result<(), AwsError>;
+    /// What EC2 says of these instances (unknown ones are left out).
+    async fn instances(&self, ids: &[InstanceId]) -> Result<Vec<InstanceInfo>, AwsError>;
+    async fn addresses_tagged(&self, key: &str, value: &str) -> Result<Vec<Address>, AwsError>;
+    /// The instance an interface is attached to.
+    async fn eni_owner(&self, eni: &EniId) -> Result<Option<InstanceId>, AwsError>;
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        eni: &EniId,
+        reassociate: bool,
+    ) -> Result<(), AwsError>;
+    async fn set_unhealthy(&self, instance: &InstanceId) -> Result<(), AwsError>;
+    /// The Auto Scaling group of an instance, if any.
+    async fn group_of(&self, instance: &InstanceId) -> Result<Option<String>, AwsError>;
+    async fn group_tag(&self, group: &str, key: &str) -> Result<Option<String>, AwsError>;
+    /// In-service instances of every group tagged `key=value`.
+    async fn instances_of_groups_tagged(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<InstanceId>, AwsError>;
+    async fn complete_lifecycle_action(
+        &self,
+        group: &str,
+        hook: &str,
+        instance: &InstanceId,
+    ) -> Result<(), AwsError>;
+}
+
+/// The real control plane, through the AWS SDK.
+#[derive(Clone)]
+pub struct Sdk {
+    pub ec2: Ec2,
+    pub autoscaling: AutoScaling,
+}
+
+impl Sdk {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Sdk {
+            ec2: Ec2::new(sdk),
+            autoscaling: AutoScaling::new(sdk),
+        }
+    }
+}
+
+#[async_trait]
+impl Cloud for Sdk {
+    async fn tagged_subnets(
+        &self,
+        vpc: &VpcId,
+        az: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError> {
+        self.ec2.tagged_subnets(vpc, az, key, value).await
+    }
+    async fn route_tables_for(
+        &self,
+        vpc: &VpcId,
+        subnets: &[SubnetId],
+    ) -> Result<Vec<RouteTable>, AwsError> {
+        self.ec2.route_tables_for(vpc, subnets).await
+    }
+    async fn create_default_route(
+        &self,
+        rt: &RouteTableId,
+        to: &RouteTarget,
+    ) -> Result<(), AwsError> {
+        self.ec2.create_default_route(rt, to).await
+    }
+    async fn replace_default_route(
+        &self,
+        rt: &RouteTableId,
+        to: &RouteTarget,
+    ) -> Result<(), AwsError> {
+        self.ec2.replace_default_route(rt, to).await
+    }
+    async fn nat_gateway(&self, id: &str) -> Result<Option<(String, VpcId)>, AwsError> {
+        self.ec2.nat_gateway(id).await
+    }
+    async fn source_dest_check(&self, eni: &EniId) -> Result<bool, AwsError> {
+        self.ec2.source_dest_check(eni).await
+    }
+    async fn disable_source_dest_check(&self, eni: &EniId) -> Result<(), AwsError> {
+        self.ec2.disable_source_dest_check(eni).await
+    }
+    async fn instances(&self, ids: &[InstanceId]) -> Result<Vec<InstanceInfo>, AwsError> {
+        self.ec2.instances(ids).await
+    }
+    async fn addresses_tagged(&self, key: &str, value: &str) -> Result<Vec<Address>, AwsError> {
+        self.ec2.addresses_tagged(key, value).await
+    }
+    async fn eni_owner(&self, eni: &EniId) -> Result<Option<InstanceId>, AwsError> {
+        self.ec2.eni_owner(eni).await
+    }
+    async fn associate_address(
+        &self,
+        allocation_id: &str,
+        eni: &EniId,
+        reassociate: bool,
+    ) -> Result<(), AwsError> {
+        self.ec2
+            .associate_address(allocation_id, eni, reassociate)
+            .await
+    }
+    async fn set_unhealthy(&self, instance: &InstanceId) -> Result<(), AwsError> {
+        self.autoscaling.set_unhealthy(instance).await
+    }
+    async fn group_of(&self, instance: &InstanceId) -> Result<Option<String>, AwsError> {
+        self.autoscaling.group_of(instance).await
+    }
+    async fn group_tag(&self, group: &str, key: &str) -> Result<Option<String>, AwsError> {
+        self.autoscaling.group_tag(group, key).await
+    }
+    async fn instances_of_groups_tagged(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<InstanceId>, AwsError> {
+        self.autoscaling
+            .instances_of_groups_tagged(key, value)
+            .await
+    }
+    async fn complete_lifecycle_action(
+        &self,
+        group: &str,
+        hook: &str,
+        instance: &InstanceId,
+    ) -> Result<(), AwsError> {
+        self.autoscaling
+            .complete_lifecycle_action(group, hook, instance)
+            .await
+    }
+}

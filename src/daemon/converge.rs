@@ -1,0 +1,75 @@
+//! Converging the kernel: the NAT table, the sysctls, the probe namespace
+//! and the flow hand-off device, all idempotent (see [`crate::kernel`]).
+//! Run once at start (a failure there is fatal: exit 71) and then by the
+//! heartbeat loop every `kernel.converge_interval` and when probes fail.
+
+use tokio::time::Instant;
+use tracing::{error, warn};
+
+use super::log::LogThrottle;
+use crate::config::{Config, Failover};
+use crate::domain::{Identity, Ipv4Cidr};
+use crate::kernel::{self, KernelError, nft, probe_ns, sysctl, tunnel};
+use crate::report;
+
+/// The sources that are NATed: the VPC and the probe network.
+pub fn nat_sources(identity: &Identity, config: &Config) -> Vec<Ipv4Cidr> {
+    let mut v = identity.vpc_cidrs.clone();
+    v.push(config.heartbeat.probe_cidr);
+    v
+}
+
+/// Whether this NAT takes part in flow hand-off (see [`super::flows`]).
+pub fn flow_handoff_on(config: &Config) -> bool {
+    config.peers.failover == Failover::Peer && !config.peers.flow_handoff.is_zero()
+}
+
+/// Converge every kernel setting once. Optional settings that cannot be
+/// made (some sysctls, the flow hand-off tunnel) are returned for a warning.
+pub async fn converge_kernel(
+    identity: &Identity,
+    config: &Config,
+    interface: &str,
+) -> Result<Vec<KernelError>, KernelError> {
+    // Rules first: loading them loads conntrack, whose sysctls come next.
+    let ruleset = nft::render(interface, &nat_sources(identity, config))?;
+    kernel::apply_ruleset(&ruleset).await?;
+    let mut skipped = sysctl::apply(&sysctl::desired(interface, config.kernel.conntrack_max))?;
+    probe_ns::ensure(
+        &config.heartbeat.probe_namespace,
+        &config.heartbeat.probe_cidr,
+    )
+    .await?;
+    // Peers hand flows to this NAT whether or not it hands any itself.
+    if flow_handoff_on(config)
+        && let Err(e) =
+            tunnel::ensure_device(identity.private_ip, config.peers.tunnel_port(), interface).await
+    {
+        skipped.push(e);
+    }
+    Ok(skipped)
+}
+
+/// [`converge_kernel`], with what went wrong logged (repeats throttled).
+pub async fn converge_logged(
+    identity: &Identity,
+    config: &Config,
+    interface: &str,
+    throttle: &mut LogThrottle,
+) {
+    match converge_kernel(identity, config, interface).await {
+        Ok(skipped) => {
+            throttle.clear("kernel");
+            for s in skipped {
+                if let Some(n) = throttle.check("sysctl", &s.to_string(), Instant::now()) {
+                    warn!(suppressed = n, error = %report(&s), "optional kernel setting not made");
+                }
+            }
+        }
+        Err(e) => {
+            if let Some(n) = throttle.check("kernel", &report(&e), Instant::now()) {
+                error!(suppressed = n, error = %report(&e), "kernel converge failed; will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `hanat plan`: what `hanat run` would change on this instance — routes,
+//! the source/destination check, sysctls, the nftables table, the probe
+//! namespace — read from EC2 and the kernel, changing nothing.
+
+use super::take::observe;
+use crate::AwsError;
+use crate::aws::cloud::Cloud;
+use crate::config::Config;
+use crate::decide::routes::plan;
+use crate::domain::Identity;
+use crate::kernel::{KernelError, nft, probe_ns, sysctl};
+use crate::report;
+
+/// What `hanat run` would do, as lines for a person, and how many of them
+/// are changes.
+#[derive(Debug, Default)]
+pub struct DryRun {
+    pub lines: Vec<String>,
+    pub changes: usize,
+}
+
+impl DryRun {
+    fn say(&mut self, line: String) {
+        self.lines.push(line);
+    }
+
+    fn change(&mut self, line: String) {
+        self.lines.push(line);
+        self.changes += 1;
+    }
+}
+
+/// Read EC2 and the kernel and say what would change. `interface`: the NAT
+/// interface, or why it could not be found (said as a note).
+pub async fn dry_run(
+    cloud: &dyn Cloud,
+    identity: &Identity,
+    config: &Config,
+    interface: Result<String, KernelError>,
+) -> Result<DryRun, AwsError> {
+    let observed = observe(cloud, identity, config).await?;
+    let plan = plan(identity, &observed);
+    let mut out = DryRun::default();
+    let owned: Vec<String> = plan.owned.iter().map(ToString::to_string).collect();
+    out.say(format!(
+        "route tables in scope: {}",
+        if owned.is_empty() {
+            "none".into()
+        } else {
+            owned.join(", ")
+        }
+    ));
+    for f in &plan.findings {
+        out.say(format!("note: {f}"));
+    }
+    for a in &plan.actions {
+        out.change(format!("would {a}"));
+    }
+    kernel(&mut out, config, interface).await;
+    Ok(out)
+}
+
+async fn kernel(out: &mut DryRun, config: &Config, interface: Result<String, KernelError>) {
+    match interface {
+        Ok(iface) => {
+            out.say(format!("NAT interface: {iface}"));
+            for s in sysctl::desired(&iface, config.kernel.conntrack_max) {
+                let now = sysctl::read(&s.key).unwrap_or_else(|_| "unreadable".into());
+                if now != s.value {
+                    out.change(format!("would set {} = {} (now {now})", s.key, s.value));
+                }
+            }
+        }
+        Err(e) => out.say(format!("note: {}", report(&e))),
+    }
+    match nft::table_exists().await {
+        Ok(true) => out.say(format!(
+            "would replace nftables table ip {} (atomically)",
+            nft::TABLE
+        )),
+        Ok(false) => out.change(format!("would create nftables table ip {}", nft::TABLE)),
+        Err(e) => out.say(format!("note: {}", report(&e))),
+    }
+    let probe = &config.heartbeat.probe_namespace;
+    match probe_ns::handle(probe) {
+        Ok(probe_ns::Handle::Live) => {}
+        Ok(probe_ns::Handle::Missing) => {
+            out.change(format!("would create probe namespace {probe}"))
+        }
+        // Not counted as a change: under systemd this is what a healthy
+        // daemon looks like from a shell, and every start makes a new one.
+        Ok(probe_ns::Handle::Stale) => out.say(format!(
+            "note: {} is not a live namespace from here: a daemon under systemd keeps its probe \
+             namespace in its own mount namespace, out of this shell's sight; `hanat run` \
+             started here would replace the file with a new namespace",
+            probe_ns::netns_path(probe).display()
+        )),
+        Err(e) => out.say(format!("note: {}", report(&e))),
+    }
+}

@@ -1,0 +1,192 @@
+//! The routes loop: keep this AZ's private routes pointed at this NAT.
+//!
+//! Each pass claims the Elastic IP ([`super::eip`]), reads the AZ, plans,
+//! lets the failback gate hold what this NAT may not take yet (before its
+//! own probe passes, and during `failback = drain:D`), hands connections
+//! back to a NAT routes are taken from, and applies. When this NAT fails or
+//! leaves and no peer is healthy, it points its AZ at the fallback NAT
+//! Gateway instead. It runs every `routes.reconcile_interval` (±10%
+//! jitter), at once when this NAT's verdict changes, and after a failed
+//! pass on [`ROUTES_RETRY`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::cover;
+use super::ctx::Ctx;
+use super::eip::EipClaim;
+use super::log::LogThrottle;
+use super::take::{Hand, Take, hand_over_and_apply, read_and_plan, running_instance};
+use crate::AwsError;
+use crate::decide::backoff::{Backoff, ROUTES_RETRY};
+use crate::decide::routes::{Plan, gate, unvouched_holders};
+use crate::domain::{EniId, RouteTarget, Status};
+
+pub struct RoutesLoop {
+    ctx: Arc<Ctx>,
+    status: watch::Receiver<Status>,
+    throttle: LogThrottle,
+    backoff: Backoff,
+    eip: EipClaim,
+    last_owned: Option<Vec<String>>,
+    /// Since when this NAT's verdict has been `ok` without a break.
+    healthy_since: Option<Instant>,
+}
+
+impl RoutesLoop {
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        let backoff = ROUTES_RETRY
+            .capped(ctx.config.routes.reconcile_interval)
+            .backoff();
+        RoutesLoop {
+            status: ctx.status.subscribe(),
+            ctx,
+            throttle: LogThrottle::default(),
+            backoff,
+            eip: EipClaim::default(),
+            last_owned: None,
+            healthy_since: None,
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            let wait = self.tick().await;
+            // A change of our own verdict (first good probe, recovery) is
+            // acted on at once.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                changed = self.status.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass; returns how long to wait before the next.
+    pub async fn tick(&mut self) -> Duration {
+        self.eip.keep(&self.ctx, &mut self.throttle).await;
+        let status = *self.status.borrow_and_update();
+        match status {
+            Status::Ok => {
+                self.healthy_since.get_or_insert_with(Instant::now);
+            }
+            _ => self.healthy_since = None,
+        }
+        let failback = self.ctx.config.peers.failback;
+        let drain_left = self.healthy_since.is_some_and(|t| t.elapsed() < failback);
+        match self.pass(status, drain_left).await {
+            Ok(()) => {
+                self.throttle.clear("aws");
+                self.backoff.reset();
+                let wait = jittered(self.ctx.config.routes.reconcile_interval);
+                // Come back when the drain ends rather than a whole interval later.
+                match self.healthy_since {
+                    Some(t) if drain_left => {
+                        wait.min((t + failback).saturating_duration_since(Instant::now()))
+                    }
+                    _ => wait,
+                }
+            }
+            Err(e) => {
+                let wait = self.backoff.fail();
+                let msg = e.to_string();
+                if let Some(n) = self.throttle.check("aws", &msg, Instant::now()) {
+                    error!(suppressed = n, error = %msg, retry_in = ?wait, "route reconcile failed");
+                }
+                wait
+            }
+        }
+    }
+
+    async fn pass(&mut self, status: Status, drain_left: bool) -> Result<(), AwsError> {
+        let ctx = &*self.ctx.clone();
+        let all = |_: &crate::domain::Route| true;
+        let spec = Take {
+            az: &ctx.me.availability_zone,
+            to: ctx.me_target(),
+            may_take: &all,
+            observed: Some(super::take::observe(&*ctx.cloud, &ctx.me, &ctx.config).await?),
+        };
+        let (observed, plan) = read_and_plan(ctx, &spec).await?;
+        self.log_scope(&plan);
+        let (live, dead) = ctx.liveness();
+        // This NAT cannot serve its AZ and no peer is healthy to adopt it:
+        // the AZ's fallback NAT Gateway stands in, if there is one.
+        if matches!(status, Status::Failing | Status::Exiting) && live.is_empty() {
+            let az = &ctx.me.availability_zone;
+            let moved = cover::fall_back(ctx, az, &dead, Some(&observed)).await?;
+            if let Some(n) = moved.filter(|n| *n > 0) {
+                warn!(routes = n, status = %status, "no healthy peer to take this AZ: pointed its routes at the fallback NAT Gateway");
+            }
+        }
+        let holders = match drain_left && status == Status::Ok {
+            true => self.holders(&plan, live, &dead).await?,
+            false => live,
+        };
+        let (plan, held) = gate(plan, status, drain_left, &holders);
+        if held > 0 {
+            let why = if status == Status::Ok {
+                "draining the adopter's connections before taking routes back"
+            } else {
+                "waiting for this NAT's own forwarding probe to pass before taking routes"
+            };
+            if let Some(n) = self.throttle.check("held", why, Instant::now()) {
+                info!(suppressed = n, held, status = %status, "{why}");
+            }
+        }
+        // Taking routes back from a NAT that still forwards (the adopter,
+        // even one leaving itself): the connections it translates go on
+        // through it.
+        hand_over_and_apply(ctx, &observed, &plan, &spec.to, Hand::Holders)
+            .await
+            .map(drop)
+    }
+
+    /// Draining: a route held by a running NAT stays with it for the drain.
+    /// Heartbeats say which peers are alive, but a NAT that just started may
+    /// not have heard them yet: EC2 is asked about any holder they do not
+    /// vouch for.
+    async fn holders(
+        &self,
+        plan: &Plan,
+        mut live: Vec<EniId>,
+        dead: &[RouteTarget],
+    ) -> Result<Vec<EniId>, AwsError> {
+        for e in unvouched_holders(plan, &live, dead) {
+            if running_instance(&*self.ctx.cloud, &RouteTarget::Eni(e.clone()))
+                .await?
+                .is_some()
+            {
+                live.push(e);
+            }
+        }
+        Ok(live)
+    }
+
+    fn log_scope(&mut self, plan: &Plan) {
+        for f in &plan.findings {
+            if let Some(n) = self
+                .throttle
+                .check("finding", &f.to_string(), Instant::now())
+            {
+                warn!(suppressed = n, "{f}");
+            }
+        }
+        let owned: Vec<String> = plan.owned.iter().map(ToString::to_string).collect();
+        if self.last_owned.as_ref() != Some(&owned) {
+            info!(route_tables = ?owned, "route tables in scope");
+            self.last_owned = Some(owned);
+        }
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.9 + 0.2 * fastrand::f64())
+}

@@ -1,0 +1,273 @@
+//! The loops under paused time against the fake cloud: timing and
+//! decisions that the root lab can only show in seconds of real time per
+//! case, here in milliseconds and exactly.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+use super::ctx::Ctx;
+use super::flows::FlowHandoff;
+use super::peers::PeersLoop;
+use super::routes::RoutesLoop;
+use crate::aws::fake::{FakeCloud, vpc};
+use crate::config::Config;
+use crate::decide::peers::Message;
+use crate::domain::{EniId, Identity, InstanceId, Ipv4Cidr, Route, RouteTarget, Status, VpcId};
+
+const S: Duration = Duration::from_secs(1);
+
+/// The NAT of `az` in the fake's VPC, with `config`.
+fn ctx(cloud: &Arc<FakeCloud>, az: &str, config: Config) -> Arc<Ctx> {
+    let info = cloud
+        .state()
+        .instances
+        .iter()
+        .find(|i| i.info.az == az)
+        .map(|i| i.info.clone())
+        .expect("the fake has a NAT in that AZ");
+    let me = Identity {
+        instance_id: info.id,
+        region: "test-1".into(),
+        availability_zone: az.into(),
+        mac: "02:00:00:00:00:01".into(),
+        eni: info.eni.expect("an interface"),
+        vpc_id: VpcId("vpc-1".into()),
+        vpc_cidrs: vec!["10.0.0.0/16".parse::<Ipv4Cidr>().expect("a CIDR")],
+        subnet_id: "subnet-public".into(),
+        private_ip: info.ip.expect("an address"),
+    };
+    Ctx::new(cloud.clone(), me, config, FlowHandoff::default())
+}
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.eip.claim = false;
+    c.routes.reconcile_interval = 30 * S;
+    c.peers.dead_after = S;
+    c
+}
+
+fn eni(az: &str) -> Option<RouteTarget> {
+    Some(RouteTarget::Eni(EniId(format!("eni-{az}"))))
+}
+
+/// `who` (in `az`, at 10.0.0.`ip`) says `status` to `ctx`'s NAT.
+fn hear(ctx: &Ctx, who: &str, az: &str, ip: u8, status: Status) {
+    let msg = Message {
+        instance: InstanceId(who.into()),
+        az: az.into(),
+        status,
+        seq: 1,
+    };
+    let from = Ipv4Addr::new(10, 0, 0, ip);
+    ctx.peers().hear(&msg, from, ctx.now());
+}
+
+/// Times between consecutive instants.
+fn gaps(times: &[Instant]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_dead_only_after_dead_after_and_ec2s_word_and_is_adopted_once() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let me = ctx(&cloud, "az-b", config());
+    me.status.send_replace(Status::Ok);
+    let peers = PeersLoop::without_socket(me.clone(), "test");
+    let task = tokio::spawn(peers.run());
+    // The peer speaks for 5 s, then falls silent (frozen, or gone).
+    let t0 = Instant::now();
+    while t0.elapsed() < 5 * S {
+        hear(&me, "i-az-a", "az-a", 10, Status::Ok);
+        sleep(Duration::from_millis(250)).await;
+    }
+    let silent_from = Instant::now();
+    let asked = |from: Instant, to: Instant| {
+        cloud
+            .calls("DescribeInstances", "i-az-a")
+            .into_iter()
+            .filter(|t| *t >= from && *t < to)
+            .count()
+    };
+    sleep(S * 3 / 4).await;
+    assert_eq!(
+        asked(silent_from, Instant::now()),
+        0,
+        "asked EC2 before dead_after"
+    );
+    sleep(S).await;
+    assert!(
+        asked(silent_from, Instant::now()) >= 1,
+        "EC2 asked after dead_after"
+    );
+    // EC2 says it runs: silence alone moves nothing.
+    sleep(20 * S).await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-a"));
+    assert!(cloud.calls("ReplaceRoute", "").is_empty());
+    // It is gone: adopted, exactly once, within the confirmation backoff.
+    cloud.state().instances[0].info.alive = false;
+    let gone_at = Instant::now();
+    sleep(40 * S).await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-b"));
+    let replaced = cloud.calls("ReplaceRoute", "rtb-az-a");
+    assert_eq!(replaced.len(), 1, "adopted exactly once");
+    // Asked at 1 s, 2 s, 4 s, 8 s, 16 s of silence…: at most 16 s late.
+    assert!(
+        replaced[0] - gone_at <= 16 * S,
+        "{:?}",
+        replaced[0] - gone_at
+    );
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn adoption_never_takes_a_route_a_healthy_nat_holds() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b", "az-c"])));
+    // AZ a's table points at AZ c's NAT (say, an adopter that has not let
+    // go yet): AZ a's own NAT says it fails.
+    cloud.state().tables[0].default_route = Some(Route {
+        target: eni("az-c").unwrap_or(RouteTarget::Other("?".into())),
+        blackhole: false,
+    });
+    let me = ctx(&cloud, "az-b", config());
+    me.status.send_replace(Status::Ok);
+    let mut peers = PeersLoop::without_socket(me.clone(), "test");
+    peers.tick().await;
+    hear(&me, "i-az-a", "az-a", 10, Status::Failing);
+    hear(&me, "i-az-c", "az-c", 12, Status::Ok);
+    peers.tick().await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-c"));
+    assert!(cloud.calls("ReplaceRoute", "").is_empty());
+    // Once it points at the failing NAT (or nowhere), it is taken.
+    cloud.state().tables[0].default_route = Some(Route {
+        target: RouteTarget::Eni(EniId("eni-az-a".into())),
+        blackhole: false,
+    });
+    sleep(31 * S).await;
+    hear(&me, "i-az-a", "az-a", 10, Status::Failing);
+    hear(&me, "i-az-c", "az-c", 12, Status::Ok);
+    peers.tick().await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-b"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failback_waits_for_the_own_probe_and_for_the_drain() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    // AZ b's NAT adopted AZ a while AZ a's NAT was replaced.
+    cloud.state().tables[0].default_route = Some(Route {
+        target: eni("az-b").unwrap_or(RouteTarget::Other("?".into())),
+        blackhole: false,
+    });
+    let mut c = config();
+    c.peers.failback = 60 * S;
+    let me = ctx(&cloud, "az-a", c);
+    let task = tokio::spawn(RoutesLoop::new(me.clone()).run());
+    sleep(100 * S).await;
+    assert_eq!(
+        cloud.target("rtb-az-a"),
+        eni("az-b"),
+        "taken before the probe passed"
+    );
+    me.status.send_replace(Status::Ok);
+    let ok_at = Instant::now();
+    sleep(59 * S).await;
+    assert_eq!(
+        cloud.target("rtb-az-a"),
+        eni("az-b"),
+        "taken during the drain"
+    );
+    sleep(2 * S).await;
+    assert_eq!(
+        cloud.target("rtb-az-a"),
+        eni("az-a"),
+        "not taken after the drain"
+    );
+    let taken = cloud.calls("ReplaceRoute", "rtb-az-a");
+    assert_eq!(taken.len(), 1);
+    assert!(taken[0] - ok_at >= 60 * S, "{:?}", taken[0] - ok_at);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_pass_backs_off_on_the_documented_schedule_and_never_spins() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
+    cloud.fail("DescribeSubnets", u32::MAX, "RequestLimitExceeded");
+    let me = ctx(&cloud, "az-a", config());
+    me.status.send_replace(Status::Ok);
+    let task = tokio::spawn(RoutesLoop::new(me.clone()).run());
+    sleep(600 * S).await;
+    let tries = cloud.calls("DescribeSubnets", "");
+    let got = gaps(&tries);
+    // ROUTES_RETRY capped at the reconcile interval (30 s).
+    let want: Vec<Duration> = [1, 2, 4, 8, 16, 30, 30, 30]
+        .iter()
+        .map(|s| *s * S)
+        .collect();
+    assert_eq!(got[..want.len()], want[..], "{got:?}");
+    assert!(tries.len() <= 26, "{} calls in 10 min", tries.len());
+    // Throttling ends: passes succeed, and the next failure starts the
+    // schedule over at 1 s.
+    cloud.fail("DescribeSubnets", 0, "");
+    sleep(60 * S).await;
+    let failed_from = Instant::now();
+    cloud.fail("DescribeRouteTables", 1, "RequestLimitExceeded");
+    sleep(60 * S).await;
+    let after: Vec<Instant> = cloud
+        .calls("DescribeRouteTables", "")
+        .into_iter()
+        .filter(|t| *t >= failed_from)
+        .collect();
+    assert!(after.len() >= 2, "{after:?}");
+    assert_eq!(after[1] - after[0], S, "the backoff started over at 1 s");
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_fails_is_covered_without_asking_ec2() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let me = ctx(&cloud, "az-b", config());
+    me.status.send_replace(Status::Ok);
+    let mut peers = PeersLoop::without_socket(me.clone(), "test");
+    peers.tick().await;
+    let listed = cloud.calls("DescribeInstances", "").len();
+    hear(&me, "i-az-a", "az-a", 10, Status::Failing);
+    peers.tick().await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-b"));
+    assert_eq!(
+        cloud.calls("DescribeInstances", "").len(),
+        listed,
+        "a peer that says it fails needs no confirmation"
+    );
+    // A heartbeat from another address is not the peer's word.
+    let me2 = ctx(&cloud, "az-b", config());
+    let mut peers2 = PeersLoop::without_socket(me2.clone(), "test");
+    peers2.tick().await;
+    hear(&me2, "i-az-a", "az-a", 99, Status::Failing);
+    cloud.state().tables[0].default_route = Some(Route {
+        target: RouteTarget::Eni(EniId("eni-az-a".into())),
+        blackhole: false,
+    });
+    peers2.tick().await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_api_stretches_passes_but_never_overlaps_them() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
+    cloud.state().latency = 10 * S;
+    let me = ctx(&cloud, "az-a", config());
+    me.status.send_replace(Status::Ok);
+    let task = tokio::spawn(RoutesLoop::new(me.clone()).run());
+    sleep(600 * S).await;
+    // A pass makes three calls (subnets, tables, the interface's check):
+    // 30 s; then the loop waits its jittered interval (27–33 s).
+    let passes = cloud.calls("DescribeSubnets", "");
+    for gap in gaps(&passes) {
+        assert!(gap >= 57 * S && gap <= 63 * S, "{gap:?} between passes");
+    }
+    assert!(passes.len() >= 9, "{} passes in 10 min", passes.len());
+    task.abort();
+}

@@ -1,0 +1,19 @@
+//! The pure decisions: what the daemon should do, given what it observed and
+//! the time, with no I/O and no clock reads. Each is tested with tables of
+//! situations; the loops in [`crate::daemon`] observe, call these, and act.
+//!
+//! This layer imports only [`crate::domain`] and [`crate::config`].
+//!
+//! - [`routes`]: which routes to create or replace, what the failback gate
+//!   holds, the Elastic IP decision;
+//! - [`peers`]: the peer protocol, the peer list, who is dead and who
+//!   covers its AZ;
+//! - [`heartbeat`]: the fall/rise state machine of the forwarding probe;
+//! - [`flows`]: how long a flow hand-off lasts;
+//! - [`backoff`]: every retry schedule, and the backoff type.
+
+pub mod backoff;
+pub mod flows;
+pub mod heartbeat;
+pub mod peers;
+pub mod routes;
