@@ -21,6 +21,7 @@ pub mod sandbox;
 /// crashed test leaves no daemon behind. The signal fires when the *thread*
 /// that spawned the child ends: spawn only from long-lived threads (the
 /// runtime's workers or the main thread), never from `spawn_blocking`.
+#[allow(unsafe_code)] // the one unsafe block of the workspace, see SAFETY
 pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure only calls prctl(2), which is async-signal-safe.

@@ -1,0 +1,155 @@
+//! Faults the lab can inject: a killed daemon, a vanished instance, a
+//! scale-in, a spot notice, a partition, an AZ outage.
+
+use super::*;
+
+impl Lab {
+    /// `kill -9` AZ `i`'s daemon (the lab's systemd restarts it).
+    pub fn kill_daemon(&self, i: usize) -> Result<()> {
+        let mut nats = self.shared.nats();
+        let n = nats[i]
+            .as_mut()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        n.kill();
+        n.died_at = Some(Instant::now());
+        self.shared.event(format!("az{i}: daemon killed"));
+        Ok(())
+    }
+
+    /// SIGTERM AZ `i`'s daemon and wait for its exit status.
+    pub fn terminate_daemon(&self, i: usize) -> Result<std::process::ExitStatus> {
+        let mut child = {
+            let mut nats = self.shared.nats();
+            let n = nats[i]
+                .as_mut()
+                .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+            // Like systemd, restart only once the stopping process exited.
+            n.died_at = None;
+            n.daemon
+                .take()
+                .ok_or_else(|| anyhow!("daemon not running"))?
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                if let Some(n) = self.shared.nats()[i].as_mut() {
+                    n.died_at = Some(Instant::now());
+                }
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("daemon did not exit within 10s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The instance vanishes: namespace and daemon gone, moto instance
+    /// terminated (moto's group launches a replacement).
+    pub async fn terminate_instance(&self, i: usize) -> Result<String> {
+        terminate_nat(&self.shared, i, "terminated").await
+    }
+
+    /// Set an instance metadata value of AZ `i`'s NAT.
+    pub fn set_metadata(&self, i: usize, path: &str, value: &str) -> Result<()> {
+        let nats = self.shared.nats();
+        let n = nats[i]
+            .as_ref()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        n.imds.set(path, value);
+        Ok(())
+    }
+
+    /// Auto Scaling scales AZ `i`'s NAT in: its target lifecycle state
+    /// becomes `Terminated`; the termination hook holds the instance until
+    /// the daemon says its hand-off is done (moto cannot record
+    /// `CompleteLifecycleAction`, so the lab reads the daemon's log), at most
+    /// `hook_timeout`; then the instance goes and is replaced.
+    pub fn scale_in(&self, i: usize, hook_timeout: Duration) -> Result<()> {
+        self.set_metadata(i, "autoscaling/target-lifecycle-state", "Terminated")?;
+        self.shared
+            .event(format!("az{i}: lifecycle state Terminated"));
+        self.terminate_after_handoff(i, hook_timeout)
+    }
+
+    /// A spot interruption notice for AZ `i`'s NAT; the instance goes when
+    /// the daemon's hand-off is done (the lab's shortened notice), at most
+    /// after `notice` (two minutes on AWS).
+    pub fn spot_interruption(&self, i: usize, notice: Duration) -> Result<()> {
+        self.set_metadata(
+            i,
+            "spot/instance-action",
+            "{\"action\": \"terminate\", \"time\": \"2026-01-01T00:00:00Z\"}",
+        )?;
+        self.shared
+            .event(format!("az{i}: spot interruption notice"));
+        self.terminate_after_handoff(i, notice)
+    }
+
+    pub(super) fn terminate_after_handoff(&self, i: usize, limit: Duration) -> Result<()> {
+        let (log, id) = {
+            let nats = self.shared.nats();
+            let n = nats[i]
+                .as_ref()
+                .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+            (n.log_path.clone(), n.instance.id.clone())
+        };
+        let shared = self.shared.clone();
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::spawn(async move {
+                let start = Instant::now();
+                while start.elapsed() < limit {
+                    if std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .contains("hand-off done")
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let still = shared.nats()[i]
+                    .as_ref()
+                    .is_some_and(|n| n.instance.id == id);
+                if still {
+                    let _ = terminate_nat(&shared, i, "terminated after hand-off").await;
+                }
+            }));
+        Ok(())
+    }
+
+    /// Cut the heartbeats between NATs (UDP on the peer port) in the VPC
+    /// router, or restore them.
+    pub fn partition(&self, on: bool) -> Result<()> {
+        if on {
+            self.rtr.exec(
+                "nft",
+                &["add table ip labpart; add chain ip labpart c { type filter hook forward priority -50; policy accept; }; add rule ip labpart c udp dport 7470 drop"],
+            )?;
+            self.shared.event("NATs partitioned".into());
+        } else {
+            self.rtr.exec("nft", &["delete table ip labpart"])?;
+            self.shared.event("partition healed".into());
+        }
+        Ok(())
+    }
+
+    /// Take AZ `i` down: its NAT vanishes and no replacement can launch there
+    /// for `hold`.
+    pub async fn az_outage(&self, i: usize, hold: Duration) -> Result<()> {
+        *self
+            .shared
+            .az_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(i)
+            .or_insert_with(Instant::now) = Instant::now() + hold;
+        terminate_nat(&self.shared, i, "lost with its AZ")
+            .await
+            .map(drop)
+    }
+}

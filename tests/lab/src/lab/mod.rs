@@ -1,0 +1,524 @@
+//! A VPC on one machine: moto as the control plane, network namespaces as
+//! the data plane, and the real `hanat` binary on every NAT instance.
+//!
+//! ```text
+//!  host-i 10.0.(2i+1).10 ── prv{i} ┐                    ┌── inet: 203.0.113.10/.11
+//!                                  ├── rtr ── igw ──────┤   servers report the
+//!  NAT ns (ENI MAC + IP) ── bp{i} ─┘ VPC      1:1 NAT    │   source they saw
+//!   hanat, IMDSv2 emulator,          router   private ↔ public (Elastic IP)
+//!   moto proxy 127.0.0.1:4566
+//!  NAT Gateway ns 10.0.(2i).250 ── bp{i}   (with --fallback-nat-gateway)
+//! ```
+//! - The **router** forwards each private subnet by *its route table in
+//!   moto* (polled every 100 ms): a route to the ENI of a live NAT goes to
+//!   that ENI's address, a route to the AZ's NAT Gateway to its namespace;
+//!   no route, a blackhole, or an ENI whose instance is gone is unreachable
+//!   (what AWS shows as a blackhole).
+//! - The **internet gateway** maps each NAT's private address 1:1 to its
+//!   public address: its Elastic IP when moto says one is associated (moto's
+//!   127.x addresses are mapped to 198.51.100.10+i, NAT Gateways' to
+//!   198.51.100.20+i), otherwise an auto-assigned 192.0.2.x; unmapped
+//!   sources are dropped, as on AWS. It is synced just before the router,
+//!   so an address claimed before a route moved is in place first.
+//! - A **NAT Gateway** (optional, one per AZ) is moto's resource plus a
+//!   namespace on the public subnet that masquerades the VPC.
+//! - **Auto Scaling** is played by the lab: an instance set Unhealthy is
+//!   terminated; a terminated instance is replaced by moto's group, and the
+//!   lab materialises the replacement (namespace, IMDS, daemon) after
+//!   `boot_delay`. A killed daemon is restarted after `restart_delay`
+//!   (systemd's `Restart=always`).
+//!
+//! The control plane is `cloudformation/vpc.yaml`, deployed into moto.
+//! Everything is named with a unique prefix and removed on drop.
+//!
+//! By concern: [`vpc`] builds it, [`nat`] runs a NAT instance and its
+//! daemon, [`planes`] keeps the router and internet gateway in line with
+//! moto, [`autoscaler`] plays Auto Scaling and systemd, [`faults`] injects
+//! failures, [`traffic`] serves, sends and meters requests.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::cloud::{Cloud, Instance};
+use crate::imds::{Imds, InstanceMetadata};
+use crate::moto::Moto;
+use crate::netns::{Netns, veth};
+use crate::sandbox::Sandbox;
+
+mod autoscaler;
+mod faults;
+mod nat;
+mod planes;
+mod traffic;
+mod vpc;
+
+use self::autoscaler::autoscaler;
+pub use self::nat::{Launch, Nat, daemon_config, daemon_env};
+use self::nat::{launch_nat, terminate_nat};
+use self::planes::plane_sync;
+pub use self::traffic::{Meter, MeterReport, Sample, Session, summarize, whoami};
+pub use self::vpc::VPC_TEMPLATE;
+use self::vpc::deploy_vpc;
+
+/// moto's CloudFormation resolves `!GetAZs ""` to us-east-1's zones
+/// whatever the region, so the lab lives there.
+pub const REGION: &str = "us-east-1";
+pub const VPC_CIDR: &str = "10.0.0.0/16";
+/// Where each lab keeps its files (configs, logs), in `<prefix>/`: not
+/// under `/tmp` or `/root`, which the unit's sandbox hides from daemons.
+pub const LAB_DIR: &str = "/run/hanat-lab";
+/// Internet servers (TEST-NET-3, only ever inside the lab's namespace).
+pub const SERVERS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(203, 0, 113, 10),
+    Ipv4Addr::new(203, 0, 113, 11),
+];
+/// TCP and UDP port where servers answer with the source address they saw.
+pub const WHOAMI_PORT: u16 = 80;
+/// The internet servers' session port: one line back (the source address
+/// seen) for every line received, for as long as the connection lasts.
+pub const SESSION_PORT: u16 = 7;
+/// Port of the moto proxy inside each NAT namespace.
+pub const MOTO_PROXY_PORT: u16 = 4566;
+/// Tag on the Elastic IPs of the pool (value: the AZ).
+pub const EIP_POOL_TAG: &str = "hanat:pool";
+
+/// The lab's address for AZ `i`'s Elastic IP (moto's are 127.x).
+pub fn elastic_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 10 + i as u8)
+}
+
+/// The lab's address for the Elastic IP of AZ `i`'s NAT Gateway.
+pub fn nat_gateway_public_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 20 + i as u8)
+}
+
+/// How the lab is built and behaves.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub azs: usize,
+    pub hanat_bin: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    pub grace: Duration,
+    pub reconcile_interval: Duration,
+    /// Time from an Auto Scaling launch to the daemon starting.
+    pub boot_delay: Duration,
+    /// systemd's RestartSec for a daemon that died; `None`: never restart.
+    pub restart_delay: Option<Duration>,
+    /// Daemons run in the sandbox of `systemd/hanat.service` (see
+    /// [`crate::sandbox`]); `Some` replaces its capability bounding set
+    /// (`setpriv` syntax: `net_admin,sys_admin`).
+    pub capabilities: Option<String>,
+    /// `peers.failover`: `peer` (default) or `none`.
+    pub failover: String,
+    /// `peers.failback`: `immediate` (default) or `drain:<duration>`.
+    pub failback: String,
+    /// `exit.handoff_on_stop`.
+    pub handoff_on_stop: bool,
+    /// Give every AZ a managed NAT Gateway (moto, with a data plane) and
+    /// name it in `peers.fallback_nat_gateway_id`.
+    pub fallback_nat_gateway: bool,
+    /// `peers.flow_handoff`: `None` leaves hanat's default.
+    pub flow_handoff: Option<Duration>,
+    /// Play Auto Scaling's replacement of an instance reported Unhealthy
+    /// (default); `false` leaves it running, for tests that report again.
+    pub replace_unhealthy: bool,
+}
+
+impl LabOptions {
+    pub fn new(hanat_bin: impl Into<PathBuf>) -> Self {
+        Self {
+            azs: 1,
+            hanat_bin: hanat_bin.into(),
+            heartbeat_interval: Duration::from_millis(500),
+            fall: 3,
+            rise: 2,
+            grace: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(5),
+            boot_delay: Duration::from_secs(20),
+            restart_delay: Some(Duration::from_secs(1)),
+            capabilities: None,
+            failover: "peer".into(),
+            failback: "immediate".into(),
+            handoff_on_stop: false,
+            fallback_nat_gateway: false,
+            flow_handoff: None,
+            replace_unhealthy: true,
+        }
+    }
+}
+
+/// One AZ's fixed parts.
+pub struct Az {
+    pub index: usize,
+    pub name: String,
+    pub public_subnet: String,
+    pub private_subnet: String,
+    pub private_route_table: String,
+    pub group: String,
+    pub host: Netns,
+    pub host_ip: Ipv4Addr,
+    /// The AZ's Elastic IP: (allocation id, lab public address).
+    pub eip: (String, Ipv4Addr),
+    /// The AZ's fallback NAT Gateway, if the lab has them.
+    pub nat_gateway: Option<NatGateway>,
+    _nat_gateway_ns: Option<Netns>,
+}
+
+/// A managed NAT Gateway: moto's resource, and a namespace that
+/// masquerades like one.
+#[derive(Debug, Clone)]
+pub struct NatGateway {
+    pub id: String,
+    /// Its address in the public subnet (the lab's choice, not moto's).
+    pub private_ip: Ipv4Addr,
+    /// The lab's address for its Elastic IP.
+    pub public_ip: Ipv4Addr,
+}
+
+/// What a background task or a test may read and change while the lab runs.
+struct Shared {
+    prefix: String,
+    opts: LabOptions,
+    cloud: Cloud,
+    rtr: String,
+    moto_port: u16,
+    dir: PathBuf,
+    launch: Launch,
+    /// One slot per AZ: its current NAT, if materialised.
+    nats: Mutex<Vec<Option<Nat>>>,
+    /// Every launch so far, for unique names.
+    launches: Mutex<u32>,
+    /// moto's public address of each Elastic IP → the lab's address.
+    eip_public: HashMap<String, Ipv4Addr>,
+    /// Auto-assigned public addresses of instances without an Elastic IP.
+    auto_public: Mutex<HashMap<String, Ipv4Addr>>,
+    /// Log of lab events (launches, terminations, restarts).
+    events: Mutex<Vec<(Instant, String)>>,
+    /// AZs that are down, until when.
+    az_down: Mutex<HashMap<usize, Instant>>,
+    /// Per AZ (name), its fallback NAT Gateway.
+    gateways: Vec<(String, NatGateway)>,
+}
+
+impl Shared {
+    fn nats(&self) -> MutexGuard<'_, Vec<Option<Nat>>> {
+        self.nats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn event(&self, what: String) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((Instant::now(), what));
+    }
+}
+
+/// The whole lab. Dropping it removes everything.
+pub struct Lab {
+    pub prefix: String,
+    pub opts: LabOptions,
+    pub cloud: Cloud,
+    pub vpc: String,
+    pub igw_id: String,
+    pub azs: Vec<Az>,
+    pub rtr: Netns,
+    pub igw: Netns,
+    pub inet: Netns,
+    pub dir: PathBuf,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    // Dropped last: daemons talk to it until they are killed.
+    pub moto: Moto,
+}
+
+/// A snapshot of one NAT for tests and status.
+#[derive(Debug, Clone)]
+pub struct NatInfo {
+    pub instance: Instance,
+    pub ns: String,
+    pub probe_namespace: String,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub running: bool,
+}
+
+impl Lab {
+    /// Build the control and data planes and materialise one NAT per AZ;
+    /// daemons start with [`Lab::start_daemons`].
+    pub async fn build(opts: LabOptions) -> Result<Lab> {
+        crate::ensure_tools()?;
+        let prefix = crate::netns::unique_prefix();
+        // Started on this thread, not a pooled one: moto gets SIGKILL when
+        // the thread that spawned it ends (parent-death signal).
+        let moto = tokio::task::block_in_place(Moto::start)?;
+        let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+        let dir = Path::new(LAB_DIR).join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let launch = Launch::new(&opts, &dir)?;
+
+        let rtr = Netns::new(&format!("{prefix}-rtr"))?;
+        let igw = Netns::new(&format!("{prefix}-igw"))?;
+        let inet = Netns::new(&format!("{prefix}-inet"))?;
+        for ns in [&rtr, &igw] {
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        }
+        veth(&rtr, "igw", &igw, "vpc")?;
+        rtr.ip("addr add 172.31.255.1/30 dev igw")?;
+        igw.ip("addr add 172.31.255.2/30 dev vpc")?;
+        rtr.ip("route add default via 172.31.255.2")?;
+        igw.ip(&format!("route add {VPC_CIDR} via 172.31.255.1"))?;
+        veth(&igw, "inet", &inet, "eth0")?;
+        igw.ip("addr add 203.0.113.1/24 dev inet")?;
+        for s in SERVERS {
+            inet.ip(&format!("addr add {s}/24 dev eth0"))?;
+        }
+        inet.ip("route add default via 203.0.113.1")?;
+
+        // Control plane: the project's own CloudFormation template, deployed
+        // into moto exactly as an operator would deploy it on AWS.
+        let (vpc, azs, eip_public) = deploy_vpc(&cloud, &prefix, &rtr, &opts).await?;
+        let igw_id = cloud.vpc_internet_gateway(&vpc).await?;
+        for a in &azs {
+            let table = 100 + a.index;
+            for b in &azs {
+                rtr.ip(&format!(
+                    "route replace 10.0.{}.0/24 dev bp{} table {table}",
+                    2 * b.index,
+                    b.index
+                ))?;
+                rtr.ip(&format!(
+                    "route replace 10.0.{}.0/24 dev prv{} table {table}",
+                    2 * b.index + 1,
+                    b.index
+                ))?;
+            }
+        }
+        let shared = Arc::new(Shared {
+            prefix: prefix.clone(),
+            opts: opts.clone(),
+            cloud: cloud.clone(),
+            rtr: rtr.name.clone(),
+            moto_port: moto.port,
+            dir: dir.clone(),
+            launch,
+            nats: Mutex::new((0..opts.azs).map(|_| None).collect()),
+            launches: Mutex::new(0),
+            eip_public,
+            auto_public: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+            az_down: Mutex::new(HashMap::new()),
+            gateways: azs
+                .iter()
+                .filter_map(|a| a.nat_gateway.clone().map(|g| (a.name.clone(), g)))
+                .collect(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut lab = Lab {
+            prefix,
+            opts,
+            cloud,
+            vpc,
+            igw_id,
+            azs,
+            rtr,
+            igw,
+            inet,
+            dir,
+            shared: shared.clone(),
+            stop: stop.clone(),
+            tasks: Mutex::new(Vec::new()),
+            moto,
+        };
+        lab.start_servers()?;
+        // The first NATs: the groups' instances, with the AZ's Elastic IP.
+        for a in &lab.azs {
+            let instance = lab.cloud.group_instance(&a.group).await?;
+            let nat = launch_nat(&shared, a.index, instance).await?;
+            shared.nats()[a.index] = Some(nat);
+        }
+        let tables: Vec<(usize, String)> = lab
+            .azs
+            .iter()
+            .map(|a| (a.index, a.private_route_table.clone()))
+            .collect();
+        lab.tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::spawn(plane_sync(
+                shared.clone(),
+                tables,
+                lab.igw.name.clone(),
+                stop.clone(),
+            )));
+        let groups: Vec<(usize, String)> =
+            lab.azs.iter().map(|a| (a.index, a.group.clone())).collect();
+        lab.tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tokio::spawn(autoscaler(shared, groups, stop)));
+        Ok(lab)
+    }
+
+    /// Start every NAT's daemon.
+    pub fn start_daemons(&self) -> Result<()> {
+        for n in self.shared.nats().iter_mut().flatten() {
+            if !n.running() {
+                n.start(&self.shared.launch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot of AZ `i`'s current NAT.
+    pub fn nat(&self, i: usize) -> Option<NatInfo> {
+        self.shared.nats()[i].as_mut().map(|n| NatInfo {
+            instance: n.instance.clone(),
+            ns: n.ns.name.clone(),
+            probe_namespace: n.probe_namespace.clone(),
+            config_path: n.config_path.clone(),
+            log_path: n.log_path.clone(),
+            running: n.running(),
+        })
+    }
+
+    /// The daemon log of AZ `i`'s current NAT.
+    pub fn nat_log(&self, i: usize) -> String {
+        self.shared.nats()[i]
+            .as_ref()
+            .map(Nat::log)
+            .unwrap_or_default()
+    }
+
+    /// The public address the internet sees for AZ `i`'s current NAT.
+    pub fn public_ip(&self, i: usize) -> Option<Ipv4Addr> {
+        let id = self.shared.nats()[i].as_ref()?.instance.id.clone();
+        let auto = self
+            .shared
+            .auto_public
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied();
+        auto.or(Some(self.azs[i].eip.1))
+    }
+
+    /// Lab events since start, with their times.
+    pub fn events(&self) -> Vec<(Instant, String)> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where AZ `i`'s private default route points in moto.
+    pub async fn route_target(&self, i: usize) -> Result<Option<String>> {
+        Ok(self
+            .cloud
+            .default_route(&self.azs[i].private_route_table)
+            .await?
+            .map(|(t, _)| t))
+    }
+
+    /// Whether AZ `i` is served as it should be: its route on its own live
+    /// NAT, whose daemon runs, and egress works with the AZ's Elastic IP.
+    pub async fn az_ok(&self, i: usize) -> bool {
+        let Some(nat) = self.nat(i) else { return false };
+        nat.running
+            && self.route_target(i).await.ok().flatten().as_deref()
+                == Some(nat.instance.eni.as_str())
+            && self.whoami(i, Duration::from_millis(500)).ok() == Some(self.azs[i].eip.1)
+    }
+
+    /// Wait until `check` is true, polling every 100 ms, for at most `limit`.
+    pub async fn wait_for<F, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: F,
+    ) -> Result<Duration>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let start = Instant::now();
+        let mut last_err = None;
+        while start.elapsed() < limit {
+            match check().await {
+                Ok(true) => return Ok(start.elapsed()),
+                Ok(false) => {}
+                Err(e) => last_err = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "timed out after {limit:?} waiting for {what} (last error: {last_err:?})\n{}",
+            self.logs_tail(40)
+        )
+    }
+
+    /// Wait until every AZ is served by its own NAT.
+    pub async fn wait_converged(&self, limit: Duration) -> Result<Duration> {
+        self.wait_for("every AZ served by its own NAT", limit, || async {
+            for i in 0..self.azs.len() {
+                if !self.az_ok(i).await {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    /// The last `n` lines of every daemon log, for failure messages.
+    pub fn logs_tail(&self, n: usize) -> String {
+        let nats = self.shared.nats();
+        nats.iter()
+            .flatten()
+            .map(|nat| {
+                format!(
+                    "--- {} ---\n{}",
+                    nat.log_path.display(),
+                    tail(&nat.log(), n)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+        self.shared.nats().iter_mut().for_each(|n| drop(n.take()));
+        if std::env::var_os("HANAT_LAB_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

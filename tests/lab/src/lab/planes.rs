@@ -1,0 +1,151 @@
+//! Keeping the data plane in line with moto: the router follows the route
+//! tables, the internet gateway the Elastic IP associations.
+
+use super::*;
+
+/// Keep the data plane in line with moto, every 100 ms: first the internet
+/// gateway's 1:1 NAT (Elastic IP associations), then the router's per-AZ
+/// tables (route tables). In that order, so an address claimed before a
+/// route moved is in place before traffic follows the route.
+pub(super) async fn plane_sync(
+    shared: Arc<Shared>,
+    tables: Vec<(usize, String)>,
+    igw: String,
+    stop: Arc<AtomicBool>,
+) {
+    let mut routes: HashMap<usize, String> = HashMap::new();
+    let mut rules = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        igw_step(&shared, &igw, &mut rules).await;
+        router_step(&shared, &tables, &mut routes).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The router forwards each private subnet by its route table in moto.
+pub(super) async fn router_step(
+    shared: &Shared,
+    tables: &[(usize, String)],
+    applied: &mut HashMap<usize, String>,
+) {
+    // Live ENIs: those of materialised NATs.
+    let live: HashMap<String, String> = shared
+        .nats()
+        .iter()
+        .flatten()
+        .map(|n| (n.instance.eni.clone(), n.instance.private_ip.clone()))
+        .collect();
+    let gateway = |id: &str| {
+        shared
+            .gateways
+            .iter()
+            .find(|(_, g)| g.id == id)
+            .map(|(_, g)| g.private_ip.to_string())
+    };
+    for (i, rt) in tables {
+        let Ok(route) = shared.cloud.default_route(rt).await else {
+            continue;
+        };
+        let want = match route {
+            Some((target, state)) if state != "blackhole" => {
+                match live.get(&target).cloned().or_else(|| gateway(&target)) {
+                    Some(ip) => format!("default via {ip}"),
+                    None => "unreachable default".into(),
+                }
+            }
+            _ => "unreachable default".into(),
+        };
+        if applied.get(i) != Some(&want) {
+            let cmd = format!("-n {} route replace {want} table {}", shared.rtr, 100 + i);
+            if crate::netns::ip(&cmd).is_ok() {
+                applied.insert(*i, want);
+            }
+        }
+    }
+}
+
+/// The internet gateway maps each live instance (and NAT Gateway) 1:1 to
+/// its public address: its Elastic IP if moto has one associated, else an
+/// auto-assigned one.
+pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
+    let instances: Vec<Instance> = shared
+        .nats()
+        .iter()
+        .flatten()
+        .map(|n| n.instance.clone())
+        .collect();
+    let Ok(assoc) = shared.cloud.address_associations().await else {
+        return;
+    };
+    let mut map: Vec<(String, Ipv4Addr)> = Vec::new();
+    for inst in &instances {
+        let eip = assoc
+            .iter()
+            .find(|(_, holder)| holder == &inst.id || holder == &inst.eni)
+            .and_then(|(moto_ip, _)| shared.eip_public.get(moto_ip).copied());
+        let public = match eip {
+            Some(ip) => {
+                shared
+                    .auto_public
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&inst.id);
+                ip
+            }
+            None => {
+                let mut auto = shared.auto_public.lock().unwrap_or_else(|p| p.into_inner());
+                let next = Ipv4Addr::new(192, 0, 2, 10 + auto.len() as u8);
+                *auto.entry(inst.id.clone()).or_insert(next)
+            }
+        };
+        map.push((inst.private_ip.clone(), public));
+    }
+    for (_, g) in &shared.gateways {
+        map.push((g.private_ip.to_string(), g.public_ip));
+    }
+    let rules = igw_ruleset(&map);
+    if rules != *applied {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", igw, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                if let Some(mut i) = c.stdin.take() {
+                    i.write_all(rules.as_bytes())?;
+                }
+                c.wait()
+            })
+            .is_ok_and(|s| s.success());
+        if ok {
+            *applied = rules;
+        }
+    }
+}
+
+pub(super) fn igw_ruleset(map: &[(String, Ipv4Addr)]) -> String {
+    let snat: Vec<String> = map.iter().map(|(p, e)| format!("{p} : {e}")).collect();
+    let dnat: Vec<String> = map.iter().map(|(p, e)| format!("{e} : {p}")).collect();
+    let mapped: Vec<String> = map.iter().map(|(p, _)| p.clone()).collect();
+    let elements = |v: &[String]| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", v.join(", "))
+        }
+    };
+    format!(
+        "table ip labigw {{}}\ndelete table ip labigw\ntable ip labigw {{\n\
+         map snat_map {{ type ipv4_addr : ipv4_addr; {} }}\n\
+         map dnat_map {{ type ipv4_addr : ipv4_addr; {} }}\n\
+         set mapped {{ type ipv4_addr; {} }}\n\
+         chain pre {{ type nat hook prerouting priority dstnat; policy accept; iifname \"inet\" dnat to ip daddr map @dnat_map; }}\n\
+         chain post {{ type nat hook postrouting priority srcnat; policy accept; oifname \"inet\" snat to ip saddr map @snat_map; }}\n\
+         chain filter {{ type filter hook forward priority filter; policy accept; ct state new oifname \"inet\" ip saddr {VPC_CIDR} ip saddr != @mapped drop; }}\n}}\n",
+        elements(&snat),
+        elements(&dnat),
+        elements(&mapped),
+    )
+}

@@ -1,0 +1,179 @@
+//! Building the VPC: the project's CloudFormation template deployed into
+//! moto, and each AZ's data plane (subnets, hosts, NAT Gateway namespaces).
+
+use super::*;
+
+/// The VPC template, compiled in so the lab binary is self-contained.
+pub const VPC_TEMPLATE: &str = include_str!("../../../../cloudformation/vpc.yaml");
+
+/// Deploy `cloudformation/vpc.yaml` (at least 2 AZs: the template's minimum;
+/// groups of AZs beyond `azs` are scaled to zero) and build each used AZ's
+/// data plane. Returns the VPC, the AZs, and moto's EIP address → lab address.
+pub(super) async fn deploy_vpc(
+    cloud: &Cloud,
+    prefix: &str,
+    rtr: &Netns,
+    opts: &LabOptions,
+) -> Result<(String, Vec<Az>, HashMap<String, Ipv4Addr>)> {
+    let azs = opts.azs;
+    let ami = cloud.image().await?;
+    let deployed = azs.max(2);
+    let n = deployed.to_string();
+    let mut params: Vec<(String, String)> = vec![
+        ("Name".into(), prefix.into()),
+        ("AmiId".into(), ami),
+        ("NumberOfAZs".into(), n),
+        ("VpcCidr".into(), VPC_CIDR.into()),
+    ];
+    for (i, az) in ["A", "B", "C"].iter().enumerate() {
+        params.push((
+            format!("PublicSubnetCidr{az}"),
+            format!("10.0.{}.0/24", 2 * i),
+        ));
+        params.push((
+            format!("PrivateSubnetCidr{az}"),
+            format!("10.0.{}.0/24", 2 * i + 1),
+        ));
+    }
+    let params: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let out = cloud.deploy_stack(prefix, VPC_TEMPLATE, &params).await?;
+    let list = |key: &str| -> Result<Vec<String>> {
+        let v: Vec<String> = out
+            .get(key)
+            .ok_or_else(|| anyhow!("stack output {key} missing"))?
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        if v.len() != deployed {
+            bail!(
+                "stack output {key} has {} entries, expected {deployed}",
+                v.len()
+            );
+        }
+        Ok(v)
+    };
+    let vpc = out
+        .get("VpcId")
+        .cloned()
+        .ok_or_else(|| anyhow!("stack output VpcId missing"))?;
+    let (public, private, tables) = (
+        list("PublicSubnets")?,
+        list("PrivateSubnets")?,
+        list("PrivateRouteTables")?,
+    );
+    let (groups, allocations, eips) = (
+        list("NatGroups")?,
+        list("ElasticIpAllocations")?,
+        list("ElasticIps")?,
+    );
+
+    // moto records CloudFormation's subnet/route-table associations apart
+    // from the route tables, so DescribeRouteTables does not show them: make
+    // them again through the API, as they are on AWS.
+    for (rt, subnet) in tables.iter().zip(&private) {
+        cloud
+            .ec2
+            .associate_route_table()
+            .route_table_id(rt)
+            .subnet_id(subnet)
+            .send()
+            .await?;
+    }
+    let mut out_azs = Vec::new();
+    let mut eip_public = HashMap::new();
+    for i in 0..deployed {
+        if i >= azs {
+            cloud.empty_group(&groups[i]).await?;
+            continue;
+        }
+        let name = cloud.az(i);
+        // moto drops tags on CloudFormation EIPs; put back what the
+        // template declares.
+        cloud
+            .tag(
+                &allocations[i],
+                &[
+                    (EIP_POOL_TAG, prefix),
+                    ("hanat:az", &name),
+                    ("hanat:group", &groups[i]),
+                ],
+            )
+            .await?;
+        let lab_ip = elastic_ip(i);
+        eip_public.insert(eips[i].clone(), lab_ip);
+
+        // Router side: a bridge for the public subnet (NATs come and go), a
+        // link to the private host, and the private subnet's own table.
+        rtr.ip(&format!("link add bp{i} type bridge"))?;
+        rtr.ip(&format!("addr add 10.0.{}.1/24 dev bp{i}", 2 * i))?;
+        rtr.ip(&format!("link set bp{i} up"))?;
+        let host = Netns::new(&format!("{prefix}-h{i}"))?;
+        veth(rtr, &format!("prv{i}"), &host, "eth0")?;
+        rtr.ip(&format!("addr add 10.0.{}.1/24 dev prv{i}", 2 * i + 1))?;
+        let host_ip = Ipv4Addr::new(10, 0, (2 * i + 1) as u8, 10);
+        host.ip(&format!("addr add {host_ip}/24 dev eth0"))?;
+        host.ip(&format!("route add default via 10.0.{}.1", 2 * i + 1))?;
+        let table = 100 + i;
+        rtr.ip(&format!("rule add iif prv{i} lookup {table} pref {table}"))?;
+        rtr.ip(&format!("route add unreachable default table {table}"))?;
+        let (nat_gateway, nat_gateway_ns) = match opts.fallback_nat_gateway {
+            true => {
+                let (id, moto_ip) = cloud.nat_gateway(&public[i]).await?;
+                let gw = NatGateway {
+                    id,
+                    private_ip: Ipv4Addr::new(10, 0, (2 * i) as u8, 250),
+                    public_ip: nat_gateway_public_ip(i),
+                };
+                eip_public.insert(moto_ip, gw.public_ip);
+                let ns = nat_gateway_plane(rtr, prefix, i, &gw)?;
+                (Some(gw), Some(ns))
+            }
+            false => (None, None),
+        };
+        out_azs.push(Az {
+            index: i,
+            name,
+            public_subnet: public[i].clone(),
+            private_subnet: private[i].clone(),
+            private_route_table: tables[i].clone(),
+            group: groups[i].clone(),
+            host,
+            host_ip,
+            eip: (allocations[i].clone(), lab_ip),
+            nat_gateway,
+            _nat_gateway_ns: nat_gateway_ns,
+        });
+    }
+    Ok((vpc, out_azs, eip_public))
+}
+
+/// AZ `i`'s NAT Gateway data plane: a namespace on the public subnet that
+/// masquerades the VPC to its own address (the internet gateway maps that
+/// to the gateway's Elastic IP).
+pub(super) fn nat_gateway_plane(
+    rtr: &Netns,
+    prefix: &str,
+    i: usize,
+    gw: &NatGateway,
+) -> Result<Netns> {
+    let ns = Netns::new(&format!("{prefix}-gw{i}"))?;
+    veth(rtr, &format!("gw{i}"), &ns, "eth0")?;
+    rtr.ip(&format!("link set gw{i} master bp{i}"))?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+    ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+    ns.ip(&format!("addr add {}/24 dev eth0", gw.private_ip))?;
+    ns.ip(&format!("route add default via 10.0.{}.1", 2 * i))?;
+    ns.exec(
+        "nft",
+        &[&format!(
+            "add table ip labnatgw; add chain ip labnatgw post {{ type nat hook postrouting \
+             priority srcnat; policy accept; }}; add rule ip labnatgw post \
+             ip saddr {VPC_CIDR} ip daddr != {VPC_CIDR} masquerade"
+        )],
+    )?;
+    Ok(ns)
+}
