@@ -274,4 +274,20 @@ mod start_tests {
             "heartbeat.probe_cidr 10.0.200.0/30 overlaps the VPC CIDR 10.0.0.0/16; choose another /30"
         );
     }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_named_and_ends_the_daemon() {
+        let mut tasks = Tasks::default();
+        tasks.spawn("fallback", async {});
+        tasks.spawn("routes", async { panic!("boom") });
+        let mut errors = Vec::new();
+        while let Some(ended) = tasks.set.join_next_with_id().await {
+            errors.extend(tasks.ended(ended).map(|e| e.to_string()));
+        }
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("the routes task panicked"),
+            "{errors:?}"
+        );
+    }
 }
