@@ -425,3 +425,42 @@ async fn chaos_a_lone_az_falls_back_to_its_nat_gateway() {
     assert_eq!(r.sources, vec![eip, gateway], "{}", r.human());
     assert!(r.lost <= r.route_changes, "{}", r.human());
 }
+
+/// A NAT that never reacts (its heartbeat would need a million failed
+/// rounds, and no peer or gateway stands in) while forwarding is broken: the
+/// run never recovers, and its outage is counted up to the end of the
+/// measurement, not as the cadence of the requests answered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_that_never_ends_counts_to_the_end_of_the_run() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut lab = options(1);
+    lab.fall = 1_000_000;
+    lab.failover = "none".into();
+    let opts = ChaosOptions {
+        lab,
+        timeout: Duration::from_secs(8),
+        every: Duration::from_millis(50),
+    };
+    let r = chaos::run(Scenario::StopForwarding, opts).await.unwrap();
+    eprintln!("{}", r.json());
+    assert!(!r.recovered, "{}", r.human());
+    assert!(r.ended_in_outage, "{}", r.human());
+    assert!(r.measured_ms >= 8_000, "{}", r.human());
+    assert!(
+        r.outage_ms >= r.measured_ms,
+        "outage {} ms < {} ms from the fault to the end\n{}",
+        r.outage_ms,
+        r.measured_ms,
+        r.human()
+    );
+    assert!(r.human().contains("NOT recovered"), "{}", r.human());
+    assert!(r.human().contains("still open"), "{}", r.human());
+    let row = chaos::bench_row(Scenario::StopForwarding, "none", &[r]);
+    let table = chaos::bench_table(&[row]);
+    assert!(
+        table.contains("0/1 (NOT: 1), 1 ended in an outage"),
+        "{table}"
+    );
+}

@@ -84,8 +84,13 @@ pub struct Report {
     pub scenario: Scenario,
     pub azs: usize,
     pub recovered: bool,
-    /// Longest gap between answered requests any private host saw.
+    /// Longest time without an answer any private host saw, an outage
+    /// still open at the end of the measurement included.
     pub outage_ms: u64,
+    /// From the fault being in place to the end of the measurement.
+    pub measured_ms: u64,
+    /// Some host was still failing when the measurement ended.
+    pub ended_in_outage: bool,
     /// Requests lost, all hosts.
     pub lost: usize,
     pub sent: usize,
@@ -110,13 +115,16 @@ impl Report {
             .map(|s| json_string(&s.to_string()))
             .collect();
         format!(
-            "{{\"scenario\":\"{}\",\"azs\":{},\"recovered\":{},\"outage_ms\":{},\"lost\":{},\"sent\":{},\
+            "{{\"scenario\":\"{}\",\"azs\":{},\"recovered\":{},\"outage_ms\":{},\"measured_ms\":{},\
+             \"ended_in_outage\":{},\"lost\":{},\"sent\":{},\
              \"recovery_ms\":{},\"source_ip_changes\":{},\"route_changes\":{},\"sources\":[{}],\
              \"events\":[{}]}}",
             self.scenario.name(),
             self.azs,
             self.recovered,
             self.outage_ms,
+            self.measured_ms,
+            self.ended_in_outage,
             self.lost,
             self.sent,
             self.recovery_ms,
@@ -129,7 +137,7 @@ impl Report {
 
     pub fn human(&self) -> String {
         let mut s = format!(
-            "scenario {}: {} — longest gap {} ms, {} of {} requests lost, recovery {} ms, \
+            "scenario {}: {} — longest gap {} ms{}, {} of {} requests lost, recovery {} ms, \
              source IP changes {}, route changes {}\n",
             self.scenario.name(),
             if self.recovered {
@@ -138,6 +146,11 @@ impl Report {
                 "NOT recovered"
             },
             self.outage_ms,
+            if self.ended_in_outage {
+                " (still open when the measurement ended)"
+            } else {
+                ""
+            },
             self.lost,
             self.sent,
             self.recovery_ms,
@@ -201,6 +214,8 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         watching.clone(),
     ));
     inject(&lab, scenario, opts.timeout).await?;
+    // The fault is in place (an nft table applied, a daemon killed…).
+    let in_place = Instant::now();
     let replaced = || !replaced_by_end || lab.nat(0).map(|n| n.instance.id) != before;
     let recovered = wait_recovered(&lab, &meters[0], injected, opts.timeout, &replaced).await;
     // A little more steady state, so a relapse would show.
@@ -208,6 +223,7 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
     let route_changes = counter.await.unwrap_or(0);
 
+    let measured_ms = in_place.elapsed().as_millis() as u64;
     let reports: Vec<MeterReport> = meters.into_iter().map(|m| m.finish()).collect();
     let affected = &reports[0];
     let recovery_ms = match affected.first_success_after_last_failure {
@@ -229,6 +245,8 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
             .map(|r| r.longest_gap.as_millis() as u64)
             .max()
             .unwrap_or(0),
+        measured_ms,
+        ended_in_outage: reports.iter().any(|r| r.ended_failing),
         lost: reports.iter().map(|r| r.lost).sum(),
         sent: reports.iter().map(|r| r.sent).sum(),
         recovery_ms,
@@ -349,6 +367,9 @@ pub struct BenchRow {
     pub mode: String,
     pub runs: usize,
     pub recovered: usize,
+    /// Runs that ended with a host still failing (their outage counts to
+    /// the end of the run).
+    pub ended_in_outage: usize,
     /// Outage (longest gap) percentiles, ms: p50, p95, max.
     pub outage: (u64, u64, u64),
     /// Lost requests: p50, max.
@@ -377,6 +398,7 @@ pub fn bench_row(scenario: Scenario, mode: &str, reports: &[Report]) -> BenchRow
         mode: mode.to_owned(),
         runs: reports.len(),
         recovered: reports.iter().filter(|r| r.recovered).count(),
+        ended_in_outage: reports.iter().filter(|r| r.ended_in_outage).count(),
         outage: (
             percentile(&outage, 50),
             percentile(&outage, 95),
@@ -394,12 +416,17 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
+        let mut recovered = format!("{}/{}", r.recovered, r.runs);
+        if r.recovered < r.runs {
+            recovered.push_str(&format!(" (NOT: {})", r.runs - r.recovered));
+        }
+        if r.ended_in_outage > 0 {
+            recovered.push_str(&format!(", {} ended in an outage", r.ended_in_outage));
+        }
         t.push_str(&format!(
-            "| {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {recovered} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario.name(),
             r.mode,
-            r.recovered,
-            r.runs,
             r.outage.0,
             r.outage.1,
             r.outage.2,

@@ -58,7 +58,10 @@ pub struct Sample {
 pub struct MeterReport {
     pub sent: usize,
     pub lost: usize,
-    /// Longest time between two answered requests.
+    /// Longest time without an answer: between two answered requests, from
+    /// the meter's start to the first answer if requests failed before it,
+    /// and from the last answer to the meter's stop if requests failed after
+    /// it (an outage still open when the measurement ends is one).
     pub longest_gap: Duration,
     /// Source addresses in the order first seen.
     pub sources: Vec<Ipv4Addr>,
@@ -68,6 +71,9 @@ pub struct MeterReport {
     pub last_failure: Option<Duration>,
     /// The first answered request after the last failure.
     pub first_success_after_last_failure: Option<Duration>,
+    /// The host was still failing when the meter stopped: `longest_gap`
+    /// includes that open gap, up to the stop.
+    pub ended_failing: bool,
 }
 
 impl Meter {
@@ -124,16 +130,22 @@ impl Meter {
 
     /// The report so far, without stopping.
     pub fn peek(&self) -> MeterReport {
-        summarize(&self.samples.lock().unwrap_or_else(|p| p.into_inner()))
+        let ended = self.started.elapsed();
+        summarize(
+            &self.samples.lock().unwrap_or_else(|p| p.into_inner()),
+            ended,
+        )
     }
 
-    /// Stop and summarise.
+    /// Stop and summarise; the measurement ends now.
     pub fn finish(mut self) -> MeterReport {
+        let ended = self.started.elapsed();
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        summarize(&self.samples.lock().unwrap_or_else(|p| p.into_inner()))
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        summarize(&samples, ended)
     }
 }
 
@@ -156,25 +168,33 @@ pub(super) async fn one_request(server: Ipv4Addr, timeout: Duration) -> Option<I
     tokio::time::timeout(timeout, attempt).await.ok().flatten()
 }
 
-/// Summarise samples (in any order): losses, the longest gap between
-/// answered requests' send times, sources seen.
-pub fn summarize(samples: &[Sample]) -> MeterReport {
+/// Summarise samples (in any order) of a measurement that ended at
+/// `ended` (from the meter's start): losses, the longest time without an
+/// answer (see [`MeterReport::longest_gap`]), sources seen.
+pub fn summarize(samples: &[Sample], ended: Duration) -> MeterReport {
     let mut samples = samples.to_vec();
     samples.sort_by_key(|s| s.at);
-    let samples = &samples[..];
     let mut r = MeterReport {
         sent: samples.len(),
         ..MeterReport::default()
     };
     let mut last_ok: Option<&Sample> = None;
-    for s in samples {
+    for s in &samples {
         match s.seen {
             Some(ip) => {
-                if let Some(prev) = last_ok {
-                    r.longest_gap = r.longest_gap.max(s.at.saturating_sub(prev.at));
-                    if prev.seen != Some(ip) {
-                        r.source_changes += 1;
-                    }
+                // Since the previous answer, or since the start if requests
+                // failed before this first one.
+                let since = match last_ok {
+                    Some(prev) => Some(prev.at),
+                    None => r.last_failure.map(|_| Duration::ZERO),
+                };
+                if let Some(since) = since {
+                    r.longest_gap = r.longest_gap.max(s.at.saturating_sub(since));
+                }
+                if let Some(prev) = last_ok
+                    && prev.seen != Some(ip)
+                {
+                    r.source_changes += 1;
                 }
                 if r.last_failure.is_some() && r.first_success_after_last_failure.is_none() {
                     r.first_success_after_last_failure = Some(s.at);
@@ -190,6 +210,12 @@ pub fn summarize(samples: &[Sample]) -> MeterReport {
                 r.first_success_after_last_failure = None;
             }
         }
+    }
+    // Failures after the last answer: the outage is still open.
+    if r.last_failure.is_some() && r.first_success_after_last_failure.is_none() {
+        r.ended_failing = true;
+        let since = last_ok.map_or(Duration::ZERO, |s| s.at);
+        r.longest_gap = r.longest_gap.max(ended.saturating_sub(since));
     }
     r
 }
@@ -338,7 +364,7 @@ mod tests {
         .into_iter()
         .map(|(t, seen)| Sample { at: ms(t), seen })
         .collect();
-        let r = summarize(&samples);
+        let r = summarize(&samples, ms(300));
         assert_eq!(r.sent, 6);
         assert_eq!(r.lost, 2);
         assert_eq!(r.longest_gap, ms(150));
@@ -346,5 +372,19 @@ mod tests {
         assert_eq!(r.last_failure, Some(ms(150)));
         assert_eq!(r.first_success_after_last_failure, Some(ms(200)));
         assert_eq!(r.sources.len(), 2);
+        assert!(!r.ended_failing);
+
+        // Never answered again: the open gap runs to the end of the run.
+        let r = summarize(&samples[..4], ms(10_000));
+        assert!(r.ended_failing);
+        assert_eq!(r.longest_gap, ms(10_000 - 50));
+        assert_eq!(r.first_success_after_last_failure, None);
+        // Never answered at all: from the start.
+        let r = summarize(&samples[2..4], ms(5_000));
+        assert_eq!(r.longest_gap, ms(5_000));
+        // Failing at the start, then answered: from the start.
+        let r = summarize(&samples[2..], ms(300));
+        assert_eq!(r.longest_gap, ms(200));
+        assert!(!r.ended_failing);
     }
 }
