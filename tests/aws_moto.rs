@@ -408,6 +408,7 @@ fn metadata() -> InstanceMetadata {
         vpc_cidrs: vec!["10.0.0.0/16".into(), "100.64.0.0/16".into()],
         subnet_id: "subnet-0123456789abcdef0".into(),
         private_ip: "10.0.0.10".into(),
+        ..InstanceMetadata::default()
     }
 }
 

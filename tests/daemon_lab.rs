@@ -437,3 +437,67 @@ async fn systemd_notify_watchdog_and_capabilities() {
         "{err}"
     );
 }
+
+/// A boot script that is not hanat, reading instance metadata with curl the
+/// way the seed design's takeover script does (IMDSv2 token, the identity
+/// document grepped line by line, the VPC CIDR path), gets the instance's
+/// real values; without a token it gets 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_metadata_serves_what_boot_scripts_read() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let (lab, nat) = serving_lab().await;
+    let script = r#"
+                URL=http://169.254.169.254/latest
+        TOKEN=$(curl -m 5 -s -X PUT $URL/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 21600")
+        H="X-aws-ec2-metadata-token: $TOKEN"
+        REGION=$(curl -m 5 -s -H "$H" $URL/dynamic/instance-identity/document | grep region | awk -F\" '{print $4}')
+        MAC=$(curl -m 5 -s -H "$H" $URL/meta-data/mac)
+        CIDR=$(curl -m 5 --retry 3 --silent --fail -H "$H" $URL/meta-data/network/interfaces/macs/$MAC/vpc-ipv4-cidr-block)
+        echo "region=$REGION"
+        echo "cidr=$CIDR"
+        for p in instance-id placement/availability-zone placement/availability-zone-id instance-type ami-id hostname public-ipv4; do
+            echo "$p=$(curl -m 5 -s --fail -H "$H" $URL/meta-data/$p)"
+        done
+        echo "listing=$(curl -m 5 -s --fail -H "$H" $URL/meta-data/ | tr '\n' ' ')"
+        echo "no-token=$(curl -m 5 -s -o /dev/null -w '%{http_code}' $URL/meta-data/instance-id)"
+        echo "bad-ttl=$(curl -m 5 -s -o /dev/null -w '%{http_code}' -X PUT $URL/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 21601')"
+        echo "missing=$(curl -m 5 -s -o /dev/null -w '%{http_code}' -H "$H" $URL/meta-data/no-such-path)"
+    "#;
+    let out = lab.nat_exec(0, "sh", &["-c", script]).unwrap();
+    eprintln!("{out}");
+    let got: std::collections::HashMap<&str, &str> =
+        out.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(got["region"], hanat_lab::lab::REGION, "{out}");
+    assert_eq!(got["cidr"], hanat_lab::lab::VPC_CIDR, "{out}");
+    assert_eq!(got["instance-id"], nat.instance.id, "{out}");
+    assert_eq!(got["placement/availability-zone"], lab.azs[0].name, "{out}");
+    assert_eq!(got["placement/availability-zone-id"], "use1-az1", "{out}");
+    assert_eq!(got["instance-type"], nat.instance.instance_type, "{out}");
+    assert!(!nat.instance.instance_type.is_empty(), "{out}");
+    assert_eq!(got["ami-id"], nat.instance.image_id, "{out}");
+    assert!(got["ami-id"].starts_with("ami-"), "{out}");
+    let host = format!(
+        "ip-{}.ec2.internal",
+        nat.instance.private_ip.replace('.', "-")
+    );
+    assert_eq!(got["hostname"], host, "{out}");
+    // The Elastic IP the daemon claimed, as the internet sees it.
+    assert_eq!(got["public-ipv4"], lab.azs[0].eip.1.to_string(), "{out}");
+    for entry in [
+        "ami-id",
+        "instance-id",
+        "placement/",
+        "network/",
+        "services/",
+    ] {
+        assert!(
+            got["listing"].split(' ').any(|e| e == entry),
+            "{entry} not listed: {out}"
+        );
+    }
+    assert_eq!(got["no-token"], "401", "{out}");
+    assert_eq!(got["bad-ttl"], "400", "{out}");
+    assert_eq!(got["missing"], "404", "{out}");
+}

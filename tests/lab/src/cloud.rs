@@ -29,6 +29,15 @@ pub struct Instance {
     pub eni: String,
     pub mac: String,
     pub private_ip: String,
+    /// What instance metadata serves besides (as EC2 has it).
+    pub image_id: String,
+    pub instance_type: String,
+    pub owner_id: String,
+    pub reservation_id: String,
+    /// RFC 3339.
+    pub launch_time: String,
+    /// The interface's security groups: (id, name).
+    pub security_groups: Vec<(String, String)>,
 }
 
 fn tag_spec(kind: ResourceType, tags: &[(&str, &str)]) -> TagSpecification {
@@ -237,6 +246,7 @@ impl Cloud {
             o.map(str::to_owned)
                 .ok_or_else(|| anyhow!("{id}: no {what}"))
         };
+        let reservation = out.reservations().first();
         Ok(Instance {
             id: id.to_owned(),
             az: s(i.placement().and_then(|p| p.availability_zone()), "AZ")?,
@@ -245,7 +255,52 @@ impl Cloud {
             eni: s(ni.network_interface_id(), "ENI")?,
             mac: s(ni.mac_address(), "MAC")?.to_ascii_lowercase(),
             private_ip: s(ni.private_ip_address(), "private IP")?,
+            image_id: i.image_id().unwrap_or_default().to_owned(),
+            instance_type: i
+                .instance_type()
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_default(),
+            owner_id: reservation
+                .and_then(|r| r.owner_id())
+                .unwrap_or("123456789012")
+                .to_owned(),
+            reservation_id: reservation
+                .and_then(|r| r.reservation_id())
+                .unwrap_or_default()
+                .to_owned(),
+            launch_time: i
+                .launch_time()
+                .and_then(|t| {
+                    t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime)
+                        .ok()
+                })
+                .unwrap_or_default(),
+            security_groups: ni
+                .groups()
+                .iter()
+                .map(|g| {
+                    (
+                        g.group_id().unwrap_or_default().to_owned(),
+                        g.group_name().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect(),
         })
+    }
+
+    /// A subnet's IPv4 network.
+    pub async fn subnet_cidr(&self, subnet: &str) -> Result<String> {
+        let out = self
+            .ec2
+            .describe_subnets()
+            .subnet_ids(subnet)
+            .send()
+            .await?;
+        out.subnets()
+            .first()
+            .and_then(|s| s.cidr_block())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("subnet {subnet} not found"))
     }
 
     /// The `0.0.0.0/0` route of a table: (target id, state).

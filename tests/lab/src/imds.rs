@@ -4,9 +4,14 @@
 //! /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` issues a
 //! token; every `GET` must carry a valid, unexpired
 //! `X-aws-ec2-metadata-token` or gets 401 (tokens enforced, as on an
-//! instance that requires IMDSv2); unknown paths get 404. Values can be
-//! changed while it runs (e.g. `autoscaling/target-lifecycle-state`), and
-//! it can be made unavailable to test boot-time retries.
+//! instance that requires IMDSv2); unknown paths get 404. It serves the
+//! standard instance metadata set with EC2's formats ([`PATHS`], the
+//! per-interface paths, the public address while there is one, the
+//! identity document one key per line) and lists directories as EC2 does.
+//! Not emulated: the token hop limit (every request comes from inside the
+//! instance), the document's signatures, user data. Values can be changed
+//! while it runs (e.g. `autoscaling/target-lifecycle-state`), and it can be
+//! made unavailable to test boot-time retries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,8 +45,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Metadata of one instance, under `/latest/meta-data/`.
-#[derive(Debug, Clone)]
+/// Metadata of one instance, as EC2 has it.
+#[derive(Debug, Clone, Default)]
 pub struct InstanceMetadata {
     pub instance_id: String,
     pub region: String,
@@ -49,33 +54,218 @@ pub struct InstanceMetadata {
     pub mac: String,
     pub eni: String,
     pub vpc_id: String,
+    /// The VPC's networks, the primary first.
     pub vpc_cidrs: Vec<String>,
     pub subnet_id: String,
+    pub subnet_cidr: String,
     pub private_ip: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub account_id: String,
+    pub reservation_id: String,
+    /// When it was launched (RFC 3339): the identity document's `pendingTime`.
+    pub launch_time: String,
+    /// The interface's security groups: (id, name).
+    pub security_groups: Vec<(String, String)>,
+    /// Its public address, if it has one now (see [`Imds::set_public_ipv4`]).
+    pub public_ipv4: Option<String>,
 }
 
+/// The standard paths served under `/latest/meta-data/` (besides the
+/// per-interface ones under `network/interfaces/macs/<mac>/`, and
+/// `public-ipv4`/`public-hostname` while the instance has a public address),
+/// and under `/latest/dynamic/`. README lists them.
+pub const PATHS: [&str; 21] = [
+    "ami-id",
+    "ami-launch-index",
+    "ami-manifest-path",
+    "block-device-mapping/ami",
+    "block-device-mapping/root",
+    "hostname",
+    "instance-action",
+    "instance-id",
+    "instance-life-cycle",
+    "instance-type",
+    "local-hostname",
+    "local-ipv4",
+    "mac",
+    "placement/availability-zone",
+    "placement/availability-zone-id",
+    "placement/region",
+    "profile",
+    "reservation-id",
+    "security-groups",
+    "services/domain",
+    "services/partition",
+];
+
 impl InstanceMetadata {
+    /// EC2's private DNS name: `ip-10-0-0-10.ec2.internal` in us-east-1,
+    /// `ip-10-0-0-10.<region>.compute.internal` elsewhere.
+    pub fn hostname(&self) -> String {
+        let host = format!("ip-{}", self.private_ip.replace('.', "-"));
+        match self.region.as_str() {
+            "us-east-1" => format!("{host}.ec2.internal"),
+            r => format!("{host}.{r}.compute.internal"),
+        }
+    }
+
+    /// The AZ's ID as EC2 names them (`use1-az1` for us-east-1a): the
+    /// region's short code and the zone letter's place. (On AWS the mapping
+    /// from names to IDs differs per account; the lab's is fixed.)
+    pub fn az_id(&self) -> String {
+        let mut parts = self.region.split('-');
+        let code: String = match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), Some(n)) => {
+                let dir: String = b.chars().take(1).collect();
+                format!("{a}{dir}{n}")
+            }
+            _ => self.region.clone(),
+        };
+        let letter = self.az.chars().last().unwrap_or('a');
+        let n = u32::from(letter).saturating_sub(u32::from('a')) + 1;
+        format!("{code}-az{n}")
+    }
+
+    /// The instance identity document, formatted as EC2 serves it: one key
+    /// per line (boot scripts `grep` it).
+    pub fn identity_document(&self) -> String {
+        let arch = match self.instance_type.split('.').next() {
+            Some(f) if f.contains('g') => "arm64",
+            _ => "x86_64",
+        };
+        let fields = [
+            ("accountId", format!("\"{}\"", self.account_id)),
+            ("architecture", format!("\"{arch}\"")),
+            ("availabilityZone", format!("\"{}\"", self.az)),
+            ("billingProducts", "null".into()),
+            ("devpayProductCodes", "null".into()),
+            ("marketplaceProductCodes", "null".into()),
+            ("imageId", format!("\"{}\"", self.image_id)),
+            ("instanceId", format!("\"{}\"", self.instance_id)),
+            ("instanceType", format!("\"{}\"", self.instance_type)),
+            ("kernelId", "null".into()),
+            ("pendingTime", format!("\"{}\"", self.launch_time)),
+            ("privateIp", format!("\"{}\"", self.private_ip)),
+            ("ramdiskId", "null".into()),
+            ("region", format!("\"{}\"", self.region)),
+            ("version", "\"2017-09-30\"".into()),
+        ];
+        let lines: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("  \"{k}\" : {v}"))
+            .collect();
+        format!("{{\n{}\n}}", lines.join(",\n"))
+    }
+
+    /// Every value served, by full path.
     pub fn values(&self) -> HashMap<String, String> {
         let m = format!("network/interfaces/macs/{}", self.mac);
-        [
-            ("instance-id".to_owned(), self.instance_id.clone()),
-            ("placement/availability-zone".into(), self.az.clone()),
-            ("placement/region".into(), self.region.clone()),
-            ("mac".into(), self.mac.clone()),
-            ("local-ipv4".into(), self.private_ip.clone()),
-            (format!("{m}/interface-id"), self.eni.clone()),
-            (format!("{m}/vpc-id"), self.vpc_id.clone()),
-            (format!("{m}/subnet-id"), self.subnet_id.clone()),
-            (
-                format!("{m}/vpc-ipv4-cidr-blocks"),
-                self.vpc_cidrs.join("\n"),
-            ),
-            (format!("{m}/local-ipv4s"), self.private_ip.clone()),
+        let groups = |f: fn(&(String, String)) -> &String| {
+            self.security_groups
+                .iter()
+                .map(f)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let host = self.hostname();
+        let mut v: Vec<(String, String)> = [
+            ("ami-id", self.image_id.clone()),
+            ("ami-launch-index", "0".into()),
+            ("ami-manifest-path", "(unknown)".into()),
+            ("block-device-mapping/ami", "/dev/xvda".into()),
+            ("block-device-mapping/root", "/dev/xvda".into()),
+            ("hostname", host.clone()),
+            ("instance-action", "none".into()),
+            ("instance-id", self.instance_id.clone()),
+            ("instance-life-cycle", "on-demand".into()),
+            ("instance-type", self.instance_type.clone()),
+            ("local-hostname", host.clone()),
+            ("local-ipv4", self.private_ip.clone()),
+            ("mac", self.mac.clone()),
+            ("placement/availability-zone", self.az.clone()),
+            ("placement/availability-zone-id", self.az_id()),
+            ("placement/region", self.region.clone()),
+            ("profile", "default-hvm".into()),
+            ("reservation-id", self.reservation_id.clone()),
+            ("security-groups", groups(|g| &g.1)),
+            ("services/domain", "amazonaws.com".into()),
+            ("services/partition", "aws".into()),
         ]
         .into_iter()
-        .map(|(k, v)| (format!("/latest/meta-data/{k}"), v))
-        .collect()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        v.extend(
+            [
+                ("device-number", "0".to_owned()),
+                ("interface-id", self.eni.clone()),
+                ("local-hostname", host),
+                ("local-ipv4s", self.private_ip.clone()),
+                ("mac", self.mac.clone()),
+                ("owner-id", self.account_id.clone()),
+                ("security-group-ids", groups(|g| &g.0)),
+                ("security-groups", groups(|g| &g.1)),
+                ("subnet-id", self.subnet_id.clone()),
+                ("subnet-ipv4-cidr-block", self.subnet_cidr.clone()),
+                ("vpc-id", self.vpc_id.clone()),
+                (
+                    "vpc-ipv4-cidr-block",
+                    self.vpc_cidrs.first().cloned().unwrap_or_default(),
+                ),
+                ("vpc-ipv4-cidr-blocks", self.vpc_cidrs.join("\n")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (format!("{m}/{k}"), v)),
+        );
+        let mut out: HashMap<String, String> = v
+            .into_iter()
+            .map(|(k, v)| (format!("/latest/meta-data/{k}"), v))
+            .collect();
+        out.insert(
+            "/latest/dynamic/instance-identity/document".into(),
+            self.identity_document(),
+        );
+        if let Some(ip) = &self.public_ipv4 {
+            for (k, v) in public_values(&self.mac, ip) {
+                out.insert(k, v);
+            }
+        }
+        out
     }
+}
+
+/// The paths that exist while the instance has public address `ip`.
+fn public_values(mac: &str, ip: &str) -> Vec<(String, String)> {
+    let name = format!("ec2-{}.compute-1.amazonaws.com", ip.replace('.', "-"));
+    let m = format!("/latest/meta-data/network/interfaces/macs/{mac}");
+    vec![
+        ("/latest/meta-data/public-ipv4".into(), ip.to_owned()),
+        ("/latest/meta-data/public-hostname".into(), name.clone()),
+        (format!("{m}/public-ipv4s"), ip.to_owned()),
+        (format!("{m}/public-hostname"), name),
+        (format!("{m}/ipv4-associations/{ip}"), String::new()),
+    ]
+}
+
+/// What a GET of `path` returns: its value, or for a directory the list of
+/// what is in it (sub-directories with a trailing `/`), as EC2 answers.
+fn lookup(values: &HashMap<String, String>, path: &str) -> Option<String> {
+    if let Some(v) = values.get(path) {
+        return Some(v.clone());
+    }
+    let dir = format!("{}/", path.trim_end_matches('/'));
+    let mut entries: Vec<String> = values
+        .keys()
+        .filter_map(|k| k.strip_prefix(&dir))
+        .map(|rest| match rest.split_once('/') {
+            Some((d, _)) => format!("{d}/"),
+            None => rest.to_owned(),
+        })
+        .collect();
+    entries.sort();
+    entries.dedup();
+    (!entries.is_empty()).then(|| entries.join("\n"))
 }
 
 impl Imds {
@@ -118,6 +308,22 @@ impl Imds {
         self.lock()
             .values
             .remove(&format!("/latest/meta-data/{path}"));
+    }
+
+    /// The instance's public address changed (an Elastic IP claimed, or
+    /// released): `None` removes the public paths, as EC2 does.
+    pub fn set_public_ipv4(&self, mac: &str, ip: Option<&str>) {
+        let mut st = self.lock();
+        let prefix = format!("/latest/meta-data/network/interfaces/macs/{mac}/ipv4-associations/");
+        st.values.retain(|k, _| !k.starts_with(&prefix));
+        for (k, _) in public_values(mac, "0.0.0.0") {
+            if !k.contains("ipv4-associations") {
+                st.values.remove(&k);
+            }
+        }
+        if let Some(ip) = ip {
+            st.values.extend(public_values(mac, ip));
+        }
     }
 
     pub fn set_unavailable(&self, down: bool) {
@@ -196,7 +402,7 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
             if !valid {
                 st.rejected_without_token += 1;
                 (401, "Unauthorized".into())
-            } else if let Some(v) = st.values.get(&path).cloned() {
+            } else if let Some(v) = lookup(&st.values, &path) {
                 st.served += 1;
                 (200, v)
             } else {

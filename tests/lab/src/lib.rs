@@ -34,7 +34,8 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 }
 
 /// Commands the lab needs, with the Debian package that provides each.
-const TOOLS: [(&str, &str); 6] = [
+const TOOLS: [(&str, &str); 7] = [
+    ("curl", "curl"),
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),

@@ -174,7 +174,16 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
         vpc_id: instance.vpc.clone(),
         vpc_cidrs: vec![VPC_CIDR.into()],
         subnet_id: instance.subnet.clone(),
+        subnet_cidr: shared.cloud.subnet_cidr(&instance.subnet).await?,
         private_ip: instance.private_ip.clone(),
+        image_id: instance.image_id.clone(),
+        instance_type: instance.instance_type.clone(),
+        account_id: instance.owner_id.clone(),
+        reservation_id: instance.reservation_id.clone(),
+        launch_time: instance.launch_time.clone(),
+        security_groups: instance.security_groups.clone(),
+        // Set by the internet gateway's sync, as the address is mapped.
+        public_ipv4: None,
     };
     let imds = Imds::serve(ns.bind_tcp("169.254.169.254:80".parse()?)?, meta.values())?;
     // The AWS API, reached from inside the instance through a proxy.
@@ -260,11 +269,16 @@ pub(super) async fn proxy(listener: std::net::TcpListener, port: u16) {
 impl Lab {
     /// Run a command inside AZ `i`'s NAT namespace.
     pub fn nat_exec(&self, i: usize, program: &str, args: &[&str]) -> Result<String> {
-        let nats = self.shared.nats();
-        let n = nats[i]
+        // Not under the NATs' lock: the lab's own tasks (IMDS, the data
+        // plane's sync) need it while the command runs, and a command may
+        // need them (curl to instance metadata).
+        let ns = self.shared.nats()[i]
             .as_ref()
+            .map(|n| n.ns.name.clone())
             .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
-        n.ns.exec(program, args)
+        let mut v = vec!["netns", "exec", &ns, program];
+        v.extend_from_slice(args);
+        crate::netns::sh("ip", &v)
     }
 
     /// A command that runs inside AZ `i`'s NAT namespace with the daemon's

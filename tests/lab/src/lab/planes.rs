@@ -68,17 +68,17 @@ pub(super) async fn router_step(
 /// its public address: its Elastic IP if moto has one associated, else an
 /// auto-assigned one.
 pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
-    let instances: Vec<Instance> = shared
+    let instances: Vec<(Instance, Imds)> = shared
         .nats()
         .iter()
         .flatten()
-        .map(|n| n.instance.clone())
+        .map(|n| (n.instance.clone(), n.imds.clone()))
         .collect();
     let Ok(assoc) = shared.cloud.address_associations().await else {
         return;
     };
     let mut map: Vec<(String, Ipv4Addr)> = Vec::new();
-    for inst in &instances {
+    for (inst, imds) in &instances {
         let eip = assoc
             .iter()
             .find(|(_, holder)| holder == &inst.id || holder == &inst.eni)
@@ -98,6 +98,8 @@ pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
                 *auto.entry(inst.id.clone()).or_insert(next)
             }
         };
+        // Instance metadata says what the internet sees, as on EC2.
+        imds.set_public_ipv4(&inst.mac, Some(&public.to_string()));
         map.push((inst.private_ip.clone(), public));
     }
     for (_, g) in &shared.gateways {
