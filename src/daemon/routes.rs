@@ -108,13 +108,13 @@ impl RoutesLoop {
     async fn pass(&mut self, status: Status, drain_left: bool) -> Result<(), AwsError> {
         let ctx = &*self.ctx.clone();
         let all = |_: &crate::domain::Route| true;
-        let spec = Take {
+        let mut spec = Take {
             az: &ctx.me.availability_zone,
             to: ctx.me_target(),
             may_take: &all,
             observed: Some(super::take::observe(&*ctx.cloud, &ctx.me, &ctx.config).await?),
         };
-        let (observed, plan) = read_and_plan(ctx, &spec).await?;
+        let (observed, plan) = read_and_plan(ctx, &mut spec).await?;
         self.log_scope(&plan);
         let (live, dead) = ctx.liveness();
         // This NAT cannot serve its AZ and no peer is healthy to adopt it:

@@ -124,10 +124,10 @@ pub struct Take<'a> {
     pub observed: Option<Observed>,
 }
 
-/// Read (unless given) and plan.
-pub async fn read_and_plan(ctx: &Ctx, take: &Take<'_>) -> Result<(Observed, Plan), AwsError> {
-    let observed = match &take.observed {
-        Some(o) => o.clone(),
+/// Read (unless given: the reading is taken out of `take`) and plan.
+pub async fn read_and_plan(ctx: &Ctx, take: &mut Take<'_>) -> Result<(Observed, Plan), AwsError> {
+    let observed = match take.observed.take() {
+        Some(o) => o,
         None => observe_az(&*ctx.cloud, &ctx.me, &ctx.config, take.az, false).await?,
     };
     let plan = plan_to(&ctx.me, &observed, &take.to, take.may_take);
@@ -159,8 +159,8 @@ pub async fn hand_over_and_apply(
 }
 
 /// The whole path: read, plan, hand over, apply.
-pub async fn take(ctx: &Ctx, take: Take<'_>, hand: Hand<'_>) -> Result<usize, AwsError> {
-    let (observed, plan) = read_and_plan(ctx, &take).await?;
+pub async fn take(ctx: &Ctx, mut take: Take<'_>, hand: Hand<'_>) -> Result<usize, AwsError> {
+    let (observed, plan) = read_and_plan(ctx, &mut take).await?;
     hand_over_and_apply(ctx, &observed, &plan, &take.to, hand).await
 }
 
