@@ -2,9 +2,8 @@
 //! `src/` imports one that imports it back, directly or through others.
 //! (Dependencies point one way: bin → daemon → {decide, aws, kernel,
 //! notify} → {config, domain}, and decide imports only those two.) A path
-//! `crate::…`, `super::…` or `self::…`
-//! outside `#[cfg(test)]` and comments counts as an edge to the deepest
-//! module it names.
+//! `crate::…`, `super::…` or `self::…` outside `#[cfg(test)]` and comments
+//! counts as an edge to the deepest module it names.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 

@@ -314,10 +314,12 @@ impl Imds {
     /// released): `None` removes the public paths, as EC2 does.
     pub fn set_public_ipv4(&self, mac: &str, ip: Option<&str>) {
         let mut st = self.lock();
-        let prefix = format!("/latest/meta-data/network/interfaces/macs/{mac}/ipv4-associations/");
-        st.values.retain(|k, _| !k.starts_with(&prefix));
-        for (k, _) in public_values(mac, "0.0.0.0") {
-            if !k.contains("ipv4-associations") {
+        let now = st.values.get("/latest/meta-data/public-ipv4").cloned();
+        if now.as_deref() == ip {
+            return;
+        }
+        if let Some(old) = now {
+            for (k, _) in public_values(mac, &old) {
                 st.values.remove(&k);
             }
         }

@@ -44,6 +44,13 @@ pub fn ip(args: &str) -> Result<String> {
     sh("ip", &v)
 }
 
+/// Run a program inside the named namespace and wait for it.
+pub fn exec_in(name: &str, program: &str, args: &[&str]) -> Result<String> {
+    let mut v = vec!["netns", "exec", name, program];
+    v.extend_from_slice(args);
+    sh("ip", &v)
+}
+
 /// A named network namespace, deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -74,9 +81,7 @@ impl Netns {
 
     /// Run a program inside the namespace and wait for it.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let mut v = vec!["netns", "exec", &self.name, program];
-        v.extend_from_slice(args);
-        sh("ip", &v)
+        exec_in(&self.name, program, args)
     }
 
     /// Set a sysctl inside the namespace.

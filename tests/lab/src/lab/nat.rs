@@ -276,9 +276,7 @@ impl Lab {
             .as_ref()
             .map(|n| n.ns.name.clone())
             .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
-        let mut v = vec!["netns", "exec", &ns, program];
-        v.extend_from_slice(args);
-        crate::netns::sh("ip", &v)
+        crate::netns::exec_in(&ns, program, args)
     }
 
     /// A command that runs inside AZ `i`'s NAT namespace with the daemon's
