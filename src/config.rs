@@ -334,6 +334,11 @@ pub struct Aws {
     /// daemon exits (and systemd restarts it).
     #[serde(deserialize_with = "duration")]
     pub imds_timeout: Duration,
+    /// What rarely changes is read again this often: the tagged subnets,
+    /// the peer list, a held Elastic IP, the source/destination check once
+    /// seen off. Route tables are read every `routes.reconcile_interval`.
+    #[serde(deserialize_with = "duration")]
+    pub refresh_interval: Duration,
 }
 
 impl Default for Aws {
@@ -342,6 +347,7 @@ impl Default for Aws {
             max_attempts: 5,
             call_timeout: Duration::from_secs(20),
             imds_timeout: Duration::from_secs(120),
+            refresh_interval: Duration::from_secs(600),
         }
     }
 }
@@ -522,6 +528,12 @@ impl Config {
         }
         if self.routes.reconcile_interval < Duration::from_secs(1) {
             return Err(("routes.reconcile_interval", "must be at least 1s".into()));
+        }
+        if self.aws.refresh_interval < self.routes.reconcile_interval {
+            return Err((
+                "aws.refresh_interval",
+                "must be at least routes.reconcile_interval".into(),
+            ));
         }
         if self.kernel.converge_interval < Duration::from_millis(100) {
             return Err(("kernel.converge_interval", "must be at least 100ms".into()));

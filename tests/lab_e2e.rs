@@ -134,6 +134,7 @@ async fn scenario(s: Scenario) -> chaos::Report {
         lab: options(2),
         timeout: Duration::from_secs(90),
         every: Duration::from_millis(50),
+        steady: Duration::from_secs(2),
     };
     let r = chaos::run(s, opts).await.unwrap();
     eprintln!("{}", r.json());
@@ -406,6 +407,7 @@ async fn chaos_a_lone_az_falls_back_to_its_nat_gateway() {
             lab,
             timeout: Duration::from_secs(90),
             every: Duration::from_millis(50),
+            steady: Duration::from_secs(2),
         };
         let r = chaos::run(s, opts).await.unwrap();
         eprintln!("{}", r.json());
@@ -442,6 +444,7 @@ async fn an_outage_that_never_ends_counts_to_the_end_of_the_run() {
         lab,
         timeout: Duration::from_secs(8),
         every: Duration::from_millis(50),
+        steady: Duration::from_secs(2),
     };
     let r = chaos::run(Scenario::StopForwarding, opts).await.unwrap();
     eprintln!("{}", r.json());

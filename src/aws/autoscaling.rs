@@ -90,7 +90,8 @@ impl AutoScaling {
             .map(str::to_owned))
     }
 
-    /// In-service instances of every group tagged `key=value`.
+    /// Instances of every group tagged `key=value` that count as peers
+    /// ([`is_member`]: in service or in Standby).
     pub async fn instances_of_groups_tagged(
         &self,
         key: &str,
@@ -114,11 +115,7 @@ impl AutoScaling {
                 page.map_err(|e| AwsError::from_sdk("DescribeAutoScalingGroups", &resource, e))?;
             for g in page.auto_scaling_groups() {
                 for i in g.instances() {
-                    let in_service = matches!(
-                        i.lifecycle_state(),
-                        Some(aws_sdk_autoscaling::types::LifecycleState::InService)
-                    );
-                    if let (true, Some(id)) = (in_service, i.instance_id()) {
+                    if let (true, Some(id)) = (is_member(i.lifecycle_state()), i.instance_id()) {
                         out.push(InstanceId(id.to_owned()));
                     }
                 }
@@ -145,5 +142,32 @@ impl AutoScaling {
             .await
             .map_err(|e| AwsError::from_sdk("CompleteLifecycleAction", &instance.0, e))?;
         Ok(())
+    }
+}
+
+/// Whether an instance in this lifecycle state is a peer: in service, or
+/// in Standby (an operator's pause: Auto Scaling leaves the instance alone,
+/// and it keeps serving its AZ; treating it as gone would move routes away
+/// from a healthy NAT and straight back). Launching and terminating ones
+/// are not: they speak for themselves through heartbeats (`exiting`).
+fn is_member(state: Option<&aws_sdk_autoscaling::types::LifecycleState>) -> bool {
+    use aws_sdk_autoscaling::types::LifecycleState as S;
+    matches!(state, Some(S::InService | S::EnteringStandby | S::Standby))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_autoscaling::types::LifecycleState as S;
+
+    #[test]
+    fn standby_instances_stay_peers_and_leaving_ones_do_not() {
+        for s in [S::InService, S::EnteringStandby, S::Standby] {
+            assert!(is_member(Some(&s)), "{s:?}");
+        }
+        for s in [S::Pending, S::TerminatingWait, S::Terminating, S::Detaching] {
+            assert!(!is_member(Some(&s)), "{s:?}");
+        }
+        assert!(!is_member(None));
     }
 }

@@ -1,9 +1,11 @@
 //! The AWS control plane: instance metadata, EC2 and Auto Scaling.
 //!
 //! Each submodule wraps one service and speaks only in [`crate::domain`]
-//! types. API calls go through the AWS SDK for Rust with its standard retry
-//! mode (exponential backoff with jitter, throttling retried); the number of
-//! attempts and the per-call deadline come from `[aws]` in the config.
+//! types. API calls go through the AWS SDK for Rust in its adaptive retry
+//! mode: exponential backoff with jitter, throttling and 5xx retried, and
+//! once the account is throttled a client-side rate limiter that slows this
+//! daemon's calls instead of adding to the storm. The number of attempts
+//! and the per-call deadline (all attempts included) come from `[aws]`.
 //! `AWS_ENDPOINT_URL` redirects every client (the lab points it at moto).
 
 pub mod autoscaling;
@@ -67,7 +69,7 @@ impl AwsError {
 pub async fn sdk_config(region: &str, aws: &config::Aws) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
-        .retry_config(RetryConfig::standard().with_max_attempts(aws.max_attempts))
+        .retry_config(RetryConfig::adaptive().with_max_attempts(aws.max_attempts))
         .timeout_config(
             TimeoutConfig::builder()
                 .operation_timeout(aws.call_timeout)

@@ -13,7 +13,7 @@ use crate::config::NatGatewayId;
 use crate::decide::backoff::{FALLBACK_CHECK, FALLBACK_CHECK_ATTEMPTS};
 use crate::decide::peers::Peer;
 use crate::decide::routes::Observed;
-use crate::domain::{Identity, Route, RouteTarget};
+use crate::domain::{Identity, Route, RouteTarget, Status};
 
 /// Point the dead peer's AZ's private routes at us, taking only routes that
 /// point at that peer, are blackholes, are missing, or point at the AZ's
@@ -32,10 +32,13 @@ pub async fn adopt(ctx: &Ctx, dead: &Peer, leaving: bool) -> Result<usize, AwsEr
     let may_take = |r: &Route| {
         r.blackhole || dead_targets.contains(&r.target) || Some(&r.target) == fallback.as_ref()
     };
+    // Adopt only while this NAT is healthy and the peer still not.
+    let proceed = || *ctx.status.borrow() == Status::Ok && !ctx.liveness().0.contains(&dead.eni);
     let spec = Take {
         az: &dead.az,
         to: ctx.me_target(),
         may_take: &may_take,
+        proceed: &proceed,
         observed: None,
     };
     let hand = match leaving {
@@ -73,10 +76,13 @@ pub async fn fall_back(
     let may_take = |r: &Route| {
         r.blackhole || r.target == my_eni || r.target == my_instance || dead.contains(&r.target)
     };
+    // Only while no NAT instance is healthy, this one included.
+    let proceed = || *ctx.status.borrow() != Status::Ok && ctx.liveness().0.is_empty();
     let spec = Take {
         az,
         to: RouteTarget::NatGateway(id.0.clone()),
         may_take: &may_take,
+        proceed: &proceed,
         // The source/destination check is the routes loop's business.
         observed: observed.map(|o| Observed {
             source_dest_check: None,

@@ -8,11 +8,16 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use std::collections::BTreeMap;
+
 use super::flows;
+use super::progress::Progress;
 use crate::aws::cloud::Cloud;
 use crate::config::Config;
+use crate::decide::backoff::{ROUND_CALLS, WATCHDOG_SLACK};
 use crate::decide::peers::PeerState;
-use crate::domain::{EniId, Identity, RouteTarget, Status};
+use crate::domain::{EniId, Identity, Ipv4Cidr, RouteTarget, Status, SubnetId};
+use crate::kernel::COMMAND_TIMEOUT;
 
 pub struct Ctx {
     pub cloud: Arc<dyn Cloud>,
@@ -27,6 +32,37 @@ pub struct Ctx {
     /// Woken when a peer's status changes, so the peers loop acts at once.
     pub wake: Notify,
     pub flows: flows::Shared,
+    /// Which loops are making progress, for the watchdog.
+    pub progress: Progress,
+    /// What rarely changes, read from EC2 at most every `aws.refresh_interval`.
+    pub slow: Mutex<Slow>,
+}
+
+/// An AZ's tagged subnets, with their networks.
+pub type Subnets = Vec<(SubnetId, Option<Ipv4Cidr>)>;
+
+/// Readings that change rarely, with when they were made.
+#[derive(Debug, Default)]
+pub struct Slow {
+    /// Per AZ: its tagged subnets (with their networks).
+    pub subnets: BTreeMap<String, (Instant, Subnets)>,
+    /// When this NAT's source/destination check was last seen off.
+    pub check_off_at: Option<Instant>,
+}
+
+impl Slow {
+    /// `az`'s tagged subnets if read within `max_age`.
+    pub fn subnets(&self, az: &str, max_age: Duration) -> Option<Subnets> {
+        self.subnets
+            .get(az)
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Whether the source/destination check is due to be read again.
+    pub fn check_due(&self, max_age: Duration) -> bool {
+        self.check_off_at.is_none_or(|at| at.elapsed() >= max_age)
+    }
 }
 
 impl Ctx {
@@ -45,7 +81,20 @@ impl Ctx {
             peers: Mutex::new(PeerState::default()),
             wake: Notify::new(),
             flows: Arc::new(tokio::sync::Mutex::new(flows)),
+            progress: Progress::default(),
+            slow: Mutex::new(Slow::default()),
         })
+    }
+
+    pub fn slow(&self) -> MutexGuard<'_, Slow> {
+        self.slow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The longest a round of a loop that talks to AWS and the kernel may
+    /// take before the watchdog calls it stuck: every call and command
+    /// bounded by its timeout, [`ROUND_CALLS`] of each.
+    pub fn round_bound(&self) -> Duration {
+        (self.config.aws.call_timeout + COMMAND_TIMEOUT) * ROUND_CALLS + WATCHDOG_SLACK
     }
 
     /// Time since start, the clock of [`PeerState`].

@@ -16,19 +16,26 @@ use crate::aws::cloud::Cloud;
 use crate::decide::routes::{AddressAction, plan_address};
 use crate::domain::{Identity, RouteTarget};
 
-/// The claim's state across passes: this instance's group, once known.
+/// The claim's state across passes: this instance's group, once known,
+/// and when the address was last seen on this NAT.
 #[derive(Debug, Default)]
 pub struct EipClaim {
     /// `None` until asked; `Some(None)` when not in a group.
     group: Option<Option<String>>,
+    /// Held since this reading: looked at again after `aws.refresh_interval`.
+    held_at: Option<Instant>,
 }
 
 impl EipClaim {
-    /// One claim pass (a no-op with `eip.claim = false`).
+    /// One claim pass (a no-op with `eip.claim = false`, or while the
+    /// address was seen held here within `aws.refresh_interval`: nobody
+    /// else takes it from a running instance).
     pub async fn keep(&mut self, ctx: &Ctx, throttle: &mut LogThrottle) {
-        if !ctx.config.eip.claim {
+        let fresh = |t: &Instant| t.elapsed() < ctx.config.aws.refresh_interval;
+        if !ctx.config.eip.claim || self.held_at.as_ref().is_some_and(fresh) {
             return;
         }
+        self.held_at = None;
         if self.group.is_none() {
             match ctx.cloud.group_of(&ctx.me.instance_id).await {
                 Ok(g) => {
@@ -49,7 +56,10 @@ impl EipClaim {
         };
         let tag_key = &ctx.config.eip.tag_key;
         let msg = match claim_address(&*ctx.cloud, &ctx.me, tag_key, g).await {
-            Ok(AddressAction::Keep | AddressAction::Associate { .. }) => None,
+            Ok(AddressAction::Keep | AddressAction::Associate { .. }) => {
+                self.held_at = Some(Instant::now());
+                None
+            }
             Ok(AddressAction::NoAddress) => Some(format!(
                 "no Elastic IP tagged {tag_key}={g}; serving with the instance's own public address"
             )),
@@ -67,7 +77,9 @@ impl EipClaim {
                     warn!(suppressed = n, "{m}");
                 }
             }
-            None => throttle.clear("eip"),
+            None => {
+                throttle.clear("eip");
+            }
         }
     }
 }

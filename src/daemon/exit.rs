@@ -12,16 +12,16 @@
 //! `exit.drain`, then complete the lifecycle action. Every step is logged;
 //! failures are logged and the exit goes on.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::ctx::Ctx;
-use super::take::observe;
+use super::log::LogThrottle;
+use super::take::read_az;
 use crate::aws::imds::Imds;
-use crate::decide::backoff::HANDOFF_POLL;
+use crate::decide::backoff::{HANDOFF_POLL, IMDS_POLL_TIMEOUT, WATCHDOG_SLACK};
 use crate::domain::{RouteTarget, Status};
+use crate::report;
 
 /// Why the NAT is leaving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,21 +41,53 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// Poll instance metadata until a planned exit shows up.
-pub async fn watch_metadata(imds: &Imds, every: Duration) -> Reason {
+/// Poll instance metadata until a planned exit shows up. While IMDS fails
+/// the watcher says so (once a minute for the same error) and keeps
+/// polling: the lifecycle hook holds a scale-in until it is seen, and a
+/// spot notice stays up for its two minutes.
+pub async fn watch_metadata(ctx: &Ctx, imds: &Imds) -> Reason {
+    let mut throttle = LogThrottle::default();
+    let bound = IMDS_POLL_TIMEOUT * 2 + WATCHDOG_SLACK;
     loop {
-        if let Ok(Some(state)) = imds
-            .get_optional("autoscaling/target-lifecycle-state")
-            .await
-            && state.trim() == "Terminated"
-        {
-            return Reason::ScaleIn;
+        ctx.progress.beat("exit", bound);
+        match poll_once(imds).await {
+            Ok(Some(reason)) => return reason,
+            Ok(None) => {
+                if throttle.clear("imds") {
+                    info!("instance metadata answers again; watching for planned exits");
+                }
+            }
+            Err(e) => {
+                if let Some(n) = throttle.check("imds", &e, Instant::now()) {
+                    warn!(suppressed = n, error = %e, "cannot read instance metadata; a planned exit will be noticed once it answers");
+                }
+            }
         }
-        if let Ok(Some(_)) = imds.get_optional("spot/instance-action").await {
-            return Reason::Spot;
-        }
-        tokio::time::sleep(every).await;
+        ctx.progress.done("exit");
+        tokio::time::sleep(ctx.config.exit.poll_interval).await;
     }
+}
+
+/// One look at the exit triggers, each read bounded by
+/// [`IMDS_POLL_TIMEOUT`].
+async fn poll_once(imds: &Imds) -> Result<Option<Reason>, String> {
+    let read = |path: &'static str| async move {
+        match tokio::time::timeout(IMDS_POLL_TIMEOUT, imds.get_optional(path)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(report(&e)),
+            Err(_) => Err(format!(
+                "{path}: no answer within {}s",
+                IMDS_POLL_TIMEOUT.as_secs()
+            )),
+        }
+    };
+    if read("autoscaling/target-lifecycle-state")
+        .await?
+        .is_some_and(|s| s.trim() == "Terminated")
+    {
+        return Ok(Some(Reason::ScaleIn));
+    }
+    Ok(read("spot/instance-action").await?.map(|_| Reason::Spot))
 }
 
 /// Hand this NAT's routes to a peer and drain. Returns when it is safe to
@@ -88,7 +120,7 @@ pub async fn hand_off(ctx: &Ctx, reason: Reason) {
 async fn wait_for_routes_to_move(ctx: &Ctx, start: Instant) -> bool {
     let me = &ctx.me;
     loop {
-        match observe(&*ctx.cloud, me, &ctx.config).await {
+        match read_az(ctx, &me.availability_zone, false).await {
             Ok(observed) => {
                 let still_ours = observed.route_tables.iter().any(|rt| {
                     rt.default_route.as_ref().is_some_and(|r| match &r.target {

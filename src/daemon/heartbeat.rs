@@ -2,10 +2,9 @@
 //! the kernel converged every `kernel.converge_interval`, and act on the
 //! verdicts of [`crate::decide::heartbeat`]: say `failing` to the peers,
 //! reconverge once, then report the instance Unhealthy to Auto Scaling.
-//! Its progress feeds the systemd watchdog.
+//! Each round reports its progress for the systemd watchdog.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,12 +26,13 @@ pub struct HeartbeatLoop {
     state: Heartbeat,
     throttle: LogThrottle,
     next_converge: Instant,
-    /// Milliseconds since start of the last round, for the watchdog.
-    last_beat: Arc<AtomicU64>,
+    /// The kernel config was re-applied after a failed round: the next
+    /// passing round says the drift was repaired.
+    repairing: bool,
 }
 
 impl HeartbeatLoop {
-    pub fn new(ctx: Arc<Ctx>, interface: String, last_beat: Arc<AtomicU64>) -> Self {
+    pub fn new(ctx: Arc<Ctx>, interface: String) -> Self {
         let hb = &ctx.config.heartbeat;
         let prober = Prober {
             netns: Some(probe_ns::netns_path(&hb.probe_namespace)),
@@ -48,7 +48,7 @@ impl HeartbeatLoop {
             state,
             throttle: LogThrottle::default(),
             next_converge,
-            last_beat,
+            repairing: false,
         }
     }
 
@@ -56,7 +56,9 @@ impl HeartbeatLoop {
         let mut next_round = Instant::now();
         loop {
             tokio::time::sleep_until(next_round).await;
+            self.ctx.progress.beat("heartbeat", self.ctx.round_bound());
             next_round = self.tick().await;
+            self.ctx.progress.done("heartbeat");
         }
     }
 
@@ -70,8 +72,6 @@ impl HeartbeatLoop {
             self.ctx.config.heartbeat.fall,
         );
         let mut next_round = Instant::now() + interval;
-        let beat = self.ctx.now().as_millis() as u64;
-        self.last_beat.store(beat, Ordering::Relaxed);
         if Instant::now() >= self.next_converge {
             self.converge().await;
         }
@@ -81,6 +81,7 @@ impl HeartbeatLoop {
             next_round = Instant::now() + PROBE_RECHECK;
         }
         self.log_round(&round);
+        self.repair(ok).await;
         let verdict = self.state.observe(ok, self.ctx.now());
         self.tell(match self.state.phase() {
             Phase::Starting => Status::Starting,
@@ -89,6 +90,27 @@ impl HeartbeatLoop {
         });
         self.act(verdict, &round).await;
         next_round
+    }
+
+    /// Drift this daemon can repair (a sysctl reset, its table flushed, a
+    /// device deleted) must not look like a failed NAT: the first failed
+    /// round re-applies the kernel config at once, so the rounds that
+    /// follow (within `fall`) pass again and nothing moves. A real failure
+    /// goes on failing and is handed over as before, one converge later.
+    async fn repair(&mut self, ok: bool) {
+        if ok {
+            if std::mem::take(&mut self.repairing) {
+                info!(
+                    "forwarding passes again after re-applying the kernel NAT config: drift repaired"
+                );
+            }
+        } else if self.state.consecutive_failures() == 0 && !self.repairing {
+            warn!(
+                "probe round failed; re-applying the kernel NAT config at once in case it drifted"
+            );
+            self.repairing = true;
+            self.converge().await;
+        }
     }
 
     async fn converge(&mut self) {
@@ -135,6 +157,8 @@ impl HeartbeatLoop {
             Verdict::Steady => {}
             Verdict::Recovered => info!("forwarding recovered"),
             Verdict::Reconverge => {
+                // Not drift after all: a recovery now is not a repair.
+                self.repairing = false;
                 warn!(
                     fall = self.ctx.config.heartbeat.fall,
                     "forwarding probe failing; re-applying kernel NAT config"

@@ -34,9 +34,10 @@ impl LogThrottle {
         }
     }
 
-    /// Forget `key`, so the next error under it is logged at once.
-    pub fn clear(&mut self, key: &'static str) {
-        self.last.remove(key);
+    /// Forget `key`, so the next error under it is logged at once; whether
+    /// there was one to forget (a recovery worth saying).
+    pub fn clear(&mut self, key: &'static str) -> bool {
+        self.last.remove(key).is_some()
     }
 }
 

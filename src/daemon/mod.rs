@@ -30,13 +30,13 @@ pub mod flows;
 pub mod heartbeat;
 pub mod log;
 pub mod peers;
+pub mod progress;
 pub mod routes;
 pub mod take;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::task::{AbortHandle, JoinSet};
@@ -51,7 +51,6 @@ use self::routes::RoutesLoop;
 use crate::aws::cloud::Cloud;
 use crate::aws::imds::Imds;
 use crate::config::{Config, Failover};
-use crate::decide::backoff::WATCHDOG_SLACK;
 use crate::domain::{Identity, Ipv4Cidr, Status};
 use crate::kernel::KernelError;
 use crate::notify::Notifier;
@@ -137,13 +136,13 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     );
     flows.resume(tokio::time::Instant::now()).await;
     let ctx = Ctx::new(cloud, identity, config, flows);
-    let last_beat = Arc::new(AtomicU64::new(0));
     let mut tasks = Tasks::default();
     let exit_watch = tasks.spawn("exit", {
         let ctx = ctx.clone();
         async move {
-            let reason = exit::watch_metadata(&imds, ctx.config.exit.poll_interval).await;
+            let reason = exit::watch_metadata(&ctx, &imds).await;
             exit::hand_off(&ctx, reason).await;
+            ctx.progress.done("exit");
         }
     });
     tasks.spawn("fallback", {
@@ -159,10 +158,10 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         });
     }
     tasks.spawn("routes", RoutesLoop::new(ctx.clone()).run());
-    let heartbeat = HeartbeatLoop::new(ctx.clone(), interface, last_beat.clone());
+    let heartbeat = HeartbeatLoop::new(ctx.clone(), interface);
     tasks.spawn("heartbeat", heartbeat.run());
 
-    let result = supervise(&ctx, &notifier, &mut tasks, &last_beat, shutdown).await;
+    let result = supervise(&ctx, &notifier, &mut tasks, shutdown).await;
     exit_watch.abort();
     if result.is_ok() && ctx.config.exit.handoff_on_stop && *ctx.status.borrow() != Status::Exiting
     {
@@ -175,33 +174,31 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     result
 }
 
-/// Wait for `shutdown`, pinging the systemd watchdog while the heartbeat
-/// loop makes progress (a wedged loop gets the daemon restarted), and
-/// ending at once if a task panics.
+/// Wait for `shutdown`, pinging the systemd watchdog while every loop
+/// makes progress ([`progress`]: a loop wedged on any await gets the daemon
+/// restarted), and ending at once if a task panics.
 async fn supervise(
     ctx: &Ctx,
     notifier: &Notifier,
     tasks: &mut Tasks,
-    last_beat: &AtomicU64,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let watchdog_every = notifier.watchdog().map(|w| w / 2);
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    let hb = &ctx.config.heartbeat;
-    let stale_after = (hb.interval * 3 + hb.timeout)
-        .max(watchdog_every.unwrap_or_default())
-        .max(ctx.config.kernel.converge_interval)
-        + WATCHDOG_SLACK;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = watchdog.tick(), if watchdog_every.is_some() => {
-                let beat = Duration::from_millis(last_beat.load(Ordering::Relaxed));
-                if ctx.now().saturating_sub(beat) < stale_after {
+                let stuck = ctx.progress.stuck();
+                if stuck.is_empty() {
                     notifier.ping();
                 } else {
-                    warn!("heartbeat loop is stuck; withholding watchdog ping");
+                    let stuck: Vec<String> = stuck
+                        .iter()
+                        .map(|(name, ran)| format!("{name} ({}s)", ran.as_secs()))
+                        .collect();
+                    warn!(loops = ?stuck, "a loop is stuck; withholding the watchdog ping so systemd restarts the daemon");
                 }
             }
             Some(ended) = tasks.set.join_next_with_id() => {

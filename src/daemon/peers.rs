@@ -3,9 +3,13 @@
 //! `peers.group_tag` value), exchange UDP heartbeats with them, confirm
 //! silent ones through EC2, and cover the AZ of a dead one ([`super::cover`]).
 //!
-//! API use stays low: the peer list is refreshed every
-//! `routes.reconcile_interval` (or when an unknown peer speaks, at most
-//! every [`PEER_LIST_ON_DEMAND`]), EC2 is asked about a silent peer only
+//! Heartbeats go out from their own task ([`beacon`]), which awaits nothing
+//! but the socket: however slow the AWS API is, peers keep hearing this
+//! NAT's verdict every `peers.interval`, and at once when it changes.
+//!
+//! API use stays low: the peer list is refreshed every `aws.refresh_interval`
+//! (or when an unknown peer speaks, at most every [`PEER_LIST_ON_DEMAND`];
+//! after a failure on [`PEER_LIST_RETRY`]), EC2 is asked about a silent peer only
 //! while it is silent, on [`PEER_CONFIRM`], and a dead peer's AZ is looked
 //! at again each reconcile interval once covered ([`Cover::next_look`]).
 //! Failures are logged and retried; peer failover never stops the daemon.
@@ -36,13 +40,11 @@ pub struct PeersLoop {
     ctx: Arc<Ctx>,
     status: watch::Receiver<Status>,
     deployment: String,
-    /// Where heartbeats go out; `None` sends nothing (tests).
-    socket: Option<Arc<UdpSocket>>,
-    /// The receiving task, aborted with the loop.
-    _receiver: JoinSet<()>,
+    /// The receiving and sending tasks, aborted with the loop.
+    _io: JoinSet<()>,
     throttle: LogThrottle,
-    seq: u64,
     next_refresh: Instant,
+    refresh_backoff: Backoff,
     last_refresh: Option<Instant>,
     /// Per silent peer: when EC2 may be asked next, and its backoff.
     checked: HashMap<InstanceId, (Instant, Backoff)>,
@@ -67,26 +69,21 @@ impl PeersLoop {
             }
         };
         info!(deployment = %deployment, port, "peer failover on");
-        let mut receiver = JoinSet::new();
-        receiver.spawn(receive(socket.clone(), ctx.clone()));
-        Some(PeersLoop::new(ctx, deployment, Some(socket), receiver))
+        let mut io = JoinSet::new();
+        io.spawn(receive(socket.clone(), ctx.clone()));
+        io.spawn(beacon(socket, ctx.clone()));
+        Some(PeersLoop::new(ctx, deployment, io))
     }
 
-    fn new(
-        ctx: Arc<Ctx>,
-        deployment: String,
-        socket: Option<Arc<UdpSocket>>,
-        receiver: JoinSet<()>,
-    ) -> PeersLoop {
+    fn new(ctx: Arc<Ctx>, deployment: String, io: JoinSet<()>) -> PeersLoop {
         PeersLoop {
             status: ctx.status.subscribe(),
             ctx,
             deployment,
-            socket,
-            _receiver: receiver,
+            _io: io,
             throttle: LogThrottle::default(),
-            seq: 0,
             next_refresh: Instant::now(),
+            refresh_backoff: PEER_LIST_RETRY.backoff(),
             last_refresh: None,
             checked: HashMap::new(),
             next_look: HashMap::new(),
@@ -98,13 +95,15 @@ impl PeersLoop {
     /// are recorded straight into the shared state): for tests.
     #[cfg(test)]
     pub fn without_socket(ctx: Arc<Ctx>, deployment: &str) -> PeersLoop {
-        PeersLoop::new(ctx, deployment.to_owned(), None, JoinSet::new())
+        PeersLoop::new(ctx, deployment.to_owned(), JoinSet::new())
     }
 
     pub async fn run(mut self) {
         let interval = self.ctx.config.peers.interval;
         loop {
+            self.ctx.progress.beat("peers", self.ctx.round_bound());
             self.tick().await;
+            self.ctx.progress.done("peers");
             let ctx = self.ctx.clone();
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -118,14 +117,14 @@ impl PeersLoop {
         }
     }
 
-    /// One round: refresh the peer list when due, tell every peer how this
-    /// NAT is, end flow hand-offs whose holder went quiet, decide, ask EC2
-    /// about silent peers, cover dead peers' AZs.
+    /// One round: refresh the peer list when due, end flow hand-offs whose
+    /// holder went quiet, decide, ask EC2 about silent peers, cover dead
+    /// peers' AZs.
     pub async fn tick(&mut self) {
-        let my_status = *self.status.borrow_and_update();
         self.refresh_if_due().await;
-        self.send_heartbeats(my_status).await;
         self.expire_flows().await;
+        // The verdict as of now, after the awaits above.
+        let my_status = *self.status.borrow_and_update();
         let decision = {
             let s = self.ctx.peers();
             decide(
@@ -168,38 +167,19 @@ impl PeersLoop {
                         .collect();
                     info!(peers = ?names, "peers");
                 }
-                self.next_refresh = Instant::now() + self.ctx.config.routes.reconcile_interval;
+                self.refresh_backoff.reset();
+                self.next_refresh = Instant::now() + self.ctx.config.aws.refresh_interval;
             }
             Err(e) => {
+                let wait = self.refresh_backoff.fail();
                 if let Some(n) = self
                     .throttle
                     .check("refresh", &e.to_string(), Instant::now())
                 {
-                    warn!(suppressed = n, error = %e, "cannot list peers; will retry");
+                    warn!(suppressed = n, error = %e, retry_in = ?wait, "cannot list peers; will retry");
                 }
-                self.next_refresh = Instant::now() + PEER_LIST_RETRY;
+                self.next_refresh = Instant::now() + wait;
             }
-        }
-    }
-
-    /// Heartbeat to every peer that may still be there.
-    async fn send_heartbeats(&mut self, my_status: Status) {
-        self.seq += 1;
-        let Some(socket) = &self.socket else {
-            return;
-        };
-        let msg = Message {
-            instance: self.ctx.me.instance_id.clone(),
-            az: self.ctx.me.availability_zone.clone(),
-            status: my_status,
-            seq: self.seq,
-        }
-        .encode();
-        let targets = self.ctx.peers().heartbeat_targets();
-        for ip in targets {
-            let _ = socket
-                .send_to(msg.as_bytes(), (ip, self.ctx.config.peers.port))
-                .await;
         }
     }
 
@@ -388,6 +368,37 @@ async fn peer_list(ctx: &Ctx, deployment: &str) -> Result<(Vec<Peer>, Vec<Instan
     Ok((peers, departed))
 }
 
+/// Send this NAT's verdict to every peer that may still be there, every
+/// `peers.interval` and at once when it changes, until aborted. Awaits
+/// nothing but the socket.
+async fn beacon(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
+    let mut status = ctx.status.subscribe();
+    let (interval, port) = (ctx.config.peers.interval, ctx.config.peers.port);
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        let msg = Message {
+            instance: ctx.me.instance_id.clone(),
+            az: ctx.me.availability_zone.clone(),
+            status: *status.borrow_and_update(),
+            seq,
+        }
+        .encode();
+        let targets = ctx.peers().heartbeat_targets();
+        for ip in targets {
+            let _ = socket.send_to(msg.as_bytes(), (ip, port)).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            changed = status.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(interval).await;
+                }
+            }
+        }
+    }
+}
+
 /// Receive heartbeats until aborted.
 async fn receive(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     let mut buf = [0u8; 256];
@@ -406,7 +417,15 @@ async fn receive(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
         if msg.instance == ctx.me.instance_id {
             continue;
         }
-        let (what, changed) = ctx.peers().hear(&msg, from, ctx.now());
+        let (what, changed, silence) = {
+            let mut s = ctx.peers();
+            let silence = s.view.silence(&msg.instance, ctx.now());
+            let (what, changed) = s.hear(&msg, from, ctx.now());
+            (what, changed, silence.filter(|_| what == Arrival::Record))
+        };
+        if let Some(gap) = silence.filter(|g| *g >= ctx.config.peers.dead_after) {
+            warn!(peer = %msg.instance, silent_ms = gap.as_millis() as u64, status = %msg.status, "heard a peer again after a silence longer than peers.dead_after");
+        }
         if what == Arrival::WrongSender {
             let key = format!("{} from {from}", msg.instance);
             if let Some(n) = throttle.check("sender", &key, Instant::now()) {

@@ -55,7 +55,9 @@ impl RoutesLoop {
 
     pub async fn run(mut self) {
         loop {
+            self.ctx.progress.beat("routes", self.ctx.round_bound());
             let wait = self.tick().await;
+            self.ctx.progress.done("routes");
             // A change of our own verdict (first good probe, recovery) is
             // acted on at once.
             tokio::select! {
@@ -108,11 +110,14 @@ impl RoutesLoop {
     async fn pass(&mut self, status: Status, drain_left: bool) -> Result<(), AwsError> {
         let ctx = &*self.ctx.clone();
         let all = |_: &crate::domain::Route| true;
+        // The plan holds while this NAT's verdict is the one it was made on.
+        let proceed = || *ctx.status.borrow() == status;
         let mut spec = Take {
             az: &ctx.me.availability_zone,
             to: ctx.me_target(),
             may_take: &all,
-            observed: Some(super::take::observe(&*ctx.cloud, &ctx.me, &ctx.config).await?),
+            proceed: &proceed,
+            observed: Some(super::take::read_az(ctx, &ctx.me.availability_zone, true).await?),
         };
         let (observed, plan) = read_and_plan(ctx, &mut spec).await?;
         self.log_scope(&plan);
@@ -144,7 +149,7 @@ impl RoutesLoop {
         // Taking routes back from a NAT that still forwards (the adopter,
         // even one leaving itself): the connections it translates go on
         // through it.
-        hand_over_and_apply(ctx, &observed, &plan, &spec.to, Hand::Holders)
+        hand_over_and_apply(ctx, &observed, &plan, &spec.to, Hand::Holders, &proceed)
             .await
             .map(drop)
     }

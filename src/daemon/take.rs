@@ -8,6 +8,7 @@
 //! tries every action of a plan and returns the first error, so a failed
 //! call never leaves the rest undone and the next pass retries it.
 
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::ctx::Ctx;
@@ -16,7 +17,7 @@ use crate::aws::cloud::Cloud;
 use crate::config::Config;
 use crate::decide::peers::Peer;
 use crate::decide::routes::{Action, Observed, Plan, plan_to};
-use crate::domain::{Identity, InstanceInfo, Route, RouteTarget, SubnetId};
+use crate::domain::{Identity, InstanceInfo, Ipv4Cidr, Route, RouteTarget, SubnetId};
 
 /// Read what the routes loop needs from EC2: our AZ, with our interface's
 /// source/destination check.
@@ -37,14 +38,33 @@ pub async fn observe_az(
     az: &str,
     with_check: bool,
 ) -> Result<Observed, AwsError> {
-    let subnets = cloud
+    let subnets = tagged_subnets(cloud, identity, config, az).await?;
+    observe_with(cloud, identity, subnets, with_check).await
+}
+
+async fn tagged_subnets(
+    cloud: &dyn Cloud,
+    identity: &Identity,
+    config: &Config,
+    az: &str,
+) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError> {
+    cloud
         .tagged_subnets(
             &identity.vpc_id,
             az,
             &config.discovery.tag_key,
             &config.discovery.tag_value,
         )
-        .await?;
+        .await
+}
+
+/// The route tables of `subnets` (and the check, if asked) as they are now.
+async fn observe_with(
+    cloud: &dyn Cloud,
+    identity: &Identity,
+    subnets: Vec<(SubnetId, Option<Ipv4Cidr>)>,
+    with_check: bool,
+) -> Result<Observed, AwsError> {
     let tagged_subnets: Vec<SubnetId> = subnets.iter().map(|(s, _)| s.clone()).collect();
     let subnet_cidrs = subnets
         .into_iter()
@@ -65,16 +85,59 @@ pub async fn observe_az(
     })
 }
 
+/// [`observe_az`] for the daemon's loops, reading what rarely changes at
+/// most every `aws.refresh_interval` ([`super::ctx::Slow`]):
+/// the tagged subnets, and (with `with_check`) the source/destination check
+/// once seen off. The route tables are read every time.
+pub async fn read_az(ctx: &Ctx, az: &str, with_check: bool) -> Result<Observed, AwsError> {
+    let max_age = ctx.config.aws.refresh_interval;
+    let cached = ctx.slow().subnets(az, max_age);
+    let subnets = match cached {
+        Some(s) => s,
+        None => {
+            let s = tagged_subnets(&*ctx.cloud, &ctx.me, &ctx.config, az).await?;
+            ctx.slow()
+                .subnets
+                .insert(az.to_owned(), (Instant::now(), s.clone()));
+            s
+        }
+    };
+    let with_check = with_check && ctx.slow().check_due(max_age);
+    let observed = observe_with(&*ctx.cloud, &ctx.me, subnets, with_check).await?;
+    if observed.source_dest_check == Some(false) {
+        ctx.slow().check_off_at = Some(Instant::now());
+    }
+    Ok(observed)
+}
+
 /// Apply a plan that points routes at this NAT.
 pub async fn apply(cloud: &dyn Cloud, identity: &Identity, plan: &Plan) -> Result<(), AwsError> {
-    apply_to(cloud, &RouteTarget::Eni(identity.eni.clone()), plan).await
+    apply_to(
+        cloud,
+        &RouteTarget::Eni(identity.eni.clone()),
+        plan,
+        &|| true,
+    )
+    .await
 }
 
 /// Apply one plan, pointing routes at `to`; every action is tried, the
-/// first error is returned.
-pub async fn apply_to(cloud: &dyn Cloud, to: &RouteTarget, plan: &Plan) -> Result<(), AwsError> {
+/// first error is returned. `proceed` is asked before each mutating call:
+/// once it says no (what the plan was made on has changed: this NAT's
+/// verdict, a peer's), the rest of the plan is dropped for the next pass to
+/// plan again.
+pub async fn apply_to(
+    cloud: &dyn Cloud,
+    to: &RouteTarget,
+    plan: &Plan,
+    proceed: &Proceed<'_>,
+) -> Result<(), AwsError> {
     let mut first_err = None;
     for action in &plan.actions {
+        if !proceed() {
+            info!(action = %action, to = %to, "not applied: what this plan was made on has changed; the next pass plans again");
+            break;
+        }
         let result = match action {
             Action::CreateRoute { route_table } => {
                 match cloud.create_default_route(route_table, to).await {
@@ -114,12 +177,17 @@ pub enum Hand<'a> {
     Holders,
 }
 
+/// Asked before each mutating call: whether the plan still holds.
+pub type Proceed<'a> = dyn Fn() -> bool + Sync + 'a;
+
 /// What a take is about: `az`'s routes, pointed at `to`, taking an existing
-/// route only where `may_take` allows (a missing one is always created).
+/// route only where `may_take` allows (a missing one is always created),
+/// each only while `proceed` says the decision still holds.
 pub struct Take<'a> {
     pub az: &'a str,
     pub to: RouteTarget,
     pub may_take: &'a (dyn Fn(&Route) -> bool + Sync),
+    pub proceed: &'a Proceed<'a>,
     /// The AZ as already read in this pass, if it was.
     pub observed: Option<Observed>,
 }
@@ -128,7 +196,7 @@ pub struct Take<'a> {
 pub async fn read_and_plan(ctx: &Ctx, take: &mut Take<'_>) -> Result<(Observed, Plan), AwsError> {
     let observed = match take.observed.take() {
         Some(o) => o,
-        None => observe_az(&*ctx.cloud, &ctx.me, &ctx.config, take.az, false).await?,
+        None => read_az(ctx, take.az, false).await?,
     };
     let plan = plan_to(&ctx.me, &observed, &take.to, take.may_take);
     Ok((observed, plan))
@@ -142,7 +210,11 @@ pub async fn hand_over_and_apply(
     plan: &Plan,
     to: &RouteTarget,
     hand: Hand<'_>,
+    proceed: &Proceed<'_>,
 ) -> Result<usize, AwsError> {
+    if plan.actions.is_empty() || !proceed() {
+        return Ok(0);
+    }
     match hand {
         Hand::Nothing => {}
         Hand::To(peer) => {
@@ -154,14 +226,14 @@ pub async fn hand_over_and_apply(
         }
         Hand::Holders => hand_back(ctx, observed, plan).await,
     }
-    apply_to(&*ctx.cloud, to, plan).await?;
+    apply_to(&*ctx.cloud, to, plan, proceed).await?;
     Ok(plan.actions.len())
 }
 
 /// The whole path: read, plan, hand over, apply.
 pub async fn take(ctx: &Ctx, mut take: Take<'_>, hand: Hand<'_>) -> Result<usize, AwsError> {
     let (observed, plan) = read_and_plan(ctx, &mut take).await?;
-    hand_over_and_apply(ctx, &observed, &plan, &take.to, hand).await
+    hand_over_and_apply(ctx, &observed, &plan, &take.to, hand, take.proceed).await
 }
 
 /// The instance a route points at (by interface or instance id), if EC2

@@ -92,8 +92,12 @@ pub const FALLBACK_CHECK: Schedule = Schedule {
 /// How many times the fallback check is retried after an error.
 pub const FALLBACK_CHECK_ATTEMPTS: u32 = 5;
 
-/// A failed peer-list refresh is tried again after this.
-pub const PEER_LIST_RETRY: Duration = Duration::from_secs(1);
+/// A failed peer-list refresh is tried again after 1 s, 2 s, 4 s… up to
+/// a minute.
+pub const PEER_LIST_RETRY: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
 
 /// An unknown sender asks for a peer-list refresh at most this often, so a
 /// stream of made-up heartbeats cannot turn into a stream of API calls.
@@ -108,21 +112,29 @@ pub const PEER_PORT_RETRY: Duration = Duration::from_secs(5);
 pub const COVER_RETRY: Duration = Duration::from_secs(1);
 
 /// During a planned exit, how often the route tables are read to see
-/// whether a peer took the AZ's routes.
-pub const HANDOFF_POLL: Duration = Duration::from_millis(250);
+/// whether a peer took the AZ's routes (one call each).
+pub const HANDOFF_POLL: Duration = Duration::from_secs(1);
 
 /// After a failed probe round (short of `fall`), the next round starts
 /// after this instead of a whole interval, so `fall` failures take about
 /// `fall × timeout`.
 pub const PROBE_RECHECK: Duration = Duration::from_millis(50);
 
+/// One read of instance metadata by the planned-exit watcher gives up
+/// after this (IMDS answers in milliseconds when it answers at all).
+pub const IMDS_POLL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A failed receive on the peer heartbeat socket is tried again after this.
 pub const PEER_RECEIVE_RETRY: Duration = Duration::from_millis(100);
 
-/// The systemd watchdog is pinged only while the heartbeat loop made
-/// progress within three rounds plus a timeout (or a watchdog period, or a
-/// converge interval, whichever is longest) plus this slack.
+/// The systemd watchdog is pinged only while every loop's current round
+/// has run no longer than its bound, which includes this slack.
 pub const WATCHDOG_SLACK: Duration = Duration::from_secs(10);
+
+/// A round of a loop makes at most this many AWS calls and this many
+/// kernel commands one after the other, each bounded by its timeout: a
+/// round running longer is stuck (see `daemon::progress`).
+pub const ROUND_CALLS: u32 = 8;
 
 #[cfg(test)]
 mod tests {

@@ -120,6 +120,11 @@ impl View {
         self.heard.insert(msg.instance.clone(), (now, msg.status));
     }
 
+    /// How long since the peer was last heard, if ever.
+    pub fn silence(&self, id: &InstanceId, now: Duration) -> Option<Duration> {
+        self.heard.get(id).map(|(at, _)| now.saturating_sub(*at))
+    }
+
     /// The peer's last status if heard within `fresh`, else `None` (silent).
     pub fn fresh(&self, id: &InstanceId, now: Duration, fresh: Duration) -> Option<Status> {
         self.heard

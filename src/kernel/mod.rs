@@ -15,7 +15,8 @@
 //! namespace's *handle*, a bind mount in the daemon's own mount namespace:
 //! under systemd's sandbox it dies with the daemon and leaves a stale file
 //! ([`probe_ns`] replaces it). Commands (`nft`, `ip`) are run without a shell; their
-//! stderr becomes the error message.
+//! stderr becomes the error message, and one that hangs is killed after
+//! [`COMMAND_TIMEOUT`].
 
 pub mod link;
 pub mod nft;
@@ -40,6 +41,12 @@ pub enum KernelError {
     /// A command ran and failed.
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
+    /// A command did not finish in time and was killed.
+    #[error("`{command}` did not finish within {}s; killed", after.as_secs())]
+    Timeout {
+        command: String,
+        after: std::time::Duration,
+    },
     /// A sysctl could not be written.
     #[error("sysctl {key}: cannot set to {value}: {source}")]
     Sysctl {
@@ -82,7 +89,13 @@ pub async fn apply_ruleset(ruleset: &str) -> Result<(), KernelError> {
     run("nft", &["-f", "-"], Some(ruleset)).await.map(drop)
 }
 
-/// Run `program args…`, feeding `stdin` if given; stdout on success.
+/// No `nft` or `ip` command takes longer than this: one that does (a
+/// kernel or another agent holding the netlink lock) is killed and its step
+/// retried by the loop that ran it, instead of wedging that loop.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Run `program args…`, feeding `stdin` if given; stdout on success. Killed
+/// after [`COMMAND_TIMEOUT`].
 pub(crate) async fn run(
     program: &str,
     args: &[&str],
@@ -92,6 +105,22 @@ pub(crate) async fn run(
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
+    match tokio::time::timeout(COMMAND_TIMEOUT, run_untimed(program, args, stdin, &command)).await {
+        Ok(result) => result,
+        Err(_) => Err(KernelError::Timeout {
+            command,
+            after: COMMAND_TIMEOUT,
+        }),
+    }
+}
+
+async fn run_untimed(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    command: &str,
+) -> Result<String, KernelError> {
+    let command = command.to_owned();
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {

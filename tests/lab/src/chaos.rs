@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use crate::api::{self, Fault, Rule};
 use crate::cloud::DefaultTarget;
+use crate::imds::ImdsFault;
 use crate::lab::{Lab, LabOptions, MeterReport};
 
 /// The failures the lab can inject.
@@ -33,10 +35,24 @@ pub enum Scenario {
     Partition,
     /// AZ 0 is lost: its NAT vanishes and nothing launches there for 10 s.
     AzOutage,
+    /// Every AWS call takes 5 s longer for 60 s while AZ 0 stops forwarding.
+    ApiSlow,
+    /// The account's EC2 buckets are empty for 30 s (most calls throttled)
+    /// while AZ 0's instance is terminated.
+    ApiThrottle,
+    /// Every AWS call fails (503) for 60 s; nothing else happens.
+    ApiDown,
+    /// AZ 0's instance metadata is down for 30 s, and a scale-in starts
+    /// 10 s into it.
+    ImdsDown,
+    /// `ip_forward` is set to 0 on AZ 0's NAT, a drift hanat repairs.
+    KernelDrift,
+    /// AZ 0's NAT is put into Standby.
+    Standby,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -47,6 +63,12 @@ impl Scenario {
         Scenario::InstanceRefresh,
         Scenario::Partition,
         Scenario::AzOutage,
+        Scenario::ApiSlow,
+        Scenario::ApiThrottle,
+        Scenario::ApiDown,
+        Scenario::ImdsDown,
+        Scenario::KernelDrift,
+        Scenario::Standby,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +83,12 @@ impl Scenario {
             Scenario::InstanceRefresh => "instance-refresh",
             Scenario::Partition => "partition",
             Scenario::AzOutage => "az-outage",
+            Scenario::ApiSlow => "api-slow",
+            Scenario::ApiThrottle => "api-throttle",
+            Scenario::ApiDown => "api-down",
+            Scenario::ImdsDown => "imds-down",
+            Scenario::KernelDrift => "kernel-drift",
+            Scenario::Standby => "standby",
         }
     }
 
@@ -103,6 +131,16 @@ pub struct Report {
     pub route_changes: usize,
     /// Source addresses the internet saw from AZ 0, in the order first seen.
     pub sources: Vec<std::net::Ipv4Addr>,
+    /// The daemons' AWS calls from injection to the end, by action.
+    pub api_calls: Vec<(String, usize)>,
+    /// Calls per NAT per minute in the steady part before the injection.
+    pub api_calls_per_nat_min: f64,
+    /// Every call the daemons made, for tests that look closer.
+    pub calls: Vec<api::Call>,
+    /// When the fault was injected.
+    pub injected: Instant,
+    /// The log of every daemon that ran in the lab, replaced NATs' too.
+    pub logs: Vec<String>,
     pub events: Vec<String>,
 }
 
@@ -114,11 +152,16 @@ impl Report {
             .iter()
             .map(|s| json_string(&s.to_string()))
             .collect();
+        let calls: Vec<String> = self
+            .api_calls
+            .iter()
+            .map(|(a, n)| format!("{}:{n}", json_string(a)))
+            .collect();
         format!(
             "{{\"scenario\":\"{}\",\"azs\":{},\"recovered\":{},\"outage_ms\":{},\"measured_ms\":{},\
              \"ended_in_outage\":{},\"lost\":{},\"sent\":{},\
              \"recovery_ms\":{},\"source_ip_changes\":{},\"route_changes\":{},\"sources\":[{}],\
-             \"events\":[{}]}}",
+             \"api_calls\":{{{}}},\"api_calls_per_nat_min\":{:.1},\"events\":[{}]}}",
             self.scenario.name(),
             self.azs,
             self.recovered,
@@ -131,6 +174,8 @@ impl Report {
             self.source_ip_changes,
             self.route_changes,
             sources.join(","),
+            calls.join(","),
+            self.api_calls_per_nat_min,
             events.join(",")
         )
     }
@@ -178,6 +223,9 @@ pub struct ChaosOptions {
     pub timeout: Duration,
     /// Requests per host: one every this long (20/s by default).
     pub every: Duration,
+    /// Steady state watched before the injection (where
+    /// `api_calls_per_nat_min` is measured).
+    pub steady: Duration,
 }
 
 /// Run one scenario end to end on a fresh lab.
@@ -188,7 +236,8 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
     let meters: Vec<_> = (0..lab.azs.len())
         .map(|i| lab.meter(i, opts.every))
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let steady_from = Instant::now();
+    tokio::time::sleep(opts.steady).await;
 
     // Scenarios that end with AZ 0's instance replaced have not recovered
     // before that has happened.
@@ -201,6 +250,9 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
             | Scenario::SpotInterruption
             | Scenario::InstanceRefresh
             | Scenario::AzOutage
+            | Scenario::ApiSlow
+            | Scenario::ApiThrottle
+            | Scenario::ImdsDown
     );
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
@@ -236,6 +288,8 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         .filter(|(t, _)| *t >= injected)
         .map(|(t, e)| format!("+{} ms {e}", t.duration_since(injected).as_millis()))
         .collect();
+    let calls = lab.api().calls();
+    let after: Vec<api::Call> = calls.iter().filter(|c| c.at >= injected).cloned().collect();
     Ok(Report {
         scenario,
         azs: lab.azs.len(),
@@ -253,6 +307,11 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         source_ip_changes: reports.iter().map(|r| r.source_changes).sum(),
         route_changes,
         sources: affected.sources.clone(),
+        api_calls: api::by_action(&after),
+        api_calls_per_nat_min: api::per_nat_min(&calls, lab.azs.len(), steady_from, injected),
+        calls,
+        injected,
+        logs: lab.all_logs(),
         events,
     })
 }
@@ -288,16 +347,13 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
         Scenario::None => Ok(()),
         Scenario::KillDaemon => lab.kill_daemon(0),
         Scenario::TerminateInstance => lab.terminate_instance(0).await.map(drop),
-        Scenario::StopForwarding => lab
-            .nat_exec(
-                0,
-                "nft",
-                &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
-            )
-            .map(drop),
+        Scenario::StopForwarding => stop_forwarding(lab),
         Scenario::HijackRoute => {
             lab.cloud
-                .set_default_route(&lab.azs[0].private_route_table, DefaultTarget::Gateway(&lab.igw_id))
+                .set_default_route(
+                    &lab.azs[0].private_route_table,
+                    DefaultTarget::Gateway(&lab.igw_id),
+                )
                 .await
         }
         Scenario::ScaleIn => lab.scale_in(0, hook_timeout),
@@ -319,7 +375,47 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             lab.partition(false)
         }
         Scenario::AzOutage => lab.az_outage(0, Duration::from_secs(10)).await,
+        Scenario::ApiSlow => {
+            let slow = Fault::Delay(Duration::from_secs(5));
+            lab.api().inject(Rule::all(slow, Duration::from_secs(60)));
+            stop_forwarding(lab)
+        }
+        Scenario::ApiThrottle => {
+            lab.api().drain(Duration::from_secs(30), 0.5);
+            lab.terminate_instance(0).await.map(drop)
+        }
+        Scenario::ApiDown => {
+            lab.api()
+                .inject(Rule::all(Fault::Error(503), Duration::from_secs(60)));
+            // Nothing breaks: the run is the fault and a little after.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }
+        Scenario::ImdsDown => {
+            lab.imds_fault(0, ImdsFault::Error(503), Duration::from_secs(30))?;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            lab.scale_in(0, hook_timeout)
+        }
+        Scenario::KernelDrift => lab
+            .nat_exec(0, "sysctl", &["-qw", "net.ipv4.ip_forward=0"])
+            .map(drop),
+        Scenario::Standby => {
+            lab.standby(0).await?;
+            // Long enough for a peer-list refresh to have seen it.
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            Ok(())
+        }
     }
+}
+
+/// AZ 0's kernel stops forwarding: a foreign table drops everything.
+fn stop_forwarding(lab: &Lab) -> Result<()> {
+    lab.nat_exec(
+        0,
+        "nft",
+        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
+    )
+    .map(drop)
 }
 
 async fn lab_ok(lab: &Lab) -> bool {

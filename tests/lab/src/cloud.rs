@@ -432,6 +432,19 @@ impl Cloud {
         Ok(())
     }
 
+    /// Put `instance` into Standby without lowering the group's desired
+    /// capacity (moto launches no replacement for it; AWS would).
+    pub async fn enter_standby(&self, group: &str, instance: &str) -> Result<()> {
+        self.asg
+            .enter_standby()
+            .auto_scaling_group_name(group)
+            .instance_ids(instance)
+            .should_decrement_desired_capacity(false)
+            .send()
+            .await?;
+        Ok(())
+    }
+
     /// The group's in-service, healthy instance.
     pub async fn group_instance(&self, group: &str) -> Result<Instance> {
         let out = self

@@ -11,7 +11,8 @@
 //! Not emulated: the token hop limit (every request comes from inside the
 //! instance), the document's signatures, user data. Values can be changed
 //! while it runs (e.g. `autoscaling/target-lifecycle-state`), and it can be
-//! made unavailable to test boot-time retries.
+//! made to misbehave ([`ImdsFault`]: slow, hung, erroring, down for a
+//! while) to test the daemon's retries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,10 +25,21 @@ use tokio::net::{TcpListener, TcpStream};
 struct State {
     values: HashMap<String, String>,
     tokens: HashMap<String, Instant>,
-    /// While true, every request is answered 503.
-    unavailable: bool,
+    /// A fault on every request, until a time (or until cleared).
+    fault: Option<(ImdsFault, Option<Instant>)>,
     rejected_without_token: u32,
     served: u32,
+}
+
+/// How the emulator misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImdsFault {
+    /// Answer, but this much later.
+    Delay(Duration),
+    /// Never answer while the fault lasts.
+    Hang,
+    /// Answer every request with this status (503: down).
+    Error(u16),
 }
 
 /// Handle to a running emulator; the server stops when the handle drops.
@@ -328,8 +340,18 @@ impl Imds {
         }
     }
 
+    /// Answer every request 503 (or stop doing so).
     pub fn set_unavailable(&self, down: bool) {
-        self.lock().unavailable = down;
+        self.lock().fault = down.then_some((ImdsFault::Error(503), None));
+    }
+
+    /// Misbehave for `for_` (or until [`Imds::clear_fault`]).
+    pub fn set_fault(&self, fault: ImdsFault, for_: Option<Duration>) {
+        self.lock().fault = Some((fault, for_.map(|d| Instant::now() + d)));
+    }
+
+    pub fn clear_fault(&self) {
+        self.lock().fault = None;
     }
 
     /// GETs refused for lack of a valid token.
@@ -376,11 +398,23 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resul
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
 
+    let fault = || fault_now(&mut state.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut error = None;
+    match fault() {
+        Some(ImdsFault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(ImdsFault::Hang) => {
+            while fault() == Some(ImdsFault::Hang) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Some(ImdsFault::Error(code)) => error = Some(code),
+        None => {}
+    }
     let mut ttl_header = None;
     let (status, body) = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.unavailable {
-            (503, String::from("unavailable"))
+        if let Some(code) = error {
+            (code, String::from("unavailable"))
         } else if method == "PUT" && path == "/latest/api/token" {
             match headers
                 .get("x-aws-ec2-metadata-token-ttl-seconds")
@@ -429,6 +463,7 @@ async fn respond(
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        500 => "Internal Server Error",
         _ => "Service Unavailable",
     };
     let ttl = ttl
@@ -440,6 +475,16 @@ async fn respond(
     );
     conn.write_all(msg.as_bytes()).await?;
     conn.shutdown().await
+}
+
+fn fault_now(st: &mut State) -> Option<ImdsFault> {
+    if st
+        .fault
+        .is_some_and(|(_, until)| until.is_some_and(|u| Instant::now() >= u))
+    {
+        st.fault = None;
+    }
+    st.fault.map(|(f, _)| f)
 }
 
 fn fastrand_u64() -> u64 {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use hanat_lab::api::{self, Latency};
 use hanat_lab::chaos::{self, ChaosOptions, Scenario};
 use hanat_lab::lab::{Lab, LabOptions};
 
@@ -14,13 +15,15 @@ const USAGE: &str = "\
 usage: hanat-lab <command> [options]
 
 commands:
-  up [--azs N]                     build the lab, run it until Ctrl-C, tear it down
+  up [--azs N] [--for D]           build the lab, run it until Ctrl-C (or for D),
+                                   tear it down
   chaos SCENARIO [--azs N] [--json]
                                    up → converge → inject → measure → down
                                    scenarios: none, kill-daemon, terminate-instance,
                                    stop-forwarding, hijack-route, scale-in,
                                    spot-interruption, instance-refresh, partition,
-                                   az-outage
+                                   az-outage, api-slow, api-throttle, api-down,
+                                   imds-down, kernel-drift, standby
   bench failover [--runs N]        every scenario N times (default 10) with
                                    failover = peer and = none; a table of outages
   down                             remove namespaces a crashed lab left behind
@@ -31,6 +34,16 @@ options:
                      give every AZ a managed NAT Gateway and name it in
                      peers.fallback_nat_gateway_id
   --timeout D        chaos: give up waiting for recovery (default 120s)
+  --api-latency P    latency the AWS API proxy adds: realistic (default) or none
+  --for D            up: tear down after D
+  --steady D         chaos, bench: steady state watched before the fault (default
+                     2s; the JSON's api_calls_per_nat_min is measured over it)
+  --refresh-interval D
+                     the daemons' aws.refresh_interval (default 15s; hanat's own
+                     default is 10m)
+  --reconcile-interval D
+                     the daemons' routes.reconcile_interval (default 5s; hanat's
+                     own default is 30s)
   --hanat PATH       the hanat binary (default: next to hanat-lab, built if missing)
   --json             chaos: print one JSON object
   --runs N           bench: runs per scenario and mode (default 10)
@@ -49,6 +62,11 @@ struct Args {
     runs: usize,
     scenarios: Option<String>,
     fallback_nat_gateway: bool,
+    api_latency: Latency,
+    run_for: Option<Duration>,
+    reconcile_interval: Duration,
+    steady: Duration,
+    refresh_interval: Duration,
 }
 
 fn parse() -> Result<Option<Args>> {
@@ -64,6 +82,11 @@ fn parse() -> Result<Option<Args>> {
         runs: 10,
         scenarios: None,
         fallback_nat_gateway: false,
+        api_latency: Latency::Realistic,
+        run_for: None,
+        reconcile_interval: Duration::from_secs(5),
+        steady: Duration::from_secs(2),
+        refresh_interval: Duration::from_secs(15),
     };
     let duration = |v: Option<String>, flag: &str| -> Result<Duration> {
         let v = v.with_context(|| format!("{flag} needs a value"))?;
@@ -88,6 +111,15 @@ fn parse() -> Result<Option<Args>> {
             "--timeout" => a.timeout = duration(it.next(), "--timeout")?,
             "--hanat" => a.hanat = Some(it.next().context("--hanat needs a path")?.into()),
             "--json" => a.json = true,
+            "--refresh-interval" => a.refresh_interval = duration(it.next(), "--refresh-interval")?,
+            "--steady" => a.steady = duration(it.next(), "--steady")?,
+            "--for" => a.run_for = Some(duration(it.next(), "--for")?),
+            "--reconcile-interval" => {
+                a.reconcile_interval = duration(it.next(), "--reconcile-interval")?
+            }
+            "--api-latency" => {
+                a.api_latency = Latency::parse(&it.next().context("--api-latency needs a value")?)?
+            }
             "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
             "--runs" => {
                 let v = it.next().context("--runs needs a number")?;
@@ -149,6 +181,9 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.heartbeat_interval = Duration::from_millis(500);
     o.grace = Duration::from_secs(30);
     o.fallback_nat_gateway = a.fallback_nat_gateway;
+    o.api_latency = a.api_latency;
+    o.reconcile_interval = a.reconcile_interval;
+    o.refresh_interval = a.refresh_interval;
     Ok(o)
 }
 
@@ -213,7 +248,8 @@ async fn up(a: &Args) -> Result<u8> {
     let start = Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    loop {
+    let end = a.run_for.map(|d| start + d);
+    while end.is_none_or(|e| Instant::now() < e) {
         print_status(&lab, start).await;
         tokio::select! {
             _ = &mut ctrl_c => break,
@@ -271,6 +307,36 @@ async fn print_status(lab: &Lab, start: Instant) {
             seen.map(|s| s.to_string()).unwrap_or_else(|_| "-".into())
         );
     }
+    print_api(lab, start);
+}
+
+/// The daemons' AWS calls: in all, and per NAT per minute over the last
+/// [`API_WINDOW`] once the lab has run that long past its first minute
+/// (start-up's calls left out).
+fn print_api(lab: &Lab, start: Instant) {
+    const API_WINDOW: Duration = Duration::from_secs(300);
+    let calls = lab.api().calls();
+    let now = Instant::now();
+    let from = (now - API_WINDOW).max(start + Duration::from_secs(60));
+    let rate = match now.saturating_duration_since(from) >= Duration::from_secs(60) {
+        true => format!(
+            "{:.1} per NAT per minute over the last {}",
+            api::per_nat_min(&calls, lab.azs.len(), from, now),
+            humantime::format_duration(Duration::from_secs(now.duration_since(from).as_secs()))
+        ),
+        false => "per NAT per minute: after the first two minutes".into(),
+    };
+    let recent: Vec<api::Call> = calls.iter().filter(|c| c.at >= from).cloned().collect();
+    let actions: Vec<String> = api::by_action(&recent)
+        .into_iter()
+        .map(|(a, n)| format!("{a} {n}"))
+        .collect();
+    println!(
+        "        AWS API ({} latency): {} calls; {rate}; {}",
+        lab.api().latency().name(),
+        calls.len(),
+        actions.join(", ")
+    );
 }
 
 async fn chaos_cmd(a: &Args) -> Result<u8> {
@@ -280,6 +346,7 @@ async fn chaos_cmd(a: &Args) -> Result<u8> {
         lab: lab_options(a)?,
         timeout: a.timeout,
         every: Duration::from_millis(50),
+        steady: a.steady,
     };
     let report = chaos::run(scenario, opts).await?;
     if a.json {
@@ -312,6 +379,7 @@ async fn bench(a: &Args) -> Result<u8> {
                     lab,
                     timeout: a.timeout,
                     every: Duration::from_millis(50),
+                    steady: a.steady,
                 };
                 let r = chaos::run(*s, opts).await?;
                 eprintln!("{} {mode} run {run}/{}: {}", s.name(), a.runs, r.json());

@@ -1,5 +1,7 @@
 //! Faults the lab can inject: a killed daemon, a vanished instance, a
-//! scale-in, a spot notice, a partition, an AZ outage.
+//! scale-in, a spot notice, a partition, an AZ outage, Standby, a
+//! misbehaving instance metadata service (the AWS API's faults are
+//! [`Lab::api`]'s).
 
 use super::*;
 
@@ -151,5 +153,30 @@ impl Lab {
         terminate_nat(&self.shared, i, "lost with its AZ")
             .await
             .map(drop)
+    }
+
+    /// Auto Scaling puts AZ `i`'s NAT into Standby (the operator's pause).
+    pub async fn standby(&self, i: usize) -> Result<()> {
+        let id = self
+            .nat(i)
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?
+            .instance
+            .id;
+        self.cloud.enter_standby(&self.azs[i].group, &id).await?;
+        self.set_metadata(i, "autoscaling/target-lifecycle-state", "Standby")?;
+        self.shared.event(format!("az{i}: {id} entered Standby"));
+        Ok(())
+    }
+
+    /// AZ `i`'s instance metadata misbehaves for `for_`.
+    pub fn imds_fault(&self, i: usize, fault: ImdsFault, for_: Duration) -> Result<()> {
+        let nats = self.shared.nats();
+        let n = nats[i]
+            .as_ref()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        n.imds.set_fault(fault, Some(for_));
+        self.shared
+            .event(format!("az{i}: instance metadata {fault:?} for {for_:?}"));
+        Ok(())
     }
 }

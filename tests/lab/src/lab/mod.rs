@@ -47,8 +47,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::api::{Api, Latency};
 use crate::cloud::{Cloud, Instance};
-use crate::imds::{Imds, InstanceMetadata};
+use crate::imds::{Imds, ImdsFault, InstanceMetadata};
 use crate::moto::Moto;
 use crate::netns::{Netns, veth};
 use crate::sandbox::Sandbox;
@@ -132,6 +133,11 @@ pub struct LabOptions {
     /// Play Auto Scaling's replacement of an instance reported Unhealthy
     /// (default); `false` leaves it running, for tests that report again.
     pub replace_unhealthy: bool,
+    /// The latency the AWS API proxy adds to the daemons' calls.
+    pub api_latency: Latency,
+    /// `aws.refresh_interval`: short in the lab, so that the paths that
+    /// re-read the peer list and subnets run within a test.
+    pub refresh_interval: Duration,
 }
 
 impl LabOptions {
@@ -153,6 +159,8 @@ impl LabOptions {
             fallback_nat_gateway: false,
             flow_handoff: None,
             replace_unhealthy: true,
+            api_latency: Latency::Realistic,
+            refresh_interval: Duration::from_secs(15),
         }
     }
 }
@@ -208,6 +216,8 @@ struct Shared {
     az_down: Mutex<HashMap<usize, Instant>>,
     /// Per AZ (name), its fallback NAT Gateway.
     gateways: Vec<(String, NatGateway)>,
+    /// The AWS API as the daemons reach it.
+    api: Api,
 }
 
 impl Shared {
@@ -324,6 +334,7 @@ impl Lab {
                 .iter()
                 .filter_map(|a| a.nat_gateway.clone().map(|g| (a.name.clone(), g)))
                 .collect(),
+            api: Api::new(opts.api_latency),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut lab = Lab {
@@ -402,6 +413,22 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// The log of every daemon that ran in this lab, by file name.
+    pub fn all_logs(&self) -> Vec<String> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
     /// The public address the internet sees for AZ `i`'s current NAT.
     pub fn public_ip(&self, i: usize) -> Option<Ipv4Addr> {
         let id = self.shared.nats()[i].as_ref()?.instance.id.clone();
@@ -413,6 +440,11 @@ impl Lab {
             .get(&id)
             .copied();
         auto.or(Some(self.azs[i].eip.1))
+    }
+
+    /// The AWS API as the daemons reach it: faults, buckets, calls.
+    pub fn api(&self) -> &Api {
+        &self.shared.api
     }
 
     /// Lab events since start, with their times.

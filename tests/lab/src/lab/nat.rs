@@ -1,4 +1,4 @@
-//! A NAT instance of the lab: its namespace, IMDSv2 emulator, moto proxy
+//! A NAT instance of the lab: its namespace, IMDSv2 emulator, AWS API proxy ([`crate::api`])
 //! and config, and its daemon, started the way the unit starts it.
 
 use super::*;
@@ -188,7 +188,12 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
     let imds = Imds::serve(ns.bind_tcp("169.254.169.254:80".parse()?)?, meta.values())?;
     // The AWS API, reached from inside the instance through a proxy.
     let proxy_listener = ns.bind_tcp(SocketAddr::from(([127, 0, 0, 1], MOTO_PROXY_PORT)))?;
-    let proxy = tokio::spawn(proxy(proxy_listener, shared.moto_port));
+    let proxy = tokio::spawn(crate::api::serve(
+        proxy_listener,
+        i,
+        shared.api.clone(),
+        shared.moto_port,
+    ));
 
     let probe_namespace = format!("{prefix}-p{i}g{n}");
     let config_path = shared.dir.join(format!("nat-{i}-{n}.toml"));
@@ -225,6 +230,15 @@ pub fn daemon_config(
         .iter()
         .map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\""))
         .collect();
+    // Left to hanat's default when it is the default (so older binaries,
+    // which lack the key, can run in the lab for comparison).
+    let refresh = match o.refresh_interval == Duration::from_secs(600) {
+        true => String::new(),
+        false => format!(
+            "refresh_interval = \"{}\"\n",
+            humantime::format_duration(o.refresh_interval)
+        ),
+    };
     let flow_handoff = o
         .flow_handoff
         .map(|d| format!("flow_handoff = \"{}\"\n", humantime::format_duration(d)))
@@ -236,7 +250,7 @@ pub fn daemon_config(
          conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
-         [aws]\nimds_timeout = \"20s\"\n\n[peers.fallback_nat_gateway_id]\n{fallbacks}",
+         [aws]\nimds_timeout = \"20s\"\n{refresh}\n[peers.fallback_nat_gateway_id]\n{fallbacks}",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
         humantime::format_duration(o.heartbeat_interval * 4 / 5),
@@ -248,22 +262,6 @@ pub fn daemon_config(
         o.failback,
         o.handoff_on_stop,
     )
-}
-
-pub(super) async fn proxy(listener: std::net::TcpListener, port: u16) {
-    let Ok(()) = listener.set_nonblocking(true) else {
-        return;
-    };
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-        return;
-    };
-    while let Ok((mut inbound, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut up).await;
-            }
-        });
-    }
 }
 
 impl Lab {

@@ -1,0 +1,164 @@
+//! Where production is unkind: a slow, throttled, failing AWS API, an
+//! instance metadata service that goes away, kernel drift, Standby. Each
+//! test runs one chaos scenario on a 2-AZ lab whose daemons reach moto
+//! through the fault-injecting API proxy with the realistic latency
+//! profile, and asserts what a user would see.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::time::Duration;
+
+use hanat_lab::api::Call;
+use hanat_lab::chaos::{self, ChaosOptions, Report, Scenario};
+use hanat_lab::lab::LabOptions;
+
+async fn run(s: Scenario, timeout: Duration) -> Report {
+    let mut lab = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
+    lab.azs = 2;
+    lab.boot_delay = Duration::from_secs(3);
+    let opts = ChaosOptions {
+        lab,
+        timeout,
+        every: Duration::from_millis(50),
+        steady: Duration::from_secs(2),
+    };
+    let r = chaos::run(s, opts).await.unwrap();
+    eprintln!("{}", r.json());
+    assert!(r.recovered, "{}", r.human());
+    assert!(r.sent > 50, "{}", r.human());
+    r
+}
+
+/// Lines of every daemon log containing `what`.
+fn logged(r: &Report, what: &str) -> Vec<String> {
+    r.logs
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| l.contains(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Calls made in the `window` after the injection.
+fn calls_within(r: &Report, window: Duration) -> Vec<&Call> {
+    r.calls
+        .iter()
+        .filter(|c| c.at >= r.injected && c.at < r.injected + window)
+        .collect()
+}
+
+const SILENCE: &str = "heard a peer again after a silence longer than peers.dead_after";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_neither_silences_heartbeats_nor_stops_a_failover() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = run(Scenario::ApiSlow, Duration::from_secs(180)).await;
+    // Heartbeats go out from their own task: however long the loops wait
+    // on AWS, no NAT fell silent to its peers.
+    assert!(logged(&r, SILENCE).is_empty(), "{:#?}", logged(&r, SILENCE));
+    // AZ 0 adopted by its peer, then taken back by its replacement: the
+    // same two changes as without the fault.
+    assert!(
+        (1..=2).contains(&r.route_changes),
+        "{} route changes\n{}",
+        r.route_changes,
+        r.human()
+    );
+    let slow = calls_within(&r, Duration::from_secs(55));
+    assert!(!slow.is_empty(), "no calls while the API was slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_account_delays_a_failover_without_a_retry_storm() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = run(Scenario::ApiThrottle, Duration::from_secs(180)).await;
+    let throttled = calls_within(&r, Duration::from_secs(30));
+    let refused = throttled.iter().filter(|c| c.status == 503).count();
+    assert!(refused > 0, "the buckets never throttled: {throttled:#?}");
+    // Backoff, not a hot loop: over the 30 s, fewer than 2 calls per
+    // second per NAT, retries included.
+    assert!(
+        throttled.len() < 2 * 30 * 2,
+        "{} calls in 30 s of throttling",
+        throttled.len()
+    );
+    // Adoption and take-back only: no route was taken from a healthy NAT.
+    assert!(r.route_changes <= 2, "{}", r.human());
+    assert!(r.sources.len() <= 2, "{}", r.human());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_fails_for_a_minute_changes_nothing() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = run(Scenario::ApiDown, Duration::from_secs(120)).await;
+    assert_eq!(r.lost, 0, "{}", r.human());
+    assert_eq!(r.route_changes, 0, "{}", r.human());
+    let failed = calls_within(&r, Duration::from_secs(60))
+        .iter()
+        .filter(|c| c.status == 503)
+        .count();
+    assert!(failed > 0, "no call failed");
+    // Afterwards, calls succeed again.
+    let after: Vec<&Call> = r
+        .calls
+        .iter()
+        .filter(|c| c.at >= r.injected + Duration::from_secs(61))
+        .collect();
+    assert!(after.iter().all(|c| c.status == 200), "{after:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_in_during_an_imds_outage_is_still_a_planned_exit() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = run(Scenario::ImdsDown, Duration::from_secs(180)).await;
+    assert!(
+        !logged(&r, "cannot read instance metadata").is_empty(),
+        "the outage went unreported"
+    );
+    assert!(
+        !logged(&r, "planned exit: handing this AZ's routes to a peer").is_empty(),
+        "{}",
+        r.human()
+    );
+    assert_eq!(r.lost, 0, "{}", r.human());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_drift_is_repaired_without_moving_a_route() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = run(Scenario::KernelDrift, Duration::from_secs(60)).await;
+    assert_eq!(r.route_changes, 0, "{}", r.human());
+    assert!(
+        !logged(&r, "drift repaired").is_empty(),
+        "{:#?}",
+        logged(&r, "kernel")
+    );
+    assert!(logged(&r, "marking instance Unhealthy").is_empty());
+    // Forwarding stopped until the repair: about a probe round.
+    assert!(r.outage_ms < 5_000, "{}", r.human());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nat_in_standby_keeps_its_az() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = run(Scenario::Standby, Duration::from_secs(60)).await;
+    assert_eq!(r.route_changes, 0, "{}", r.human());
+    assert_eq!(r.lost, 0, "{}", r.human());
+    assert!(
+        logged(&r, "adopted the private routes").is_empty(),
+        "{:#?}",
+        logged(&r, "adopted")
+    );
+}
