@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hanat_lab::api::Call;
 use hanat_lab::chaos::{self, ChaosOptions, Report, Scenario};
-use hanat_lab::lab::LabOptions;
+use hanat_lab::lab::{Lab, LabOptions, elastic_ip};
 
 async fn run(s: Scenario, timeout: Duration) -> Report {
     let mut lab = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
@@ -160,5 +160,65 @@ async fn a_nat_in_standby_keeps_its_az() {
         logged(&r, "adopted the private routes").is_empty(),
         "{:#?}",
         logged(&r, "adopted")
+    );
+}
+
+/// Another agent flushes every nftables rule and deletes the tunnel device
+/// on the NAT that carries a flow hand-off: hanat rebuilds both, and the
+/// connection handed off keeps its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_ruleset_during_a_flow_handoff_is_rebuilt_and_the_connection_lives() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
+    opts.azs = 2;
+    opts.handoff_on_stop = true;
+    // AZ 0's daemon stays stopped: its kernel still translates the early
+    // connection, which AZ 1 tunnels back to it.
+    opts.restart_delay = None;
+    let lab = Lab::build(opts).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let mut early = lab.session(0, Duration::from_secs(3)).unwrap();
+    assert_eq!(early.ask().unwrap(), elastic_ip(0));
+    assert!(lab.terminate_daemon(0).unwrap().success());
+    lab.wait_for(
+        "AZ 0 to leave through AZ 1",
+        Duration::from_secs(10),
+        || async { Ok(lab.whoami(0, Duration::from_secs(2))? == elastic_ip(1)) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(early.ask().unwrap(), elastic_ip(0), "handed off");
+
+    lab.nat_exec(1, "nft", &["flush ruleset"]).unwrap();
+    lab.nat_exec(1, "ip", &["link", "del", "hanat0"]).unwrap();
+    lab.wait_for(
+        "AZ 1 to rebuild its table, the tunnel and the hand-off",
+        Duration::from_secs(20),
+        || async {
+            // Deleting the device took the hand-off's routes with it.
+            let routes = lab
+                .nat_exec(1, "ip", &["route", "show", "table", "all", "dev", "hanat0"])
+                .unwrap_or_default();
+            let handoff = lab.nat_exec(1, "nft", &["list", "table", "ip", "hanat_handoff"]);
+            let nat = lab.nat_exec(1, "nft", &["list", "table", "ip", "hanat"]);
+            Ok(!routes.trim().is_empty() && handoff.is_ok() && nat.is_ok())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        early.ask().expect("the handed-off connection survives"),
+        elastic_ip(0)
+    );
+    assert_eq!(
+        lab.whoami(0, Duration::from_secs(2)).unwrap(),
+        elastic_ip(1)
+    );
+    assert_eq!(
+        lab.whoami(1, Duration::from_secs(2)).unwrap(),
+        elastic_ip(1)
     );
 }

@@ -168,6 +168,16 @@ impl FlowHandoff {
         Ok(())
     }
 
+    /// Put the hand-offs in force back into the kernel if something removed
+    /// them (a flushed ruleset, a deleted device): run with every kernel
+    /// converge. The tunnel's converge changes nothing that is in place.
+    pub async fn reassert(&mut self) -> Result<(), KernelError> {
+        if !self.enabled() || (self.entries.is_empty() && !self.stale) {
+            return Ok(());
+        }
+        self.converge().await
+    }
+
     async fn converge(&mut self) -> Result<(), KernelError> {
         let handoffs: Vec<Handoff> = self
             .entries

@@ -18,6 +18,7 @@ use crate::decide::heartbeat::{Heartbeat, Phase, Verdict};
 use crate::domain::Status;
 use crate::kernel::probe::{Prober, Round};
 use crate::kernel::probe_ns;
+use crate::report;
 
 pub struct HeartbeatLoop {
     ctx: Arc<Ctx>,
@@ -116,6 +117,14 @@ impl HeartbeatLoop {
     async fn converge(&mut self) {
         let ctx = &*self.ctx;
         converge_logged(&ctx.me, &ctx.config, &self.interface, &mut self.throttle).await;
+        // The flow hand-offs in force live in the same kernel state.
+        if let Err(e) = ctx.flows.lock().await.reassert().await
+            && let Some(n) = self
+                .throttle
+                .check("handoff", &e.to_string(), Instant::now())
+        {
+            warn!(suppressed = n, error = %report(&e), "cannot restore the flow hand-offs; will retry");
+        }
         self.next_converge = Instant::now() + ctx.config.kernel.converge_interval;
     }
 

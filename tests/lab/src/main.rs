@@ -311,10 +311,10 @@ async fn print_status(lab: &Lab, start: Instant) {
 }
 
 /// The daemons' AWS calls: in all, and per NAT per minute over the last
-/// [`API_WINDOW`] once the lab has run that long past its first minute
+/// [`API_WINDOW`] (ten minutes) once the lab has run a minute past its first
 /// (start-up's calls left out).
 fn print_api(lab: &Lab, start: Instant) {
-    const API_WINDOW: Duration = Duration::from_secs(300);
+    const API_WINDOW: Duration = Duration::from_secs(600);
     let calls = lab.api().calls();
     let now = Instant::now();
     let from = (now - API_WINDOW).max(start + Duration::from_secs(60));

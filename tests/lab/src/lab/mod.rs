@@ -6,7 +6,7 @@
 //!                                  ├── rtr ── igw ──────┤   servers report the
 //!  NAT ns (ENI MAC + IP) ── bp{i} ─┘ VPC      1:1 NAT    │   source they saw
 //!   hanat, IMDSv2 emulator,          router   private ↔ public (Elastic IP)
-//!   moto proxy 127.0.0.1:4566
+//!   AWS API proxy 127.0.0.1:4566 (faults, buckets, counters: crate::api)
 //!  NAT Gateway ns 10.0.(2i).250 ── bp{i}   (with --fallback-nat-gateway)
 //! ```
 //! - The **router** forwards each private subnet by *its route table in
@@ -86,7 +86,7 @@ pub const WHOAMI_PORT: u16 = 80;
 /// The internet servers' session port: one line back (the source address
 /// seen) for every line received, for as long as the connection lasts.
 pub const SESSION_PORT: u16 = 7;
-/// Port of the moto proxy inside each NAT namespace.
+/// Port of the AWS API proxy ([`crate::api`]) inside each NAT namespace.
 pub const MOTO_PROXY_PORT: u16 = 4566;
 /// Tag on the Elastic IPs of the pool (value: the AZ).
 pub const EIP_POOL_TAG: &str = "hanat:pool";
