@@ -160,11 +160,13 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
     .await
     .unwrap();
     assert_eq!(lab.cloud.health(&nat.instance.id).await.unwrap(), "Healthy");
-    lab.wait_for("heartbeat recovered", Duration::from_secs(10), || async {
-        Ok(log().contains("forwarding recovered") || !log().contains("re-applying"))
+    // Repaired by the first failed probe round, before any `failing`.
+    lab.wait_for("drift repaired", Duration::from_secs(10), || async {
+        Ok(log().contains("drift repaired"))
     })
     .await
     .unwrap();
+    assert!(!log().contains("forwarding probe failing"), "{}", log());
 
     // A table that is not ours drops everything forwarded: the daemon cannot
     // (and must not) fix that, so it reports the instance Unhealthy within
@@ -404,6 +406,12 @@ async fn systemd_notify_watchdog_and_capabilities() {
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(seen[0].starts_with("READY=1\nSTATUS="), "{seen:?}");
+    // It does its work with those capabilities: the route becomes ours.
+    lab.wait_for("the route", Duration::from_secs(15), || async {
+        Ok(lab.route_target(0).await? == Some(nat.instance.eni.clone()))
+    })
+    .await
+    .unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -416,11 +424,6 @@ async fn systemd_notify_watchdog_and_capabilities() {
         }
     }
     assert!(child.wait().unwrap().success());
-    // It did its work with those capabilities: the route is ours.
-    assert_eq!(
-        lab.route_target(0).await.unwrap(),
-        Some(nat.instance.eni.clone())
-    );
 
     // Without CAP_SYS_ADMIN the probe namespace cannot be made (the one
     // above died with its daemon's mount namespace): a clear error and exit

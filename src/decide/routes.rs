@@ -218,10 +218,15 @@ pub fn plan_to(
                 .push(Finding::NoExplicitTable { subnet: s.clone() });
         }
     }
+    // First: traffic routed here before the check is off would be dropped
+    // by EC2 (and a slow API makes that window long).
     if observed.source_dest_check == Some(true) {
-        out.actions.push(Action::DisableSourceDestCheck {
-            eni: id.eni.clone(),
-        });
+        out.actions.insert(
+            0,
+            Action::DisableSourceDestCheck {
+                eni: id.eni.clone(),
+            },
+        );
     }
     out
 }
@@ -604,6 +609,26 @@ mod tests {
             });
             assert_eq!(has, want, "{sdc:?}");
         }
+        // Before any route is pointed here.
+        let p = plan(
+            &me(),
+            &observed(
+                &["subnet-a"],
+                vec![rt("rtb-a", &["subnet-a"], None)],
+                Some(true),
+            ),
+        );
+        assert!(
+            matches!(
+                p.actions.as_slice(),
+                [
+                    Action::DisableSourceDestCheck { .. },
+                    Action::CreateRoute { .. }
+                ]
+            ),
+            "{:?}",
+            p.actions
+        );
     }
 
     #[test]
