@@ -129,6 +129,28 @@ async fn a_scale_in_during_an_imds_outage_is_still_a_planned_exit() {
         r.human()
     );
     assert_eq!(r.lost, 0, "{}", r.human());
+    // The hand-off reads the route tables once a second (it was ~12 calls
+    // a second): the leaving NAT's calls from metadata's return to its end.
+    let gone_ms: u64 = r
+        .events
+        .iter()
+        .find(|e| e.contains("terminated after hand-off"))
+        .and_then(|e| e.strip_prefix('+')?.split(' ').next()?.parse().ok())
+        .expect("the leaving NAT's end in the events");
+    let (from, to) = (
+        r.injected + Duration::from_secs(30),
+        r.injected + Duration::from_millis(gone_ms),
+    );
+    let handoff = r
+        .calls
+        .iter()
+        .filter(|c| c.nat == 0 && c.at >= from && c.at < to)
+        .count();
+    let secs = to.saturating_duration_since(from).as_secs_f64();
+    assert!(
+        handoff as f64 <= 2.0 * secs + 5.0,
+        "{handoff} calls in {secs:.1} s of hand-off"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
