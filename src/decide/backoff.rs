@@ -2,7 +2,9 @@
 //! written down in one place, and the one backoff type that walks them.
 //!
 //! A [`Schedule`] starts at `first` and doubles after each failure up to
-//! `max`; a success resets it. Where the cap is a config value (the
+//! `max`; a success resets it. Each wait is drawn between 80% and 100% of
+//! its step ([`JITTER`]), never longer than written here, so NATs throttled
+//! by the same account at the same moment do not retry in lockstep. Where the cap is a config value (the
 //! reconcile interval), the loop caps the schedule with [`Schedule::capped`].
 //! The SDK's own per-call retries (`aws.max_attempts`, exponential backoff
 //! with jitter) happen inside each call, before any of these.
@@ -42,15 +44,15 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// The wait before the next attempt; the one after will be twice as
-    /// long (up to the cap).
+    /// The wait before the next attempt (the current step, jittered); the
+    /// step after will be twice as long (up to the cap).
     pub fn fail(&mut self) -> Duration {
-        let wait = self.next;
+        let step = self.next;
         self.next = (self.next * 2).min(self.schedule.max);
-        wait
+        step.mul_f64(1.0 - JITTER * fastrand::f64())
     }
 
-    /// The wait [`Backoff::fail`] would return now.
+    /// The step [`Backoff::fail`] would jitter now.
     pub fn peek(&self) -> Duration {
         self.next
     }
@@ -59,6 +61,15 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.schedule.first;
     }
+}
+
+/// How much sooner than its step a wait may be: 20%.
+pub const JITTER: f64 = 0.2;
+
+/// Whether `got` is `step` jittered: within 80–100% of it (for tests).
+#[cfg(test)]
+pub fn jittered(got: Duration, step: Duration) -> bool {
+    got <= step && got >= step.mul_f64(1.0 - JITTER)
 }
 
 /// A failed route pass (own AZ) is retried after 1 s, 2 s, 4 s… up to
@@ -144,15 +155,25 @@ mod tests {
     fn doubles_to_the_cap_and_resets() {
         let s = Duration::from_secs;
         let mut b = ROUTES_RETRY.capped(s(5)).backoff();
-        let waits: Vec<Duration> = (0..5).map(|_| b.fail()).collect();
-        assert_eq!(waits, [s(1), s(2), s(4), s(5), s(5)]);
+        for step in [s(1), s(2), s(4), s(5), s(5)] {
+            assert_eq!(b.peek(), step);
+            let got = b.fail();
+            assert!(jittered(got, step), "{got:?} for a step of {step:?}");
+        }
         b.reset();
-        assert_eq!(b.fail(), s(1));
+        assert_eq!(b.peek(), s(1));
         // A cap below the first step caps that too.
-        let mut tight = ROUTES_RETRY.capped(Duration::from_millis(300)).backoff();
-        assert_eq!(tight.fail(), Duration::from_millis(300));
+        let tight = ROUTES_RETRY.capped(Duration::from_millis(300)).backoff();
+        assert_eq!(tight.peek(), Duration::from_millis(300));
         let mut fb = FALLBACK_CHECK.backoff();
         let total: Duration = (0..FALLBACK_CHECK_ATTEMPTS).map(|_| fb.fail()).sum();
-        assert_eq!(total, s(31));
+        assert!(jittered(total, s(31)), "{total:?}");
+    }
+
+    #[test]
+    fn jitter_spreads_the_waits() {
+        let waits: std::collections::BTreeSet<Duration> =
+            (0..20).map(|_| ROUTES_RETRY.backoff().fail()).collect();
+        assert!(waits.len() > 1, "{waits:?}");
     }
 }
