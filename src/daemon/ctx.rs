@@ -1,14 +1,14 @@
 //! What every loop of the daemon shares, in one place instead of long
 //! parameter lists: the control plane, who this NAT is, its config, its own
-//! verdict, what it knows of its peers, and its flow hand-offs.
+//! verdict, what it knows of its peers, its flow hand-offs, which loops are
+//! making progress, and what rarely changes in EC2.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-
-use std::collections::BTreeMap;
 
 use super::flows;
 use super::progress::Progress;

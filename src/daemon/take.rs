@@ -11,13 +11,13 @@
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::ctx::Ctx;
+use super::ctx::{Ctx, Subnets};
 use crate::AwsError;
 use crate::aws::cloud::Cloud;
 use crate::config::Config;
 use crate::decide::peers::Peer;
 use crate::decide::routes::{Action, Observed, Plan, plan_to};
-use crate::domain::{Identity, InstanceInfo, Ipv4Cidr, Route, RouteTarget, SubnetId};
+use crate::domain::{Identity, InstanceInfo, Route, RouteTarget, SubnetId};
 
 /// Read what the routes loop needs from EC2: our AZ, with our interface's
 /// source/destination check.
@@ -47,7 +47,7 @@ async fn tagged_subnets(
     identity: &Identity,
     config: &Config,
     az: &str,
-) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError> {
+) -> Result<Subnets, AwsError> {
     cloud
         .tagged_subnets(
             &identity.vpc_id,
@@ -62,7 +62,7 @@ async fn tagged_subnets(
 async fn observe_with(
     cloud: &dyn Cloud,
     identity: &Identity,
-    subnets: Vec<(SubnetId, Option<Ipv4Cidr>)>,
+    subnets: Subnets,
     with_check: bool,
 ) -> Result<Observed, AwsError> {
     let tagged_subnets: Vec<SubnetId> = subnets.iter().map(|(s, _)| s.clone()).collect();
