@@ -16,13 +16,9 @@ async fn run(s: Scenario, timeout: Duration) -> Report {
     let mut lab = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
     lab.azs = 2;
     lab.boot_delay = Duration::from_secs(3);
-    let opts = ChaosOptions {
-        lab,
-        timeout,
-        every: Duration::from_millis(50),
-        steady: Duration::from_secs(2),
-    };
-    let r = chaos::run(s, opts).await.unwrap();
+    let r = chaos::run(s, ChaosOptions::new(lab, timeout))
+        .await
+        .unwrap();
     eprintln!("{}", r.json());
     assert!(r.recovered, "{}", r.human());
     assert!(r.sent > 50, "{}", r.human());

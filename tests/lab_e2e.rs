@@ -130,12 +130,7 @@ async fn a_forged_failing_heartbeat_moves_no_route() {
 }
 
 async fn scenario(s: Scenario) -> chaos::Report {
-    let opts = ChaosOptions {
-        lab: options(2),
-        timeout: Duration::from_secs(90),
-        every: Duration::from_millis(50),
-        steady: Duration::from_secs(2),
-    };
+    let opts = ChaosOptions::new(options(2), Duration::from_secs(90));
     let r = chaos::run(s, opts).await.unwrap();
     eprintln!("{}", r.json());
     assert!(r.recovered, "{}", r.human());
@@ -403,12 +398,7 @@ async fn chaos_a_lone_az_falls_back_to_its_nat_gateway() {
         let mut lab = options(1);
         lab.fallback_nat_gateway = true;
         lab.boot_delay = Duration::from_secs(8);
-        let opts = ChaosOptions {
-            lab,
-            timeout: Duration::from_secs(90),
-            every: Duration::from_millis(50),
-            steady: Duration::from_secs(2),
-        };
+        let opts = ChaosOptions::new(lab, Duration::from_secs(90));
         let r = chaos::run(s, opts).await.unwrap();
         eprintln!("{}", r.json());
         assert!(r.recovered, "{}", r.human());
@@ -440,12 +430,7 @@ async fn an_outage_that_never_ends_counts_to_the_end_of_the_run() {
     let mut lab = options(1);
     lab.fall = 1_000_000;
     lab.failover = "none".into();
-    let opts = ChaosOptions {
-        lab,
-        timeout: Duration::from_secs(8),
-        every: Duration::from_millis(50),
-        steady: Duration::from_secs(2),
-    };
+    let opts = ChaosOptions::new(lab, Duration::from_secs(8));
     let r = chaos::run(Scenario::StopForwarding, opts).await.unwrap();
     eprintln!("{}", r.json());
     assert!(!r.recovered, "{}", r.human());

@@ -228,6 +228,19 @@ pub struct ChaosOptions {
     pub steady: Duration,
 }
 
+impl ChaosOptions {
+    /// A run of `lab` giving up after `timeout`, with 20 requests/s per host
+    /// and 2 s of steady state before the fault.
+    pub fn new(lab: LabOptions, timeout: Duration) -> Self {
+        ChaosOptions {
+            lab,
+            timeout,
+            every: Duration::from_millis(50),
+            steady: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Run one scenario end to end on a fresh lab.
 pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
     let lab = Lab::build(opts.lab.clone()).await?;

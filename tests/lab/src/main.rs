@@ -343,10 +343,8 @@ async fn chaos_cmd(a: &Args) -> Result<u8> {
     let name = a.scenario.as_deref().context("chaos needs a SCENARIO")?;
     let scenario = Scenario::parse(name)?;
     let opts = ChaosOptions {
-        lab: lab_options(a)?,
-        timeout: a.timeout,
-        every: Duration::from_millis(50),
         steady: a.steady,
+        ..ChaosOptions::new(lab_options(a)?, a.timeout)
     };
     let report = chaos::run(scenario, opts).await?;
     if a.json {
@@ -376,10 +374,8 @@ async fn bench(a: &Args) -> Result<u8> {
                 let mut lab = lab_options(a)?;
                 lab.failover = mode.into();
                 let opts = ChaosOptions {
-                    lab,
-                    timeout: a.timeout,
-                    every: Duration::from_millis(50),
                     steady: a.steady,
+                    ..ChaosOptions::new(lab, a.timeout)
                 };
                 let r = chaos::run(*s, opts).await?;
                 eprintln!("{} {mode} run {run}/{}: {}", s.name(), a.runs, r.json());
