@@ -235,11 +235,6 @@ impl Api {
         self.lock().rules.push(rule);
     }
 
-    /// Remove every fault.
-    pub fn heal(&self) {
-        self.lock().rules.clear();
-    }
-
     /// Empty the account's buckets and refill them at `refill` calls per
     /// second for `for_`.
     pub fn drain(&self, for_: Duration, refill: f64) {
@@ -265,10 +260,6 @@ impl Api {
             .iter()
             .find(|r| r.matches(nat, action, now))
             .map(|r| r.fault)
-    }
-
-    fn hang_over(&self, nat: usize, action: &str) -> bool {
-        self.fault(nat, action) != Some(Fault::Hang)
     }
 
     fn record(&self, nat: usize, service: Service, action: &str, status: u16) {
@@ -349,7 +340,7 @@ async fn handle(api: &Api, nat: usize, req: Request<Incoming>, upstream: SocketA
             None
         }
         Some(Fault::Hang) => {
-            while !api.hang_over(nat, &action) {
+            while api.fault(nat, &action) == Some(Fault::Hang) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             None

@@ -131,8 +131,6 @@ pub struct Report {
     pub route_changes: usize,
     /// Source addresses the internet saw from AZ 0, in the order first seen.
     pub sources: Vec<std::net::Ipv4Addr>,
-    /// The daemons' AWS calls from injection to the end, by action.
-    pub api_calls: Vec<(String, usize)>,
     /// Calls per NAT per minute in the steady part before the injection.
     pub api_calls_per_nat_min: f64,
     /// Every call the daemons made, for tests that look closer.
@@ -145,6 +143,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// The daemons' AWS calls from injection to the end, by action.
+    pub fn api_calls(&self) -> Vec<(String, usize)> {
+        let after: Vec<api::Call> = self
+            .calls
+            .iter()
+            .filter(|c| c.at >= self.injected)
+            .cloned()
+            .collect();
+        api::by_action(&after)
+    }
+
     pub fn json(&self) -> String {
         let events: Vec<String> = self.events.iter().map(|e| json_string(e)).collect();
         let sources: Vec<String> = self
@@ -153,7 +162,7 @@ impl Report {
             .map(|s| json_string(&s.to_string()))
             .collect();
         let calls: Vec<String> = self
-            .api_calls
+            .api_calls()
             .iter()
             .map(|(a, n)| format!("{}:{n}", json_string(a)))
             .collect();
@@ -302,7 +311,6 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         .map(|(t, e)| format!("+{} ms {e}", t.duration_since(injected).as_millis()))
         .collect();
     let calls = lab.api().calls();
-    let after: Vec<api::Call> = calls.iter().filter(|c| c.at >= injected).cloned().collect();
     Ok(Report {
         scenario,
         azs: lab.azs.len(),
@@ -320,7 +328,6 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         source_ip_changes: reports.iter().map(|r| r.source_changes).sum(),
         route_changes,
         sources: affected.sources.clone(),
-        api_calls: api::by_action(&after),
         api_calls_per_nat_min: api::per_nat_min(&calls, lab.azs.len(), steady_from, injected),
         calls,
         injected,

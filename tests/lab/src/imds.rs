@@ -345,13 +345,9 @@ impl Imds {
         self.lock().fault = down.then_some((ImdsFault::Error(503), None));
     }
 
-    /// Misbehave for `for_` (or until [`Imds::clear_fault`]).
-    pub fn set_fault(&self, fault: ImdsFault, for_: Option<Duration>) {
-        self.lock().fault = Some((fault, for_.map(|d| Instant::now() + d)));
-    }
-
-    pub fn clear_fault(&self) {
-        self.lock().fault = None;
+    /// Misbehave for `for_`.
+    pub fn set_fault(&self, fault: ImdsFault, for_: Duration) {
+        self.lock().fault = Some((fault, Some(Instant::now() + for_)));
     }
 
     /// GETs refused for lack of a valid token.

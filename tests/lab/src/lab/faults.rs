@@ -174,7 +174,7 @@ impl Lab {
         let n = nats[i]
             .as_ref()
             .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
-        n.imds.set_fault(fault, Some(for_));
+        n.imds.set_fault(fault, for_);
         self.shared
             .event(format!("az{i}: instance metadata {fault:?} for {for_:?}"));
         Ok(())
