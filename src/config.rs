@@ -198,6 +198,15 @@ pub struct Peers {
     /// when no NAT instance of the deployment is healthy to serve it; a NAT
     /// instance takes the routes back as soon as it is healthy.
     pub fallback_nat_gateway_id: BTreeMap<String, NatGatewayId>,
+    /// The Secrets Manager secret (ARN or name) holding the key that signs
+    /// and checks heartbeats (`hanat/2`); its `AWSPREVIOUS` version is
+    /// accepted too, for rotation. Without it, peer failover is off unless
+    /// `accept_unauthenticated` is on.
+    pub key_secret: Option<String>,
+    /// Accept unauthenticated `hanat/1` heartbeats (and send them when there
+    /// is no key): only for a rolling upgrade from a version without keys.
+    /// Anyone who can forge a NAT's source address can then fake its verdict.
+    pub accept_unauthenticated: bool,
 }
 
 /// The id of a managed NAT Gateway (`nat-…`).
@@ -241,6 +250,8 @@ impl Default for Peers {
             group_tag: "hanat:stack".into(),
             flow_handoff: Duration::from_secs(300),
             fallback_nat_gateway_id: BTreeMap::new(),
+            key_secret: None,
+            accept_unauthenticated: false,
         }
     }
 }
@@ -554,6 +565,17 @@ impl Config {
                 "must be at least twice peers.interval".into(),
             ));
         }
+        if self
+            .peers
+            .key_secret
+            .as_ref()
+            .is_some_and(|s| s.trim().is_empty() || s.contains(char::is_whitespace))
+        {
+            return Err((
+                "peers.key_secret",
+                "must be a Secrets Manager secret's ARN or name (no spaces)".into(),
+            ));
+        }
         if self.aws.max_attempts == 0 {
             return Err(("aws.max_attempts", "must be at least 1".into()));
         }
@@ -655,6 +677,27 @@ rise = 2
             err.contains("peers.port") && err.contains("flow hand-off tunnel"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn heartbeat_key_settings() {
+        let c = parse("").unwrap();
+        assert_eq!(c.peers.key_secret, None);
+        assert!(!c.peers.accept_unauthenticated);
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hanat-peer-key-AbCdEf";
+        let c = parse(&format!(
+            "[peers]\nkey_secret = \"{arn}\"\naccept_unauthenticated = true"
+        ))
+        .unwrap();
+        assert_eq!(c.peers.key_secret.as_deref(), Some(arn));
+        assert!(c.peers.accept_unauthenticated);
+        let err = parse("[peers]\nkey_secret = \" \"").unwrap_err();
+        assert!(
+            err.contains("peers.key_secret") && err.contains("ARN or name"),
+            "{err}"
+        );
+        let err = parse("[peers]\naccept_unauthenticated = \"yes\"").unwrap_err();
+        assert!(err.contains("peers.accept_unauthenticated"), "{err}");
     }
 
     #[test]

@@ -175,3 +175,121 @@ fn tunnel_state_converges_both_ways_and_touches_nothing_else() {
     assert!(theirs.contains("lookup 100"), "{theirs}");
     assert!(sh("nft list tables").contains("table ip theirs"));
 }
+
+/// What arrives on the tunnel port from anywhere in the VPC is decapsulated
+/// by the kernel; an inner datagram "from" a peer NAT would otherwise reach
+/// the heartbeat socket, or be forwarded to another NAT, with a source
+/// address its sender cannot use. Shown here first without hanat's table
+/// (the forgery gets through), then with it (it does not).
+#[test]
+fn nothing_from_the_tunnel_reaches_a_socket_or_another_vpc_host() {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::Duration;
+
+    use hanat_lab::lab::forge;
+    use hanat_lab::netns::veth;
+
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let prefix = unique_prefix();
+    let nat = Netns::new(&format!("{prefix}-nat")).unwrap();
+    let host = Netns::new(&format!("{prefix}-host")).unwrap();
+    let far = Netns::new(&format!("{prefix}-far")).unwrap();
+    veth(&nat, "eth0", &host, "eth0").unwrap();
+    veth(&nat, "eth2", &far, "eth0").unwrap();
+    nat.ip("addr add 10.0.0.4/24 dev eth0").unwrap();
+    nat.ip("addr add 10.0.1.1/24 dev eth2").unwrap();
+    // Like a NAT's, its default route points at the VPC's router.
+    nat.ip("route add default via 10.0.0.7").unwrap();
+    host.ip("addr add 10.0.0.7/24 dev eth0").unwrap();
+    host.ip("route add 10.0.1.0/24 via 10.0.0.4").unwrap();
+    far.ip("addr add 10.0.1.9/24 dev eth0").unwrap();
+    far.ip("route add default via 10.0.1.1").unwrap();
+    for ns in [&nat, &host, &far] {
+        ns.ip("link set lo up").unwrap();
+        for dev in ns.ip("-o link show").unwrap().lines() {
+            if let Some(name) = dev
+                .split(':')
+                .nth(1)
+                .map(|n| n.trim().split('@').next().unwrap_or(""))
+            {
+                let _ = ns.ip(&format!("link set {name} up"));
+            }
+        }
+    }
+    nat.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    // Loose reverse-path filtering, as common distributions set it (strict
+    // would happen to drop these forgeries, but is not what NATs run).
+    for key in ["all", "default", "eth0", "eth2"] {
+        nat.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "2")
+            .unwrap();
+    }
+    let local = Ipv4Addr::new(10, 0, 0, 4);
+    inside(&nat, move || async move {
+        tunnel::ensure_device(local, 7471, "eth0").await
+    })
+    .unwrap();
+
+    let listen = |ns: &Netns| {
+        let s = ns.bind_udp(SocketAddr::from(([0, 0, 0, 0], 7470))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        s
+    };
+    let (heartbeats, far_port) = (listen(&nat), listen(&far));
+    let sender: UdpSocket = host.bind_udp(SocketAddr::from(([0, 0, 0, 0], 0))).unwrap();
+    let received = |s: &UdpSocket| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            got.push((String::from_utf8_lossy(&buf[..n]).into_owned(), from.ip()));
+        }
+        got
+    };
+    let peer = Ipv4Addr::new(10, 0, 2, 4);
+    let forge = |dst: Ipv4Addr, text: &str| {
+        let inner = forge::ipv4_udp(peer, dst, 7470, 7470, text.as_bytes());
+        let outer = forge::vxlan(forge::VNI, forge::tunnel_mac(local), &inner);
+        sender.send_to(&outer, (local, 7471)).unwrap();
+    };
+    let far_ip = Ipv4Addr::new(10, 0, 1, 9);
+
+    // Without hanat's table, both forgeries arrive "from" the peer.
+    forge(local, "to the NAT");
+    forge(far_ip, "through the NAT");
+    let got = received(&heartbeats);
+    assert!(
+        got.contains(&("to the NAT".into(), peer.into())),
+        "the forgery path exists in this kernel: {got:?}"
+    );
+    let got = received(&far_port);
+    assert!(
+        got.contains(&("through the NAT".into(), peer.into())),
+        "{got:?}"
+    );
+
+    // With it, neither does; what comes in directly still does.
+    inside(&nat, || async {
+        tunnel::converge("eth0", 7471, &vpc(), &[]).await
+    })
+    .unwrap();
+    let table = nat
+        .exec("nft", &["list", "table", "ip", tunnel::NFT_TABLE])
+        .unwrap();
+    assert!(table.contains("iifname \"hanat0\" drop"), "{table}");
+    forge(local, "to the NAT");
+    forge(far_ip, "through the NAT");
+    sender.send_to(b"direct", (local, 7470)).unwrap();
+    sender.send_to(b"routed", (far_ip, 7470)).unwrap();
+    let got = received(&heartbeats);
+    assert_eq!(
+        got,
+        vec![("direct".to_owned(), Ipv4Addr::new(10, 0, 0, 7).into())]
+    );
+    let got = received(&far_port);
+    assert_eq!(
+        got,
+        vec![("routed".to_owned(), Ipv4Addr::new(10, 0, 0, 7).into())]
+    );
+}

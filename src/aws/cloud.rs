@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use super::AwsError;
 use super::autoscaling::AutoScaling;
 use super::ec2::Ec2;
+use super::secrets::Secrets;
 use crate::domain::{
     Address, EniId, InstanceId, InstanceInfo, Ipv4Cidr, RouteTable, RouteTableId, RouteTarget,
     SubnetId, VpcId,
@@ -72,6 +73,9 @@ pub trait Cloud: Send + Sync {
         hook: &str,
         instance: &InstanceId,
     ) -> Result<(), AwsError>;
+    /// The text of a Secrets Manager secret's version labelled `stage`;
+    /// `None` when there is no such version.
+    async fn secret(&self, secret: &str, stage: &str) -> Result<Option<String>, AwsError>;
 }
 
 /// The real control plane, through the AWS SDK.
@@ -79,6 +83,7 @@ pub trait Cloud: Send + Sync {
 pub struct Sdk {
     pub ec2: Ec2,
     pub autoscaling: AutoScaling,
+    pub secrets: Secrets,
 }
 
 impl Sdk {
@@ -86,6 +91,7 @@ impl Sdk {
         Sdk {
             ec2: Ec2::new(sdk),
             autoscaling: AutoScaling::new(sdk),
+            secrets: Secrets::new(sdk),
         }
     }
 }
@@ -177,5 +183,8 @@ impl Cloud for Sdk {
         self.autoscaling
             .complete_lifecycle_action(group, hook, instance)
             .await
+    }
+    async fn secret(&self, secret: &str, stage: &str) -> Result<Option<String>, AwsError> {
+        self.secrets.value(secret, stage).await
     }
 }

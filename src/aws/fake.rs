@@ -52,6 +52,8 @@ pub struct State {
     pub failures: HashMap<&'static str, (u32, String)>,
     /// How long every call takes.
     pub latency: Duration,
+    /// Secrets Manager: (secret, staging label) → value.
+    pub secrets: HashMap<(String, String), String>,
 }
 
 #[derive(Default)]
@@ -331,6 +333,15 @@ impl Cloud for FakeCloud {
     ) -> Result<(), AwsError> {
         self.call("CompleteLifecycleAction", instance.to_string())
             .await
+    }
+    async fn secret(&self, secret: &str, stage: &str) -> Result<Option<String>, AwsError> {
+        self.call("GetSecretValue", format!("{secret} {stage}"))
+            .await?;
+        Ok(self
+            .state()
+            .secrets
+            .get(&(secret.to_owned(), stage.to_owned()))
+            .cloned())
     }
 }
 

@@ -1,4 +1,5 @@
-//! The AWS control plane: instance metadata, EC2 and Auto Scaling.
+//! The AWS control plane: instance metadata, EC2, Auto Scaling and
+//! Secrets Manager (the heartbeat key).
 //!
 //! Each submodule wraps one service and speaks only in [`crate::domain`]
 //! types. API calls go through the AWS SDK for Rust in its standard retry
@@ -18,6 +19,7 @@ pub mod ec2;
 #[cfg(test)]
 pub mod fake;
 pub mod imds;
+pub mod secrets;
 
 use std::fmt;
 

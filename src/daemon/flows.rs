@@ -168,11 +168,16 @@ impl FlowHandoff {
         Ok(())
     }
 
-    /// Put the hand-offs in force back into the kernel if something removed
-    /// them (a flushed ruleset, a deleted device): run with every kernel
-    /// converge. The tunnel's converge changes nothing that is in place.
+    /// Put the hand-offs in force, and the tunnel's filters, back into the
+    /// kernel if something removed them (a flushed ruleset, a deleted
+    /// device): run with every kernel converge. Without hand-offs that is
+    /// one `nft list` while the table is there. The tunnel's converge
+    /// changes nothing that is in place.
     pub async fn reassert(&mut self) -> Result<(), KernelError> {
-        if !self.enabled() || (self.entries.is_empty() && !self.stale) {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.entries.is_empty() && !self.stale && tunnel::table_exists().await? {
             return Ok(());
         }
         self.converge().await

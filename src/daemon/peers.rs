@@ -28,9 +28,10 @@ use super::cover::{adopt, fall_back};
 use super::ctx::Ctx;
 use super::log::LogThrottle;
 use crate::AwsError;
+use crate::decide::auth::{self, Key, Keys, Policy, Rejected, Stamp};
 use crate::decide::backoff::{
-    Backoff, DEPLOYMENT_LOOKUP, PEER_CONFIRM, PEER_LIST_ON_DEMAND, PEER_LIST_RETRY,
-    PEER_PORT_RETRY, PEER_RECEIVE_RETRY,
+    Backoff, DEPLOYMENT_LOOKUP, KEY_ON_DEMAND, KEY_READ, PEER_CONFIRM, PEER_LIST_ON_DEMAND,
+    PEER_LIST_RETRY, PEER_PORT_RETRY, PEER_RECEIVE_RETRY,
 };
 use crate::decide::peers::{Arrival, Cover, Decision, Message, Peer, decide};
 use crate::domain::{InstanceId, Status};
@@ -51,13 +52,25 @@ pub struct PeersLoop {
     /// Per dead peer: when its AZ is looked at again.
     next_look: HashMap<InstanceId, Instant>,
     known_dead: HashSet<InstanceId>,
+    /// When the heartbeat keys are read again, and the backoff after a
+    /// failed read.
+    next_key_read: Instant,
+    key_backoff: Backoff,
+    /// The last re-read asked for by an unknown key.
+    last_key_read: Option<Instant>,
+    /// After a rotation, when to start signing with the new key.
+    sign_new_at: Instant,
 }
 
 impl PeersLoop {
-    /// Find the deployment and open the heartbeat port; `None` (with a
-    /// warning) when this instance has no deployment: failover is off.
+    /// Find the deployment, read the heartbeat key and open the heartbeat
+    /// port; `None` (with a warning) when failover cannot be on: this
+    /// instance has no deployment, or no key and unauthenticated
+    /// heartbeats are not accepted. A key that cannot be read is waited for
+    /// (failover stays off until then, forwarding goes on).
     pub async fn start(ctx: Arc<Ctx>) -> Option<PeersLoop> {
         let deployment = deployment(&ctx).await?;
+        ctx.peers().auth = policy(&ctx).await?;
         let port = ctx.config.peers.port;
         let socket = loop {
             match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await {
@@ -76,6 +89,7 @@ impl PeersLoop {
     }
 
     fn new(ctx: Arc<Ctx>, deployment: String, io: JoinSet<()>) -> PeersLoop {
+        let refresh = ctx.config.aws.refresh_interval;
         PeersLoop {
             status: ctx.status.subscribe(),
             ctx,
@@ -88,6 +102,10 @@ impl PeersLoop {
             checked: HashMap::new(),
             next_look: HashMap::new(),
             known_dead: HashSet::new(),
+            next_key_read: Instant::now() + refresh,
+            key_backoff: KEY_READ.backoff(),
+            last_key_read: None,
+            sign_new_at: Instant::now(),
         }
     }
 
@@ -122,6 +140,7 @@ impl PeersLoop {
     /// peers' AZs.
     pub async fn tick(&mut self) {
         self.refresh_if_due().await;
+        self.read_keys_if_due().await;
         self.expire_flows().await;
         // The verdict as of now, after the awaits above.
         let my_status = *self.status.borrow_and_update();
@@ -179,6 +198,57 @@ impl PeersLoop {
                     warn!(suppressed = n, error = %e, retry_in = ?wait, "cannot list peers; will retry");
                 }
                 self.next_refresh = Instant::now() + wait;
+            }
+        }
+    }
+
+    /// Read the heartbeat keys again every `aws.refresh_interval`, or sooner
+    /// (at most every [`KEY_ON_DEMAND`]) when a heartbeat came signed with
+    /// a key we do not know. A failed read keeps the keys we have.
+    async fn read_keys_if_due(&mut self) {
+        let Some(secret) = self.ctx.config.peers.key_secret.clone() else {
+            return;
+        };
+        {
+            let mut s = self.ctx.peers();
+            if s.auth.sign_with_previous && Instant::now() >= self.sign_new_at {
+                s.auth.sign_with_previous = false;
+                let key = s.auth.keys.as_ref().map(|k| k.current.id().to_owned());
+                info!(key = ?key, "signing heartbeats with the new key");
+            }
+        }
+        let wanted = self.ctx.peers().key_wanted
+            && self
+                .last_key_read
+                .is_none_or(|t| t.elapsed() >= KEY_ON_DEMAND);
+        if Instant::now() < self.next_key_read && !wanted {
+            return;
+        }
+        self.last_key_read = Some(Instant::now());
+        self.ctx.peers().key_wanted = false;
+        match read_keys(&self.ctx, &secret).await {
+            Ok(keys) => {
+                let mut s = self.ctx.peers();
+                if s.auth.keys.as_ref() != Some(&keys) {
+                    // A rotation: the key we signed with is now the previous
+                    // one. Keep signing with it until every peer has had a
+                    // refresh interval to read the new one.
+                    let rotated =
+                        s.auth.keys.as_ref().map(|k| &k.current) == keys.previous.as_ref();
+                    info!(secret = %secret, key = keys.current.id(), previous = ?keys.previous.as_ref().map(|k| k.id()), "heartbeat keys changed");
+                    s.auth.keys = Some(keys);
+                    s.auth.sign_with_previous = rotated;
+                    self.sign_new_at = Instant::now() + self.ctx.config.aws.refresh_interval;
+                }
+                self.key_backoff.reset();
+                self.next_key_read = Instant::now() + self.ctx.config.aws.refresh_interval;
+            }
+            Err(e) => {
+                let wait = self.key_backoff.fail();
+                if let Some(n) = self.throttle.check("keys", &e, Instant::now()) {
+                    warn!(suppressed = n, secret = %secret, error = %e, retry_in = ?wait, "cannot read the heartbeat keys again; keeping the ones read before");
+                }
+                self.next_key_read = Instant::now() + wait;
             }
         }
     }
@@ -341,6 +411,73 @@ async fn deployment(ctx: &Ctx) -> Option<String> {
     }
 }
 
+/// Which heartbeats this NAT sends and accepts: signed with the key of
+/// `peers.key_secret`, read before failover starts (retried on
+/// [`KEY_READ`] for as long as it takes); without one, unauthenticated
+/// only if `peers.accept_unauthenticated`, else `None`: failover is off.
+pub(super) async fn policy(ctx: &Ctx) -> Option<Policy> {
+    let accept_unauthenticated = ctx.config.peers.accept_unauthenticated;
+    let Some(secret) = &ctx.config.peers.key_secret else {
+        if accept_unauthenticated {
+            warn!(
+                "peers.key_secret is not set: heartbeats are unauthenticated (hanat/1), and any host that can forge a NAT's address can fake its verdict"
+            );
+            return Some(Policy {
+                accept_unauthenticated,
+                ..Policy::default()
+            });
+        }
+        warn!(
+            "peers.key_secret is not set: peer failover is off (set it to the secret holding the heartbeat key; peers.accept_unauthenticated = true only during an upgrade from a version without keys)"
+        );
+        return None;
+    };
+    let mut backoff = KEY_READ.backoff();
+    loop {
+        match read_keys(ctx, secret).await {
+            Ok(keys) => {
+                info!(secret = %secret, key = keys.current.id(), previous = ?keys.previous.as_ref().map(|k| k.id()), unauthenticated_accepted = accept_unauthenticated, "heartbeat keys read");
+                return Some(Policy {
+                    keys: Some(keys),
+                    accept_unauthenticated,
+                    sign_with_previous: false,
+                });
+            }
+            Err(e) => {
+                let wait = backoff.fail();
+                warn!(secret = %secret, error = %e, retry_in = ?wait, "cannot read the heartbeat key: peer failover waits for it (this NAT keeps forwarding its own AZ)");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// The current key of `secret` and the one it replaced, if any; an error
+/// says what is wrong without showing a key.
+async fn read_keys(ctx: &Ctx, secret: &str) -> Result<Keys, String> {
+    let current = ctx
+        .cloud
+        .secret(secret, "AWSCURRENT")
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no such secret, or it has no current value")?;
+    let current = Key::new(&current).map_err(|e| format!("its current value {e}"))?;
+    let previous = match ctx.cloud.secret(secret, "AWSPREVIOUS").await {
+        Ok(v) => v.and_then(|v| Key::new(&v).ok()),
+        // The previous key only widens what is accepted: do without it.
+        Err(_) => None,
+    };
+    Ok(Keys { current, previous })
+}
+
+/// Milliseconds since the Unix epoch, the clock heartbeats are stamped with.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The live peers, and instances of ours that are no longer alive.
 async fn peer_list(ctx: &Ctx, deployment: &str) -> Result<(Vec<Peer>, Vec<InstanceId>), AwsError> {
     let ids: Vec<InstanceId> = ctx
@@ -374,6 +511,7 @@ async fn peer_list(ctx: &Ctx, deployment: &str) -> Result<(Vec<Peer>, Vec<Instan
 async fn beacon(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     let mut status = ctx.status.subscribe();
     let (interval, port) = (ctx.config.peers.interval, ctx.config.peers.port);
+    let epoch = unix_ms();
     let mut seq = 0;
     loop {
         seq += 1;
@@ -382,9 +520,16 @@ async fn beacon(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
             az: ctx.me.availability_zone.clone(),
             status: *status.borrow_and_update(),
             seq,
-        }
-        .encode();
-        let targets = ctx.peers().heartbeat_targets();
+        };
+        let stamp = Stamp {
+            epoch,
+            seq,
+            sent_ms: unix_ms(),
+        };
+        let (msg, targets) = {
+            let s = ctx.peers();
+            (auth::encode(&msg, stamp, &s.auth), s.heartbeat_targets())
+        };
         for ip in targets {
             let _ = socket.send_to(msg.as_bytes(), (ip, port)).await;
         }
@@ -399,7 +544,9 @@ async fn beacon(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     }
 }
 
-/// Receive heartbeats until aborted.
+/// Receive heartbeats until aborted. A heartbeat counts when [`auth`]
+/// accepts it (signed with a key of ours, fresh, newer than the last one
+/// from the same peer) and it comes from the address of the peer it names.
 async fn receive(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     let mut buf = [0u8; 256];
     let mut throttle = LogThrottle::default();
@@ -408,11 +555,30 @@ async fn receive(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
             tokio::time::sleep(PEER_RECEIVE_RETRY).await;
             continue;
         };
-        let Some(msg) = Message::decode(&buf[..n]) else {
-            continue;
-        };
         let std::net::IpAddr::V4(from) = from.ip() else {
             continue;
+        };
+        let opened = {
+            let mut s = ctx.peers();
+            auth::open(&buf[..n], &s.auth, unix_ms()).and_then(|o| {
+                match (&o.stamp, o.msg.instance == ctx.me.instance_id) {
+                    (Some(stamp), false) => s.replay.check(&o.msg.instance, *stamp).map(|_| o),
+                    _ => Ok(o),
+                }
+            })
+        };
+        let msg = match opened {
+            Ok(o) => o.msg,
+            Err(Rejected::Malformed) => continue,
+            Err(why) => {
+                if matches!(why, Rejected::UnknownKey(_)) {
+                    ctx.peers().key_wanted = true;
+                }
+                if let Some(n) = throttle.check(why.label(), why.label(), Instant::now()) {
+                    warn!(suppressed = n, from = %from, reason = %why, "ignored a heartbeat");
+                }
+                continue;
+            }
         };
         if msg.instance == ctx.me.instance_id {
             continue;

@@ -282,3 +282,124 @@ async fn a_slow_api_stretches_passes_but_never_overlaps_them() {
     assert_eq!(cloud.calls("DescribeNetworkInterfaces", "").len(), 1);
     task.abort();
 }
+
+/// The fake's heartbeat key secret, with `current` (and `previous`).
+fn keys_in(cloud: &FakeCloud, current: &str, previous: Option<&str>) {
+    let mut s = cloud.state();
+    s.secrets
+        .insert((KEY_SECRET.into(), "AWSCURRENT".into()), current.into());
+    match previous {
+        Some(p) => s
+            .secrets
+            .insert((KEY_SECRET.into(), "AWSPREVIOUS".into()), p.into()),
+        None => s.secrets.remove(&(KEY_SECRET.into(), "AWSPREVIOUS".into())),
+    };
+}
+
+const KEY_SECRET: &str = "hanat-peer-key";
+
+fn keyed_config() -> Config {
+    let mut c = config();
+    c.peers.key_secret = Some(KEY_SECRET.into());
+    c.aws.refresh_interval = 60 * S;
+    c
+}
+
+/// The key id heartbeats are signed with now.
+fn signing(ctx: &Ctx) -> String {
+    let msg = Message {
+        instance: InstanceId("i-x".into()),
+        az: "az-b".into(),
+        status: Status::Ok,
+        seq: 1,
+    };
+    let stamp = crate::decide::auth::Stamp {
+        epoch: 1,
+        seq: 1,
+        sent_ms: 1,
+    };
+    let text = crate::decide::auth::encode(&msg, stamp, &ctx.peers().auth);
+    text.split(' ').nth(7).unwrap_or_default().to_owned()
+}
+
+fn id(key: &str) -> String {
+    crate::decide::auth::Key::new(key).unwrap().id().to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_key_failover_is_off_unless_unauthenticated_heartbeats_are_accepted() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let me = ctx(&cloud, "az-b", config());
+    assert_eq!(super::peers::policy(&me).await, None);
+    let mut c = config();
+    c.peers.accept_unauthenticated = true;
+    let me = ctx(&cloud, "az-b", c);
+    let p = super::peers::policy(&me).await.unwrap();
+    assert!(p.accept_unauthenticated && p.keys.is_none());
+    assert!(cloud.calls("GetSecretValue", "").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_key_is_waited_for_with_backoff() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let me = ctx(&cloud, "az-b", keyed_config());
+    let reading = tokio::spawn({
+        let me = me.clone();
+        async move { super::peers::policy(&me).await }
+    });
+    sleep(20 * S).await;
+    assert!(!reading.is_finished(), "no key, no failover");
+    let tries = cloud.calls("GetSecretValue", KEY_SECRET);
+    // 1 s, 2 s, 4 s, 8 s apart (jittered): 5 reads in 20 s, not a storm.
+    assert!((4..=6).contains(&tries.len()), "{tries:?}");
+    // A key too short is refused too, and named as the problem.
+    keys_in(&cloud, "short", None);
+    sleep(20 * S).await;
+    assert!(!reading.is_finished());
+    let key = "k".repeat(40);
+    keys_in(&cloud, &key, None);
+    sleep(40 * S).await;
+    let p = reading.await.unwrap().unwrap();
+    assert_eq!(p.keys.unwrap().current.id(), id(&key));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotated_key_is_read_then_signed_with_one_refresh_interval_later() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let (old, new) = ("o".repeat(40), "n".repeat(40));
+    keys_in(&cloud, &old, None);
+    let me = ctx(&cloud, "az-b", keyed_config());
+    me.peers().auth = super::peers::policy(&me).await.unwrap();
+    assert_eq!(signing(&me), id(&old));
+    let mut peers = PeersLoop::without_socket(me.clone(), "test");
+
+    keys_in(&cloud, &new, Some(&old));
+    sleep(61 * S).await;
+    peers.tick().await;
+    let keys = me.peers().auth.keys.clone().unwrap();
+    assert_eq!(keys.current.id(), id(&new));
+    assert_eq!(keys.previous.map(|k| k.id().to_owned()), Some(id(&old)));
+    // Peers that have not read the new key yet still hear this NAT.
+    assert_eq!(signing(&me), id(&old));
+    sleep(61 * S).await;
+    peers.tick().await;
+    assert_eq!(signing(&me), id(&new));
+
+    // A heartbeat signed with an unknown key has the keys read again, at
+    // most once a minute however many arrive.
+    sleep(61 * S).await;
+    peers.tick().await;
+    let before = cloud.calls("GetSecretValue", KEY_SECRET).len();
+    for _ in 0..5 {
+        me.peers().key_wanted = true;
+        sleep(S).await;
+        peers.tick().await;
+    }
+    let after = cloud.calls("GetSecretValue", KEY_SECRET).len();
+    assert_eq!(after - before, 0, "read a minute ago: not again yet");
+    sleep(55 * S).await;
+    me.peers().key_wanted = true;
+    peers.tick().await;
+    let later = cloud.calls("GetSecretValue", KEY_SECRET).len();
+    assert_eq!(later - after, 2, "current and previous, once");
+}

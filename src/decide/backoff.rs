@@ -114,6 +114,18 @@ pub const PEER_LIST_RETRY: Schedule = Schedule {
 /// stream of made-up heartbeats cannot turn into a stream of API calls.
 pub const PEER_LIST_ON_DEMAND: Duration = Duration::from_secs(2);
 
+/// Reading the heartbeat key (`peers.key_secret`), at start and after a
+/// failed re-read: 1 s doubling to a minute, for as long as it takes.
+pub const KEY_READ: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
+
+/// A heartbeat signed with a key this NAT does not know (a rotation under
+/// way, or a forger) has the keys read again at most this often: a forger
+/// costs at most two calls a minute.
+pub const KEY_ON_DEMAND: Duration = Duration::from_secs(60);
+
 /// The peer heartbeat port may still be held by a predecessor that is
 /// shutting down: try to bind it again after this.
 pub const PEER_PORT_RETRY: Duration = Duration::from_secs(5);

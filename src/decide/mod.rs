@@ -12,6 +12,7 @@
 //! - [`flows`]: how long a flow hand-off lasts;
 //! - [`backoff`]: every retry schedule, and the backoff type.
 
+pub mod auth;
 pub mod backoff;
 pub mod flows;
 pub mod heartbeat;

@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use super::auth::{Policy, Replay};
 use super::backoff::COVER_RETRY;
 use super::flows::SILENCE;
 use crate::domain::{EniId, Identity, InstanceId, RouteTarget, Status};
@@ -239,6 +240,13 @@ pub struct PeerState {
     pub gone: HashSet<InstanceId>,
     /// A peer we do not know spoke: refresh the list.
     pub refresh_wanted: bool,
+    /// Which heartbeats count (the keys, and whether `hanat/1` does).
+    pub auth: Policy,
+    /// The newest heartbeat accepted from each peer.
+    pub replay: Replay,
+    /// A heartbeat came signed with a key we do not know: read the keys
+    /// again (a rotation may have started).
+    pub key_wanted: bool,
 }
 
 impl PeerState {

@@ -26,9 +26,14 @@
 //!   only packets that came in on the primary interface, so the tunnel's own
 //!   outer packets (sent by this host) are never routed into the tunnel;
 //! - nftables table `ip hanat_handoff`: a map from handed-off source
-//!   networks to marks, and an input filter that lets only the VPC send to
-//!   the tunnel port (whatever the security group says), applied atomically
-//!   like the main table.
+//!   networks to marks, an input filter that lets only the VPC send to
+//!   the tunnel port (whatever the security group says), and two filters
+//!   that keep the tunnel from being a way to forge a source address:
+//!   nothing that comes out of the tunnel reaches a local socket (the
+//!   heartbeat port above all), and nothing from it is forwarded to an
+//!   address of the VPC (another NAT's heartbeat port). The tunnel carries
+//!   only handed-off connections to the internet. Applied atomically like
+//!   the main table.
 //!
 //! Only [`DEVICE`], rules at priority [`RULE_PRIORITY`], the tables they
 //! name and [`NFT_TABLE`] are ever changed.
@@ -138,10 +143,25 @@ table ip {NFT_TABLE} {{
 	chain input_tunnel {{
 		type filter hook input priority filter; policy accept;
 		udp dport {port} ip saddr != @tunnel_sources drop comment "the tunnel is for NATs of this VPC only"
+		iifname "{DEVICE}" drop comment "nothing from the tunnel reaches this host's sockets"
+	}}
+
+	chain forward_tunnel {{
+		type filter hook forward priority filter; policy accept;
+		iifname "{DEVICE}" ip daddr @tunnel_sources drop comment "the tunnel carries traffic to the internet only"
 	}}
 }}
 "#
     ))
+}
+
+/// Whether the hand-off table exists.
+pub async fn table_exists() -> Result<bool, KernelError> {
+    match run("nft", &["list", "table", "ip", NFT_TABLE], None).await {
+        Ok(_) => Ok(true),
+        Err(KernelError::Command { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Debug, Deserialize)]
