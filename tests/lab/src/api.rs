@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 pub enum Service {
     Ec2,
     AutoScaling,
+    SecretsManager,
     Other,
 }
 
@@ -328,7 +329,9 @@ async fn handle(api: &Api, nat: usize, req: Request<Incoming>, upstream: SocketA
         .map_err(std::io::Error::other)?
         .to_bytes();
     let service = service_of(&parts.headers);
-    let action = action_of(&body).unwrap_or_else(|| "Unknown".into());
+    let action = action_of(&body)
+        .or_else(|| target_of(&parts.headers))
+        .unwrap_or_else(|| "Unknown".into());
     let profile = match api.latency() {
         Latency::Realistic => realistic(&action),
         Latency::None => Duration::ZERO,
@@ -398,6 +401,7 @@ fn service_of(headers: &hyper::HeaderMap) -> Service {
     match scope.split('/').nth(3) {
         Some("ec2") => Service::Ec2,
         Some("autoscaling") => Service::AutoScaling,
+        Some("secretsmanager") => Service::SecretsManager,
         _ => Service::Other,
     }
 }
@@ -409,6 +413,24 @@ fn action_of(body: &[u8]) -> Option<String> {
         .split('&')
         .find_map(|kv| kv.strip_prefix("Action="))
         .map(str::to_owned)
+}
+
+/// The operation of a JSON-protocol call (`X-Amz-Target: service.Op`).
+fn target_of(headers: &hyper::HeaderMap) -> Option<String> {
+    let target = headers.get("x-amz-target")?.to_str().ok()?;
+    target.rsplit('.').next().map(str::to_owned)
+}
+
+/// A JSON-protocol error (Secrets Manager).
+fn json_error(status: u16, kind: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "__type": kind, "message": message }).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"),
+    );
+    r
 }
 
 fn xml(status: u16, body: String) -> Response<Full<Bytes>> {
@@ -452,6 +474,7 @@ fn query_error(status: u16, kind: &str, code: &str, message: &str) -> Response<F
 fn throttled(service: Service) -> Response<Full<Bytes>> {
     match service {
         Service::Ec2 => ec2_error(503, "RequestLimitExceeded", "Request limit exceeded."),
+        Service::SecretsManager => json_error(400, "ThrottlingException", "Rate exceeded"),
         _ => query_error(400, "Sender", "Throttling", "Rate exceeded"),
     }
 }
@@ -460,6 +483,11 @@ fn server_error(service: Service, status: u16) -> Response<Full<Bytes>> {
     match (service, status) {
         (Service::Ec2, 503) => ec2_error(503, "Unavailable", "The server is overloaded."),
         (Service::Ec2, _) => ec2_error(status, "InternalError", "An internal error has occurred."),
+        (Service::SecretsManager, _) => json_error(
+            status,
+            "InternalServiceError",
+            "An internal error occurred.",
+        ),
         (_, 503) => query_error(
             503,
             "Receiver",
@@ -490,6 +518,12 @@ mod tests {
         );
         assert_eq!(service_of(&h), Service::AutoScaling);
         assert_eq!(service_of(&hyper::HeaderMap::new()), Service::Other);
+        let mut h = hyper::HeaderMap::new();
+        h.insert(
+            "x-amz-target",
+            "secretsmanager.GetSecretValue".parse().unwrap(),
+        );
+        assert_eq!(target_of(&h).as_deref(), Some("GetSecretValue"));
     }
 
     #[test]

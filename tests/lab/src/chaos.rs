@@ -2,6 +2,7 @@
 //! AZ 0, measure what every private host feels until the lab has recovered
 //! (or a timeout), and report.
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -9,7 +10,7 @@ use anyhow::{Result, bail};
 use crate::api::{self, Fault, Rule};
 use crate::cloud::DefaultTarget;
 use crate::imds::ImdsFault;
-use crate::lab::{Lab, LabOptions, MeterReport};
+use crate::lab::{Lab, LabOptions, MeterReport, forge};
 
 /// The failures the lab can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +50,24 @@ pub enum Scenario {
     KernelDrift,
     /// AZ 0's NAT is put into Standby.
     Standby,
+    /// For 15 s, a private host of AZ 1 wraps heartbeats saying AZ 0's NAT
+    /// is `failing` in VXLAN and sends them to AZ 1's NAT's flow hand-off
+    /// tunnel (unauthenticated ones, and ones signed with a wrong key).
+    ForgeTunnel,
+    /// AZ 0's instance is terminated while a private host tunnels
+    /// heartbeats to AZ 1's NAT saying it is `ok`, for 40 s.
+    ForgeTunnelOk,
+    /// For 15 s, a host with the source/destination check off sends AZ 1's
+    /// NAT heartbeats from AZ 0's NAT's address saying it is `failing`
+    /// (unauthenticated ones, and ones signed with a wrong key).
+    ForgeSpoof,
+    /// AZ 0's NAT's genuine heartbeats to AZ 1's, captured for 3 s on the
+    /// VPC's router, are sent again by that host at once and 12 s later.
+    Replay,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 16] = [
+    pub const ALL: [Scenario; 20] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -69,6 +84,10 @@ impl Scenario {
         Scenario::ImdsDown,
         Scenario::KernelDrift,
         Scenario::Standby,
+        Scenario::ForgeTunnel,
+        Scenario::ForgeTunnelOk,
+        Scenario::ForgeSpoof,
+        Scenario::Replay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +108,10 @@ impl Scenario {
             Scenario::ImdsDown => "imds-down",
             Scenario::KernelDrift => "kernel-drift",
             Scenario::Standby => "standby",
+            Scenario::ForgeTunnel => "forge-tunnel",
+            Scenario::ForgeTunnelOk => "forge-tunnel-ok",
+            Scenario::ForgeSpoof => "forge-spoof",
+            Scenario::Replay => "replay",
         }
     }
 
@@ -275,6 +298,7 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
             | Scenario::ApiSlow
             | Scenario::ApiThrottle
             | Scenario::ImdsDown
+            | Scenario::ForgeTunnelOk
     );
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
@@ -425,7 +449,97 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             tokio::time::sleep(Duration::from_secs(20)).await;
             Ok(())
         }
+        Scenario::ForgeTunnel => {
+            let forger = forge_tunnel(lab, "failing", Duration::from_secs(15))?;
+            let sent = tokio::task::spawn_blocking(move || forger.join().unwrap_or(0)).await?;
+            lab.note(format!("forged {sent} tunnelled heartbeats"));
+            Ok(())
+        }
+        Scenario::ForgeTunnelOk => {
+            // Runs on while the lab recovers (or not).
+            let _forger = forge_tunnel(lab, "ok", Duration::from_secs(40))?;
+            lab.terminate_instance(0).await.map(drop)
+        }
+        Scenario::ForgeSpoof => {
+            let (claim, a, b) = claim_on_az0(lab, "failing")?;
+            let rogue = forge::rogue_host(lab)?;
+            let path = rogue.path();
+            let forger = forge::repeat(
+                Duration::from_secs(15),
+                Duration::from_millis(100),
+                move |seq| {
+                    let p =
+                        |m: Vec<u8>| forge::ipv4_udp(a, b, forge::PEER_PORT, forge::PEER_PORT, &m);
+                    forge::send_raw(&path, vec![p(claim.v1(seq)), p(claim.v2_wrong_key(seq))])
+                },
+            );
+            let sent = tokio::task::spawn_blocking(move || forger.join().unwrap_or(0)).await?;
+            drop(rogue);
+            lab.note(format!("spoofed {} heartbeats from {a}", 2 * sent));
+            Ok(())
+        }
+        Scenario::Replay => {
+            let (_, a, b) = claim_on_az0(lab, "ok")?;
+            let capture = forge::Capture::start(&lab.rtr.path(), a, b, forge::PEER_PORT)?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let captured = capture.finish();
+            if captured.is_empty() {
+                bail!("captured no heartbeat from {a} to {b}");
+            }
+            let rogue = forge::rogue_host(lab)?;
+            forge::send_raw(&rogue.path(), captured.clone())?;
+            lab.note(format!(
+                "replayed {} captured heartbeats at once",
+                captured.len()
+            ));
+            tokio::time::sleep(Duration::from_secs(12)).await;
+            forge::send_raw(&rogue.path(), captured.clone())?;
+            lab.note(format!(
+                "replayed {} captured heartbeats 12 s later",
+                captured.len()
+            ));
+            Ok(())
+        }
     }
+}
+
+/// A claim about AZ 0's NAT, its address and AZ 1's NAT's.
+fn claim_on_az0(lab: &Lab, status: &'static str) -> Result<(forge::Claim, Ipv4Addr, Ipv4Addr)> {
+    let (Some(a), Some(b)) = (lab.nat(0), lab.nat(1)) else {
+        bail!("this scenario needs two AZs with a NAT each (--azs 2)");
+    };
+    let claim = forge::Claim {
+        instance: a.instance.id.clone(),
+        az: a.instance.az.clone(),
+        status,
+    };
+    Ok((
+        claim,
+        a.instance.private_ip.parse()?,
+        b.instance.private_ip.parse()?,
+    ))
+}
+
+/// Send AZ 1's NAT, through its flow hand-off tunnel, heartbeats that say
+/// AZ 0's NAT is `status`, from AZ 1's private host, every 100 ms for
+/// `run`: each wraps a datagram "from" AZ 0's NAT to AZ 1's heartbeat port.
+fn forge_tunnel(
+    lab: &Lab,
+    status: &'static str,
+    run: Duration,
+) -> Result<std::thread::JoinHandle<u64>> {
+    let (claim, a, b) = claim_on_az0(lab, status)?;
+    let socket = lab.azs[1]
+        .host
+        .bind_udp(std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+    Ok(forge::repeat(run, Duration::from_millis(100), move |seq| {
+        for m in [claim.v1(seq), claim.v2_wrong_key(seq)] {
+            let inner = forge::ipv4_udp(a, b, forge::PEER_PORT, forge::PEER_PORT, &m);
+            let outer = forge::vxlan(forge::VNI, forge::tunnel_mac(b), &inner);
+            socket.send_to(&outer, (b, forge::TUNNEL_PORT))?;
+        }
+        Ok(())
+    }))
 }
 
 /// AZ 0's kernel stops forwarding: a foreign table drops everything.

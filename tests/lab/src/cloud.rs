@@ -16,6 +16,7 @@ pub struct Cloud {
     pub ec2: aws_sdk_ec2::Client,
     pub asg: aws_sdk_autoscaling::Client,
     pub cfn: aws_sdk_cloudformation::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
     pub region: String,
 }
 
@@ -55,8 +56,52 @@ impl Cloud {
             ec2: aws_sdk_ec2::Client::new(&sdk),
             asg: aws_sdk_autoscaling::Client::new(&sdk),
             cfn: aws_sdk_cloudformation::Client::new(&sdk),
+            secrets: aws_sdk_secretsmanager::Client::new(&sdk),
             region: region.to_owned(),
         }
+    }
+
+    /// A heartbeat key secret as the templates' `PeerKeySecret` makes it
+    /// (64 random letters and digits); its ARN.
+    pub async fn create_peer_key(&self, name: &str) -> Result<String> {
+        let value = self.random_key().await?;
+        let out = self
+            .secrets
+            .create_secret()
+            .name(name)
+            .description("hanat heartbeat key (lab)")
+            .secret_string(value)
+            .send()
+            .await?;
+        out.arn()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("CreateSecret returned no ARN"))
+    }
+
+    /// Rotate the heartbeat key: a new current value, the old one becomes
+    /// `AWSPREVIOUS`.
+    pub async fn rotate_peer_key(&self, arn: &str) -> Result<()> {
+        let value = self.random_key().await?;
+        self.secrets
+            .put_secret_value()
+            .secret_id(arn)
+            .secret_string(value)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    async fn random_key(&self) -> Result<String> {
+        let out = self
+            .secrets
+            .get_random_password()
+            .password_length(64)
+            .exclude_punctuation(true)
+            .send()
+            .await?;
+        out.random_password()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("GetRandomPassword returned nothing"))
     }
 
     pub fn az(&self, i: usize) -> String {

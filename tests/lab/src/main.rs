@@ -23,7 +23,8 @@ commands:
                                    stop-forwarding, hijack-route, scale-in,
                                    spot-interruption, instance-refresh, partition,
                                    az-outage, api-slow, api-throttle, api-down,
-                                   imds-down, kernel-drift, standby
+                                   imds-down, kernel-drift, standby, forge-tunnel,
+                                   forge-tunnel-ok, forge-spoof, replay
   bench failover [--runs N]        every scenario N times (default 10) with
                                    failover = peer and = none; a table of outages
   down                             remove namespaces a crashed lab left behind
@@ -33,6 +34,9 @@ options:
   --fallback-nat-gateway
                      give every AZ a managed NAT Gateway and name it in
                      peers.fallback_nat_gateway_id
+  --unauthenticated-peers
+                     no heartbeat key: peers.accept_unauthenticated = true
+                     (hanat/1), as during an upgrade from a version without keys
   --timeout D        chaos: give up waiting for recovery (default 120s)
   --api-latency P    latency the AWS API proxy adds: realistic (default) or none
   --for D            up: tear down after D
@@ -62,6 +66,7 @@ struct Args {
     runs: usize,
     scenarios: Option<String>,
     fallback_nat_gateway: bool,
+    peer_auth: bool,
     api_latency: Latency,
     run_for: Option<Duration>,
     reconcile_interval: Duration,
@@ -82,6 +87,7 @@ fn parse() -> Result<Option<Args>> {
         runs: 10,
         scenarios: None,
         fallback_nat_gateway: false,
+        peer_auth: true,
         api_latency: Latency::Realistic,
         run_for: None,
         reconcile_interval: Duration::from_secs(5),
@@ -121,6 +127,7 @@ fn parse() -> Result<Option<Args>> {
                 a.api_latency = Latency::parse(&it.next().context("--api-latency needs a value")?)?
             }
             "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
+            "--unauthenticated-peers" => a.peer_auth = false,
             "--runs" => {
                 let v = it.next().context("--runs needs a number")?;
                 a.runs = v
@@ -181,6 +188,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.heartbeat_interval = Duration::from_millis(500);
     o.grace = Duration::from_secs(30);
     o.fallback_nat_gateway = a.fallback_nat_gateway;
+    o.peer_auth = a.peer_auth;
     o.api_latency = a.api_latency;
     o.reconcile_interval = a.reconcile_interval;
     o.refresh_interval = a.refresh_interval;

@@ -56,6 +56,7 @@ use crate::sandbox::Sandbox;
 
 mod autoscaler;
 mod faults;
+pub mod forge;
 mod nat;
 mod planes;
 mod traffic;
@@ -138,6 +139,9 @@ pub struct LabOptions {
     /// `aws.refresh_interval`: short in the lab, so that the paths that
     /// re-read the peer list and subnets run within a test.
     pub refresh_interval: Duration,
+    /// Authenticated heartbeats with a key in Secrets Manager (default);
+    /// `false`: no key, `peers.accept_unauthenticated = true` (hanat/1).
+    pub peer_auth: bool,
 }
 
 impl LabOptions {
@@ -161,6 +165,7 @@ impl LabOptions {
             replace_unhealthy: true,
             api_latency: Latency::Realistic,
             refresh_interval: Duration::from_secs(15),
+            peer_auth: true,
         }
     }
 }
@@ -218,6 +223,9 @@ struct Shared {
     gateways: Vec<(String, NatGateway)>,
     /// The AWS API as the daemons reach it.
     api: Api,
+    /// The heartbeat key's secret (`peers.key_secret`), unless the lab runs
+    /// with unauthenticated heartbeats.
+    key_secret: Option<String>,
 }
 
 impl Shared {
@@ -301,6 +309,30 @@ impl Lab {
         // into moto exactly as an operator would deploy it on AWS.
         let (vpc, azs, eip_public) = deploy_vpc(&cloud, &prefix, &rtr, &opts).await?;
         let igw_id = cloud.vpc_internet_gateway(&vpc).await?;
+        // The VPC's source/destination check, for the private hosts: what a
+        // host sends with another source address goes nowhere.
+        let rules: String = azs
+            .iter()
+            .map(|a| {
+                format!(
+                    "add rule ip labvpc srcdst iifname \"prv{}\" ip saddr != {} drop; ",
+                    a.index, a.host_ip
+                )
+            })
+            .collect();
+        rtr.exec(
+            "nft",
+            &[&format!(
+                "add table ip labvpc; add chain ip labvpc srcdst {{ type filter hook forward \
+                 priority -100; policy accept; }}; {rules}"
+            )],
+        )?;
+        // The template's PeerKeySecret, which moto's CloudFormation skips:
+        // created as CloudFormation would (GenerateSecretString).
+        let key_secret = match opts.peer_auth {
+            true => Some(cloud.create_peer_key(&format!("{prefix}-peer-key")).await?),
+            false => None,
+        };
         for a in &azs {
             let table = 100 + a.index;
             for b in &azs {
@@ -335,6 +367,7 @@ impl Lab {
                 .filter_map(|a| a.nat_gateway.clone().map(|g| (a.name.clone(), g)))
                 .collect(),
             api: Api::new(opts.api_latency),
+            key_secret,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut lab = Lab {
@@ -443,6 +476,16 @@ impl Lab {
     }
 
     /// The AWS API as the daemons reach it: faults, buckets, calls.
+    /// Add an event to the lab's log (what a scenario did).
+    pub fn note(&self, what: String) {
+        self.shared.event(what);
+    }
+
+    /// The heartbeat key's secret, if the lab's daemons use one.
+    pub fn key_secret(&self) -> Option<&str> {
+        self.shared.key_secret.as_deref()
+    }
+
     pub fn api(&self) -> &Api {
         &self.shared.api
     }

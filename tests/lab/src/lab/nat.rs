@@ -200,7 +200,12 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
     let log_path = shared.dir.join(format!("nat-{i}-{n}.log"));
     std::fs::write(
         &config_path,
-        daemon_config(&shared.opts, &probe_namespace, &shared.gateways),
+        daemon_config(
+            &shared.opts,
+            &probe_namespace,
+            &shared.gateways,
+            shared.key_secret.as_deref(),
+        ),
     )?;
     shared.event(format!("az{i}: {} materialised", instance.id));
     Ok(Nat {
@@ -221,7 +226,12 @@ pub fn daemon_config(
     o: &LabOptions,
     probe_namespace: &str,
     gateways: &[(String, NatGateway)],
+    key_secret: Option<&str>,
 ) -> String {
+    let auth = match key_secret {
+        Some(arn) => format!("key_secret = \"{arn}\"\n"),
+        None => "accept_unauthenticated = true\n".into(),
+    };
     let fallbacks: String = gateways
         .iter()
         .map(|(az, g)| format!("\"{az}\" = \"{}\"\n", g.id))
@@ -247,7 +257,7 @@ pub fn daemon_config(
         "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
          [routes]\nreconcile_interval = \"{}\"\n\n[kernel]\nconverge_interval = \"10s\"\n\
-         conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}\n\
+         conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}{auth}\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
          [aws]\nimds_timeout = \"20s\"\n{refresh}\n[peers.fallback_nat_gateway_id]\n{fallbacks}",
