@@ -200,8 +200,9 @@ pub struct Peers {
     pub fallback_nat_gateway_id: BTreeMap<String, NatGatewayId>,
     /// The Secrets Manager secret (ARN or name) holding the key that signs
     /// and checks heartbeats (`hanat/2`); its `AWSPREVIOUS` version is
-    /// accepted too, for rotation. Without it, peer failover is off unless
-    /// `accept_unauthenticated` is on.
+    /// accepted too, for rotation. Without it (or empty), peer failover is
+    /// off unless `accept_unauthenticated` is on.
+    #[serde(deserialize_with = "blank_is_none")]
     pub key_secret: Option<String>,
     /// Accept unauthenticated `hanat/1` heartbeats (and send them when there
     /// is no key): only for a rolling upgrade from a version without keys.
@@ -261,6 +262,11 @@ impl Default for Peers {
 pub enum Failover {
     Peer,
     None,
+}
+
+fn blank_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(Some(s).filter(|s| !s.trim().is_empty()))
 }
 
 fn failback<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -569,7 +575,7 @@ impl Config {
             .peers
             .key_secret
             .as_ref()
-            .is_some_and(|s| s.trim().is_empty() || s.contains(char::is_whitespace))
+            .is_some_and(|s| s.contains(char::is_whitespace))
         {
             return Err((
                 "peers.key_secret",
@@ -691,7 +697,14 @@ rise = 2
         .unwrap();
         assert_eq!(c.peers.key_secret.as_deref(), Some(arn));
         assert!(c.peers.accept_unauthenticated);
-        let err = parse("[peers]\nkey_secret = \" \"").unwrap_err();
+        assert_eq!(
+            parse("[peers]\nkey_secret = \" \"")
+                .unwrap()
+                .peers
+                .key_secret,
+            None
+        );
+        let err = parse("[peers]\nkey_secret = \"my secret\"").unwrap_err();
         assert!(
             err.contains("peers.key_secret") && err.contains("ARN or name"),
             "{err}"

@@ -327,6 +327,10 @@ async fn user_data_writes_a_config_hanat_accepts() {
             .unwrap();
         let config = config_from_user_data(&cloud, &format!("{stack}-nat")).await;
         assert_eq!(config.heartbeat.targets.len(), 3, "{stack}");
+        // The heartbeat key's secret (moto does not create the secret, so
+        // what its Ref gives is all there is to check here).
+        assert!(config.peers.key_secret.is_some(), "{stack}");
+        assert!(!config.peers.accept_unauthenticated, "{stack}");
         let got: Vec<String> = config
             .peers
             .fallback_nat_gateway_id
@@ -403,6 +407,27 @@ fn what_moto_does_not_model_is_in_the_template() {
             5,
             "{name}: every mutating statement is conditioned"
         );
+        // The heartbeat key: a generated secret (moto's CloudFormation does
+        // not create AWS::SecretsManager::Secret; the lab makes it through
+        // the API), readable by the NAT role and nothing wider, and named
+        // in the config the user data writes.
+        assert_eq!(
+            t.matches("Type: AWS::SecretsManager::Secret").count(),
+            1,
+            "{name}"
+        );
+        assert!(
+            t.contains("GenerateSecretString:\n        PasswordLength: 64"),
+            "{name}"
+        );
+        assert_eq!(t.matches("secretsmanager:").count(), 1, "{name}");
+        assert!(
+            t.contains(
+                "Action: secretsmanager:GetSecretValue\n                Resource: !Ref PeerKeySecret"
+            ),
+            "{name}: the read is scoped to the key's secret"
+        );
+        assert!(t.contains("key_secret = \"${PeerKeySecret}\""), "{name}");
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Every daemon sends a one-line UDP heartbeat to every peer each
 //! `peers.interval`, carrying its own forwarding verdict, and at once
-//! when that verdict changes; a heartbeat counts only if it comes from the
-//! address EC2 gives for the instance it names. A peer is **dead** when it says so itself
+//! when that verdict changes; a heartbeat counts only if [`super::auth`]
+//! accepts it (signed, fresh, not replayed) and it comes from the address
+//! EC2 gives for the instance it names. A peer is **dead** when it says so itself
 //! (`failing`, `exiting`) or when it has gone silent *and* EC2 confirms its
 //! instance is gone: silence alone (a partition) never moves a route. The
 //! AZ of a dead peer is adopted by exactly one healthy NAT: the next AZ after
@@ -23,7 +24,9 @@ use super::backoff::COVER_RETRY;
 use super::flows::SILENCE;
 use crate::domain::{EniId, Identity, InstanceId, RouteTarget, Status};
 
-/// One heartbeat datagram: `hanat/1 <instance> <az> <status> <seq>`.
+/// What a heartbeat says, and its unauthenticated wire form
+/// `hanat/1 <instance> <az> <status> <seq>`; [`super::auth`] signs it as
+/// `hanat/2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub instance: InstanceId,
@@ -74,9 +77,9 @@ pub enum Arrival {
     /// nothing until it is known.
     Unknown,
     /// It names a known peer but comes from another address: ignore it.
-    /// Inside a VPC only instances with the source/destination check off
-    /// (NATs) can forge a source address, so this keeps any other host of
-    /// the VPC from faking a peer's verdict.
+    /// (A signed heartbeat relayed by someone else, or, with unauthenticated
+    /// heartbeats accepted, a forgery by a host that cannot forge its
+    /// source address.)
     WrongSender,
 }
 
