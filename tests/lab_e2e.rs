@@ -602,3 +602,26 @@ async fn a_rotated_key_leaves_every_nat_heard() {
         lab.azs[0].eip.1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_filters_come_back_after_a_flushed_ruleset() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let lab = Lab::build(options(2)).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let table = || lab.nat_exec(1, "nft", &["list", "table", "ip", "hanat_handoff"]);
+    assert!(table().unwrap().contains("iifname \"hanat0\" drop"));
+    // No hand-off is on: the table is back for its filters alone, within
+    // a kernel converge (10 s in the lab).
+    lab.nat_exec(1, "nft", &["flush", "ruleset"]).unwrap();
+    assert!(table().is_err(), "flushed");
+    lab.wait_for(
+        "the hand-off table back",
+        Duration::from_secs(30),
+        || async { Ok(table().is_ok_and(|t| t.contains("iifname \"hanat0\" drop"))) },
+    )
+    .await
+    .unwrap();
+}

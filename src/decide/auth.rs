@@ -292,6 +292,12 @@ impl Replay {
         self.last.insert(from.clone(), stamp);
         Ok(())
     }
+
+    /// Forget every peer but those `keep` says to keep (replaced instances
+    /// never speak again).
+    pub fn retain(&mut self, keep: impl Fn(&InstanceId) -> bool) {
+        self.last.retain(|id, _| keep(id));
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

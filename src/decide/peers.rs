@@ -282,6 +282,8 @@ impl PeerState {
         });
         self.gone
             .retain(|id| peers.iter().any(|p| &p.instance == id));
+        self.replay
+            .retain(|id| peers.iter().any(|p| &p.instance == id));
         self.peers = peers;
         self.refresh_wanted = false;
         let after: Vec<InstanceId> = self.peers.iter().map(|p| p.instance.clone()).collect();
