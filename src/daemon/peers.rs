@@ -548,7 +548,7 @@ async fn beacon(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
 /// accepts it (signed with a key of ours, fresh, newer than the last one
 /// from the same peer) and it comes from the address of the peer it names.
 async fn receive(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 512];
     let mut throttle = LogThrottle::default();
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
