@@ -32,8 +32,7 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use super::peers::Message;
-use crate::domain::InstanceId;
+use crate::domain::{InstanceId, Status};
 
 /// The farthest a heartbeat's clock may be from the receiver's.
 pub const MAX_SKEW: Duration = Duration::from_secs(10);
@@ -41,6 +40,50 @@ pub const MAX_SKEW: Duration = Duration::from_secs(10);
 pub const MIN_KEY_LEN: usize = 32;
 
 const MAGIC: &str = "hanat/2";
+
+/// What a heartbeat says, and its unauthenticated wire form
+/// `hanat/1 <instance> <az> <status> <seq>`; [`super::auth`] signs it as
+/// `hanat/2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub instance: InstanceId,
+    pub az: String,
+    pub status: Status,
+    pub seq: u64,
+}
+
+const MAGIC_V1: &str = "hanat/1";
+
+impl Message {
+    pub fn encode(&self) -> String {
+        format!(
+            "{MAGIC_V1} {} {} {} {}",
+            self.instance, self.az, self.status, self.seq
+        )
+    }
+
+    /// `None` for anything that is not a well-formed heartbeat.
+    pub fn decode(bytes: &[u8]) -> Option<Message> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.split_ascii_whitespace();
+        if parts.next()? != MAGIC_V1 {
+            return None;
+        }
+        let instance = parts.next()?;
+        let az = parts.next()?;
+        let status = Status::parse(parts.next()?)?;
+        let seq = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || !instance.starts_with("i-") || az.is_empty() {
+            return None;
+        }
+        Some(Message {
+            instance: InstanceId(instance.to_owned()),
+            az: az.to_owned(),
+            status,
+            seq,
+        })
+    }
+}
 
 /// A heartbeat key. Its `Debug` shows only its id.
 #[derive(Clone, PartialEq, Eq)]

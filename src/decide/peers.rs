@@ -19,54 +19,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+pub use super::auth::Message;
 use super::auth::{Policy, Replay};
 use super::backoff::COVER_RETRY;
 use super::flows::SILENCE;
 use crate::domain::{EniId, Identity, InstanceId, RouteTarget, Status};
-
-/// What a heartbeat says, and its unauthenticated wire form
-/// `hanat/1 <instance> <az> <status> <seq>`; [`super::auth`] signs it as
-/// `hanat/2`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub instance: InstanceId,
-    pub az: String,
-    pub status: Status,
-    pub seq: u64,
-}
-
-const MAGIC: &str = "hanat/1";
-
-impl Message {
-    pub fn encode(&self) -> String {
-        format!(
-            "{MAGIC} {} {} {} {}",
-            self.instance, self.az, self.status, self.seq
-        )
-    }
-
-    /// `None` for anything that is not a well-formed heartbeat.
-    pub fn decode(bytes: &[u8]) -> Option<Message> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut parts = text.split_ascii_whitespace();
-        if parts.next()? != MAGIC {
-            return None;
-        }
-        let instance = parts.next()?;
-        let az = parts.next()?;
-        let status = Status::parse(parts.next()?)?;
-        let seq = parts.next()?.parse().ok()?;
-        if parts.next().is_some() || !instance.starts_with("i-") || az.is_empty() {
-            return None;
-        }
-        Some(Message {
-            instance: InstanceId(instance.to_owned()),
-            az: az.to_owned(),
-            status,
-            seq,
-        })
-    }
-}
 
 /// What to make of a heartbeat that arrived from `from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
