@@ -45,6 +45,37 @@ pub struct Config {
     pub eip: Eip,
     pub aws: Aws,
     pub log: Log,
+    pub metrics: Metrics,
+}
+
+/// The metrics, health and status endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Where to serve `/metrics`, `/health` and `/status`; `""` turns them
+    /// off. The templates' security group admits only the VPC.
+    #[serde(deserialize_with = "listen")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 7472))),
+        }
+    }
+}
+
+fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not an address like 0.0.0.0:7472 (\"\" turns the endpoints off)"
+        ))
+    })
 }
 
 /// Which subnets are ours to serve.

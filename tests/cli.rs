@@ -192,3 +192,35 @@ fn shipped_and_documented_configs_are_accepted() {
         stderr(&o)
     );
 }
+
+#[test]
+fn status_without_a_daemon_says_so_at_once() {
+    // Nothing listens on loopback port 1: refused at once.
+    let (_dir, path) = config_file("[metrics]\nlisten = \"0.0.0.0:1\"\n");
+    let started = std::time::Instant::now();
+    let o = hanat(&["status", "--config", &path], &[]);
+    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no hanat daemon answers at http://127.0.0.1:1/status")
+            && err.contains("systemctl status hanat"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Endpoints off: nothing to ask, and the config says why.
+    let (_dir, path) = config_file("[metrics]\nlisten = \"\"\n");
+    let o = hanat(&["status", "--config", &path], &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(stderr(&o).contains("metrics.listen"), "{}", stderr(&o));
+    // A bad address names the key.
+    let (_dir, path) = config_file("[metrics]\nlisten = \"everywhere\"\n");
+    let o = hanat(&["check-config", "--config", &path], &[]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(
+        stderr(&o).contains("metrics.listen") && stderr(&o).contains("not an address"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hanat(&["plan", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+}

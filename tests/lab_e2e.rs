@@ -625,3 +625,133 @@ async fn the_tunnel_filters_come_back_after_a_flushed_ruleset() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    // Kept running after it reports itself Unhealthy, so its endpoints
+    // can be read while it fails.
+    opts.replace_unhealthy = false;
+    let lab = Lab::build(opts).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let get = |i: usize, path: &str| {
+        let url = format!("http://127.0.0.1:7472{path}");
+        lab.nat_exec(
+            i,
+            "curl",
+            &["-s", "-w", "\n%{http_code}", "--max-time", "5", &url],
+        )
+        .unwrap()
+    };
+    let metric = |text: &str, line: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no `{line}` in\n{text}"))
+    };
+    let health = get(0, "/health");
+    assert!(
+        health.ends_with("\n200") && health.contains("\"healthy\":true"),
+        "{health}"
+    );
+    let m = get(0, "/metrics");
+    assert_eq!(metric(&m, "hanat_verdict{state=\"ok\"}"), 1.0);
+    assert_eq!(metric(&m, "hanat_routes{points_at=\"this_nat\"}"), 1.0);
+    assert_eq!(metric(&m, "hanat_elastic_ip_held"), 1.0);
+    let ok_probes = m
+        .lines()
+        .filter(|l| l.starts_with("hanat_probes_total{") && l.contains("result=\"ok\""))
+        .count();
+    assert!(ok_probes > 0, "{m}");
+    assert!(m.contains("hanat_probe_rtt_seconds_bucket{"), "{m}");
+    let peer = lab.nat(1).unwrap().instance.id;
+    assert!(
+        m.contains(&format!(
+            "hanat_peer_verdict{{peer=\"{peer}\",az=\"{}\",state=\"ok\"}} 1",
+            lab.azs[1].name
+        )),
+        "{m}"
+    );
+
+    // `hanat status`, as an operator on the instance runs it.
+    let nat = lab.nat(0).unwrap();
+    let status = lab
+        .nat_command(0, lab.opts.hanat_bin.to_str().unwrap())
+        .unwrap()
+        .args(["status", "--config", nat.config_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for want in [
+        format!("{} ({}): ok for", nat.instance.id, lab.azs[0].name),
+        "healthy".to_owned(),
+        format!("{} → this NAT", lab.azs[0].private_route_table),
+        format!("{peer} {}", lab.azs[1].name),
+        "Elastic IP held".to_owned(),
+    ] {
+        assert!(text.contains(&want), "{want}\n{text}");
+    }
+
+    // AZ 0 stops forwarding: its health, verdict and probe counters say so.
+    lab.nat_exec(
+        0,
+        "nft",
+        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
+    )
+    .unwrap();
+    lab.wait_for(
+        "AZ 0's health to turn 503",
+        Duration::from_secs(20),
+        || async { Ok(get(0, "/health").ends_with("\n503")) },
+    )
+    .await
+    .unwrap();
+    let health = get(0, "/health");
+    assert!(
+        health.contains("failing: its forwarding probes fail"),
+        "{health}"
+    );
+    let m = get(0, "/metrics");
+    assert_eq!(metric(&m, "hanat_verdict{state=\"failing\"}"), 1.0);
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("hanat_probes_total{") && l.contains("result=\"failed\"")),
+        "{m}"
+    );
+    // Its peer heard it.
+    let me = nat.instance.id;
+    lab.wait_for(
+        "AZ 1 to show AZ 0 failing",
+        Duration::from_secs(10),
+        || async {
+            Ok(get(1, "/metrics").contains(&format!(
+                "hanat_peer_verdict{{peer=\"{me}\",az=\"{}\",state=\"failing\"}} 1",
+                lab.azs[0].name
+            )))
+        },
+    )
+    .await
+    .unwrap();
+    let json = lab
+        .nat_command(1, lab.opts.hanat_bin.to_str().unwrap())
+        .unwrap()
+        .args([
+            "status",
+            "--json",
+            "--config",
+            lab.nat(1).unwrap().config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["healthy"], true, "{v}");
+    assert_eq!(v["peers"][0]["verdict"], "failing", "{v}");
+}

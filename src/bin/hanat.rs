@@ -26,9 +26,11 @@ usage: hanat <command> [--config PATH]
 commands:
   run           run the NAT supervisor (as a systemd service)
   plan          show what `run` would change, change nothing
+  status        the running daemon's state, from its status endpoint
   check-config  validate the config file and exit
 options:
   --config PATH  config file (default /etc/hanat/hanat.toml)
+  --json         status: print the daemon's JSON as it is
   -V, --version  print the version
   -h, --help     print this help
 ";
@@ -36,6 +38,7 @@ options:
 enum Command {
     Run,
     Plan,
+    Status { json: bool },
     CheckConfig,
 }
 
@@ -56,6 +59,7 @@ impl Failure {
 fn parse_args() -> Result<Option<(Command, PathBuf)>, String> {
     let mut args = std::env::args().skip(1);
     let mut command = None;
+    let mut json = false;
     let mut config = PathBuf::from(DEFAULT_CONFIG);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -74,10 +78,16 @@ fn parse_args() -> Result<Option<(Command, PathBuf)>, String> {
             "run" if command.is_none() => command = Some(Command::Run),
             "plan" if command.is_none() => command = Some(Command::Plan),
             "check-config" if command.is_none() => command = Some(Command::CheckConfig),
+            "status" if command.is_none() => command = Some(Command::Status { json: false }),
+            "--json" => json = true,
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
-    let command = command.ok_or("missing command")?;
+    let command = match command.ok_or("missing command")? {
+        Command::Status { .. } => Command::Status { json },
+        _ if json => return Err("--json goes with `status` only".into()),
+        c => c,
+    };
     Ok(Some((command, config)))
 }
 
@@ -120,7 +130,9 @@ fn main() -> ExitCode {
         println!("{}: ok", config_path.display());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config);
+    if !matches!(command, Command::Status { .. }) {
+        init_logging(&config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -136,6 +148,7 @@ fn main() -> ExitCode {
         match command {
             Command::Run => run(config).await,
             Command::Plan => plan(config).await,
+            Command::Status { json } => status(&config, json).await,
             Command::CheckConfig => Ok(()),
         }
     });
@@ -225,5 +238,56 @@ async fn plan(config: Config) -> Result<(), Failure> {
         println!("{line}");
     }
     println!("{} change(s)", dry.changes);
+    Ok(())
+}
+
+/// Ask the running daemon, on its status endpoint (`metrics.listen`; a
+/// wildcard address is asked on loopback), and print its answer.
+async fn status(config: &Config, json: bool) -> Result<(), Failure> {
+    let Some(listen) = config.metrics.listen else {
+        return Err(Failure {
+            code: exit::CONFIG,
+            message: "metrics.listen is \"\" in the config: the daemon serves no status to ask"
+                .into(),
+        });
+    };
+    let host = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let url = format!(
+        "http://{}/status",
+        std::net::SocketAddr::new(host, listen.port())
+    );
+    let unavailable = |e: String| Failure {
+        code: exit::UNAVAILABLE,
+        message: format!(
+            "no hanat daemon answers at {url}: {e} (is it running? `systemctl status hanat`)"
+        ),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .no_proxy()
+        .build()
+        .map_err(|e| unavailable(report(&e)))?;
+    let body = async {
+        client
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    }
+    .await
+    .map_err(|e| unavailable(report(&e)))?;
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    let snapshot: daemon::telemetry::Snapshot = serde_json::from_str(&body)
+        .map_err(|e| unavailable(format!("its answer is not a status ({e})")))?;
+    print!("{}", daemon::telemetry::render(&snapshot));
     Ok(())
 }

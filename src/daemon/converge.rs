@@ -50,13 +50,14 @@ pub async fn converge_kernel(
     Ok(skipped)
 }
 
-/// [`converge_kernel`], with what went wrong logged (repeats throttled).
+/// [`converge_kernel`], with what went wrong logged (repeats throttled)
+/// and returned.
 pub async fn converge_logged(
     identity: &Identity,
     config: &Config,
     interface: &str,
     throttle: &mut LogThrottle,
-) {
+) -> Result<(), String> {
     match converge_kernel(identity, config, interface).await {
         Ok(skipped) => {
             throttle.clear("kernel");
@@ -65,11 +66,13 @@ pub async fn converge_logged(
                     warn!(suppressed = n, error = %report(&s), "optional kernel setting not made");
                 }
             }
+            Ok(())
         }
         Err(e) => {
             if let Some(n) = throttle.check("kernel", &report(&e), Instant::now()) {
                 error!(suppressed = n, error = %report(&e), "kernel converge failed; will retry");
             }
+            Err(report(&e))
         }
     }
 }

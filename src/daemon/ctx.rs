@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::flows;
 use super::progress::Progress;
+use super::telemetry::Telemetry;
 use crate::aws::cloud::Cloud;
 use crate::config::Config;
 use crate::decide::backoff::{ROUND_CALLS, WATCHDOG_SLACK};
@@ -36,6 +37,8 @@ pub struct Ctx {
     pub progress: Progress,
     /// What rarely changes, read from EC2 at most every `aws.refresh_interval`.
     pub slow: Mutex<Slow>,
+    /// Metrics, and what `/status` shows.
+    pub telemetry: Telemetry,
 }
 
 /// An AZ's tagged subnets, with their networks.
@@ -83,6 +86,7 @@ impl Ctx {
             flows: Arc::new(tokio::sync::Mutex::new(flows)),
             progress: Progress::default(),
             slow: Mutex::new(Slow::default()),
+            telemetry: Telemetry::new(),
         })
     }
 

@@ -71,6 +71,7 @@ impl EipClaim {
             )),
             Err(e) => Some(format!("cannot claim the Elastic IP: {e}")),
         };
+        ctx.telemetry.recorded().elastic_ip = Some(msg.is_none());
         match msg {
             Some(m) => {
                 if let Some(n) = throttle.check("eip", &m, Instant::now()) {

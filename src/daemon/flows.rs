@@ -121,6 +121,17 @@ impl FlowHandoff {
         }
     }
 
+    /// The hand-offs in force: each previous holder and its sources.
+    pub fn in_force(&self) -> Vec<Handoff> {
+        self.entries
+            .iter()
+            .map(|(ip, e)| Handoff {
+                peer: *ip,
+                sources: e.sources.iter().copied().collect(),
+            })
+            .collect()
+    }
+
     /// Take over the hand-offs an earlier daemon left in the kernel (a
     /// restart must not reset the connections they carry); each counts as
     /// starting now. Returns how many.

@@ -77,6 +77,7 @@ impl HeartbeatLoop {
             self.converge().await;
         }
         let round = self.prober.round().await;
+        self.ctx.telemetry.probe_round(&round);
         let ok = round.ok();
         if !ok && self.state.consecutive_failures() + 1 < fall {
             next_round = Instant::now() + PROBE_RECHECK;
@@ -116,7 +117,12 @@ impl HeartbeatLoop {
 
     async fn converge(&mut self) {
         let ctx = &*self.ctx;
-        converge_logged(&ctx.me, &ctx.config, &self.interface, &mut self.throttle).await;
+        let result =
+            converge_logged(&ctx.me, &ctx.config, &self.interface, &mut self.throttle).await;
+        if result.is_ok() {
+            ctx.telemetry.recorded().last_converge = Some(Instant::now());
+        }
+        ctx.telemetry.error("kernel converge", result.err());
         // The flow hand-offs in force live in the same kernel state.
         if let Err(e) = ctx.flows.lock().await.reassert().await
             && let Some(n) = self
@@ -149,13 +155,16 @@ impl HeartbeatLoop {
     /// stays, whatever the probes say.
     fn tell(&self, said: Status) {
         let was = *self.ctx.status.borrow();
-        self.ctx.status.send_if_modified(|s| {
+        let changed = self.ctx.status.send_if_modified(|s| {
             let changed = *s != said && *s != Status::Exiting;
             if changed {
                 *s = said;
             }
             changed
         });
+        if changed {
+            self.ctx.telemetry.recorded().verdict_since = Instant::now();
+        }
         if was == Status::Starting && said == Status::Ok {
             info!("forwarding verified: probes pass through this NAT");
         }

@@ -25,6 +25,7 @@ pub mod cover;
 pub mod ctx;
 pub mod dry_run;
 pub mod eip;
+pub mod endpoints;
 pub mod exit;
 pub mod flows;
 pub mod heartbeat;
@@ -33,6 +34,7 @@ pub mod peers;
 pub mod progress;
 pub mod routes;
 pub mod take;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -156,6 +158,9 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
                 peers.run().await;
             }
         });
+    }
+    if let Some(addr) = ctx.config.metrics.listen {
+        tasks.spawn("telemetry", endpoints::serve(ctx.clone(), addr));
     }
     tasks.spawn("routes", RoutesLoop::new(ctx.clone()).run());
     let heartbeat = HeartbeatLoop::new(ctx.clone(), interface);

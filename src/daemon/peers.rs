@@ -571,6 +571,7 @@ async fn receive(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
             Ok(o) => o.msg,
             Err(Rejected::Malformed) => continue,
             Err(why) => {
+                ctx.telemetry.heartbeat_rejected(why.label());
                 if matches!(why, Rejected::UnknownKey(_)) {
                     ctx.peers().key_wanted = true;
                 }

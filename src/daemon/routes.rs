@@ -23,8 +23,8 @@ use super::log::LogThrottle;
 use super::take::{Hand, Take, hand_over_and_apply, read_and_plan, running_instance};
 use crate::AwsError;
 use crate::decide::backoff::{Backoff, ROUTES_RETRY};
-use crate::decide::routes::{Plan, gate, unvouched_holders};
-use crate::domain::{EniId, RouteTarget, Status};
+use crate::decide::routes::{Action, Observed, Plan, gate, unvouched_holders};
+use crate::domain::{EniId, RouteTableId, RouteTarget, Status};
 
 pub struct RoutesLoop {
     ctx: Arc<Ctx>,
@@ -83,8 +83,13 @@ impl RoutesLoop {
         }
         let failback = self.ctx.config.peers.failback;
         let drain_left = self.healthy_since.is_some_and(|t| t.elapsed() < failback);
-        match self.pass(status, drain_left).await {
+        let result = self.pass(status, drain_left).await;
+        self.ctx
+            .telemetry
+            .error("routes", result.as_ref().err().map(ToString::to_string));
+        match result {
             Ok(()) => {
+                self.ctx.telemetry.recorded().last_reconcile = Some(Instant::now());
                 self.throttle.clear("aws");
                 self.backoff.reset();
                 let wait = jittered(self.ctx.config.routes.reconcile_interval);
@@ -149,9 +154,9 @@ impl RoutesLoop {
         // Taking routes back from a NAT that still forwards (the adopter,
         // even one leaving itself): the connections it translates go on
         // through it.
-        hand_over_and_apply(ctx, &observed, &plan, &spec.to, Hand::Holders, &proceed)
-            .await
-            .map(drop)
+        hand_over_and_apply(ctx, &observed, &plan, &spec.to, Hand::Holders, &proceed).await?;
+        record_routes(ctx, &observed, &plan, &spec.to);
+        Ok(())
     }
 
     /// Draining: a route held by a running NAT stays with it for the drain.
@@ -190,6 +195,36 @@ impl RoutesLoop {
             self.last_owned = Some(owned);
         }
     }
+}
+
+/// Where this AZ's tables point after a pass that applied `plan` (made from
+/// `observed`), for `/status` and the metrics.
+fn record_routes(ctx: &Ctx, observed: &Observed, plan: &Plan, to: &RouteTarget) {
+    let changed = |id: &RouteTableId| {
+        plan.actions.iter().any(|a| match a {
+            Action::CreateRoute { route_table } | Action::ReplaceRoute { route_table, .. } => {
+                route_table == id
+            }
+            Action::DisableSourceDestCheck { .. } => false,
+        })
+    };
+    let routes = plan
+        .owned
+        .iter()
+        .map(|id| {
+            let target = match changed(id) {
+                true => Some(to.to_string()),
+                false => observed
+                    .route_tables
+                    .iter()
+                    .find(|t| &t.id == id)
+                    .and_then(|t| t.default_route.as_ref())
+                    .map(|r| r.target.to_string()),
+            };
+            (id.to_string(), target)
+        })
+        .collect();
+    ctx.telemetry.recorded().own_routes = routes;
 }
 
 fn jittered(d: Duration) -> Duration {

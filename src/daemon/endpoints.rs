@@ -1,0 +1,216 @@
+//! The endpoints of [`super::telemetry`] on `metrics.listen`: `/metrics`,
+//! `/health` and `/status`, read from the daemon's shared state when asked.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tracing::{info, warn};
+
+use super::ctx::Ctx;
+use super::telemetry::{ErrorView, HandoffView, PeerView, RouteView, Snapshot, conntrack};
+use crate::decide::backoff::PEER_PORT_RETRY;
+use crate::domain::Status;
+
+/// Read the daemon's state now (and set the gauges from it).
+pub async fn snapshot(ctx: &Ctx) -> Snapshot {
+    let t = &ctx.telemetry;
+    let verdict = *ctx.status.borrow();
+    let handoffs: Vec<HandoffView> = ctx
+        .flows
+        .lock()
+        .await
+        .in_force()
+        .into_iter()
+        .map(|h| HandoffView {
+            peer: h.peer,
+            sources: h.sources.iter().map(ToString::to_string).collect(),
+        })
+        .collect();
+    let (now, fresh) = (ctx.now(), ctx.config.peers.dead_after);
+    let peers: Vec<PeerView> = {
+        let s = ctx.peers();
+        s.peers
+            .iter()
+            .map(|p| PeerView {
+                instance: p.instance.to_string(),
+                az: p.az.clone(),
+                ip: p.ip,
+                verdict: s.view.fresh(&p.instance, now, fresh).map(|v| v.to_string()),
+                silent_s: s.view.silence(&p.instance, now).map(|d| d.as_secs_f64()),
+                gone: s.gone.contains(&p.instance),
+            })
+            .collect()
+    };
+    let (entries, max) = conntrack();
+    let stuck = ctx.progress.stuck();
+    let r = t.recorded();
+    let me = ctx.me_target().to_string();
+    let routes: Vec<RouteView> = r
+        .own_routes
+        .iter()
+        .map(|(table, target)| RouteView {
+            table: table.clone(),
+            this_nat: target.as_deref() == Some(me.as_str())
+                || target.as_deref() == Some(ctx.me.instance_id.0.as_str()),
+            target: target.clone(),
+        })
+        .collect();
+    let mut reasons = Vec::new();
+    match verdict {
+        Status::Ok => {}
+        Status::Starting => {
+            reasons.push("starting: its forwarding probe has not passed yet".into())
+        }
+        Status::Failing => reasons.push("failing: its forwarding probes fail".into()),
+        Status::Exiting => reasons.push("exiting: a planned exit is under way".into()),
+    }
+    for (name, ran) in &stuck {
+        reasons.push(format!(
+            "the {name} loop is stuck ({}s into a round)",
+            ran.as_secs()
+        ));
+    }
+    let mut warnings = Vec::new();
+    let elsewhere = routes.iter().filter(|r| !r.this_nat).count();
+    if elsewhere > 0 && verdict == Status::Ok {
+        warnings.push(format!(
+            "{elsewhere} of this AZ's {} route tables do not point at this NAT",
+            routes.len()
+        ));
+    }
+    if r.elastic_ip == Some(false) {
+        warnings.push("this AZ's Elastic IP is not on this NAT".into());
+    }
+    let errors: Vec<ErrorView> = r
+        .errors
+        .iter()
+        .map(|(what, (at, e))| ErrorView {
+            what: (*what).to_owned(),
+            error: e.clone(),
+            ago_s: at.elapsed().as_secs_f64(),
+        })
+        .collect();
+    for e in &errors {
+        warnings.push(format!("{}: {}", e.what, e.error));
+    }
+    let snap = Snapshot {
+        instance: ctx.me.instance_id.to_string(),
+        az: ctx.me.availability_zone.clone(),
+        verdict: verdict.to_string(),
+        verdict_for_s: r.verdict_since.elapsed().as_secs_f64(),
+        healthy: reasons.is_empty(),
+        reasons,
+        warnings,
+        routes,
+        peers,
+        handoffs,
+        elastic_ip_held: r.elastic_ip,
+        conntrack_entries: entries,
+        conntrack_max: max,
+        since_reconcile_s: r.last_reconcile.map(|t| t.elapsed().as_secs_f64()),
+        since_converge_s: r.last_converge.map(|t| t.elapsed().as_secs_f64()),
+        errors,
+    };
+    drop(r);
+    t.show(&snap);
+    snap
+}
+
+/// Serve the endpoints on `addr` until aborted. A port that cannot be
+/// bound (a predecessor still holds it) is retried; nothing here ever stops
+/// the daemon.
+pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr) {
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                warn!(listen = %addr, error = %e, retry_in = ?PEER_PORT_RETRY, "cannot open the metrics endpoint; retrying");
+                tokio::time::sleep(PEER_PORT_RETRY).await;
+            }
+        }
+    };
+    info!(listen = %addr, "metrics, health and status endpoints on");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&ctx, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that never finishes its request is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        });
+    }
+}
+
+async fn answer(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            snapshot(ctx).await;
+            match ctx.telemetry.encode() {
+                Ok(text) => reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "cannot encode the metrics\n".into(),
+                ),
+            }
+        }
+        "/health" => {
+            let s = snapshot(ctx).await;
+            let body = serde_json::json!({
+                "healthy": s.healthy,
+                "verdict": s.verdict,
+                "reasons": s.reasons,
+                "warnings": s.warnings,
+            });
+            let code = match s.healthy {
+                true => StatusCode::OK,
+                false => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            reply(code, "application/json", format!("{body}\n"))
+        }
+        "/status" => {
+            let s = snapshot(ctx).await;
+            let body = serde_json::to_string(&s).unwrap_or_else(|_| "{}".into());
+            reply(StatusCode::OK, "application/json", format!("{body}\n"))
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /metrics, /health, /status\n".into(),
+        ),
+    }
+}
+
+fn reply(code: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(kind),
+    );
+    r
+}

@@ -1,0 +1,556 @@
+//! What the daemon shows of itself, served on `metrics.listen` (see
+//! [`super::endpoints`]):
+//!
+//! - `/metrics`: Prometheus metrics (OpenMetrics text, through the
+//!   Prometheus project's `prometheus-client`);
+//! - `/health`: 200 while this NAT forwards (its own probe passes) and its
+//!   loops make progress, else 503; JSON with the reasons either way;
+//! - `/status`: this NAT's state in JSON, what `hanat status` prints.
+//!
+//! Most figures are read from the daemon's shared state when asked for
+//! (verdict, peers, hand-offs, routes, conntrack), so a scrape makes no API
+//! call and changes nothing; events (probes, rejected heartbeats) are
+//! counted as they happen.
+//!
+//! The health endpoint answers for forwarding only: an AWS API that fails,
+//! or routes another NAT holds for a while (an adopter draining), are
+//! reported in `/status` but do not make it 503, so a health check wired to
+//! replace unhealthy instances never replaces a NAT that forwards.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::domain::Status;
+use crate::kernel::probe::Round;
+
+type Labels = Vec<(&'static str, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The metrics, and what the loops record for `/status`.
+pub struct Telemetry {
+    registry: Registry,
+    probes: Family<Labels, Counter>,
+    probe_rtt: Family<Labels, Histogram>,
+    rejected: Family<Labels, Counter>,
+    verdict: Family<Labels, Gauge>,
+    verdict_seconds: FloatGauge,
+    routes: Family<Labels, Gauge>,
+    peer_verdict: Family<Labels, Gauge>,
+    peer_silence: Family<Labels, FloatGauge>,
+    handoffs: Gauge,
+    eip: Gauge,
+    conntrack_entries: Gauge,
+    conntrack_max: Gauge,
+    conntrack_fill: FloatGauge,
+    since_reconcile: FloatGauge,
+    since_converge: FloatGauge,
+    recorded: Mutex<Recorded>,
+}
+
+/// What the loops tell telemetry as they go.
+#[derive(Debug)]
+pub struct Recorded {
+    /// When this NAT's verdict last changed.
+    pub verdict_since: Instant,
+    /// This AZ's route tables in scope and where each default route points
+    /// after the last successful pass (`None`: no default route).
+    pub own_routes: Vec<(String, Option<String>)>,
+    /// The Elastic IP is on this NAT (`None`: claiming is off).
+    pub elastic_ip: Option<bool>,
+    pub last_reconcile: Option<Instant>,
+    pub last_converge: Option<Instant>,
+    /// Per loop, its last error and when (cleared by a success).
+    pub errors: BTreeMap<&'static str, (Instant, String)>,
+}
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+const STATES: [Status; 4] = [
+    Status::Starting,
+    Status::Ok,
+    Status::Failing,
+    Status::Exiting,
+];
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hanat");
+        let t = Telemetry {
+            probes: Family::default(),
+            probe_rtt: Family::new_with_constructor(rtt_histogram as fn() -> Histogram),
+            rejected: Family::default(),
+            verdict: Family::default(),
+            verdict_seconds: FloatGauge::default(),
+            routes: Family::default(),
+            peer_verdict: Family::default(),
+            peer_silence: Family::default(),
+            handoffs: Gauge::default(),
+            eip: Gauge::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_max: Gauge::default(),
+            conntrack_fill: FloatGauge::default(),
+            since_reconcile: FloatGauge::default(),
+            since_converge: FloatGauge::default(),
+            recorded: Mutex::new(Recorded {
+                verdict_since: Instant::now(),
+                own_routes: Vec::new(),
+                elastic_ip: None,
+                last_reconcile: None,
+                last_converge: None,
+                errors: BTreeMap::new(),
+            }),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "probes",
+            "Forwarding probes sent, by target and result (ok, failed)",
+            t.probes.clone(),
+        );
+        registry.register(
+            "probe_rtt_seconds",
+            "Round-trip time of answered forwarding probes, by target",
+            t.probe_rtt.clone(),
+        );
+        registry.register(
+            "heartbeats_rejected",
+            "Datagrams on the peer heartbeat port not taken as heartbeats, by reason",
+            t.rejected.clone(),
+        );
+        registry.register(
+            "verdict",
+            "This NAT's verdict: 1 for the current state (starting, ok, failing, exiting)",
+            t.verdict.clone(),
+        );
+        registry.register(
+            "verdict_seconds",
+            "Time since this NAT's verdict last changed",
+            t.verdict_seconds.clone(),
+        );
+        registry.register(
+            "routes",
+            "This AZ's private route tables in scope, by where their default route points (this_nat, other, none)",
+            t.routes.clone(),
+        );
+        registry.register(
+            "peer_verdict",
+            "Each peer NAT's last verdict heard: 1 for its state",
+            t.peer_verdict.clone(),
+        );
+        registry.register(
+            "peer_silence_seconds",
+            "Time since each peer NAT was last heard",
+            t.peer_silence.clone(),
+        );
+        registry.register(
+            "flow_handoffs",
+            "Peers this NAT hands connections to through the flow hand-off tunnel",
+            t.handoffs.clone(),
+        );
+        registry.register(
+            "elastic_ip_held",
+            "1 when this AZ's Elastic IP is on this NAT (absent when claiming is off)",
+            t.eip.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Connections in the kernel's tracking table (nf_conntrack_count)",
+            t.conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_max",
+            "Size of the kernel's connection tracking table (nf_conntrack_max)",
+            t.conntrack_max.clone(),
+        );
+        registry.register(
+            "conntrack_fill_ratio",
+            "conntrack_entries / conntrack_max",
+            t.conntrack_fill.clone(),
+        );
+        registry.register(
+            "seconds_since_reconcile",
+            "Time since the last successful route pass",
+            t.since_reconcile.clone(),
+        );
+        registry.register(
+            "seconds_since_converge",
+            "Time since the kernel NAT configuration was last converged",
+            t.since_converge.clone(),
+        );
+        Telemetry { registry, ..t }
+    }
+
+    pub fn recorded(&self) -> MutexGuard<'_, Recorded> {
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A probe round's results.
+    pub fn probe_round(&self, round: &Round) {
+        for r in &round.results {
+            let target = r.target.to_string();
+            let result = if r.outcome.is_ok() { "ok" } else { "failed" };
+            self.probes
+                .get_or_create(&labels(&[("target", &target), ("result", result)]))
+                .inc();
+            if let Ok(rtt) = r.outcome {
+                self.probe_rtt
+                    .get_or_create(&labels(&[("target", &target)]))
+                    .observe(rtt.as_secs_f64());
+            }
+        }
+    }
+
+    /// A datagram on the heartbeat port was not taken, for `reason`.
+    pub fn heartbeat_rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    }
+
+    /// Set the gauges from a snapshot of the daemon's state.
+    pub fn show(&self, s: &Snapshot) {
+        let t = self;
+        for state in STATES {
+            let v = i64::from(state.to_string() == s.verdict);
+            t.verdict
+                .get_or_create(&labels(&[("state", &state.to_string())]))
+                .set(v);
+        }
+        t.verdict_seconds.set(s.verdict_for_s);
+        t.routes.clear();
+        for r in &s.routes {
+            let kind = match (&r.target, r.this_nat) {
+                (_, true) => "this_nat",
+                (Some(_), false) => "other",
+                (None, false) => "none",
+            };
+            t.routes
+                .get_or_create(&labels(&[("points_at", kind)]))
+                .inc();
+        }
+        t.peer_verdict.clear();
+        t.peer_silence.clear();
+        for p in &s.peers {
+            let id = [("peer", p.instance.as_str()), ("az", p.az.as_str())];
+            if let Some(v) = &p.verdict {
+                let mut l = labels(&id);
+                l.push(("state", v.clone()));
+                t.peer_verdict.get_or_create(&l).set(1);
+            }
+            if let Some(silent) = p.silent_s {
+                t.peer_silence.get_or_create(&labels(&id)).set(silent);
+            }
+        }
+        t.handoffs.set(s.handoffs.len() as i64);
+        if let Some(held) = s.elastic_ip_held {
+            t.eip.set(i64::from(held));
+        }
+        t.conntrack_entries.set(s.conntrack_entries);
+        t.conntrack_max.set(s.conntrack_max);
+        if s.conntrack_max > 0 {
+            t.conntrack_fill
+                .set(s.conntrack_entries as f64 / s.conntrack_max as f64);
+        }
+        if let Some(v) = s.since_reconcile_s {
+            t.since_reconcile.set(v);
+        }
+        if let Some(v) = s.since_converge_s {
+            t.since_converge.set(v);
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    /// `name`'s last round failed with `error`, or (`None`) succeeded.
+    pub fn error(&self, name: &'static str, error: Option<String>) {
+        let mut r = self.recorded();
+        match error {
+            Some(e) => {
+                r.errors.insert(name, (Instant::now(), e));
+            }
+            None => {
+                r.errors.remove(name);
+            }
+        }
+    }
+}
+
+/// Round-trip-time buckets: 1 ms doubling to about 2 s.
+fn rtt_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 12))
+}
+
+/// Conntrack's table fill from `/proc` (zeros where unreadable).
+pub fn conntrack() -> (i64, i64) {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    (
+        read("/proc/sys/net/netfilter/nf_conntrack_count"),
+        read("/proc/sys/net/netfilter/nf_conntrack_max"),
+    )
+}
+
+/// This NAT as `/status` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub instance: String,
+    pub az: String,
+    pub verdict: String,
+    pub verdict_for_s: f64,
+    pub healthy: bool,
+    /// Why it is not healthy (empty when it is).
+    pub reasons: Vec<String>,
+    /// What is wrong that does not make it unhealthy.
+    pub warnings: Vec<String>,
+    pub routes: Vec<RouteView>,
+    pub peers: Vec<PeerView>,
+    pub handoffs: Vec<HandoffView>,
+    pub elastic_ip_held: Option<bool>,
+    pub conntrack_entries: i64,
+    pub conntrack_max: i64,
+    pub since_reconcile_s: Option<f64>,
+    pub since_converge_s: Option<f64>,
+    pub errors: Vec<ErrorView>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RouteView {
+    pub table: String,
+    /// Where its default route points; `None`: nowhere.
+    pub target: Option<String>,
+    pub this_nat: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PeerView {
+    pub instance: String,
+    pub az: String,
+    pub ip: Ipv4Addr,
+    /// Its last word, if heard within `peers.dead_after`.
+    pub verdict: Option<String>,
+    pub silent_s: Option<f64>,
+    /// EC2 says it is gone, or it left its group.
+    pub gone: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HandoffView {
+    pub peer: Ipv4Addr,
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorView {
+    pub what: String,
+    pub error: String,
+    pub ago_s: f64,
+}
+
+/// A duration as a person reads it: `0.3s`, `12s`, `4m 12s`, `2h 13m`,
+/// `3d 4h`.
+pub fn human(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 10.0 {
+        return format!("{:.1}s", s);
+    }
+    let s = s.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// What `hanat status` prints: one screen.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = format!(
+        "{} ({}): {} for {} — {}\n",
+        s.instance,
+        s.az,
+        s.verdict,
+        human(s.verdict_for_s),
+        match s.healthy {
+            true => "healthy".to_owned(),
+            false => format!("UNHEALTHY: {}", s.reasons.join("; ")),
+        }
+    );
+    let line = |out: &mut String, head: &str, text: &str| {
+        out.push_str(&format!("  {head:<11}{text}\n"));
+    };
+    if s.routes.is_empty() {
+        line(&mut out, "routes", "none in scope yet");
+    }
+    for r in &s.routes {
+        let to = match (&r.target, r.this_nat) {
+            (_, true) => "this NAT".to_owned(),
+            (Some(t), false) => t.clone(),
+            (None, false) => "no default route".to_owned(),
+        };
+        line(&mut out, "routes", &format!("{} → {to}", r.table));
+    }
+    if s.peers.is_empty() {
+        line(&mut out, "peers", "none");
+    }
+    for p in &s.peers {
+        let said = match (&p.verdict, p.silent_s) {
+            (Some(v), Some(t)) => format!("{v} (heard {} ago)", human(t)),
+            (None, Some(t)) => format!("silent for {}", human(t)),
+            (_, None) => "never heard".to_owned(),
+        };
+        let gone = if p.gone { ", gone" } else { "" };
+        line(
+            &mut out,
+            "peer",
+            &format!("{} {} {}: {said}{gone}", p.instance, p.az, p.ip),
+        );
+    }
+    if s.handoffs.is_empty() {
+        line(&mut out, "hand-offs", "none");
+    }
+    for h in &s.handoffs {
+        line(
+            &mut out,
+            "hand-off",
+            &format!("{} ← {}", h.peer, h.sources.join(", ")),
+        );
+    }
+    let eip = match s.elastic_ip_held {
+        Some(true) => "held",
+        Some(false) => "NOT held",
+        None => "not claimed (eip.claim = false)",
+    };
+    line(&mut out, "Elastic IP", eip);
+    let fill = match s.conntrack_max {
+        0 => String::new(),
+        max => format!(" ({:.1}%)", 100.0 * s.conntrack_entries as f64 / max as f64),
+    };
+    line(
+        &mut out,
+        "conntrack",
+        &format!("{} of {}{fill}", s.conntrack_entries, s.conntrack_max),
+    );
+    let ago = |v: Option<f64>| v.map_or("not yet".to_owned(), |t| format!("{} ago", human(t)));
+    line(
+        &mut out,
+        "last",
+        &format!(
+            "route pass {}, kernel converge {}",
+            ago(s.since_reconcile_s),
+            ago(s.since_converge_s)
+        ),
+    );
+    if s.errors.is_empty() {
+        line(&mut out, "errors", "none");
+    }
+    for e in &s.errors {
+        line(
+            &mut out,
+            "error",
+            &format!("{}: {} ({} ago)", e.what, e.error, human(e.ago_s)),
+        );
+    }
+    for w in s
+        .warnings
+        .iter()
+        .filter(|w| !s.errors.iter().any(|e| w.ends_with(&e.error)))
+    {
+        line(&mut out, "warning", w);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_reads_them() {
+        assert_eq!(human(0.26), "0.3s");
+        assert_eq!(human(12.4), "12s");
+        assert_eq!(human(252.0), "4m 12s");
+        assert_eq!(human(7_980.0), "2h 13m");
+        assert_eq!(human(273_600.0), "3d 4h");
+        assert_eq!(human(-1.0), "0.0s");
+    }
+
+    #[test]
+    fn a_status_screen_says_what_is_wrong() {
+        let s = Snapshot {
+            instance: "i-0a".into(),
+            az: "eu-west-1a".into(),
+            verdict: "failing".into(),
+            verdict_for_s: 3.0,
+            healthy: false,
+            reasons: vec!["failing: its forwarding probes fail".into()],
+            warnings: vec!["routes: DescribeRouteTables: throttled".into()],
+            routes: vec![RouteView {
+                table: "rtb-1".into(),
+                target: Some("eni-9".into()),
+                this_nat: false,
+            }],
+            peers: vec![PeerView {
+                instance: "i-0b".into(),
+                az: "eu-west-1b".into(),
+                ip: Ipv4Addr::new(10, 0, 2, 4),
+                verdict: Some("ok".into()),
+                silent_s: Some(0.2),
+                gone: false,
+            }],
+            handoffs: vec![],
+            elastic_ip_held: Some(true),
+            conntrack_entries: 1_000,
+            conntrack_max: 262_144,
+            since_reconcile_s: Some(12.0),
+            since_converge_s: None,
+            errors: vec![ErrorView {
+                what: "routes".into(),
+                error: "DescribeRouteTables: throttled".into(),
+                ago_s: 4.0,
+            }],
+        };
+        let text = render(&s);
+        for want in [
+            "i-0a (eu-west-1a): failing for 3.0s — UNHEALTHY: failing: its forwarding probes fail",
+            "rtb-1 → eni-9",
+            "i-0b eu-west-1b 10.0.2.4: ok (heard 0.2s ago)",
+            "1000 of 262144 (0.4%)",
+            "route pass 12s ago, kernel converge not yet",
+            "routes: DescribeRouteTables: throttled (4.0s ago)",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        assert!(
+            !text.contains("warning"),
+            "the error is not repeated:\n{text}"
+        );
+    }
+}
