@@ -68,7 +68,11 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
         p.contains("would set net.ipv4.ip_forward = 1 (now 0)"),
         "{p}"
     );
-    assert!(p.contains("would create nftables table ip hanat"), "{p}");
+    assert!(p.contains("would create nftables table ip hanat\n"), "{p}");
+    assert!(
+        p.contains("would create nftables table ip hanat_metrics (traffic counters"),
+        "{p}"
+    );
     assert_eq!(
         lab.cloud.default_route(&rt).await.unwrap(),
         None,

@@ -676,6 +676,42 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
         "{m}"
     );
 
+    // The NAT Gateway's counters follow the traffic: 20 requests, one
+    // long-lived connection, and a datagram conntrack finds invalid (a
+    // wrong UDP checksum), from AZ 0's private host.
+    let total = |text: &str, name: &str| metric(text, &format!("hanat_{name}_total"));
+    let before = get(0, "/metrics");
+    for _ in 0..20 {
+        lab.whoami(0, Duration::from_secs(2)).unwrap();
+    }
+    let mut session = lab.session(0, Duration::from_secs(2)).unwrap();
+    session.ask().unwrap();
+    let host = lab.azs[0].host_ip;
+    let mut bad =
+        hanat_lab::lab::forge::ipv4_udp(host, "203.0.113.10".parse().unwrap(), 5353, 53, b"bad");
+    bad[26..28].copy_from_slice(&[0xde, 0xad]);
+    hanat_lab::lab::forge::send_raw(&lab.azs[0].host.path(), vec![bad]).unwrap();
+    let after = get(0, "/metrics");
+    for name in [
+        "bytes_in_from_source",
+        "bytes_out_to_destination",
+        "bytes_in_from_destination",
+        "bytes_out_to_source",
+    ] {
+        let grew = total(&after, name) - total(&before, name);
+        assert!(grew >= 20.0 * 60.0, "{name} grew by {grew} bytes\n{after}");
+    }
+    for name in ["connection_attempts", "connections_established"] {
+        let grew = total(&after, name) - total(&before, name);
+        assert!(grew >= 21.0, "{name} grew by {grew}\n{after}");
+    }
+    assert!(
+        total(&after, "packets_dropped") > total(&before, "packets_dropped"),
+        "{after}"
+    );
+    assert!(metric(&after, "hanat_active_connections") >= 1.0, "{after}");
+    drop(session);
+
     // `hanat status`, as an operator on the instance runs it.
     let nat = lab.nat(0).unwrap();
     let status = lab

@@ -9,7 +9,7 @@ use tracing::{error, warn};
 use super::log::LogThrottle;
 use crate::config::{Config, Failover};
 use crate::domain::{Identity, Ipv4Cidr};
-use crate::kernel::{self, KernelError, nft, probe_ns, sysctl, tunnel};
+use crate::kernel::{self, KernelError, counters, nft, probe_ns, sysctl, tunnel};
 use crate::report;
 
 /// The sources that are NATed: the VPC and the probe network.
@@ -35,6 +35,11 @@ pub async fn converge_kernel(
     let ruleset = nft::render(interface, &nat_sources(identity, config))?;
     kernel::apply_ruleset(&ruleset).await?;
     let mut skipped = sysctl::apply(&sysctl::desired(interface, config.kernel.conntrack_max))?;
+    // The metrics' traffic counters: optional, never in forwarding's way.
+    let counting = counters::render(interface, &identity.vpc_cidrs)?;
+    if let Err(e) = kernel::apply_ruleset(&counting).await {
+        skipped.push(e);
+    }
     probe_ns::ensure(
         &config.heartbeat.probe_namespace,
         &config.heartbeat.probe_cidr,

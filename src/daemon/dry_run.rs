@@ -8,7 +8,7 @@ use crate::aws::cloud::Cloud;
 use crate::config::Config;
 use crate::decide::routes::plan;
 use crate::domain::Identity;
-use crate::kernel::{KernelError, nft, probe_ns, sysctl};
+use crate::kernel::{self, KernelError, counters, nft, probe_ns, sysctl};
 use crate::report;
 
 /// What `hanat run` would do, as lines for a person, and how many of them
@@ -80,6 +80,12 @@ async fn kernel(out: &mut DryRun, config: &Config, interface: Result<String, Ker
         )),
         Ok(false) => out.change(format!("would create nftables table ip {}", nft::TABLE)),
         Err(e) => out.say(format!("note: {}", report(&e))),
+    }
+    if let Ok(false) = kernel::table_exists(counters::TABLE).await {
+        out.change(format!(
+            "would create nftables table ip {} (traffic counters for the metrics)",
+            counters::TABLE
+        ));
     }
     let probe = &config.heartbeat.probe_namespace;
     match probe_ns::handle(probe) {

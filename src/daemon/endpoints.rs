@@ -15,6 +15,7 @@ use super::ctx::Ctx;
 use super::telemetry::{ErrorView, HandoffView, PeerView, RouteView, Snapshot, conntrack};
 use crate::decide::backoff::PEER_PORT_RETRY;
 use crate::domain::Status;
+use crate::kernel::counters;
 
 /// Read the daemon's state now (and set the gauges from it).
 pub async fn snapshot(ctx: &Ctx) -> Snapshot {
@@ -121,6 +122,59 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     snap
 }
 
+/// Read the kernel's traffic counters, conntrack statistics and active
+/// connections into the metrics. What cannot be read is left as it was.
+async fn kernel_metrics(ctx: &Ctx) {
+    let mut values: Vec<(&str, u64)> = Vec::new();
+    if let Ok(c) = counters::read().await {
+        let get = |name: &str| c.get(name).copied().unwrap_or_default();
+        for (counter, bytes, packets) in [
+            (
+                "in_from_source",
+                "bytes_in_from_source",
+                "packets_in_from_source",
+            ),
+            (
+                "out_to_destination",
+                "bytes_out_to_destination",
+                "packets_out_to_destination",
+            ),
+            (
+                "in_from_destination",
+                "bytes_in_from_destination",
+                "packets_in_from_destination",
+            ),
+            (
+                "out_to_source",
+                "bytes_out_to_source",
+                "packets_out_to_source",
+            ),
+        ] {
+            let v = get(counter);
+            values.push((bytes, v.bytes));
+            values.push((packets, v.packets));
+        }
+        values.push(("connection_attempts", get("connection_attempts").packets));
+        values.push((
+            "connections_established",
+            get("connections_established").packets,
+        ));
+        let stats = std::fs::read_to_string("/proc/net/stat/nf_conntrack")
+            .map(|t| counters::parse_stats(&t))
+            .unwrap_or_default();
+        let stat = |k: &str| stats.get(k).copied().unwrap_or(0);
+        values.push(("port_allocation_errors", stat("insert_failed")));
+        values.push((
+            "packets_dropped",
+            stat("drop") + stat("early_drop") + get("invalid").packets,
+        ));
+    }
+    let active = std::fs::read_to_string("/proc/net/nf_conntrack")
+        .map(|t| counters::active_tcp(&t, &ctx.me.vpc_cidrs) as i64)
+        .unwrap_or(0);
+    ctx.telemetry.kernel(&values, active);
+}
+
 /// Serve the endpoints on `addr` until aborted. A port that cannot be
 /// bound (a predecessor still holds it) is retried; nothing here ever stops
 /// the daemon.
@@ -165,6 +219,7 @@ async fn answer(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => {
             snapshot(ctx).await;
+            kernel_metrics(ctx).await;
             match ctx.telemetry.encode() {
                 Ok(text) => reply(
                     StatusCode::OK,

@@ -56,8 +56,53 @@ pub struct Telemetry {
     conntrack_fill: FloatGauge,
     since_reconcile: FloatGauge,
     since_converge: FloatGauge,
+    /// The NAT Gateway's counters, from the kernel ([`KERNEL_COUNTERS`]),
+    /// with the kernel's value last seen.
+    kernel: BTreeMap<&'static str, (Counter, Mutex<u64>)>,
+    active: Gauge,
     recorded: Mutex<Recorded>,
 }
+
+/// The NAT Gateway's counters (`AWS/NATGateway` names) and where hanat
+/// reads them (see `docs/observability.md`).
+pub const KERNEL_COUNTERS: [(&str, &str); 12] = [
+    (
+        "bytes_in_from_source",
+        "BytesInFromSource: bytes from private hosts, to be forwarded",
+    ),
+    ("packets_in_from_source", "PacketsInFromSource"),
+    (
+        "bytes_out_to_destination",
+        "BytesOutToDestination: bytes sent on to destinations",
+    ),
+    ("packets_out_to_destination", "PacketsOutToDestination"),
+    (
+        "bytes_in_from_destination",
+        "BytesInFromDestination: reply bytes from destinations",
+    ),
+    ("packets_in_from_destination", "PacketsInFromDestination"),
+    (
+        "bytes_out_to_source",
+        "BytesOutToSource: reply bytes sent on to private hosts",
+    ),
+    ("packets_out_to_source", "PacketsOutToSource"),
+    (
+        "connection_attempts",
+        "ConnectionAttemptCount: new connections from private hosts (any protocol)",
+    ),
+    (
+        "connections_established",
+        "ConnectionEstablishedCount: TCP connections a destination accepted (SYN-ACKs)",
+    ),
+    (
+        "port_allocation_errors",
+        "ErrorPortAllocation: conntrack insert_failed (no free source port for a new connection)",
+    ),
+    (
+        "packets_dropped",
+        "PacketsDropCount: conntrack drop and early_drop, and invalid packets",
+    ),
+];
 
 /// What the loops tell telemetry as they go.
 #[derive(Debug)]
@@ -111,6 +156,11 @@ impl Telemetry {
             conntrack_fill: FloatGauge::default(),
             since_reconcile: FloatGauge::default(),
             since_converge: FloatGauge::default(),
+            kernel: KERNEL_COUNTERS
+                .iter()
+                .map(|(name, _)| (*name, (Counter::default(), Mutex::new(0))))
+                .collect(),
+            active: Gauge::default(),
             recorded: Mutex::new(Recorded {
                 verdict_since: Instant::now(),
                 own_routes: Vec::new(),
@@ -196,7 +246,32 @@ impl Telemetry {
             "Time since the kernel NAT configuration was last converged",
             t.since_converge.clone(),
         );
+        for (name, help) in KERNEL_COUNTERS {
+            if let Some((c, _)) = t.kernel.get(name) {
+                registry.register(name, help, c.clone());
+            }
+        }
+        registry.register(
+            "active_connections",
+            "ActiveConnectionCount: established TCP connections opened by private hosts",
+            t.active.clone(),
+        );
         Telemetry { registry, ..t }
+    }
+
+    /// The kernel's counters now (absolute values, by [`KERNEL_COUNTERS`]
+    /// name): each metric grows by what its counter grew since last time,
+    /// or by the whole value when the kernel's counter was reset (its table
+    /// recreated), so the metric never goes down.
+    pub fn kernel(&self, values: &[(&str, u64)], active: i64) {
+        for (name, now) in values {
+            if let Some((c, last)) = self.kernel.get(name) {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                c.inc_by(now.checked_sub(*last).unwrap_or(*now));
+                *last = *now;
+            }
+        }
+        self.active.set(active);
     }
 
     pub fn recorded(&self) -> MutexGuard<'_, Recorded> {
@@ -491,6 +566,25 @@ pub fn render(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_counters_only_grow() {
+        let t = Telemetry::new();
+        t.kernel(&[("bytes_in_from_source", 100)], 3);
+        t.kernel(&[("bytes_in_from_source", 250)], 2);
+        // The table was recreated: its counter starts again from zero.
+        t.kernel(&[("bytes_in_from_source", 40)], 2);
+        let text = t.encode().unwrap();
+        assert!(
+            text.contains("hanat_bytes_in_from_source_total 290\n"),
+            "{text}"
+        );
+        assert!(text.contains("hanat_active_connections 2\n"), "{text}");
+        assert!(
+            text.contains("# HELP hanat_port_allocation_errors ErrorPortAllocation"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn durations_read_as_a_person_reads_them() {

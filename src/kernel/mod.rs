@@ -18,6 +18,7 @@
 //! stderr becomes the error message, and one that hangs is killed after
 //! [`COMMAND_TIMEOUT`].
 
+pub mod counters;
 pub mod link;
 pub mod nft;
 pub mod probe;
@@ -85,6 +86,15 @@ pub(crate) fn check_iface(iface: &str) -> Result<(), KernelError> {
 
 /// Apply an nftables ruleset (ours replace their own table) in one `nft -f`
 /// transaction.
+/// Whether the nftables table `ip <name>` exists.
+pub async fn table_exists(name: &str) -> Result<bool, KernelError> {
+    match run("nft", &["list", "table", "ip", name], None).await {
+        Ok(_) => Ok(true),
+        Err(KernelError::Command { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn apply_ruleset(ruleset: &str) -> Result<(), KernelError> {
     run("nft", &["-f", "-"], Some(ruleset)).await.map(drop)
 }

@@ -18,7 +18,7 @@
 //!   destination outside them are masqueraded to the interface's address.
 
 use super::TUNNEL_DEVICE as tunnel;
-use super::{KernelError, check_iface, run};
+use super::{KernelError, check_iface};
 use crate::domain::Ipv4Cidr;
 
 /// The family and name of our table.
@@ -66,11 +66,7 @@ table ip {TABLE} {{
 
 /// Whether our table exists (used by `hanat plan`).
 pub async fn table_exists() -> Result<bool, KernelError> {
-    match run("nft", &["list", "table", "ip", TABLE], None).await {
-        Ok(_) => Ok(true),
-        Err(KernelError::Command { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
+    super::table_exists(TABLE).await
 }
 
 #[cfg(test)]

@@ -157,11 +157,7 @@ table ip {NFT_TABLE} {{
 
 /// Whether the hand-off table exists.
 pub async fn table_exists() -> Result<bool, KernelError> {
-    match run("nft", &["list", "table", "ip", NFT_TABLE], None).await {
-        Ok(_) => Ok(true),
-        Err(KernelError::Command { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
+    super::table_exists(NFT_TABLE).await
 }
 
 #[derive(Debug, Deserialize)]
