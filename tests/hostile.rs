@@ -25,16 +25,6 @@ async fn run(s: Scenario, timeout: Duration) -> Report {
     r
 }
 
-/// Lines of every daemon log containing `what`.
-fn logged(r: &Report, what: &str) -> Vec<String> {
-    r.logs
-        .iter()
-        .flat_map(|l| l.lines())
-        .filter(|l| l.contains(what))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Calls made in the `window` after the injection.
 fn calls_within(r: &Report, window: Duration) -> Vec<&Call> {
     r.calls
@@ -53,7 +43,7 @@ async fn a_slow_api_neither_silences_heartbeats_nor_stops_a_failover() {
     let r = run(Scenario::ApiSlow, Duration::from_secs(180)).await;
     // Heartbeats go out from their own task: however long the loops wait
     // on AWS, no NAT fell silent to its peers.
-    assert!(logged(&r, SILENCE).is_empty(), "{:#?}", logged(&r, SILENCE));
+    assert!(r.logged(SILENCE).is_empty(), "{:#?}", r.logged(SILENCE));
     // AZ 0 adopted by its peer, then taken back by its replacement: the
     // same two changes as without the fault.
     assert!(
@@ -116,11 +106,12 @@ async fn a_scale_in_during_an_imds_outage_is_still_a_planned_exit() {
     }
     let r = run(Scenario::ImdsDown, Duration::from_secs(180)).await;
     assert!(
-        !logged(&r, "cannot read instance metadata").is_empty(),
+        !r.logged("cannot read instance metadata").is_empty(),
         "the outage went unreported"
     );
     assert!(
-        !logged(&r, "planned exit: handing this AZ's routes to a peer").is_empty(),
+        !r.logged("planned exit: handing this AZ's routes to a peer")
+            .is_empty(),
         "{}",
         r.human()
     );
@@ -157,11 +148,11 @@ async fn kernel_drift_is_repaired_without_moving_a_route() {
     let r = run(Scenario::KernelDrift, Duration::from_secs(60)).await;
     assert_eq!(r.route_changes, 0, "{}", r.human());
     assert!(
-        !logged(&r, "drift repaired").is_empty(),
+        !r.logged("drift repaired").is_empty(),
         "{:#?}",
-        logged(&r, "kernel")
+        r.logged("kernel")
     );
-    assert!(logged(&r, "marking instance Unhealthy").is_empty());
+    assert!(r.logged("marking instance Unhealthy").is_empty());
     // Forwarding stopped until the repair: about a probe round.
     assert!(r.outage_ms < 5_000, "{}", r.human());
 }
@@ -175,9 +166,9 @@ async fn a_nat_in_standby_keeps_its_az() {
     assert_eq!(r.route_changes, 0, "{}", r.human());
     assert_eq!(r.lost, 0, "{}", r.human());
     assert!(
-        logged(&r, "adopted the private routes").is_empty(),
+        r.logged("adopted the private routes").is_empty(),
         "{:#?}",
-        logged(&r, "adopted")
+        r.logged("adopted")
     );
 }
 

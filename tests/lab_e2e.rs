@@ -461,16 +461,6 @@ async fn an_outage_that_never_ends_counts_to_the_end_of_the_run() {
     );
 }
 
-/// Daemon log lines (every NAT of the run) containing `what`.
-fn logged(r: &chaos::Report, what: &str) -> Vec<String> {
-    r.logs
-        .iter()
-        .flat_map(|l| l.lines())
-        .filter(|l| l.contains(what))
-        .map(str::to_owned)
-        .collect()
-}
-
 const IGNORED: &str = "ignored a heartbeat";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,18 +473,14 @@ async fn chaos_forged_heartbeats_move_no_route() {
     let r = scenario(Scenario::ForgeTunnel).await;
     assert_eq!(r.route_changes, 0, "{}", r.human());
     assert_eq!(r.lost, 0, "{}", r.human());
-    assert!(
-        logged(&r, "0badc0de").is_empty(),
-        "{:#?}",
-        logged(&r, IGNORED)
-    );
+    assert!(r.logged("0badc0de").is_empty(), "{:#?}", r.logged(IGNORED));
 
     // With a NAT's own address, from a host with the source/destination
     // check off: rejected for want of the key.
     let r = scenario(Scenario::ForgeSpoof).await;
     assert_eq!(r.route_changes, 0, "{}", r.human());
     assert_eq!(r.lost, 0, "{}", r.human());
-    let ignored = logged(&r, IGNORED);
+    let ignored = r.logged(IGNORED);
     for reason in [
         "unauthenticated (hanat/1) heartbeat",
         "signed with an unknown key 0badc0de",
@@ -527,7 +513,7 @@ async fn chaos_replayed_heartbeats_are_rejected() {
         "{}",
         r.human()
     );
-    let ignored = logged(&r, IGNORED);
+    let ignored = r.logged(IGNORED);
     for reason in ["replayed: not newer", "stale: its clock"] {
         assert!(
             ignored.iter().any(|l| l.contains(reason)),

@@ -41,11 +41,7 @@ pub const COUNTERS: [&str; 7] = [
 /// The counting table for traffic of `sources` on `iface`. Pure.
 pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
     check_iface(iface)?;
-    let elements = sources
-        .iter()
-        .map(|c| format!("{}/{}", c.network(), c.prefix))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let elements = super::cidr_list(sources);
     let counters: String = COUNTERS
         .iter()
         .map(|c| format!("\tcounter {c} {{\n\t}}\n"))

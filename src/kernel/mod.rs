@@ -86,6 +86,15 @@ pub(crate) fn check_iface(iface: &str) -> Result<(), KernelError> {
 
 /// Apply an nftables ruleset (ours replace their own table) in one `nft -f`
 /// transaction.
+/// `sources` as the elements of an nftables set: `10.0.0.0/16, …`.
+pub(crate) fn cidr_list(sources: &[crate::domain::Ipv4Cidr]) -> String {
+    sources
+        .iter()
+        .map(|c| format!("{}/{}", c.network(), c.prefix))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Whether the nftables table `ip <name>` exists.
 pub async fn table_exists(name: &str) -> Result<bool, KernelError> {
     match run("nft", &["list", "table", "ip", name], None).await {

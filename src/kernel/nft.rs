@@ -27,11 +27,7 @@ pub const TABLE: &str = "hanat";
 /// The ruleset for masquerading `sources` out of `iface`. Pure.
 pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
     check_iface(iface)?;
-    let elements = sources
-        .iter()
-        .map(|c| format!("{}/{}", c.network(), c.prefix))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let elements = super::cidr_list(sources);
     Ok(format!(
         r#"# Managed by hanat: replaced atomically on every converge. Do not edit.
 table ip {TABLE} {{

@@ -111,13 +111,7 @@ pub fn render(
     };
     let vpc = match vpc.is_empty() {
         true => String::new(),
-        false => {
-            let list: Vec<String> = vpc
-                .iter()
-                .map(|c| format!("{}/{}", c.network(), c.prefix))
-                .collect();
-            format!("\t\telements = {{ {} }}\n", list.join(", "))
-        }
+        false => format!("\t\telements = {{ {} }}\n", super::cidr_list(vpc)),
     };
     Ok(format!(
         r#"# Managed by hanat: replaced atomically when a flow hand-off starts or ends. Do not edit.

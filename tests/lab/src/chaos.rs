@@ -177,6 +177,16 @@ impl Report {
         api::by_action(&after)
     }
 
+    /// Lines of every daemon log containing `what`.
+    pub fn logged(&self, what: &str) -> Vec<String> {
+        self.logs
+            .iter()
+            .flat_map(|l| l.lines())
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn json(&self) -> String {
         let events: Vec<String> = self.events.iter().map(|e| json_string(e)).collect();
         let sources: Vec<String> = self
