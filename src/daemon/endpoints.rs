@@ -17,21 +17,29 @@ use crate::decide::backoff::PEER_PORT_RETRY;
 use crate::domain::Status;
 use crate::kernel::counters;
 
+/// How long an answer waits for the hand-offs.
+const FLOWS_WAIT: Duration = Duration::from_millis(300);
+
 /// Read the daemon's state now (and set the gauges from it).
 pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     let t = &ctx.telemetry;
     let verdict = *ctx.status.borrow();
-    let handoffs: Vec<HandoffView> = ctx
-        .flows
-        .lock()
-        .await
-        .in_force()
-        .into_iter()
-        .map(|h| HandoffView {
-            peer: h.peer,
-            sources: h.sources.iter().map(ToString::to_string).collect(),
-        })
-        .collect();
+    // A loop may hold the hand-offs during a kernel command (bounded at
+    // 10 s): an answer must not wait that long, so they may be unknown.
+    let handoffs: Option<Vec<HandoffView>> =
+        match tokio::time::timeout(FLOWS_WAIT, ctx.flows.lock()).await {
+            Ok(flows) => Some(
+                flows
+                    .in_force()
+                    .into_iter()
+                    .map(|h| HandoffView {
+                        peer: h.peer,
+                        sources: h.sources.iter().map(ToString::to_string).collect(),
+                    })
+                    .collect(),
+            ),
+            Err(_) => None,
+        };
     let (now, fresh) = (ctx.now(), ctx.config.peers.dead_after);
     let peers: Vec<PeerView> = {
         let s = ctx.peers();

@@ -335,7 +335,9 @@ impl Telemetry {
                 t.peer_silence.get_or_create(&labels(&id)).set(silent);
             }
         }
-        t.handoffs.set(s.handoffs.len() as i64);
+        if let Some(h) = &s.handoffs {
+            t.handoffs.set(h.len() as i64);
+        }
         if let Some(held) = s.elastic_ip_held {
             t.eip.set(i64::from(held));
         }
@@ -407,7 +409,8 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     pub routes: Vec<RouteView>,
     pub peers: Vec<PeerView>,
-    pub handoffs: Vec<HandoffView>,
+    /// `None`: busy (a loop held them for a kernel command just then).
+    pub handoffs: Option<Vec<HandoffView>>,
     pub elastic_ip_held: Option<bool>,
     pub conntrack_entries: i64,
     pub conntrack_max: i64,
@@ -508,10 +511,12 @@ pub fn render(s: &Snapshot) -> String {
             &format!("{} {} {}: {said}{gone}", p.instance, p.az, p.ip),
         );
     }
-    if s.handoffs.is_empty() {
-        line(&mut out, "hand-offs", "none");
+    match s.handoffs.as_deref() {
+        None => line(&mut out, "hand-offs", "(busy, ask again)"),
+        Some([]) => line(&mut out, "hand-offs", "none"),
+        Some(_) => {}
     }
-    for h in &s.handoffs {
+    for h in s.handoffs.iter().flatten() {
         line(
             &mut out,
             "hand-off",
@@ -619,7 +624,7 @@ mod tests {
                 silent_s: Some(0.2),
                 gone: false,
             }],
-            handoffs: vec![],
+            handoffs: Some(vec![]),
             elastic_ip_held: Some(true),
             conntrack_entries: 1_000,
             conntrack_max: 262_144,
