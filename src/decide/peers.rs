@@ -212,9 +212,11 @@ pub struct PeerState {
 impl PeerState {
     /// Take a fresh peer list (`list`: alive in our groups; `departed`:
     /// instances of our groups no longer alive). Peers that left stay while
-    /// their AZ may still need covering: until the AZ has a NAT again and
-    /// they are silent (one draining on a planned exit still forwards
-    /// handed-off flows), so the list does not grow with every replacement.
+    /// their AZ may still need covering: until the AZ has a NAT again that
+    /// says `ok` (a replacement still starting serves nobody: the dead one
+    /// must stay to be adopted meanwhile) and they are silent (one draining
+    /// on a planned exit still forwards handed-off flows), so the list does
+    /// not grow with every replacement.
     /// Returns whether the set of peers changed.
     pub fn merge(&mut self, list: Vec<Peer>, departed: Vec<InstanceId>, now: Duration) -> bool {
         let before: Vec<InstanceId> = self.peers.iter().map(|p| p.instance.clone()).collect();
@@ -230,6 +232,7 @@ impl PeerState {
         let live_azs: HashSet<String> = peers
             .iter()
             .filter(|p| !gone.contains(&p.instance))
+            .filter(|p| view.fresh(&p.instance, now, SILENCE) == Some(Status::Ok))
             .map(|p| p.az.clone())
             .collect();
         peers.retain(|p| {
@@ -536,6 +539,29 @@ mod tests {
         heard(&mut view, "i-c", "az-c", Status::Ok, S);
         let d = decide_in("az-b", Status::Failing, &peers, &view, &gone, S);
         assert!(d.fallback.is_empty() && d.adopt.is_empty());
+    }
+
+    #[test]
+    fn a_dead_peer_stays_to_be_adopted_until_its_replacement_says_ok() {
+        let mut s = PeerState::default();
+        let (old, new) = (peer("i-old", "a"), peer("i-new", "a"));
+        let now = S * 100;
+        s.merge(vec![old.clone()], vec![], now);
+        // The old NAT is gone; its replacement is running but not ok yet
+        // (a throttled EC2 kept the adopter from confirming it sooner).
+        heard(&mut s.view, "i-new", "a", Status::Starting, now);
+        s.merge(vec![new.clone()], vec![old.instance.clone()], now);
+        assert_eq!(
+            ids(&s.peers),
+            ["i-new", "i-old"],
+            "kept while nobody serves AZ a"
+        );
+        let d = decide_in("b", Status::Ok, &s.peers, &s.view, &s.gone, now);
+        assert_eq!(ids(&d.adopt), ["i-old"]);
+        // The replacement says ok: the old one goes at the next refresh.
+        heard(&mut s.view, "i-new", "a", Status::Ok, now + S * 29);
+        s.merge(vec![new], vec![], now + S * 30);
+        assert_eq!(ids(&s.peers), ["i-new"]);
     }
 
     #[test]
