@@ -69,6 +69,11 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
         "{p}"
     );
     assert!(p.contains("would create nftables table ip hanat\n"), "{p}");
+    let secret = lab.key_secret().unwrap();
+    assert!(
+        p.contains(&format!("heartbeat key: readable from {secret} (key ")),
+        "{p}"
+    );
     assert!(
         p.contains("would create nftables table ip hanat_metrics (traffic counters"),
         "{p}"

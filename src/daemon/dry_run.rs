@@ -1,11 +1,13 @@
 //! `hanat plan`: what `hanat run` would change on this instance — routes,
-//! the source/destination check, sysctls, the nftables table, the probe
-//! namespace — read from EC2 and the kernel, changing nothing.
+//! the source/destination check, sysctls, the nftables tables, the probe
+//! namespace — read from EC2 and the kernel, changing nothing; and whether
+//! the heartbeat key can be read.
 
 use super::take::observe;
 use crate::AwsError;
 use crate::aws::cloud::Cloud;
-use crate::config::Config;
+use crate::config::{Config, Failover};
+use crate::decide::auth::Key;
 use crate::decide::routes::plan;
 use crate::domain::Identity;
 use crate::kernel::{self, KernelError, counters, nft, probe_ns, sysctl};
@@ -56,6 +58,7 @@ pub async fn dry_run(
     for a in &plan.actions {
         out.change(format!("would {a}"));
     }
+    peer_key(&mut out, cloud, config).await;
     kernel(&mut out, config, interface).await;
     Ok(out)
 }
@@ -103,4 +106,31 @@ async fn kernel(out: &mut DryRun, config: &Config, interface: Result<String, Ker
         )),
         Err(e) => out.say(format!("note: {}", report(&e))),
     }
+}
+
+/// Whether peer failover would have its heartbeat key (a note, never a
+/// change: reading it changes nothing).
+async fn peer_key(out: &mut DryRun, cloud: &dyn Cloud, config: &Config) {
+    if config.peers.failover != Failover::Peer {
+        return;
+    }
+    let Some(secret) = &config.peers.key_secret else {
+        out.say(match config.peers.accept_unauthenticated {
+            true => {
+                "note: peers.key_secret is not set: heartbeats would be unauthenticated (hanat/1)"
+                    .into()
+            }
+            false => "note: peers.key_secret is not set: peer failover would be off".into(),
+        });
+        return;
+    };
+    let wait = "peer failover would wait for it";
+    out.say(match cloud.secret(secret, "AWSCURRENT").await {
+        Ok(Some(value)) => match Key::new(&value) {
+            Ok(key) => format!("heartbeat key: readable from {secret} (key {})", key.id()),
+            Err(e) => format!("note: the heartbeat key in {secret} {e}: {wait}"),
+        },
+        Ok(None) => format!("note: {secret} has no current value (does it exist?): {wait}"),
+        Err(e) => format!("note: cannot read the heartbeat key: {e}: {wait}"),
+    });
 }
