@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -31,7 +32,7 @@ use crate::AwsError;
 use crate::decide::auth::{self, Key, Keys, Policy, Rejected, Stamp};
 use crate::decide::backoff::{
     Backoff, DEPLOYMENT_LOOKUP, KEY_ON_DEMAND, KEY_READ, PEER_CONFIRM, PEER_LIST_ON_DEMAND,
-    PEER_LIST_RETRY, PEER_PORT_RETRY, PEER_RECEIVE_RETRY,
+    PEER_LIST_RETRY, PEER_PORT_RETRY, PEER_RECEIVE_RETRY, Schedule,
 };
 use crate::decide::peers::{Arrival, Cover, Decision, Message, Peer, decide};
 use crate::domain::{InstanceId, Status};
@@ -44,20 +45,15 @@ pub struct PeersLoop {
     /// The receiving and sending tasks, aborted with the loop.
     _io: JoinSet<()>,
     throttle: LogThrottle,
-    next_refresh: Instant,
-    refresh_backoff: Backoff,
-    last_refresh: Option<Instant>,
+    /// When the peer list is read again.
+    list: Reread,
     /// Per silent peer: when EC2 may be asked next, and its backoff.
     checked: HashMap<InstanceId, (Instant, Backoff)>,
     /// Per dead peer: when its AZ is looked at again.
     next_look: HashMap<InstanceId, Instant>,
     known_dead: HashSet<InstanceId>,
-    /// When the heartbeat keys are read again, and the backoff after a
-    /// failed read.
-    next_key_read: Instant,
-    key_backoff: Backoff,
-    /// The last re-read asked for by an unknown key.
-    last_key_read: Option<Instant>,
+    /// When the heartbeat keys are read again.
+    keys: Reread,
     /// After a rotation, when to start signing with the new key.
     sign_new_at: Instant,
 }
@@ -96,15 +92,11 @@ impl PeersLoop {
             deployment,
             _io: io,
             throttle: LogThrottle::default(),
-            next_refresh: Instant::now(),
-            refresh_backoff: PEER_LIST_RETRY.backoff(),
-            last_refresh: None,
+            list: Reread::new(Instant::now(), PEER_LIST_RETRY),
             checked: HashMap::new(),
             next_look: HashMap::new(),
             known_dead: HashSet::new(),
-            next_key_read: Instant::now() + refresh,
-            key_backoff: KEY_READ.backoff(),
-            last_key_read: None,
+            keys: Reread::new(Instant::now() + refresh, KEY_READ),
             sign_new_at: Instant::now(),
         }
     }
@@ -167,14 +159,10 @@ impl PeersLoop {
     }
 
     async fn refresh_if_due(&mut self) {
-        let wanted = self.ctx.peers().refresh_wanted
-            && self
-                .last_refresh
-                .is_none_or(|t| t.elapsed() >= PEER_LIST_ON_DEMAND);
-        if Instant::now() < self.next_refresh && !wanted {
+        let wanted = self.ctx.peers().refresh_wanted;
+        if !self.list.due(wanted, PEER_LIST_ON_DEMAND) {
             return;
         }
-        self.last_refresh = Some(Instant::now());
         match peer_list(&self.ctx, &self.deployment).await {
             Ok((list, departed)) => {
                 let mut s = self.ctx.peers();
@@ -186,18 +174,16 @@ impl PeersLoop {
                         .collect();
                     info!(peers = ?names, "peers");
                 }
-                self.refresh_backoff.reset();
-                self.next_refresh = Instant::now() + self.ctx.config.aws.refresh_interval;
+                self.list.succeeded(self.ctx.config.aws.refresh_interval);
             }
             Err(e) => {
-                let wait = self.refresh_backoff.fail();
+                let wait = self.list.failed();
                 if let Some(n) = self
                     .throttle
                     .check("refresh", &e.to_string(), Instant::now())
                 {
                     warn!(suppressed = n, error = %e, retry_in = ?wait, "cannot list peers; will retry");
                 }
-                self.next_refresh = Instant::now() + wait;
             }
         }
     }
@@ -217,14 +203,10 @@ impl PeersLoop {
                 info!(key = ?key, "signing heartbeats with the new key");
             }
         }
-        let wanted = self.ctx.peers().key_wanted
-            && self
-                .last_key_read
-                .is_none_or(|t| t.elapsed() >= KEY_ON_DEMAND);
-        if Instant::now() < self.next_key_read && !wanted {
+        let wanted = self.ctx.peers().key_wanted;
+        if !self.keys.due(wanted, KEY_ON_DEMAND) {
             return;
         }
-        self.last_key_read = Some(Instant::now());
         self.ctx.peers().key_wanted = false;
         match read_keys(&self.ctx, &secret).await {
             Ok(keys) => {
@@ -240,15 +222,13 @@ impl PeersLoop {
                     s.auth.sign_with_previous = rotated;
                     self.sign_new_at = Instant::now() + self.ctx.config.aws.refresh_interval;
                 }
-                self.key_backoff.reset();
-                self.next_key_read = Instant::now() + self.ctx.config.aws.refresh_interval;
+                self.keys.succeeded(self.ctx.config.aws.refresh_interval);
             }
             Err(e) => {
-                let wait = self.key_backoff.fail();
+                let wait = self.keys.failed();
                 if let Some(n) = self.throttle.check("keys", &e, Instant::now()) {
                     warn!(suppressed = n, secret = %secret, error = %e, retry_in = ?wait, "cannot read the heartbeat keys again; keeping the ones read before");
                 }
-                self.next_key_read = Instant::now() + wait;
             }
         }
     }
@@ -376,6 +356,51 @@ impl PeersLoop {
                 false
             }
         }
+    }
+}
+
+/// When something read from AWS is read again: when due (`every` after a
+/// success, on its retry schedule after a failure), or sooner when asked
+/// for, but never twice within the asking's minimum gap, so a stream of
+/// requests (heartbeats from unknown senders or keys) cannot become a
+/// stream of API calls.
+struct Reread {
+    next: Instant,
+    last: Option<Instant>,
+    backoff: Backoff,
+}
+
+impl Reread {
+    fn new(first: Instant, retry: Schedule) -> Self {
+        Reread {
+            next: first,
+            last: None,
+            backoff: retry.backoff(),
+        }
+    }
+
+    /// Whether to read now (`wanted`: asked for, at most every `min_gap`);
+    /// if so, the read counts as started.
+    fn due(&mut self, wanted: bool, min_gap: Duration) -> bool {
+        let asked = wanted && self.last.is_none_or(|t| t.elapsed() >= min_gap);
+        if Instant::now() < self.next && !asked {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        true
+    }
+
+    /// The read succeeded: next one after `every`.
+    fn succeeded(&mut self, every: Duration) {
+        self.backoff.reset();
+        self.next = Instant::now() + every;
+    }
+
+    /// The read failed: how long until it is tried again.
+    fn failed(&mut self) -> Duration {
+        let wait = self.backoff.fail();
+        self.next = Instant::now() + wait;
+        wait
     }
 }
 
