@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
 use super::ctx::Ctx;
-use super::telemetry::{ErrorView, HandoffView, PeerView, RouteView, Snapshot, conntrack};
+use super::telemetry::{ErrorView, HandoffView, PeerView, Snapshot, conntrack};
 use crate::decide::backoff::PEER_PORT_RETRY;
 use crate::domain::Status;
 use crate::kernel::counters;
@@ -58,17 +58,7 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     let (entries, max) = conntrack();
     let stuck = ctx.progress.stuck();
     let r = t.recorded();
-    let me = ctx.me_target().to_string();
-    let routes: Vec<RouteView> = r
-        .own_routes
-        .iter()
-        .map(|(table, target)| RouteView {
-            table: table.clone(),
-            this_nat: target.as_deref() == Some(me.as_str())
-                || target.as_deref() == Some(ctx.me.instance_id.0.as_str()),
-            target: target.clone(),
-        })
-        .collect();
+    let routes = r.own_routes.clone();
     let mut reasons = Vec::new();
     match verdict {
         Status::Ok => {}

@@ -21,9 +21,10 @@ use super::ctx::Ctx;
 use super::eip::EipClaim;
 use super::log::LogThrottle;
 use super::take::{Hand, Take, hand_over_and_apply, read_and_plan, running_instance};
+use super::telemetry::RouteView;
 use crate::AwsError;
 use crate::decide::backoff::{Backoff, ROUTES_RETRY};
-use crate::decide::routes::{Action, Observed, Plan, gate, unvouched_holders};
+use crate::decide::routes::{Action, Observed, Plan, gate, points_at, unvouched_holders};
 use crate::domain::{EniId, RouteTableId, RouteTarget, Status};
 
 pub struct RoutesLoop {
@@ -213,15 +214,19 @@ fn record_routes(ctx: &Ctx, observed: &Observed, plan: &Plan, to: &RouteTarget) 
         .iter()
         .map(|id| {
             let target = match changed(id) {
-                true => Some(to.to_string()),
+                true => Some(to.clone()),
                 false => observed
                     .route_tables
                     .iter()
                     .find(|t| &t.id == id)
                     .and_then(|t| t.default_route.as_ref())
-                    .map(|r| r.target.to_string()),
+                    .map(|r| r.target.clone()),
             };
-            (id.to_string(), target)
+            RouteView {
+                table: id.to_string(),
+                this_nat: target.as_ref().is_some_and(|t| points_at(t, to, &ctx.me)),
+                target: target.map(|t| t.to_string()),
+            }
         })
         .collect();
     ctx.telemetry.recorded().own_routes = routes;

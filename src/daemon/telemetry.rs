@@ -110,8 +110,8 @@ pub struct Recorded {
     /// When this NAT's verdict last changed.
     pub verdict_since: Instant,
     /// This AZ's route tables in scope and where each default route points
-    /// after the last successful pass (`None`: no default route).
-    pub own_routes: Vec<(String, Option<String>)>,
+    /// after the last successful pass, and whether that is this NAT.
+    pub own_routes: Vec<RouteView>,
     /// The Elastic IP is on this NAT (`None`: claiming is off).
     pub elastic_ip: Option<bool>,
     pub last_reconcile: Option<Instant>,
@@ -419,7 +419,7 @@ pub struct Snapshot {
     pub errors: Vec<ErrorView>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RouteView {
     pub table: String,
     /// Where its default route points; `None`: nowhere.

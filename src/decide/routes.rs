@@ -130,7 +130,7 @@ pub struct Plan {
 
 /// Whether a default route already points at `to` (for this instance's
 /// interface, pointing at the instance counts too).
-fn points_at(target: &RouteTarget, to: &RouteTarget, id: &Identity) -> bool {
+pub fn points_at(target: &RouteTarget, to: &RouteTarget, id: &Identity) -> bool {
     target == to
         || (*to == RouteTarget::Eni(id.eni.clone())
             && *target == RouteTarget::Instance(id.instance_id.clone()))
