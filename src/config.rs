@@ -239,6 +239,13 @@ pub struct Peers {
     /// is no key): only for a rolling upgrade from a version without keys.
     /// Anyone who can forge a NAT's source address can then fake its verdict.
     pub accept_unauthenticated: bool,
+    /// An EC2 application status check (`asc-…`, or its ARN) that probes
+    /// this NAT's `/health`: the daemon associates its own instance with it
+    /// at start, and peers take "silent **and** impaired" (by this check or
+    /// EC2's own status checks) as proof of death, as they take "silent and
+    /// not running". Empty: EC2's own status checks still count.
+    #[serde(deserialize_with = "blank_is_none")]
+    pub status_check: Option<String>,
 }
 
 /// The id of a managed NAT Gateway (`nat-…`).
@@ -284,6 +291,7 @@ impl Default for Peers {
             fallback_nat_gateway_id: BTreeMap::new(),
             key_secret: None,
             accept_unauthenticated: false,
+            status_check: None,
         }
     }
 }
@@ -613,11 +621,36 @@ impl Config {
                 "must be a Secrets Manager secret's ARN or name (no spaces)".into(),
             ));
         }
+        if let Some(check) = &self.peers.status_check {
+            if status_check_id(check).is_none() {
+                return Err((
+                    "peers.status_check",
+                    format!("`{check}` is not an application status check id (asc-…) or its ARN"),
+                ));
+            }
+            if self.metrics.listen.is_none() {
+                return Err((
+                    "peers.status_check",
+                    "needs the health endpoint it probes: set metrics.listen".into(),
+                ));
+            }
+        }
         if self.aws.max_attempts == 0 {
             return Err(("aws.max_attempts", "must be at least 1".into()));
         }
         Ok(())
     }
+}
+
+/// The id in an application status check's id or ARN
+/// (`arn:aws:ec2:…:application-status-check/asc-…`, what CloudFormation's
+/// `Ref` gives).
+pub fn status_check_id(s: &str) -> Option<&str> {
+    let id = s.rsplit('/').next()?;
+    let hex = id.strip_prefix("asc-")?;
+    let arn_ok =
+        !s.contains('/') || s.starts_with("arn:") && s.contains(":application-status-check/");
+    (arn_ok && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_alphanumeric())).then_some(id)
 }
 
 /// The error's message, prefixed with its line number when it has a span.
@@ -738,6 +771,22 @@ rise = 2
         let err = parse("[peers]\nkey_secret = \"my secret\"").unwrap_err();
         assert!(
             err.contains("peers.key_secret") && err.contains("ARN or name"),
+            "{err}"
+        );
+        let err = parse("[peers]\nstatus_check = \"health\"").unwrap_err();
+        assert!(
+            err.contains("peers.status_check") && err.contains("asc-"),
+            "{err}"
+        );
+        let arn = "arn:aws:ec2:eu-west-1:123456789012:application-status-check/asc-0a1b2c";
+        let c = parse(&format!("[peers]\nstatus_check = \"{arn}\"")).unwrap();
+        assert_eq!(
+            status_check_id(c.peers.status_check.as_deref().unwrap()),
+            Some("asc-0a1b2c")
+        );
+        let err = parse("[peers]\nstatus_check = \"asc-1\"\n[metrics]\nlisten = \"\"").unwrap_err();
+        assert!(
+            err.contains("peers.status_check") && err.contains("metrics.listen"),
             "{err}"
         );
         let err = parse("[peers]\naccept_unauthenticated = \"yes\"").unwrap_err();

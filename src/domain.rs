@@ -178,6 +178,20 @@ pub struct InstanceInfo {
     pub alive: bool,
 }
 
+/// What EC2 says of a silent peer: whether it still runs, and which of its
+/// status checks call it impaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceHealth {
+    pub id: InstanceId,
+    /// `pending` or `running`.
+    pub alive: bool,
+    /// The checks that say `impaired`: `system`, `instance` (EC2's own: the
+    /// host, and whether the instance's kernel answers on its network), and
+    /// `application` (application status checks, e.g. one on hanat's
+    /// `/health`).
+    pub impaired: Vec<&'static str>,
+}
+
 /// An Elastic IP and where it is associated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {

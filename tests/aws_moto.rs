@@ -381,6 +381,47 @@ async fn set_instance_health_marks_unhealthy() {
     );
 }
 
+/// What peers ask EC2 about a silent NAT: its state and status checks.
+/// (moto has no application status checks; the lab's API proxy adds them,
+/// see hanat_lab::api.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_health_reads_state_and_status_checks_even_with_a_forgotten_id() {
+    let moto = Moto::start().unwrap();
+    let w = world(&moto).await;
+    let ec2 = adapters(&moto).await;
+    let nat = InstanceId(w.asg_instance.clone());
+    let h = ec2
+        .instance_health(std::slice::from_ref(&nat))
+        .await
+        .unwrap();
+    assert_eq!(h.len(), 1);
+    assert!(h[0].alive && h[0].impaired.is_empty(), "{h:?}");
+    // An id EC2 does not know fails DescribeInstanceStatus whole; the
+    // answer still covers the others, and leaves it out.
+    let forgotten = InstanceId("i-0000000000000dead".into());
+    let h = ec2
+        .instance_health(&[nat.clone(), forgotten])
+        .await
+        .unwrap();
+    assert_eq!(
+        h.iter().map(|h| &h.id).collect::<Vec<_>>(),
+        vec![&nat],
+        "{h:?}"
+    );
+    w.cloud.terminate(&w.asg_instance).await.unwrap();
+    let h = ec2
+        .instance_health(std::slice::from_ref(&nat))
+        .await
+        .unwrap();
+    assert!(h.iter().all(|h| h.id == nat && !h.alive), "{h:?}");
+    // moto lacks the association call: a clear error, not a panic.
+    let err = ec2
+        .associate_status_check("asc-0123456789abcdef0", &nat)
+        .await
+        .unwrap_err();
+    assert_eq!(err.operation, "AssociateApplicationStatusCheck");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_errors_carry_operation_resource_and_code() {
     let moto = Moto::start().unwrap();

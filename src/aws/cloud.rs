@@ -11,8 +11,8 @@ use super::autoscaling::AutoScaling;
 use super::ec2::Ec2;
 use super::secrets::Secrets;
 use crate::domain::{
-    Address, EniId, InstanceId, InstanceInfo, Ipv4Cidr, RouteTable, RouteTableId, RouteTarget,
-    SubnetId, VpcId,
+    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, RouteTable, RouteTableId,
+    RouteTarget, SubnetId, VpcId,
 };
 
 /// The EC2 and Auto Scaling calls of the loops.
@@ -48,6 +48,14 @@ pub trait Cloud: Send + Sync {
     async fn disable_source_dest_check(&self, eni: &EniId) -> Result<(), AwsError>;
     /// What EC2 says of these instances (unknown ones are left out).
     async fn instances(&self, ids: &[InstanceId]) -> Result<Vec<InstanceInfo>, AwsError>;
+    /// State and status checks of these instances (unknown ones are left out).
+    async fn instance_health(&self, ids: &[InstanceId]) -> Result<Vec<InstanceHealth>, AwsError>;
+    /// Associate `instance` with application status check `check`.
+    async fn associate_status_check(
+        &self,
+        check: &str,
+        instance: &InstanceId,
+    ) -> Result<(), AwsError>;
     async fn addresses_tagged(&self, key: &str, value: &str) -> Result<Vec<Address>, AwsError>;
     /// The instance an interface is attached to.
     async fn eni_owner(&self, eni: &EniId) -> Result<Option<InstanceId>, AwsError>;
@@ -139,6 +147,16 @@ impl Cloud for Sdk {
     }
     async fn instances(&self, ids: &[InstanceId]) -> Result<Vec<InstanceInfo>, AwsError> {
         self.ec2.instances(ids).await
+    }
+    async fn instance_health(&self, ids: &[InstanceId]) -> Result<Vec<InstanceHealth>, AwsError> {
+        self.ec2.instance_health(ids).await
+    }
+    async fn associate_status_check(
+        &self,
+        check: &str,
+        instance: &InstanceId,
+    ) -> Result<(), AwsError> {
+        self.ec2.associate_status_check(check, instance).await
     }
     async fn addresses_tagged(&self, key: &str, value: &str) -> Result<Vec<Address>, AwsError> {
         self.ec2.addresses_tagged(key, value).await

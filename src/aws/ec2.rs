@@ -10,8 +10,8 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
 
 use super::AwsError;
 use crate::domain::{
-    Address, EniId, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable, RouteTableId,
-    RouteTarget, SubnetId, VpcId,
+    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
+    RouteTableId, RouteTarget, SubnetId, VpcId,
 };
 
 /// The destination every NAT owns.
@@ -274,6 +274,98 @@ impl Ec2 {
             }
         }
         Ok(out)
+    }
+
+    /// State and status checks of `ids` (DescribeInstanceStatus, every
+    /// state included). Instances EC2 no longer knows are absent.
+    pub async fn instance_health(
+        &self,
+        ids: &[InstanceId],
+    ) -> Result<Vec<InstanceHealth>, AwsError> {
+        use aws_sdk_ec2::types::{InstanceStateName, SummaryStatus};
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let resource = ids
+            .iter()
+            .map(|i| i.0.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut pages = self
+            .client
+            .describe_instance_status()
+            .include_all_instances(true)
+            .set_instance_ids(Some(ids.iter().map(|i| i.0.clone()).collect()))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = match page {
+                Ok(p) => p,
+                // One id EC2 has forgotten fails the whole call: ask the
+                // other way, which leaves unknown ones out.
+                Err(e) => {
+                    let e = AwsError::from_sdk("DescribeInstanceStatus", &resource, e);
+                    if !e.code.as_deref().is_some_and(|c| c.contains("NotFound")) {
+                        return Err(e);
+                    }
+                    let infos = self.instances(ids).await?;
+                    return Ok(infos
+                        .into_iter()
+                        .map(|i| InstanceHealth {
+                            id: i.id,
+                            alive: i.alive,
+                            impaired: Vec::new(),
+                        })
+                        .collect());
+                }
+            };
+            for s in page.instance_statuses() {
+                let Some(id) = s.instance_id() else { continue };
+                let alive = matches!(
+                    s.instance_state().and_then(|st| st.name()),
+                    Some(InstanceStateName::Pending | InstanceStateName::Running)
+                );
+                let summary = |x: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
+                    x.and_then(|x| x.status()) == Some(&SummaryStatus::Impaired)
+                };
+                let mut impaired = Vec::new();
+                if summary(s.system_status()) {
+                    impaired.push("system");
+                }
+                if summary(s.instance_status()) {
+                    impaired.push("instance");
+                }
+                if s.application_status().and_then(|a| a.status()) == Some(&SummaryStatus::Impaired)
+                {
+                    impaired.push("application");
+                }
+                out.push(InstanceHealth {
+                    id: InstanceId(id.to_owned()),
+                    alive,
+                    impaired,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Associate `instance` with application status check `check` (`asc-…`).
+    /// The client token makes a repeat (a restarted daemon) harmless.
+    pub async fn associate_status_check(
+        &self,
+        check: &str,
+        instance: &InstanceId,
+    ) -> Result<(), AwsError> {
+        self.client
+            .associate_application_status_check()
+            .application_status_check_id(check)
+            .instance_ids(instance.0.clone())
+            .client_token(format!("hanat-{check}-{instance}"))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("AssociateApplicationStatusCheck", check, e))?;
+        Ok(())
     }
 
     /// VPC Elastic IPs tagged `key=value`.

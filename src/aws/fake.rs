@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use super::AwsError;
 use super::cloud::Cloud;
 use crate::domain::{
-    Address, EniId, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable, RouteTableId,
-    RouteTarget, SubnetId, VpcId,
+    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
+    RouteTableId, RouteTarget, SubnetId, VpcId,
 };
 
 pub struct Subnet {
@@ -31,6 +31,8 @@ pub struct Instance {
     pub info: InstanceInfo,
     pub group: Option<String>,
     pub health: String,
+    /// Status checks that say `impaired` (see [`InstanceHealth`]).
+    pub impaired: Vec<&'static str>,
 }
 
 /// The account the fake plays.
@@ -54,6 +56,8 @@ pub struct State {
     pub latency: Duration,
     /// Secrets Manager: (secret, staging label) → value.
     pub secrets: HashMap<(String, String), String>,
+    /// Application status check associations: (check, instance).
+    pub status_checks: Vec<(String, InstanceId)>,
 }
 
 #[derive(Default)]
@@ -234,6 +238,35 @@ impl Cloud for FakeCloud {
             .map(|i| i.info.clone())
             .collect())
     }
+    async fn instance_health(&self, ids: &[InstanceId]) -> Result<Vec<InstanceHealth>, AwsError> {
+        let on: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        self.call("DescribeInstanceStatus", on.join(",")).await?;
+        Ok(self
+            .state()
+            .instances
+            .iter()
+            .filter(|i| ids.contains(&i.info.id))
+            .map(|i| InstanceHealth {
+                id: i.info.id.clone(),
+                alive: i.info.alive,
+                impaired: i.impaired.clone(),
+            })
+            .collect())
+    }
+    async fn associate_status_check(
+        &self,
+        check: &str,
+        instance: &InstanceId,
+    ) -> Result<(), AwsError> {
+        self.call("AssociateApplicationStatusCheck", check.to_owned())
+            .await?;
+        let mut s = self.state();
+        let pair = (check.to_owned(), instance.clone());
+        if !s.status_checks.contains(&pair) {
+            s.status_checks.push(pair);
+        }
+        Ok(())
+    }
     async fn addresses_tagged(&self, key: &str, value: &str) -> Result<Vec<Address>, AwsError> {
         self.call("DescribeAddresses", format!("{key}={value}"))
             .await?;
@@ -386,6 +419,7 @@ pub fn vpc(azs: &[&str]) -> State {
             },
             group: Some(format!("nat-{az}")),
             health: "Healthy".into(),
+            impaired: Vec::new(),
         });
         s.source_dest_check.insert(eni, false);
         s.groups.push((

@@ -7,7 +7,8 @@
 //!   ([`converge`]), report broken forwarding;
 //! - [`peers`]: heartbeats with the other AZs' NATs; cover a dead one's AZ
 //!   ([`cover`]);
-//! - [`exit`]: planned exits (scale-in, spot, stop with hand-off).
+//! - [`exit`]: planned exits (scale-in, spot, stop with hand-off);
+//! - [`witness`]: put this NAT under its application status check.
 //!
 //! They share one [`ctx::Ctx`], and every change of routes goes through
 //! [`take`]. Each loop is a struct whose `tick()` does one round, so tests
@@ -35,6 +36,7 @@ pub mod progress;
 pub mod routes;
 pub mod take;
 pub mod telemetry;
+pub mod witness;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -151,6 +153,10 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         let ctx = ctx.clone();
         async move { cover::check_fallbacks(&ctx).await }
     });
+    if ctx.config.peers.status_check.is_some() {
+        let ctx = ctx.clone();
+        tasks.spawn("witness", async move { witness::associate(&ctx).await });
+    }
     if ctx.config.peers.failover == Failover::Peer {
         let ctx = ctx.clone();
         tasks.spawn("peers", async move {

@@ -10,7 +10,8 @@
 //! API use stays low: the peer list is refreshed every `aws.refresh_interval`
 //! (or when an unknown peer speaks, at most every [`PEER_LIST_ON_DEMAND`];
 //! after a failure on [`PEER_LIST_RETRY`]), EC2 is asked about a silent peer only
-//! while it is silent, on [`PEER_CONFIRM`], and a dead peer's AZ is looked
+//! while it is silent, on [`PEER_CONFIRM`] (every [`WITNESS_POLL`] at most
+//! in its first [`WITNESS_WINDOW`], for a status check's verdict), and a dead peer's AZ is looked
 //! at again each reconcile interval once covered ([`Cover::next_look`]).
 //! Failures are logged and retried; peer failover never stops the daemon.
 
@@ -32,7 +33,7 @@ use crate::AwsError;
 use crate::decide::auth::{self, Key, Keys, Policy, Rejected, Stamp};
 use crate::decide::backoff::{
     Backoff, DEPLOYMENT_LOOKUP, KEY_ON_DEMAND, KEY_READ, PEER_CONFIRM, PEER_LIST_ON_DEMAND,
-    PEER_LIST_RETRY, PEER_PORT_RETRY, PEER_RECEIVE_RETRY, Schedule,
+    PEER_LIST_RETRY, PEER_PORT_RETRY, PEER_RECEIVE_RETRY, Schedule, WITNESS_POLL, WITNESS_WINDOW,
 };
 use crate::decide::peers::{Arrival, Cover, Decision, Message, Peer, decide};
 use crate::domain::{InstanceId, Status};
@@ -47,8 +48,9 @@ pub struct PeersLoop {
     throttle: LogThrottle,
     /// When the peer list is read again.
     list: Reread,
-    /// Per silent peer: when EC2 may be asked next, and its backoff.
-    checked: HashMap<InstanceId, (Instant, Backoff)>,
+    /// Per silent peer: when EC2 may be asked next, its backoff, and since
+    /// when it is asked about.
+    checked: HashMap<InstanceId, (Instant, Backoff, Instant)>,
     /// Per dead peer: when its AZ is looked at again.
     next_look: HashMap<InstanceId, Instant>,
     known_dead: HashSet<InstanceId>,
@@ -252,9 +254,11 @@ impl PeersLoop {
         }
     }
 
-    /// Silence is only a suspicion: ask EC2. The first question comes at
-    /// once; while EC2 keeps saying the peer runs, the next waits on
-    /// [`PEER_CONFIRM`].
+    /// Silence is only a suspicion: ask EC2 whether the peer still runs
+    /// and whether a status check calls it impaired (a frozen instance).
+    /// The first question comes at once; while EC2 keeps saying the peer
+    /// runs and is not impaired, the next waits on [`PEER_CONFIRM`], at
+    /// most [`WITNESS_POLL`] in the first [`WITNESS_WINDOW`] of silence.
     async fn confirm(&mut self, suspects: &[InstanceId]) {
         self.checked.retain(|id, _| suspects.contains(id));
         let due: Vec<InstanceId> = suspects
@@ -262,15 +266,15 @@ impl PeersLoop {
             .filter(|id| {
                 self.checked
                     .get(*id)
-                    .is_none_or(|(at, _)| Instant::now() >= *at)
+                    .is_none_or(|(at, _, _)| Instant::now() >= *at)
             })
             .cloned()
             .collect();
         if due.is_empty() {
             return;
         }
-        let infos = match self.ctx.cloud.instances(&due).await {
-            Ok(infos) => infos,
+        let health = match self.ctx.cloud.instance_health(&due).await {
+            Ok(h) => h,
             Err(e) => {
                 if let Some(n) = self
                     .throttle
@@ -284,15 +288,27 @@ impl PeersLoop {
         let schedule = PEER_CONFIRM.capped(self.ctx.config.routes.reconcile_interval);
         let mut s = self.ctx.peers();
         for id in &due {
-            if !infos.iter().any(|i| &i.id == id && i.alive) {
-                info!(peer = %id, "silent peer confirmed gone by EC2");
-                s.gone.insert(id.clone());
+            match health.iter().find(|h| &h.id == id) {
+                Some(h) if h.alive && h.impaired.is_empty() => {}
+                Some(h) if h.alive => {
+                    warn!(peer = %id, checks = ?h.impaired, "silent peer is impaired by EC2's status checks though running: taking it as dead until it is heard again");
+                    s.gone.insert(id.clone());
+                    s.impaired.insert(id.clone());
+                }
+                _ => {
+                    info!(peer = %id, "silent peer confirmed gone by EC2");
+                    s.gone.insert(id.clone());
+                }
             }
-            let (next, backoff) = self
+            let (next, backoff, since) = self
                 .checked
                 .entry(id.clone())
-                .or_insert_with(|| (Instant::now(), schedule.backoff()));
-            *next = Instant::now() + backoff.fail();
+                .or_insert_with(|| (Instant::now(), schedule.backoff(), Instant::now()));
+            let mut wait = backoff.fail();
+            if since.elapsed() < WITNESS_WINDOW {
+                wait = wait.min(WITNESS_POLL);
+            }
+            *next = Instant::now() + wait;
         }
     }
 

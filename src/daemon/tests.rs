@@ -12,11 +12,14 @@ use super::ctx::Ctx;
 use super::flows::FlowHandoff;
 use super::peers::PeersLoop;
 use super::routes::RoutesLoop;
+use crate::aws::cloud::Cloud;
 use crate::aws::fake::{FakeCloud, vpc};
 use crate::config::Config;
 use crate::decide::backoff::jittered;
 use crate::decide::peers::Message;
-use crate::domain::{EniId, Identity, InstanceId, Ipv4Cidr, Route, RouteTarget, Status, VpcId};
+use crate::domain::{
+    EniId, Identity, InstanceId, Ipv4Cidr, Route, RouteTableId, RouteTarget, Status, VpcId,
+};
 
 const S: Duration = Duration::from_secs(1);
 
@@ -88,7 +91,7 @@ async fn a_silent_peer_is_dead_only_after_dead_after_and_ec2s_word_and_is_adopte
     let silent_from = Instant::now();
     let asked = |from: Instant, to: Instant| {
         cloud
-            .calls("DescribeInstances", "i-az-a")
+            .calls("DescribeInstanceStatus", "i-az-a")
             .into_iter()
             .filter(|t| *t >= from && *t < to)
             .count()
@@ -115,12 +118,84 @@ async fn a_silent_peer_is_dead_only_after_dead_after_and_ec2s_word_and_is_adopte
     assert_eq!(cloud.target("rtb-az-a"), eni("az-b"));
     let replaced = cloud.calls("ReplaceRoute", "rtb-az-a");
     assert_eq!(replaced.len(), 1, "adopted exactly once");
-    // Asked at 1 s, 2 s, 4 s, 8 s, 16 s of silence…: at most 16 s late.
+    // Asked at 1 s, 2 s, 4 s, then every 5 s in the first minutes of
+    // silence: at most 5 s late.
     assert!(
-        replaced[0] - gone_at <= 16 * S,
+        replaced[0] - gone_at <= 5 * S,
         "{:?}",
         replaced[0] - gone_at
     );
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_its_status_check_calls_impaired_is_adopted_then_left_alone_once_heard() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let me = ctx(&cloud, "az-b", config());
+    me.status.send_replace(Status::Ok);
+    let task = tokio::spawn(PeersLoop::without_socket(me.clone(), "test").run());
+    hear(&me, "i-az-a", "az-a", 10, Status::Ok);
+    // Frozen: silent, and EC2 still says it runs and its checks pass.
+    sleep(60 * S).await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-a"), "silence alone");
+    // The application status check concludes: impaired.
+    cloud.state().instances[0].impaired = vec!["application"];
+    let impaired_at = Instant::now();
+    sleep(10 * S).await;
+    let replaced = cloud.calls("ReplaceRoute", "rtb-az-a");
+    assert_eq!(replaced.len(), 1, "adopted once");
+    assert!(
+        replaced[0] - impaired_at <= 5 * S,
+        "{:?}",
+        replaced[0] - impaired_at
+    );
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-b"));
+    // It thaws before Auto Scaling replaces it, passes its own probe and
+    // takes its AZ back (its routes loop, played here): heard again, it is
+    // alive, and the adopter does not take the AZ back from it.
+    let t = Instant::now();
+    let mut took_back = false;
+    while t.elapsed() < 60 * S {
+        hear(&me, "i-az-a", "az-a", 10, Status::Ok);
+        if !took_back {
+            cloud
+                .replace_default_route(&RouteTableId("rtb-az-a".into()), &eni("az-a").unwrap())
+                .await
+                .unwrap();
+            took_back = true;
+        }
+        sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-a"), "no fight");
+    assert_eq!(cloud.calls("ReplaceRoute", "rtb-az-a").len(), 2);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_silence_is_asked_about_every_5s_for_5_minutes_then_every_reconcile_interval() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let me = ctx(&cloud, "az-b", config());
+    me.status.send_replace(Status::Ok);
+    let task = tokio::spawn(PeersLoop::without_socket(me.clone(), "test").run());
+    hear(&me, "i-az-a", "az-a", 10, Status::Ok);
+    // A partition: silent, running, not impaired, for 15 minutes.
+    sleep(15 * 60 * S).await;
+    let asked = cloud.calls("DescribeInstanceStatus", "i-az-a");
+    let first = asked[0];
+    let gaps: Vec<(Duration, Duration)> = asked
+        .windows(2)
+        .map(|w| (w[0] - first, w[1] - w[0]))
+        .collect();
+    for (at, gap) in &gaps {
+        if *at + *gap < 5 * 60 * S {
+            assert!(*gap <= 5 * S, "{gap:?} at {at:?}");
+        } else if *at > 6 * 60 * S {
+            assert!(jittered(*gap, 30 * S), "{gap:?} at {at:?}");
+        }
+    }
+    // About 60 calls in the window, then 2 a minute.
+    assert!((60..=90).contains(&asked.len()), "{}", asked.len());
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-a"));
     task.abort();
 }
 

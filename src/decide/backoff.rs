@@ -87,6 +87,23 @@ pub const PEER_CONFIRM: Schedule = Schedule {
     max: Duration::MAX,
 };
 
+/// While a silent peer has been silent for less than [`WITNESS_WINDOW`],
+/// EC2 is asked about it at least every 5 s: a status check's verdict
+/// (a frozen NAT) then moves its routes within seconds. Later, only on
+/// [`PEER_CONFIRM`] (a long partition costs little).
+pub const WITNESS_POLL: Duration = Duration::from_secs(5);
+
+/// See [`WITNESS_POLL`]: long enough for an application status check
+/// (60 s interval, a few failures) and EC2's own status checks to conclude.
+pub const WITNESS_WINDOW: Duration = Duration::from_secs(300);
+
+/// Associating this instance with its application status check at start:
+/// 1 s doubling to 5 minutes, until EC2 accepts.
+pub const STATUS_CHECK_ASSOCIATE: Schedule = Schedule {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(300),
+};
+
 /// Finding this instance's group and deployment tag at start of the peers
 /// loop: 1 s doubling to 30 s, for as long as it takes.
 pub const DEPLOYMENT_LOOKUP: Schedule = Schedule {

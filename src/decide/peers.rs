@@ -198,6 +198,10 @@ pub struct PeerState {
     pub view: View,
     /// Peers EC2 says are gone, or that left their group.
     pub gone: HashSet<InstanceId>,
+    /// Of `gone`, the peers that were only silent while EC2's status checks
+    /// called them impaired (a frozen instance EC2 still says runs): they
+    /// are alive again the moment they are heard.
+    pub impaired: HashSet<InstanceId>,
     /// A peer we do not know spoke: refresh the list.
     pub refresh_wanted: bool,
     /// Which heartbeats count (the keys, and whether `hanat/1` does).
@@ -220,6 +224,9 @@ impl PeerState {
     /// Returns whether the set of peers changed.
     pub fn merge(&mut self, list: Vec<Peer>, departed: Vec<InstanceId>, now: Duration) -> bool {
         let before: Vec<InstanceId> = self.peers.iter().map(|p| p.instance.clone()).collect();
+        // One that left its group is gone for good, heard or not.
+        self.impaired
+            .retain(|id| list.iter().any(|p| &p.instance == id) && !departed.contains(id));
         let mut peers = list;
         for p in std::mem::take(&mut self.peers) {
             if !peers.iter().any(|q| q.instance == p.instance) {
@@ -242,6 +249,8 @@ impl PeerState {
         });
         self.gone
             .retain(|id| peers.iter().any(|p| &p.instance == id));
+        let gone = &self.gone;
+        self.impaired.retain(|id| gone.contains(id));
         self.replay
             .retain(|id| peers.iter().any(|p| &p.instance == id));
         self.peers = peers;
@@ -314,6 +323,9 @@ impl PeerState {
         let what = arrival(&self.peers, msg, from);
         match what {
             Arrival::Record => {
+                if self.impaired.remove(&msg.instance) {
+                    self.gone.remove(&msg.instance);
+                }
                 let before = self.view.fresh(&msg.instance, now, Duration::MAX);
                 self.view.record(msg, now);
                 (what, before != Some(msg.status))
