@@ -357,7 +357,8 @@ impl Ec2 {
         check: &str,
         instance: &InstanceId,
     ) -> Result<(), AwsError> {
-        self.client
+        let out = self
+            .client
             .associate_application_status_check()
             .application_status_check_id(check)
             .instance_ids(instance.0.clone())
@@ -365,7 +366,22 @@ impl Ec2 {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("AssociateApplicationStatusCheck", check, e))?;
-        Ok(())
+        // The call succeeds with per-target failures listed; one that says
+        // the instance is associated already is what a restart expects.
+        let failed = out
+            .unsuccessful_results()
+            .iter()
+            .filter_map(|u| u.reason())
+            .find(|r| !r.to_ascii_lowercase().contains("already"));
+        match failed {
+            None => Ok(()),
+            Some(reason) => Err(AwsError {
+                operation: "AssociateApplicationStatusCheck",
+                resource: check.to_owned(),
+                code: Some("UnsuccessfulAssociation".into()),
+                detail: reason.to_owned(),
+            }),
+        }
     }
 
     /// VPC Elastic IPs tagged `key=value`.

@@ -12,6 +12,11 @@
 //! - charge EC2's **per-account token buckets**, shared by every NAT of the
 //!   lab ([`Buckets`]): a call that finds its bucket empty is throttled.
 //!
+//! It also plays what moto lacks of EC2's **application status checks**
+//! ([`Witness`]): it answers `AssociateApplicationStatusCheck` itself, and
+//! adds each associated instance's application status (as the lab's
+//! checker concludes it) to moto's `DescribeInstanceStatus` answers.
+//!
 //! The lab's own calls to moto (building the VPC, reading routes) do not go
 //! through it: only the daemons' calls are counted and faulted.
 
@@ -207,6 +212,20 @@ struct State {
     rules: Vec<Rule>,
     buckets: Buckets,
     calls: Vec<Call>,
+    witness: Witness,
+}
+
+/// EC2's application status checks as the lab plays them: which instance
+/// the daemons associated with which check, and the application status
+/// the lab's checker concluded for each (`initializing` until then).
+#[derive(Debug, Default, Clone)]
+pub struct Witness {
+    /// Instance → (check, when associated).
+    pub associated: HashMap<String, (String, Instant)>,
+    /// Instance → `initializing`, `ok` or `impaired`.
+    pub status: HashMap<String, &'static str>,
+    /// Instance → when its status last changed.
+    pub since: HashMap<String, Instant>,
 }
 
 /// The lab's AWS API: latency profile, faults, buckets and the record of
@@ -246,6 +265,18 @@ impl Api {
         st.buckets.write.tokens = 0.0;
         st.buckets.write.at = now;
         st.buckets.drained = Some((now + for_, refill));
+    }
+
+    /// The application status checks' associations and verdicts.
+    pub fn witness(&self) -> Witness {
+        self.lock().witness.clone()
+    }
+
+    /// Record the checker's verdict on `instance`.
+    pub fn set_application_status(&self, instance: &str, status: &'static str) {
+        let mut st = self.lock();
+        st.witness.status.insert(instance.to_owned(), status);
+        st.witness.since.insert(instance.to_owned(), Instant::now());
     }
 
     /// Every call so far.
@@ -361,6 +392,13 @@ async fn handle(api: &Api, nat: usize, req: Request<Incoming>, upstream: SocketA
         None if service == Service::Ec2 && !api.lock().buckets.take(&action, Instant::now()) => {
             throttled(service)
         }
+        None if service == Service::Ec2 && action == "AssociateApplicationStatusCheck" => {
+            associate(api, &body)
+        }
+        None if service == Service::Ec2 && action == "DescribeInstanceStatus" => {
+            let answer = forward(Request::from_parts(parts, Full::new(body)), upstream).await?;
+            with_application_status(answer, &api.witness()).await?
+        }
         None => forward(Request::from_parts(parts, Full::new(body)), upstream).await?,
     };
     api.record(nat, service, &action, answer.status().as_u16());
@@ -384,6 +422,74 @@ async fn forward(req: Request<Full<Bytes>>, upstream: SocketAddr) -> Answer {
         .map_err(std::io::Error::other)?
         .to_bytes();
     Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// `AssociateApplicationStatusCheck` (instances only), which moto lacks.
+fn associate(api: &Api, body: &[u8]) -> Response<Full<Bytes>> {
+    let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(check) = get("ApplicationStatusCheckId").filter(|c| c.starts_with("asc-")) else {
+        return ec2_error(
+            400,
+            "InvalidParameterValue",
+            "ApplicationStatusCheckId is missing or malformed.",
+        );
+    };
+    let instances: Vec<String> = form
+        .iter()
+        .filter(|(k, _)| k.starts_with("InstanceId."))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut items = String::new();
+    {
+        let mut st = api.lock();
+        for id in &instances {
+            st.witness
+                .associated
+                .entry(id.clone())
+                .or_insert_with(|| (check.clone(), Instant::now()));
+            st.witness.status.entry(id.clone()).or_insert("initializing");
+            items.push_str(&format!(
+                "<item><applicationStatusCheckId>{check}</applicationStatusCheckId>\
+                 <associationType>instance-id</associationType>\
+                 <associationValue>{id}</associationValue></item>"
+            ));
+        }
+    }
+    xml(
+        200,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<AssociateApplicationStatusCheckResponse \
+             xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>{}</requestId>\
+             <successfulResultSet>{items}</successfulResultSet><unsuccessfulResultSet/>\
+             </AssociateApplicationStatusCheckResponse>",
+            request_id()
+        ),
+    )
+}
+
+/// moto's `DescribeInstanceStatus` answer with each associated instance's
+/// `applicationStatus` added after its `instanceId`.
+async fn with_application_status(answer: Response<Full<Bytes>>, w: &Witness) -> Answer {
+    let (mut parts, body) = answer.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    // The body grows: hyper sets the length of the new one.
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    if parts.status.is_success() {
+        for (id, status) in &w.status {
+            let tag = format!("<instanceId>{id}</instanceId>");
+            text = text.replace(
+                &tag,
+                &format!("{tag}<applicationStatus><status>{status}</status></applicationStatus>"),
+            );
+        }
+    }
+    Ok(Response::from_parts(parts, Full::new(Bytes::from(text))))
 }
 
 /// The service named in the signature's credential scope

@@ -64,10 +64,17 @@ pub enum Scenario {
     /// AZ 0's NAT's genuine heartbeats to AZ 1's, captured for 3 s on the
     /// VPC's router, are sent again by that host at once and 12 s later.
     Replay,
+    /// AZ 0's NAT freezes while EC2 still says it runs: every packet on its
+    /// interface is dropped and its daemon is stopped (`SIGSTOP`), until
+    /// Auto Scaling replaces it.
+    Freeze,
+    /// For 30 s, AZ 0 (its NAT and hosts) and the other AZs cannot reach
+    /// each other; all still reach the AWS API and the internet.
+    AzIsolation,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 20] = [
+    pub const ALL: [Scenario; 22] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -88,6 +95,8 @@ impl Scenario {
         Scenario::ForgeTunnelOk,
         Scenario::ForgeSpoof,
         Scenario::Replay,
+        Scenario::Freeze,
+        Scenario::AzIsolation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +121,8 @@ impl Scenario {
             Scenario::ForgeTunnelOk => "forge-tunnel-ok",
             Scenario::ForgeSpoof => "forge-spoof",
             Scenario::Replay => "replay",
+            Scenario::Freeze => "freeze",
+            Scenario::AzIsolation => "az-isolation",
         }
     }
 
@@ -309,6 +320,7 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
             | Scenario::ApiThrottle
             | Scenario::ImdsDown
             | Scenario::ForgeTunnelOk
+            | Scenario::Freeze
     );
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
@@ -422,6 +434,12 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
                 .await?;
             }
             Ok(())
+        }
+        Scenario::Freeze => lab.freeze(0, true),
+        Scenario::AzIsolation => {
+            lab.isolate_az(0, true)?;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            lab.isolate_az(0, false)
         }
         Scenario::Partition => {
             lab.partition(true)?;

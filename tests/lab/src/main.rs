@@ -24,7 +24,8 @@ commands:
                                    spot-interruption, instance-refresh, partition,
                                    az-outage, api-slow, api-throttle, api-down,
                                    imds-down, kernel-drift, standby, forge-tunnel,
-                                   forge-tunnel-ok, forge-spoof, replay
+                                   forge-tunnel-ok, forge-spoof, replay, freeze,
+                                   az-isolation
   bench failover [--runs N]        every scenario N times (default 10) with
                                    failover = peer and = none; a table of outages
   down                             remove namespaces a crashed lab left behind
@@ -37,6 +38,11 @@ options:
   --unauthenticated-peers
                      no heartbeat key: peers.accept_unauthenticated = true
                      (hanat/1), as during an upgrade from a version without keys
+  --no-witness       no application status check on the NATs' /health (the
+                     templates' NatStatusCheck, played by the lab)
+  --witness-interval D
+                     how often the status check runs (default 60s, AWS's only
+                     value)
   --timeout D        chaos: give up waiting for recovery (default 120s)
   --api-latency P    latency the AWS API proxy adds: realistic (default) or none
   --for D            up: tear down after D
@@ -67,6 +73,8 @@ struct Args {
     scenarios: Option<String>,
     fallback_nat_gateway: bool,
     peer_auth: bool,
+    witness: bool,
+    witness_interval: Duration,
     api_latency: Latency,
     run_for: Option<Duration>,
     reconcile_interval: Duration,
@@ -88,6 +96,8 @@ fn parse() -> Result<Option<Args>> {
         scenarios: None,
         fallback_nat_gateway: false,
         peer_auth: true,
+        witness: true,
+        witness_interval: Duration::from_secs(60),
         api_latency: Latency::Realistic,
         run_for: None,
         reconcile_interval: Duration::from_secs(5),
@@ -128,6 +138,10 @@ fn parse() -> Result<Option<Args>> {
             }
             "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
             "--unauthenticated-peers" => a.peer_auth = false,
+            "--no-witness" => a.witness = false,
+            "--witness-interval" => {
+                a.witness_interval = duration(it.next(), "--witness-interval")?
+            }
             "--runs" => {
                 let v = it.next().context("--runs needs a number")?;
                 a.runs = v
@@ -189,6 +203,8 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.grace = Duration::from_secs(30);
     o.fallback_nat_gateway = a.fallback_nat_gateway;
     o.peer_auth = a.peer_auth;
+    o.witness = a.witness;
+    o.witness_interval = a.witness_interval;
     o.api_latency = a.api_latency;
     o.reconcile_interval = a.reconcile_interval;
     o.refresh_interval = a.refresh_interval;

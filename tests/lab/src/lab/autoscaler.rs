@@ -1,7 +1,12 @@
-//! The lab's Auto Scaling (and systemd): replacing Unhealthy or vanished
+//! The lab's Auto Scaling (and systemd): replacing Unhealthy, impaired or vanished
 //! instances after the boot delay, restarting dead daemons.
 
 use super::*;
+
+/// How long Auto Scaling takes to act on an `impaired` application status:
+/// AWS publishes no figure; assumed, so that peers' adoption and Auto
+/// Scaling's replacement stay distinct steps in the lab.
+pub const IMPAIRED_TO_REPLACEMENT: Duration = Duration::from_secs(15);
 
 /// Play Auto Scaling (and systemd): replace Unhealthy or vanished
 /// instances after the boot delay, restart dead daemons.
@@ -15,16 +20,28 @@ pub(super) async fn autoscaler(
         for (i, group) in &groups {
             let i = *i;
             let current = shared.nats()[i].as_ref().map(|n| n.instance.id.clone());
-            // An instance the daemon reported Unhealthy is terminated.
+            // An instance the daemon reported Unhealthy, or whose
+            // application status is impaired, is terminated.
             if let Some(id) = &current
                 && shared.opts.replace_unhealthy
-                && shared.cloud.health(id).await.ok().as_deref() == Some("Unhealthy")
             {
-                let nat = shared.nats()[i].take();
-                drop(nat);
-                let _ = shared.cloud.terminate(id).await;
-                shared.event(format!("az{i}: {id} Unhealthy, terminated"));
-                continue;
+                let w = shared.api.witness();
+                let impaired = w.status.get(id) == Some(&"impaired")
+                    && w.since.get(id).is_some_and(|t| t.elapsed() >= IMPAIRED_TO_REPLACEMENT);
+                let why = if impaired {
+                    Some("application status impaired")
+                } else if shared.cloud.health(id).await.ok().as_deref() == Some("Unhealthy") {
+                    Some("Unhealthy")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    let nat = shared.nats()[i].take();
+                    drop(nat);
+                    let _ = shared.cloud.terminate(id).await;
+                    shared.event(format!("az{i}: {id} {why}, terminated"));
+                    continue;
+                }
             }
             // A running daemon that died is restarted, like systemd would.
             if let Some(delay) = shared.opts.restart_delay {

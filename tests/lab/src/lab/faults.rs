@@ -140,6 +140,65 @@ impl Lab {
         Ok(())
     }
 
+    /// AZ `i`'s NAT freezes (`on`) as a hung kernel would, while EC2 still
+    /// says it runs: every packet on its interface is dropped (a netdev
+    /// table of the lab's, in the instance) and its daemon stops
+    /// (`SIGSTOP`); or thaws (`SIGCONT`, the table removed).
+    pub fn freeze(&self, i: usize, on: bool) -> Result<()> {
+        let pid = {
+            let mut nats = self.shared.nats();
+            let n = nats[i]
+                .as_mut()
+                .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+            let child = n.daemon.as_ref().ok_or_else(|| anyhow!("AZ {i}'s daemon is not running"))?;
+            nix::unistd::Pid::from_raw(i32::try_from(child.id())?)
+        };
+        let signal = match on {
+            true => nix::sys::signal::Signal::SIGSTOP,
+            false => nix::sys::signal::Signal::SIGCONT,
+        };
+        if on {
+            self.nat_exec(
+                i,
+                "nft",
+                &["add table netdev labfreeze; \
+                   add chain netdev labfreeze rx { type filter hook ingress device eth0 priority -500; policy drop; }; \
+                   add chain netdev labfreeze tx { type filter hook egress device eth0 priority -500; policy drop; }"],
+            )?;
+            nix::sys::signal::kill(pid, signal)?;
+            self.shared
+                .event(format!("az{i}: frozen (interface dead, daemon stopped)"));
+        } else {
+            nix::sys::signal::kill(pid, signal)?;
+            self.nat_exec(i, "nft", &["delete table netdev labfreeze"])?;
+            self.shared.event(format!("az{i}: thawed"));
+        }
+        Ok(())
+    }
+
+    /// Cut AZ `i` (its subnets, 10.0.2i.0/23) off from the rest of the VPC
+    /// in the VPC router (`on`), or restore it. The AZs still reach the
+    /// AWS API and the internet, and the status check (from the AZ's own
+    /// subnet) still reaches its NAT.
+    pub fn isolate_az(&self, i: usize, on: bool) -> Result<()> {
+        if on {
+            let az = format!("10.0.{}.0/23", 2 * i);
+            self.rtr.exec(
+                "nft",
+                &[&format!(
+                    "add table ip labiso; add chain ip labiso c {{ type filter hook forward priority -50; policy accept; }}; \
+                     add rule ip labiso c ip saddr {az} ip daddr {VPC_CIDR} ip daddr != {az} drop; \
+                     add rule ip labiso c ip daddr {az} ip saddr {VPC_CIDR} ip saddr != {az} drop"
+                )],
+            )?;
+            self.shared.event(format!("az{i}: isolated from the other AZs"));
+        } else {
+            self.rtr.exec("nft", &["delete table ip labiso"])?;
+            self.shared.event(format!("az{i}: isolation healed"));
+        }
+        Ok(())
+    }
+
     /// Take AZ `i` down: its NAT vanishes and no replacement can launch there
     /// for `hold`.
     pub async fn az_outage(&self, i: usize, hold: Duration) -> Result<()> {

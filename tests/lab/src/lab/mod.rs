@@ -61,6 +61,7 @@ mod nat;
 mod planes;
 mod traffic;
 mod vpc;
+pub mod witness;
 
 use self::autoscaler::autoscaler;
 pub use self::nat::{Launch, Nat, daemon_config, daemon_env};
@@ -69,6 +70,7 @@ use self::planes::plane_sync;
 pub use self::traffic::{Meter, MeterReport, Sample, Session, summarize, whoami};
 pub use self::vpc::VPC_TEMPLATE;
 use self::vpc::deploy_vpc;
+use self::witness::witness;
 
 /// moto's CloudFormation resolves `!GetAZs ""` to us-east-1's zones
 /// whatever the region, so the lab lives there.
@@ -142,6 +144,15 @@ pub struct LabOptions {
     /// Authenticated heartbeats with a key in Secrets Manager (default);
     /// `false`: no key, `peers.accept_unauthenticated = true` (hanat/1).
     pub peer_auth: bool,
+    /// EC2's application status check on every NAT's `/health` (the
+    /// templates' `NatStatusCheck`, played by [`witness`]) and
+    /// `peers.status_check` in the daemons' config (default); `false`: no
+    /// check, as before the templates had one.
+    pub witness: bool,
+    /// How often the check runs: 60 s on AWS (its only value).
+    pub witness_interval: Duration,
+    /// From a daemon's association to its first check.
+    pub witness_grace: Duration,
 }
 
 impl LabOptions {
@@ -166,6 +177,9 @@ impl LabOptions {
             api_latency: Latency::Realistic,
             refresh_interval: Duration::from_secs(15),
             peer_auth: true,
+            witness: true,
+            witness_interval: Duration::from_secs(60),
+            witness_grace: Duration::from_secs(10),
         }
     }
 }
@@ -226,6 +240,9 @@ struct Shared {
     /// The heartbeat key's secret (`peers.key_secret`), unless the lab runs
     /// with unauthenticated heartbeats.
     key_secret: Option<String>,
+    /// The application status check's id (`peers.status_check`), when the
+    /// lab plays one.
+    status_check: Option<String>,
 }
 
 impl Shared {
@@ -368,6 +385,11 @@ impl Lab {
                 .collect(),
             api: Api::new(opts.api_latency),
             key_secret,
+            // The template's NatStatusCheck, which moto's CloudFormation
+            // skips: the lab plays it (see [`witness`]).
+            status_check: opts
+                .witness
+                .then(|| format!("asc-{:017x}", fastrand::u64(..) >> 4)),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut lab = Lab {
@@ -412,7 +434,13 @@ impl Lab {
         lab.tasks
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tokio::spawn(autoscaler(shared, groups, stop)));
+            .push(tokio::spawn(autoscaler(shared.clone(), groups, stop.clone())));
+        if lab.opts.witness {
+            lab.tasks
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tokio::spawn(witness(shared, stop)));
+        }
         Ok(lab)
     }
 

@@ -205,6 +205,7 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
             &probe_namespace,
             &shared.gateways,
             shared.key_secret.as_deref(),
+            shared.status_check.as_deref(),
         ),
     )?;
     shared.event(format!("az{i}: {} materialised", instance.id));
@@ -227,11 +228,15 @@ pub fn daemon_config(
     probe_namespace: &str,
     gateways: &[(String, NatGateway)],
     key_secret: Option<&str>,
+    status_check: Option<&str>,
 ) -> String {
-    let auth = match key_secret {
+    let mut auth = match key_secret {
         Some(arn) => format!("key_secret = \"{arn}\"\n"),
         None => "accept_unauthenticated = true\n".into(),
     };
+    if let Some(check) = status_check {
+        auth.push_str(&format!("status_check = \"{check}\"\n"));
+    }
     let fallbacks: String = gateways
         .iter()
         .map(|(az, g)| format!("\"{az}\" = \"{}\"\n", g.id))

@@ -1,0 +1,121 @@
+//! EC2's application status check, played by the lab (moto has none).
+//!
+//! What the templates' `NatStatusCheck` asks of EC2 — `GET /health` on
+//! port 7472 of every associated NAT, a [`TIMEOUT`] for the answer,
+//! `impaired` after [`FAILURE_THRESHOLD`] failed check(s) and `ok` again
+//! after [`SUCCESS_THRESHOLD`] passed ones — the lab does, every
+//! `LabOptions::witness_interval` (60 s, AWS's only value, unless a test
+//! shortens it), from the NAT's own public subnet (the VPC router's address
+//! there: with no `HealthCheckPaths`, EC2 checks from the instance's
+//! subnet). Checks start `witness_grace` after the daemon associated its
+//! instance (AWS: `InitializationGracePeriodSeconds` after launch).
+//!
+//! The verdicts go to the API proxy ([`crate::api::Witness`]), which adds
+//! them to `DescribeInstanceStatus`, and to the lab's Auto Scaling, which
+//! replaces an `impaired` instance as AWS's does. Assumed, not known: EC2
+//! publishes a verdict as soon as a check concludes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use super::*;
+
+/// The check's timeout (the template's `Timeout`).
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+/// Failed checks before `impaired` (the template's `FailureThreshold`).
+pub const FAILURE_THRESHOLD: u32 = 1;
+/// Passed checks before `ok` (the template's `SuccessThreshold`).
+pub const SUCCESS_THRESHOLD: u32 = 2;
+/// Where the check asks.
+pub const PORT: u16 = 7472;
+pub const PATH: &str = "/health";
+
+struct Check {
+    next: Instant,
+    fails: u32,
+    passes: u32,
+}
+
+/// Check every associated NAT on schedule until `stop`.
+pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let mut checks: HashMap<String, Check> = HashMap::new();
+    let rtr = PathBuf::from("/run/netns").join(&shared.rtr);
+    while !stop.load(Ordering::Relaxed) {
+        let w = shared.api.witness();
+        let current: Vec<(usize, String, Ipv4Addr)> = shared
+            .nats()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let n = n.as_ref()?;
+                Some((i, n.instance.id.clone(), n.instance.private_ip.parse().ok()?))
+            })
+            .collect();
+        checks.retain(|id, _| current.iter().any(|(_, c, _)| c == id));
+        let mut due = tokio::task::JoinSet::new();
+        for (i, id, ip) in current {
+            let Some((_, at)) = w.associated.get(&id) else {
+                continue;
+            };
+            let c = checks.entry(id.clone()).or_insert_with(|| Check {
+                next: *at + shared.opts.witness_grace,
+                fails: 0,
+                passes: 0,
+            });
+            if Instant::now() < c.next {
+                continue;
+            }
+            c.next = Instant::now() + shared.opts.witness_interval;
+            let rtr = rtr.clone();
+            due.spawn_blocking(move || (i, id, check(&rtr, ip)));
+        }
+        while let Some(Ok((i, id, passed))) = due.join_next().await {
+            let Some(c) = checks.get_mut(&id) else {
+                continue;
+            };
+            let before = w.status.get(&id).copied();
+            let now = match passed {
+                true => {
+                    c.passes += 1;
+                    c.fails = 0;
+                    (c.passes >= SUCCESS_THRESHOLD).then_some("ok")
+                }
+                false => {
+                    c.fails += 1;
+                    c.passes = 0;
+                    (c.fails >= FAILURE_THRESHOLD).then_some("impaired")
+                }
+            };
+            if let Some(now) = now
+                && before != Some(now)
+            {
+                shared.api.set_application_status(&id, now);
+                shared.event(format!("az{i}: {id} application status {now}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One check: does `GET /health` answer 200 within [`TIMEOUT`]?
+fn check(rtr: &Path, ip: Ipv4Addr) -> bool {
+    let start = Instant::now();
+    crate::netns::in_netns(rtr, move || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, PORT)), TIMEOUT)?;
+        let left = TIMEOUT.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left))?;
+        s.set_write_timeout(Some(left))?;
+        write!(s, "GET {PATH} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 16];
+        let mut got = 0;
+        while got < head.len() {
+            let n = s.read(&mut head[got..])?;
+            if n == 0 || start.elapsed() > TIMEOUT {
+                break;
+            }
+            got += n;
+        }
+        Ok(head[..got].starts_with(b"HTTP/1.1 200"))
+    })
+    .unwrap_or(false)
+}
