@@ -223,13 +223,111 @@ async fn chaos_planned_exits_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_partition_moves_no_route() {
+async fn chaos_partition_and_az_isolation_move_no_route() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
-    let r = scenario(Scenario::Partition).await;
-    assert_eq!(r.route_changes, 0, "{}", r.human());
-    assert_eq!(r.lost, 0, "{}", r.human());
+    let mut opts = options(2);
+    opts.witness_interval = Duration::from_secs(5);
+    for s in [Scenario::Partition, Scenario::AzIsolation] {
+        let r = scenario_with(s, opts.clone()).await;
+        assert_eq!(r.route_changes, 0, "{}", r.human());
+        assert_eq!(r.lost, 0, "{}", r.human());
+    }
+}
+
+/// The witness's worst case for a freeze: the check just passed, so the
+/// next one is an interval away and fails after its timeout; peers ask EC2
+/// every 5 s (WITNESS_POLL) while a peer is silent; then an adoption.
+fn freeze_bound(interval: Duration) -> Duration {
+    interval + hanat_lab::lab::witness::TIMEOUT + Duration::from_secs(5) + Duration::from_secs(3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_frozen_nat_is_covered_once_its_status_check_fails_then_replaced() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    opts.witness_interval = Duration::from_secs(10);
+    let r = scenario_with(Scenario::Freeze, opts.clone()).await;
+    let bound = freeze_bound(opts.witness_interval);
+    assert!(
+        r.outage_ms <= bound.as_millis() as u64,
+        "outage over {bound:?}: {}",
+        r.human()
+    );
+    // Covered by the peer (its Elastic IP seen) before Auto Scaling
+    // replaced the frozen instance, which then took its AZ back.
+    assert!(
+        r.sources.contains(&elastic_ip(1)) && r.route_changes >= 2,
+        "{}",
+        r.human()
+    );
+    assert!(
+        r.logs
+            .iter()
+            .any(|l| l.contains("silent peer is impaired by EC2's status checks")),
+        "{}",
+        r.human()
+    );
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.contains("application status impaired, terminated")),
+        "{}",
+        r.human()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_nat_that_thaws_before_its_replacement_takes_its_az_back_without_a_fight() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    opts.witness_interval = Duration::from_secs(5);
+    // Not replaced: it thaws first.
+    opts.replace_unhealthy = false;
+    let lab = Lab::build(opts).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let own = lab.nat(0).unwrap().instance.eni;
+    let peer = lab.nat(1).unwrap().instance.eni;
+    lab.freeze(0, true).unwrap();
+    lab.wait_for(
+        "the peer to adopt AZ 0",
+        Duration::from_secs(30),
+        || async { Ok(lab.route_target(0).await? == Some(peer.clone())) },
+    )
+    .await
+    .unwrap();
+    lab.freeze(0, false).unwrap();
+    lab.wait_for(
+        "AZ 0's NAT to take its AZ back",
+        Duration::from_secs(30),
+        || async { Ok(lab.route_target(0).await? == Some(own.clone())) },
+    )
+    .await
+    .unwrap();
+    // Then it stays there: the adopter does not take it again.
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(15) {
+        assert_eq!(
+            lab.route_target(0).await.unwrap(),
+            Some(own.clone()),
+            "{}",
+            lab.nat_log(1)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lab.wait_converged(Duration::from_secs(20)).await.unwrap();
+    assert!(
+        lab.nat_log(1)
+            .contains("silent peer is impaired by EC2's status checks"),
+        "{}",
+        lab.nat_log(1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -448,7 +448,10 @@ fn associate(api: &Api, body: &[u8]) -> Response<Full<Bytes>> {
                 .associated
                 .entry(id.clone())
                 .or_insert_with(|| (check.clone(), Instant::now()));
-            st.witness.status.entry(id.clone()).or_insert("initializing");
+            st.witness
+                .status
+                .entry(id.clone())
+                .or_insert("initializing");
             items.push_str(&format!(
                 "<item><applicationStatusCheckId>{check}</applicationStatusCheckId>\
                  <associationType>instance-id</associationType>\

@@ -139,9 +139,7 @@ fn parse() -> Result<Option<Args>> {
             "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
             "--unauthenticated-peers" => a.peer_auth = false,
             "--no-witness" => a.witness = false,
-            "--witness-interval" => {
-                a.witness_interval = duration(it.next(), "--witness-interval")?
-            }
+            "--witness-interval" => a.witness_interval = duration(it.next(), "--witness-interval")?,
             "--runs" => {
                 let v = it.next().context("--runs needs a number")?;
                 a.runs = v

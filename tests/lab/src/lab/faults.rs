@@ -150,7 +150,10 @@ impl Lab {
             let n = nats[i]
                 .as_mut()
                 .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
-            let child = n.daemon.as_ref().ok_or_else(|| anyhow!("AZ {i}'s daemon is not running"))?;
+            let child = n
+                .daemon
+                .as_ref()
+                .ok_or_else(|| anyhow!("AZ {i}'s daemon is not running"))?;
             nix::unistd::Pid::from_raw(i32::try_from(child.id())?)
         };
         let signal = match on {
@@ -191,7 +194,8 @@ impl Lab {
                      add rule ip labiso c ip daddr {az} ip saddr {VPC_CIDR} ip saddr != {az} drop"
                 )],
             )?;
-            self.shared.event(format!("az{i}: isolated from the other AZs"));
+            self.shared
+                .event(format!("az{i}: isolated from the other AZs"));
         } else {
             self.rtr.exec("nft", &["delete table ip labiso"])?;
             self.shared.event(format!("az{i}: isolation healed"));

@@ -434,7 +434,11 @@ impl Lab {
         lab.tasks
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tokio::spawn(autoscaler(shared.clone(), groups, stop.clone())));
+            .push(tokio::spawn(autoscaler(
+                shared.clone(),
+                groups,
+                stop.clone(),
+            )));
         if lab.opts.witness {
             lab.tasks
                 .get_mut()

@@ -48,7 +48,11 @@ pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             .enumerate()
             .filter_map(|(i, n)| {
                 let n = n.as_ref()?;
-                Some((i, n.instance.id.clone(), n.instance.private_ip.parse().ok()?))
+                Some((
+                    i,
+                    n.instance.id.clone(),
+                    n.instance.private_ip.parse().ok()?,
+                ))
             })
             .collect();
         checks.retain(|id, _| current.iter().any(|(_, c, _)| c == id));
@@ -102,10 +106,15 @@ fn check(rtr: &Path, ip: Ipv4Addr) -> bool {
     let start = Instant::now();
     crate::netns::in_netns(rtr, move || {
         let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, PORT)), TIMEOUT)?;
-        let left = TIMEOUT.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+        let left = TIMEOUT
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1));
         s.set_read_timeout(Some(left))?;
         s.set_write_timeout(Some(left))?;
-        write!(s, "GET {PATH} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {PATH} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut head = [0u8; 16];
         let mut got = 0;
         while got < head.len() {
