@@ -254,6 +254,9 @@ async fn vpc_template_deploys_with_two_and_three_azs() {
     check_vpc_stack(&cloud, "three", 3, true).await;
 }
 
+const STATUS_CHECK_ARN: &str =
+    "arn:aws:ec2:us-east-1:123456789012:application-status-check/asc-0123456789abcdef0";
+
 /// Run the launch template's user data with `/etc/hanat` moved to a
 /// temporary directory and `systemctl` a no-op; the config it wrote.
 async fn config_from_user_data(cloud: &Cloud, template: &str) -> hanat::config::Config {
@@ -280,7 +283,11 @@ async fn config_from_user_data(cloud: &Cloud, template: &str) -> hanat::config::
             c.wait_with_output()
         })
         .unwrap();
-    let script = String::from_utf8(decoded.stdout).unwrap();
+    // moto's CloudFormation skips AWS::EC2::ApplicationStatusCheck and
+    // leaves its Ref unresolved: put in what AWS's Ref gives, its ARN.
+    let script = String::from_utf8(decoded.stdout)
+        .unwrap()
+        .replace("${NatStatusCheck}", STATUS_CHECK_ARN);
     // One directory per call: tests run in parallel in this process.
     let dir =
         std::env::temp_dir().join(format!("hanat-userdata-{}-{template}", std::process::id()));
@@ -331,6 +338,11 @@ async fn user_data_writes_a_config_hanat_accepts() {
         // what its Ref gives is all there is to check here).
         assert!(config.peers.key_secret.is_some(), "{stack}");
         assert!(!config.peers.accept_unauthenticated, "{stack}");
+        assert_eq!(
+            config.peers.status_check.as_deref(),
+            Some(STATUS_CHECK_ARN),
+            "{stack}"
+        );
         let got: Vec<String> = config
             .peers
             .fallback_nat_gateway_id
@@ -373,6 +385,8 @@ fn what_moto_does_not_model_is_in_the_template() {
             "ec2:DescribeRouteTables",
             "ec2:DescribeNetworkInterfaces",
             "ec2:DescribeInstances",
+            "ec2:DescribeInstanceStatus",
+            "ec2:AssociateApplicationStatusCheck",
             "ec2:DescribeAddresses",
             "ec2:DescribeNatGateways",
             "ec2:AssociateAddress",
@@ -398,15 +412,47 @@ fn what_moto_does_not_model_is_in_the_template() {
                 })
                 .count();
         assert_eq!(
-            actions, 15,
+            actions, 17,
             "{name}: no action beyond the daemon's (plus CompleteLifecycleAction for the hook)"
         );
         assert_eq!(
             t.matches("Condition:\n                  StringEquals:")
                 .count(),
-            5,
+            6,
             "{name}: every mutating statement is conditioned"
         );
+        // The outside witness: EC2's application status check on /health
+        // (moto's CloudFormation skips it; the lab plays it with the same
+        // figures), named in the config so the NAT associates itself.
+        assert_eq!(
+            t.matches("Type: AWS::EC2::ApplicationStatusCheck").count(),
+            1,
+            "{name}"
+        );
+        use hanat_lab::lab::witness;
+        for property in [
+            "Protocol: http".to_owned(),
+            format!("Port: {}", witness::PORT),
+            format!("Path: {}", witness::PATH),
+            "Interval: 60".to_owned(),
+            format!("Timeout: {}", witness::TIMEOUT.as_secs()),
+            format!("SuccessThreshold: {}", witness::SUCCESS_THRESHOLD),
+            "FailureThreshold: !Ref StatusCheckFailures".to_owned(),
+            "Aggregation: included".to_owned(),
+        ] {
+            assert!(
+                t.contains(&format!("\n      {property}\n")),
+                "{name}: NatStatusCheck {property}"
+            );
+        }
+        assert!(
+            t.contains(&format!(
+                "StatusCheckFailures:\n    Type: Number\n    Default: {}\n",
+                witness::FAILURE_THRESHOLD
+            )),
+            "{name}"
+        );
+        assert!(t.contains("status_check = \"${NatStatusCheck}\""), "{name}");
         // The heartbeat key: a generated secret (moto's CloudFormation does
         // not create AWS::SecretsManager::Secret; the lab makes it through
         // the API), readable by the NAT role and nothing wider, and named
