@@ -75,6 +75,11 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
         "{p}"
     );
     assert!(
+        p.contains("would put this instance under application status check asc-")
+            && p.contains("(GET /health on 0.0.0.0:7472)"),
+        "{p}"
+    );
+    assert!(
         p.contains("would create nftables table ip hanat_metrics (traffic counters"),
         "{p}"
     );
@@ -133,6 +138,20 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
     assert_eq!(lab.cloud.health(&nat.instance.id).await.unwrap(), "Healthy");
     let log = lab.nat_log(0);
     assert!(log.contains("fallback NAT Gateway available"), "{log}");
+    // It put itself under the status check (through the SDK and the API
+    // proxy, which plays EC2's application status checks).
+    assert!(
+        lab.api()
+            .witness()
+            .associated
+            .get(&nat.instance.id)
+            .is_some_and(|(check, _)| check.starts_with("asc-")),
+        "{log}"
+    );
+    assert!(
+        log.contains("health endpoint watched by the application status check"),
+        "{log}"
+    );
     assert_eq!(
         lab.route_target(0).await.unwrap(),
         Some(nat.instance.eni.clone())

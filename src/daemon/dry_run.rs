@@ -6,7 +6,7 @@
 use super::take::observe;
 use crate::AwsError;
 use crate::aws::cloud::Cloud;
-use crate::config::{Config, Failover};
+use crate::config::{Config, Failover, status_check_id};
 use crate::decide::auth::Key;
 use crate::decide::routes::plan;
 use crate::domain::Identity;
@@ -59,6 +59,7 @@ pub async fn dry_run(
         out.change(format!("would {a}"));
     }
     peer_key(&mut out, cloud, config).await;
+    status_check(&mut out, config);
     kernel(&mut out, config, interface).await;
     Ok(out)
 }
@@ -106,6 +107,24 @@ async fn kernel(out: &mut DryRun, config: &Config, interface: Result<String, Ker
         )),
         Err(e) => out.say(format!("note: {}", report(&e))),
     }
+}
+
+/// The outside witness: which application status check would watch this
+/// NAT (a note: associating again is a no-op on EC2's side).
+fn status_check(out: &mut DryRun, config: &Config) {
+    let check = config
+        .peers
+        .status_check
+        .as_deref()
+        .and_then(status_check_id);
+    out.say(match (check, config.metrics.listen) {
+        (Some(id), Some(listen)) => format!(
+            "would put this instance under application status check {id} (GET /health on {listen})"
+        ),
+        _ => "note: peers.status_check is not set: a NAT that freezes while EC2 says it runs is \
+              covered only once EC2's own status checks call it impaired"
+            .into(),
+    });
 }
 
 /// Whether peer failover would have its heartbeat key (a note, never a
