@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use hanat::aws::cloud::{Cloud as _, Sdk};
 use hanat::aws::imds::Imds as ImdsClient;
+use hanat::aws::meter::ApiMeter;
 use hanat::config::{Config, NatGatewayId};
 use hanat::daemon::take::{apply, observe};
 use hanat::decide::routes::{Action, Finding, plan};
@@ -420,6 +421,39 @@ async fn instance_health_reads_state_and_status_checks_even_with_a_forgotten_id(
         .await
         .unwrap_err();
     assert_eq!(err.operation, "AssociateApplicationStatusCheck");
+}
+
+/// `hanat_aws_call_seconds`: every call of the real SDK clients, by
+/// service, operation and outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_is_timed_by_service_operation_and_outcome() {
+    let moto = Moto::start().unwrap();
+    let w = world(&moto).await;
+    let meter = ApiMeter::default();
+    let sdk = Sdk::metered(&moto.sdk_config(REGION).await, &meter);
+    sdk.instance_health(&[InstanceId(w.asg_instance.clone())])
+        .await
+        .unwrap();
+    sdk.group_of(&InstanceId(w.asg_instance.clone()))
+        .await
+        .unwrap();
+    sdk.replace_default_route(
+        &hanat::domain::RouteTableId("rtb-00000000000000000".into()),
+        &RouteTarget::Eni(EniId("eni-00000000000000000".into())),
+    )
+    .await
+    .unwrap_err();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("aws_call_seconds", "calls", meter.calls());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        r#"aws_call_seconds_count{service="EC2",operation="DescribeInstanceStatus",outcome="ok"} 1"#,
+        r#"aws_call_seconds_count{service="Auto Scaling",operation="DescribeAutoScalingInstances",outcome="ok"} 1"#,
+        r#"aws_call_seconds_count{service="EC2",operation="ReplaceRoute",outcome="client_error"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -751,6 +751,18 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
         .count();
     assert!(ok_probes > 0, "{m}");
     assert!(m.contains("hanat_probe_rtt_seconds_bucket{"), "{m}");
+    // Its AWS calls so far, as the API proxy counted them.
+    let proxy_saw = lab
+        .api()
+        .calls()
+        .iter()
+        .filter(|c| c.nat == 0 && c.action == "DescribeRouteTables" && c.status == 200)
+        .count();
+    let timed = metric(
+        &m,
+        "hanat_aws_call_seconds_count{service=\"EC2\",operation=\"DescribeRouteTables\",outcome=\"ok\"}",
+    );
+    assert!(timed >= 1.0 && timed <= proxy_saw as f64, "{timed} of {proxy_saw}: {m}");
     let peer = lab.nat(1).unwrap().instance.id;
     assert!(
         m.contains(&format!(

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::AwsError;
+use super::meter::ApiMeter;
 use crate::domain::InstanceId;
 
 #[derive(Clone)]
@@ -20,9 +21,12 @@ pub struct AutoScaling {
 }
 
 impl AutoScaling {
-    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+    pub fn new(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
+        let conf = aws_sdk_autoscaling::config::Builder::from(sdk)
+            .interceptor(meter.clone())
+            .build();
         Self {
-            client: aws_sdk_autoscaling::Client::new(sdk),
+            client: aws_sdk_autoscaling::Client::from_conf(conf),
             groups: Arc::default(),
         }
     }

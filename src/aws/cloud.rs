@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use super::AwsError;
 use super::autoscaling::AutoScaling;
+use super::meter::ApiMeter;
 use super::ec2::Ec2;
 use super::secrets::Secrets;
 use crate::domain::{
@@ -95,11 +96,17 @@ pub struct Sdk {
 }
 
 impl Sdk {
+    /// Clients whose calls no one times.
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self::metered(sdk, &ApiMeter::default())
+    }
+
+    /// Clients whose every call `meter` times.
+    pub fn metered(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
         Sdk {
-            ec2: Ec2::new(sdk),
-            autoscaling: AutoScaling::new(sdk),
-            secrets: Secrets::new(sdk),
+            ec2: Ec2::new(sdk, meter),
+            autoscaling: AutoScaling::new(sdk, meter),
+            secrets: Secrets::new(sdk, meter),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod ec2;
 #[cfg(test)]
 pub mod fake;
 pub mod imds;
+pub mod meter;
 pub mod secrets;
 
 use std::fmt;

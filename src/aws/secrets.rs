@@ -8,6 +8,7 @@
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 
 use super::AwsError;
+use super::meter::ApiMeter;
 
 #[derive(Clone)]
 pub struct Secrets {
@@ -15,9 +16,12 @@ pub struct Secrets {
 }
 
 impl Secrets {
-    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+    pub fn new(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
+        let conf = aws_sdk_secretsmanager::config::Builder::from(sdk)
+            .interceptor(meter.clone())
+            .build();
         Self {
-            client: aws_sdk_secretsmanager::Client::new(sdk),
+            client: aws_sdk_secretsmanager::Client::from_conf(conf),
         }
     }
 

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use hanat::aws::cloud::Sdk;
+use hanat::aws::meter::ApiMeter;
 use hanat::aws::imds::{Imds, identity_with_retry};
 use hanat::config::{Config, LogFormat};
 use hanat::daemon::{self, Deps};
@@ -195,8 +196,10 @@ async fn run(config: Config) -> Result<(), Failure> {
     let identity = identity(&imds, &config).await?;
     let interface = interface(&config, &identity).await?;
     let sdk = hanat::aws::sdk_config(&identity.region, &config.aws).await;
+    let api_meter = ApiMeter::default();
     let deps = Deps {
-        cloud: Arc::new(Sdk::new(&sdk)),
+        cloud: Arc::new(Sdk::metered(&sdk, &api_meter)),
+        api_meter,
         imds,
         identity,
         interface,

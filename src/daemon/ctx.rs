@@ -14,6 +14,7 @@ use super::flows;
 use super::progress::Progress;
 use super::telemetry::Telemetry;
 use crate::aws::cloud::Cloud;
+use crate::aws::meter::ApiMeter;
 use crate::config::Config;
 use crate::decide::backoff::{ROUND_CALLS, WATCHDOG_SLACK};
 use crate::decide::peers::PeerState;
@@ -75,6 +76,17 @@ impl Ctx {
         config: Config,
         flows: flows::FlowHandoff,
     ) -> Arc<Ctx> {
+        Self::metered(cloud, me, config, flows, &ApiMeter::default())
+    }
+
+    /// With `meter`'s timed AWS calls in the metrics.
+    pub fn metered(
+        cloud: Arc<dyn Cloud>,
+        me: Identity,
+        config: Config,
+        flows: flows::FlowHandoff,
+        meter: &ApiMeter,
+    ) -> Arc<Ctx> {
         Arc::new(Ctx {
             cloud,
             me,
@@ -86,7 +98,7 @@ impl Ctx {
             flows: Arc::new(tokio::sync::Mutex::new(flows)),
             progress: Progress::default(),
             slow: Mutex::new(Slow::default()),
-            telemetry: Telemetry::new(),
+            telemetry: Telemetry::new(meter),
         })
     }
 

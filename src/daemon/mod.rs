@@ -53,6 +53,7 @@ use self::heartbeat::HeartbeatLoop;
 use self::peers::PeersLoop;
 use self::routes::RoutesLoop;
 use crate::aws::cloud::Cloud;
+use crate::aws::meter::ApiMeter;
 use crate::aws::imds::Imds;
 use crate::config::{Config, Failover};
 use crate::domain::{Identity, Ipv4Cidr, Status};
@@ -70,6 +71,8 @@ pub struct Deps {
     /// The interface to masquerade out of.
     pub interface: String,
     pub notifier: Notifier,
+    /// Times the calls of `cloud`, for the metrics.
+    pub api_meter: ApiMeter,
 }
 
 /// Why the daemon could not start, or stopped on its own.
@@ -115,6 +118,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         imds,
         interface,
         notifier,
+        api_meter,
     } = deps;
     check_probe_cidr(&identity, &config)?;
     info!(
@@ -139,7 +143,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         max,
     );
     flows.resume(tokio::time::Instant::now()).await;
-    let ctx = Ctx::new(cloud, identity, config, flows);
+    let ctx = Ctx::metered(cloud, identity, config, flows, &api_meter);
     let mut tasks = Tasks::default();
     let exit_watch = tasks.spawn("exit", {
         let ctx = ctx.clone();

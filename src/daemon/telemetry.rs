@@ -32,6 +32,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::aws::meter::ApiMeter;
 use crate::domain::Status;
 use crate::kernel::probe::Round;
 
@@ -133,12 +134,13 @@ const STATES: [Status; 4] = [
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Self::new()
+        Self::new(&ApiMeter::default())
     }
 }
 
 impl Telemetry {
-    pub fn new() -> Self {
+    /// The metrics, `meter`'s timed AWS calls among them.
+    pub fn new(meter: &ApiMeter) -> Self {
         let mut registry = Registry::with_prefix("hanat");
         let t = Telemetry {
             probes: Family::default(),
@@ -251,6 +253,11 @@ impl Telemetry {
                 registry.register(name, help, c.clone());
             }
         }
+        registry.register(
+            "aws_call_seconds",
+            "AWS API calls by service, operation and outcome (ok, client_error, server_error, no_response), retries included",
+            meter.calls(),
+        );
         registry.register(
             "active_connections",
             "ActiveConnectionCount: established TCP connections opened by private hosts",
@@ -574,7 +581,7 @@ mod tests {
 
     #[test]
     fn kernel_counters_only_grow() {
-        let t = Telemetry::new();
+        let t = Telemetry::default();
         t.kernel(&[("bytes_in_from_source", 100)], 3);
         t.kernel(&[("bytes_in_from_source", 250)], 2);
         // The table was recreated: its counter starts again from zero.
