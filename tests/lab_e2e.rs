@@ -237,10 +237,15 @@ async fn chaos_partition_and_az_isolation_move_no_route() {
 }
 
 /// The witness's worst case for a freeze: the check just passed, so the
-/// next one is an interval away and fails after its timeout; peers ask EC2
-/// every 5 s (WITNESS_POLL) while a peer is silent; then an adoption.
-fn freeze_bound(interval: Duration) -> Duration {
-    interval + hanat_lab::lab::witness::TIMEOUT + Duration::from_secs(5) + Duration::from_secs(3)
+/// next one is an interval away (the first one up to the grace and an
+/// interval after the association) and fails after its timeout; peers ask
+/// EC2 every 5 s (WITNESS_POLL) while a peer is silent; then an adoption.
+fn freeze_bound(o: &LabOptions) -> Duration {
+    o.witness_grace
+        + o.witness_interval
+        + hanat_lab::lab::witness::TIMEOUT
+        + Duration::from_secs(5)
+        + Duration::from_secs(3)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,8 +255,9 @@ async fn chaos_a_frozen_nat_is_covered_once_its_status_check_fails_then_replaced
     }
     let mut opts = options(2);
     opts.witness_interval = Duration::from_secs(10);
+    opts.witness_grace = Duration::from_secs(1);
     let r = scenario_with(Scenario::Freeze, opts.clone()).await;
-    let bound = freeze_bound(opts.witness_interval);
+    let bound = freeze_bound(&opts);
     assert!(
         r.outage_ms <= bound.as_millis() as u64,
         "outage over {bound:?}: {}",
@@ -287,6 +293,7 @@ async fn a_frozen_nat_that_thaws_before_its_replacement_takes_its_az_back_withou
     }
     let mut opts = options(2);
     opts.witness_interval = Duration::from_secs(5);
+    opts.witness_grace = Duration::from_secs(1);
     // Not replaced: it thaws first.
     opts.replace_unhealthy = false;
     let lab = Lab::build(opts).await.unwrap();
@@ -741,7 +748,39 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
         health.ends_with("\n200") && health.contains("\"healthy\":true"),
         "{health}"
     );
+    // A real Prometheus scrapes both NATs; promtool finds the exposition
+    // valid.
+    let prometheus = lab.start_prometheus(Duration::from_secs(1)).unwrap();
     let m = get(0, "/metrics");
+    let exposition = m.rsplit_once('\n').unwrap().0.to_owned() + "\n";
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    lab.wait_for(
+        "Prometheus to scrape both NATs",
+        Duration::from_secs(20),
+        || async { Ok(prometheus.query("up == 1")?.len() == 2) },
+    )
+    .await
+    .unwrap();
     assert_eq!(metric(&m, "hanat_verdict{state=\"ok\"}"), 1.0);
     assert_eq!(metric(&m, "hanat_routes{points_at=\"this_nat\"}"), 1.0);
     assert_eq!(metric(&m, "hanat_elastic_ip_held"), 1.0);
@@ -762,7 +801,10 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
         &m,
         "hanat_aws_call_seconds_count{service=\"EC2\",operation=\"DescribeRouteTables\",outcome=\"ok\"}",
     );
-    assert!(timed >= 1.0 && timed <= proxy_saw as f64, "{timed} of {proxy_saw}: {m}");
+    assert!(
+        timed >= 1.0 && timed <= proxy_saw as f64,
+        "{timed} of {proxy_saw}: {m}"
+    );
     let peer = lab.nat(1).unwrap().instance.id;
     assert!(
         m.contains(&format!(
@@ -886,4 +928,22 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["healthy"], true, "{v}");
     assert_eq!(v["peers"][0]["verdict"], "failing", "{v}");
+
+    // Prometheus saw it all: AZ 0's NAT was ok and is failing, its AZ's
+    // route points at the other NAT (the adoption), and the peer heard it.
+    let az0 = format!("instance_id=\"{me}\"");
+    let seen = |q: String| {
+        let p = &prometheus;
+        async move { Ok(p.value(&q)? == Some(1.0)) }
+    };
+    for q in [
+        format!("max_over_time(hanat_verdict{{state=\"ok\",{az0}}}[10m])"),
+        format!("hanat_verdict{{state=\"failing\",{az0}}}"),
+        format!("hanat_routes{{points_at=\"other\",{az0}}}"),
+        format!("hanat_peer_verdict{{peer=\"{me}\",state=\"failing\"}}"),
+    ] {
+        lab.wait_for(&q.clone(), Duration::from_secs(30), || seen(q.clone()))
+            .await
+            .unwrap();
+    }
 }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use super::AwsError;
 use super::autoscaling::AutoScaling;
-use super::meter::ApiMeter;
 use super::ec2::Ec2;
+use super::meter::ApiMeter;
 use super::secrets::Secrets;
 use crate::domain::{
     Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, RouteTable, RouteTableId,

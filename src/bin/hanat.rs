@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use hanat::aws::cloud::Sdk;
-use hanat::aws::meter::ApiMeter;
 use hanat::aws::imds::{Imds, identity_with_retry};
+use hanat::aws::meter::ApiMeter;
 use hanat::config::{Config, LogFormat};
 use hanat::daemon::{self, Deps};
 use hanat::domain::Identity;

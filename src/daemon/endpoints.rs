@@ -206,6 +206,9 @@ pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr) {
     }
 }
 
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 async fn answer(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::GET {
         return reply(
@@ -218,12 +221,19 @@ async fn answer(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             snapshot(ctx).await;
             kernel_metrics(ctx).await;
-            match ctx.telemetry.encode() {
-                Ok(text) => reply(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                ),
+            // OpenMetrics to whoever asks for it (Prometheus does), the
+            // classic text format to everyone else.
+            let openmetrics = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            let encoded = match openmetrics {
+                true => ctx.telemetry.encode().map(|t| (OPENMETRICS, t)),
+                false => ctx.telemetry.encode_classic().map(|t| (CLASSIC, t)),
+            };
+            match encoded {
+                Ok((kind, text)) => reply(StatusCode::OK, kind, text),
                 Err(_) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "text/plain",

@@ -1,7 +1,8 @@
 //! What the daemon shows of itself, served on `metrics.listen` (see
 //! [`super::endpoints`]):
 //!
-//! - `/metrics`: Prometheus metrics (OpenMetrics text, through the
+//! - `/metrics`: Prometheus metrics (OpenMetrics text to a scraper that
+//!   asks for it, the classic text format otherwise; through the
 //!   Prometheus project's `prometheus-client`);
 //! - `/health`: 200 while this NAT forwards (its own probe passes) and its
 //!   loops make progress, else 503; JSON with the reasons either way;
@@ -104,6 +105,34 @@ pub const KERNEL_COUNTERS: [(&str, &str); 12] = [
         "PacketsDropCount: conntrack drop and early_drop, and invalid packets",
     ),
 ];
+
+/// OpenMetrics text as the classic Prometheus text format (0.0.4): a
+/// counter's `HELP` and `TYPE` name its `_total` samples, and `UNIT` and
+/// the closing `# EOF` go. Everything else this daemon exposes (gauges,
+/// histograms, labels, values) is written the same in both.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
 
 /// What the loops tell telemetry as they go.
 #[derive(Debug)]
@@ -369,6 +398,13 @@ impl Telemetry {
         Ok(text)
     }
 
+    /// The same metrics in Prometheus's classic text format (0.0.4), for
+    /// scrapers and tools that do not ask for OpenMetrics (`curl`,
+    /// `promtool check metrics`): see [`classic_text`].
+    pub fn encode_classic(&self) -> Result<String, std::fmt::Error> {
+        self.encode().map(|t| classic_text(&t))
+    }
+
     /// `name`'s last round failed with `error`, or (`None`) succeeded.
     pub fn error(&self, name: &'static str, error: Option<String>) {
         let mut r = self.recorded();
@@ -596,6 +632,37 @@ mod tests {
             text.contains("# HELP hanat_port_allocation_errors ErrorPortAllocation"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let t = Telemetry::default();
+        t.heartbeat_rejected("stale");
+        let om = t.encode().unwrap();
+        let classic = classic_text(&om);
+        assert!(
+            om.ends_with("# EOF\n") && !classic.contains("# EOF"),
+            "{classic}"
+        );
+        for line in [
+            "# HELP hanat_heartbeats_rejected_total Datagrams",
+            "# TYPE hanat_heartbeats_rejected_total counter",
+            "hanat_heartbeats_rejected_total{reason=\"stale\"} 1",
+            "# TYPE hanat_verdict_seconds gauge",
+        ] {
+            assert!(
+                classic.lines().any(|l| l.starts_with(line)),
+                "{line}\n{classic}"
+            );
+        }
+        // Samples are untouched: only HELP, TYPE, UNIT and EOF lines change.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&classic));
     }
 
     #[test]

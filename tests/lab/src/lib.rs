@@ -35,7 +35,7 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 }
 
 /// Commands the lab needs, with the Debian package that provides each.
-const TOOLS: [(&str, &str); 7] = [
+const TOOLS: [(&str, &str); 9] = [
     ("curl", "curl"),
     ("nft", "nftables"),
     ("ip", "iproute2"),
@@ -43,6 +43,8 @@ const TOOLS: [(&str, &str); 7] = [
     ("unshare", "util-linux"),
     ("setpriv", "util-linux"),
     ("sysctl", "procps"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 fn on_path(cmd: &str) -> bool {
@@ -55,11 +57,12 @@ fn on_path(cmd: &str) -> bool {
 /// apt-get when it exists (the lab runs as root), otherwise the error says
 /// which packages to install.
 pub fn ensure_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TOOLS
+    let mut missing: Vec<&str> = TOOLS
         .iter()
         .filter(|(c, _)| !on_path(c))
         .map(|(_, p)| *p)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
@@ -75,7 +78,7 @@ pub fn ensure_tools() -> anyhow::Result<()> {
             .map(|s| s.success())
             .unwrap_or(false)
     };
-    let mut install = vec!["install", "-y", "-qq"];
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
     install.extend(&missing);
     if !(run(&["update", "-qq"]) && run(&install)) {
         anyhow::bail!("apt-get could not install: {}", missing.join(" "));

@@ -59,6 +59,7 @@ mod faults;
 pub mod forge;
 mod nat;
 mod planes;
+pub mod prometheus;
 mod traffic;
 mod vpc;
 pub mod witness;

@@ -8,7 +8,8 @@
 //! shortens it), from the NAT's own public subnet (the VPC router's address
 //! there: with no `HealthCheckPaths`, EC2 checks from the instance's
 //! subnet). Checks start `witness_grace` after the daemon associated its
-//! instance (AWS: `InitializationGracePeriodSeconds` after launch).
+//! instance (AWS: `InitializationGracePeriodSeconds` after launch), at a
+//! random phase within the first interval.
 //!
 //! The verdicts go to the API proxy ([`crate::api::Witness`]), which adds
 //! them to `DescribeInstanceStatus`, and to the lab's Auto Scaling, which
@@ -61,8 +62,12 @@ pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             let Some((_, at)) = w.associated.get(&id) else {
                 continue;
             };
+            // EC2's checks run at their own phase: the first one comes at
+            // a random point of the first interval after the grace, so a
+            // fault injected at a fixed time after start meets every phase.
+            let phase = shared.opts.witness_interval.mul_f64(fastrand::f64());
             let c = checks.entry(id.clone()).or_insert_with(|| Check {
-                next: *at + shared.opts.witness_grace,
+                next: *at + shared.opts.witness_grace + phase,
                 fails: 0,
                 passes: 0,
             });
