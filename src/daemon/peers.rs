@@ -156,7 +156,11 @@ impl PeersLoop {
             }
         }
         self.known_dead.retain(|id| decision.dead.contains(id));
-        self.confirm(&decision.suspects).await;
+        // Dead only by impairment: asked about still, for as long as EC2's
+        // word is all there is.
+        let mut suspects = decision.suspects.clone();
+        suspects.extend(self.ctx.peers().impaired.iter().cloned());
+        self.confirm(&suspects).await;
         self.cover(decision).await;
     }
 
@@ -289,7 +293,13 @@ impl PeersLoop {
         let mut s = self.ctx.peers();
         for id in &due {
             match health.iter().find(|h| &h.id == id) {
-                Some(h) if h.alive && h.impaired.is_empty() => {}
+                Some(h) if h.alive && h.impaired.is_empty() => {
+                    if s.impaired.remove(id) {
+                        s.gone.remove(id);
+                        info!(peer = %id, "silent peer no longer impaired by EC2's status checks: silence alone moves nothing");
+                    }
+                }
+                Some(h) if h.alive && s.impaired.contains(id) => {}
                 Some(h) if h.alive => {
                     warn!(peer = %id, checks = ?h.impaired, "silent peer is impaired by EC2's status checks though running: taking it as dead until it is heard again");
                     s.gone.insert(id.clone());

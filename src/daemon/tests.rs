@@ -172,6 +172,31 @@ async fn a_silent_peer_its_status_check_calls_impaired_is_adopted_then_left_alon
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_impaired_peer_whose_checks_pass_again_is_not_fought_over_even_unheard() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let me = ctx(&cloud, "az-b", config());
+    me.status.send_replace(Status::Ok);
+    let task = tokio::spawn(PeersLoop::without_socket(me.clone(), "test").run());
+    hear(&me, "i-az-a", "az-a", 10, Status::Ok);
+    sleep(10 * S).await;
+    cloud.state().instances[0].impaired = vec!["application"];
+    sleep(10 * S).await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-b"), "adopted");
+    // It thaws and takes its AZ back, but a partition keeps it unheard:
+    // EC2's checks pass again, and that is all there is to go by.
+    cloud.state().instances[0].impaired = Vec::new();
+    sleep(10 * S).await;
+    cloud
+        .replace_default_route(&RouteTableId("rtb-az-a".into()), &eni("az-a").unwrap())
+        .await
+        .unwrap();
+    sleep(120 * S).await;
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-a"), "no fight");
+    assert_eq!(cloud.calls("ReplaceRoute", "rtb-az-a").len(), 2);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_long_silence_is_asked_about_every_5s_for_5_minutes_then_every_reconcile_interval() {
     let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
     let me = ctx(&cloud, "az-b", config());
