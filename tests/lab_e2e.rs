@@ -930,7 +930,8 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
     assert_eq!(v["peers"][0]["verdict"], "failing", "{v}");
 
     // Prometheus saw it all: AZ 0's NAT was ok and is failing, its AZ's
-    // route points at the other NAT (the adoption), and the peer heard it.
+    // route points at the other NAT (the adoption), and the peer heard it
+    // and says it covers AZ 0.
     let az0 = format!("instance_id=\"{me}\"");
     let seen = |q: String| {
         let p = &prometheus;
@@ -941,6 +942,10 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
         format!("hanat_verdict{{state=\"failing\",{az0}}}"),
         format!("hanat_routes{{points_at=\"other\",{az0}}}"),
         format!("hanat_peer_verdict{{peer=\"{me}\",state=\"failing\"}}"),
+        format!(
+            "hanat_covering{{az=\"{}\",via=\"this_nat\",instance_id=\"{peer}\"}}",
+            lab.azs[0].name
+        ),
     ] {
         lab.wait_for(&q.clone(), Duration::from_secs(30), || seen(q.clone()))
             .await

@@ -227,11 +227,7 @@ impl Ec2 {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let resource = ids
-            .iter()
-            .map(|i| i.0.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
+        let resource = joined(ids);
         let mut pages = self
             .client
             .describe_instances()
@@ -253,13 +249,7 @@ impl Ec2 {
                     .iter()
                     .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
                     .or_else(|| i.network_interfaces().first());
-                let alive = matches!(
-                    i.state().and_then(|s| s.name()),
-                    Some(
-                        aws_sdk_ec2::types::InstanceStateName::Pending
-                            | aws_sdk_ec2::types::InstanceStateName::Running
-                    )
-                );
+                let alive = alive(i.state());
                 out.push(InstanceInfo {
                     id: InstanceId(id.to_owned()),
                     az: i
@@ -286,15 +276,11 @@ impl Ec2 {
         &self,
         ids: &[InstanceId],
     ) -> Result<Vec<InstanceHealth>, AwsError> {
-        use aws_sdk_ec2::types::{InstanceStateName, SummaryStatus};
+        use aws_sdk_ec2::types::SummaryStatus;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let resource = ids
-            .iter()
-            .map(|i| i.0.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
+        let resource = joined(ids);
         let mut pages = self
             .client
             .describe_instance_status()
@@ -326,10 +312,7 @@ impl Ec2 {
             };
             for s in page.instance_statuses() {
                 let Some(id) = s.instance_id() else { continue };
-                let alive = matches!(
-                    s.instance_state().and_then(|st| st.name()),
-                    Some(InstanceStateName::Pending | InstanceStateName::Running)
-                );
+                let alive = alive(s.instance_state());
                 let summary = |x: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
                     x.and_then(|x| x.status()) == Some(&SummaryStatus::Impaired)
                 };
@@ -499,4 +482,18 @@ fn route_table(rt: &aws_sdk_ec2::types::RouteTable) -> Option<RouteTable> {
         subnets,
         default_route,
     })
+}
+
+/// Instance ids as one resource string for errors.
+fn joined(ids: &[InstanceId]) -> String {
+    ids.iter()
+        .map(|i| i.0.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `pending` or `running`: it can still forward or soon will.
+fn alive(state: Option<&aws_sdk_ec2::types::InstanceState>) -> bool {
+    use aws_sdk_ec2::types::InstanceStateName::{Pending, Running};
+    matches!(state.and_then(|s| s.name()), Some(Pending | Running))
 }

@@ -324,6 +324,16 @@ impl PeersLoop {
 
     /// Adoptions and fallbacks share one schedule per dead peer.
     async fn cover(&mut self, decision: Decision) {
+        let covering: Vec<(&str, &'static str)> = (decision.adopt.iter())
+            .map(|p| (p.az.as_str(), "this_nat"))
+            .chain(
+                decision
+                    .fallback
+                    .iter()
+                    .map(|p| (p.az.as_str(), "nat_gateway")),
+            )
+            .collect();
+        self.ctx.telemetry.covering(&covering);
         let covers = (decision.adopt.into_iter().map(|p| (p, Cover::Adopt)))
             .chain(decision.fallback.into_iter().map(|p| (p, Cover::Gateway)));
         for (dead, cover) in covers {

@@ -52,6 +52,7 @@ pub struct Telemetry {
     peer_verdict: Family<Labels, Gauge>,
     peer_silence: Family<Labels, FloatGauge>,
     handoffs: Gauge,
+    covering: Family<Labels, Gauge>,
     eip: Gauge,
     conntrack_entries: Gauge,
     conntrack_max: Gauge,
@@ -181,6 +182,7 @@ impl Telemetry {
             peer_verdict: Family::default(),
             peer_silence: Family::default(),
             handoffs: Gauge::default(),
+            covering: Family::default(),
             eip: Gauge::default(),
             conntrack_entries: Gauge::default(),
             conntrack_max: Gauge::default(),
@@ -246,6 +248,11 @@ impl Telemetry {
             "flow_handoffs",
             "Peers this NAT hands connections to through the flow hand-off tunnel",
             t.handoffs.clone(),
+        );
+        registry.register(
+            "covering",
+            "Other AZs this NAT covers for a dead peer: via this_nat (adopted: their routes point here) or nat_gateway (pointed at their fallback NAT Gateway)",
+            t.covering.clone(),
         );
         registry.register(
             "elastic_ip_held",
@@ -327,6 +334,17 @@ impl Telemetry {
                     .get_or_create(&labels(&[("target", &target)]))
                     .observe(rtt.as_secs_f64());
             }
+        }
+    }
+
+    /// The AZs this NAT covers now, each with how (`this_nat`,
+    /// `nat_gateway`).
+    pub fn covering(&self, azs: &[(&str, &'static str)]) {
+        self.covering.clear();
+        for (az, via) in azs {
+            self.covering
+                .get_or_create(&labels(&[("az", az), ("via", via)]))
+                .set(1);
         }
     }
 

@@ -2,6 +2,7 @@
 //! machine. `up` runs it until Ctrl-C; `chaos` measures one failure; `down`
 //! removes what a crashed lab left behind.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -271,8 +272,9 @@ async fn up(a: &Args) -> Result<u8> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let end = a.run_for.map(|d| start + d);
+    let mut rtt = HashMap::new();
     while end.is_none_or(|e| Instant::now() < e) {
-        print_status(&lab, start).await;
+        print_status(&lab, start, &mut rtt).await;
         tokio::select! {
             _ = &mut ctrl_c => break,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -283,15 +285,34 @@ async fn up(a: &Args) -> Result<u8> {
     Ok(0)
 }
 
-async fn print_status(lab: &Lab, start: Instant) {
+/// The sum of every series of `name` in a NAT's exposition.
+fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The live table; `rtt` keeps each NAT's probe round-trip sum and count
+/// from the previous table, for the mean since then.
+async fn print_status(lab: &Lab, start: Instant, rtt: &mut HashMap<String, (f64, f64)>) {
     println!(
-        "\n[{:>4}s] {:<12} {:<21} {:<10} {:<24} {:<7} public IP (seen)",
+        "\n[{:>4}s] {:<12} {:<21} {:<10} {:<12} {:<24} {:<7} {:<16} {:>6} {:>8} {:>9}",
         start.elapsed().as_secs(),
         "AZ",
         "NAT instance",
         "health",
+        "status check",
         "private route →",
         "egress",
+        "public IP (seen)",
+        "conns",
+        "probe ms",
+        "calls/min",
     );
     for a in &lab.azs {
         let nat = lab.nat(a.index);
@@ -312,6 +333,11 @@ async fn print_status(lab: &Lab, start: Instant) {
         } else {
             health
         };
+        // The application status check's verdict, as EC2 would show it.
+        let check = nat
+            .as_ref()
+            .and_then(|n| lab.api().witness().status.get(&n.instance.id).copied())
+            .unwrap_or("-");
         let route = match lab.route_target(a.index).await {
             Ok(Some(t)) if !eni.is_empty() && t == eni => "own NAT".to_owned(),
             Ok(Some(t)) => t,
@@ -319,14 +345,54 @@ async fn print_status(lab: &Lab, start: Instant) {
             Err(_) => "?".into(),
         };
         let seen = lab.whoami(a.index, Duration::from_millis(500));
+        // From the NAT's own metrics: established connections, and the
+        // mean probe round trip since the last table.
+        let metrics = nat
+            .as_ref()
+            .and_then(|_| {
+                lab.nat_exec(
+                    a.index,
+                    "curl",
+                    &["-s", "--max-time", "1", "http://127.0.0.1:7472/metrics"],
+                )
+                .ok()
+            })
+            .filter(|m| m.contains("hanat_"));
+        let (conns, probe_ms) = match &metrics {
+            Some(m) => {
+                let now = (
+                    metric_sum(m, "hanat_probe_rtt_seconds_sum"),
+                    metric_sum(m, "hanat_probe_rtt_seconds_count"),
+                );
+                let before = rtt.insert(id.clone(), now).unwrap_or((0.0, 0.0));
+                let n = now.1 - before.1;
+                let ms = match n > 0.0 {
+                    true => format!("{:.1}", (now.0 - before.0) / n * 1000.0),
+                    false => "-".into(),
+                };
+                (format!("{}", metric_sum(m, "hanat_active_connections")), ms)
+            }
+            None => ("-".into(), "-".into()),
+        };
+        let minute_ago = Instant::now() - Duration::from_secs(60);
+        let calls = lab
+            .api()
+            .calls()
+            .iter()
+            .filter(|c| c.nat == a.index && c.at >= minute_ago)
+            .count();
         println!(
-            "        {:<12} {:<21} {:<10} {:<24} {:<7} {}",
+            "        {:<12} {:<21} {:<10} {:<12} {:<24} {:<7} {:<16} {:>6} {:>8} {:>9}",
             a.name,
             id,
             health,
+            check,
             route,
             if seen.is_ok() { "OK" } else { "FAIL" },
-            seen.map(|s| s.to_string()).unwrap_or_else(|_| "-".into())
+            seen.map(|s| s.to_string()).unwrap_or_else(|_| "-".into()),
+            conns,
+            probe_ms,
+            calls,
         );
     }
     print_api(lab, start);
@@ -418,4 +484,21 @@ fn down() -> Result<u8> {
         println!("hanat-lab: removed {}", removed.join(", "));
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_sums_over_its_series_and_only_its_own() {
+        let m = "# TYPE hanat_probe_rtt_seconds histogram\n\
+                 hanat_probe_rtt_seconds_sum{target=\"a\"} 0.5\n\
+                 hanat_probe_rtt_seconds_sum{target=\"b\"} 0.25\n\
+                 hanat_probe_rtt_seconds_sum_other 9\n\
+                 hanat_active_connections 3\n";
+        assert_eq!(metric_sum(m, "hanat_probe_rtt_seconds_sum"), 0.75);
+        assert_eq!(metric_sum(m, "hanat_active_connections"), 3.0);
+        assert_eq!(metric_sum(m, "hanat_missing"), 0.0);
+    }
 }
