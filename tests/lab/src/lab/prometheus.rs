@@ -20,7 +20,8 @@ pub struct Prometheus {
 
 impl Lab {
     /// Start Prometheus scraping every current NAT's `/metrics` every
-    /// `every`, each target labelled with its `az` and `instance_id`.
+    /// `every`, each target labelled with its `nat_az` and `instance_id`
+    /// (`az` is a label of some of hanat's own metrics).
     pub fn start_prometheus(&self, every: Duration) -> Result<Prometheus> {
         let dir = self.dir.join("prometheus");
         std::fs::create_dir_all(dir.join("data"))?;
@@ -29,7 +30,7 @@ impl Lab {
             .map(|(i, n)| {
                 serde_json::json!({
                     "targets": [format!("{}:7472", n.instance.private_ip)],
-                    "labels": { "az": self.azs[i].name, "instance_id": n.instance.id },
+                    "labels": { "nat_az": self.azs[i].name, "instance_id": n.instance.id },
                 })
             })
             .collect();
