@@ -174,6 +174,11 @@ pub struct Report {
     /// The log of every daemon that ran in the lab, replaced NATs' too.
     pub logs: Vec<String>,
     pub events: Vec<String>,
+    /// The same events, in seconds from the injection, for [`crate::plot`].
+    pub event_times: Vec<(f64, String)>,
+    /// Per AZ, every metered request: seconds from the injection (negative
+    /// before it), and whether it was answered.
+    pub timelines: Vec<Vec<(f64, bool)>>,
 }
 
 impl Report {
@@ -341,21 +346,43 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
     // A little more steady state, so a relapse would show.
     tokio::time::sleep(Duration::from_secs(1)).await;
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    let route_changes = counter.await.unwrap_or(0);
+    let changed = counter.await.unwrap_or_default();
+    let route_changes = changed.len();
 
     let measured_ms = in_place.elapsed().as_millis() as u64;
+    let starts: Vec<Instant> = meters.iter().map(|m| m.started).collect();
     let reports: Vec<MeterReport> = meters.into_iter().map(|m| m.finish()).collect();
+    let timelines = reports
+        .iter()
+        .zip(&starts)
+        .map(|(r, start)| {
+            let offset = injected.saturating_duration_since(*start).as_secs_f64();
+            r.samples
+                .iter()
+                .map(|s| (s.at.as_secs_f64() - offset, s.seen.is_some()))
+                .collect()
+        })
+        .collect();
     let affected = &reports[0];
     let recovery_ms = match affected.first_success_after_last_failure {
         Some(t) if affected.lost > 0 => t.saturating_sub(since_start).as_millis() as u64,
         _ => 0,
     };
-    let events = lab
+    let lab_events: Vec<(Instant, String)> = lab
         .events()
         .into_iter()
         .filter(|(t, _)| *t >= injected)
+        .collect();
+    let events = lab_events
+        .iter()
         .map(|(t, e)| format!("+{} ms {e}", t.duration_since(injected).as_millis()))
         .collect();
+    let mut event_times: Vec<(f64, String)> = lab_events
+        .iter()
+        .chain(&changed)
+        .map(|(t, e)| (t.duration_since(injected).as_secs_f64(), e.clone()))
+        .collect();
+    event_times.sort_by(|a, b| a.0.total_cmp(&b.0));
     let calls = lab.api().calls();
     Ok(Report {
         scenario,
@@ -379,24 +406,29 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
         injected,
         logs: lab.all_logs(),
         events,
+        event_times,
+        timelines,
     })
 }
 
 /// Count changes of the private routes' targets until `watching` ends.
+/// Each change of the private routes' targets until `watching` ends: when,
+/// and which AZ's route now points where.
 async fn count_route_changes(
     cloud: crate::cloud::Cloud,
     tables: Vec<String>,
     watching: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> usize {
+) -> Vec<(Instant, String)> {
     let mut last: Vec<Option<String>> = vec![None; tables.len()];
-    let mut changes = 0;
+    let mut changes = Vec::new();
     let mut first = true;
     while watching.load(std::sync::atomic::Ordering::Relaxed) {
         for (i, rt) in tables.iter().enumerate() {
             if let Ok(route) = cloud.default_route(rt).await {
                 let target = route.map(|(t, state)| format!("{t} {state}"));
                 if !first && target != last[i] {
-                    changes += 1;
+                    let to = target.as_deref().unwrap_or("nothing");
+                    changes.push((Instant::now(), format!("az{i}: route → {to}")));
                 }
                 last[i] = target;
             }

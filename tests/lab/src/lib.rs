@@ -16,6 +16,7 @@ pub mod imds;
 pub mod lab;
 pub mod moto;
 pub mod netns;
+pub mod plot;
 pub mod sandbox;
 
 /// Make `cmd`'s child receive SIGKILL when the lab process dies, so a

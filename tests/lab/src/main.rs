@@ -18,7 +18,7 @@ usage: hanat-lab <command> [options]
 commands:
   up [--azs N] [--for D]           build the lab, run it until Ctrl-C (or for D),
                                    tear it down
-  chaos SCENARIO [--azs N] [--json]
+  chaos SCENARIO [--azs N] [--json] [--plot FILE.svg]
                                    up → converge → inject → measure → down
                                    scenarios: none, kill-daemon, terminate-instance,
                                    stop-forwarding, hijack-route, scale-in,
@@ -57,6 +57,9 @@ options:
                      own default is 30s)
   --hanat PATH       the hanat binary (default: next to hanat-lab, built if missing)
   --json             chaos: print one JSON object
+  --plot PATH        chaos: draw the run to PATH (SVG): answered requests per
+                     second per AZ, with the lab's events; bench: one SVG per
+                     run into the directory PATH
   --runs N           bench: runs per scenario and mode (default 10)
   --scenarios A,B    bench: only these scenarios
 Needs root (network namespaces, nftables); installs moto into ~/.cache/hanat on first use.
@@ -71,6 +74,7 @@ struct Args {
     hanat: Option<PathBuf>,
     json: bool,
     runs: usize,
+    plot: Option<PathBuf>,
     scenarios: Option<String>,
     fallback_nat_gateway: bool,
     peer_auth: bool,
@@ -94,6 +98,7 @@ fn parse() -> Result<Option<Args>> {
         hanat: None,
         json: false,
         runs: 10,
+        plot: None,
         scenarios: None,
         fallback_nat_gateway: false,
         peer_auth: true,
@@ -140,6 +145,7 @@ fn parse() -> Result<Option<Args>> {
             "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
             "--unauthenticated-peers" => a.peer_auth = false,
             "--no-witness" => a.witness = false,
+            "--plot" => a.plot = Some(it.next().context("--plot needs a path")?.into()),
             "--witness-interval" => a.witness_interval = duration(it.next(), "--witness-interval")?,
             "--runs" => {
                 let v = it.next().context("--runs needs a number")?;
@@ -435,6 +441,9 @@ async fn chaos_cmd(a: &Args) -> Result<u8> {
         ..ChaosOptions::new(lab_options(a)?, a.timeout)
     };
     let report = chaos::run(scenario, opts).await?;
+    if let Some(path) = &a.plot {
+        hanat_lab::plot::plot(&report, path)?;
+    }
     if a.json {
         println!("{}", report.json());
     } else {
@@ -467,6 +476,11 @@ async fn bench(a: &Args) -> Result<u8> {
                 };
                 let r = chaos::run(*s, opts).await?;
                 eprintln!("{} {mode} run {run}/{}: {}", s.name(), a.runs, r.json());
+                if let Some(dir) = &a.plot {
+                    std::fs::create_dir_all(dir)?;
+                    let file = dir.join(format!("{}-{mode}-{run}.svg", s.name()));
+                    hanat_lab::plot::plot(&r, &file)?;
+                }
                 reports.push(r);
             }
             rows.push(chaos::bench_row(*s, mode, &reports));

@@ -74,6 +74,8 @@ pub struct MeterReport {
     /// The host was still failing when the meter stopped: `longest_gap`
     /// includes that open gap, up to the stop.
     pub ended_failing: bool,
+    /// Every request, in the order sent.
+    pub samples: Vec<Sample>,
 }
 
 impl Meter {
@@ -217,6 +219,7 @@ pub fn summarize(samples: &[Sample], ended: Duration) -> MeterReport {
         let since = last_ok.map_or(Duration::ZERO, |s| s.at);
         r.longest_gap = r.longest_gap.max(ended.saturating_sub(since));
     }
+    r.samples = samples;
     r
 }
 
