@@ -870,6 +870,7 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
         format!("{} → this NAT", lab.azs[0].private_route_table),
         format!("{peer} {}", lab.azs[1].name),
         "Elastic IP held".to_owned(),
+        "application status check asc-".to_owned(),
     ] {
         assert!(text.contains(&want), "{want}\n{text}");
     }

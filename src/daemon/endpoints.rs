@@ -85,6 +85,13 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     if r.elastic_ip == Some(false) {
         warnings.push("this AZ's Elastic IP is not on this NAT".into());
     }
+    if let Some(check) = &ctx.config.peers.status_check
+        && r.status_check.is_none()
+    {
+        warnings.push(format!(
+            "not yet under application status check {check} (peers.status_check): a freeze would be caught only by EC2's own checks"
+        ));
+    }
     let errors: Vec<ErrorView> = r
         .errors
         .iter()
@@ -109,6 +116,7 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
         peers,
         handoffs,
         elastic_ip_held: r.elastic_ip,
+        status_check: r.status_check.clone(),
         conntrack_entries: entries,
         conntrack_max: max,
         since_reconcile_s: r.last_reconcile.map(|t| t.elapsed().as_secs_f64()),

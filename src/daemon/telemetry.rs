@@ -145,6 +145,8 @@ pub struct Recorded {
     pub own_routes: Vec<RouteView>,
     /// The Elastic IP is on this NAT (`None`: claiming is off).
     pub elastic_ip: Option<bool>,
+    /// The application status check this instance is associated with.
+    pub status_check: Option<String>,
     pub last_reconcile: Option<Instant>,
     pub last_converge: Option<Instant>,
     /// Per loop, its last error and when (cleared by a success).
@@ -198,6 +200,7 @@ impl Telemetry {
                 verdict_since: Instant::now(),
                 own_routes: Vec::new(),
                 elastic_ip: None,
+                status_check: None,
                 last_reconcile: None,
                 last_converge: None,
                 errors: BTreeMap::new(),
@@ -473,6 +476,10 @@ pub struct Snapshot {
     /// `None`: busy (a loop held them for a kernel command just then).
     pub handoffs: Option<Vec<HandoffView>>,
     pub elastic_ip_held: Option<bool>,
+    /// The application status check watching this NAT's `/health`, once
+    /// this instance is associated with it (`peers.status_check`).
+    #[serde(default)]
+    pub status_check: Option<String>,
     pub conntrack_entries: i64,
     pub conntrack_max: i64,
     pub since_reconcile_s: Option<f64>,
@@ -590,6 +597,13 @@ pub fn render(s: &Snapshot) -> String {
         None => "not claimed (eip.claim = false)",
     };
     line(&mut out, "Elastic IP", eip);
+    if let Some(check) = &s.status_check {
+        line(
+            &mut out,
+            "witness",
+            &format!("application status check {check} watches /health"),
+        );
+    }
     let fill = match s.conntrack_max {
         0 => String::new(),
         max => format!(" ({:.1}%)", 100.0 * s.conntrack_entries as f64 / max as f64),
@@ -718,6 +732,7 @@ mod tests {
             }],
             handoffs: Some(vec![]),
             elastic_ip_held: Some(true),
+            status_check: Some("asc-0a".into()),
             conntrack_entries: 1_000,
             conntrack_max: 262_144,
             since_reconcile_s: Some(12.0),
@@ -734,6 +749,7 @@ mod tests {
             "rtb-1 → eni-9",
             "i-0b eu-west-1b 10.0.2.4: ok (heard 0.2s ago)",
             "1000 of 262144 (0.4%)",
+            "witness    application status check asc-0a watches /health",
             "route pass 12s ago, kernel converge not yet",
             "routes: DescribeRouteTables: throttled (4.0s ago)",
         ] {
