@@ -133,6 +133,50 @@ impl Drop for Netns {
     }
 }
 
+/// `GET path` from inside the namespace at `ns` to `addr` (HTTP/1.0: the
+/// whole answer, then the end of the connection), all within `within`:
+/// the status code and the body.
+pub fn http_get(
+    ns: &std::path::Path,
+    addr: std::net::SocketAddr,
+    path: &str,
+    within: std::time::Duration,
+) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let path = path.to_owned();
+    let deadline = std::time::Instant::now() + within;
+    let left = move || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(std::time::Duration::from_millis(1))
+    };
+    in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, within)?;
+        s.set_write_timeout(Some(left()))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if std::time::Instant::now() >= deadline {
+                bail!("GET {path} from {addr}: no whole answer within {within:?}");
+            }
+            s.set_read_timeout(Some(left()))?;
+            match s.read(&mut buf)? {
+                0 => break,
+                n => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("GET {path} from {addr}: not HTTP: {head}"))?;
+        Ok((code, body.to_owned()))
+    })
+}
+
 /// Run `f` on a fresh thread that has entered the namespace at `path`.
 /// Sockets it creates stay in that namespace whatever thread uses them.
 pub fn in_netns<T: Send + 'static>(

@@ -3,9 +3,6 @@
 //! (inside the VPC, where the security group lets it reach port 7472),
 //! and tests query it through its HTTP API.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use super::*;
 
 /// Where Prometheus listens, inside the router's namespace.
@@ -110,20 +107,12 @@ impl Prometheus {
 
     /// GET `path`; the body of a 200.
     fn get(&self, path: &str) -> Result<String> {
-        let path = path.to_owned();
-        crate::netns::in_netns(&self.rtr, move || {
-            let mut s = TcpStream::connect_timeout(&LISTEN.parse()?, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            // HTTP/1.0: the whole body, then the end of the connection.
-            write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-                bail!("GET {path}: {head}");
-            }
-            Ok(body.to_owned())
-        })
+        let (code, body) =
+            crate::netns::http_get(&self.rtr, LISTEN.parse()?, path, Duration::from_secs(5))?;
+        if code != 200 {
+            bail!("GET {path}: {code} {body}");
+        }
+        Ok(body)
     }
 }
 

@@ -16,9 +16,6 @@
 //! replaces an `impaired` instance as AWS's does. Assumed, not known: EC2
 //! publishes a verdict as soon as a check concludes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use super::*;
 
 /// The check's timeout (the template's `Timeout`).
@@ -108,28 +105,8 @@ pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
 
 /// One check: does `GET /health` answer 200 within [`TIMEOUT`]?
 fn check(rtr: &Path, ip: Ipv4Addr) -> bool {
-    let start = Instant::now();
-    crate::netns::in_netns(rtr, move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, PORT)), TIMEOUT)?;
-        let left = TIMEOUT
-            .saturating_sub(start.elapsed())
-            .max(Duration::from_millis(1));
-        s.set_read_timeout(Some(left))?;
-        s.set_write_timeout(Some(left))?;
-        write!(
-            s,
-            "GET {PATH} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut head = [0u8; 16];
-        let mut got = 0;
-        while got < head.len() {
-            let n = s.read(&mut head[got..])?;
-            if n == 0 || start.elapsed() > TIMEOUT {
-                break;
-            }
-            got += n;
-        }
-        Ok(head[..got].starts_with(b"HTTP/1.1 200"))
-    })
-    .unwrap_or(false)
+    matches!(
+        crate::netns::http_get(rtr, SocketAddr::from((ip, PORT)), PATH, TIMEOUT),
+        Ok((200, _))
+    )
 }
