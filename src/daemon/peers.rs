@@ -294,16 +294,14 @@ impl PeersLoop {
         for id in &due {
             match health.iter().find(|h| &h.id == id) {
                 Some(h) if h.alive && h.impaired.is_empty() => {
-                    if s.impaired.remove(id) {
-                        s.gone.remove(id);
+                    if s.unimpair(id) {
                         info!(peer = %id, "silent peer no longer impaired by EC2's status checks: silence alone moves nothing");
                     }
                 }
-                Some(h) if h.alive && s.impaired.contains(id) => {}
                 Some(h) if h.alive => {
-                    warn!(peer = %id, checks = ?h.impaired, "silent peer is impaired by EC2's status checks though running: taking it as dead until it is heard again");
-                    s.gone.insert(id.clone());
-                    s.impaired.insert(id.clone());
+                    if s.impair(id) {
+                        warn!(peer = %id, checks = ?h.impaired, "silent peer is impaired by EC2's status checks though running: taking it as dead until it is heard again");
+                    }
                 }
                 _ => {
                     info!(peer = %id, "silent peer confirmed gone by EC2");

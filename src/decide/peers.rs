@@ -317,15 +317,30 @@ impl PeerState {
             .collect()
     }
 
+    /// A silent peer EC2's status checks call impaired though it runs: dead
+    /// until it is heard again or its checks pass. Whether that is news.
+    pub fn impair(&mut self, id: &InstanceId) -> bool {
+        self.gone.insert(id.clone());
+        self.impaired.insert(id.clone())
+    }
+
+    /// The peer is alive again (heard, or its checks pass): whether it had
+    /// been dead by impairment alone.
+    pub fn unimpair(&mut self, id: &InstanceId) -> bool {
+        let was = self.impaired.remove(id);
+        if was {
+            self.gone.remove(id);
+        }
+        was
+    }
+
     /// Record a heartbeat that arrived from `from` (see [`arrival`]).
     /// Returns what was made of it, and whether the peer's status changed.
     pub fn hear(&mut self, msg: &Message, from: Ipv4Addr, now: Duration) -> (Arrival, bool) {
         let what = arrival(&self.peers, msg, from);
         match what {
             Arrival::Record => {
-                if self.impaired.remove(&msg.instance) {
-                    self.gone.remove(&msg.instance);
-                }
+                self.unimpair(&msg.instance);
                 let before = self.view.fresh(&msg.instance, now, Duration::MAX);
                 self.view.record(msg, now);
                 (what, before != Some(msg.status))
