@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use crate::aws::meter::ApiMeter;
 use crate::domain::Status;
 use crate::kernel::probe::Round;
+use crate::kernel::sysctl;
 
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -445,17 +446,17 @@ fn rtt_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 12))
 }
 
-/// Conntrack's table fill from `/proc` (zeros where unreadable).
+/// Conntrack's table fill, from its sysctls (zeros where unreadable).
 pub fn conntrack() -> (i64, i64) {
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
+    let read = |key: &str| {
+        sysctl::read(key)
             .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|s| s.parse::<i64>().ok())
             .unwrap_or(0)
     };
     (
-        read("/proc/sys/net/netfilter/nf_conntrack_count"),
-        read("/proc/sys/net/netfilter/nf_conntrack_max"),
+        read("net.netfilter.nf_conntrack_count"),
+        read("net.netfilter.nf_conntrack_max"),
     )
 }
 
