@@ -70,6 +70,15 @@ fn hear(ctx: &Ctx, who: &str, az: &str, ip: u8, status: Status) {
     ctx.peers().hear(&msg, from, ctx.now());
 }
 
+/// A two-AZ VPC in which AZ b's NAT is `ok` and its peers loop runs.
+fn az_b_with_its_peers_loop() -> (Arc<FakeCloud>, Arc<Ctx>, tokio::task::JoinHandle<()>) {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let me = ctx(&cloud, "az-b", config());
+    me.status.send_replace(Status::Ok);
+    let task = tokio::spawn(PeersLoop::without_socket(me.clone(), "test").run());
+    (cloud, me, task)
+}
+
 /// Times between consecutive instants.
 fn gaps(times: &[Instant]) -> Vec<Duration> {
     times.windows(2).map(|w| w[1] - w[0]).collect()
@@ -77,11 +86,7 @@ fn gaps(times: &[Instant]) -> Vec<Duration> {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_peer_is_dead_only_after_dead_after_and_ec2s_word_and_is_adopted_once() {
-    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
-    let me = ctx(&cloud, "az-b", config());
-    me.status.send_replace(Status::Ok);
-    let peers = PeersLoop::without_socket(me.clone(), "test");
-    let task = tokio::spawn(peers.run());
+    let (cloud, me, task) = az_b_with_its_peers_loop();
     // The peer speaks for 5 s, then falls silent (frozen, or gone).
     let t0 = Instant::now();
     while t0.elapsed() < 5 * S {
@@ -130,10 +135,7 @@ async fn a_silent_peer_is_dead_only_after_dead_after_and_ec2s_word_and_is_adopte
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_peer_its_status_check_calls_impaired_is_adopted_then_left_alone_once_heard() {
-    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
-    let me = ctx(&cloud, "az-b", config());
-    me.status.send_replace(Status::Ok);
-    let task = tokio::spawn(PeersLoop::without_socket(me.clone(), "test").run());
+    let (cloud, me, task) = az_b_with_its_peers_loop();
     hear(&me, "i-az-a", "az-a", 10, Status::Ok);
     // Frozen: silent, and EC2 still says it runs and its checks pass.
     sleep(60 * S).await;
@@ -173,10 +175,7 @@ async fn a_silent_peer_its_status_check_calls_impaired_is_adopted_then_left_alon
 
 #[tokio::test(start_paused = true)]
 async fn an_impaired_peer_whose_checks_pass_again_is_not_fought_over_even_unheard() {
-    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
-    let me = ctx(&cloud, "az-b", config());
-    me.status.send_replace(Status::Ok);
-    let task = tokio::spawn(PeersLoop::without_socket(me.clone(), "test").run());
+    let (cloud, me, task) = az_b_with_its_peers_loop();
     hear(&me, "i-az-a", "az-a", 10, Status::Ok);
     sleep(10 * S).await;
     cloud.state().instances[0].impaired = vec!["application"];
@@ -198,10 +197,7 @@ async fn an_impaired_peer_whose_checks_pass_again_is_not_fought_over_even_unhear
 
 #[tokio::test(start_paused = true)]
 async fn a_long_silence_is_asked_about_every_5s_for_5_minutes_then_every_reconcile_interval() {
-    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
-    let me = ctx(&cloud, "az-b", config());
-    me.status.send_replace(Status::Ok);
-    let task = tokio::spawn(PeersLoop::without_socket(me.clone(), "test").run());
+    let (cloud, me, task) = az_b_with_its_peers_loop();
     hear(&me, "i-az-a", "az-a", 10, Status::Ok);
     // A partition: silent, running, not impaired, for 15 minutes.
     sleep(15 * 60 * S).await;
@@ -222,6 +218,33 @@ async fn a_long_silence_is_asked_about_every_5s_for_5_minutes_then_every_reconci
     assert!((60..=90).contains(&asked.len()), "{}", asked.len());
     assert_eq!(cloud.target("rtb-az-a"), eni("az-a"));
     task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_status_check_association_is_retried_on_its_schedule_until_ec2_accepts() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    cloud.state().failures.insert(
+        "AssociateApplicationStatusCheck",
+        (3, "UnauthorizedOperation".into()),
+    );
+    let mut c = config();
+    c.peers.status_check =
+        Some("arn:aws:ec2:test-1:123456789012:application-status-check/asc-0a".into());
+    let me = ctx(&cloud, "az-b", c);
+    super::witness::associate(&me).await;
+    let calls = cloud.calls("AssociateApplicationStatusCheck", "asc-0a");
+    assert_eq!(calls.len(), 4, "three refusals, then accepted");
+    for (gap, step) in gaps(&calls).into_iter().zip([1, 2, 4]) {
+        assert!(jittered(gap, step * S), "{gap:?} for a {step} s step");
+    }
+    assert_eq!(
+        cloud.state().status_checks,
+        [("asc-0a".to_owned(), InstanceId("i-az-b".into()))]
+    );
+    assert_eq!(
+        me.telemetry.recorded().status_check.as_deref(),
+        Some("asc-0a")
+    );
 }
 
 #[tokio::test(start_paused = true)]
