@@ -222,10 +222,8 @@ struct State {
 pub struct Witness {
     /// Instance → (check, when associated).
     pub associated: HashMap<String, (String, Instant)>,
-    /// Instance → `initializing`, `ok` or `impaired`.
-    pub status: HashMap<String, &'static str>,
-    /// Instance → when its status last changed.
-    pub since: HashMap<String, Instant>,
+    /// Instance → `initializing`, `ok` or `impaired`, and since when.
+    pub status: HashMap<String, (&'static str, Instant)>,
 }
 
 /// The lab's AWS API: latency profile, faults, buckets and the record of
@@ -275,8 +273,9 @@ impl Api {
     /// Record the checker's verdict on `instance`.
     pub fn set_application_status(&self, instance: &str, status: &'static str) {
         let mut st = self.lock();
-        st.witness.status.insert(instance.to_owned(), status);
-        st.witness.since.insert(instance.to_owned(), Instant::now());
+        st.witness
+            .status
+            .insert(instance.to_owned(), (status, Instant::now()));
     }
 
     /// Every call so far.
@@ -451,7 +450,7 @@ fn associate(api: &Api, body: &[u8]) -> Response<Full<Bytes>> {
             st.witness
                 .status
                 .entry(id.clone())
-                .or_insert("initializing");
+                .or_insert(("initializing", Instant::now()));
             items.push_str(&format!(
                 "<item><applicationStatusCheckId>{check}</applicationStatusCheckId>\
                  <associationType>instance-id</associationType>\
@@ -484,7 +483,7 @@ async fn with_application_status(answer: Response<Full<Bytes>>, w: &Witness) -> 
     parts.headers.remove(hyper::header::CONTENT_LENGTH);
     let mut text = String::from_utf8_lossy(&body).into_owned();
     if parts.status.is_success() {
-        for (id, status) in &w.status {
+        for (id, (status, _)) in &w.status {
             let tag = format!("<instanceId>{id}</instanceId>");
             text = text.replace(
                 &tag,

@@ -342,7 +342,13 @@ async fn print_status(lab: &Lab, start: Instant, rtt: &mut HashMap<String, (f64,
         // The application status check's verdict, as EC2 would show it.
         let check = nat
             .as_ref()
-            .and_then(|n| lab.api().witness().status.get(&n.instance.id).copied())
+            .and_then(|n| {
+                lab.api()
+                    .witness()
+                    .status
+                    .get(&n.instance.id)
+                    .map(|(s, _)| *s)
+            })
             .unwrap_or("-");
         let route = match lab.route_target(a.index).await {
             Ok(Some(t)) if !eni.is_empty() && t == eni => "own NAT".to_owned(),

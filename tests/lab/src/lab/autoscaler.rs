@@ -26,10 +26,9 @@ pub(super) async fn autoscaler(
                 && shared.opts.replace_unhealthy
             {
                 let w = shared.api.witness();
-                let impaired = w.status.get(id) == Some(&"impaired")
-                    && w.since
-                        .get(id)
-                        .is_some_and(|t| t.elapsed() >= IMPAIRED_TO_REPLACEMENT);
+                let impaired = w.status.get(id).is_some_and(|(s, t)| {
+                    *s == "impaired" && t.elapsed() >= IMPAIRED_TO_REPLACEMENT
+                });
                 let why = if impaired {
                     Some("application status impaired")
                 } else if shared.cloud.health(id).await.ok().as_deref() == Some("Unhealthy") {

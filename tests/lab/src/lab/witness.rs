@@ -79,7 +79,7 @@ pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             let Some(c) = checks.get_mut(&id) else {
                 continue;
             };
-            let before = w.status.get(&id).copied();
+            let before = w.status.get(&id).map(|(s, _)| *s);
             let now = match passed {
                 true => {
                     c.passes += 1;
