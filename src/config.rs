@@ -46,6 +46,42 @@ pub struct Config {
     pub aws: Aws,
     pub log: Log,
     pub metrics: Metrics,
+    pub cloudwatch: CloudWatch,
+}
+
+/// Publishing to CloudWatch: the NAT Gateway's metrics, the verdict, and
+/// whether each AZ has a forwarding NAT (`docs/observability.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudWatch {
+    /// Off by default (it costs money); the templates turn it on.
+    pub enabled: bool,
+    /// Where the metrics go; the templates' IAM policy allows only this one.
+    pub namespace: String,
+    /// One `PutMetricData` call this often.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// `all`, or `alarms`: only the three metrics the templates' alarms
+    /// watch (a fifth of the cost).
+    pub metrics: MetricSet,
+}
+
+impl Default for CloudWatch {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            namespace: "hanat".into(),
+            interval: Duration::from_secs(60),
+            metrics: MetricSet::All,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricSet {
+    All,
+    Alarms,
 }
 
 /// The metrics, health and status endpoints.
@@ -635,6 +671,29 @@ impl Config {
                 ));
             }
         }
+        let cw = &self.cloudwatch;
+        if cw.namespace.is_empty()
+            || cw.namespace.len() > 255
+            || cw.namespace.starts_with("AWS/")
+            || !cw
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c))
+        {
+            return Err((
+                "cloudwatch.namespace",
+                format!(
+                    "`{}` must be 1-255 characters of letters, digits and . - _ / # : space, not starting with AWS/",
+                    cw.namespace
+                ),
+            ));
+        }
+        if cw.interval < Duration::from_secs(1) || cw.interval > Duration::from_secs(3600) {
+            return Err((
+                "cloudwatch.interval",
+                "must be from 1s to 1h (60s: one datapoint per CloudWatch minute)".into(),
+            ));
+        }
         if self.aws.max_attempts == 0 {
             return Err(("aws.max_attempts", "must be at least 1".into()));
         }
@@ -728,6 +787,53 @@ rise = 2
                 .failback,
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn cloudwatch_is_off_by_default_and_each_key_is_checked() {
+        let c = parse("").unwrap();
+        assert!(!c.cloudwatch.enabled);
+        assert_eq!(c.cloudwatch.namespace, "hanat");
+        assert_eq!(c.cloudwatch.interval, Duration::from_secs(60));
+        assert_eq!(c.cloudwatch.metrics, MetricSet::All);
+        let on = parse(
+            "[cloudwatch]\nenabled = true\nnamespace = \"acme/nat\"\ninterval = \"5s\"\nmetrics = \"alarms\"",
+        )
+        .unwrap();
+        assert!(on.cloudwatch.enabled);
+        assert_eq!(on.cloudwatch.metrics, MetricSet::Alarms);
+        for (text, key, says) in [
+            (
+                "namespace = \"AWS/NATGateway\"",
+                "cloudwatch.namespace",
+                "not starting with AWS/",
+            ),
+            (
+                "namespace = \"\"",
+                "cloudwatch.namespace",
+                "1-255 characters",
+            ),
+            (
+                "namespace = \"nat!\"",
+                "cloudwatch.namespace",
+                "letters, digits",
+            ),
+            (
+                "interval = \"500ms\"",
+                "cloudwatch.interval",
+                "from 1s to 1h",
+            ),
+            ("interval = \"2h\"", "cloudwatch.interval", "from 1s to 1h"),
+            (
+                "metrics = \"some\"",
+                "cloudwatch.metrics",
+                "unknown variant",
+            ),
+            ("enable = true", "cloudwatch", "unknown field"),
+        ] {
+            let err = parse(&format!("[cloudwatch]\n{text}")).unwrap_err();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -192,6 +192,23 @@ pub struct InstanceHealth {
     pub impaired: Vec<&'static str>,
 }
 
+/// One figure for CloudWatch: a metric's name, its dimensions and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datum {
+    pub name: &'static str,
+    pub dimensions: Vec<(&'static str, String)>,
+    pub value: f64,
+    pub unit: Unit,
+}
+
+/// CloudWatch units of the figures hanat publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Bytes,
+    Percent,
+}
+
 /// An Elastic IP and where it is associated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {

@@ -664,3 +664,65 @@ async fn elastic_ip_is_claimed_but_never_taken_from_a_running_holder() {
     );
     let _ = alloc;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_reach_cloudwatch_as_a_dashboard_reads_them() {
+    use hanat::domain::{Datum, Unit};
+    let moto = Moto::start().unwrap();
+    let meter = ApiMeter::default();
+    let sdk = Sdk::metered(&moto.sdk_config(REGION).await, &meter);
+    let dims = vec![
+        ("AutoScalingGroupName", "nat-a".to_owned()),
+        ("AvailabilityZone", "eu-west-1a".to_owned()),
+    ];
+    for bytes in [1500.0, 2500.0] {
+        let data = [
+            Datum {
+                name: "BytesOutToDestination",
+                dimensions: dims.clone(),
+                value: bytes,
+                unit: Unit::Bytes,
+            },
+            Datum {
+                name: "ConntrackFillPercent",
+                dimensions: dims.clone(),
+                value: 12.5,
+                unit: Unit::Percent,
+            },
+        ];
+        sdk.put_metric_data("hanat", &data).await.unwrap();
+    }
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let by = [
+        ("AutoScalingGroupName", "nat-a"),
+        ("AvailabilityZone", "eu-west-1a"),
+    ];
+    let sum = cloud
+        .metric("hanat", "BytesOutToDestination", &by, "Sum", 60)
+        .await
+        .unwrap();
+    assert_eq!(sum.iter().sum::<f64>(), 4000.0, "{sum:?}");
+    let fill = cloud
+        .metric("hanat", "ConntrackFillPercent", &by, "Maximum", 60)
+        .await
+        .unwrap();
+    assert!(
+        !fill.is_empty() && fill.iter().all(|v| *v == 12.5),
+        "{fill:?}"
+    );
+    let elsewhere = cloud
+        .metric("hanat", "BytesOutToDestination", &by[1..], "Sum", 60)
+        .await
+        .unwrap();
+    assert!(
+        elsewhere.is_empty(),
+        "other dimensions, other metric: {elsewhere:?}"
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("aws_call_seconds", "calls", meter.calls());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let line =
+        r#"aws_call_seconds_count{service="CloudWatch",operation="PutMetricData",outcome="ok"} 2"#;
+    assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+}

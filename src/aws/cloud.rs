@@ -8,12 +8,13 @@ use async_trait::async_trait;
 
 use super::AwsError;
 use super::autoscaling::AutoScaling;
+use super::cloudwatch::CloudWatch;
 use super::ec2::Ec2;
 use super::meter::ApiMeter;
 use super::secrets::Secrets;
 use crate::domain::{
-    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, RouteTable, RouteTableId,
-    RouteTarget, SubnetId, VpcId,
+    Address, Datum, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, RouteTable,
+    RouteTableId, RouteTarget, SubnetId, VpcId,
 };
 
 /// The EC2 and Auto Scaling calls of the loops.
@@ -85,6 +86,8 @@ pub trait Cloud: Send + Sync {
     /// The text of a Secrets Manager secret's version labelled `stage`;
     /// `None` when there is no such version.
     async fn secret(&self, secret: &str, stage: &str) -> Result<Option<String>, AwsError>;
+    /// CloudWatch: put `data` into `namespace`, stamped now.
+    async fn put_metric_data(&self, namespace: &str, data: &[Datum]) -> Result<(), AwsError>;
 }
 
 /// The real control plane, through the AWS SDK.
@@ -93,6 +96,7 @@ pub struct Sdk {
     pub ec2: Ec2,
     pub autoscaling: AutoScaling,
     pub secrets: Secrets,
+    pub cloudwatch: CloudWatch,
 }
 
 impl Sdk {
@@ -107,6 +111,7 @@ impl Sdk {
             ec2: Ec2::new(sdk, meter),
             autoscaling: AutoScaling::new(sdk, meter),
             secrets: Secrets::new(sdk, meter),
+            cloudwatch: CloudWatch::new(sdk, meter),
         }
     }
 }
@@ -211,5 +216,8 @@ impl Cloud for Sdk {
     }
     async fn secret(&self, secret: &str, stage: &str) -> Result<Option<String>, AwsError> {
         self.secrets.value(secret, stage).await
+    }
+    async fn put_metric_data(&self, namespace: &str, data: &[Datum]) -> Result<(), AwsError> {
+        self.cloudwatch.put(namespace, data).await
     }
 }

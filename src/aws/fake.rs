@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::AwsError;
 use super::cloud::Cloud;
 use crate::domain::{
-    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
+    Address, Datum, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
     RouteTableId, RouteTarget, SubnetId, VpcId,
 };
 
@@ -58,6 +58,8 @@ pub struct State {
     pub secrets: HashMap<(String, String), String>,
     /// Application status check associations: (check, instance).
     pub status_checks: Vec<(String, InstanceId)>,
+    /// CloudWatch: every put, when, into which namespace.
+    pub metric_data: Vec<(Instant, String, Vec<Datum>)>,
 }
 
 #[derive(Default)]
@@ -375,6 +377,13 @@ impl Cloud for FakeCloud {
             .secrets
             .get(&(secret.to_owned(), stage.to_owned()))
             .cloned())
+    }
+    async fn put_metric_data(&self, namespace: &str, data: &[Datum]) -> Result<(), AwsError> {
+        self.call("PutMetricData", namespace.to_owned()).await?;
+        let mut s = self.state();
+        s.metric_data
+            .push((Instant::now(), namespace.to_owned(), data.to_vec()));
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@
 
 pub mod autoscaling;
 pub mod cloud;
+pub mod cloudwatch;
 pub mod ec2;
 #[cfg(test)]
 pub mod fake;

@@ -130,7 +130,7 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
 
 /// Read the kernel's traffic counters, conntrack statistics and active
 /// connections into the metrics. What cannot be read is left as it was.
-async fn kernel_metrics(ctx: &Ctx) {
+pub async fn kernel_metrics(ctx: &Ctx) {
     let mut values: Vec<(&str, u64)> = Vec::new();
     if let Ok(c) = counters::read().await {
         let get = |name: &str| c.get(name).copied().unwrap_or_default();

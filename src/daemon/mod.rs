@@ -8,7 +8,8 @@
 //! - [`peers`]: heartbeats with the other AZs' NATs; cover a dead one's AZ
 //!   ([`cover`]);
 //! - [`exit`]: planned exits (scale-in, spot, stop with hand-off);
-//! - [`witness`]: put this NAT under its application status check.
+//! - [`witness`]: put this NAT under its application status check;
+//! - [`publish`]: CloudWatch metrics, when `cloudwatch.enabled`.
 //!
 //! They share one [`ctx::Ctx`], and every change of routes goes through
 //! [`take`]. Each loop is a struct whose `tick()` does one round, so tests
@@ -33,6 +34,7 @@ pub mod heartbeat;
 pub mod log;
 pub mod peers;
 pub mod progress;
+pub mod publish;
 pub mod routes;
 pub mod take;
 pub mod telemetry;
@@ -167,6 +169,12 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
             if let Some(peers) = PeersLoop::start(ctx).await {
                 peers.run().await;
             }
+        });
+    }
+    if ctx.config.cloudwatch.enabled {
+        let ctx = ctx.clone();
+        tasks.spawn("cloudwatch", async move {
+            publish::PublishLoop::start(ctx).await.run().await
         });
     }
     if let Some(addr) = ctx.config.metrics.listen {

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::aws::meter::ApiMeter;
-use crate::domain::Status;
+use crate::domain::{Status, Unit};
 use crate::kernel::probe::Round;
 use crate::kernel::sysctl;
 
@@ -67,47 +67,106 @@ pub struct Telemetry {
     recorded: Mutex<Recorded>,
 }
 
-/// The NAT Gateway's counters (`AWS/NATGateway` names) and where hanat
-/// reads them (see `docs/observability.md`).
-pub const KERNEL_COUNTERS: [(&str, &str); 12] = [
-    (
+/// One of the NAT Gateway's counters, as hanat keeps it.
+pub struct KernelCounter {
+    /// The metric's name after `hanat_` (and before `_total`).
+    pub name: &'static str,
+    /// The gateway's name for it (`AWS/NATGateway`), what CloudWatch gets.
+    pub cloudwatch: &'static str,
+    pub unit: Unit,
+    pub help: &'static str,
+}
+
+const fn counter(
+    name: &'static str,
+    cloudwatch: &'static str,
+    unit: Unit,
+    help: &'static str,
+) -> KernelCounter {
+    KernelCounter {
+        name,
+        cloudwatch,
+        unit,
+        help,
+    }
+}
+
+/// The NAT Gateway's counters and where hanat reads them (see
+/// `docs/observability.md`).
+pub const KERNEL_COUNTERS: [KernelCounter; 12] = [
+    counter(
         "bytes_in_from_source",
+        "BytesInFromSource",
+        Unit::Bytes,
         "BytesInFromSource: bytes from private hosts, to be forwarded",
     ),
-    ("packets_in_from_source", "PacketsInFromSource"),
-    (
+    counter(
+        "packets_in_from_source",
+        "PacketsInFromSource",
+        Unit::Count,
+        "PacketsInFromSource",
+    ),
+    counter(
         "bytes_out_to_destination",
+        "BytesOutToDestination",
+        Unit::Bytes,
         "BytesOutToDestination: bytes sent on to destinations",
     ),
-    ("packets_out_to_destination", "PacketsOutToDestination"),
-    (
+    counter(
+        "packets_out_to_destination",
+        "PacketsOutToDestination",
+        Unit::Count,
+        "PacketsOutToDestination",
+    ),
+    counter(
         "bytes_in_from_destination",
+        "BytesInFromDestination",
+        Unit::Bytes,
         "BytesInFromDestination: reply bytes from destinations",
     ),
-    ("packets_in_from_destination", "PacketsInFromDestination"),
-    (
+    counter(
+        "packets_in_from_destination",
+        "PacketsInFromDestination",
+        Unit::Count,
+        "PacketsInFromDestination",
+    ),
+    counter(
         "bytes_out_to_source",
+        "BytesOutToSource",
+        Unit::Bytes,
         "BytesOutToSource: reply bytes sent on to private hosts",
     ),
-    ("packets_out_to_source", "PacketsOutToSource"),
-    (
+    counter(
+        "packets_out_to_source",
+        "PacketsOutToSource",
+        Unit::Count,
+        "PacketsOutToSource",
+    ),
+    counter(
         "connection_attempts",
+        "ConnectionAttemptCount",
+        Unit::Count,
         "ConnectionAttemptCount: new connections from private hosts (any protocol)",
     ),
-    (
+    counter(
         "connections_established",
+        "ConnectionEstablishedCount",
+        Unit::Count,
         "ConnectionEstablishedCount: TCP connections a destination accepted (SYN-ACKs)",
     ),
-    (
+    counter(
         "port_allocation_errors",
+        "ErrorPortAllocation",
+        Unit::Count,
         "ErrorPortAllocation: conntrack insert_failed (no free source port for a new connection)",
     ),
-    (
+    counter(
         "packets_dropped",
+        "PacketsDropCount",
+        Unit::Count,
         "PacketsDropCount: conntrack drop and early_drop, and invalid packets",
     ),
 ];
-
 /// OpenMetrics text as the classic Prometheus text format (0.0.4): a
 /// counter's `HELP` and `TYPE` name its `_total` samples, and `UNIT` and
 /// the closing `# EOF` go. Everything else this daemon exposes (gauges,
@@ -148,6 +207,9 @@ pub struct Recorded {
     pub elastic_ip: Option<bool>,
     /// The application status check this instance is associated with.
     pub status_check: Option<String>,
+    /// The other AZs this NAT covers, and how (`this_nat`, `nat_gateway`),
+    /// as the peers loop last decided.
+    pub covering: Vec<(String, &'static str)>,
     pub last_reconcile: Option<Instant>,
     pub last_converge: Option<Instant>,
     /// Per loop, its last error and when (cleared by a success).
@@ -194,7 +256,7 @@ impl Telemetry {
             since_converge: FloatGauge::default(),
             kernel: KERNEL_COUNTERS
                 .iter()
-                .map(|(name, _)| (*name, (Counter::default(), Mutex::new(0))))
+                .map(|k| (k.name, (Counter::default(), Mutex::new(0))))
                 .collect(),
             active: Gauge::default(),
             recorded: Mutex::new(Recorded {
@@ -202,6 +264,7 @@ impl Telemetry {
                 own_routes: Vec::new(),
                 elastic_ip: None,
                 status_check: None,
+                covering: Vec::new(),
                 last_reconcile: None,
                 last_converge: None,
                 errors: BTreeMap::new(),
@@ -288,9 +351,9 @@ impl Telemetry {
             "Time since the kernel NAT configuration was last converged",
             t.since_converge.clone(),
         );
-        for (name, help) in KERNEL_COUNTERS {
-            if let Some((c, _)) = t.kernel.get(name) {
-                registry.register(name, help, c.clone());
+        for k in KERNEL_COUNTERS {
+            if let Some((c, _)) = t.kernel.get(k.name) {
+                registry.register(k.name, k.help, c.clone());
             }
         }
         registry.register(
@@ -321,6 +384,18 @@ impl Telemetry {
         self.active.set(active);
     }
 
+    /// The NAT Gateway's counters as the metrics have them (grown since
+    /// this daemon started), by [`KERNEL_COUNTERS`] name, and the active
+    /// connections.
+    pub fn kernel_totals(&self) -> (BTreeMap<&'static str, u64>, i64) {
+        let totals = self
+            .kernel
+            .iter()
+            .map(|(k, (c, _))| (*k, c.get()))
+            .collect();
+        (totals, self.active.get())
+    }
+
     pub fn recorded(&self) -> MutexGuard<'_, Recorded> {
         self.recorded.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -344,6 +419,10 @@ impl Telemetry {
     /// The AZs this NAT covers now, each with how (`this_nat`,
     /// `nat_gateway`).
     pub fn covering(&self, azs: &[(&str, &'static str)]) {
+        self.recorded().covering = azs
+            .iter()
+            .map(|(az, via)| ((*az).to_owned(), *via))
+            .collect();
         self.covering.clear();
         for (az, via) in azs {
             self.covering

@@ -526,3 +526,43 @@ async fn a_rotated_key_is_read_then_signed_with_one_refresh_interval_later() {
     let later = cloud.calls("GetSecretValue", KEY_SECRET).len();
     assert_eq!(later - after, 2, "current and previous, once");
 }
+
+#[tokio::test]
+async fn cloudwatch_gets_what_the_counters_grew_by_and_a_failed_call_loses_none_of_it() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let mut c = config();
+    c.cloudwatch.enabled = true;
+    let me = ctx(&cloud, "az-b", c);
+    me.status.send_replace(Status::Ok);
+    let t = &me.telemetry;
+    t.kernel(&[("bytes_out_to_destination", 1000)], 0);
+    let mut publisher = super::publish::PublishLoop::start(me.clone()).await;
+    t.kernel(&[("bytes_out_to_destination", 1500)], 0);
+    cloud.fail("PutMetricData", 1, "Throttling");
+    assert!(publisher.tick().await.is_err());
+    t.kernel(&[("bytes_out_to_destination", 4000)], 0);
+    assert!(publisher.tick().await.is_ok());
+    t.kernel(&[("bytes_out_to_destination", 4100)], 0);
+    assert!(publisher.tick().await.is_ok());
+    let puts = cloud.state().metric_data.clone();
+    let sent: Vec<(String, Option<f64>)> = puts
+        .iter()
+        .map(|(_, ns, data)| {
+            let bytes = data.iter().find(|d| d.name == "BytesOutToDestination");
+            (ns.clone(), bytes.map(|d| d.value))
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("hanat".into(), Some(3000.0)),
+            ("hanat".into(), Some(100.0))
+        ],
+        "the growth before start is not sent, the failed call's is carried"
+    );
+    let group = puts[0].2.iter().find(|d| d.name == "VerdictOk");
+    assert_eq!(
+        group.map(|d| d.dimensions[0].clone()),
+        Some(("AutoScalingGroupName", "nat-az-b".into()))
+    );
+}

@@ -17,6 +17,7 @@ pub struct Cloud {
     pub asg: aws_sdk_autoscaling::Client,
     pub cfn: aws_sdk_cloudformation::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     pub region: String,
 }
 
@@ -57,8 +58,56 @@ impl Cloud {
             asg: aws_sdk_autoscaling::Client::new(&sdk),
             cfn: aws_sdk_cloudformation::Client::new(&sdk),
             secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&sdk),
             region: region.to_owned(),
         }
+    }
+
+    /// CloudWatch's datapoints of `namespace`/`name` with exactly
+    /// `dimensions`, by `stat` per `period` seconds over the last ten
+    /// minutes, oldest first (through `GetMetricData`, as a dashboard reads
+    /// them).
+    pub async fn metric(
+        &self,
+        namespace: &str,
+        name: &str,
+        dimensions: &[(&str, &str)],
+        stat: &str,
+        period: i32,
+    ) -> Result<Vec<f64>> {
+        use aws_sdk_cloudwatch::primitives::DateTime;
+        use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy};
+        let mut metric = Metric::builder().namespace(namespace).metric_name(name);
+        for (k, v) in dimensions {
+            metric = metric.dimensions(Dimension::builder().name(*k).value(*v).build());
+        }
+        let now = std::time::SystemTime::now();
+        let out = self
+            .cloudwatch
+            .get_metric_data()
+            .metric_data_queries(
+                MetricDataQuery::builder()
+                    .id("m")
+                    .metric_stat(
+                        MetricStat::builder()
+                            .metric(metric.build())
+                            .period(period)
+                            .stat(stat)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .start_time(DateTime::from(now - std::time::Duration::from_secs(600)))
+            .end_time(DateTime::from(now + std::time::Duration::from_secs(60)))
+            .scan_by(ScanBy::TimestampAscending)
+            .send()
+            .await
+            .context("GetMetricData")?;
+        Ok(out
+            .metric_data_results()
+            .first()
+            .map(|r| r.values().to_vec())
+            .unwrap_or_default())
     }
 
     /// A heartbeat key secret as the templates' `PeerKeySecret` makes it
