@@ -47,6 +47,108 @@ async fn stack_resources(cloud: &Cloud, stack: &str) -> Vec<(String, String, Str
         .collect()
 }
 
+/// The text of resource `id` in `template`: its line and the indented
+/// lines under it.
+fn resource(template: &str, id: &str) -> Option<String> {
+    let mut lines = template.lines().skip_while(|l| *l != format!("  {id}:"));
+    let head = lines.next()?;
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let body = lines.take_while(|l| l.trim().is_empty() || indent(l) > 2);
+    Some(
+        std::iter::once(head)
+            .chain(body)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
+/// The three alarms of AZ `x` (a, b, c), each with the lines its
+/// resource must have: moto's CloudFormation does not model
+/// AWS::CloudWatch::Alarm (it deploys the stack without them), so the text
+/// is checked, against the metric names and dimensions the daemon
+/// publishes.
+fn az_alarms(x: char, i: usize, existing: bool) -> Vec<(String, Vec<String>)> {
+    use hanat::daemon::publish::{CONNTRACK_FILL, FORWARDING_NAT};
+    let big = x.to_ascii_uppercase();
+    let (vpc, az) = match existing {
+        true => (
+            "!Ref VpcId".to_owned(),
+            format!(r#"!Select [{i}, !Split [",", !Ref AvailabilityZones]]"#),
+        ),
+        false => (
+            "!Ref Vpc".to_owned(),
+            format!(r#"!Select [{i}, !GetAZs ""]"#),
+        ),
+    };
+    let condition = if x == 'c' { "AlarmedThree" } else { "Alarmed" };
+    let missing = match existing {
+        true => "breaching",
+        false => "!If [Scheduled, notBreaching, breaching]",
+    };
+    let common = |name: &str, metric: &str| {
+        vec![
+            "Type: AWS::CloudWatch::Alarm".to_owned(),
+            format!("Condition: {condition}"),
+            format!(r#"AlarmName: !Sub "${{Name}}-nat-{x}-{name}""#),
+            "Namespace: hanat".to_owned(),
+            format!("MetricName: {metric}"),
+            format!("- {{ Name: AvailabilityZone, Value: {az} }}"),
+            "Period: 60".to_owned(),
+            "AlarmActions: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]".to_owned(),
+            "OKActions: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]".to_owned(),
+        ]
+    };
+    let group = format!("- {{ Name: AutoScalingGroupName, Value: !Ref NatGroup{big} }}");
+    let with = |mut v: Vec<String>, more: &[&str]| {
+        v.extend(more.iter().map(|m| (*m).to_owned()));
+        v
+    };
+    vec![
+        (
+            format!("NoForwardingNatAlarm{big}"),
+            with(
+                common("no-forwarding-nat", FORWARDING_NAT),
+                &[
+                    &format!("- {{ Name: VpcId, Value: {vpc} }}"),
+                    "Statistic: Maximum",
+                    "EvaluationPeriods: 3",
+                    "Threshold: 1",
+                    "ComparisonOperator: LessThanThreshold",
+                    &format!("TreatMissingData: {missing}"),
+                ],
+            ),
+        ),
+        (
+            format!("PortAllocationAlarm{big}"),
+            with(
+                common("port-allocation", "ErrorPortAllocation"),
+                &[
+                    &group,
+                    "Statistic: Sum",
+                    "EvaluationPeriods: 1",
+                    "Threshold: 0",
+                    "ComparisonOperator: GreaterThanThreshold",
+                    "TreatMissingData: notBreaching",
+                ],
+            ),
+        ),
+        (
+            format!("ConntrackFullAlarm{big}"),
+            with(
+                common("conntrack-full", CONNTRACK_FILL),
+                &[
+                    &group,
+                    "Statistic: Maximum",
+                    "EvaluationPeriods: 1",
+                    "Threshold: 90",
+                    "ComparisonOperator: GreaterThanOrEqualToThreshold",
+                    "TreatMissingData: notBreaching",
+                ],
+            ),
+        ),
+    ]
+}
+
 /// Everything the VPC template promises, for `azs` AZs.
 async fn check_vpc_stack(cloud: &Cloud, stack: &str, azs: usize, scheduled: bool) {
     let ami = cloud.image().await.unwrap();
@@ -353,6 +455,45 @@ async fn user_data_writes_a_config_hanat_accepts() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The stack deploys with every choice of the monitoring parameters (the
+/// alarms themselves moto skips: see `az_alarms`), and the user data turns
+/// publishing on or off as chosen.
+async fn cloudwatch_publishing_and_alarms_follow_their_parameters() {
+    let moto = Moto::start().unwrap();
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let ami = cloud.image().await.unwrap();
+    let topic = "arn:aws:sns:us-east-1:123456789012:nat-alarms";
+    for (stack, metrics, topic_arn) in [
+        ("full", None, ""),
+        ("cheap", Some("alarms"), topic),
+        ("quiet", Some("off"), ""),
+    ] {
+        let mut params = vec![
+            ("Name", stack),
+            ("AmiId", ami.as_str()),
+            ("AlarmTopicArn", topic_arn),
+        ];
+        params.extend(metrics.map(|m| ("CloudWatchMetrics", m)));
+        let out = cloud.deploy_stack(stack, VPC, &params).await.unwrap();
+        let config = config_from_user_data(&cloud, &format!("{stack}-nat")).await;
+        let cw = &config.cloudwatch;
+        match metrics {
+            None | Some("alarms") => {
+                assert!(cw.enabled, "{stack}");
+                assert_eq!(cw.namespace, "hanat", "the namespace the role may put into");
+                let set = match metrics {
+                    None => hanat::config::MetricSet::All,
+                    _ => hanat::config::MetricSet::Alarms,
+                };
+                assert_eq!(cw.metrics, set, "{stack}");
+            }
+            _ => assert!(!cw.enabled, "{stack}"),
+        }
+        assert_eq!(list(&out, "NatGroups").len(), 2);
+    }
+}
+
 #[test]
 fn what_moto_does_not_model_is_in_the_template() {
     // Public subnets give instances public addresses (moto ignores it).
@@ -396,6 +537,7 @@ fn what_moto_does_not_model_is_in_the_template() {
             "ec2:ReplaceRoute",
             "ec2:ModifyNetworkInterfaceAttribute",
             "autoscaling:SetInstanceHealth",
+            "cloudwatch:PutMetricData",
         ] {
             assert!(t.contains(action), "{name} grants {action}");
         }
@@ -409,18 +551,40 @@ fn what_moto_does_not_model_is_in_the_template() {
                 .filter(|l| {
                     l.trim_start().starts_with("Action: ec2:")
                         || l.trim_start().starts_with("Action: autoscaling:")
+                        || l.trim_start().starts_with("Action: cloudwatch:")
                 })
                 .count();
         assert_eq!(
-            actions, 17,
+            actions, 18,
             "{name}: no action beyond the daemon's (plus CompleteLifecycleAction for the hook)"
         );
         assert_eq!(
             t.matches("Condition:\n                  StringEquals:")
                 .count(),
-            6,
+            7,
             "{name}: every mutating statement is conditioned"
         );
+        assert!(
+            t.contains(r#""cloudwatch:namespace": hanat"#),
+            "{name}: metrics only into the namespace the user data names"
+        );
+        // Three alarms per AZ, on the metrics the daemon publishes.
+        assert_eq!(
+            t.matches("Type: AWS::CloudWatch::Alarm").count(),
+            9,
+            "{name}"
+        );
+        for (i, x) in ['a', 'b', 'c'].into_iter().enumerate() {
+            for (id, lines) in az_alarms(x, i, name == "existing-vpc.yaml") {
+                let block = resource(t, &id).unwrap_or_else(|| panic!("{name}: no {id}"));
+                for line in lines {
+                    assert!(
+                        block.lines().any(|l| l.trim() == line),
+                        "{name}: {id} lacks `{line}`:\n{block}"
+                    );
+                }
+            }
+        }
         // The outside witness: EC2's application status check on /health
         // (moto's CloudFormation skips it; the lab plays it with the same
         // figures), named in the config so the NAT associates itself.
@@ -510,6 +674,31 @@ async fn existing_vpc_template_adds_nats_to_a_vpc() {
         groups,
         vec!["hanat-nat-a".to_owned(), "hanat-nat-b".to_owned()]
     );
+    let azs = format!("{},{}", cloud.az(0), cloud.az(1));
+    cloud
+        .deploy_stack(
+            "existing-alarmed",
+            EXISTING,
+            &[
+                ("Name", "alarmed"),
+                ("AmiId", &ami),
+                ("VpcId", &vpc),
+                ("VpcCidr", "10.20.0.0/16"),
+                ("PublicSubnetA", &a),
+                ("PublicSubnetB", &b),
+                ("AvailabilityZones", &azs),
+                (
+                    "AlarmTopicArn",
+                    "arn:aws:sns:us-east-1:123456789012:nat-alarms",
+                ),
+                ("CloudWatchMetrics", "alarms"),
+            ],
+        )
+        .await
+        .unwrap();
+    let config = config_from_user_data(&cloud, "alarmed-nat").await;
+    assert!(config.cloudwatch.enabled);
+    assert_eq!(config.cloudwatch.metrics, hanat::config::MetricSet::Alarms);
     assert_eq!(list(&out, "ElasticIps").len(), 2);
     let config = config_from_user_data(&cloud, "hanat-nat").await;
     assert_eq!(config.heartbeat.targets.len(), 3);
