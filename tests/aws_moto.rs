@@ -693,17 +693,18 @@ async fn metrics_reach_cloudwatch_as_a_dashboard_reads_them() {
         sdk.put_metric_data("hanat", &data).await.unwrap();
     }
     let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let since = std::time::SystemTime::now() - Duration::from_secs(600);
     let by = [
         ("AutoScalingGroupName", "nat-a"),
         ("AvailabilityZone", "eu-west-1a"),
     ];
     let sum = cloud
-        .metric("hanat", "BytesOutToDestination", &by, "Sum", 60)
+        .metric("hanat", "BytesOutToDestination", &by, ("Sum", 60), since)
         .await
         .unwrap();
     assert_eq!(sum.iter().sum::<f64>(), 4000.0, "{sum:?}");
     let fill = cloud
-        .metric("hanat", "ConntrackFillPercent", &by, "Maximum", 60)
+        .metric("hanat", "ConntrackFillPercent", &by, ("Maximum", 60), since)
         .await
         .unwrap();
     assert!(
@@ -711,7 +712,13 @@ async fn metrics_reach_cloudwatch_as_a_dashboard_reads_them() {
         "{fill:?}"
     );
     let elsewhere = cloud
-        .metric("hanat", "BytesOutToDestination", &by[1..], "Sum", 60)
+        .metric(
+            "hanat",
+            "BytesOutToDestination",
+            &by[1..],
+            ("Sum", 60),
+            since,
+        )
         .await
         .unwrap();
     assert!(

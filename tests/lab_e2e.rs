@@ -952,3 +952,136 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
             .unwrap();
     }
 }
+
+/// What the templates' "no forwarding NAT" alarm reads, published by real
+/// daemons into moto's CloudWatch: an AZ whose NAT fails but whose peer
+/// adopted it is still forwarded (the alarm stays quiet); once the peer
+/// fails too, nobody forwards it (the alarm's condition holds). The
+/// gateway's traffic figures arrive under its names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    opts.replace_unhealthy = false;
+    opts.cloudwatch = Some(Duration::from_secs(1));
+    let lab = Lab::build(opts).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let (az0, az1) = (lab.azs[0].name.clone(), lab.azs[1].name.clone());
+    let of_nat = |i: usize| {
+        [
+            ("AutoScalingGroupName", lab.azs[i].group.clone()),
+            ("AvailabilityZone", lab.azs[i].name.clone()),
+        ]
+    };
+    let read = |name: &'static str, dims: Vec<(&'static str, String)>, stat, since| {
+        let cloud = lab.cloud.clone();
+        async move {
+            let d: Vec<(&str, &str)> = dims.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            cloud.metric("hanat", name, &d, (stat, 60), since).await
+        }
+    };
+    let forwarding = |az: &str, since| {
+        read(
+            "ForwardingNat",
+            vec![
+                ("VpcId", lab.vpc.clone()),
+                ("AvailabilityZone", az.to_owned()),
+            ],
+            "Maximum",
+            since,
+        )
+    };
+    // Settled from here: what the NATs publish from 2 s on.
+    let settled = || std::time::SystemTime::now() + Duration::from_secs(2);
+    let published = Duration::from_secs(5);
+
+    // Healthy: traffic from AZ 0 arrives under the gateway's names, and
+    // each AZ is forwarded.
+    let start = settled();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..10 {
+        lab.whoami(0, Duration::from_secs(2)).unwrap();
+    }
+    lab.wait_for(
+        "AZ 0's NAT to publish the requests' bytes",
+        Duration::from_secs(20),
+        || async {
+            let bytes = read("BytesOutToDestination", of_nat(0).to_vec(), "Sum", start).await?;
+            Ok(bytes.iter().sum::<f64>() >= 10.0 * 60.0)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(forwarding(&az0, start).await.unwrap(), [1.0]);
+    assert_eq!(forwarding(&az1, start).await.unwrap(), [1.0]);
+    let ok0 = read("VerdictOk", of_nat(0).to_vec(), "Minimum", start).await;
+    assert_eq!(ok0.unwrap(), [1.0]);
+
+    // AZ 0's NAT stops forwarding; its peer adopts AZ 0.
+    lab.nat_exec(
+        0,
+        "nft",
+        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
+    )
+    .unwrap();
+    let peer_eni = lab.nat(1).unwrap().instance.eni;
+    lab.wait_for(
+        "AZ 1's NAT to adopt AZ 0",
+        Duration::from_secs(30),
+        || async { Ok(lab.route_target(0).await? == Some(peer_eni.clone())) },
+    )
+    .await
+    .unwrap();
+    let adopted = settled();
+    tokio::time::sleep(published).await;
+    let ok0 = read("VerdictOk", of_nat(0).to_vec(), "Maximum", adopted).await;
+    assert_eq!(
+        ok0.unwrap(),
+        [0.0],
+        "AZ 0's own NAT says it does not forward"
+    );
+    assert_eq!(
+        forwarding(&az0, adopted).await.unwrap(),
+        [1.0],
+        "the peer says it forwards AZ 0: the alarm stays quiet"
+    );
+
+    // The peer fails too: nobody forwards either AZ.
+    lab.nat_exec(
+        1,
+        "nft",
+        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
+    )
+    .unwrap();
+    lab.wait_for("AZ 1's NAT to fail", Duration::from_secs(20), || async {
+        let health = lab.nat_exec(
+            1,
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:7472/health",
+            ],
+        )?;
+        Ok(health == "503")
+    })
+    .await
+    .unwrap();
+    let dark = settled();
+    tokio::time::sleep(published).await;
+    for az in [&az0, &az1] {
+        assert_eq!(
+            forwarding(az, dark).await.unwrap(),
+            [0.0],
+            "{az}: no NAT forwards it, the alarm's condition"
+        );
+    }
+}

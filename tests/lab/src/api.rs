@@ -36,6 +36,8 @@ pub enum Service {
     Ec2,
     AutoScaling,
     SecretsManager,
+    /// `monitoring`: the daemons' `PutMetricData`.
+    CloudWatch,
     Other,
 }
 
@@ -510,6 +512,7 @@ fn service_of(headers: &hyper::HeaderMap) -> Service {
         Some("ec2") => Service::Ec2,
         Some("autoscaling") => Service::AutoScaling,
         Some("secretsmanager") => Service::SecretsManager,
+        Some("monitoring") => Service::CloudWatch,
         _ => Service::Other,
     }
 }

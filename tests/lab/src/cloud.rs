@@ -64,16 +64,16 @@ impl Cloud {
     }
 
     /// CloudWatch's datapoints of `namespace`/`name` with exactly
-    /// `dimensions`, by `stat` per `period` seconds over the last ten
-    /// minutes, oldest first (through `GetMetricData`, as a dashboard reads
-    /// them).
+    /// `dimensions`, by `stat` per `period` seconds from `since` to now,
+    /// oldest first (through `GetMetricData`, as a dashboard or an alarm
+    /// reads them).
     pub async fn metric(
         &self,
         namespace: &str,
         name: &str,
         dimensions: &[(&str, &str)],
-        stat: &str,
-        period: i32,
+        (stat, period): (&str, i32),
+        since: std::time::SystemTime,
     ) -> Result<Vec<f64>> {
         use aws_sdk_cloudwatch::primitives::DateTime;
         use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat, ScanBy};
@@ -97,7 +97,7 @@ impl Cloud {
                     )
                     .build(),
             )
-            .start_time(DateTime::from(now - std::time::Duration::from_secs(600)))
+            .start_time(DateTime::from(since))
             .end_time(DateTime::from(now + std::time::Duration::from_secs(60)))
             .scan_by(ScanBy::TimestampAscending)
             .send()

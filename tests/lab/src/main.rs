@@ -44,6 +44,10 @@ options:
   --witness-interval D
                      how often the status check runs (default 60s, AWS's only
                      value)
+  --no-cloudwatch    the daemons publish nothing to CloudWatch (moto)
+  --cloudwatch-interval D
+                     how often each daemon publishes (default 60s, as the
+                     templates)
   --timeout D        chaos: give up waiting for recovery (default 120s)
   --api-latency P    latency the AWS API proxy adds: realistic (default) or none
   --for D            up: tear down after D
@@ -80,6 +84,7 @@ struct Args {
     peer_auth: bool,
     witness: bool,
     witness_interval: Duration,
+    cloudwatch: Option<Duration>,
     api_latency: Latency,
     run_for: Option<Duration>,
     reconcile_interval: Duration,
@@ -104,6 +109,7 @@ fn parse() -> Result<Option<Args>> {
         peer_auth: true,
         witness: true,
         witness_interval: Duration::from_secs(60),
+        cloudwatch: Some(Duration::from_secs(60)),
         api_latency: Latency::Realistic,
         run_for: None,
         reconcile_interval: Duration::from_secs(5),
@@ -145,6 +151,10 @@ fn parse() -> Result<Option<Args>> {
             "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
             "--unauthenticated-peers" => a.peer_auth = false,
             "--no-witness" => a.witness = false,
+            "--no-cloudwatch" => a.cloudwatch = None,
+            "--cloudwatch-interval" => {
+                a.cloudwatch = Some(duration(it.next(), "--cloudwatch-interval")?)
+            }
             "--plot" => a.plot = Some(it.next().context("--plot needs a path")?.into()),
             "--witness-interval" => a.witness_interval = duration(it.next(), "--witness-interval")?,
             "--runs" => {
@@ -210,6 +220,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.peer_auth = a.peer_auth;
     o.witness = a.witness;
     o.witness_interval = a.witness_interval;
+    o.cloudwatch = a.cloudwatch;
     o.api_latency = a.api_latency;
     o.reconcile_interval = a.reconcile_interval;
     o.refresh_interval = a.refresh_interval;

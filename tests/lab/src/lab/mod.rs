@@ -154,6 +154,9 @@ pub struct LabOptions {
     pub witness_interval: Duration,
     /// From a daemon's association to its first check.
     pub witness_grace: Duration,
+    /// `[cloudwatch]` on in the daemons' config with this interval, as the
+    /// templates have it (60 s); the metrics land in moto. `None`: off.
+    pub cloudwatch: Option<Duration>,
 }
 
 impl LabOptions {
@@ -181,6 +184,7 @@ impl LabOptions {
             witness: true,
             witness_interval: Duration::from_secs(60),
             witness_grace: Duration::from_secs(10),
+            cloudwatch: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -258,6 +258,15 @@ pub fn daemon_config(
         .flow_handoff
         .map(|d| format!("flow_handoff = \"{}\"\n", humantime::format_duration(d)))
         .unwrap_or_default();
+    let cloudwatch = o
+        .cloudwatch
+        .map(|every| {
+            format!(
+                "[cloudwatch]\nenabled = true\ninterval = \"{}\"\n\n",
+                humantime::format_duration(every)
+            )
+        })
+        .unwrap_or_default();
     format!(
         "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
@@ -265,7 +274,7 @@ pub fn daemon_config(
          conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}{auth}\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
-         [aws]\nimds_timeout = \"20s\"\n{refresh}\n[peers.fallback_nat_gateway_id]\n{fallbacks}",
+         [aws]\nimds_timeout = \"20s\"\n{refresh}\n{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
         humantime::format_duration(o.heartbeat_interval * 4 / 5),
