@@ -1085,3 +1085,104 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
         );
     }
 }
+
+/// Port exhaustion, the NAT Gateway's ErrorPortAllocation: more UDP flows
+/// to one destination (address, port) than the NAT has source ports for
+/// (64,512 above 1023 on its one address). The kernel cannot translate the
+/// rest; the metric counts them, and CloudWatch gets them under the
+/// gateway's name (what the templates' alarm watches). The conntrack gauges
+/// move with the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(1);
+    opts.cloudwatch = Some(Duration::from_secs(1));
+    let lab = Lab::build(opts).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let metrics = || {
+        lab.nat_exec(
+            0,
+            "curl",
+            &["-s", "--max-time", "5", "http://127.0.0.1:7472/metrics"],
+        )
+        .unwrap()
+    };
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let before = metrics();
+    let since = std::time::SystemTime::now();
+    // Two private sources (the host and a second address of its subnet),
+    // every port from 1024 up: 129,024 flows to one server's port 80.
+    let host = lab.azs[0].host_ip;
+    let second = std::net::Ipv4Addr::from(u32::from(host) + 100);
+    lab.add_host_address(0, second).unwrap();
+    let server = hanat_lab::lab::SERVERS[0];
+    let flows: Vec<Vec<u8>> = [host, second]
+        .into_iter()
+        .flat_map(|src| {
+            (1024..=u16::MAX)
+                .map(move |port| hanat_lab::lab::forge::ipv4_udp(src, server, port, 80, b"port?"))
+        })
+        .collect();
+    let sent = flows.len() as f64;
+    hanat_lab::lab::forge::send_raw(&lab.azs[0].host.path(), flows).unwrap();
+    // Answer within conntrack's 30 s for unanswered UDP.
+    let after = metrics();
+    let grew = |name: &str| value(&after, name) - value(&before, name);
+    let errors = grew("hanat_port_allocation_errors_total");
+    let ports = f64::from(u16::MAX - 1023);
+    assert!(
+        errors >= sent - ports && errors <= sent,
+        "{errors} port allocation errors for {sent} flows and {ports} ports\n{after}"
+    );
+    let dropped = grew("hanat_packets_dropped_total");
+    assert!(
+        dropped >= errors,
+        "{dropped} packets dropped, {errors} untranslatable"
+    );
+    let attempts = grew("hanat_connection_attempts_total");
+    assert!(
+        attempts >= sent * 0.99,
+        "{attempts} attempts for {sent} flows"
+    );
+    let entries = value(&after, "hanat_conntrack_entries");
+    assert!(
+        entries >= sent - errors && entries <= sent + 1000.0,
+        "{entries} tracked of {sent} flows, {errors} not translated"
+    );
+    let fill = value(&after, "hanat_conntrack_fill_ratio");
+    let max = value(&after, "hanat_conntrack_max");
+    assert!(
+        (fill - entries / max).abs() < 0.01,
+        "{fill} vs {entries}/{max}"
+    );
+    eprintln!(
+        "{sent} flows to one destination: {errors} port allocation errors, {entries} tracked ({:.1}% of the table)",
+        100.0 * fill
+    );
+    // What the alarm reads.
+    let group = [
+        ("AutoScalingGroupName", lab.azs[0].group.as_str()),
+        ("AvailabilityZone", lab.azs[0].name.as_str()),
+    ];
+    lab.wait_for(
+        "ErrorPortAllocation to reach CloudWatch",
+        Duration::from_secs(20),
+        || async {
+            let sums = lab
+                .cloud
+                .metric("hanat", "ErrorPortAllocation", &group, ("Sum", 60), since)
+                .await?;
+            Ok(sums.iter().sum::<f64>() >= errors)
+        },
+    )
+    .await
+    .unwrap();
+}

@@ -172,7 +172,7 @@ pub async fn kernel_metrics(ctx: &Ctx) {
         values.push(("port_allocation_errors", stat("insert_failed")));
         values.push((
             "packets_dropped",
-            stat("drop") + stat("early_drop") + get("invalid").packets,
+            stat("drop") + stat("early_drop") + stat("insert_failed") + get("invalid").packets,
         ));
     }
     let active = std::fs::read_to_string("/proc/net/nf_conntrack")

@@ -164,7 +164,7 @@ pub const KERNEL_COUNTERS: [KernelCounter; 12] = [
         "packets_dropped",
         "PacketsDropCount",
         Unit::Count,
-        "PacketsDropCount: conntrack drop and early_drop, and invalid packets",
+        "PacketsDropCount: conntrack drop, early_drop and insert_failed (no source port), and invalid packets",
     ),
 ];
 /// OpenMetrics text as the classic Prometheus text format (0.0.4): a

@@ -333,12 +333,16 @@ impl Lab {
         let igw_id = cloud.vpc_internet_gateway(&vpc).await?;
         // The VPC's source/destination check, for the private hosts: what a
         // host sends with another source address goes nowhere.
+        // Each host's addresses (its primary, and any secondary one
+        // `Lab::add_host_address` gives it) in a set of its own.
         let rules: String = azs
             .iter()
             .map(|a| {
                 format!(
-                    "add rule ip labvpc srcdst iifname \"prv{}\" ip saddr != {} drop; ",
-                    a.index, a.host_ip
+                    "add set ip labvpc host{i} {{ type ipv4_addr; elements = {{ {ip} }}; }}; \
+                     add rule ip labvpc srcdst iifname \"prv{i}\" ip saddr != @host{i} drop; ",
+                    i = a.index,
+                    ip = a.host_ip
                 )
             })
             .collect();
@@ -534,6 +538,20 @@ impl Lab {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Give AZ `i`'s private host a secondary private address, as
+    /// `AssignPrivateIpAddresses` does on AWS: on its interface, and
+    /// allowed by the VPC's source check.
+    pub fn add_host_address(&self, i: usize, addr: Ipv4Addr) -> Result<()> {
+        self.azs[i]
+            .host
+            .ip(&format!("addr add {addr}/24 dev eth0"))?;
+        self.rtr.exec(
+            "nft",
+            &[&format!("add element ip labvpc host{i} {{ {addr} }}")],
+        )?;
+        Ok(())
     }
 
     /// Where AZ `i`'s private default route points in moto.
