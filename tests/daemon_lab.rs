@@ -83,6 +83,10 @@ async fn nat_takes_over_forwards_masquerades_and_blocks_inbound() {
         p.contains("would create nftables table ip hanat_metrics (traffic counters"),
         "{p}"
     );
+    assert!(
+        p.contains("would publish the NAT Gateway's metrics, VerdictOk, ConntrackFillPercent and ForwardingNat to CloudWatch namespace hanat every 1m"),
+        "{p}"
+    );
     assert_eq!(
         lab.cloud.default_route(&rt).await.unwrap(),
         None,

@@ -6,7 +6,7 @@
 use super::take::observe;
 use crate::AwsError;
 use crate::aws::cloud::Cloud;
-use crate::config::{Config, Failover, status_check_id};
+use crate::config::{Config, Failover, MetricSet, status_check_id};
 use crate::decide::auth::Key;
 use crate::decide::routes::plan;
 use crate::domain::Identity;
@@ -60,6 +60,7 @@ pub async fn dry_run(
     }
     peer_key(&mut out, cloud, config).await;
     status_check(&mut out, config);
+    cloudwatch(&mut out, config);
     kernel(&mut out, config, interface).await;
     Ok(out)
 }
@@ -125,6 +126,27 @@ fn status_check(out: &mut DryRun, config: &Config) {
               covered only once EC2's own status checks call it impaired"
             .into(),
     });
+}
+
+/// What would go to CloudWatch (a note: publishing changes nothing).
+fn cloudwatch(out: &mut DryRun, config: &Config) {
+    let cw = &config.cloudwatch;
+    if !cw.enabled {
+        return;
+    }
+    let what = match cw.metrics {
+        MetricSet::All => {
+            "the NAT Gateway's metrics, VerdictOk, ConntrackFillPercent and ForwardingNat"
+        }
+        MetricSet::Alarms => {
+            "what the alarms watch (ErrorPortAllocation, ConntrackFillPercent, ForwardingNat)"
+        }
+    };
+    out.say(format!(
+        "would publish {what} to CloudWatch namespace {} every {}",
+        cw.namespace,
+        humantime::format_duration(cw.interval)
+    ));
 }
 
 /// Whether peer failover would have its heartbeat key (a note, never a
