@@ -1167,6 +1167,11 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
         "{sent} flows to one destination: {errors} port allocation errors, {entries} tracked ({:.1}% of the table)",
         100.0 * fill
     );
+    // Other flows go on: TCP from the same host to the same server.
+    assert_eq!(
+        lab.whoami(0, Duration::from_secs(2)).unwrap(),
+        lab.azs[0].eip.1
+    );
     // What the alarm reads.
     let group = [
         ("AutoScalingGroupName", lab.azs[0].group.as_str()),
