@@ -1017,6 +1017,12 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     .unwrap();
     assert_eq!(forwarding(&az0, start).await.unwrap(), [1.0]);
     assert_eq!(forwarding(&az1, start).await.unwrap(), [1.0]);
+    // The template's alarm, as the lab created it in moto's CloudWatch
+    // (moto's CloudFormation skips alarms), applied to those data.
+    let alarm = |x: char| format!("{}-nat-{x}-no-forwarding-nat", lab.prefix);
+    for x in ['a', 'b'] {
+        assert!(!lab.cloud.breaching(&alarm(x), start).await.unwrap(), "{x}");
+    }
     let ok0 = read("VerdictOk", of_nat(0).to_vec(), "Minimum", start).await;
     assert_eq!(ok0.unwrap(), [1.0]);
 
@@ -1048,6 +1054,7 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
         [1.0],
         "the peer says it forwards AZ 0: the alarm stays quiet"
     );
+    assert!(!lab.cloud.breaching(&alarm('a'), adopted).await.unwrap());
 
     // The peer fails too: nobody forwards either AZ.
     lab.nat_exec(
@@ -1077,12 +1084,13 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     .unwrap();
     let dark = settled();
     tokio::time::sleep(published).await;
-    for az in [&az0, &az1] {
+    for (az, x) in [(&az0, 'a'), (&az1, 'b')] {
         assert_eq!(
             forwarding(az, dark).await.unwrap(),
             [0.0],
-            "{az}: no NAT forwards it, the alarm's condition"
+            "{az}: no NAT forwards it"
         );
+        assert!(lab.cloud.breaching(&alarm(x), dark).await.unwrap(), "{x}");
     }
 }
 
@@ -1118,6 +1126,9 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
     };
     let before = metrics();
     let since = std::time::SystemTime::now();
+    let alarm = format!("{}-nat-a-port-allocation", lab.prefix);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!lab.cloud.breaching(&alarm, since).await.unwrap());
     // Two private sources (the host and a second address of its subnet),
     // every port from 1024 up: 129,024 flows to one server's port 80.
     let host = lab.azs[0].host_ip;
@@ -1190,4 +1201,5 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
     )
     .await
     .unwrap();
+    assert!(lab.cloud.breaching(&alarm, since).await.unwrap());
 }

@@ -9,6 +9,7 @@
 //!   of the lab runs in;
 //! - [`lab`]: the assembled VPC with its router, internet and NATs.
 
+pub mod alarms;
 pub mod api;
 pub mod chaos;
 pub mod cloud;

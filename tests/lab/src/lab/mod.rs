@@ -61,7 +61,7 @@ mod nat;
 mod planes;
 pub mod prometheus;
 mod traffic;
-mod vpc;
+pub mod vpc;
 pub mod witness;
 
 use self::autoscaler::autoscaler;
