@@ -62,7 +62,7 @@ pub struct CloudWatch {
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
     /// `all`, or `alarms`: only the three metrics the templates' alarms
-    /// watch (a fifth of the cost).
+    /// watch (under a third of the cost).
     pub metrics: MetricSet,
 }
 

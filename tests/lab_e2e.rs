@@ -953,6 +953,40 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
     }
 }
 
+/// Wait (a loaded machine publishes late) for the maximum of CloudWatch
+/// metric `name` (namespace hanat, `dims`) from `since` on to be `want`: a
+/// maximum only grows, so a wrong value seen at any time keeps it from ever
+/// matching.
+async fn until_max(
+    lab: &Lab,
+    what: impl AsRef<str>,
+    name: &str,
+    dims: Vec<(&'static str, String)>,
+    since: std::time::SystemTime,
+    want: f64,
+) {
+    let what = what.as_ref();
+    let d: Vec<(&str, &str)> = dims.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let waited = lab
+        .wait_for(what, Duration::from_secs(20), || async {
+            // One window from `since` to now.
+            let v = lab
+                .cloud
+                .metric("hanat", name, &d, ("Maximum", 3600), since)
+                .await?;
+            let done = v == [want];
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = v;
+            Ok(done)
+        })
+        .await;
+    assert!(
+        waited.is_ok(),
+        "{what}: saw {:?}",
+        seen.lock().unwrap_or_else(|p| p.into_inner())
+    );
+}
+
 /// What the templates' "no forwarding NAT" alarm reads, published by real
 /// daemons into moto's CloudWatch: an AZ whose NAT fails but whose peer
 /// adopted it is still forwarded (the alarm stays quiet); once the peer
@@ -980,23 +1014,41 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
         let cloud = lab.cloud.clone();
         async move {
             let d: Vec<(&str, &str)> = dims.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            cloud.metric("hanat", name, &d, (stat, 60), since).await
+            // One window from `since` to now.
+            cloud.metric("hanat", name, &d, (stat, 3600), since).await
         }
-    };
-    let forwarding = |az: &str, since| {
-        read(
-            "ForwardingNat",
-            vec![
-                ("VpcId", lab.vpc.clone()),
-                ("AvailabilityZone", az.to_owned()),
-            ],
-            "Maximum",
-            since,
-        )
     };
     // Settled from here: what the NATs publish from 2 s on.
     let settled = || std::time::SystemTime::now() + Duration::from_secs(2);
-    let published = Duration::from_secs(5);
+    let vpc_az = |az: &str| {
+        vec![
+            ("VpcId", lab.vpc.clone()),
+            ("AvailabilityZone", az.to_owned()),
+        ]
+    };
+    let health = |i: usize| {
+        lab.nat_exec(
+            i,
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:7472/health",
+            ],
+        )
+    };
+    lab.wait_for(
+        "both NATs to be healthy",
+        Duration::from_secs(30),
+        || async { Ok(health(0)? == "200" && health(1)? == "200") },
+    )
+    .await
+    .unwrap();
 
     // Healthy: traffic from AZ 0 arrives under the gateway's names, and
     // each AZ is forwarded.
@@ -1015,16 +1067,32 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     )
     .await
     .unwrap();
-    assert_eq!(forwarding(&az0, start).await.unwrap(), [1.0]);
-    assert_eq!(forwarding(&az1, start).await.unwrap(), [1.0]);
+    for az in [&az0, &az1] {
+        until_max(
+            &lab,
+            format!("{az} forwarded"),
+            "ForwardingNat",
+            vpc_az(az),
+            start,
+            1.0,
+        )
+        .await;
+    }
     // The template's alarm, as the lab created it in moto's CloudWatch
     // (moto's CloudFormation skips alarms), applied to those data.
     let alarm = |x: char| format!("{}-nat-{x}-no-forwarding-nat", lab.prefix);
     for x in ['a', 'b'] {
         assert!(!lab.cloud.breaching(&alarm(x), start).await.unwrap(), "{x}");
     }
-    let ok0 = read("VerdictOk", of_nat(0).to_vec(), "Minimum", start).await;
-    assert_eq!(ok0.unwrap(), [1.0]);
+    until_max(
+        &lab,
+        "AZ 0's NAT ok",
+        "VerdictOk",
+        of_nat(0).to_vec(),
+        start,
+        1.0,
+    )
+    .await;
 
     // AZ 0's NAT stops forwarding; its peer adopts AZ 0.
     lab.nat_exec(
@@ -1042,18 +1110,19 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     .await
     .unwrap();
     let adopted = settled();
-    tokio::time::sleep(published).await;
-    let ok0 = read("VerdictOk", of_nat(0).to_vec(), "Maximum", adopted).await;
-    assert_eq!(
-        ok0.unwrap(),
-        [0.0],
-        "AZ 0's own NAT says it does not forward"
-    );
-    assert_eq!(
-        forwarding(&az0, adopted).await.unwrap(),
-        [1.0],
-        "the peer says it forwards AZ 0: the alarm stays quiet"
-    );
+    // AZ 0's own NAT says it does not forward; the peer says it forwards
+    // AZ 0: the alarm stays quiet.
+    let said = "AZ 0's NAT not ok".to_owned();
+    until_max(&lab, said, "VerdictOk", of_nat(0).to_vec(), adopted, 0.0).await;
+    until_max(
+        &lab,
+        "AZ 0 forwarded by its peer",
+        "ForwardingNat",
+        vpc_az(&az0),
+        adopted,
+        1.0,
+    )
+    .await;
     assert!(!lab.cloud.breaching(&alarm('a'), adopted).await.unwrap());
 
     // The peer fails too: nobody forwards either AZ.
@@ -1064,32 +1133,21 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     )
     .unwrap();
     lab.wait_for("AZ 1's NAT to fail", Duration::from_secs(20), || async {
-        let health = lab.nat_exec(
-            1,
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:7472/health",
-            ],
-        )?;
-        Ok(health == "503")
+        Ok(health(1)? == "503")
     })
     .await
     .unwrap();
     let dark = settled();
-    tokio::time::sleep(published).await;
     for (az, x) in [(&az0, 'a'), (&az1, 'b')] {
-        assert_eq!(
-            forwarding(az, dark).await.unwrap(),
-            [0.0],
-            "{az}: no NAT forwards it"
-        );
+        until_max(
+            &lab,
+            format!("{az}: no NAT forwards it"),
+            "ForwardingNat",
+            vpc_az(az),
+            dark,
+            0.0,
+        )
+        .await;
         assert!(lab.cloud.breaching(&alarm(x), dark).await.unwrap(), "{x}");
     }
 }
@@ -1144,8 +1202,16 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
         .collect();
     let sent = flows.len() as f64;
     hanat_lab::lab::forge::send_raw(&lab.azs[0].host.path(), flows).unwrap();
-    // Answer within conntrack's 30 s for unanswered UDP.
-    let after = metrics();
+    // Read once the NAT has seen them all (within conntrack's 30 s for
+    // unanswered UDP).
+    let attempts = |text: &str| value(text, "hanat_connection_attempts_total");
+    let mut after = metrics();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while attempts(&after) - attempts(&before) < sent * 0.99 && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        after = metrics();
+    }
     let grew = |name: &str| value(&after, name) - value(&before, name);
     let errors = grew("hanat_port_allocation_errors_total");
     let ports = f64::from(u16::MAX - 1023);
