@@ -1215,24 +1215,26 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
     let grew = |name: &str| value(&after, name) - value(&before, name);
     let errors = grew("hanat_port_allocation_errors_total");
     let ports = f64::from(u16::MAX - 1023);
+    // What reached the NAT (a datagram may be lost on the way, and the
+    // probes' connections count too) beyond the ports it has.
+    let reached = grew("hanat_connection_attempts_total");
     assert!(
-        errors >= sent - ports && errors <= sent,
-        "{errors} port allocation errors for {sent} flows and {ports} ports\n{after}"
+        errors >= reached - ports - 100.0 && errors <= reached - ports,
+        "{errors} port allocation errors for {reached} flows and {ports} ports\n{after}"
     );
     let dropped = grew("hanat_packets_dropped_total");
     assert!(
         dropped >= errors,
         "{dropped} packets dropped, {errors} untranslatable"
     );
-    let attempts = grew("hanat_connection_attempts_total");
     assert!(
-        attempts >= sent * 0.99,
-        "{attempts} attempts for {sent} flows"
+        reached >= sent * 0.99,
+        "{reached} of {sent} flows reached the NAT"
     );
     let entries = value(&after, "hanat_conntrack_entries");
     assert!(
-        entries >= sent - errors && entries <= sent + 1000.0,
-        "{entries} tracked of {sent} flows, {errors} not translated"
+        entries >= reached - errors && entries <= reached - errors + 1000.0,
+        "{entries} tracked of {reached} flows, {errors} not translated"
     );
     let fill = value(&after, "hanat_conntrack_fill_ratio");
     let max = value(&after, "hanat_conntrack_max");
@@ -1241,7 +1243,7 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
         "{fill} vs {entries}/{max}"
     );
     eprintln!(
-        "{sent} flows to one destination: {errors} port allocation errors, {entries} tracked ({:.1}% of the table)",
+        "{sent} flows to one destination, {reached} reached the NAT: {errors} port allocation errors, {entries} tracked ({:.1}% of the table)",
         100.0 * fill
     );
     // Other flows go on: TCP from the same host to the same server.
