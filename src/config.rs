@@ -210,8 +210,27 @@ pub struct Kernel {
     /// The interface to masquerade out of. Empty: the interface whose MAC is
     /// the primary MAC in instance metadata.
     pub interface: String,
-    /// `net.netfilter.nf_conntrack_max`; 0 leaves the kernel's value alone.
-    pub conntrack_max: u64,
+    /// `net.netfilter.nf_conntrack_max`: `"auto"` (from the instance's
+    /// memory, [`Kernel::conntrack`]), a number, or 0 to leave the
+    /// kernel's value alone.
+    #[serde(deserialize_with = "sizing")]
+    pub conntrack_max: Sizing,
+    /// `net.netfilter.nf_conntrack_buckets` (the hash table; writable in
+    /// the initial network namespace only): `"auto"` (as many as
+    /// `conntrack_max`), a number, or 0 to leave it.
+    #[serde(deserialize_with = "sizing")]
+    pub conntrack_buckets: Sizing,
+    /// Conntrack's timeouts (`nf_conntrack_tcp_timeout_established`,
+    /// `…_tcp_timeout_time_wait`, `…_udp_timeout` for a flow without an
+    /// answer, `…_udp_timeout_stream` for one with).
+    #[serde(deserialize_with = "duration")]
+    pub tcp_timeout_established: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub tcp_timeout_time_wait: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub udp_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub udp_timeout_stream: Duration,
     /// How often sysctls, the nftables table and the probe namespace are
     /// re-checked and repaired.
     #[serde(deserialize_with = "duration")]
@@ -222,8 +241,99 @@ impl Default for Kernel {
     fn default() -> Self {
         Self {
             interface: String::new(),
-            conntrack_max: 262_144,
+            conntrack_max: Sizing::Auto,
+            conntrack_buckets: Sizing::Auto,
             converge_interval: Duration::from_secs(10),
+            tcp_timeout_established: Duration::from_secs(7440),
+            tcp_timeout_time_wait: Duration::from_secs(120),
+            udp_timeout: Duration::from_secs(30),
+            udp_timeout_stream: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A table size: derived from the instance, given, or left to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    Auto,
+    /// 0: leave the kernel's value alone.
+    Fixed(u64),
+}
+
+fn sizing<'de, D: Deserializer<'de>>(d: D) -> Result<Sizing, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Sizing;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("\"auto\", a number, or 0 to leave the kernel's value")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Sizing, E> {
+            u64::try_from(v)
+                .map(Sizing::Fixed)
+                .map_err(|_| E::custom(format!("{v} is negative: use \"auto\", a number, or 0")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Sizing, E> {
+            Ok(Sizing::Fixed(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sizing, E> {
+            match v {
+                "auto" => Ok(Sizing::Auto),
+                _ => Err(E::custom(format!(
+                    "`{v}`: use \"auto\", a number, or 0 to leave the kernel's value"
+                ))),
+            }
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// Conntrack's sizes and timeouts as the kernel takes them (seconds), for
+/// an instance with `memory` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conntrack {
+    /// `None`: leave the kernel's value.
+    pub max: Option<u64>,
+    pub buckets: Option<u64>,
+    pub tcp_established: u64,
+    pub tcp_time_wait: u64,
+    pub udp: u64,
+    pub udp_stream: u64,
+}
+
+/// What one tracked connection costs the kernel, with its share of the
+/// hash table and NAT extension, rounded up (the `nf_conntrack` slab
+/// object is 256 bytes on 64-bit kernels).
+pub const CONNTRACK_ENTRY_BYTES: u64 = 320;
+
+impl Kernel {
+    /// Conntrack's settings for an instance with `memory` bytes. `auto`
+    /// gives the table a quarter of the memory at
+    /// [`CONNTRACK_ENTRY_BYTES`] an entry, rounded down to a power of two,
+    /// at least 65,536 and at most 4,194,304 (a t4g.nano's 512 MiB:
+    /// 262,144); buckets as many as entries (chains of one, as the
+    /// kernel's own default).
+    pub fn conntrack(&self, memory: u64) -> Conntrack {
+        let auto_max = {
+            let fit = (memory / 4 / CONNTRACK_ENTRY_BYTES).max(1);
+            (1u64 << (63 - fit.leading_zeros())).clamp(65_536, 4_194_304)
+        };
+        let max = match self.conntrack_max {
+            Sizing::Auto => Some(auto_max),
+            Sizing::Fixed(0) => None,
+            Sizing::Fixed(n) => Some(n),
+        };
+        let buckets = match self.conntrack_buckets {
+            Sizing::Auto => max,
+            Sizing::Fixed(0) => None,
+            Sizing::Fixed(n) => Some(n),
+        };
+        Conntrack {
+            max,
+            buckets,
+            tcp_established: self.tcp_timeout_established.as_secs(),
+            tcp_time_wait: self.tcp_timeout_time_wait.as_secs(),
+            udp: self.udp_timeout.as_secs(),
+            udp_stream: self.udp_timeout_stream.as_secs(),
         }
     }
 }
@@ -627,6 +737,24 @@ impl Config {
                 "must be at least routes.reconcile_interval".into(),
             ));
         }
+        let k = &self.kernel;
+        for (key, d) in [
+            ("kernel.tcp_timeout_established", k.tcp_timeout_established),
+            ("kernel.tcp_timeout_time_wait", k.tcp_timeout_time_wait),
+            ("kernel.udp_timeout", k.udp_timeout),
+            ("kernel.udp_timeout_stream", k.udp_timeout_stream),
+        ] {
+            if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+                return Err((key, "must be whole seconds, at least 1s".into()));
+            }
+        }
+        if k.udp_timeout_stream < k.udp_timeout {
+            return Err((
+                "kernel.udp_timeout_stream",
+                "must be at least kernel.udp_timeout (a flow with answers outlives one without)"
+                    .into(),
+            ));
+        }
         if self.kernel.converge_interval < Duration::from_millis(100) {
             return Err(("kernel.converge_interval", "must be at least 100ms".into()));
         }
@@ -787,6 +915,74 @@ rise = 2
                 .failback,
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn conntrack_sizes_follow_memory_unless_given() {
+        const MIB: u64 = 1 << 20;
+        let k = Kernel::default();
+        let max = |mem: u64| k.conntrack(mem).max;
+        // A t4g.nano shows about 434 MiB of its 512.
+        assert_eq!(max(434 * MIB), Some(262_144));
+        assert_eq!(max(950 * MIB), Some(524_288));
+        assert_eq!(max(64 * MIB), Some(65_536), "at least");
+        assert_eq!(max(1 << 40), Some(4_194_304), "at most");
+        let auto = k.conntrack(434 * MIB);
+        assert_eq!(auto.buckets, auto.max);
+        assert_eq!(
+            (
+                auto.tcp_established,
+                auto.tcp_time_wait,
+                auto.udp,
+                auto.udp_stream
+            ),
+            (7440, 120, 30, 120)
+        );
+        let c = parse(
+            "[kernel]\nconntrack_max = 1000000\nconntrack_buckets = 0\nudp_timeout = \"1m\"\nudp_timeout_stream = \"5m50s\"",
+        )
+        .unwrap();
+        let given = c.kernel.conntrack(434 * MIB);
+        assert_eq!((given.max, given.buckets), (Some(1_000_000), None));
+        assert_eq!((given.udp, given.udp_stream), (60, 350));
+        let left = parse("[kernel]\nconntrack_max = 0").unwrap();
+        assert_eq!(left.kernel.conntrack(434 * MIB).max, None);
+        assert_eq!(
+            left.kernel.conntrack(434 * MIB).buckets,
+            None,
+            "auto follows max"
+        );
+        for (text, key, says) in [
+            (
+                "conntrack_max = \"lots\"",
+                "kernel.conntrack_max",
+                "use \"auto\", a number",
+            ),
+            ("conntrack_max = -1", "kernel.conntrack_max", "negative"),
+            (
+                "conntrack_buckets = 1.5",
+                "kernel.conntrack_buckets",
+                "a number",
+            ),
+            (
+                "udp_timeout = \"500ms\"",
+                "kernel.udp_timeout",
+                "whole seconds",
+            ),
+            (
+                "tcp_timeout_time_wait = \"1.5s\"",
+                "kernel.tcp_timeout_time_wait",
+                "whole seconds",
+            ),
+            (
+                "udp_timeout = \"3m\"",
+                "kernel.udp_timeout_stream",
+                "at least kernel.udp_timeout",
+            ),
+        ] {
+            let err = parse(&format!("[kernel]\n{text}")).unwrap_err();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

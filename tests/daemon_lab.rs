@@ -536,3 +536,53 @@ async fn instance_metadata_serves_what_boot_scripts_read() {
     assert_eq!(got["bad-ttl"], "400", "{out}");
     assert_eq!(got["missing"], "404", "{out}");
 }
+
+/// Conntrack's timeouts as configured, in the NAT's own network namespace
+/// (per namespace on this kernel, as on an instance): an answered UDP flow
+/// through the NAT keeps its entry for `kernel.udp_timeout`, not the
+/// kernel's 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conntrack_timeouts_are_set_and_a_flow_keeps_its_entry_that_long() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let lab = lab_with(|o| {
+        o.kernel_extra = "tcp_timeout_time_wait = \"31s\"\nudp_timeout = \"47s\"\n\
+                          udp_timeout_stream = \"5m50s\"\ntcp_timeout_established = \"6m\"\n"
+            .into()
+    })
+    .await;
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(30)).await.unwrap();
+    let sysctl = |leaf: &str| {
+        lab.nat_exec(
+            0,
+            "cat",
+            &[&format!("/proc/sys/net/netfilter/nf_conntrack_{leaf}")],
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    };
+    for (leaf, want) in [
+        ("tcp_timeout_time_wait", "31"),
+        ("udp_timeout", "47"),
+        ("udp_timeout_stream", "350"),
+        ("tcp_timeout_established", "360"),
+    ] {
+        assert_eq!(sysctl(leaf), want, "{leaf}");
+    }
+    assert_eq!(
+        lab.whoami_udp(0, Duration::from_secs(2)).unwrap(),
+        lab.azs[0].eip.1
+    );
+    let table = lab.nat_exec(0, "cat", &["/proc/net/nf_conntrack"]).unwrap();
+    let server = hanat_lab::lab::SERVERS[1].to_string();
+    let entry = table
+        .lines()
+        .find(|l| l.contains(" udp ") && l.contains(&format!("dst={server} ")))
+        .unwrap_or_else(|| panic!("no UDP entry to {server}:\n{table}"));
+    // `ipv4 2 udp 17 <seconds left> src=…`
+    let left: u64 = entry.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!((40..=47).contains(&left), "{left} s left: {entry}");
+}

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use super::log::LogThrottle;
-use crate::config::{Config, Failover};
+use crate::config::{Config, Conntrack, Failover};
 use crate::domain::{Identity, Ipv4Cidr};
 use crate::kernel::{self, KernelError, counters, nft, probe_ns, sysctl, tunnel};
 use crate::report;
@@ -24,6 +24,14 @@ pub fn flow_handoff_on(config: &Config) -> bool {
     config.peers.failover == Failover::Peer && !config.peers.flow_handoff.is_zero()
 }
 
+/// Conntrack's settings for this instance (`auto` sizes from its memory;
+/// unreadable memory counts as the smallest instance, 512 MiB).
+pub fn conntrack(config: &Config) -> Conntrack {
+    config
+        .kernel
+        .conntrack(sysctl::memory().unwrap_or(512 << 20))
+}
+
 /// Converge every kernel setting once. Optional settings that cannot be
 /// made (some sysctls, the flow hand-off tunnel) are returned for a warning.
 pub async fn converge_kernel(
@@ -34,7 +42,7 @@ pub async fn converge_kernel(
     // Rules first: loading them loads conntrack, whose sysctls come next.
     let ruleset = nft::render(interface, &nat_sources(identity, config))?;
     kernel::apply_ruleset(&ruleset).await?;
-    let mut skipped = sysctl::apply(&sysctl::desired(interface, config.kernel.conntrack_max))?;
+    let mut skipped = sysctl::apply(&sysctl::desired(interface, &conntrack(config)))?;
     // The metrics' traffic counters: optional, never in forwarding's way.
     let counting = counters::render(interface, &identity.vpc_cidrs)?;
     if let Err(e) = kernel::apply_ruleset(&counting).await {

@@ -3,6 +3,7 @@
 //! namespace — read from EC2 and the kernel, changing nothing; and whether
 //! the heartbeat key can be read.
 
+use super::converge::conntrack;
 use super::take::observe;
 use crate::AwsError;
 use crate::aws::cloud::Cloud;
@@ -69,7 +70,7 @@ async fn kernel(out: &mut DryRun, config: &Config, interface: Result<String, Ker
     match interface {
         Ok(iface) => {
             out.say(format!("NAT interface: {iface}"));
-            for s in sysctl::desired(&iface, config.kernel.conntrack_max) {
+            for s in sysctl::desired(&iface, &conntrack(config)) {
                 let now = sysctl::read(&s.key).unwrap_or_else(|_| "unreadable".into());
                 if now != s.value {
                     out.change(format!("would set {} = {} (now {now})", s.key, s.value));

@@ -7,13 +7,16 @@
 //! | `net.ipv4.conf.{all,default,IFACE}.send_redirects` | 0 | a NAT forwards out of the interface packets came in on; redirects would tell private hosts to bypass it |
 //! | `net.ipv4.conf.all.rp_filter` | 2 | loose reverse-path filtering: asymmetric paths (several ENIs) are not dropped; the nftables forward chain does the filtering |
 //! | `net.netfilter.nf_conntrack_max` | `kernel.conntrack_max` | room for the NAT's connections (optional: read-only outside the initial namespace) |
-//! | `net.netfilter.nf_conntrack_tcp_timeout_established` | 7440 | RFC 5382's 2 h 4 min instead of 5 days, so dead flows do not fill the table (optional) |
+//! | `net.netfilter.nf_conntrack_buckets` | `kernel.conntrack_buckets` | the table's hash buckets (optional: writable in the initial namespace only) |
+//! | `net.netfilter.nf_conntrack_tcp_timeout_established` | `kernel.tcp_timeout_established` (7440) | RFC 5382's 2 h 4 min instead of 5 days, so dead flows do not fill the table (optional) |
+//! | `…_tcp_timeout_time_wait`, `…_udp_timeout`, `…_udp_timeout_stream` | `kernel.*` (120, 30, 120: the kernel's) | how long a closed TCP connection and a UDP flow without and with answers keep their port (optional) |
 //!
 //! Values are only written when they differ, so converging is cheap.
 
 use std::path::PathBuf;
 
 use super::KernelError;
+use crate::config::Conntrack;
 
 /// One desired sysctl.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,28 +36,38 @@ fn s(key: String, value: impl ToString, optional: bool) -> Sysctl {
     }
 }
 
-/// The sysctls for NAT out of `iface`. Pure.
-pub fn desired(iface: &str, conntrack_max: u64) -> Vec<Sysctl> {
+/// The sysctls for NAT out of `iface`, with conntrack as `ct` says. Pure.
+pub fn desired(iface: &str, ct: &Conntrack) -> Vec<Sysctl> {
+    let nf = |leaf: &str, value: u64| s(format!("net.netfilter.nf_conntrack_{leaf}"), value, true);
     let mut v = vec![
         s("net.ipv4.ip_forward".into(), 1, false),
         s("net.ipv4.conf.all.send_redirects".into(), 0, false),
         s("net.ipv4.conf.default.send_redirects".into(), 0, false),
         s(format!("net.ipv4.conf.{iface}.send_redirects"), 0, false),
         s("net.ipv4.conf.all.rp_filter".into(), 2, false),
-        s(
-            "net.netfilter.nf_conntrack_tcp_timeout_established".into(),
-            7440,
-            true,
-        ),
+        nf("tcp_timeout_established", ct.tcp_established),
+        nf("tcp_timeout_time_wait", ct.tcp_time_wait),
+        nf("udp_timeout", ct.udp),
+        nf("udp_timeout_stream", ct.udp_stream),
     ];
-    if conntrack_max > 0 {
-        v.push(s(
-            "net.netfilter.nf_conntrack_max".into(),
-            conntrack_max,
-            true,
-        ));
-    }
+    // Buckets before the maximum: a resize rehashes what is there.
+    v.extend(ct.buckets.map(|n| nf("buckets", n)));
+    v.extend(ct.max.map(|n| nf("max", n)));
     v
+}
+
+/// The instance's memory in bytes (`MemTotal`), if it can be read.
+pub fn memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// `/proc/sys` path of a dotted key. Interface names may contain dots, so
@@ -118,23 +131,55 @@ mod tests {
         );
     }
 
+    fn conntrack(max: Option<u64>, buckets: Option<u64>) -> Conntrack {
+        Conntrack {
+            max,
+            buckets,
+            tcp_established: 7440,
+            tcp_time_wait: 60,
+            udp: 30,
+            udp_stream: 180,
+        }
+    }
+
+    fn value<'d>(d: &'d [Sysctl], key: &str) -> Option<&'d str> {
+        d.iter().find(|x| x.key == key).map(|x| x.value.as_str())
+    }
+
     #[test]
     fn desired_values() {
-        let d = desired("ens5", 0);
+        let d = desired("ens5", &conntrack(None, None));
+        assert_eq!(value(&d, "net.ipv4.conf.ens5.send_redirects"), Some("0"));
+        assert_eq!(value(&d, "net.netfilter.nf_conntrack_max"), None);
+        assert_eq!(value(&d, "net.netfilter.nf_conntrack_buckets"), None);
+        for (key, v) in [
+            ("tcp_timeout_established", "7440"),
+            ("tcp_timeout_time_wait", "60"),
+            ("udp_timeout", "30"),
+            ("udp_timeout_stream", "180"),
+        ] {
+            assert_eq!(
+                value(&d, &format!("net.netfilter.nf_conntrack_{key}")),
+                Some(v)
+            );
+        }
+        let d = desired("ens5", &conntrack(Some(1000), Some(250)));
+        assert_eq!(value(&d, "net.netfilter.nf_conntrack_max"), Some("1000"));
+        let at = |k: &str| d.iter().position(|x| x.key == k);
+        assert!(at("net.netfilter.nf_conntrack_buckets") < at("net.netfilter.nf_conntrack_max"));
         assert!(
             d.iter()
-                .any(|x| x.key == "net.ipv4.conf.ens5.send_redirects" && x.value == "0")
-        );
-        assert!(!d.iter().any(|x| x.key == "net.netfilter.nf_conntrack_max"));
-        let d = desired("ens5", 1000);
-        assert!(
-            d.iter().any(|x| x.key == "net.netfilter.nf_conntrack_max"
-                && x.value == "1000"
-                && x.optional)
+                .filter(|x| x.key.starts_with("net.netfilter."))
+                .all(|x| x.optional)
         );
         assert!(
             d.iter()
                 .any(|x| x.key == "net.ipv4.ip_forward" && x.value == "1" && !x.optional)
         );
+    }
+
+    #[test]
+    fn memory_is_read() {
+        assert!(memory().is_some_and(|m| m > 64 << 20), "{:?}", memory());
     }
 }

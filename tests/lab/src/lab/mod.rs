@@ -157,6 +157,8 @@ pub struct LabOptions {
     /// `[cloudwatch]` on in the daemons' config with this interval, as the
     /// templates have it (60 s); the metrics land in moto. `None`: off.
     pub cloudwatch: Option<Duration>,
+    /// More lines for the daemons' `[kernel]` section.
+    pub kernel_extra: String,
 }
 
 impl LabOptions {
@@ -185,6 +187,7 @@ impl LabOptions {
             witness_interval: Duration::from_secs(60),
             witness_grace: Duration::from_secs(10),
             cloudwatch: Some(Duration::from_secs(60)),
+            kernel_extra: String::new(),
         }
     }
 }

@@ -267,11 +267,12 @@ pub fn daemon_config(
             )
         })
         .unwrap_or_default();
+    let kernel_extra = &o.kernel_extra;
     format!(
         "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
          [routes]\nreconcile_interval = \"{}\"\n\n[kernel]\nconverge_interval = \"10s\"\n\
-         conntrack_max = 0\n\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}{auth}\n\
+         conntrack_max = 0\n{kernel_extra}\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}{auth}\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
          [aws]\nimds_timeout = \"20s\"\n{refresh}\n{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
