@@ -1084,6 +1084,22 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     for x in ['a', 'b'] {
         assert!(!lab.cloud.breaching(&alarm(x), start).await.unwrap(), "{x}");
     }
+    // `hanat status` says it publishes, and when it last did.
+    let json = lab
+        .nat_command(0, lab.opts.hanat_bin.to_str().unwrap())
+        .unwrap()
+        .args([
+            "status",
+            "--json",
+            "--config",
+            lab.nat(0).unwrap().config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["cloudwatch"]["namespace"], "hanat", "{v}");
+    let last = v["cloudwatch"]["last_put_s"].as_f64();
+    assert!(last.is_some_and(|s| s < 10.0), "{v}");
     until_max(
         &lab,
         "AZ 0's NAT ok",

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{info, warn};
 
 use super::ctx::Ctx;
-use super::telemetry::{ErrorView, HandoffView, PeerView, Snapshot, conntrack};
+use super::telemetry::{CloudWatchView, ErrorView, HandoffView, PeerView, Snapshot, conntrack};
 use crate::decide::backoff::PEER_PORT_RETRY;
 use crate::domain::Status;
 use crate::kernel::counters;
@@ -104,6 +104,7 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     for e in &errors {
         warnings.push(format!("{}: {}", e.what, e.error));
     }
+    let cw = &ctx.config.cloudwatch;
     let snap = Snapshot {
         instance: ctx.me.instance_id.to_string(),
         az: ctx.me.availability_zone.clone(),
@@ -119,6 +120,11 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
         status_check: r.status_check.clone(),
         conntrack_entries: entries,
         conntrack_max: max,
+        cloudwatch: cw.enabled.then(|| CloudWatchView {
+            namespace: cw.namespace.clone(),
+            every_s: cw.interval.as_secs_f64(),
+            last_put_s: r.last_publish.map(|t| t.elapsed().as_secs_f64()),
+        }),
         since_reconcile_s: r.last_reconcile.map(|t| t.elapsed().as_secs_f64()),
         since_converge_s: r.last_converge.map(|t| t.elapsed().as_secs_f64()),
         errors,

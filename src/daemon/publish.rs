@@ -174,6 +174,7 @@ impl PublishLoop {
         let cw = &ctx.config.cloudwatch;
         let data = data(&reading, cw.metrics);
         ctx.cloud.put_metric_data(&cw.namespace, &data).await?;
+        ctx.telemetry.recorded().last_publish = Some(Instant::now());
         self.sent = totals;
         Ok(data.len())
     }
@@ -214,6 +215,7 @@ mod tests {
             status_check: None,
             conntrack_entries: 900,
             conntrack_max: 1000,
+            cloudwatch: None,
             since_reconcile_s: None,
             since_converge_s: None,
             errors: vec![],

@@ -210,6 +210,8 @@ pub struct Recorded {
     /// The other AZs this NAT covers, and how (`this_nat`, `nat_gateway`),
     /// as the peers loop last decided.
     pub covering: Vec<(String, &'static str)>,
+    /// The last `PutMetricData` that succeeded.
+    pub last_publish: Option<Instant>,
     pub last_reconcile: Option<Instant>,
     pub last_converge: Option<Instant>,
     /// Per loop, its last error and when (cleared by a success).
@@ -265,6 +267,7 @@ impl Telemetry {
                 elastic_ip: None,
                 status_check: None,
                 covering: Vec::new(),
+                last_publish: None,
                 last_reconcile: None,
                 last_converge: None,
                 errors: BTreeMap::new(),
@@ -562,9 +565,20 @@ pub struct Snapshot {
     pub status_check: Option<String>,
     pub conntrack_entries: i64,
     pub conntrack_max: i64,
+    /// Publishing to CloudWatch, when on (`[cloudwatch]`).
+    #[serde(default)]
+    pub cloudwatch: Option<CloudWatchView>,
     pub since_reconcile_s: Option<f64>,
     pub since_converge_s: Option<f64>,
     pub errors: Vec<ErrorView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CloudWatchView {
+    pub namespace: String,
+    pub every_s: f64,
+    /// Since the last call that succeeded (`None`: none yet).
+    pub last_put_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -694,6 +708,18 @@ pub fn render(s: &Snapshot) -> String {
         &format!("{} of {}{fill}", s.conntrack_entries, s.conntrack_max),
     );
     let ago = |v: Option<f64>| v.map_or("not yet".to_owned(), |t| format!("{} ago", human(t)));
+    if let Some(cw) = &s.cloudwatch {
+        line(
+            &mut out,
+            "cloudwatch",
+            &format!(
+                "namespace {} every {}, last put {}",
+                cw.namespace,
+                human(cw.every_s),
+                ago(cw.last_put_s)
+            ),
+        );
+    }
     line(
         &mut out,
         "last",
@@ -815,6 +841,11 @@ mod tests {
             status_check: Some("asc-0a".into()),
             conntrack_entries: 1_000,
             conntrack_max: 262_144,
+            cloudwatch: Some(CloudWatchView {
+                namespace: "hanat".into(),
+                every_s: 60.0,
+                last_put_s: Some(75.0),
+            }),
             since_reconcile_s: Some(12.0),
             since_converge_s: None,
             errors: vec![ErrorView {
@@ -831,6 +862,7 @@ mod tests {
             "1000 of 262144 (0.4%)",
             "witness    application status check asc-0a watches /health",
             "route pass 12s ago, kernel converge not yet",
+            "cloudwatch namespace hanat every 1m 0s, last put 1m 15s ago",
             "routes: DescribeRouteTables: throttled (4.0s ago)",
         ] {
             assert!(text.contains(want), "{want}\n{text}");
