@@ -875,12 +875,7 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
     }
 
     // AZ 0 stops forwarding: its health, verdict and probe counters say so.
-    lab.nat_exec(
-        0,
-        "nft",
-        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
-    )
-    .unwrap();
+    stop_forwarding(&lab, 0);
     lab.wait_for(
         "AZ 0's health to turn 503",
         Duration::from_secs(20),
@@ -914,18 +909,7 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
     )
     .await
     .unwrap();
-    let json = lab
-        .nat_command(1, lab.opts.hanat_bin.to_str().unwrap())
-        .unwrap()
-        .args([
-            "status",
-            "--json",
-            "--config",
-            lab.nat(1).unwrap().config_path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let v = status_json(&lab, 1);
     assert_eq!(v["healthy"], true, "{v}");
     assert_eq!(v["peers"][0]["verdict"], "failing", "{v}");
 
@@ -951,6 +935,33 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
             .await
             .unwrap();
     }
+}
+
+/// AZ `i`'s NAT stops forwarding: a table of the test's drops everything
+/// at the forward hook.
+fn stop_forwarding(lab: &Lab, i: usize) {
+    lab.nat_exec(
+        i,
+        "nft",
+        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
+    )
+    .unwrap();
+}
+
+/// `hanat status --json` on AZ `i`'s NAT, as an operator there runs it.
+fn status_json(lab: &Lab, i: usize) -> serde_json::Value {
+    let out = lab
+        .nat_command(i, lab.opts.hanat_bin.to_str().unwrap())
+        .unwrap()
+        .args([
+            "status",
+            "--json",
+            "--config",
+            lab.nat(i).unwrap().config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Wait (a loaded machine publishes late) for the maximum of CloudWatch
@@ -1085,18 +1096,7 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
         assert!(!lab.cloud.breaching(&alarm(x), start).await.unwrap(), "{x}");
     }
     // `hanat status` says it publishes, and when it last did.
-    let json = lab
-        .nat_command(0, lab.opts.hanat_bin.to_str().unwrap())
-        .unwrap()
-        .args([
-            "status",
-            "--json",
-            "--config",
-            lab.nat(0).unwrap().config_path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let v = status_json(&lab, 0);
     assert_eq!(v["cloudwatch"]["namespace"], "hanat", "{v}");
     let last = v["cloudwatch"]["last_put_s"].as_f64();
     assert!(last.is_some_and(|s| s < 10.0), "{v}");
@@ -1111,12 +1111,7 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     .await;
 
     // AZ 0's NAT stops forwarding; its peer adopts AZ 0.
-    lab.nat_exec(
-        0,
-        "nft",
-        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
-    )
-    .unwrap();
+    stop_forwarding(&lab, 0);
     let peer_eni = lab.nat(1).unwrap().instance.eni;
     lab.wait_for(
         "AZ 1's NAT to adopt AZ 0",
@@ -1142,12 +1137,7 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     assert!(!lab.cloud.breaching(&alarm('a'), adopted).await.unwrap());
 
     // The peer fails too: nobody forwards either AZ.
-    lab.nat_exec(
-        1,
-        "nft",
-        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
-    )
-    .unwrap();
+    stop_forwarding(&lab, 1);
     lab.wait_for("AZ 1's NAT to fail", Duration::from_secs(20), || async {
         Ok(health(1)? == "503")
     })
