@@ -1,7 +1,7 @@
 //! The templates' CloudWatch alarms, which moto's CloudFormation skips:
 //! read from the template's text, resolved against the deployed stack, and
 //! created through `PutMetricAlarm`, as CloudFormation would on AWS. moto
-//! evaluates no alarm, so [`breaching`] reads an alarm back and applies its
+//! evaluates no alarm, so [`Cloud::breaching`] reads an alarm back and applies its
 //! metric, statistic, threshold and comparison to what the daemons
 //! published, as CloudWatch would for one period.
 
