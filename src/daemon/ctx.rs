@@ -113,6 +113,23 @@ impl Ctx {
         (self.config.aws.call_timeout + COMMAND_TIMEOUT) * ROUND_CALLS + WATCHDOG_SLACK
     }
 
+    /// Change this NAT's verdict to `to`, unless a planned exit is under
+    /// way (`exiting` stays), noting when for `/status`. Whether it
+    /// changed.
+    pub fn set_verdict(&self, to: Status) -> bool {
+        let changed = self.status.send_if_modified(|s| {
+            let change = *s != to && *s != Status::Exiting;
+            if change {
+                *s = to;
+            }
+            change
+        });
+        if changed {
+            self.telemetry.recorded().verdict_since = Instant::now();
+        }
+        changed
+    }
+
     /// Time since start, the clock of [`PeerState`].
     pub fn now(&self) -> Duration {
         self.started.elapsed()

@@ -94,9 +94,7 @@ async fn poll_once(imds: &Imds) -> Result<Option<Reason>, String> {
 /// stop forwarding.
 pub async fn hand_off(ctx: &Ctx, reason: Reason) {
     warn!(%reason, "planned exit: handing this AZ's routes to a peer");
-    if ctx.status.send_replace(Status::Exiting) != Status::Exiting {
-        ctx.telemetry.recorded().verdict_since = tokio::time::Instant::now();
-    }
+    ctx.set_verdict(Status::Exiting);
     let start = Instant::now();
     let moved = wait_for_routes_to_move(ctx, start).await;
     if moved {

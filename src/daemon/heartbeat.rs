@@ -155,16 +155,7 @@ impl HeartbeatLoop {
     /// stays, whatever the probes say.
     fn tell(&self, said: Status) {
         let was = *self.ctx.status.borrow();
-        let changed = self.ctx.status.send_if_modified(|s| {
-            let changed = *s != said && *s != Status::Exiting;
-            if changed {
-                *s = said;
-            }
-            changed
-        });
-        if changed {
-            self.ctx.telemetry.recorded().verdict_since = Instant::now();
-        }
+        self.ctx.set_verdict(said);
         if was == Status::Starting && said == Status::Ok {
             info!("forwarding verified: probes pass through this NAT");
         }
