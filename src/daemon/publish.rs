@@ -81,9 +81,8 @@ pub fn data(r: &Reading, set: MetricSet) -> Vec<Datum> {
         r.active as f64,
         Unit::Count,
     ));
-    if s.conntrack_max > 0 {
-        let fill = 100.0 * s.conntrack_entries as f64 / s.conntrack_max as f64;
-        out.push(figure(CONNTRACK_FILL, fill, Unit::Percent));
+    if let Some(fill) = s.conntrack_fill() {
+        out.push(figure(CONNTRACK_FILL, 100.0 * fill, Unit::Percent));
     }
     let ok = s.verdict == Status::Ok.to_string();
     out.push(figure(VERDICT_OK, f64::from(u8::from(ok)), Unit::Count));

@@ -483,9 +483,8 @@ impl Telemetry {
         }
         t.conntrack_entries.set(s.conntrack_entries);
         t.conntrack_max.set(s.conntrack_max);
-        if s.conntrack_max > 0 {
-            t.conntrack_fill
-                .set(s.conntrack_entries as f64 / s.conntrack_max as f64);
+        if let Some(fill) = s.conntrack_fill() {
+            t.conntrack_fill.set(fill);
         }
         if let Some(v) = s.since_reconcile_s {
             t.since_reconcile.set(v);
@@ -571,6 +570,13 @@ pub struct Snapshot {
     pub since_reconcile_s: Option<f64>,
     pub since_converge_s: Option<f64>,
     pub errors: Vec<ErrorView>,
+}
+
+impl Snapshot {
+    /// The conntrack table's fill, 0 to 1 (`None`: its size is unknown).
+    pub fn conntrack_fill(&self) -> Option<f64> {
+        (self.conntrack_max > 0).then(|| self.conntrack_entries as f64 / self.conntrack_max as f64)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -698,10 +704,10 @@ pub fn render(s: &Snapshot) -> String {
             &format!("application status check {check} watches /health"),
         );
     }
-    let fill = match s.conntrack_max {
-        0 => String::new(),
-        max => format!(" ({:.1}%)", 100.0 * s.conntrack_entries as f64 / max as f64),
-    };
+    let fill = s
+        .conntrack_fill()
+        .map(|f| format!(" ({:.1}%)", 100.0 * f))
+        .unwrap_or_default();
     line(
         &mut out,
         "conntrack",
