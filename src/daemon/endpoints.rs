@@ -134,6 +134,14 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     snap
 }
 
+/// Bring every metric up to date: the daemon's state ([`snapshot`], which
+/// it returns) and the kernel's counters ([`kernel_metrics`]).
+pub async fn refresh(ctx: &Ctx) -> Snapshot {
+    let snap = snapshot(ctx).await;
+    kernel_metrics(ctx).await;
+    snap
+}
+
 /// Read the kernel's traffic counters, conntrack statistics and active
 /// connections into the metrics. What cannot be read is left as it was.
 pub async fn kernel_metrics(ctx: &Ctx) {
@@ -233,8 +241,7 @@ async fn answer(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            snapshot(ctx).await;
-            kernel_metrics(ctx).await;
+            refresh(ctx).await;
             // OpenMetrics to whoever asks for it (Prometheus does), the
             // classic text format to everyone else.
             let openmetrics = req

@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
 use super::ctx::Ctx;
-use super::endpoints::{kernel_metrics, snapshot};
+use super::endpoints::{kernel_metrics, refresh};
 use super::log::LogThrottle;
 use super::telemetry::{KERNEL_COUNTERS, Snapshot};
 use crate::AwsError;
@@ -156,8 +156,7 @@ impl PublishLoop {
     /// One call; the number of figures it put.
     pub async fn tick(&mut self) -> Result<usize, AwsError> {
         let ctx = &self.ctx;
-        let snapshot = snapshot(ctx).await;
-        kernel_metrics(ctx).await;
+        let snapshot = refresh(ctx).await;
         let group = ctx.cloud.group_of(&ctx.me.instance_id).await?;
         let (totals, active) = ctx.telemetry.kernel_totals();
         let covering = ctx.telemetry.recorded().covering.clone();
