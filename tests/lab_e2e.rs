@@ -18,6 +18,14 @@ fn options(azs: usize) -> LabOptions {
     o
 }
 
+/// A lab built with `opts`, its daemons started and every AZ served.
+async fn serving(opts: LabOptions) -> Lab {
+    let lab = Lab::build(opts).await.unwrap();
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    lab
+}
+
 fn leftovers(prefix: &str) -> Vec<String> {
     let out = std::process::Command::new("ip")
         .args(["netns", "list"])
@@ -92,9 +100,7 @@ async fn a_forged_failing_heartbeat_moves_no_route() {
     // without keys): the sender's address is all that is checked.
     let mut opts = options(2);
     opts.peer_auth = false;
-    let lab = Lab::build(opts).await.unwrap();
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let lab = serving(opts).await;
     let (nat0, nat1) = (lab.nat(0).unwrap(), lab.nat(1).unwrap());
     // A private host of the VPC (source/destination check on: it cannot
     // forge its address) claims to be AZ 0's NAT, failing, for 3 s.
@@ -295,9 +301,7 @@ async fn a_frozen_nat_that_thaws_before_its_replacement_takes_its_az_back_withou
     opts.witness_grace = Duration::from_secs(1);
     // Not replaced: it thaws first.
     opts.replace_unhealthy = false;
-    let lab = Lab::build(opts).await.unwrap();
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let lab = serving(opts).await;
     let own = lab.nat(0).unwrap().instance.eni;
     let peer = lab.nat(1).unwrap().instance.eni;
     lab.freeze(0, true).unwrap();
@@ -346,9 +350,7 @@ async fn stop_with_handoff_moves_routes_first_and_keeps_connections() {
     // Long enough to open a connection through the adopter before the
     // daemon is back and takes its routes back.
     opts.restart_delay = Some(Duration::from_secs(4));
-    let lab = Lab::build(opts).await.unwrap();
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let lab = serving(opts).await;
     let peer_eni = lab.nat(1).unwrap().instance.eni;
     let (eip0, eip1) = (elastic_ip(0), elastic_ip(1));
     let meter = lab.meter(0, Duration::from_millis(50));
@@ -459,9 +461,7 @@ async fn failback_drain_leaves_routes_with_the_adopter_for_a_while() {
     }
     let mut opts = options(2);
     opts.failback = "drain:4s".into();
-    let lab = Lab::build(opts).await.unwrap();
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let lab = serving(opts).await;
     let old = lab.nat(0).unwrap().instance.id;
     let peer_eni = lab.nat(1).unwrap().instance.eni;
     lab.terminate_instance(0).await.unwrap();
@@ -725,9 +725,7 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
     // Kept running after it reports itself Unhealthy, so its endpoints
     // can be read while it fails.
     opts.replace_unhealthy = false;
-    let lab = Lab::build(opts).await.unwrap();
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let lab = serving(opts).await;
     let get = |i: usize, path: &str| {
         let url = format!("http://127.0.0.1:7472{path}");
         lab.nat_exec(
@@ -1011,9 +1009,7 @@ async fn cloudwatch_shows_an_adopted_az_forwarded_and_an_az_nobody_forwards() {
     let mut opts = options(2);
     opts.replace_unhealthy = false;
     opts.cloudwatch = Some(Duration::from_secs(1));
-    let lab = Lab::build(opts).await.unwrap();
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let lab = serving(opts).await;
     let (az0, az1) = (lab.azs[0].name.clone(), lab.azs[1].name.clone());
     let of_nat = |i: usize| {
         [
@@ -1171,9 +1167,7 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
     }
     let mut opts = options(1);
     opts.cloudwatch = Some(Duration::from_secs(1));
-    let lab = Lab::build(opts).await.unwrap();
-    lab.start_daemons().unwrap();
-    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    let lab = serving(opts).await;
     let metrics = || {
         lab.nat_exec(
             0,
