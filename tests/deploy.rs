@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_ec2::types::Filter;
+use hanat_lab::alarms::{Declared, declared};
 use hanat_lab::cloud::Cloud;
 use hanat_lab::moto::Moto;
 
@@ -47,27 +48,12 @@ async fn stack_resources(cloud: &Cloud, stack: &str) -> Vec<(String, String, Str
         .collect()
 }
 
-/// The text of resource `id` in `template`: its line and the indented
-/// lines under it.
-fn resource(template: &str, id: &str) -> Option<String> {
-    let mut lines = template.lines().skip_while(|l| *l != format!("  {id}:"));
-    let head = lines.next()?;
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let body = lines.take_while(|l| l.trim().is_empty() || indent(l) > 2);
-    Some(
-        std::iter::once(head)
-            .chain(body)
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-}
-
-/// The three alarms of AZ `x` (a, b, c), each with the lines its
-/// resource must have: moto's CloudFormation does not model
-/// AWS::CloudWatch::Alarm (it deploys the stack without them), so the text
-/// is checked, against the metric names and dimensions the daemon
-/// publishes.
-fn az_alarms(x: char, i: usize, existing: bool) -> Vec<(String, Vec<String>)> {
+/// The three alarms of AZ `x` (a, b, c) as `alarms::declared` reads them
+/// with every expression left as written (and no description): moto's
+/// CloudFormation does not model AWS::CloudWatch::Alarm (it deploys the
+/// stack without them), so the text is checked, against the metric names
+/// the daemon publishes.
+fn az_alarms(x: char, i: usize, existing: bool) -> Vec<Declared> {
     use hanat::daemon::publish::{CONNTRACK_FILL, FORWARDING_NAT};
     let big = x.to_ascii_uppercase();
     let (vpc, az) = match existing {
@@ -80,72 +66,66 @@ fn az_alarms(x: char, i: usize, existing: bool) -> Vec<(String, Vec<String>)> {
             format!(r#"!Select [{i}, !GetAZs ""]"#),
         ),
     };
-    let condition = if x == 'c' { "AlarmedThree" } else { "Alarmed" };
     let missing = match existing {
         true => "breaching",
         false => "!If [Scheduled, notBreaching, breaching]",
     };
-    let common = |name: &str, metric: &str| {
-        vec![
-            "Type: AWS::CloudWatch::Alarm".to_owned(),
-            format!("Condition: {condition}"),
-            format!(r#"AlarmName: !Sub "${{Name}}-nat-{x}-{name}""#),
-            "Namespace: hanat".to_owned(),
-            format!("MetricName: {metric}"),
-            format!("- {{ Name: AvailabilityZone, Value: {az} }}"),
-            "Period: 60".to_owned(),
-            "AlarmActions: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]".to_owned(),
-            "OKActions: !If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]".to_owned(),
-        ]
-    };
-    let group = format!("- {{ Name: AutoScalingGroupName, Value: !Ref NatGroup{big} }}");
-    let with = |mut v: Vec<String>, more: &[&str]| {
-        v.extend(more.iter().map(|m| (*m).to_owned()));
-        v
+    let actions = "!If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]";
+    let group = (
+        "AutoScalingGroupName".to_owned(),
+        format!("!Ref NatGroup{big}"),
+    );
+    let in_az = ("AvailabilityZone".to_owned(), az);
+    let alarm = |id: &str, name: &str, metric: &str, first: (String, String)| Declared {
+        id: format!("{id}{big}"),
+        condition: if x == 'c' { "AlarmedThree" } else { "Alarmed" }.into(),
+        name: format!(r#"!Sub "${{Name}}-nat-{x}-{name}""#),
+        description: String::new(),
+        namespace: "hanat".into(),
+        metric: metric.into(),
+        dimensions: vec![first, in_az.clone()],
+        statistic: "Maximum".into(),
+        period: 60,
+        evaluation_periods: 1,
+        threshold: 0.0,
+        comparison: String::new(),
+        missing: "notBreaching".into(),
+        actions: actions.into(),
+        ok_actions: actions.into(),
     };
     vec![
-        (
-            format!("NoForwardingNatAlarm{big}"),
-            with(
-                common("no-forwarding-nat", FORWARDING_NAT),
-                &[
-                    &format!("- {{ Name: VpcId, Value: {vpc} }}"),
-                    "Statistic: Maximum",
-                    "EvaluationPeriods: 3",
-                    "Threshold: 1",
-                    "ComparisonOperator: LessThanThreshold",
-                    &format!("TreatMissingData: {missing}"),
-                ],
-            ),
-        ),
-        (
-            format!("PortAllocationAlarm{big}"),
-            with(
-                common("port-allocation", "ErrorPortAllocation"),
-                &[
-                    &group,
-                    "Statistic: Sum",
-                    "EvaluationPeriods: 1",
-                    "Threshold: 0",
-                    "ComparisonOperator: GreaterThanThreshold",
-                    "TreatMissingData: notBreaching",
-                ],
-            ),
-        ),
-        (
-            format!("ConntrackFullAlarm{big}"),
-            with(
-                common("conntrack-full", CONNTRACK_FILL),
-                &[
-                    &group,
-                    "Statistic: Maximum",
-                    "EvaluationPeriods: 1",
-                    "Threshold: 90",
-                    "ComparisonOperator: GreaterThanOrEqualToThreshold",
-                    "TreatMissingData: notBreaching",
-                ],
-            ),
-        ),
+        Declared {
+            evaluation_periods: 3,
+            threshold: 1.0,
+            comparison: "LessThanThreshold".into(),
+            missing: missing.into(),
+            ..alarm(
+                "NoForwardingNatAlarm",
+                "no-forwarding-nat",
+                FORWARDING_NAT,
+                ("VpcId".into(), vpc),
+            )
+        },
+        Declared {
+            statistic: "Sum".into(),
+            comparison: "GreaterThanThreshold".into(),
+            ..alarm(
+                "PortAllocationAlarm",
+                "port-allocation",
+                "ErrorPortAllocation",
+                group.clone(),
+            )
+        },
+        Declared {
+            threshold: 90.0,
+            comparison: "GreaterThanOrEqualToThreshold".into(),
+            ..alarm(
+                "ConntrackFullAlarm",
+                "conntrack-full",
+                CONNTRACK_FILL,
+                group,
+            )
+        },
     ]
 }
 
@@ -574,15 +554,16 @@ fn what_moto_does_not_model_is_in_the_template() {
             9,
             "{name}"
         );
+        let written = declared(t, |_| Ok(true), |v| Ok(v.to_owned())).unwrap();
         for (i, x) in ['a', 'b', 'c'].into_iter().enumerate() {
-            for (id, lines) in az_alarms(x, i, name == "existing-vpc.yaml") {
-                let block = resource(t, &id).unwrap_or_else(|| panic!("{name}: no {id}"));
-                for line in lines {
-                    assert!(
-                        block.lines().any(|l| l.trim() == line),
-                        "{name}: {id} lacks `{line}`:\n{block}"
-                    );
-                }
+            for want in az_alarms(x, i, name == "existing-vpc.yaml") {
+                let got = written.iter().find(|a| a.id == want.id);
+                let got = got.unwrap_or_else(|| panic!("{name}: no {}", want.id));
+                let got = Declared {
+                    description: String::new(),
+                    ..got.clone()
+                };
+                assert_eq!(got, want, "{name}");
             }
         }
         // The outside witness: EC2's application status check on /health

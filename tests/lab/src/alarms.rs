@@ -13,6 +13,8 @@ use crate::cloud::Cloud;
 /// One `AWS::CloudWatch::Alarm` of a template, its values resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Declared {
+    /// Its logical id in the template.
+    pub id: String,
     pub condition: String,
     pub name: String,
     pub description: String,
@@ -25,6 +27,10 @@ pub struct Declared {
     pub threshold: f64,
     pub comparison: String,
     pub missing: String,
+    /// `AlarmActions` and `OKActions`, resolved: an SNS topic's ARN, or
+    /// empty for none.
+    pub actions: String,
+    pub ok_actions: String,
 }
 
 /// The alarms `template` declares whose condition `made` says holds,
@@ -96,6 +102,7 @@ pub fn declared(
             })
             .collect::<Result<Vec<_>>>()?;
         out.push(Declared {
+            id: id.to_owned(),
             condition: condition.to_owned(),
             name: key("AlarmName")?,
             description: key("AlarmDescription")?,
@@ -108,6 +115,8 @@ pub fn declared(
             threshold: number("Threshold")?,
             comparison: key("ComparisonOperator")?,
             missing: key("TreatMissingData")?,
+            actions: key("AlarmActions")?,
+            ok_actions: key("OKActions")?,
         });
     }
     Ok(out)
@@ -131,6 +140,12 @@ impl Cloud {
             .treat_missing_data(&alarm.missing);
         for (k, v) in &alarm.dimensions {
             put = put.dimensions(Dimension::builder().name(k).value(v).build());
+        }
+        if !alarm.actions.is_empty() {
+            put = put.alarm_actions(&alarm.actions);
+        }
+        if !alarm.ok_actions.is_empty() {
+            put = put.ok_actions(&alarm.ok_actions);
         }
         put.send()
             .await

@@ -106,6 +106,10 @@ pub(super) async fn deploy_vpc(
         if value == "!If [Scheduled, notBreaching, breaching]" {
             return Ok("breaching".into());
         }
+        // Nor an SNS topic for the alarms.
+        if value == "!If [HasAlarmTopic, [!Ref AlarmTopicArn], !Ref AWS::NoValue]" {
+            return Ok(String::new());
+        }
         match value.starts_with('!') {
             true => Err(anyhow!("cannot resolve `{value}`")),
             false => Ok(unquoted(value)),
