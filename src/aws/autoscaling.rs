@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::AwsError;
-use super::meter::ApiMeter;
+use super::meter::{ApiMeter, metered_client};
 use crate::domain::InstanceId;
 
 #[derive(Clone)]
@@ -22,11 +22,8 @@ pub struct AutoScaling {
 
 impl AutoScaling {
     pub fn new(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
-        let conf = aws_sdk_autoscaling::config::Builder::from(sdk)
-            .interceptor(meter.clone())
-            .build();
         Self {
-            client: aws_sdk_autoscaling::Client::from_conf(conf),
+            client: metered_client!(aws_sdk_autoscaling, sdk, meter),
             groups: Arc::default(),
         }
     }

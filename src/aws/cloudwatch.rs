@@ -5,7 +5,7 @@ use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 use aws_smithy_types::DateTime;
 
 use super::AwsError;
-use super::meter::ApiMeter;
+use super::meter::{ApiMeter, metered_client};
 use crate::domain::{Datum, Unit};
 
 #[derive(Clone)]
@@ -15,11 +15,8 @@ pub struct CloudWatch {
 
 impl CloudWatch {
     pub fn new(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
-        let conf = aws_sdk_cloudwatch::config::Builder::from(sdk)
-            .interceptor(meter.clone())
-            .build();
         Self {
-            client: aws_sdk_cloudwatch::Client::from_conf(conf),
+            client: metered_client!(aws_sdk_cloudwatch, sdk, meter),
         }
     }
 

@@ -9,7 +9,7 @@
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
 
 use super::AwsError;
-use super::meter::ApiMeter;
+use super::meter::{ApiMeter, metered_client};
 use crate::domain::{
     Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
     RouteTableId, RouteTarget, SubnetId, VpcId,
@@ -39,11 +39,8 @@ macro_rules! with_target {
 
 impl Ec2 {
     pub fn new(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
-        let conf = aws_sdk_ec2::config::Builder::from(sdk)
-            .interceptor(meter.clone())
-            .build();
         Self {
-            client: aws_sdk_ec2::Client::from_conf(conf),
+            client: metered_client!(aws_sdk_ec2, sdk, meter),
         }
     }
 

@@ -22,6 +22,19 @@ use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
+/// A client of SDK crate `$sdk` (`aws_sdk_ec2`, …) on `$config`, every
+/// call timed by `$meter`: how each of the daemon's clients is made.
+macro_rules! metered_client {
+    ($sdk:ident, $config:expr, $meter:expr) => {
+        $sdk::Client::from_conf(
+            $sdk::config::Builder::from($config)
+                .interceptor($meter.clone())
+                .build(),
+        )
+    };
+}
+pub(crate) use metered_client;
+
 type Labels = Vec<(&'static str, String)>;
 type Calls = Family<Labels, Histogram, fn() -> Histogram>;
 

@@ -8,7 +8,7 @@
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 
 use super::AwsError;
-use super::meter::ApiMeter;
+use super::meter::{ApiMeter, metered_client};
 
 #[derive(Clone)]
 pub struct Secrets {
@@ -17,11 +17,8 @@ pub struct Secrets {
 
 impl Secrets {
     pub fn new(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
-        let conf = aws_sdk_secretsmanager::config::Builder::from(sdk)
-            .interceptor(meter.clone())
-            .build();
         Self {
-            client: aws_sdk_secretsmanager::Client::from_conf(conf),
+            client: metered_client!(aws_sdk_secretsmanager, sdk, meter),
         }
     }
 
