@@ -43,6 +43,7 @@ pub struct Config {
     pub peers: Peers,
     pub exit: Exit,
     pub eip: Eip,
+    pub snat: Snat,
     pub aws: Aws,
     pub log: Log,
     pub metrics: Metrics,
@@ -522,6 +523,58 @@ impl Default for Eip {
     }
 }
 
+/// How many public addresses a NAT translates to, and which source ports.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Snat {
+    /// Private addresses on the interface, each with an Elastic IP of the
+    /// group's pool: the primary one and `addresses - 1` secondary ones,
+    /// which the daemon assigns itself. New connections are spread over
+    /// them one by one, so one client's connections to one destination
+    /// use them all (`docs/configuration.md`).
+    pub addresses: u8,
+    /// The source ports TCP and UDP connections are translated to.
+    #[serde(deserialize_with = "port_range")]
+    pub ports: (u16, u16),
+}
+
+/// At most this many addresses per NAT: the NAT Gateway's own limit, and
+/// the most the smallest instances accept on one interface.
+pub const MAX_SNAT_ADDRESSES: u8 = 8;
+
+impl Default for Snat {
+    fn default() -> Self {
+        Self {
+            addresses: 1,
+            ports: (1024, 65535),
+        }
+    }
+}
+
+impl Snat {
+    /// How many source ports each address has per destination.
+    pub fn ports_per_address(&self) -> u32 {
+        u32::from(self.ports.1) - u32::from(self.ports.0) + 1
+    }
+}
+
+/// `"1024-65535"` (or one port, `"4000"`).
+fn port_range<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
+    let text = String::deserialize(d)?;
+    let bad = || {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a port range such as \"1024-65535\" (ports 1-65535, low first)"
+        ))
+    };
+    let (lo, hi) = text.split_once('-').unwrap_or((&text, &text));
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
 /// AWS API behaviour.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -822,6 +875,12 @@ impl Config {
                 "must be from 1s to 1h (60s: one datapoint per CloudWatch minute)".into(),
             ));
         }
+        if !(1..=MAX_SNAT_ADDRESSES).contains(&self.snat.addresses) {
+            return Err((
+                "snat.addresses",
+                format!("must be from 1 to {MAX_SNAT_ADDRESSES}"),
+            ));
+        }
         if self.aws.max_attempts == 0 {
             return Err(("aws.max_attempts", "must be at least 1".into()));
         }
@@ -983,6 +1042,17 @@ rise = 2
             let err = parse(&format!("[kernel]\n{text}")).unwrap_err();
             assert!(err.contains(key) && err.contains(says), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn snat_defaults_to_one_address_and_the_full_port_range() {
+        let c = parse("").unwrap();
+        assert_eq!((c.snat.addresses, c.snat.ports), (1, (1024, 65535)));
+        assert_eq!(c.snat.ports_per_address(), 64_512);
+        let four = parse("[snat]\naddresses = 4\nports = \"32768-60999\"").unwrap();
+        assert_eq!((four.snat.addresses, four.snat.ports), (4, (32768, 60999)));
+        let one = parse("[snat]\nports = \"4000\"").unwrap();
+        assert_eq!(one.snat.ports, (4000, 4000));
     }
 
     #[test]
@@ -1171,6 +1241,22 @@ rise = 2
                 "log.format: unknown variant `xml`",
             ),
             ("[heartbeat\n", "(file): "),
+            (
+                "[snat]\naddresses = 9",
+                "snat.addresses: must be from 1 to 8",
+            ),
+            (
+                "[snat]\naddresses = 0",
+                "snat.addresses: must be from 1 to 8",
+            ),
+            (
+                "[snat]\nports = \"2000-1024\"",
+                "snat.ports: `2000-1024` is not a port range",
+            ),
+            (
+                "[snat]\nports = \"0-100\"",
+                "snat.ports: `0-100` is not a port range",
+            ),
         ];
         for (text, want) in cases {
             let got = parse(text).unwrap_err();

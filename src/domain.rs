@@ -216,6 +216,8 @@ pub struct Address {
     pub public_ip: String,
     pub eni: Option<EniId>,
     pub instance: Option<InstanceId>,
+    /// The private address it is associated with, when associated.
+    pub private_ip: Option<Ipv4Addr>,
 }
 
 /// What a NAT says about itself.

@@ -4,6 +4,8 @@
 //! stateful fake in the tests plays a whole account, with injectable errors
 //! and latency, so the loops can be run under paused time.
 
+use std::net::Ipv4Addr;
+
 use async_trait::async_trait;
 
 use super::AwsError;
@@ -61,10 +63,18 @@ pub trait Cloud: Send + Sync {
     async fn addresses_tagged(&self, key: &str, value: &str) -> Result<Vec<Address>, AwsError>;
     /// The instance an interface is attached to.
     async fn eni_owner(&self, eni: &EniId) -> Result<Option<InstanceId>, AwsError>;
+    /// An interface's private addresses, the primary one first.
+    async fn interface_addresses(&self, eni: &EniId) -> Result<Vec<Ipv4Addr>, AwsError>;
+    /// Give an interface `count` more secondary private addresses, chosen
+    /// by EC2.
+    async fn assign_private_addresses(&self, eni: &EniId, count: usize) -> Result<(), AwsError>;
+    /// Associate an Elastic IP with `eni`'s `private_ip` (its primary one
+    /// when `None`).
     async fn associate_address(
         &self,
         allocation_id: &str,
         eni: &EniId,
+        private_ip: Option<Ipv4Addr>,
         reassociate: bool,
     ) -> Result<(), AwsError>;
     async fn set_unhealthy(&self, instance: &InstanceId) -> Result<(), AwsError>;
@@ -176,14 +186,21 @@ impl Cloud for Sdk {
     async fn eni_owner(&self, eni: &EniId) -> Result<Option<InstanceId>, AwsError> {
         self.ec2.eni_owner(eni).await
     }
+    async fn interface_addresses(&self, eni: &EniId) -> Result<Vec<Ipv4Addr>, AwsError> {
+        self.ec2.interface_addresses(eni).await
+    }
+    async fn assign_private_addresses(&self, eni: &EniId, count: usize) -> Result<(), AwsError> {
+        self.ec2.assign_private_addresses(eni, count).await
+    }
     async fn associate_address(
         &self,
         allocation_id: &str,
         eni: &EniId,
+        private_ip: Option<Ipv4Addr>,
         reassociate: bool,
     ) -> Result<(), AwsError> {
         self.ec2
-            .associate_address(allocation_id, eni, reassociate)
+            .associate_address(allocation_id, eni, private_ip, reassociate)
             .await
     }
     async fn set_unhealthy(&self, instance: &InstanceId) -> Result<(), AwsError> {

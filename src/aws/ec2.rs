@@ -6,6 +6,8 @@
 //! attribute, so a failure can never leave a route table half-changed; the
 //! next reconcile simply tries again. Retries and backoff are the SDK's.
 
+use std::net::Ipv4Addr;
+
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
 
 use super::AwsError;
@@ -388,6 +390,7 @@ impl Ec2 {
                     public_ip: a.public_ip().unwrap_or_default().to_owned(),
                     eni: some(a.network_interface_id()).map(EniId),
                     instance: some(a.instance_id()).map(InstanceId),
+                    private_ip: a.private_ip_address().and_then(|p| p.parse().ok()),
                 })
             })
             .collect();
@@ -413,18 +416,62 @@ impl Ec2 {
             .map(|i| InstanceId(i.to_owned())))
     }
 
-    /// Associate an Elastic IP with `eni`. Without `reassociate`, AWS
-    /// refuses if someone holds it, so a stale decision cannot steal it.
+    /// `eni`'s private addresses, the primary one first.
+    pub async fn interface_addresses(&self, eni: &EniId) -> Result<Vec<Ipv4Addr>, AwsError> {
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .filters(filter("network-interface-id", &eni.0))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("DescribeNetworkInterfaces", &eni.0, e))?;
+        let mut v: Vec<(bool, Ipv4Addr)> = out
+            .network_interfaces()
+            .first()
+            .map(|n| n.private_ip_addresses())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| {
+                let ip = a.private_ip_address()?.parse().ok()?;
+                Some((a.primary() != Some(true), ip))
+            })
+            .collect();
+        // Primary first; the secondaries in EC2's order.
+        v.sort_by_key(|(secondary, _)| *secondary);
+        Ok(v.into_iter().map(|(_, ip)| ip).collect())
+    }
+
+    /// `count` more secondary private addresses on `eni`, chosen by EC2.
+    pub async fn assign_private_addresses(
+        &self,
+        eni: &EniId,
+        count: usize,
+    ) -> Result<(), AwsError> {
+        self.client
+            .assign_private_ip_addresses()
+            .network_interface_id(&eni.0)
+            .secondary_private_ip_address_count(i32::try_from(count).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("AssignPrivateIpAddresses", &eni.0, e))?;
+        Ok(())
+    }
+
+    /// Associate an Elastic IP with `eni`'s `private_ip` (EC2 takes the
+    /// primary one when `None`). Without `reassociate`, AWS refuses if
+    /// someone holds it, so a stale decision cannot steal it.
     pub async fn associate_address(
         &self,
         allocation_id: &str,
         eni: &EniId,
+        private_ip: Option<Ipv4Addr>,
         reassociate: bool,
     ) -> Result<(), AwsError> {
         self.client
             .associate_address()
             .allocation_id(allocation_id)
             .network_interface_id(&eni.0)
+            .set_private_ip_address(private_ip.map(|p| p.to_string()))
             .allow_reassociation(reassociate)
             .send()
             .await

@@ -60,6 +60,9 @@ pub struct State {
     pub status_checks: Vec<(String, InstanceId)>,
     /// CloudWatch: every put, when, into which namespace.
     pub metric_data: Vec<(Instant, String, Vec<Datum>)>,
+    /// Secondary private addresses by interface (the primary one is the
+    /// instance's `ip`); new ones are 10.0.200.x.
+    pub secondary_ips: HashMap<EniId, Vec<Ipv4Addr>>,
 }
 
 #[derive(Default)]
@@ -290,21 +293,50 @@ impl Cloud for FakeCloud {
             .find(|i| i.info.eni.as_ref() == Some(eni))
             .map(|i| i.info.id.clone()))
     }
+    async fn interface_addresses(&self, eni: &EniId) -> Result<Vec<Ipv4Addr>, AwsError> {
+        self.call("DescribeNetworkInterfaces", eni.to_string())
+            .await?;
+        let s = self.state();
+        let primary = s
+            .instances
+            .iter()
+            .find(|i| i.info.eni.as_ref() == Some(eni))
+            .and_then(|i| i.info.ip);
+        let secondary = s.secondary_ips.get(eni).cloned().unwrap_or_default();
+        Ok(primary.into_iter().chain(secondary).collect())
+    }
+    async fn assign_private_addresses(&self, eni: &EniId, count: usize) -> Result<(), AwsError> {
+        self.call("AssignPrivateIpAddresses", eni.to_string())
+            .await?;
+        let mut s = self.state();
+        let taken: usize = s.secondary_ips.values().map(Vec::len).sum();
+        let new = (taken..taken + count).map(|n| Ipv4Addr::new(10, 0, 200, 10 + n as u8));
+        s.secondary_ips.entry(eni.clone()).or_default().extend(new);
+        Ok(())
+    }
     async fn associate_address(
         &self,
         allocation_id: &str,
         eni: &EniId,
+        private_ip: Option<Ipv4Addr>,
         _reassociate: bool,
     ) -> Result<(), AwsError> {
         self.call("AssociateAddress", allocation_id.to_owned())
             .await?;
         let mut s = self.state();
+        let primary = s
+            .instances
+            .iter()
+            .find(|i| i.info.eni.as_ref() == Some(eni))
+            .and_then(|i| i.info.ip);
         if let Some((a, _)) = s
             .addresses
             .iter_mut()
             .find(|(a, _)| a.allocation_id == allocation_id)
         {
             a.eni = Some(eni.clone());
+            a.instance = None;
+            a.private_ip = private_ip.or(primary);
         }
         Ok(())
     }

@@ -3,13 +3,15 @@
 //! Run once at start (a failure there is fatal: exit 71) and then by the
 //! heartbeat loop every `kernel.converge_interval` and when probes fail.
 
+use std::net::Ipv4Addr;
+
 use tokio::time::Instant;
 use tracing::{error, warn};
 
 use super::log::LogThrottle;
 use crate::config::{Config, Conntrack, Failover};
 use crate::domain::{Identity, Ipv4Cidr};
-use crate::kernel::{self, KernelError, counters, nft, probe_ns, sysctl, tunnel};
+use crate::kernel::{self, KernelError, counters, link, nft, probe_ns, sysctl, tunnel};
 use crate::report;
 
 /// The sources that are NATed: the VPC and the probe network.
@@ -34,13 +36,24 @@ pub fn conntrack(config: &Config) -> Conntrack {
 
 /// Converge every kernel setting once. Optional settings that cannot be
 /// made (some sysctls, the flow hand-off tunnel) are returned for a warning.
+///
+/// `snat` are the private addresses to translate new connections to, the
+/// primary one first ([`super::ctx::Ctx::snat`]); the secondary ones are
+/// put on the interface first, as EC2's own agents do, so the replies
+/// addressed to them are taken in.
 pub async fn converge_kernel(
     identity: &Identity,
     config: &Config,
     interface: &str,
+    snat: &[Ipv4Addr],
 ) -> Result<Vec<KernelError>, KernelError> {
+    link::ensure_addresses(interface, identity.private_ip, snat).await?;
     // Rules first: loading them loads conntrack, whose sysctls come next.
-    let ruleset = nft::render(interface, &nat_sources(identity, config))?;
+    let translation = nft::Translation {
+        addresses: snat.to_vec(),
+        ports: config.snat.ports,
+    };
+    let ruleset = nft::render(interface, &nat_sources(identity, config), &translation)?;
     kernel::apply_ruleset(&ruleset).await?;
     let mut skipped = sysctl::apply(&sysctl::desired(interface, &conntrack(config)))?;
     // The metrics' traffic counters: optional, never in forwarding's way.
@@ -69,9 +82,10 @@ pub async fn converge_logged(
     identity: &Identity,
     config: &Config,
     interface: &str,
+    snat: &[Ipv4Addr],
     throttle: &mut LogThrottle,
 ) -> Result<(), String> {
-    match converge_kernel(identity, config, interface).await {
+    match converge_kernel(identity, config, interface, snat).await {
         Ok(skipped) => {
             throttle.clear("kernel");
             for s in skipped {

@@ -4,6 +4,7 @@
 //! making progress, and what rarely changes in EC2.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ pub struct Ctx {
     pub slow: Mutex<Slow>,
     /// Metrics, and what `/status` shows.
     pub telemetry: Telemetry,
+    /// The private addresses new connections are translated to, the
+    /// primary one first: set by the Elastic IP claim, applied by the
+    /// kernel converge ([`Ctx::snat`]).
+    snat: Mutex<Vec<Ipv4Addr>>,
 }
 
 /// An AZ's tagged subnets, with their networks.
@@ -89,7 +94,6 @@ impl Ctx {
     ) -> Arc<Ctx> {
         Arc::new(Ctx {
             cloud,
-            me,
             config,
             started: Instant::now(),
             status: watch::channel(Status::Starting).0,
@@ -98,8 +102,22 @@ impl Ctx {
             flows: Arc::new(tokio::sync::Mutex::new(flows)),
             progress: Progress::default(),
             slow: Mutex::new(Slow::default()),
+            snat: Mutex::new(vec![me.private_ip]),
+            me,
             telemetry: Telemetry::new(meter),
         })
+    }
+
+    /// The private addresses new connections are translated to, the
+    /// primary one first (just it until the Elastic IP claim says more).
+    pub fn snat(&self) -> Vec<Ipv4Addr> {
+        self.snat.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Set what [`Ctx::snat`] says; the heartbeat loop applies a change
+    /// within a round.
+    pub fn set_snat(&self, addresses: Vec<Ipv4Addr>) {
+        *self.snat.lock().unwrap_or_else(|p| p.into_inner()) = addresses;
     }
 
     pub fn slow(&self) -> MutexGuard<'_, Slow> {

@@ -1,9 +1,15 @@
-//! Keeping the AZ's Elastic IP on this NAT's interface, so the public
-//! address external services allow-list survives every replacement. Run at
+//! Keeping the group's Elastic IPs on this NAT's interface, so the public
+//! addresses external services allow-list survive every replacement: one on
+//! the primary private address, and with `snat.addresses = N` one on each of
+//! N−1 secondary private addresses, which this NAT assigns itself. Run at
 //! the start of each routes pass; failures are logged (once a minute) and
-//! the NAT serves with its own public address meanwhile.
+//! the NAT serves with what it holds meanwhile: the kernel translates new
+//! connections only to the private addresses that have a public one
+//! ([`Ctx::snat`]), so an address that could not be claimed is left out
+//! rather than black-holing the connections sent to it.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -13,11 +19,11 @@ use super::log::LogThrottle;
 use super::take::running_instance;
 use crate::AwsError;
 use crate::aws::cloud::Cloud;
-use crate::decide::routes::{AddressAction, plan_address};
-use crate::domain::{Identity, RouteTarget};
+use crate::decide::routes::{AddressAction, plan_addresses};
+use crate::domain::{Address, Identity, RouteTarget};
 
 /// The claim's state across passes: this instance's group, once known,
-/// and when the address was last seen on this NAT.
+/// and when every address was last seen held by this NAT.
 #[derive(Debug, Default)]
 pub struct EipClaim {
     /// `None` until asked; `Some(None)` when not in a group.
@@ -27,9 +33,9 @@ pub struct EipClaim {
 }
 
 impl EipClaim {
-    /// One claim pass (a no-op with `eip.claim = false`, or while the
+    /// One claim pass (a no-op with `eip.claim = false`, or while every
     /// address was seen held here within `aws.refresh_interval`: nobody
-    /// else takes it from a running instance).
+    /// else takes them from a running instance).
     pub async fn keep(&mut self, ctx: &Ctx, throttle: &mut LogThrottle) {
         let fresh = |t: &Instant| t.elapsed() < ctx.config.aws.refresh_interval;
         if !ctx.config.eip.claim || self.held_at.as_ref().is_some_and(fresh) {
@@ -55,77 +61,188 @@ impl EipClaim {
             return;
         };
         let tag_key = &ctx.config.eip.tag_key;
-        let msg = match claim_address(&*ctx.cloud, &ctx.me, tag_key, g).await {
-            Ok(AddressAction::Keep | AddressAction::Associate { .. }) => {
-                self.held_at = Some(Instant::now());
-                None
-            }
-            Ok(AddressAction::NoAddress) => Some(format!(
-                "no Elastic IP tagged {tag_key}={g}; serving with the instance's own public address"
-            )),
-            Ok(AddressAction::HeldByHealthy {
-                allocation_id,
-                holder,
-            }) => Some(format!(
-                "Elastic IP {allocation_id} is held by running {holder}; not taking it, serving with the instance's own public address"
-            )),
-            Err(e) => Some(format!("cannot claim the Elastic IP: {e}")),
-        };
-        ctx.telemetry.recorded().elastic_ip = Some(msg.is_none());
-        match msg {
-            Some(m) => {
-                if let Some(n) = throttle.check("eip", &m, Instant::now()) {
-                    warn!(suppressed = n, "{m}");
-                }
-            }
-            None => {
-                throttle.clear("eip");
-            }
+        let wanted = usize::from(ctx.config.snat.addresses);
+        let result = async {
+            let privates = private_addresses(&*ctx.cloud, &ctx.me, wanted).await?;
+            claim_addresses(&*ctx.cloud, &ctx.me, tag_key, g, &privates).await
         }
+        .await;
+        let problems: Vec<String> = match &result {
+            Ok(claims) => claims
+                .iter()
+                .filter_map(|(p, a)| match a {
+                    AddressAction::Keep | AddressAction::Associate { .. } => None,
+                    AddressAction::NoAddress => {
+                        Some(format!("{p}: no free Elastic IP tagged {tag_key}={g}"))
+                    }
+                    AddressAction::HeldByHealthy {
+                        allocation_id,
+                        holder,
+                    } => Some(format!(
+                        "{p}: Elastic IP {allocation_id} is held by running {holder}; not taking it"
+                    )),
+                })
+                .collect(),
+            Err(e) => vec![format!("cannot claim the Elastic IPs: {e}")],
+        };
+        if let Ok(claims) = &result {
+            self.record(ctx, claims);
+        }
+        if problems.is_empty() {
+            self.held_at = Some(Instant::now());
+            throttle.clear("eip");
+            return;
+        }
+        let m = format!(
+            "{}; new connections use only the addresses that have one (the primary one always, with the instance's own public address if need be)",
+            problems.join("; ")
+        );
+        if let Some(n) = throttle.check("eip", &m, Instant::now()) {
+            warn!(suppressed = n, "{m}");
+        }
+    }
+
+    /// Tell the kernel which addresses to translate to (the primary one,
+    /// and each secondary one that has a public address) and the metrics
+    /// what is held.
+    fn record(&self, ctx: &Ctx, claims: &[(Ipv4Addr, AddressAction)]) {
+        let held =
+            |a: &AddressAction| matches!(a, AddressAction::Keep | AddressAction::Associate { .. });
+        let snat: Vec<Ipv4Addr> = claims
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, a))| *i == 0 || held(a))
+            .map(|(_, (p, _))| *p)
+            .collect();
+        ctx.set_snat(snat);
+        let mut r = ctx.telemetry.recorded();
+        r.elastic_ip = claims.first().map(|(_, a)| held(a));
+        r.elastic_ips = Some((claims.iter().filter(|(_, a)| held(a)).count(), claims.len()));
     }
 }
 
-/// Keep the AZ's Elastic IP on our interface: take it when it is free or
-/// its holder is gone, never from a running instance.
+/// This NAT's first `wanted` private addresses, the primary one first,
+/// assigning the missing secondary ones (EC2 chooses them). With one
+/// wanted, just the primary one, without a call.
+pub async fn private_addresses(
+    cloud: &dyn Cloud,
+    me: &Identity,
+    wanted: usize,
+) -> Result<Vec<Ipv4Addr>, AwsError> {
+    if wanted <= 1 {
+        return Ok(vec![me.private_ip]);
+    }
+    let mut have = ordered(me, cloud.interface_addresses(&me.eni).await?);
+    if have.len() < wanted {
+        let more = wanted - have.len();
+        cloud.assign_private_addresses(&me.eni, more).await?;
+        have = ordered(me, cloud.interface_addresses(&me.eni).await?);
+        info!(eni = %me.eni, assigned = more, addresses = ?have, "assigned secondary private addresses");
+    }
+    have.truncate(wanted);
+    Ok(have)
+}
+
+/// The primary address first, whatever EC2 listed.
+fn ordered(me: &Identity, mut v: Vec<Ipv4Addr>) -> Vec<Ipv4Addr> {
+    v.retain(|a| *a != me.private_ip);
+    v.insert(0, me.private_ip);
+    v
+}
+
+/// Keep the AZ's Elastic IP on our primary address: take it when it is
+/// free or its holder is gone, never from a running instance.
 pub async fn claim_address(
     cloud: &dyn Cloud,
     identity: &Identity,
     tag_key: &str,
     group: &str,
 ) -> Result<AddressAction, AwsError> {
+    let mut v = claim_addresses(cloud, identity, tag_key, group, &[identity.private_ip]).await?;
+    Ok(v.pop().map_or(AddressAction::NoAddress, |(_, a)| a))
+}
+
+/// Give each of `privates` (primary first) one of the group's Elastic
+/// IPs, by [`plan_addresses`]; associates what it decides to take. EC2 is
+/// asked whether a holder still runs only for as many held addresses as
+/// are needed.
+pub async fn claim_addresses(
+    cloud: &dyn Cloud,
+    identity: &Identity,
+    tag_key: &str,
+    group: &str,
+    privates: &[Ipv4Addr],
+) -> Result<Vec<(Ipv4Addr, AddressAction)>, AwsError> {
     let pool = cloud.addresses_tagged(tag_key, group).await?;
+    let alive = holders_alive(cloud, identity, &pool, privates).await?;
+    let plan = plan_addresses(identity, privates, &pool, |a| {
+        alive.get(&a.allocation_id).copied().unwrap_or(true)
+    });
+    for (private_ip, action) in &plan {
+        if let AddressAction::Associate {
+            allocation_id,
+            reassociate,
+        } = action
+        {
+            cloud
+                .associate_address(
+                    allocation_id,
+                    &identity.eni,
+                    Some(*private_ip),
+                    *reassociate,
+                )
+                .await?;
+            let ip = pool
+                .iter()
+                .find(|a| a.allocation_id == *allocation_id)
+                .map(|a| a.public_ip.clone())
+                .unwrap_or_default();
+            info!(allocation = %allocation_id, public_ip = %ip, eni = %identity.eni, private_ip = %private_ip, reassociate, "claimed an Elastic IP of the group");
+        }
+    }
+    Ok(plan)
+}
+
+/// Whether the holders of the pool's held addresses (not ours) still run,
+/// asked in pool order until enough addresses are ours, free or orphaned
+/// for `privates` (an unasked holder counts as alive).
+async fn holders_alive(
+    cloud: &dyn Cloud,
+    identity: &Identity,
+    pool: &[Address],
+    privates: &[Ipv4Addr],
+) -> Result<HashMap<String, bool>, AwsError> {
+    let mine = |a: &Address| {
+        a.eni.as_ref() == Some(&identity.eni) || a.instance.as_ref() == Some(&identity.instance_id)
+    };
+    let wanted = privates.len();
+    let mut usable = pool
+        .iter()
+        .filter(|a| {
+            let kept = mine(a) && privates.contains(&a.private_ip.unwrap_or(identity.private_ip));
+            kept || (a.eni.is_none() && a.instance.is_none())
+        })
+        .count();
     let mut alive = HashMap::new();
-    for a in pool.iter().take(1) {
+    for a in pool.iter().filter(|a| !mine(a)) {
+        if usable >= wanted {
+            break;
+        }
         let holder = match (&a.instance, &a.eni) {
             (Some(i), _) => Some(i.clone()),
-            (None, Some(e)) if *e != identity.eni => cloud.eni_owner(e).await?,
-            _ => None,
+            (None, Some(e)) => cloud.eni_owner(e).await?,
+            (None, None) => continue,
         };
         let is_alive = match holder {
-            Some(h) if h == identity.instance_id => true,
             Some(h) => running_instance(cloud, &RouteTarget::Instance(h))
                 .await?
                 .is_some(),
             None => false,
         };
+        if !is_alive {
+            usable += 1;
+        }
         alive.insert(a.allocation_id.clone(), is_alive);
     }
-    let action = plan_address(identity, &pool, |a| {
-        alive.get(&a.allocation_id).copied().unwrap_or(true)
-    });
-    if let AddressAction::Associate {
-        allocation_id,
-        reassociate,
-    } = &action
-    {
-        cloud
-            .associate_address(allocation_id, &identity.eni, *reassociate)
-            .await?;
-        let ip = pool
-            .first()
-            .map(|a| a.public_ip.clone())
-            .unwrap_or_default();
-        info!(allocation = %allocation_id, public_ip = %ip, eni = %identity.eni, reassociate, "claimed the AZ's Elastic IP");
-    }
-    Ok(action)
+    Ok(alive)
 }

@@ -85,6 +85,16 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     if r.elastic_ip == Some(false) {
         warnings.push("this AZ's Elastic IP is not on this NAT".into());
     }
+    let snat = ctx.snat();
+    if let Some((held, wanted)) = r.elastic_ips
+        && held < wanted
+        && wanted > 1
+    {
+        warnings.push(format!(
+            "{held} of {wanted} Elastic IPs held (snat.addresses): new connections use {} addresses",
+            snat.len()
+        ));
+    }
     if let Some(check) = &ctx.config.peers.status_check
         && r.status_check.is_none()
     {
@@ -117,6 +127,8 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
         peers,
         handoffs,
         elastic_ip_held: r.elastic_ip,
+        elastic_ips: r.elastic_ips,
+        snat_addresses: snat.iter().map(ToString::to_string).collect(),
         status_check: r.status_check.clone(),
         conntrack_entries: entries,
         conntrack_max: max,

@@ -27,6 +27,9 @@ pub struct HeartbeatLoop {
     state: Heartbeat,
     throttle: LogThrottle,
     next_converge: Instant,
+    /// The translation addresses last converged ([`Ctx::snat`]): a change
+    /// is applied within a round.
+    snat: Vec<std::net::Ipv4Addr>,
     /// The kernel config was re-applied after a failed round: the next
     /// passing round says the drift was repaired.
     repairing: bool,
@@ -42,6 +45,8 @@ impl HeartbeatLoop {
         };
         let state = Heartbeat::new(hb.fall, hb.rise, hb.grace_period, Duration::ZERO);
         let next_converge = Instant::now() + ctx.config.kernel.converge_interval;
+        // What start-up converged.
+        let snat = vec![ctx.me.private_ip];
         HeartbeatLoop {
             ctx,
             interface,
@@ -49,6 +54,7 @@ impl HeartbeatLoop {
             state,
             throttle: LogThrottle::default(),
             next_converge,
+            snat,
             repairing: false,
         }
     }
@@ -73,7 +79,7 @@ impl HeartbeatLoop {
             self.ctx.config.heartbeat.fall,
         );
         let mut next_round = Instant::now() + interval;
-        if Instant::now() >= self.next_converge {
+        if Instant::now() >= self.next_converge || self.snat != self.ctx.snat() {
             self.converge().await;
         }
         let round = self.prober.round().await;
@@ -117,8 +123,17 @@ impl HeartbeatLoop {
 
     async fn converge(&mut self) {
         let ctx = &*self.ctx;
-        let result =
-            converge_logged(&ctx.me, &ctx.config, &self.interface, &mut self.throttle).await;
+        let snat = ctx.snat();
+        let result = converge_logged(
+            &ctx.me,
+            &ctx.config,
+            &self.interface,
+            &snat,
+            &mut self.throttle,
+        )
+        .await;
+        // A failed converge is retried at the next due time, not every round.
+        self.snat = snat;
         if result.is_ok() {
             ctx.telemetry.recorded().last_converge = Some(Instant::now());
         }

@@ -128,7 +128,9 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         vpc_cidrs = ?identity.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "starting"
     );
-    for skipped in converge_kernel(&identity, &config, &interface).await? {
+    // Until the Elastic IP claim says which secondary addresses have a
+    // public address, new connections take the primary one.
+    for skipped in converge_kernel(&identity, &config, &interface, &[identity.private_ip]).await? {
         warn!(error = %report(&skipped), "optional kernel setting not made");
     }
     info!(namespace = %config.heartbeat.probe_namespace, "kernel NAT configured");

@@ -210,6 +210,8 @@ mod tests {
                 .collect(),
             handoffs: Some(vec![]),
             elastic_ip_held: None,
+            elastic_ips: None,
+            snat_addresses: Vec::new(),
             status_check: None,
             conntrack_entries: 900,
             conntrack_max: 1000,

@@ -55,6 +55,8 @@ pub struct Telemetry {
     handoffs: Gauge,
     covering: Family<Labels, Gauge>,
     eip: Gauge,
+    eips: Gauge,
+    snat_addresses: Gauge,
     conntrack_entries: Gauge,
     conntrack_max: Gauge,
     conntrack_fill: FloatGauge,
@@ -205,6 +207,8 @@ pub struct Recorded {
     pub own_routes: Vec<RouteView>,
     /// The Elastic IP is on this NAT (`None`: claiming is off).
     pub elastic_ip: Option<bool>,
+    /// Elastic IPs held of those wanted (`snat.addresses`).
+    pub elastic_ips: Option<(usize, usize)>,
     /// The application status check this instance is associated with.
     pub status_check: Option<String>,
     /// The other AZs this NAT covers, and how (`this_nat`, `nat_gateway`),
@@ -251,6 +255,8 @@ impl Telemetry {
             handoffs: Gauge::default(),
             covering: Family::default(),
             eip: Gauge::default(),
+            eips: Gauge::default(),
+            snat_addresses: Gauge::default(),
             conntrack_entries: Gauge::default(),
             conntrack_max: Gauge::default(),
             conntrack_fill: FloatGauge::default(),
@@ -265,6 +271,7 @@ impl Telemetry {
                 verdict_since: Instant::now(),
                 own_routes: Vec::new(),
                 elastic_ip: None,
+                elastic_ips: None,
                 status_check: None,
                 covering: Vec::new(),
                 last_publish: None,
@@ -328,6 +335,16 @@ impl Telemetry {
             "elastic_ip_held",
             "1 when this AZ's Elastic IP is on this NAT (absent when claiming is off)",
             t.eip.clone(),
+        );
+        registry.register(
+            "elastic_ips_held",
+            "Elastic IPs of the group on this NAT's private addresses, of snat.addresses wanted (absent when claiming is off)",
+            t.eips.clone(),
+        );
+        registry.register(
+            "snat_addresses",
+            "Private addresses new connections are translated to, in turn (each with its own public address)",
+            t.snat_addresses.clone(),
         );
         registry.register(
             "conntrack_entries",
@@ -481,6 +498,10 @@ impl Telemetry {
         if let Some(held) = s.elastic_ip_held {
             t.eip.set(i64::from(held));
         }
+        if let Some((held, _)) = s.elastic_ips {
+            t.eips.set(held as i64);
+        }
+        t.snat_addresses.set(s.snat_addresses.len() as i64);
         t.conntrack_entries.set(s.conntrack_entries);
         t.conntrack_max.set(s.conntrack_max);
         if let Some(fill) = s.conntrack_fill() {
@@ -558,6 +579,12 @@ pub struct Snapshot {
     /// `None`: busy (a loop held them for a kernel command just then).
     pub handoffs: Option<Vec<HandoffView>>,
     pub elastic_ip_held: Option<bool>,
+    /// Elastic IPs held, of those wanted (`snat.addresses`).
+    #[serde(default)]
+    pub elastic_ips: Option<(usize, usize)>,
+    /// The private addresses new connections are translated to.
+    #[serde(default)]
+    pub snat_addresses: Vec<String>,
     /// The application status check watching this NAT's `/health`, once
     /// this instance is associated with it (`peers.status_check`).
     #[serde(default)]
@@ -697,6 +724,16 @@ pub fn render(s: &Snapshot) -> String {
         None => "not claimed (eip.claim = false)",
     };
     line(&mut out, "Elastic IP", eip);
+    if let Some((held, wanted)) = s.elastic_ips.filter(|(_, w)| *w > 1) {
+        line(
+            &mut out,
+            "addresses",
+            &format!(
+                "{held} of {wanted} Elastic IPs held; new connections spread over {}",
+                s.snat_addresses.join(", ")
+            ),
+        );
+    }
     if let Some(check) = &s.status_check {
         line(
             &mut out,
@@ -844,6 +881,8 @@ mod tests {
             }],
             handoffs: Some(vec![]),
             elastic_ip_held: Some(true),
+            elastic_ips: Some((1, 1)),
+            snat_addresses: vec!["10.0.0.10".into()],
             status_check: Some("asc-0a".into()),
             conntrack_entries: 1_000,
             conntrack_max: 262_144,

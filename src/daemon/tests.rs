@@ -566,3 +566,59 @@ async fn cloudwatch_gets_what_the_counters_grew_by_and_a_failed_call_loses_none_
         Some(("AutoScalingGroupName", "nat-az-b".into()))
     );
 }
+
+/// With `snat.addresses = 3` and two Elastic IPs in the group's pool, the
+/// NAT assigns itself two secondary addresses, puts the two Elastic IPs on
+/// the primary and the first secondary, and translates to those two only;
+/// a third Elastic IP added to the pool is taken at the next pass.
+#[tokio::test(start_paused = true)]
+async fn each_address_gets_an_elastic_ip_and_only_those_are_translated_to() {
+    use super::eip::EipClaim;
+    use super::log::LogThrottle;
+    use crate::domain::Address;
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
+    let add = |n: u8| {
+        let a = Address {
+            allocation_id: format!("eipalloc-{n}"),
+            public_ip: format!("198.51.100.{}", 10 + n),
+            eni: None,
+            instance: None,
+            private_ip: None,
+        };
+        let tags = vec![("hanat:group".to_owned(), "nat-az-a".to_owned())];
+        cloud.state().addresses.push((a, tags));
+    };
+    add(0);
+    add(1);
+    let mut c = config();
+    c.eip.claim = true;
+    c.snat.addresses = 3;
+    let me = ctx(&cloud, "az-a", c);
+    let primary = me.me.private_ip;
+    let (mut claim, mut throttle) = (EipClaim::default(), LogThrottle::default());
+    claim.keep(&me, &mut throttle).await;
+    let secondary = cloud.state().secondary_ips[&me.me.eni].clone();
+    assert_eq!(secondary.len(), 2);
+    assert_eq!(me.snat(), vec![primary, secondary[0]]);
+    let on = |id: &str| {
+        let s = cloud.state();
+        let (a, _) = s
+            .addresses
+            .iter()
+            .find(|(a, _)| a.allocation_id == id)
+            .expect("in the pool");
+        (a.eni.clone(), a.private_ip)
+    };
+    assert_eq!(on("eipalloc-0"), (Some(me.me.eni.clone()), Some(primary)));
+    assert_eq!(on("eipalloc-1"), (Some(me.me.eni.clone()), Some(secondary[0])));
+    assert_eq!(me.telemetry.recorded().elastic_ips, Some((2, 3)));
+
+    add(2);
+    claim.keep(&me, &mut throttle).await;
+    assert_eq!(me.snat(), vec![primary, secondary[0], secondary[1]]);
+    assert_eq!(on("eipalloc-2"), (Some(me.me.eni.clone()), Some(secondary[1])));
+    assert_eq!(me.telemetry.recorded().elastic_ips, Some((3, 3)));
+    // The addresses were assigned once; the held ones were not moved.
+    assert_eq!(cloud.calls("AssignPrivateIpAddresses", "").len(), 1);
+    assert_eq!(cloud.calls("AssociateAddress", "").len(), 3);
+}

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use crate::domain::{EniId, Identity, InstanceId, Ipv4Cidr, RouteTableId, SubnetId};
 use crate::domain::{Route, RouteTable, RouteTarget, Status};
@@ -259,10 +260,10 @@ pub fn sources_taken(observed: &Observed, plan: &Plan, from: &[RouteTarget]) -> 
     out
 }
 
-/// What to do about the AZ's Elastic IP.
+/// What to do about one of the group's Elastic IPs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressAction {
-    /// It is on our interface.
+    /// It is on our interface, on this private address.
     Keep,
     /// Take it; `reassociate` when a dead holder still has it.
     Associate {
@@ -274,42 +275,63 @@ pub enum AddressAction {
         allocation_id: String,
         holder: String,
     },
-    /// The pool has no address for us.
+    /// The pool has no (further) address for us.
     NoAddress,
 }
 
-/// Decide about the pool's address for this NAT. `holder_alive` says
-/// whether the current holder (if any) is a running instance. Pure.
-pub fn plan_address(
+/// Decide, for each of this NAT's private addresses (`privates`, the
+/// primary one first), which of the pool's Elastic IPs it gets: the one
+/// already associated with it, else the first free one, else the first
+/// whose holder is gone (`holder_alive` false), in pool order. An address
+/// on this NAT's interface is never moved, even when it is associated
+/// with a private address no longer wanted (its connections go on). Pure.
+pub fn plan_addresses(
     id: &Identity,
+    privates: &[Ipv4Addr],
     pool: &[crate::domain::Address],
     holder_alive: impl Fn(&crate::domain::Address) -> bool,
-) -> AddressAction {
-    let Some(a) = pool.first() else {
-        return AddressAction::NoAddress;
+) -> Vec<(Ipv4Addr, AddressAction)> {
+    let mine = |a: &crate::domain::Address| {
+        a.eni.as_ref() == Some(&id.eni) || a.instance.as_ref() == Some(&id.instance_id)
     };
-    let mine = a.eni.as_ref() == Some(&id.eni) || a.instance.as_ref() == Some(&id.instance_id);
-    let held = a.eni.is_some() || a.instance.is_some();
-    match (mine, held) {
-        (true, _) => AddressAction::Keep,
-        (false, false) => AddressAction::Associate {
-            allocation_id: a.allocation_id.clone(),
-            reassociate: false,
-        },
-        (false, true) if holder_alive(a) => AddressAction::HeldByHealthy {
-            allocation_id: a.allocation_id.clone(),
-            holder: a
-                .instance
-                .as_ref()
-                .map(|i| i.0.clone())
-                .or(a.eni.as_ref().map(|e| e.0.clone()))
-                .unwrap_or_default(),
-        },
-        (false, true) => AddressAction::Associate {
-            allocation_id: a.allocation_id.clone(),
-            reassociate: true,
-        },
-    }
+    let on = |a: &crate::domain::Address| a.private_ip.unwrap_or(id.private_ip);
+    let mut taken = vec![false; pool.len()];
+    privates
+        .iter()
+        .map(|&p| {
+            if pool.iter().any(|a| mine(a) && on(a) == p) {
+                return (p, AddressAction::Keep);
+            }
+            let mut refused = None;
+            for (i, a) in pool.iter().enumerate() {
+                if taken[i] || mine(a) {
+                    continue;
+                }
+                let held = a.eni.is_some() || a.instance.is_some();
+                if held && holder_alive(a) {
+                    refused.get_or_insert_with(|| AddressAction::HeldByHealthy {
+                        allocation_id: a.allocation_id.clone(),
+                        holder: a
+                            .instance
+                            .as_ref()
+                            .map(|i| i.0.clone())
+                            .or(a.eni.as_ref().map(|e| e.0.clone()))
+                            .unwrap_or_default(),
+                    });
+                    continue;
+                }
+                taken[i] = true;
+                return (
+                    p,
+                    AddressAction::Associate {
+                        allocation_id: a.allocation_id.clone(),
+                        reassociate: held,
+                    },
+                );
+            }
+            (p, refused.unwrap_or(AddressAction::NoAddress))
+        })
+        .collect()
 }
 
 /// Convenience for tests and the lab: an identity with the given ids.
@@ -665,37 +687,83 @@ mod tests {
     #[test]
     fn address_decisions() {
         use crate::domain::Address;
-        let addr = |eni: Option<&str>| Address {
-            allocation_id: "eipalloc-1".into(),
+        let addr = |id: &str, eni: Option<&str>, on: Option<&str>| Address {
+            allocation_id: id.into(),
             public_ip: "198.51.100.10".into(),
             eni: eni.map(|e| EniId(e.into())),
             instance: None,
+            private_ip: on.map(|p| p.parse().unwrap()),
         };
-        assert_eq!(plan_address(&me(), &[], |_| true), AddressAction::NoAddress);
+        let primary = me().private_ip;
+        let one = |pool: &[Address], alive: bool| {
+            let v = plan_addresses(&me(), &[primary], pool, |_| alive);
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].0, primary);
+            v[0].1.clone()
+        };
+        let take = |id: &str, reassociate| AddressAction::Associate {
+            allocation_id: id.into(),
+            reassociate,
+        };
+        // One address: the AZ's Elastic IP, as before there were several.
+        assert_eq!(one(&[], true), AddressAction::NoAddress);
         assert_eq!(
-            plan_address(&me(), &[addr(Some("eni-me"))], |_| true),
+            one(&[addr("a", Some("eni-me"), None)], true),
             AddressAction::Keep
         );
+        assert_eq!(one(&[addr("a", None, None)], true), take("a", false));
         assert_eq!(
-            plan_address(&me(), &[addr(None)], |_| true),
-            AddressAction::Associate {
-                allocation_id: "eipalloc-1".into(),
-                reassociate: false
-            }
-        );
-        assert_eq!(
-            plan_address(&me(), &[addr(Some("eni-old"))], |_| true),
+            one(&[addr("a", Some("eni-old"), None)], true),
             AddressAction::HeldByHealthy {
-                allocation_id: "eipalloc-1".into(),
+                allocation_id: "a".into(),
                 holder: "eni-old".into()
             }
         );
         assert_eq!(
-            plan_address(&me(), &[addr(Some("eni-old"))], |_| false),
-            AddressAction::Associate {
-                allocation_id: "eipalloc-1".into(),
-                reassociate: true
-            }
+            one(&[addr("a", Some("eni-old"), None)], false),
+            take("a", true)
+        );
+        // Several: each private address keeps its own, then takes the
+        // first free one, then one whose holder is gone; never one a
+        // running instance holds.
+        let ips: Vec<Ipv4Addr> = ["10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let pool = [
+            addr("a", Some("eni-old"), Some("10.0.0.99")),
+            addr("b", Some("eni-me"), Some("10.0.0.11")),
+            addr("c", Some("eni-dead"), Some("10.0.0.7")),
+            addr("d", None, None),
+        ];
+        let got = plan_addresses(&me(), &ips, &pool, |a| a.allocation_id == "a");
+        assert_eq!(
+            got,
+            vec![
+                (ips[0], take("c", true)),
+                (ips[1], AddressAction::Keep),
+                (ips[2], take("d", false)),
+                (
+                    ips[3],
+                    AddressAction::HeldByHealthy {
+                        allocation_id: "a".into(),
+                        holder: "eni-old".into()
+                    }
+                ),
+            ]
+        );
+        // Fewer wanted than held: the one on a private address no longer
+        // wanted stays where it is (its connections go on).
+        let held = [
+            addr("a", Some("eni-me"), Some("10.0.0.10")),
+            addr("b", Some("eni-me"), Some("10.0.0.13")),
+        ];
+        assert_eq!(
+            plan_addresses(&me(), &ips[..2], &held, |_| false),
+            vec![
+                (ips[0], AddressAction::Keep),
+                (ips[1], AddressAction::NoAddress)
+            ]
         );
     }
 

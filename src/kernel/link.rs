@@ -1,5 +1,8 @@
 //! Interface lookup through `ip -j link` (netlink, so it always sees the
-//! caller's network namespace, unlike `/sys` which shows the mount's).
+//! caller's network namespace, unlike `/sys` which shows the mount's), and
+//! the secondary private addresses the NAT translates to.
+
+use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 
@@ -50,6 +53,55 @@ pub async fn exists_in(netns: Option<&str>, name: &str) -> Result<bool, KernelEr
         None => list().await?,
     };
     Ok(links.iter().any(|l| l.ifname == name))
+}
+
+#[derive(Debug, Deserialize)]
+struct Addresses {
+    #[serde(default)]
+    addr_info: Vec<AddrInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AddrInfo {
+    #[serde(default)]
+    family: String,
+    #[serde(default)]
+    local: String,
+    #[serde(default)]
+    prefixlen: u8,
+}
+
+/// Put each of `addresses` on `iface` that is not there yet, with the
+/// primary address's prefix (so each is a secondary address of the same
+/// subnet: no new route, never chosen as a source). Addresses are only
+/// ever added: one no longer wanted keeps serving the connections that
+/// were translated to it.
+pub async fn ensure_addresses(
+    iface: &str,
+    primary: Ipv4Addr,
+    addresses: &[Ipv4Addr],
+) -> Result<(), KernelError> {
+    if addresses.iter().all(|a| *a == primary) {
+        return Ok(());
+    }
+    let shown: Vec<Addresses> = run_json("ip", &["-j", "-4", "addr", "show", "dev", iface]).await?;
+    let have: Vec<&AddrInfo> = shown
+        .iter()
+        .flat_map(|a| &a.addr_info)
+        .filter(|i| i.family == "inet")
+        .collect();
+    let prefix = have
+        .iter()
+        .find(|i| i.local == primary.to_string())
+        .map_or(32, |i| i.prefixlen);
+    for a in addresses {
+        if have.iter().any(|i| i.local == a.to_string()) {
+            continue;
+        }
+        let cidr = format!("{a}/{prefix}");
+        super::run("ip", &["addr", "add", &cidr, "dev", iface], None).await?;
+    }
+    Ok(())
 }
 
 async fn list() -> Result<Vec<Link>, KernelError> {

@@ -15,19 +15,75 @@
 //!   passes (only marked mid-flow packets are); what comes out of it passes
 //!   only if it belongs to a connection this NAT translates;
 //! - postrouting: NAT sources leaving the primary interface for a
-//!   destination outside them are masqueraded to the interface's address.
+//!   destination outside them are translated: masqueraded to the
+//!   interface's address when it has one public address, else each new
+//!   connection to the next of its addresses in turn (`numgen inc`), so
+//!   even one client's connections to one destination use them all. TCP
+//!   and UDP get a source port from the configured range (`snat.ports`).
+//!   The kernel picks the address before the port: when the chosen
+//!   address has no free port left for that destination, the connection's
+//!   first packet is dropped (conntrack `insert_failed`), not moved to
+//!   another address.
 
 use super::TUNNEL_DEVICE as tunnel;
+use std::net::Ipv4Addr;
+
 use super::{KernelError, check_iface};
 use crate::domain::Ipv4Cidr;
 
 /// The family and name of our table.
 pub const TABLE: &str = "hanat";
 
-/// The ruleset for masquerading `sources` out of `iface`. Pure.
-pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
+/// What new connections are translated to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translation {
+    /// The interface's addresses that have a public address, primary
+    /// first; with one (or none), the interface's own (`masquerade`).
+    pub addresses: Vec<Ipv4Addr>,
+    /// Source ports for TCP and UDP, inclusive.
+    pub ports: (u16, u16),
+}
+
+impl Translation {
+    /// The `postrouting_nat` statements: first TCP and UDP (with the port
+    /// range), then everything else (ICMP keeps its id).
+    fn statements(&self) -> [String; 2] {
+        let target = match self.addresses.as_slice() {
+            [] | [_] => None,
+            many => Some(format!(
+                "numgen inc mod {} map {{ {} }}",
+                many.len(),
+                many.iter()
+                    .enumerate()
+                    .map(|(i, a)| format!("{i} : {a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+        let (lo, hi) = self.ports;
+        match target {
+            None => [
+                format!("meta l4proto {{ tcp, udp }} masquerade to :{lo}-{hi}"),
+                "masquerade".into(),
+            ],
+            Some(t) => [
+                format!("meta l4proto {{ tcp, udp }} snat to {t} :{lo}-{hi}"),
+                format!("snat to {t}"),
+            ],
+        }
+    }
+}
+
+/// The ruleset for translating `sources` out of `iface`. Pure.
+pub fn render(
+    iface: &str,
+    sources: &[Ipv4Cidr],
+    translation: &Translation,
+) -> Result<String, KernelError> {
     check_iface(iface)?;
     let elements = super::cidr_list(sources);
+    let matched = format!(r#"ip saddr @nat_sources ip daddr != @nat_sources oifname "{iface}""#);
+    let [ported, rest] = translation.statements();
     Ok(format!(
         r#"# Managed by hanat: replaced atomically on every converge. Do not edit.
 table ip {TABLE} {{
@@ -53,7 +109,8 @@ table ip {TABLE} {{
 
 	chain postrouting_nat {{
 		type nat hook postrouting priority srcnat; policy accept;
-		ip saddr @nat_sources ip daddr != @nat_sources oifname "{iface}" masquerade
+		{matched} {ported}
+		{matched} {rest}
 	}}
 }}
 "#
@@ -75,14 +132,31 @@ mod tests {
             .iter()
             .map(|c| c.parse().unwrap())
             .collect();
-        let got = render("ens5", &sources).unwrap();
+        let one = Translation {
+            addresses: vec!["10.0.0.10".parse().unwrap()],
+            ports: (1024, 65535),
+        };
+        let got = render("ens5", &sources, &one).unwrap();
         super::super::assert_golden("ruleset-ens5.nft", &got);
+        let three = Translation {
+            addresses: ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect(),
+            ports: (32768, 60999),
+        };
+        let got = render("ens5", &sources, &three).unwrap();
+        super::super::assert_golden("ruleset-ens5-three-addresses.nft", &got);
     }
 
     #[test]
     fn hostile_interface_names_are_refused() {
         for bad in ["", "eth0\" accept", "a b", "x\\y"] {
-            assert!(render(bad, &[]).is_err(), "{bad:?}");
+            let t = Translation {
+                addresses: vec![],
+                ports: (1024, 65535),
+            };
+            assert!(render(bad, &[], &t).is_err(), "{bad:?}");
         }
     }
 }
