@@ -435,6 +435,57 @@ async fn user_data_writes_a_config_hanat_accepts() {
     }
 }
 
+/// With `AddressesPerNat = 4`, each AZ gets four Elastic IPs (none of the
+/// other four), `AllElasticIps` lists all twelve, and the user data asks
+/// the daemon for four addresses; the default stays at one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_per_nat_makes_that_many_elastic_ips_per_az() {
+    let moto = Moto::start().unwrap();
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let ami = cloud.image().await.unwrap();
+    for (stack, n) in [("four", "4"), ("one", "1")] {
+        let out = cloud
+            .deploy_stack(
+                stack,
+                VPC,
+                &[
+                    ("Name", stack),
+                    ("AmiId", &ami),
+                    ("NumberOfAZs", "3"),
+                    ("AddressesPerNat", n),
+                ],
+            )
+            .await
+            .unwrap();
+        let n: usize = n.parse().unwrap();
+        let made: Vec<String> = stack_resources(&cloud, stack)
+            .await
+            .into_iter()
+            .filter(|(_, kind, _)| kind == "AWS::EC2::EIP")
+            .map(|(id, _, _)| id)
+            .collect();
+        for x in ['A', 'B', 'C'] {
+            let mine = made
+                .iter()
+                .filter(|id| id.strip_prefix(&format!("ElasticIp{x}")).is_some())
+                .count();
+            assert_eq!(mine, n, "{stack}: Elastic IPs of AZ {x}: {made:?}");
+        }
+        // moto renders AWS::NoValue in a list as "None" where AWS drops
+        // the element.
+        let mut all = list(&out, "AllElasticIps");
+        all.retain(|a| a != "None");
+        assert_eq!(all.len(), 3 * n, "{stack}: {all:?}");
+        let mut distinct = all.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), all.len(), "{stack}: {all:?}");
+        assert_eq!(list(&out, "ElasticIps").len(), 3, "{stack}");
+        let config = config_from_user_data(&cloud, &format!("{stack}-nat")).await;
+        assert_eq!(usize::from(config.snat.addresses), n, "{stack}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// The stack deploys with every choice of the monitoring parameters (the
 /// alarms themselves moto skips: see `az_alarms`), and the user data turns
@@ -490,9 +541,10 @@ fn what_moto_does_not_model_is_in_the_template() {
             groups,
             "{name}"
         );
-        // Every Elastic IP tagged for the pool and its group (moto drops EIP tags).
+        // Every Elastic IP tagged for the pool and its group (moto drops
+        // EIP tags): eight per AZ, as many made as AddressesPerNat says.
         let eips = t.matches("Type: AWS::EC2::EIP").count();
-        assert_eq!(eips, 3, "{name}");
+        assert_eq!(eips, 3 * 8, "{name}");
         assert_eq!(t.matches(r#"Key: "hanat:pool""#).count(), eips, "{name}");
         assert_eq!(t.matches(r#"Key: "hanat:group""#).count(), eips, "{name}");
         // IMDSv2 only.
@@ -511,6 +563,7 @@ fn what_moto_does_not_model_is_in_the_template() {
             "ec2:DescribeAddresses",
             "ec2:DescribeNatGateways",
             "ec2:AssociateAddress",
+            "ec2:AssignPrivateIpAddresses",
             "autoscaling:DescribeAutoScalingInstances",
             "autoscaling:DescribeAutoScalingGroups",
             "ec2:CreateRoute",
@@ -535,13 +588,13 @@ fn what_moto_does_not_model_is_in_the_template() {
                 })
                 .count();
         assert_eq!(
-            actions, 18,
+            actions, 19,
             "{name}: no action beyond the daemon's (plus CompleteLifecycleAction for the hook)"
         );
         assert_eq!(
             t.matches("Condition:\n                  StringEquals:")
                 .count(),
-            7,
+            8,
             "{name}: every mutating statement is conditioned"
         );
         assert!(

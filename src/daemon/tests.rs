@@ -610,13 +610,19 @@ async fn each_address_gets_an_elastic_ip_and_only_those_are_translated_to() {
         (a.eni.clone(), a.private_ip)
     };
     assert_eq!(on("eipalloc-0"), (Some(me.me.eni.clone()), Some(primary)));
-    assert_eq!(on("eipalloc-1"), (Some(me.me.eni.clone()), Some(secondary[0])));
+    assert_eq!(
+        on("eipalloc-1"),
+        (Some(me.me.eni.clone()), Some(secondary[0]))
+    );
     assert_eq!(me.telemetry.recorded().elastic_ips, Some((2, 3)));
 
     add(2);
     claim.keep(&me, &mut throttle).await;
     assert_eq!(me.snat(), vec![primary, secondary[0], secondary[1]]);
-    assert_eq!(on("eipalloc-2"), (Some(me.me.eni.clone()), Some(secondary[1])));
+    assert_eq!(
+        on("eipalloc-2"),
+        (Some(me.me.eni.clone()), Some(secondary[1]))
+    );
     assert_eq!(me.telemetry.recorded().elastic_ips, Some((3, 3)));
     // The addresses were assigned once; the held ones were not moved.
     assert_eq!(cloud.calls("AssignPrivateIpAddresses", "").len(), 1);
