@@ -1271,3 +1271,118 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
     .unwrap();
     assert!(lab.cloud.breaching(&alarm, since).await.unwrap());
 }
+
+/// The public addresses AZ `i`'s private host is seen from, over `n`
+/// connections to one server.
+fn seen_from(
+    lab: &Lab,
+    i: usize,
+    n: usize,
+) -> std::collections::BTreeMap<std::net::Ipv4Addr, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        if let Ok(ip) = lab.whoami(i, Duration::from_secs(2)) {
+            *seen.entry(ip).or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// Wait until AZ `i`'s private host, connecting to one server, is seen
+/// from exactly all the AZ's Elastic IPs.
+async fn until_seen_from_all(lab: &Lab, i: usize, limit: Duration) {
+    let want: Vec<std::net::Ipv4Addr> = {
+        let mut v = lab.azs[i].elastic_ips();
+        v.sort();
+        v
+    };
+    let last = std::sync::Mutex::new(Default::default());
+    let waited = lab
+        .wait_for("connections seen from every address", limit, || async {
+            let seen = seen_from(lab, i, 12);
+            let done = seen.keys().copied().collect::<Vec<_>>() == want;
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+            Ok(done)
+        })
+        .await;
+    assert!(
+        waited.is_ok(),
+        "AZ {i}: want {want:?}, last seen {:?}\n{}",
+        last.lock().unwrap_or_else(|p| p.into_inner()),
+        lab.nat_log(i)
+    );
+}
+
+/// With two public addresses per NAT (`snat.addresses = 2`; the template
+/// deployed with `AddressesPerNat = 2`): one private host's connections to
+/// one server leave from both of its AZ's Elastic IPs, about half each;
+/// `hanat status` says so; and a replacement NAT (a new instance, with a
+/// new secondary private address) takes both Elastic IPs back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_addresses_spread_one_clients_connections_and_a_replacement_reclaims_both() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    opts.addresses = 2;
+    let lab = serving(opts).await;
+    assert_eq!(lab.azs[0].elastic_ips().len(), 2);
+    for i in [0, 1] {
+        until_seen_from_all(&lab, i, Duration::from_secs(30)).await;
+    }
+    // Connections take the addresses in turn (the heartbeat's probes take
+    // turns too, so not strictly alternately).
+    let seen = seen_from(&lab, 0, 40);
+    assert!(seen.values().all(|n| *n >= 8), "{seen:?}");
+    let status = status_json(&lab, 0);
+    assert_eq!(status["elastic_ips"], serde_json::json!([2, 2]), "{status}");
+    assert_eq!(
+        status["snat_addresses"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+
+    let old = lab.nat(0).unwrap().instance;
+    lab.terminate_instance(0).await.unwrap();
+    lab.wait_for(
+        "AZ 0's replacement to serve it",
+        Duration::from_secs(120),
+        || async { Ok(lab.nat(0).is_some_and(|n| n.instance.id != old.id) && lab.az_ok(0).await) },
+    )
+    .await
+    .unwrap();
+    until_seen_from_all(&lab, 0, Duration::from_secs(60)).await;
+    let status = status_json(&lab, 0);
+    assert_eq!(status["elastic_ips"], serde_json::json!([2, 2]), "{status}");
+    let new = status["snat_addresses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !new.iter()
+            .any(|a| a.as_str() == Some(old.private_ip.as_str())),
+        "a new instance, new private addresses: {status}"
+    );
+}
+
+/// A scale-in with two addresses per NAT: the AZ is handed to its peer
+/// before the instance goes, and no request is lost; the replacement is
+/// seen from both addresses again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_scale_in_with_two_addresses_loses_nothing() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    opts.addresses = 2;
+    let r = scenario_with(Scenario::ScaleIn, opts).await;
+    assert_eq!(r.lost, 0, "{}", r.human());
+    let own: Vec<std::net::Ipv4Addr> = (0..2)
+        .map(|k| hanat_lab::lab::nth_elastic_ip(0, k))
+        .collect();
+    assert!(
+        own.iter().all(|a| r.sources.contains(a)),
+        "AZ 0's both addresses before the scale-in: {}",
+        r.human()
+    );
+}

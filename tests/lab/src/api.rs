@@ -17,6 +17,14 @@
 //! adds each associated instance's application status (as the lab's
 //! checker concludes it) to moto's `DescribeInstanceStatus` answers.
 //!
+//! And what moto lacks of **secondary private addresses** ([`Secondary`]):
+//! moto picks a `SecondaryPrivateIpAddressCount`'s addresses at random in
+//! the subnet (where they may fall on the lab's router or another
+//! instance), so the proxy picks free ones itself, as EC2 does, and asks
+//! for those; and moto ignores `AssociateAddress`'s `PrivateIpAddress`
+//! (its answers always name the interface's primary address), so the
+//! proxy remembers it and puts it into `DescribeAddresses` answers.
+//!
 //! The lab's own calls to moto (building the VPC, reading routes) do not go
 //! through it: only the daemons' calls are counted and faulted.
 
@@ -215,6 +223,34 @@ struct State {
     buckets: Buckets,
     calls: Vec<Call>,
     witness: Witness,
+    secondary: Secondary,
+}
+
+/// Secondary private addresses as EC2 would keep them (see the module's
+/// documentation).
+#[derive(Debug, Default, Clone)]
+pub struct Secondary {
+    /// Addresses handed out so far, per AZ (the next is `.100 + n`).
+    handed: HashMap<usize, u8>,
+    /// Allocation id → (interface, private address) it was associated
+    /// with by a `PrivateIpAddress`.
+    pub associated: HashMap<String, (String, String)>,
+}
+
+impl Secondary {
+    /// `count` fresh addresses in AZ `az`'s public subnet (10.0.2az.0/24):
+    /// .100 to .199 in turn, away from moto's own (.4 upward) and the
+    /// lab's (.1, .250).
+    fn pick(&mut self, az: usize, count: usize) -> Vec<String> {
+        let n = self.handed.entry(az).or_default();
+        (0..count)
+            .map(|_| {
+                let ip = format!("10.0.{}.{}", 2 * az, 100 + *n % 100);
+                *n = n.wrapping_add(1) % 100;
+                ip
+            })
+            .collect()
+    }
 }
 
 /// EC2's application status checks as the lab plays them: which instance
@@ -278,6 +314,12 @@ impl Api {
         st.witness
             .status
             .insert(instance.to_owned(), (status, Instant::now()));
+    }
+
+    /// Where each Elastic IP associated by a private address is: allocation
+    /// id → (interface, private address).
+    pub fn secondary_associations(&self) -> HashMap<String, (String, String)> {
+        self.lock().secondary.associated.clone()
     }
 
     /// Every call so far.
@@ -400,6 +442,26 @@ async fn handle(api: &Api, nat: usize, req: Request<Incoming>, upstream: SocketA
             let answer = forward(Request::from_parts(parts, Full::new(body)), upstream).await?;
             with_application_status(answer, &api.witness()).await?
         }
+        None if service == Service::Ec2 && action == "AssignPrivateIpAddresses" => {
+            let body = with_chosen_addresses(api, nat, &body);
+            let mut parts = parts;
+            parts
+                .headers
+                .insert(hyper::header::CONTENT_LENGTH, body.len().into());
+            forward(Request::from_parts(parts, Full::new(body)), upstream).await?
+        }
+        None if service == Service::Ec2 && action == "AssociateAddress" => {
+            let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+            let answer = forward(Request::from_parts(parts, Full::new(body)), upstream).await?;
+            if answer.status().is_success() {
+                remember_association(api, &form);
+            }
+            answer
+        }
+        None if service == Service::Ec2 && action == "DescribeAddresses" => {
+            let answer = forward(Request::from_parts(parts, Full::new(body)), upstream).await?;
+            with_private_addresses(answer, &api.secondary_associations()).await?
+        }
         None => forward(Request::from_parts(parts, Full::new(body)), upstream).await?,
     };
     api.record(nat, service, &action, answer.status().as_u16());
@@ -470,6 +532,97 @@ fn associate(api: &Api, body: &[u8]) -> Response<Full<Bytes>> {
             request_id()
         ),
     )
+}
+
+/// An `AssignPrivateIpAddresses` body asking for a count, rewritten to ask
+/// for that many addresses the lab picked (see [`Secondary`]).
+fn with_chosen_addresses(api: &Api, az: usize, body: &[u8]) -> Bytes {
+    let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    let count = form
+        .iter()
+        .find(|(k, _)| k == "SecondaryPrivateIpAddressCount")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let Some(count) = count else {
+        return Bytes::copy_from_slice(body);
+    };
+    let picked = api.lock().secondary.pick(az, count);
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form
+        .iter()
+        .filter(|(k, _)| k != "SecondaryPrivateIpAddressCount")
+    {
+        out.append_pair(k, v);
+    }
+    for (n, ip) in picked.iter().enumerate() {
+        out.append_pair(&format!("PrivateIpAddress.{}", n + 1), ip);
+    }
+    Bytes::from(out.finish())
+}
+
+/// Note where an `AssociateAddress` that moto accepted put the address.
+fn remember_association(api: &Api, form: &[(String, String)]) {
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(allocation) = get("AllocationId") else {
+        return;
+    };
+    let mut st = api.lock();
+    match (get("NetworkInterfaceId"), get("PrivateIpAddress")) {
+        (Some(eni), Some(ip)) => {
+            st.secondary.associated.insert(allocation, (eni, ip));
+        }
+        _ => {
+            st.secondary.associated.remove(&allocation);
+        }
+    }
+}
+
+/// moto's `DescribeAddresses` answer with each address that is still on
+/// the interface it was associated with by a private address showing that
+/// address.
+async fn with_private_addresses(
+    answer: Response<Full<Bytes>>,
+    associated: &HashMap<String, (String, String)>,
+) -> Answer {
+    let (mut parts, body) = answer.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if !parts.status.is_success() {
+        return Ok(Response::from_parts(parts, Full::new(body)));
+    }
+    let items: Vec<String> = text
+        .split("<item>")
+        .map(|item| {
+            let field = |tag: &str| {
+                let open = format!("<{tag}>");
+                let start = item.find(&open)? + open.len();
+                let end = item[start..].find(&format!("</{tag}>"))?;
+                Some(item[start..start + end].to_owned())
+            };
+            let placed = field("allocationId").and_then(|a| associated.get(&a));
+            match (placed, field("networkInterfaceId")) {
+                (Some((eni, ip)), Some(on)) if *eni == on => match field("privateIpAddress") {
+                    Some(old) => item.replacen(
+                        &format!("<privateIpAddress>{old}</privateIpAddress>"),
+                        &format!("<privateIpAddress>{ip}</privateIpAddress>"),
+                        1,
+                    ),
+                    None => item.replacen(
+                        "<publicIp>",
+                        &format!("<privateIpAddress>{ip}</privateIpAddress><publicIp>"),
+                        1,
+                    ),
+                },
+                _ => item.to_owned(),
+            }
+        })
+        .collect();
+    let text = items.join("<item>");
+    Ok(Response::from_parts(parts, Full::new(Bytes::from(text))))
 }
 
 /// moto's `DescribeInstanceStatus` answer with each associated instance's

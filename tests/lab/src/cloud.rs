@@ -606,10 +606,10 @@ impl Cloud {
         Ok((id.to_owned(), ip))
     }
 
-    /// Every associated Elastic IP: (moto public address, holder), where
-    /// the holder is an instance id or, when associated by interface, an
-    /// ENI id.
-    pub async fn address_associations(&self) -> Result<Vec<(String, String)>> {
+    /// Every associated Elastic IP: (moto public address, holder,
+    /// allocation id), where the holder is an instance id or, when
+    /// associated by interface, an ENI id.
+    pub async fn address_associations(&self) -> Result<Vec<(String, String, String)>> {
         let out = self.ec2.describe_addresses().send().await?;
         Ok(out
             .addresses()
@@ -619,7 +619,11 @@ impl Cloud {
                     .instance_id()
                     .filter(|i| !i.is_empty())
                     .or(a.network_interface_id().filter(|e| !e.is_empty()))?;
-                Some((a.public_ip()?.to_owned(), holder.to_owned()))
+                Some((
+                    a.public_ip()?.to_owned(),
+                    holder.to_owned(),
+                    a.allocation_id().unwrap_or_default().to_owned(),
+                ))
             })
             .collect())
     }
@@ -705,6 +709,42 @@ impl Cloud {
         }
         req.send().await?;
         Ok(())
+    }
+
+    /// A stack's resources: logical id → physical id (an Elastic IP's is
+    /// its public address).
+    pub async fn stack_resource_ids(&self, stack: &str) -> Result<HashMap<String, String>> {
+        let out = self
+            .cfn
+            .list_stack_resources()
+            .stack_name(stack)
+            .send()
+            .await?;
+        Ok(out
+            .stack_resource_summaries()
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.logical_resource_id()?.to_owned(),
+                    r.physical_resource_id()?.to_owned(),
+                ))
+            })
+            .collect())
+    }
+
+    /// The allocation id of the Elastic IP with moto's `public_ip`.
+    pub async fn allocation_of(&self, public_ip: &str) -> Result<String> {
+        let out = self
+            .ec2
+            .describe_addresses()
+            .public_ips(public_ip)
+            .send()
+            .await?;
+        out.addresses()
+            .first()
+            .and_then(|a| a.allocation_id())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no Elastic IP {public_ip}"))
     }
 
     /// Scale a group to nothing (for AZs a lab does not use).

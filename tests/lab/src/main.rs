@@ -32,6 +32,8 @@ commands:
   down                             remove namespaces a crashed lab left behind
 options:
   --azs N            availability zones, 1-3 (default 2)
+  --addresses N      public addresses per NAT, 1-8 (snat.addresses and the
+                     template's AddressesPerNat; default 1)
   --boot-delay D     Auto Scaling launch to daemon start (default 20s)
   --fallback-nat-gateway
                      give every AZ a managed NAT Gateway and name it in
@@ -90,6 +92,7 @@ struct Args {
     reconcile_interval: Duration,
     steady: Duration,
     refresh_interval: Duration,
+    addresses: u8,
 }
 
 fn parse() -> Result<Option<Args>> {
@@ -115,6 +118,7 @@ fn parse() -> Result<Option<Args>> {
         reconcile_interval: Duration::from_secs(5),
         steady: Duration::from_secs(2),
         refresh_interval: Duration::from_secs(15),
+        addresses: 1,
     };
     let duration = |v: Option<String>, flag: &str| -> Result<Duration> {
         let v = v.with_context(|| format!("{flag} needs a value"))?;
@@ -134,6 +138,14 @@ fn parse() -> Result<Option<Args>> {
                     .ok()
                     .filter(|n| (1..=3).contains(n))
                     .with_context(|| format!("--azs: `{v}` is not 1, 2 or 3"))?;
+            }
+            "--addresses" => {
+                let v = it.next().context("--addresses needs a number")?;
+                a.addresses = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=8).contains(n))
+                    .with_context(|| format!("--addresses: `{v}` is not from 1 to 8"))?;
             }
             "--boot-delay" => a.boot_delay = duration(it.next(), "--boot-delay")?,
             "--timeout" => a.timeout = duration(it.next(), "--timeout")?,
@@ -224,6 +236,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.api_latency = a.api_latency;
     o.reconcile_interval = a.reconcile_interval;
     o.refresh_interval = a.refresh_interval;
+    o.addresses = a.addresses;
     Ok(o)
 }
 

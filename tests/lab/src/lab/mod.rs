@@ -100,6 +100,15 @@ pub fn elastic_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, 10 + i as u8)
 }
 
+/// The lab's address for AZ `i`'s Elastic IP number `k` (0 is
+/// [`elastic_ip`]; 1 to 7 are those of `snat.addresses` > 1).
+pub fn nth_elastic_ip(i: usize, k: usize) -> Ipv4Addr {
+    match k {
+        0 => elastic_ip(i),
+        _ => Ipv4Addr::new(198, 51, 100, 100 + 10 * i as u8 + k as u8),
+    }
+}
+
 /// The lab's address for the Elastic IP of AZ `i`'s NAT Gateway.
 pub fn nat_gateway_public_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, 20 + i as u8)
@@ -159,6 +168,9 @@ pub struct LabOptions {
     pub cloudwatch: Option<Duration>,
     /// More lines for the daemons' `[kernel]` section.
     pub kernel_extra: String,
+    /// `snat.addresses` and the template's `AddressesPerNat`: each NAT's
+    /// public addresses (Elastic IPs), one per private address.
+    pub addresses: u8,
 }
 
 impl LabOptions {
@@ -188,6 +200,7 @@ impl LabOptions {
             witness_grace: Duration::from_secs(10),
             cloudwatch: Some(Duration::from_secs(60)),
             kernel_extra: String::new(),
+            addresses: 1,
         }
     }
 }
@@ -204,9 +217,20 @@ pub struct Az {
     pub host_ip: Ipv4Addr,
     /// The AZ's Elastic IP: (allocation id, lab public address).
     pub eip: (String, Ipv4Addr),
+    /// Its further Elastic IPs (`addresses` > 1), in template order.
+    pub more_eips: Vec<(String, Ipv4Addr)>,
     /// The AZ's fallback NAT Gateway, if the lab has them.
     pub nat_gateway: Option<NatGateway>,
     _nat_gateway_ns: Option<Netns>,
+}
+
+impl Az {
+    /// The lab public addresses of all its Elastic IPs, the first one first.
+    pub fn elastic_ips(&self) -> Vec<Ipv4Addr> {
+        std::iter::once(self.eip.1)
+            .chain(self.more_eips.iter().map(|(_, ip)| *ip))
+            .collect()
+    }
 }
 
 /// A managed NAT Gateway: moto's resource, and a namespace that
@@ -567,13 +591,16 @@ impl Lab {
     }
 
     /// Whether AZ `i` is served as it should be: its route on its own live
-    /// NAT, whose daemon runs, and egress works with the AZ's Elastic IP.
+    /// NAT, whose daemon runs, and egress works with one of the AZ's
+    /// Elastic IPs.
     pub async fn az_ok(&self, i: usize) -> bool {
         let Some(nat) = self.nat(i) else { return false };
         nat.running
             && self.route_target(i).await.ok().flatten().as_deref()
                 == Some(nat.instance.eni.as_str())
-            && self.whoami(i, Duration::from_millis(500)).ok() == Some(self.azs[i].eip.1)
+            && self
+                .whoami(i, Duration::from_millis(500))
+                .is_ok_and(|seen| self.azs[i].elastic_ips().contains(&seen))
     }
 
     /// Wait until `check` is true, polling every 100 ms, for at most `limit`.

@@ -268,6 +268,11 @@ pub fn daemon_config(
         })
         .unwrap_or_default();
     let kernel_extra = &o.kernel_extra;
+    // Only when asked for (older binaries lack the section).
+    let snat = match o.addresses {
+        1 => String::new(),
+        n => format!("[snat]\naddresses = {n}\n\n"),
+    };
     format!(
         "[heartbeat]\ntargets = [{}]\ninterval = \"{}\"\ntimeout = \"{}\"\nfall = {}\nrise = {}\n\
          grace_period = \"{}\"\nprobe_namespace = \"{probe_namespace}\"\n\n\
@@ -275,7 +280,7 @@ pub fn daemon_config(
          conntrack_max = 0\n{kernel_extra}\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}{auth}\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
-         [aws]\nimds_timeout = \"20s\"\n{refresh}\n{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
+         [aws]\nimds_timeout = \"20s\"\n{refresh}\n{snat}{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
         humantime::format_duration(o.heartbeat_interval * 4 / 5),

@@ -64,9 +64,11 @@ pub(super) async fn router_step(
     }
 }
 
-/// The internet gateway maps each live instance (and NAT Gateway) 1:1 to
-/// its public address: its Elastic IP if moto has one associated, else an
-/// auto-assigned one.
+/// The internet gateway maps each live instance's private addresses (and
+/// each NAT Gateway's) 1:1 to public ones: the primary address to its
+/// Elastic IP if moto has one associated, else an auto-assigned one; a
+/// secondary address to the Elastic IP associated with it (the proxy
+/// remembers which, see [`crate::api::Secondary`]), else to nothing.
 pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
     let instances: Vec<(Instance, Imds)> = shared
         .nats()
@@ -77,12 +79,31 @@ pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
     let Ok(assoc) = shared.cloud.address_associations().await else {
         return;
     };
+    let secondary = shared.api.secondary_associations();
     let mut map: Vec<(String, Ipv4Addr)> = Vec::new();
     for (inst, imds) in &instances {
-        let eip = assoc
+        // (private address, lab public address) of each association.
+        let held: Vec<(String, Ipv4Addr)> = assoc
             .iter()
-            .find(|(_, holder)| holder == &inst.id || holder == &inst.eni)
-            .and_then(|(moto_ip, _)| shared.eip_public.get(moto_ip).copied());
+            .filter(|(_, holder, _)| holder == &inst.id || holder == &inst.eni)
+            .filter_map(|(moto_ip, _, allocation)| {
+                let private = match secondary.get(allocation) {
+                    Some((eni, ip)) if *eni == inst.eni => ip.clone(),
+                    _ => inst.private_ip.clone(),
+                };
+                Some((private, *shared.eip_public.get(moto_ip)?))
+            })
+            .collect();
+        for (private, public) in &held {
+            let seen = map.iter().any(|(p, _)| p == private);
+            if *private != inst.private_ip && !seen {
+                map.push((private.clone(), *public));
+            }
+        }
+        let eip = held
+            .iter()
+            .find(|(p, _)| *p == inst.private_ip)
+            .map(|(_, public)| *public);
         let public = match eip {
             Some(ip) => {
                 shared

@@ -24,6 +24,7 @@ pub(super) async fn deploy_vpc(
         ("AmiId".into(), ami),
         ("NumberOfAZs".into(), n),
         ("VpcCidr".into(), VPC_CIDR.into()),
+        ("AddressesPerNat".into(), opts.addresses.to_string()),
         (
             "CloudWatchMetrics".into(),
             match opts.cloudwatch {
@@ -138,6 +139,7 @@ pub(super) async fn deploy_vpc(
     }
     let mut out_azs = Vec::new();
     let mut eip_public = HashMap::new();
+    let resources = cloud.stack_resource_ids(prefix).await?;
     for i in 0..deployed {
         if i >= azs {
             cloud.empty_group(&groups[i]).await?;
@@ -158,6 +160,29 @@ pub(super) async fn deploy_vpc(
             .await?;
         let lab_ip = elastic_ip(i);
         eip_public.insert(eips[i].clone(), lab_ip);
+        // The AZ's further addresses (AddressesPerNat > 1), from the
+        // stack's resources: ElasticIpA2, A3, …
+        let mut more_eips = Vec::new();
+        for k in 1..usize::from(opts.addresses) {
+            let logical = format!("ElasticIp{}{}", ["A", "B", "C"][i], k + 1);
+            let moto_ip = resources
+                .get(&logical)
+                .ok_or_else(|| anyhow!("stack resource {logical} missing"))?;
+            let allocation = cloud.allocation_of(moto_ip).await?;
+            cloud
+                .tag(
+                    &allocation,
+                    &[
+                        (EIP_POOL_TAG, prefix),
+                        ("hanat:az", &name),
+                        ("hanat:group", &groups[i]),
+                    ],
+                )
+                .await?;
+            let lab_ip = nth_elastic_ip(i, k);
+            eip_public.insert(moto_ip.clone(), lab_ip);
+            more_eips.push((allocation, lab_ip));
+        }
 
         // Router side: a bridge for the public subnet (NATs come and go), a
         // link to the private host, and the private subnet's own table.
@@ -197,6 +222,7 @@ pub(super) async fn deploy_vpc(
             host,
             host_ip,
             eip: (allocations[i].clone(), lab_ip),
+            more_eips,
             nat_gateway,
             _nat_gateway_ns: nat_gateway_ns,
         });
