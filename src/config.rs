@@ -881,6 +881,13 @@ impl Config {
                 format!("must be from 1 to {MAX_SNAT_ADDRESSES}"),
             ));
         }
+        if self.snat.addresses > 1 && !self.eip.claim {
+            return Err((
+                "snat.addresses",
+                "above 1 needs eip.claim = true (each address needs an Elastic IP of its own)"
+                    .into(),
+            ));
+        }
         if self.aws.max_attempts == 0 {
             return Err(("aws.max_attempts", "must be at least 1".into()));
         }

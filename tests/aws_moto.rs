@@ -665,6 +665,51 @@ async fn elastic_ip_is_claimed_but_never_taken_from_a_running_holder() {
     let _ = alloc;
 }
 
+/// `snat.addresses = 3` against moto: the NAT's interface gets two
+/// secondary private addresses once (primary listed first), and each of
+/// the three gets one of the group's Elastic IPs on this interface; a
+/// second pass assigns and associates nothing more. (moto ignores
+/// `AssociateAddress`'s `PrivateIpAddress`, so which address each landed
+/// on is the lab's to check, through its proxy.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_addresses_are_assigned_once_and_each_gets_an_elastic_ip() {
+    use hanat::aws::cloud::Cloud as _;
+    use hanat::daemon::eip::{claim_addresses, private_addresses};
+    use hanat::decide::routes::AddressAction;
+    let moto = Moto::start().unwrap();
+    let w = world(&moto).await;
+    let ec2 = adapters(&moto).await;
+    for _ in 0..3 {
+        w.cloud
+            .allocate_address(&[("hanat:group", "nat-a")])
+            .await
+            .unwrap();
+    }
+    let privates = private_addresses(&ec2, &w.me, 3).await.unwrap();
+    assert_eq!(privates.len(), 3, "{privates:?}");
+    assert_eq!(privates[0], w.me.private_ip, "the primary first");
+    assert_eq!(ec2.interface_addresses(&w.me.eni).await.unwrap(), privates);
+    let claims = claim_addresses(&ec2, &w.me, "hanat:group", "nat-a", &privates)
+        .await
+        .unwrap();
+    assert!(
+        claims
+            .iter()
+            .all(|(_, a)| matches!(a, AddressAction::Associate { .. })),
+        "{claims:?}"
+    );
+    let out = w.cloud.ec2.describe_addresses().send().await.unwrap();
+    let on_me = out
+        .addresses()
+        .iter()
+        .filter(|a| a.network_interface_id() == Some(w.me.eni.0.as_str()))
+        .count();
+    assert_eq!(on_me, 3);
+    // Again: nothing more to assign.
+    assert_eq!(private_addresses(&ec2, &w.me, 3).await.unwrap(), privates);
+    assert_eq!(ec2.interface_addresses(&w.me.eni).await.unwrap().len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_reach_cloudwatch_as_a_dashboard_reads_them() {
     use hanat::domain::{Datum, Unit};

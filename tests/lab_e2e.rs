@@ -1386,3 +1386,34 @@ async fn chaos_scale_in_with_two_addresses_loses_nothing() {
         r.human()
     );
 }
+
+/// `hanat-lab bench connections --addresses 2`, asserted: one NAT with two
+/// addresses carries at least 2 × 60,000 concurrent UDP flows and TCP
+/// connections from one private host to one server port, from both
+/// addresses, and refuses the rest (the kernel's port allocation errors);
+/// the host's conntrack limits are restored afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_addresses_carry_twice_the_connections_to_one_destination() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let max = || std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap();
+    let before = max();
+    let rows = hanat_lab::connections::run(options(1), 2).await.unwrap();
+    assert_eq!(max(), before, "nf_conntrack_max restored");
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        eprintln!("{}", r.json());
+        assert!(
+            r.distinct_public_pairs >= 2 * 60_000,
+            "{}: {}",
+            r.protocol,
+            r.json()
+        );
+        assert!(r.distinct_public_pairs <= r.capacity(), "{}", r.json());
+        assert_eq!(r.public_addresses, 2, "{}", r.json());
+        assert_eq!(r.attempted, 3 * 64_512, "{}", r.json());
+        assert!(r.failed >= 64_512 - 200, "{}", r.json());
+        assert!(r.port_allocation_errors > 0, "{}", r.json());
+    }
+}

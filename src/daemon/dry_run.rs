@@ -61,6 +61,7 @@ pub async fn dry_run(
     }
     peer_key(&mut out, cloud, config).await;
     status_check(&mut out, config);
+    addresses(&mut out, cloud, identity, config).await?;
     cloudwatch(&mut out, config);
     kernel(&mut out, config, interface).await;
     Ok(out)
@@ -127,6 +128,34 @@ fn status_check(out: &mut DryRun, config: &Config) {
               covered only once EC2's own status checks call it impaired"
             .into(),
     });
+}
+
+/// With `snat.addresses` above 1: the secondary private addresses the
+/// daemon would assign, and what it would translate to.
+async fn addresses(
+    out: &mut DryRun,
+    cloud: &dyn Cloud,
+    identity: &Identity,
+    config: &Config,
+) -> Result<(), AwsError> {
+    let wanted = usize::from(config.snat.addresses);
+    if wanted <= 1 {
+        return Ok(());
+    }
+    let have = cloud.interface_addresses(&identity.eni).await?.len().max(1);
+    if have < wanted {
+        out.change(format!(
+            "would assign {} secondary private address(es) to {} (it has {})",
+            wanted - have,
+            identity.eni,
+            have - 1
+        ));
+    }
+    out.say(format!(
+        "would spread new connections over {wanted} private addresses, each with an Elastic IP tagged {}=<this instance's group>",
+        config.eip.tag_key
+    ));
+    Ok(())
 }
 
 /// What would go to CloudWatch (a note: publishing changes nothing).

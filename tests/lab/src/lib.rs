@@ -13,6 +13,7 @@ pub mod alarms;
 pub mod api;
 pub mod chaos;
 pub mod cloud;
+pub mod connections;
 pub mod imds;
 pub mod lab;
 pub mod moto;

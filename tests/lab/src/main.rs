@@ -29,6 +29,13 @@ commands:
                                    az-isolation
   bench failover [--runs N]        every scenario N times (default 10) with
                                    failover = peer and = none; a table of outages
+  bench connections [--addresses N] [--json]
+                                   concurrent UDP flows and TCP connections from
+                                   one private host to one server port through
+                                   one NAT with N addresses (default 1); a table
+                                   against N × 64,512 and the NAT Gateway's
+                                   N × 55,000 (raises nf_conntrack_max and the
+                                   file limits for the run)
   down                             remove namespaces a crashed lab left behind
 options:
   --azs N            availability zones, 1-3 (default 2)
@@ -483,8 +490,20 @@ async fn chaos_cmd(a: &Args) -> Result<u8> {
 }
 
 async fn bench(a: &Args) -> Result<u8> {
+    if a.scenario.as_deref() == Some("connections") {
+        let rows = hanat_lab::connections::run(lab_options(a)?, a.addresses).await?;
+        for r in &rows {
+            if a.json {
+                println!("{}", r.json());
+            }
+        }
+        if !a.json {
+            println!("{}", hanat_lab::connections::table(&rows));
+        }
+        return Ok(0);
+    }
     if a.scenario.as_deref() != Some("failover") {
-        bail!("the only benchmark is `bench failover`");
+        bail!("benchmarks: `bench failover`, `bench connections`");
     }
     let scenarios: Vec<Scenario> = match &a.scenarios {
         Some(list) => list
