@@ -1417,3 +1417,60 @@ async fn two_addresses_carry_twice_the_connections_to_one_destination() {
         assert!(r.port_allocation_errors > 0, "{}", r.json());
     }
 }
+
+/// Changing `snat.addresses` on a running NAT (its config edited, the
+/// daemon restarted) converges without dropping a connection: from 2 to
+/// 1, new connections leave from the primary address's Elastic IP only
+/// (either of the two: the daemon takes the pool in its order) while those
+/// translated to the second address go on with it; back to 2, new ones
+/// spread again, and every connection still answers with its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_number_of_addresses_keeps_every_connection() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(1);
+    opts.addresses = 2;
+    let lab = serving(opts).await;
+    until_seen_from_all(&lab, 0, Duration::from_secs(30)).await;
+    let mut sessions = Vec::new();
+    let mut from = std::collections::BTreeSet::new();
+    while (from.len() < 2 || sessions.len() < 4) && sessions.len() < 40 {
+        let mut s = lab.session(0, Duration::from_secs(3)).unwrap();
+        let ip = s.ask().unwrap();
+        from.insert(ip);
+        sessions.push((s, ip));
+    }
+    assert_eq!(from.len(), 2, "sessions from both addresses");
+    let config = lab.nat(0).unwrap().config_path;
+    let set = |from: u8, to: u8| {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let was = format!("addresses = {from}");
+        assert!(text.contains(&was), "{text}");
+        std::fs::write(&config, text.replace(&was, &format!("addresses = {to}"))).unwrap();
+    };
+    set(2, 1);
+    lab.kill_daemon(0).unwrap();
+    // Whichever of the two Elastic IPs the primary address got.
+    lab.wait_for(
+        "new connections to leave from the primary address only",
+        Duration::from_secs(30),
+        || async { Ok(seen_from(&lab, 0, 6).len() == 1) },
+    )
+    .await
+    .unwrap();
+    let only = seen_from(&lab, 0, 6);
+    assert!(
+        only.len() == 1 && only.keys().all(|a| from.contains(a)),
+        "{only:?}"
+    );
+    for (s, ip) in &mut sessions {
+        assert_eq!(s.ask().expect("the connection survives N = 1"), *ip);
+    }
+    set(1, 2);
+    lab.kill_daemon(0).unwrap();
+    until_seen_from_all(&lab, 0, Duration::from_secs(30)).await;
+    for (s, ip) in &mut sessions {
+        assert_eq!(s.ask().expect("the connection survives N = 2 again"), *ip);
+    }
+}

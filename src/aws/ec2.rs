@@ -398,8 +398,11 @@ impl Ec2 {
         Ok(v)
     }
 
-    /// The instance `eni` is attached to; `None` if it is detached or gone.
-    pub async fn eni_owner(&self, eni: &EniId) -> Result<Option<InstanceId>, AwsError> {
+    /// What EC2 says of interface `eni`; `None` if it does not know it.
+    async fn network_interface(
+        &self,
+        eni: &EniId,
+    ) -> Result<Option<aws_sdk_ec2::types::NetworkInterface>, AwsError> {
         let out = self
             .client
             .describe_network_interfaces()
@@ -407,9 +410,15 @@ impl Ec2 {
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("DescribeNetworkInterfaces", &eni.0, e))?;
-        Ok(out
-            .network_interfaces()
-            .first()
+        Ok(out.network_interfaces().first().cloned())
+    }
+
+    /// The instance `eni` is attached to; `None` if it is detached or gone.
+    pub async fn eni_owner(&self, eni: &EniId) -> Result<Option<InstanceId>, AwsError> {
+        Ok(self
+            .network_interface(eni)
+            .await?
+            .as_ref()
             .and_then(|n| n.attachment())
             .and_then(|a| a.instance_id())
             .filter(|i| !i.is_empty())
@@ -418,16 +427,9 @@ impl Ec2 {
 
     /// `eni`'s private addresses, the primary one first.
     pub async fn interface_addresses(&self, eni: &EniId) -> Result<Vec<Ipv4Addr>, AwsError> {
-        let out = self
-            .client
-            .describe_network_interfaces()
-            .filters(filter("network-interface-id", &eni.0))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("DescribeNetworkInterfaces", &eni.0, e))?;
-        let mut v: Vec<(bool, Ipv4Addr)> = out
-            .network_interfaces()
-            .first()
+        let interface = self.network_interface(eni).await?;
+        let mut v: Vec<(bool, Ipv4Addr)> = interface
+            .as_ref()
             .map(|n| n.private_ip_addresses())
             .unwrap_or_default()
             .iter()

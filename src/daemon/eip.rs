@@ -62,12 +62,22 @@ impl EipClaim {
         };
         let tag_key = &ctx.config.eip.tag_key;
         let wanted = usize::from(ctx.config.snat.addresses);
-        let result = async {
-            let privates = private_addresses(&*ctx.cloud, &ctx.me, wanted).await?;
-            claim_addresses(&*ctx.cloud, &ctx.me, tag_key, g, &privates).await
-        }
-        .await;
-        let problems: Vec<String> = match &result {
+        // Without its secondary addresses the NAT still claims for the
+        // ones it has (the primary one at least).
+        let mut problems = Vec::new();
+        let privates = match private_addresses(&*ctx.cloud, &ctx.me, wanted).await {
+            Ok((have, None)) => have,
+            Ok((have, Some(e))) => {
+                problems.push(format!("cannot assign secondary private addresses: {e}"));
+                have
+            }
+            Err(e) => {
+                problems.push(format!("cannot read this NAT's private addresses: {e}"));
+                vec![ctx.me.private_ip]
+            }
+        };
+        let result = claim_addresses(&*ctx.cloud, &ctx.me, tag_key, g, &privates).await;
+        problems.extend(match &result {
             Ok(claims) => claims
                 .iter()
                 .filter_map(|(p, a)| match a {
@@ -82,11 +92,11 @@ impl EipClaim {
                         "{p}: Elastic IP {allocation_id} is held by running {holder}; not taking it"
                     )),
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
             Err(e) => vec![format!("cannot claim the Elastic IPs: {e}")],
-        };
+        });
         if let Ok(claims) = &result {
-            self.record(ctx, claims);
+            self.record(ctx, claims, wanted);
         }
         if problems.is_empty() {
             self.held_at = Some(Instant::now());
@@ -105,7 +115,7 @@ impl EipClaim {
     /// Tell the kernel which addresses to translate to (the primary one,
     /// and each secondary one that has a public address) and the metrics
     /// what is held.
-    fn record(&self, ctx: &Ctx, claims: &[(Ipv4Addr, AddressAction)]) {
+    fn record(&self, ctx: &Ctx, claims: &[(Ipv4Addr, AddressAction)], wanted: usize) {
         let held =
             |a: &AddressAction| matches!(a, AddressAction::Keep | AddressAction::Associate { .. });
         let snat: Vec<Ipv4Addr> = claims
@@ -117,30 +127,36 @@ impl EipClaim {
         ctx.set_snat(snat);
         let mut r = ctx.telemetry.recorded();
         r.elastic_ip = claims.first().map(|(_, a)| held(a));
-        r.elastic_ips = Some((claims.iter().filter(|(_, a)| held(a)).count(), claims.len()));
+        r.elastic_ips = Some((claims.iter().filter(|(_, a)| held(a)).count(), wanted));
     }
 }
 
 /// This NAT's first `wanted` private addresses, the primary one first,
 /// assigning the missing secondary ones (EC2 chooses them). With one
-/// wanted, just the primary one, without a call.
+/// wanted, just the primary one, without a call. When the assignment
+/// fails, the addresses it has, with the error.
 pub async fn private_addresses(
     cloud: &dyn Cloud,
     me: &Identity,
     wanted: usize,
-) -> Result<Vec<Ipv4Addr>, AwsError> {
+) -> Result<(Vec<Ipv4Addr>, Option<AwsError>), AwsError> {
     if wanted <= 1 {
-        return Ok(vec![me.private_ip]);
+        return Ok((vec![me.private_ip], None));
     }
     let mut have = ordered(me, cloud.interface_addresses(&me.eni).await?);
+    let mut failed = None;
     if have.len() < wanted {
         let more = wanted - have.len();
-        cloud.assign_private_addresses(&me.eni, more).await?;
-        have = ordered(me, cloud.interface_addresses(&me.eni).await?);
-        info!(eni = %me.eni, assigned = more, addresses = ?have, "assigned secondary private addresses");
+        match cloud.assign_private_addresses(&me.eni, more).await {
+            Ok(()) => {
+                have = ordered(me, cloud.interface_addresses(&me.eni).await?);
+                info!(eni = %me.eni, assigned = more, addresses = ?have, "assigned secondary private addresses");
+            }
+            Err(e) => failed = Some(e),
+        }
     }
     have.truncate(wanted);
-    Ok(have)
+    Ok((have, failed))
 }
 
 /// The primary address first, whatever EC2 listed.

@@ -628,3 +628,39 @@ async fn each_address_gets_an_elastic_ip_and_only_those_are_translated_to() {
     assert_eq!(cloud.calls("AssignPrivateIpAddresses", "").len(), 1);
     assert_eq!(cloud.calls("AssociateAddress", "").len(), 3);
 }
+
+/// A NAT whose secondary addresses cannot be assigned (no permission, a
+/// full subnet) still claims its primary address's Elastic IP, translates
+/// to that one only, says 1 of 3, and assigns them at a later pass.
+#[tokio::test(start_paused = true)]
+async fn the_primary_address_is_claimed_even_when_no_secondary_can_be_assigned() {
+    use super::eip::EipClaim;
+    use super::log::LogThrottle;
+    use crate::domain::Address;
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
+    for n in 0..3u8 {
+        let a = Address {
+            allocation_id: format!("eipalloc-{n}"),
+            public_ip: format!("198.51.100.{}", 10 + n),
+            eni: None,
+            instance: None,
+            private_ip: None,
+        };
+        let tags = vec![("hanat:group".to_owned(), "nat-az-a".to_owned())];
+        cloud.state().addresses.push((a, tags));
+    }
+    cloud.fail("AssignPrivateIpAddresses", 1, "UnauthorizedOperation");
+    let mut c = config();
+    c.eip.claim = true;
+    c.snat.addresses = 3;
+    let me = ctx(&cloud, "az-a", c);
+    let (mut claim, mut throttle) = (EipClaim::default(), LogThrottle::default());
+    claim.keep(&me, &mut throttle).await;
+    assert_eq!(me.snat(), vec![me.me.private_ip]);
+    assert_eq!(me.telemetry.recorded().elastic_ips, Some((1, 3)));
+    assert_eq!(me.telemetry.recorded().elastic_ip, Some(true));
+    // Not held in full: the next pass tries again, and succeeds.
+    claim.keep(&me, &mut throttle).await;
+    assert_eq!(me.snat().len(), 3);
+    assert_eq!(me.telemetry.recorded().elastic_ips, Some((3, 3)));
+}

@@ -583,61 +583,60 @@ async fn with_private_addresses(
     answer: Response<Full<Bytes>>,
     associated: &HashMap<String, (String, String)>,
 ) -> Answer {
+    rewritten(answer, |text| {
+        text.split("<item>")
+            .map(|item| {
+                let field = |tag: &str| {
+                    let open = format!("<{tag}>");
+                    let start = item.find(&open)? + open.len();
+                    let end = item[start..].find(&format!("</{tag}>"))?;
+                    Some(item[start..start + end].to_owned())
+                };
+                let placed = field("allocationId").and_then(|a| associated.get(&a));
+                match (placed, field("networkInterfaceId")) {
+                    (Some((eni, ip)), Some(on)) if *eni == on => match field("privateIpAddress") {
+                        Some(old) => item.replacen(
+                            &format!("<privateIpAddress>{old}</privateIpAddress>"),
+                            &format!("<privateIpAddress>{ip}</privateIpAddress>"),
+                            1,
+                        ),
+                        None => item.replacen(
+                            "<publicIp>",
+                            &format!("<privateIpAddress>{ip}</privateIpAddress><publicIp>"),
+                            1,
+                        ),
+                    },
+                    _ => item.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("<item>")
+    })
+    .await
+}
+
+/// A successful answer of moto's with its body changed by `change` (an
+/// error passes as it is).
+async fn rewritten(answer: Response<Full<Bytes>>, change: impl FnOnce(String) -> String) -> Answer {
     let (mut parts, body) = answer.into_parts();
     let body = body
         .collect()
         .await
         .map_err(std::io::Error::other)?
         .to_bytes();
-    parts.headers.remove(hyper::header::CONTENT_LENGTH);
-    let text = String::from_utf8_lossy(&body).into_owned();
     if !parts.status.is_success() {
         return Ok(Response::from_parts(parts, Full::new(body)));
     }
-    let items: Vec<String> = text
-        .split("<item>")
-        .map(|item| {
-            let field = |tag: &str| {
-                let open = format!("<{tag}>");
-                let start = item.find(&open)? + open.len();
-                let end = item[start..].find(&format!("</{tag}>"))?;
-                Some(item[start..start + end].to_owned())
-            };
-            let placed = field("allocationId").and_then(|a| associated.get(&a));
-            match (placed, field("networkInterfaceId")) {
-                (Some((eni, ip)), Some(on)) if *eni == on => match field("privateIpAddress") {
-                    Some(old) => item.replacen(
-                        &format!("<privateIpAddress>{old}</privateIpAddress>"),
-                        &format!("<privateIpAddress>{ip}</privateIpAddress>"),
-                        1,
-                    ),
-                    None => item.replacen(
-                        "<publicIp>",
-                        &format!("<privateIpAddress>{ip}</privateIpAddress><publicIp>"),
-                        1,
-                    ),
-                },
-                _ => item.to_owned(),
-            }
-        })
-        .collect();
-    let text = items.join("<item>");
+    // The body changes length: hyper sets the length of the new one.
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    let text = change(String::from_utf8_lossy(&body).into_owned());
     Ok(Response::from_parts(parts, Full::new(Bytes::from(text))))
 }
 
 /// moto's `DescribeInstanceStatus` answer with each associated instance's
 /// `applicationStatus` added after its `instanceId`.
 async fn with_application_status(answer: Response<Full<Bytes>>, w: &Witness) -> Answer {
-    let (mut parts, body) = answer.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    // The body grows: hyper sets the length of the new one.
-    parts.headers.remove(hyper::header::CONTENT_LENGTH);
-    let mut text = String::from_utf8_lossy(&body).into_owned();
-    if parts.status.is_success() {
+    rewritten(answer, |mut text| {
         for (id, (status, _)) in &w.status {
             let tag = format!("<instanceId>{id}</instanceId>");
             text = text.replace(
@@ -645,8 +644,9 @@ async fn with_application_status(answer: Response<Full<Bytes>>, w: &Witness) -> 
                 &format!("{tag}<applicationStatus><status>{status}</status></applicationStatus>"),
             );
         }
-    }
-    Ok(Response::from_parts(parts, Full::new(Bytes::from(text))))
+        text
+    })
+    .await
 }
 
 /// The service named in the signature's credential scope
