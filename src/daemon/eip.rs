@@ -95,8 +95,14 @@ impl EipClaim {
                 .collect::<Vec<_>>(),
             Err(e) => vec![format!("cannot claim the Elastic IPs: {e}")],
         });
-        if let Ok(claims) = &result {
-            self.record(ctx, claims, wanted);
+        match &result {
+            Ok(claims) => self.record(ctx, claims, wanted),
+            // Not known to be held until a claim says so.
+            Err(_) => {
+                let mut r = ctx.telemetry.recorded();
+                r.elastic_ip.get_or_insert(false);
+                r.elastic_ips.get_or_insert((0, wanted));
+            }
         }
         if problems.is_empty() {
             self.held_at = Some(Instant::now());

@@ -664,3 +664,22 @@ async fn the_primary_address_is_claimed_even_when_no_secondary_can_be_assigned()
     assert_eq!(me.snat().len(), 3);
     assert_eq!(me.telemetry.recorded().elastic_ips, Some((3, 3)));
 }
+
+/// A claim that fails before anything is known (DescribeAddresses
+/// refused) says the Elastic IP is not held rather than "not claimed".
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_claim_reads_as_not_held() {
+    use super::eip::EipClaim;
+    use super::log::LogThrottle;
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
+    cloud.fail("DescribeAddresses", 1, "RequestLimitExceeded");
+    let mut c = config();
+    c.eip.claim = true;
+    let me = ctx(&cloud, "az-a", c);
+    EipClaim::default()
+        .keep(&me, &mut LogThrottle::default())
+        .await;
+    assert_eq!(me.telemetry.recorded().elastic_ip, Some(false));
+    assert_eq!(me.telemetry.recorded().elastic_ips, Some((0, 1)));
+    assert_eq!(me.snat(), vec![me.me.private_ip]);
+}
