@@ -551,13 +551,6 @@ impl Default for Snat {
     }
 }
 
-impl Snat {
-    /// How many source ports each address has per destination.
-    pub fn ports_per_address(&self) -> u32 {
-        u32::from(self.ports.1) - u32::from(self.ports.0) + 1
-    }
-}
-
 /// `"1024-65535"` (or one port, `"4000"`).
 fn port_range<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
     let text = String::deserialize(d)?;
@@ -1055,7 +1048,6 @@ rise = 2
     fn snat_defaults_to_one_address_and_the_full_port_range() {
         let c = parse("").unwrap();
         assert_eq!((c.snat.addresses, c.snat.ports), (1, (1024, 65535)));
-        assert_eq!(c.snat.ports_per_address(), 64_512);
         let four = parse("[snat]\naddresses = 4\nports = \"32768-60999\"").unwrap();
         assert_eq!((four.snat.addresses, four.snat.ports), (4, (32768, 60999)));
         let one = parse("[snat]\nports = \"4000\"").unwrap();

@@ -220,6 +220,24 @@ pub struct Address {
     pub private_ip: Option<Ipv4Addr>,
 }
 
+impl Address {
+    /// Whether it is associated with `id`'s interface or instance.
+    pub fn is_on(&self, id: &Identity) -> bool {
+        self.eni.as_ref() == Some(&id.eni) || self.instance.as_ref() == Some(&id.instance_id)
+    }
+
+    /// Whether anyone holds it.
+    pub fn is_held(&self) -> bool {
+        self.eni.is_some() || self.instance.is_some()
+    }
+
+    /// The private address of `id` it is on: the one EC2 names, else (an
+    /// association by instance) the primary one.
+    pub fn private_ip_of(&self, id: &Identity) -> Ipv4Addr {
+        self.private_ip.unwrap_or(id.private_ip)
+    }
+}
+
 /// What a NAT says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

@@ -65,6 +65,16 @@ pub struct State {
     pub secondary_ips: HashMap<EniId, Vec<Ipv4Addr>>,
 }
 
+impl State {
+    /// The primary private address of the instance `eni` belongs to.
+    fn primary_ip(&self, eni: &EniId) -> Option<Ipv4Addr> {
+        self.instances
+            .iter()
+            .find(|i| i.info.eni.as_ref() == Some(eni))
+            .and_then(|i| i.info.ip)
+    }
+}
+
 #[derive(Default)]
 pub struct FakeCloud {
     state: Mutex<State>,
@@ -297,11 +307,7 @@ impl Cloud for FakeCloud {
         self.call("DescribeNetworkInterfaces", eni.to_string())
             .await?;
         let s = self.state();
-        let primary = s
-            .instances
-            .iter()
-            .find(|i| i.info.eni.as_ref() == Some(eni))
-            .and_then(|i| i.info.ip);
+        let primary = s.primary_ip(eni);
         let secondary = s.secondary_ips.get(eni).cloned().unwrap_or_default();
         Ok(primary.into_iter().chain(secondary).collect())
     }
@@ -324,11 +330,7 @@ impl Cloud for FakeCloud {
         self.call("AssociateAddress", allocation_id.to_owned())
             .await?;
         let mut s = self.state();
-        let primary = s
-            .instances
-            .iter()
-            .find(|i| i.info.eni.as_ref() == Some(eni))
-            .and_then(|i| i.info.ip);
+        let primary = s.primary_ip(eni);
         if let Some((a, _)) = s
             .addresses
             .iter_mut()

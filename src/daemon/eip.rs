@@ -234,19 +234,16 @@ async fn holders_alive(
     pool: &[Address],
     privates: &[Ipv4Addr],
 ) -> Result<HashMap<String, bool>, AwsError> {
-    let mine = |a: &Address| {
-        a.eni.as_ref() == Some(&identity.eni) || a.instance.as_ref() == Some(&identity.instance_id)
-    };
     let wanted = privates.len();
     let mut usable = pool
         .iter()
         .filter(|a| {
-            let kept = mine(a) && privates.contains(&a.private_ip.unwrap_or(identity.private_ip));
-            kept || (a.eni.is_none() && a.instance.is_none())
+            let kept = a.is_on(identity) && privates.contains(&a.private_ip_of(identity));
+            kept || !a.is_held()
         })
         .count();
     let mut alive = HashMap::new();
-    for a in pool.iter().filter(|a| !mine(a)) {
+    for a in pool.iter().filter(|a| !a.is_on(identity)) {
         if usable >= wanted {
             break;
         }

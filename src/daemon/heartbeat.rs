@@ -45,8 +45,8 @@ impl HeartbeatLoop {
         };
         let state = Heartbeat::new(hb.fall, hb.rise, hb.grace_period, Duration::ZERO);
         let next_converge = Instant::now() + ctx.config.kernel.converge_interval;
-        // What start-up converged.
-        let snat = vec![ctx.me.private_ip];
+        // What start-up converged: the Elastic IP claim has not run yet.
+        let snat = ctx.snat();
         HeartbeatLoop {
             ctx,
             interface,

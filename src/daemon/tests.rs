@@ -567,6 +567,19 @@ async fn cloudwatch_gets_what_the_counters_grew_by_and_a_failed_call_loses_none_
     );
 }
 
+/// A free Elastic IP `eipalloc-<n>` in AZ a's group's pool.
+fn add_pool_address(cloud: &FakeCloud, n: u8) {
+    let a = crate::domain::Address {
+        allocation_id: format!("eipalloc-{n}"),
+        public_ip: format!("198.51.100.{}", 10 + n),
+        eni: None,
+        instance: None,
+        private_ip: None,
+    };
+    let tags = vec![("hanat:group".to_owned(), "nat-az-a".to_owned())];
+    cloud.state().addresses.push((a, tags));
+}
+
 /// With `snat.addresses = 3` and two Elastic IPs in the group's pool, the
 /// NAT assigns itself two secondary addresses, puts the two Elastic IPs on
 /// the primary and the first secondary, and translates to those two only;
@@ -575,21 +588,9 @@ async fn cloudwatch_gets_what_the_counters_grew_by_and_a_failed_call_loses_none_
 async fn each_address_gets_an_elastic_ip_and_only_those_are_translated_to() {
     use super::eip::EipClaim;
     use super::log::LogThrottle;
-    use crate::domain::Address;
     let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
-    let add = |n: u8| {
-        let a = Address {
-            allocation_id: format!("eipalloc-{n}"),
-            public_ip: format!("198.51.100.{}", 10 + n),
-            eni: None,
-            instance: None,
-            private_ip: None,
-        };
-        let tags = vec![("hanat:group".to_owned(), "nat-az-a".to_owned())];
-        cloud.state().addresses.push((a, tags));
-    };
-    add(0);
-    add(1);
+    add_pool_address(&cloud, 0);
+    add_pool_address(&cloud, 1);
     let mut c = config();
     c.eip.claim = true;
     c.snat.addresses = 3;
@@ -616,7 +617,7 @@ async fn each_address_gets_an_elastic_ip_and_only_those_are_translated_to() {
     );
     assert_eq!(me.telemetry.recorded().elastic_ips, Some((2, 3)));
 
-    add(2);
+    add_pool_address(&cloud, 2);
     claim.keep(&me, &mut throttle).await;
     assert_eq!(me.snat(), vec![primary, secondary[0], secondary[1]]);
     assert_eq!(
@@ -636,18 +637,9 @@ async fn each_address_gets_an_elastic_ip_and_only_those_are_translated_to() {
 async fn the_primary_address_is_claimed_even_when_no_secondary_can_be_assigned() {
     use super::eip::EipClaim;
     use super::log::LogThrottle;
-    use crate::domain::Address;
     let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
-    for n in 0..3u8 {
-        let a = Address {
-            allocation_id: format!("eipalloc-{n}"),
-            public_ip: format!("198.51.100.{}", 10 + n),
-            eni: None,
-            instance: None,
-            private_ip: None,
-        };
-        let tags = vec![("hanat:group".to_owned(), "nat-az-a".to_owned())];
-        cloud.state().addresses.push((a, tags));
+    for n in 0..3 {
+        add_pool_address(&cloud, n);
     }
     cloud.fail("AssignPrivateIpAddresses", 1, "UnauthorizedOperation");
     let mut c = config();

@@ -291,23 +291,19 @@ pub fn plan_addresses(
     pool: &[crate::domain::Address],
     holder_alive: impl Fn(&crate::domain::Address) -> bool,
 ) -> Vec<(Ipv4Addr, AddressAction)> {
-    let mine = |a: &crate::domain::Address| {
-        a.eni.as_ref() == Some(&id.eni) || a.instance.as_ref() == Some(&id.instance_id)
-    };
-    let on = |a: &crate::domain::Address| a.private_ip.unwrap_or(id.private_ip);
     let mut taken = vec![false; pool.len()];
     privates
         .iter()
         .map(|&p| {
-            if pool.iter().any(|a| mine(a) && on(a) == p) {
+            if pool.iter().any(|a| a.is_on(id) && a.private_ip_of(id) == p) {
                 return (p, AddressAction::Keep);
             }
             let mut refused = None;
             for (i, a) in pool.iter().enumerate() {
-                if taken[i] || mine(a) {
+                if taken[i] || a.is_on(id) {
                     continue;
                 }
-                let held = a.eni.is_some() || a.instance.is_some();
+                let held = a.is_held();
                 if held && holder_alive(a) {
                     refused.get_or_insert_with(|| AddressAction::HeldByHealthy {
                         allocation_id: a.allocation_id.clone(),
