@@ -245,8 +245,8 @@ impl Secondary {
         let n = self.handed.entry(az).or_default();
         (0..count)
             .map(|_| {
-                let ip = format!("10.0.{}.{}", 2 * az, 100 + *n % 100);
-                *n = n.wrapping_add(1) % 100;
+                let ip = format!("10.0.{}.{}", 2 * az, 100 + *n);
+                *n = (*n + 1) % 100;
                 ip
             })
             .collect()
