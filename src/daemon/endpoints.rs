@@ -20,6 +20,24 @@ use crate::kernel::counters;
 /// How long an answer waits for the hand-offs.
 const FLOWS_WAIT: Duration = Duration::from_millis(300);
 
+/// How often the active connections are counted at most once the
+/// conntrack table holds more than [`ACTIVE_CHEAP`] entries. A count reads
+/// the whole table as text, about 90 bytes per entry: with 250,000
+/// entries, 23 MB and most of a second of CPU on the lab's machine. So it
+/// runs off the async runtime, one at a time, and answers in between show
+/// the last count.
+const ACTIVE_RECOUNT: Duration = Duration::from_secs(10);
+
+/// Up to this many conntrack entries (under 1 MB of text), the active
+/// connections are counted at every refresh.
+const ACTIVE_CHEAP: i64 = 10_000;
+
+/// Whether the active connections are counted now, with `entries` in the
+/// conntrack table and the last count `since` ago (`None`: never).
+fn recount_due(entries: i64, since: Option<Duration>) -> bool {
+    entries <= ACTIVE_CHEAP || since.is_none_or(|s| s >= ACTIVE_RECOUNT)
+}
+
 /// Read the daemon's state now (and set the gauges from it).
 pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     let t = &ctx.telemetry;
@@ -201,10 +219,30 @@ pub async fn kernel_metrics(ctx: &Ctx) {
             stat("drop") + stat("early_drop") + stat("insert_failed") + get("invalid").packets,
         ));
     }
-    let active = std::fs::read_to_string("/proc/net/nf_conntrack")
-        .map(|t| counters::active_tcp(&t, &ctx.me.vpc_cidrs) as i64)
-        .unwrap_or(0);
-    ctx.telemetry.kernel(&values, active);
+    ctx.telemetry.kernel(&values);
+    count_active(ctx).await;
+}
+
+/// Count the active connections into their gauge, unless a count is
+/// running or [`recount_due`] says it is too soon. An unreadable table
+/// counts none.
+async fn count_active(ctx: &Ctx) {
+    let Ok(mut last) = ctx.telemetry.active_counted.try_lock() else {
+        return;
+    };
+    if !recount_due(conntrack().0, last.map(|at| at.elapsed())) {
+        return;
+    }
+    let sources = ctx.me.vpc_cidrs.clone();
+    let counted = tokio::task::spawn_blocking(move || {
+        std::fs::File::open("/proc/net/nf_conntrack")
+            .map(|f| counters::active_tcp(std::io::BufReader::new(f), &sources))
+            .unwrap_or(0)
+    })
+    .await
+    .unwrap_or(0);
+    ctx.telemetry.set_active(counted as i64);
+    *last = Some(tokio::time::Instant::now());
 }
 
 /// Serve the endpoints on `addr` until aborted. A port that cannot be
@@ -309,4 +347,21 @@ fn reply(code: StatusCode, kind: &'static str, body: String) -> Response<Full<By
         hyper::header::HeaderValue::from_static(kind),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_big_conntrack_table_is_counted_at_most_every_ten_seconds() {
+        let s = Duration::from_secs;
+        // Small: every time.
+        assert!(recount_due(0, Some(s(0))));
+        assert!(recount_due(ACTIVE_CHEAP, Some(s(1))));
+        // Big: the first time, then once 10 s have passed.
+        assert!(recount_due(250_000, None));
+        assert!(!recount_due(250_000, Some(s(9))));
+        assert!(recount_due(250_000, Some(s(10))));
+    }
 }

@@ -66,6 +66,8 @@ pub struct Telemetry {
     /// with the kernel's value last seen.
     kernel: BTreeMap<&'static str, (Counter, Mutex<u64>)>,
     active: Gauge,
+    /// When `active` was last counted; held while a count runs.
+    pub active_counted: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     recorded: Mutex<Recorded>,
 }
 
@@ -267,6 +269,7 @@ impl Telemetry {
                 .map(|k| (k.name, (Counter::default(), Mutex::new(0))))
                 .collect(),
             active: Gauge::default(),
+            active_counted: tokio::sync::Mutex::new(None),
             recorded: Mutex::new(Recorded {
                 verdict_since: Instant::now(),
                 own_routes: Vec::new(),
@@ -393,7 +396,7 @@ impl Telemetry {
     /// name): each metric grows by what its counter grew since last time,
     /// or by the whole value when the kernel's counter was reset (its table
     /// recreated), so the metric never goes down.
-    pub fn kernel(&self, values: &[(&str, u64)], active: i64) {
+    pub fn kernel(&self, values: &[(&str, u64)]) {
         for (name, now) in values {
             if let Some((c, last)) = self.kernel.get(name) {
                 let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
@@ -401,6 +404,10 @@ impl Telemetry {
                 *last = *now;
             }
         }
+    }
+
+    /// The active connections, as last counted.
+    pub fn set_active(&self, active: i64) {
         self.active.set(active);
     }
 
@@ -799,10 +806,12 @@ mod tests {
     #[test]
     fn kernel_counters_only_grow() {
         let t = Telemetry::default();
-        t.kernel(&[("bytes_in_from_source", 100)], 3);
-        t.kernel(&[("bytes_in_from_source", 250)], 2);
+        t.kernel(&[("bytes_in_from_source", 100)]);
+        t.kernel(&[("bytes_in_from_source", 250)]);
         // The table was recreated: its counter starts again from zero.
-        t.kernel(&[("bytes_in_from_source", 40)], 2);
+        t.kernel(&[("bytes_in_from_source", 40)]);
+        t.set_active(3);
+        t.set_active(2);
         let text = t.encode().unwrap();
         assert!(
             text.contains("hanat_bytes_in_from_source_total 290\n"),

@@ -535,14 +535,14 @@ async fn cloudwatch_gets_what_the_counters_grew_by_and_a_failed_call_loses_none_
     let me = ctx(&cloud, "az-b", c);
     me.status.send_replace(Status::Ok);
     let t = &me.telemetry;
-    t.kernel(&[("bytes_out_to_destination", 1000)], 0);
+    t.kernel(&[("bytes_out_to_destination", 1000)]);
     let mut publisher = super::publish::PublishLoop::start(me.clone()).await;
-    t.kernel(&[("bytes_out_to_destination", 1500)], 0);
+    t.kernel(&[("bytes_out_to_destination", 1500)]);
     cloud.fail("PutMetricData", 1, "Throttling");
     assert!(publisher.tick().await.is_err());
-    t.kernel(&[("bytes_out_to_destination", 4000)], 0);
+    t.kernel(&[("bytes_out_to_destination", 4000)]);
     assert!(publisher.tick().await.is_ok());
-    t.kernel(&[("bytes_out_to_destination", 4100)], 0);
+    t.kernel(&[("bytes_out_to_destination", 4100)]);
     assert!(publisher.tick().await.is_ok());
     let puts = cloud.state().metric_data.clone();
     let sent: Vec<(String, Option<f64>)> = puts

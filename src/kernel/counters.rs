@@ -157,10 +157,12 @@ pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// Connections in the conntrack table (the text of
-/// `/proc/net/nf_conntrack`) that are TCP, established, and opened by a
-/// NAT source. Pure.
-pub fn active_tcp(text: &str, sources: &[Ipv4Cidr]) -> u64 {
+/// `/proc/net/nf_conntrack`, read a line at a time) that are TCP,
+/// established, and opened by a NAT source. Lines that cannot be read are
+/// skipped.
+pub fn active_tcp(text: impl std::io::BufRead, sources: &[Ipv4Cidr]) -> u64 {
     text.lines()
+        .map_while(Result::ok)
         .filter(|l| {
             let mut words = l.split_whitespace();
             words.nth(2) == Some("tcp") && l.contains(" ESTABLISHED ")
@@ -237,7 +239,7 @@ ipv4     2 tcp      6 119 TIME_WAIT src=10.0.1.10 dst=203.0.113.10 sport=40001 d
 ipv4     2 udp      17 29 src=10.0.1.10 dst=203.0.113.10 sport=5000 dport=53 src=203.0.113.10 dst=10.0.0.4 sport=53 dport=5000 mark=0 zone=0 use=2
 ipv4     2 tcp      6 431999 ESTABLISHED src=203.0.113.99 dst=10.0.0.4 sport=1 dport=22 src=10.0.0.4 dst=203.0.113.99 sport=22 dport=1 [ASSURED] mark=0 zone=0 use=2
 ";
-        assert_eq!(active_tcp(text, &[cidr("10.0.0.0/16")]), 1);
-        assert_eq!(active_tcp(text, &[]), 0);
+        assert_eq!(active_tcp(text.as_bytes(), &[cidr("10.0.0.0/16")]), 1);
+        assert_eq!(active_tcp(text.as_bytes(), &[]), 0);
     }
 }
