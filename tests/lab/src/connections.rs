@@ -69,6 +69,11 @@ pub struct Row {
     pub conntrack_entries: u64,
     /// Their memory (the `nf_conntrack` slab's object size each).
     pub conntrack_mib: f64,
+    /// What the NAT was called while this protocol ran: the status
+    /// check's `impaired`, its own Unhealthy report. The bench does not
+    /// let Auto Scaling replace it (it measures one NAT), so these are
+    /// what would have replaced it.
+    pub nat_flagged: Vec<String>,
 }
 
 impl Row {
@@ -91,6 +96,7 @@ impl Row {
             "new_per_s": self.new_per_s.round(),
             "conntrack_entries": self.conntrack_entries,
             "conntrack_mib": (self.conntrack_mib * 10.0).round() / 10.0,
+            "nat_flagged": self.nat_flagged,
         })
         .to_string()
     }
@@ -119,6 +125,11 @@ pub fn table(rows: &[Row]) -> String {
             r.conntrack_mib,
         ));
     }
+    for r in rows {
+        for f in &r.nat_flagged {
+            out.push_str(&format!("\nN = {}, {}: {f}", r.addresses, r.protocol));
+        }
+    }
     out
 }
 
@@ -141,12 +152,22 @@ pub struct HostLimits {
 
 impl HostLimits {
     /// Room for `flows` tracked by the NAT and by the lab's internet
-    /// gateway, twice over.
+    /// gateway, twice over; and a per-CPU receive backlog that holds a
+    /// burst of them. The lab's namespaces share one kernel's backlog
+    /// (veth delivers through it), which on AWS each instance has to
+    /// itself: with the default 1,000 packets, the burst of new flows into
+    /// the NAT drops the VPC's other packets on the way (the status
+    /// check's, the probes'), and the lab would fail a NAT for the
+    /// neighbours' traffic.
     pub fn raise(flows: usize) -> Result<HostLimits> {
         let mut limits = HostLimits { saved: Vec::new() };
         let entries = (4 * flows).next_power_of_two().max(262_144);
         limits.set("/proc/sys/net/netfilter/nf_conntrack_max", entries)?;
         limits.set("/proc/sys/net/netfilter/nf_conntrack_buckets", entries)?;
+        limits.set(
+            "/proc/sys/net/core/netdev_max_backlog",
+            flows.next_power_of_two(),
+        )?;
         Ok(limits)
     }
 
@@ -177,6 +198,10 @@ impl Drop for HostLimits {
 pub async fn run(mut lab: LabOptions, addresses: u8) -> Result<Vec<Row>> {
     lab.azs = 1;
     lab.addresses = addresses;
+    // One NAT, measured from start to end: what would have replaced it
+    // (its status check failing while the flood saturates the lab's two
+    // cores, its own Unhealthy report) is reported in the row instead.
+    lab.replace_unhealthy = false;
     let sources = usize::from(addresses) + 1;
     let flows = sources * PORTS.len();
     // UDP's and TCP's, held at once.
@@ -213,8 +238,19 @@ pub async fn run(mut lab: LabOptions, addresses: u8) -> Result<Vec<Row>> {
     Ok(vec![udp, tcp])
 }
 
-/// The NAT's conntrack entries and its port allocation errors so far.
-fn nat_counts(lab: &Lab) -> Result<(u64, u64)> {
+/// What the bench reads off AZ 0's NAT: which instance it is, its
+/// conntrack entries, and its port allocation errors so far.
+struct NatCounts {
+    instance: String,
+    entries: u64,
+    insert_failed: u64,
+}
+
+fn nat_counts(lab: &Lab) -> Result<NatCounts> {
+    let instance = lab
+        .nat(0)
+        .map(|n| n.instance.id)
+        .context("AZ 0 has no NAT")?;
     let count = lab.nat_exec(0, "cat", &["/proc/sys/net/netfilter/nf_conntrack_count"])?;
     let stats = lab.nat_exec(0, "cat", &["/proc/net/stat/nf_conntrack"])?;
     // One line per CPU: hex fields, named by the header.
@@ -228,11 +264,43 @@ fn nat_counts(lab: &Lab) -> Result<(u64, u64)> {
         .iter()
         .position(|h| *h == "insert_failed")
         .context("no insert_failed in /proc/net/stat/nf_conntrack")?;
-    let failed: u64 = lines
+    let insert_failed: u64 = lines
         .filter_map(|l| l.split_whitespace().nth(col))
         .filter_map(|v| u64::from_str_radix(v, 16).ok())
         .sum();
-    Ok((count.trim().parse()?, failed))
+    Ok(NatCounts {
+        instance,
+        entries: count.trim().parse()?,
+        insert_failed,
+    })
+}
+
+/// The port allocation errors between `before` and `after`, which must be
+/// the same NAT: a NAT replaced mid-run (its counters start again) makes
+/// the run meaningless, and the error says what the lab saw happen.
+fn errors_between(lab: &Lab, before: &NatCounts, after: &NatCounts) -> Result<u64> {
+    if before.instance != after.instance {
+        let events: Vec<String> = lab.events().into_iter().map(|(_, e)| e).collect();
+        let logs = lab.all_logs();
+        let first = logs.first().map(String::as_str).unwrap_or_default();
+        let tail: Vec<&str> = first.lines().rev().take(30).collect();
+        bail!(
+            "AZ 0's NAT was replaced during the run ({} -> {}); the lab's events: {events:?}; \
+             the first NAT's log ends:\n{}",
+            before.instance,
+            after.instance,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    after
+        .insert_failed
+        .checked_sub(before.insert_failed)
+        .with_context(|| {
+            format!(
+                "the NAT's insert_failed went down, from {} to {}",
+                before.insert_failed, after.insert_failed
+            )
+        })
 }
 
 /// The `nf_conntrack` slab's object size, from `/proc/slabinfo`.
@@ -268,7 +336,26 @@ fn row(
         new_per_s: seen.len() as f64 / took.as_secs_f64().max(0.001),
         conntrack_entries: entries,
         conntrack_mib: (entries * conntrack_object_bytes()) as f64 / f64::from(1 << 20),
+        nat_flagged: Vec::new(),
     }
+}
+
+/// What AZ 0's NAT `instance` was called since `since`: the status
+/// check's `impaired` verdicts (the lab's events) and its own Unhealthy
+/// report to Auto Scaling.
+async fn flagged(lab: &Lab, instance: &str, since: Instant) -> Vec<String> {
+    let mut out: Vec<String> = lab
+        .events()
+        .into_iter()
+        .filter(|(at, e)| *at >= since && e.starts_with("az0:") && e.contains("impaired"))
+        .map(|(_, e)| e)
+        .collect();
+    if lab.cloud.health(instance).await.ok().as_deref() == Some("Unhealthy") {
+        out.push(format!(
+            "az0: {instance} reported Unhealthy to Auto Scaling"
+        ));
+    }
+    out
 }
 
 /// One datagram per (source, port); the server counts who it saw.
@@ -299,7 +386,8 @@ async fn udp(lab: &Lab, addresses: u8, from: &[Ipv4Addr]) -> Result<Row> {
         }
         (seen, first.map(|f| last - f).unwrap_or_default())
     });
-    let (_, errors_before) = nat_counts(lab)?;
+    let before = nat_counts(lab)?;
+    let phase = Instant::now();
     let packets: Vec<Vec<u8>> = from
         .iter()
         .flat_map(|src| PORTS.map(move |p| ipv4_udp(*src, server, p, UDP_PORT, b"flow")))
@@ -309,16 +397,18 @@ async fn udp(lab: &Lab, addresses: u8, from: &[Ipv4Addr]) -> Result<Row> {
     let (seen, took) = tokio::task::spawn_blocking(move || receiver.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the UDP receiver panicked"))?;
-    let (entries, errors) = nat_counts(lab)?;
-    Ok(row(
+    let after = nat_counts(lab)?;
+    let mut r = row(
         "udp",
         addresses,
         attempted,
         &seen,
-        errors - errors_before,
+        errors_between(lab, &before, &after)?,
         took,
-        entries,
-    ))
+        after.entries,
+    );
+    r.nat_flagged = flagged(lab, &after.instance, phase).await;
+    Ok(r)
 }
 
 /// Real connections from every (source, port), kept open at both ends:
@@ -339,7 +429,7 @@ async fn tcp(lab: &Lab, addresses: u8, from: &[Ipv4Addr]) -> Result<Row> {
         s.listen(backlog)?;
         Ok(s)
     })?;
-    let (_, errors_before) = nat_counts(lab)?;
+    let before = nat_counts(lab)?;
     let attempted = from.len() * PORTS.len();
     let started = Instant::now();
     // The server's count of completed handshakes, every 100 ms.
@@ -410,22 +500,24 @@ async fn tcp(lab: &Lab, addresses: u8, from: &[Ipv4Addr]) -> Result<Row> {
         .iter()
         .find(|(_, n)| *n >= last.0)
         .map_or(started.elapsed(), |(at, _)| *at);
-    let (entries, errors) = nat_counts(lab)?;
+    let after = nat_counts(lab)?;
     let seen = established_peers(lab, TCP_PORT)?;
     for mut w in workers {
         drop(w.stdin.take());
         let _ = w.wait();
     }
     drop(listener);
-    Ok(row(
+    let mut r = row(
         "tcp",
         addresses,
         attempted,
         &seen,
-        errors - errors_before,
+        errors_between(lab, &before, &after)?,
         took,
-        entries,
-    ))
+        after.entries,
+    );
+    r.nat_flagged = flagged(lab, &after.instance, started).await;
+    Ok(r)
 }
 
 /// Handshakes completed and waiting in the listen queue of the server's
@@ -503,8 +595,13 @@ mod tests {
             new_per_s: 151_234.4,
             conntrack_entries: 129_000,
             conntrack_mib: 39.4,
+            nat_flagged: vec!["az0: i-1 application status impaired (timed out)".into()],
         };
         let t = table(std::slice::from_ref(&r));
+        assert!(
+            t.ends_with("\nN = 2, udp: az0: i-1 application status impaired (timed out)"),
+            "{t}"
+        );
         assert!(
             t.contains(
                 "| 2 | udp | 193,536 | 64,600 | 128,936 | 0.999 | 1.17 | 151,234 | 129,000 (39) |"
@@ -524,5 +621,6 @@ mod tests {
         }
         assert_eq!(j["capacity"], 129_024);
         assert_eq!(j["nat_gateway_capacity"], 110_000);
+        assert_eq!(j["nat_flagged"][0], r.nat_flagged[0]);
     }
 }

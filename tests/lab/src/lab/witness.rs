@@ -80,7 +80,7 @@ pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
                 continue;
             };
             let before = w.status.get(&id).map(|(s, _)| *s);
-            let now = match passed {
+            let now = match passed.is_ok() {
                 true => {
                     c.passes += 1;
                     c.fails = 0;
@@ -96,17 +96,20 @@ pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
                 && before != Some(now)
             {
                 shared.api.set_application_status(&id, now);
-                shared.event(format!("az{i}: {id} application status {now}"));
+                let why = passed.err().map(|e| format!(" ({e})")).unwrap_or_default();
+                shared.event(format!("az{i}: {id} application status {now}{why}"));
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// One check: does `GET /health` answer 200 within [`TIMEOUT`]?
-fn check(rtr: &Path, ip: Ipv4Addr) -> bool {
-    matches!(
-        crate::netns::http_get(rtr, SocketAddr::from((ip, PORT)), PATH, TIMEOUT),
-        Ok((200, _))
-    )
+/// One check: does `GET /health` answer 200 within [`TIMEOUT`]? If not,
+/// what it got instead.
+fn check(rtr: &Path, ip: Ipv4Addr) -> std::result::Result<(), String> {
+    match crate::netns::http_get(rtr, SocketAddr::from((ip, PORT)), PATH, TIMEOUT) {
+        Ok((200, _)) => Ok(()),
+        Ok((code, body)) => Err(format!("{code}: {}", body.trim())),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }
