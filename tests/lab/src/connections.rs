@@ -17,9 +17,15 @@
 //!   failed.
 //!
 //! The rate of new flows is what got through divided by the time it took.
-//! Conntrack is global on the lab's kernel, so the bench raises
-//! `nf_conntrack_max` (and its hash table, and the process's file limit for
-//! the open sockets) for the run and restores them after ([`HostLimits`]).
+//! Conntrack's limit and the receive backlog are global on the lab's
+//! kernel, so the bench raises `nf_conntrack_max` (and its hash table) and
+//! `netdev_max_backlog` for the run and restores them after
+//! ([`HostLimits`]).
+//!
+//! It measures one NAT from start to end: the lab's Auto Scaling does not
+//! replace it. What would have (its status check timing out while the
+//! flood saturates the lab's cores, its own Unhealthy report) is listed in
+//! each row's `nat_flagged`.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

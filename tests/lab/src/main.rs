@@ -34,8 +34,9 @@ commands:
                                    one private host to one server port through
                                    one NAT with N addresses (default 1); a table
                                    against N × 64,512 and the NAT Gateway's
-                                   N × 55,000 (raises nf_conntrack_max and the
-                                   file limits for the run)
+                                   N × 55,000 (raises nf_conntrack_max, its
+                                   buckets and netdev_max_backlog for the run;
+                                   Auto Scaling does not replace the NAT)
   down                             remove namespaces a crashed lab left behind
 options:
   --azs N            availability zones, 1-3 (default 2)
