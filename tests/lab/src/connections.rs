@@ -159,12 +159,10 @@ pub struct HostLimits {
 impl HostLimits {
     /// Room for `flows` tracked by the NAT and by the lab's internet
     /// gateway, twice over; and a per-CPU receive backlog that holds a
-    /// burst of them. The lab's namespaces share one kernel's backlog
-    /// (veth delivers through it), which on AWS each instance has to
-    /// itself: with the default 1,000 packets, the burst of new flows into
-    /// the NAT drops the VPC's other packets on the way (the status
-    /// check's, the probes'), and the lab would fail a NAT for the
-    /// neighbours' traffic.
+    /// burst of them, so that every flow reaches the NAT. The lab's
+    /// namespaces share one kernel's backlog (veth delivers through it):
+    /// with the default 1,000 packets, the burst drops part of itself, and
+    /// of every other host's packets, before the NAT sees them.
     pub fn raise(flows: usize) -> Result<HostLimits> {
         let mut limits = HostLimits { saved: Vec::new() };
         let entries = (4 * flows).next_power_of_two().max(262_144);
