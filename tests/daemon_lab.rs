@@ -199,6 +199,51 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
     .await
     .unwrap();
     assert!(!log().contains("forwarding probe failing"), "{}", log());
+    let repaired = log()
+        .lines()
+        .find(|l| l.contains("drift repaired"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        repaired.contains("net.ipv4.ip_forward=1"),
+        "says what had drifted: {repaired}"
+    );
+
+    // One failed round with nothing drifted (a foreign table drops the
+    // forwarded probes, and is gone again by the next rounds): the daemon
+    // re-applies its config, finds it as it left it, and says the failure
+    // was transient instead of calling it a repair.
+    let reapplied = |l: &str| {
+        l.matches("re-applying the kernel NAT config at once")
+            .count()
+    };
+    let before = reapplied(&log());
+    lab.nat_exec(
+        0,
+        "nft",
+        &["add table inet blip; add chain inet blip drop_all { type filter hook forward priority -10; policy drop; }"],
+    )
+    .unwrap();
+    // Gone well within the `fall` (3) rounds of 500 ms that would mark the
+    // instance Unhealthy.
+    let seen = std::time::Instant::now();
+    while reapplied(&log()) == before && seen.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lab.nat_exec(0, "nft", &["delete table inet blip"]).unwrap();
+    assert!(
+        reapplied(&log()) > before,
+        "the probe round failed: {}",
+        log()
+    );
+    lab.wait_for("a transient failure", Duration::from_secs(10), || async {
+        Ok(log().contains("failed round was transient"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(log().matches("drift repaired").count(), 1, "{}", log());
+    assert!(!log().contains("forwarding probe failing"), "{}", log());
+    assert_eq!(lab.cloud.health(&nat.instance.id).await.unwrap(), "Healthy");
 
     // A table that is not ours drops everything forwarded: the daemon cannot
     // (and must not) fix that, so it reports the instance Unhealthy within
@@ -231,8 +276,8 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
         "{log}"
     );
     assert!(
-        !log.contains("chaos"),
-        "the daemon never touched the foreign table"
+        !log.contains("chaos") && !log.contains("blip"),
+        "the daemon never touched the foreign tables"
     );
 }
 

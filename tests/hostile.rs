@@ -167,6 +167,16 @@ async fn kernel_drift_is_repaired_without_moving_a_route() {
         "{:#?}",
         r.logged("kernel")
     );
+    // What had drifted is named, and nothing else is ever called drift
+    // (the NATs converge every 10 s through the run).
+    let drift = r.logged("drifted=");
+    assert!(!drift.is_empty(), "{:#?}", r.logged("kernel"));
+    assert!(
+        drift
+            .iter()
+            .all(|l| l.contains("drifted=sysctl net.ipv4.ip_forward=1")),
+        "{drift:#?}"
+    );
     assert!(r.logged("marking instance Unhealthy").is_empty());
     // Forwarding stopped until the repair: about a probe round.
     assert!(r.outage_ms < 5_000, "{}", r.human());

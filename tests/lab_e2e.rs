@@ -1473,4 +1473,9 @@ async fn changing_the_number_of_addresses_keeps_every_connection() {
     for (s, ip) in &mut sessions {
         assert_eq!(s.ask().expect("the connection survives N = 2 again"), *ip);
     }
+    // The daemon's own changes (a claim, a new N) and its converges every
+    // 10 s are never called drift.
+    let log = std::fs::read_to_string(lab.nat(0).unwrap().log_path).unwrap();
+    assert_eq!(log.matches("kernel NAT configured").count(), 3, "{log}");
+    assert!(!log.contains("drifted="), "{log}");
 }

@@ -34,8 +34,20 @@ pub fn conntrack(config: &Config) -> Conntrack {
         .conntrack(sysctl::memory().unwrap_or(512 << 20))
 }
 
-/// Converge every kernel setting once. Optional settings that cannot be
-/// made (some sysctls, the flow hand-off tunnel) are returned for a warning.
+/// What one converge did besides succeeding.
+#[derive(Debug, Default)]
+pub struct Converged {
+    /// Optional settings that could not be made (for a warning).
+    pub skipped: Vec<KernelError>,
+    /// What was found not as this daemon sets it, and set again: a
+    /// secondary address missing, the NAT table changed or gone, a sysctl
+    /// at another value, the probe namespace gone. On the first converge
+    /// that is everything; later, with the same translation addresses, it
+    /// is drift.
+    pub drifted: Vec<String>,
+}
+
+/// Converge every kernel setting once.
 ///
 /// `snat` are the private addresses to translate new connections to, the
 /// primary one first ([`super::ctx::Ctx::snat`]); the secondary ones are
@@ -46,26 +58,35 @@ pub async fn converge_kernel(
     config: &Config,
     interface: &str,
     snat: &[Ipv4Addr],
-) -> Result<Vec<KernelError>, KernelError> {
-    link::ensure_addresses(interface, identity.private_ip, snat).await?;
+) -> Result<Converged, KernelError> {
+    let mut drifted: Vec<String> = link::ensure_addresses(interface, identity.private_ip, snat)
+        .await?
+        .iter()
+        .map(|a| format!("address {a} on {interface}"))
+        .collect();
     // Rules first: loading them loads conntrack, whose sysctls come next.
     let translation = nft::Translation {
         addresses: snat.to_vec(),
         ports: config.snat.ports,
     };
     let ruleset = nft::render(interface, &nat_sources(identity, config), &translation)?;
+    let before = nft::listing().await;
     kernel::apply_ruleset(&ruleset).await?;
-    let mut skipped = sysctl::apply(&sysctl::desired(interface, &conntrack(config)))?;
+    if before.is_none() || before != nft::listing().await {
+        drifted.push(format!("nftables table ip {}", nft::TABLE));
+    }
+    let sysctls = sysctl::apply(&sysctl::desired(interface, &conntrack(config)))?;
+    let mut skipped = sysctls.skipped;
+    drifted.extend(sysctls.set.into_iter().map(|s| format!("sysctl {s}")));
     // The metrics' traffic counters: optional, never in forwarding's way.
     let counting = counters::render(interface, &identity.vpc_cidrs)?;
     if let Err(e) = kernel::apply_ruleset(&counting).await {
         skipped.push(e);
     }
-    probe_ns::ensure(
-        &config.heartbeat.probe_namespace,
-        &config.heartbeat.probe_cidr,
-    )
-    .await?;
+    let namespace = &config.heartbeat.probe_namespace;
+    if probe_ns::ensure(namespace, &config.heartbeat.probe_cidr).await? {
+        drifted.push(format!("probe namespace {namespace}"));
+    }
     // Peers hand flows to this NAT whether or not it hands any itself.
     if flow_handoff_on(config)
         && let Err(e) =
@@ -73,27 +94,27 @@ pub async fn converge_kernel(
     {
         skipped.push(e);
     }
-    Ok(skipped)
+    Ok(Converged { skipped, drifted })
 }
 
 /// [`converge_kernel`], with what went wrong logged (repeats throttled)
-/// and returned.
+/// and returned; on success, what had drifted.
 pub async fn converge_logged(
     identity: &Identity,
     config: &Config,
     interface: &str,
     snat: &[Ipv4Addr],
     throttle: &mut LogThrottle,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     match converge_kernel(identity, config, interface, snat).await {
-        Ok(skipped) => {
+        Ok(done) => {
             throttle.clear("kernel");
-            for s in skipped {
+            for s in done.skipped {
                 if let Some(n) = throttle.check("sysctl", &s.to_string(), Instant::now()) {
                     warn!(suppressed = n, error = %report(&s), "optional kernel setting not made");
                 }
             }
-            Ok(())
+            Ok(done.drifted)
         }
         Err(e) => {
             if let Some(n) = throttle.check("kernel", &report(&e), Instant::now()) {

@@ -30,9 +30,12 @@ pub struct HeartbeatLoop {
     /// The translation addresses last converged ([`Ctx::snat`]): a change
     /// is applied within a round.
     snat: Vec<std::net::Ipv4Addr>,
-    /// The kernel config was re-applied after a failed round: the next
-    /// passing round says the drift was repaired.
-    repairing: bool,
+    /// The last converge failed: what the next one sets is not drift.
+    converge_failed: bool,
+    /// The kernel config was re-applied after a failed round, and what it
+    /// found drifted then: the next passing round says whether a repair
+    /// or a transient failure is behind it.
+    repairing: Option<Vec<String>>,
 }
 
 impl HeartbeatLoop {
@@ -55,7 +58,8 @@ impl HeartbeatLoop {
             throttle: LogThrottle::default(),
             next_converge,
             snat,
-            repairing: false,
+            converge_failed: false,
+            repairing: None,
         }
     }
 
@@ -105,23 +109,32 @@ impl HeartbeatLoop {
     /// round re-applies the kernel config at once, so the rounds that
     /// follow (within `fall`) pass again and nothing moves. A real failure
     /// goes on failing and is handed over as before, one converge later.
+    /// A round that failed with nothing drifted (a loaded host, a lost
+    /// probe) and then passes is said to be transient, not a repair.
     async fn repair(&mut self, ok: bool) {
         if ok {
-            if std::mem::take(&mut self.repairing) {
-                info!(
+            match self.repairing.take() {
+                None => {}
+                Some(drifted) if drifted.is_empty() => info!(
+                    "forwarding passes again; nothing hanat sets in the kernel had drifted, so the failed round was transient"
+                ),
+                Some(drifted) => info!(
+                    drifted = %drifted.join(", "),
                     "forwarding passes again after re-applying the kernel NAT config: drift repaired"
-                );
+                ),
             }
-        } else if self.state.consecutive_failures() == 0 && !self.repairing {
+        } else if self.state.consecutive_failures() == 0 && self.repairing.is_none() {
             warn!(
                 "probe round failed; re-applying the kernel NAT config at once in case it drifted"
             );
-            self.repairing = true;
-            self.converge().await;
+            self.repairing = Some(self.converge().await);
         }
     }
 
-    async fn converge(&mut self) {
+    /// Converge the kernel; returns what had drifted since the last
+    /// converge (nothing when the translation addresses changed: that is
+    /// this daemon's own change) and warns about it.
+    async fn converge(&mut self) -> Vec<String> {
         let ctx = &*self.ctx;
         let snat = ctx.snat();
         let result = converge_logged(
@@ -132,8 +145,19 @@ impl HeartbeatLoop {
             &mut self.throttle,
         )
         .await;
+        // What this daemon changed itself, or set for the first time after
+        // a failed converge, is not drift.
+        let ours = snat != self.snat || self.converge_failed;
         // A failed converge is retried at the next due time, not every round.
         self.snat = snat;
+        self.converge_failed = result.is_err();
+        let drifted = match &result {
+            Ok(drifted) if !ours => drifted.clone(),
+            _ => Vec::new(),
+        };
+        if !drifted.is_empty() {
+            warn!(drifted = %drifted.join(", "), "the kernel NAT config had drifted from what hanat sets; re-applied");
+        }
         if result.is_ok() {
             ctx.telemetry.recorded().last_converge = Some(Instant::now());
         }
@@ -147,6 +171,7 @@ impl HeartbeatLoop {
             warn!(suppressed = n, error = %report(&e), "cannot restore the flow hand-offs; will retry");
         }
         self.next_converge = Instant::now() + ctx.config.kernel.converge_interval;
+        drifted
     }
 
     fn log_round(&mut self, round: &Round) {
@@ -182,7 +207,7 @@ impl HeartbeatLoop {
             Verdict::Recovered => info!("forwarding recovered"),
             Verdict::Reconverge => {
                 // Not drift after all: a recovery now is not a repair.
-                self.repairing = false;
+                self.repairing = None;
                 warn!(
                     fall = self.ctx.config.heartbeat.fall,
                     "forwarding probe failing; re-applying kernel NAT config"

@@ -130,7 +130,8 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     );
     // Until the Elastic IP claim says which secondary addresses have a
     // public address, new connections take the primary one.
-    for skipped in converge_kernel(&identity, &config, &interface, &[identity.private_ip]).await? {
+    let converged = converge_kernel(&identity, &config, &interface, &[identity.private_ip]).await?;
+    for skipped in converged.skipped {
         warn!(error = %report(&skipped), "optional kernel setting not made");
     }
     info!(namespace = %config.heartbeat.probe_namespace, "kernel NAT configured");

@@ -75,14 +75,15 @@ struct AddrInfo {
 /// primary address's prefix (so each is a secondary address of the same
 /// subnet: no new route, never chosen as a source). Addresses are only
 /// ever added: one no longer wanted keeps serving the connections that
-/// were translated to it.
+/// were translated to it. Returns the addresses it added.
 pub async fn ensure_addresses(
     iface: &str,
     primary: Ipv4Addr,
     addresses: &[Ipv4Addr],
-) -> Result<(), KernelError> {
+) -> Result<Vec<Ipv4Addr>, KernelError> {
+    let mut added = Vec::new();
     if addresses.iter().all(|a| *a == primary) {
-        return Ok(());
+        return Ok(added);
     }
     let shown: Vec<Addresses> = run_json("ip", &["-j", "-4", "addr", "show", "dev", iface]).await?;
     let have: Vec<&AddrInfo> = shown
@@ -100,8 +101,9 @@ pub async fn ensure_addresses(
         }
         let cidr = format!("{a}/{prefix}");
         super::run("ip", &["addr", "add", &cidr, "dev", iface], None).await?;
+        added.push(*a);
     }
-    Ok(())
+    Ok(added)
 }
 
 async fn list() -> Result<Vec<Link>, KernelError> {

@@ -122,6 +122,15 @@ pub async fn table_exists() -> Result<bool, KernelError> {
     super::table_exists(TABLE).await
 }
 
+/// Our table as the kernel holds it, without counter values (`nft -s`), or
+/// `None` if it is absent (or `nft` cannot list it: applying will say why).
+/// Two listings are equal when nothing changed it in between.
+pub async fn listing() -> Option<String> {
+    super::run("nft", &["-s", "list", "table", "ip", TABLE], None)
+        .await
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,9 +142,12 @@ pub async fn find(name: &str) -> Result<Found, KernelError> {
     })
 }
 
-/// Make the probe namespace, its veth and routes exist and be up.
-pub async fn ensure(name: &str, cidr: &Ipv4Cidr) -> Result<(), KernelError> {
-    for step in steps(find(name).await?) {
+/// Make the probe namespace, its veth and routes exist and be up. Returns
+/// whether the namespace or its veth had to be made (again).
+pub async fn ensure(name: &str, cidr: &Ipv4Cidr) -> Result<bool, KernelError> {
+    let steps = steps(find(name).await?);
+    let rebuilt = !steps.is_empty();
+    for step in steps {
         tracing::debug!(namespace = name, ?step, "probe namespace");
         match step {
             Step::RemoveStaleHandle => {
@@ -205,7 +208,7 @@ pub async fn ensure(name: &str, cidr: &Ipv4Cidr) -> Result<(), KernelError> {
         None,
     )
     .await?;
-    Ok(())
+    Ok(rebuilt)
 }
 
 #[cfg(test)]

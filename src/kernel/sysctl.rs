@@ -91,10 +91,21 @@ pub fn read(key: &str) -> std::io::Result<String> {
     std::fs::read_to_string(path(key)).map(|v| v.trim().to_owned())
 }
 
-/// Write every desired value that differs. Returns the optional keys that
-/// could not be set (for a warning); fails on the first required one.
-pub fn apply(wanted: &[Sysctl]) -> Result<Vec<KernelError>, KernelError> {
-    let mut skipped = Vec::new();
+/// What [`apply`] did: the optional keys it could not set (for a warning)
+/// and the keys it found at another value and set (drift, after the first
+/// converge).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub skipped: Vec<KernelError>,
+    pub set: Vec<String>,
+}
+
+/// Write every desired value that differs; fails on the first required key
+/// that cannot be set. A key counts as set only if it reads back as
+/// wanted, so one the kernel rounds (or a namespace keeps read-only) is not
+/// reported as changed at every converge.
+pub fn apply(wanted: &[Sysctl]) -> Result<Applied, KernelError> {
+    let mut applied = Applied::default();
     for w in wanted {
         if read(&w.key).ok().as_deref() == Some(w.value.as_str()) {
             continue;
@@ -106,13 +117,16 @@ pub fn apply(wanted: &[Sysctl]) -> Result<Vec<KernelError>, KernelError> {
                 source,
             };
             if w.optional {
-                skipped.push(err);
-            } else {
-                return Err(err);
+                applied.skipped.push(err);
+                continue;
             }
+            return Err(err);
+        }
+        if read(&w.key).ok().as_deref() == Some(w.value.as_str()) {
+            applied.set.push(format!("{}={}", w.key, w.value));
         }
     }
-    Ok(skipped)
+    Ok(applied)
 }
 
 #[cfg(test)]
