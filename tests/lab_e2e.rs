@@ -1449,8 +1449,22 @@ async fn changing_the_number_of_addresses_keeps_every_connection() {
         assert!(text.contains(&was), "{text}");
         std::fs::write(&config, text.replace(&was, &format!("addresses = {to}"))).unwrap();
     };
+    let log_path = lab.nat(0).unwrap().log_path;
+    let configured = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches("kernel NAT configured")
+            .count()
+    };
     set(2, 1);
     lab.kill_daemon(0).unwrap();
+    // The daemon's first converge at start takes the primary address only
+    // until its claim: wait for it to be up and past that with N = 1.
+    lab.wait_for("the daemon with N = 1", Duration::from_secs(30), || async {
+        Ok(configured() == 2)
+    })
+    .await
+    .unwrap();
     // Whichever of the two Elastic IPs the primary address got.
     lab.wait_for(
         "new connections to leave from the primary address only",
@@ -1475,7 +1489,7 @@ async fn changing_the_number_of_addresses_keeps_every_connection() {
     }
     // The daemon's own changes (a claim, a new N) and its converges every
     // 10 s are never called drift.
-    let log = std::fs::read_to_string(lab.nat(0).unwrap().log_path).unwrap();
-    assert_eq!(log.matches("kernel NAT configured").count(), 3, "{log}");
+    assert_eq!(configured(), 3);
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.contains("drifted="), "{log}");
 }
