@@ -1449,13 +1449,7 @@ async fn changing_the_number_of_addresses_keeps_every_connection() {
         assert!(text.contains(&was), "{text}");
         std::fs::write(&config, text.replace(&was, &format!("addresses = {to}"))).unwrap();
     };
-    let log_path = lab.nat(0).unwrap().log_path;
-    let configured = || {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .matches("kernel NAT configured")
-            .count()
-    };
+    let configured = || lab.nat_log(0).matches("kernel NAT configured").count();
     set(2, 1);
     lab.kill_daemon(0).unwrap();
     // The daemon's first converge at start takes the primary address only
@@ -1490,6 +1484,6 @@ async fn changing_the_number_of_addresses_keeps_every_connection() {
     // The daemon's own changes (a claim, a new N) and its converges every
     // 10 s are never called drift.
     assert_eq!(configured(), 3);
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = lab.nat_log(0);
     assert!(!log.contains("drifted="), "{log}");
 }

@@ -287,13 +287,12 @@ fn errors_between(lab: &Lab, before: &NatCounts, after: &NatCounts) -> Result<u6
         let events: Vec<String> = lab.events().into_iter().map(|(_, e)| e).collect();
         let logs = lab.all_logs();
         let first = logs.first().map(String::as_str).unwrap_or_default();
-        let tail: Vec<&str> = first.lines().rev().take(30).collect();
         bail!(
             "AZ 0's NAT was replaced during the run ({} -> {}); the lab's events: {events:?}; \
              the first NAT's log ends:\n{}",
             before.instance,
             after.instance,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            crate::lab::tail(first, 30)
         );
     }
     after

@@ -678,7 +678,8 @@ impl Drop for Lab {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
+/// The last `n` lines of `s`.
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
