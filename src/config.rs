@@ -93,13 +93,26 @@ pub struct Metrics {
     /// off. The templates' security group admits only the VPC.
     #[serde(deserialize_with = "listen")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Who may connect to the endpoints, enforced in hanat's nftables
+    /// input filter (loopback always may). Unset: the VPC's CIDRs, which
+    /// hold the NAT's own subnet (EC2's application status check asks from
+    /// there) and a Prometheus in the VPC. `[]`: loopback only.
+    pub allow: Option<Vec<Ipv4Cidr>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
             listen: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 7472))),
+            allow: None,
         }
+    }
+}
+
+impl Metrics {
+    /// Who may connect to the endpoints, `vpc` being the VPC's CIDRs.
+    pub fn allowed(&self, vpc: &[Ipv4Cidr]) -> Vec<Ipv4Cidr> {
+        self.allow.clone().unwrap_or_else(|| vpc.to_vec())
     }
 }
 
@@ -177,6 +190,12 @@ pub struct Heartbeat {
     /// A /30 for the veth between the host and the probe namespace. Must not
     /// overlap the VPC; it is NATed exactly like VPC traffic.
     pub probe_cidr: Ipv4Cidr,
+    /// A daemon that cannot *send* its probes (out of file descriptors or
+    /// memory: no evidence that packets stop flowing) for this long ends
+    /// itself (exit 75) so systemd starts a fresh one; the kernel forwards
+    /// meanwhile. It never reports its instance Unhealthy for that.
+    #[serde(deserialize_with = "duration")]
+    pub unable_restart: Duration,
 }
 
 impl Default for Heartbeat {
@@ -200,6 +219,7 @@ impl Default for Heartbeat {
                 addr: std::net::Ipv4Addr::new(198, 19, 255, 252),
                 prefix: 30,
             },
+            unable_restart: Duration::from_secs(10),
         }
     }
 }
@@ -749,6 +769,12 @@ impl Config {
         }
         if hb.interval < Duration::from_millis(100) {
             return Err(("heartbeat.interval", "must be at least 100ms".into()));
+        }
+        if hb.unable_restart < hb.interval * 3 {
+            return Err((
+                "heartbeat.unable_restart",
+                "must be at least 3 × heartbeat.interval".into(),
+            ));
         }
         if hb.timeout.is_zero() || hb.timeout > hb.interval {
             return Err((

@@ -34,6 +34,9 @@ pub mod exit {
     pub const SOFTWARE: u8 = 70;
     /// The kernel could not be configured (nft or ip missing, no permission).
     pub const OSERR: u8 = 71;
+    /// The daemon could not send its probes for `heartbeat.unable_restart`
+    /// (out of descriptors or memory): a restart is the remedy.
+    pub const TEMPFAIL: u8 = 75;
     /// Bad configuration file.
     pub const CONFIG: u8 = 78;
 }

@@ -1487,3 +1487,104 @@ async fn changing_the_number_of_addresses_keeps_every_connection() {
     let log = lab.nat_log(0);
     assert!(!log.contains("drifted="), "{log}");
 }
+
+/// The `/health` watch a scenario noted: (failed, slowest ms).
+fn health_watch(r: &chaos::Report) -> (usize, u64) {
+    let line = r
+        .events
+        .iter()
+        .find(|e| e.contains("/health asked"))
+        .unwrap_or_else(|| panic!("no health watch: {}", r.human()));
+    let number_before = |what: &str| -> u64 {
+        let head = &line[..line.find(what).unwrap()];
+        head.rsplit(' ').nth(1).unwrap().parse().unwrap()
+    };
+    (number_before(" failed") as usize, number_before(" ms"))
+}
+
+/// Nothing in the run asked Auto Scaling for a new instance, and AZ 0 kept
+/// its NAT and its routes.
+fn nat_kept(r: &chaos::Report) {
+    assert_eq!(r.route_changes, 0, "{}", r.human());
+    assert_eq!(r.lost, 0, "{}", r.human());
+    assert!(
+        r.logged("marking instance Unhealthy").is_empty(),
+        "{}",
+        r.human()
+    );
+    assert!(
+        !r.events
+            .iter()
+            .any(|e| e.contains("Unhealthy") || e.contains("impaired") || e.contains("terminated")),
+        "{}",
+        r.human()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_flooded_endpoint_leaves_the_nat_healthy_and_answering_its_status_check() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = scenario(Scenario::EndpointFlood).await;
+    nat_kept(&r);
+    let (failed, slowest_ms) = health_watch(&r);
+    assert_eq!(failed, 0, "{}", r.human());
+    assert!(slowest_ms < 1_000, "{}", r.human());
+    // The flood did reach the endpoint, and a scrape storm forked `nft`
+    // about once a second, not once a scrape.
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.contains("endpoint flood:") && !e.contains(" 0 connections opened")),
+        "{}",
+        r.human()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_daemon_out_of_descriptors_restarts_itself_and_no_nat_is_replaced() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = scenario(Scenario::FdExhaustion).await;
+    nat_kept(&r);
+    assert!(
+        !r.logged("cannot send probes").is_empty(),
+        "the daemon says it cannot probe: {}",
+        r.human()
+    );
+    assert!(
+        !r.logged("could not send probes for").is_empty(),
+        "and ends itself: {}",
+        r.human()
+    );
+    assert!(
+        r.events.iter().any(|e| e.contains("daemon restarted")),
+        "{}",
+        r.human()
+    );
+    // Its status check was answered while it had no descriptor to spare.
+    let (failed, slowest_ms) = health_watch(&r);
+    assert_eq!(failed, 0, "{}", r.human());
+    assert!(slowest_ms < 1_000, "{}", r.human());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_flooded_heartbeat_port_does_not_slow_a_failover() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = scenario(Scenario::HeartbeatFlood).await;
+    // As chaos_dead_nats_are_covered_by_a_peer_then_replaced bounds a
+    // terminate-instance without a flood.
+    assert!(r.outage_ms < 6_000, "{}", r.human());
+    assert!(r.route_changes >= 2, "{}", r.human());
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.contains("heartbeat flood:") && !e.contains(": 0 datagrams")),
+        "{}",
+        r.human()
+    );
+}

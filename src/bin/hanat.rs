@@ -191,7 +191,27 @@ async fn shutdown_signal() {
     }
 }
 
+/// Raise the soft limit on open files to the hard one, as many daemons
+/// do: systemd starts services with a soft limit of 1,024 unless the unit
+/// says otherwise, and Rust does not raise it. Returns (before, now).
+fn raise_open_files() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    }
+    let (now, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    Some((soft, now))
+}
+
 async fn run(config: Config) -> Result<(), Failure> {
+    match raise_open_files() {
+        Some((before, now)) if before < now => {
+            tracing::info!(before, now, "raised the soft limit on open files")
+        }
+        Some((_, now)) => tracing::info!(limit = now, "open files"),
+        None => tracing::warn!("cannot read or raise the limit on open files"),
+    }
     let imds = Imds::from_env();
     let identity = identity(&imds, &config).await?;
     let interface = interface(&config, &identity).await?;
@@ -211,6 +231,7 @@ async fn run(config: Config) -> Result<(), Failure> {
             daemon::RunError::ProbeOverlap { .. } => exit::CONFIG,
             daemon::RunError::Kernel(_) => exit::OSERR,
             daemon::RunError::Panicked { .. } => exit::SOFTWARE,
+            daemon::RunError::UnableToProbe { .. } => exit::TEMPFAIL,
         };
         Failure::new(code, &e)
     })

@@ -69,7 +69,12 @@ pub async fn converge_kernel(
         addresses: snat.to_vec(),
         ports: config.snat.ports,
     };
-    let ruleset = nft::render(interface, &nat_sources(identity, config), &translation)?;
+    let ruleset = nft::render(
+        interface,
+        &nat_sources(identity, config),
+        &translation,
+        &guard(identity, config),
+    )?;
     let before = nft::listing().await;
     kernel::apply_ruleset(&ruleset).await?;
     if before.is_none() || before != nft::listing().await {
@@ -95,6 +100,19 @@ pub async fn converge_kernel(
         skipped.push(e);
     }
     Ok(Converged { skipped, drifted })
+}
+
+/// What hanat's input filter guards: the endpoints (for `metrics.allow`)
+/// and, with peer failover, the heartbeat port.
+pub fn guard(identity: &Identity, config: &Config) -> nft::Guard {
+    nft::Guard {
+        endpoint: config
+            .metrics
+            .listen
+            .map(|l| (l.port(), config.metrics.allowed(&identity.vpc_cidrs))),
+        heartbeat: (config.peers.failover == crate::config::Failover::Peer)
+            .then_some(config.peers.port),
+    }
 }
 
 /// [`converge_kernel`], with what went wrong logged (repeats throttled)

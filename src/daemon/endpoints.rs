@@ -1,17 +1,32 @@
 //! The endpoints of [`super::telemetry`] on `metrics.listen`: `/metrics`,
 //! `/health` and `/status`, read from the daemon's shared state when asked.
+//!
+//! Whoever can reach the port must not be able to take what the daemon
+//! needs to work (descriptors, memory, CPU, tasks), so the server is
+//! bounded ([`Limits`]): at most [`MAX_CONNECTIONS`] connections at once
+//! and [`MAX_PER_SOURCE`] from one address — one more is accepted and
+//! closed at once (shed), so its descriptor is back within microseconds —
+//! the request head within [`HEADER_TIMEOUT`], and any connection closed
+//! after [`CONNECTION_LIFETIME`], keep-alive included. The kernel's
+//! counters, the one reading that forks a process (`nft`), are read at
+//! most every [`KERNEL_READ_EVERY`] whatever the scrapes ask; answers in
+//! between serve the last reading. Who may connect at all is
+//! `metrics.allow`, enforced by the kernel (hanat's input filter).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::ctx::Ctx;
+use super::log::LogThrottle;
 use super::telemetry::{CloudWatchView, ErrorView, HandoffView, PeerView, Snapshot, conntrack};
 use crate::decide::backoff::PEER_PORT_RETRY;
 use crate::domain::Status;
@@ -19,6 +34,25 @@ use crate::kernel::counters;
 
 /// How long an answer waits for the hand-offs.
 const FLOWS_WAIT: Duration = Duration::from_millis(300);
+
+/// Connections served at once. A scraper and EC2's status check need one
+/// each; the rest is room for `hanat status` and a few more scrapers.
+/// With the per-source cap, one host holds at most [`MAX_PER_SOURCE`].
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Connections one address may hold at once.
+pub const MAX_PER_SOURCE: usize = 4;
+
+/// Time for a client to send its request head. A scraper sends it at once.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Any connection is closed this long after it was accepted: a slow
+/// reader, a held keep-alive.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// The kernel's counters are read at most this often (each reading runs
+/// `nft`): a scrape storm costs one reading per second.
+pub const KERNEL_READ_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the active connections are counted at most once the
 /// conntrack table holds more than [`ACTIVE_CHEAP`] entries. A count reads
@@ -132,6 +166,12 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     for e in &errors {
         warnings.push(format!("{}: {}", e.what, e.error));
     }
+    if let Some((unable_s, why)) = &r.unable_to_probe {
+        warnings.push(format!(
+            "cannot send its probes for {} ({why}): no evidence about forwarding, so the verdict stays; the daemon restarts itself if it lasts heartbeat.unable_restart",
+            super::telemetry::human(*unable_s)
+        ));
+    }
     let cw = &ctx.config.cloudwatch;
     let snap = Snapshot {
         instance: ctx.me.instance_id.to_string(),
@@ -158,6 +198,7 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
         since_reconcile_s: r.last_reconcile.map(|t| t.elapsed().as_secs_f64()),
         since_converge_s: r.last_converge.map(|t| t.elapsed().as_secs_f64()),
         errors,
+        unable_to_probe: r.unable_to_probe.clone(),
     };
     drop(r);
     t.show(&snap);
@@ -173,8 +214,16 @@ pub async fn refresh(ctx: &Ctx) -> Snapshot {
 }
 
 /// Read the kernel's traffic counters, conntrack statistics and active
-/// connections into the metrics. What cannot be read is left as it was.
+/// connections into the metrics, unless they were read within
+/// [`KERNEL_READ_EVERY`]: concurrent callers wait for the one reading.
+/// What cannot be read is left as it was.
 pub async fn kernel_metrics(ctx: &Ctx) {
+    let mut last = ctx.telemetry.kernel_read_at.lock().await;
+    if last.is_some_and(|at| at.elapsed() < KERNEL_READ_EVERY) {
+        return;
+    }
+    *last = Some(tokio::time::Instant::now());
+    ctx.telemetry.kernel_read();
     let mut values: Vec<(&str, u64)> = Vec::new();
     if let Ok(c) = counters::read().await {
         let get = |name: &str| c.get(name).copied().unwrap_or_default();
@@ -258,23 +307,123 @@ pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr) {
             }
         }
     };
-    info!(listen = %addr, "metrics, health and status endpoints on");
+    info!(listen = %addr, max_connections = MAX_CONNECTIONS, per_source = MAX_PER_SOURCE, "metrics, health and status endpoints on");
+    let limits = Limits::default();
+    let mut throttle = LogThrottle::default();
+    // A descriptor held back for the one connection that comes when the
+    // process has none left (something else took them): EC2's status check
+    // still gets its `/health` answer, which needs no other descriptor.
+    let mut reserve = Reserve::open();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let (stream, from, spent) = match listener.accept().await {
+            Ok((stream, from)) => (stream, from, None),
+            Err(e) if reserve.is_some() && Reserve::out_of_descriptors(&e) => {
+                drop(reserve.take());
+                match listener.accept().await {
+                    Ok((stream, from)) => (stream, from, Some(())),
+                    Err(_) => {
+                        reserve = Reserve::open();
+                        continue;
+                    }
+                }
+            }
+            Err(e) => {
+                // Out of descriptors: wait rather than spin on a listener
+                // that stays readable.
+                if let Some(n) = throttle.check("accept", &e.to_string(), Instant::now()) {
+                    warn!(suppressed = n, error = %e, "cannot accept a connection to the endpoints");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                reserve = reserve.or_else(Reserve::open);
+                continue;
+            }
+        };
+        let Some(slot) = limits.admit(from.ip()) else {
+            // Shed: closed at once, its descriptor freed.
+            ctx.telemetry.endpoint_shed();
+            drop(stream);
             continue;
         };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        let served = tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&ctx, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            // A client that never finishes its request is dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
+        // The connection on the reserve's descriptor is served alone; the
+        // reserve is taken back once it is closed.
+        if spent.is_some() {
+            let _ = served.await;
+            reserve = Reserve::open();
+        }
+    }
+}
+
+/// The endpoints' spare descriptor (`/dev/null`), see [`serve`].
+struct Reserve;
+
+impl Reserve {
+    fn open() -> Option<std::fs::File> {
+        std::fs::File::open("/dev/null").ok()
+    }
+
+    fn out_of_descriptors(e: &std::io::Error) -> bool {
+        matches!(
+            e.raw_os_error().map(nix::errno::Errno::from_raw),
+            Some(nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE)
+        )
+    }
+}
+
+/// The endpoints' connection caps: [`MAX_CONNECTIONS`] in all,
+/// [`MAX_PER_SOURCE`] per address. Pure bookkeeping; a [`Slot`] is
+/// handed back when its connection ends.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct Slot {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    from: IpAddr,
+}
+
+impl Limits {
+    /// A place for a connection from `from`, or `None` when the endpoint or
+    /// that address is at its cap.
+    pub fn admit(&self, from: IpAddr) -> Option<Slot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = held.values().sum();
+        let mine = held.entry(from).or_default();
+        if total >= MAX_CONNECTIONS || *mine >= MAX_PER_SOURCE {
+            return None;
+        }
+        *mine += 1;
+        Some(Slot {
+            held: self.held.clone(),
+            from,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.from) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.from);
+            }
+        }
     }
 }
 
@@ -363,5 +512,24 @@ mod tests {
         assert!(recount_due(250_000, None));
         assert!(!recount_due(250_000, Some(s(9))));
         assert!(recount_due(250_000, Some(s(10))));
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_connection() {
+        let limits = Limits::default();
+        let host = |i: u8| IpAddr::from([10, 0, 1, i]);
+        let flood: Vec<Slot> = (0..100).filter_map(|_| limits.admit(host(9))).collect();
+        assert_eq!(flood.len(), MAX_PER_SOURCE);
+        // Others still get in, up to the cap in all.
+        let mut others = Vec::new();
+        for i in 10..=200 {
+            others.extend(limits.admit(host(i)));
+        }
+        assert_eq!(others.len(), MAX_CONNECTIONS - MAX_PER_SOURCE);
+        assert!(limits.admit(host(1)).is_none());
+        // A connection that ends gives its place back.
+        drop(flood);
+        assert!(limits.admit(host(1)).is_some());
+        assert!(limits.admit(host(9)).is_some());
     }
 }

@@ -3,6 +3,14 @@
 //! verdicts of [`crate::decide::heartbeat`]: say `failing` to the peers,
 //! reconverge once, then report the instance Unhealthy to Auto Scaling.
 //! Each round reports its progress for the systemd watchdog.
+//!
+//! A round whose probes could not be sent (the daemon out of descriptors or
+//! memory, [`RoundResult::Unsent`]) moves no verdict: it is said (log,
+//! `hanat_unable_to_probe_seconds`, `/health` and `hanat status`) and, if
+//! it lasts `heartbeat.unable_restart`, the loop ends the daemon
+//! ([`RunError::UnableToProbe`], exit 75) so systemd starts a fresh one.
+//! Auto Scaling is never asked to replace a NAT for it: the kernel
+//! forwards whatever the daemon can or cannot do.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +18,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::RunError;
 use super::converge::converge_logged;
 use super::ctx::Ctx;
 use super::log::LogThrottle;
 use crate::decide::backoff::PROBE_RECHECK;
 use crate::decide::heartbeat::{Heartbeat, Phase, Verdict};
 use crate::domain::Status;
-use crate::kernel::probe::{Prober, Round};
+use crate::kernel::probe::{Prober, Round, RoundResult};
 use crate::kernel::probe_ns;
 use crate::report;
 
@@ -46,7 +55,8 @@ impl HeartbeatLoop {
             targets: hb.targets.clone(),
             timeout: hb.timeout,
         };
-        let state = Heartbeat::new(hb.fall, hb.rise, hb.grace_period, Duration::ZERO);
+        let state = Heartbeat::new(hb.fall, hb.rise, hb.grace_period, Duration::ZERO)
+            .with_unable_restart(hb.unable_restart);
         let next_converge = Instant::now() + ctx.config.kernel.converge_interval;
         // What start-up converged: the Elastic IP claim has not run yet.
         let snat = ctx.snat();
@@ -63,12 +73,14 @@ impl HeartbeatLoop {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Probe until the daemon ends, or until probes could not be sent for
+    /// `heartbeat.unable_restart` (the error).
+    pub async fn run(mut self) -> Result<(), RunError> {
         let mut next_round = Instant::now();
         loop {
             tokio::time::sleep_until(next_round).await;
             self.ctx.progress.beat("heartbeat", self.ctx.round_bound());
-            next_round = self.tick().await;
+            next_round = self.tick().await?;
             self.ctx.progress.done("heartbeat");
         }
     }
@@ -77,7 +89,7 @@ impl HeartbeatLoop {
     /// round is due. A failed round is confirmed (or cleared) at once
     /// instead of a whole interval later: failing rounds last `timeout`
     /// each, so `fall` failures take about fall × timeout.
-    pub async fn tick(&mut self) -> Instant {
+    pub async fn tick(&mut self) -> Result<Instant, RunError> {
         let (interval, fall) = (
             self.ctx.config.heartbeat.interval,
             self.ctx.config.heartbeat.fall,
@@ -88,6 +100,14 @@ impl HeartbeatLoop {
         }
         let round = self.prober.round().await;
         self.ctx.telemetry.probe_round(&round);
+        if round.result() == RoundResult::Unsent {
+            self.unsent(&round)?;
+            return Ok(next_round);
+        }
+        if self.state.unsent_since().is_some() {
+            info!("probes can be sent again");
+            self.ctx.telemetry.unable_to_probe(None);
+        }
         let ok = round.ok();
         if !ok && self.state.consecutive_failures() + 1 < fall {
             next_round = Instant::now() + PROBE_RECHECK;
@@ -101,7 +121,37 @@ impl HeartbeatLoop {
             Phase::Reconverged | Phase::Unhealthy => Status::Failing,
         });
         self.act(verdict, &round).await;
-        next_round
+        Ok(next_round)
+    }
+
+    /// A round whose probes could not be sent: say so, change no verdict,
+    /// and end the daemon once it has lasted `heartbeat.unable_restart`.
+    fn unsent(&mut self, round: &Round) -> Result<(), RunError> {
+        let why = round.failures();
+        let verdict = self.state.unsent(self.ctx.now());
+        let since = self.state.unsent_since().unwrap_or_default();
+        let unable_for = self.ctx.now().saturating_sub(since);
+        self.ctx
+            .telemetry
+            .unable_to_probe(Some((unable_for, why.clone())));
+        if let Some(n) = self.throttle.check("unsent", &why, Instant::now()) {
+            warn!(
+                suppressed = n,
+                failures = %why,
+                restart_after = %humantime::format_duration(self.ctx.config.heartbeat.unable_restart),
+                "cannot send probes: this daemon is short of a local resource, which says nothing about forwarding; the verdict stays as it was"
+            );
+        }
+        match verdict {
+            Verdict::Restart => {
+                error!(failures = %why, "probes could not be sent for heartbeat.unable_restart; ending the daemon so systemd starts a fresh one (the kernel forwards meanwhile)");
+                Err(RunError::UnableToProbe {
+                    unable_for,
+                    why: round.failures(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Drift this daemon can repair (a sysctl reset, its table flushed, a
@@ -203,7 +253,8 @@ impl HeartbeatLoop {
 
     async fn act(&mut self, verdict: Verdict, round: &Round) {
         match verdict {
-            Verdict::Steady => {}
+            // Given by `unsent` alone.
+            Verdict::Steady | Verdict::Restart => {}
             Verdict::Recovered => info!("forwarding recovered"),
             Verdict::Reconverge => {
                 // Not drift after all: a recovery now is not a repair.

@@ -90,6 +90,11 @@ pub enum RunError {
     /// daemon with a loop missing.
     #[error("the {task} task panicked: {detail}")]
     Panicked { task: &'static str, detail: String },
+    /// The probes could not be sent for `heartbeat.unable_restart` (out of
+    /// descriptors or memory): a fresh daemon is the remedy, not a new
+    /// instance.
+    #[error("could not send probes for {}: {why}", telemetry::human(unable_for.as_secs_f64()))]
+    UnableToProbe { unable_for: Duration, why: String },
 }
 
 /// Check that the probe network does not collide with the VPC.
@@ -185,7 +190,7 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     }
     tasks.spawn("routes", RoutesLoop::new(ctx.clone()).run());
     let heartbeat = HeartbeatLoop::new(ctx.clone(), interface);
-    tasks.spawn("heartbeat", heartbeat.run());
+    tasks.spawn_fallible("heartbeat", heartbeat.run());
 
     let result = supervise(&ctx, &notifier, &mut tasks, shutdown).await;
     exit_watch.abort();
@@ -240,7 +245,7 @@ async fn supervise(
 /// The daemon's tasks, by name.
 #[derive(Default)]
 struct Tasks {
-    set: JoinSet<()>,
+    set: JoinSet<Result<(), RunError>>,
     names: HashMap<tokio::task::Id, &'static str>,
 }
 
@@ -250,6 +255,18 @@ impl Tasks {
         name: &'static str,
         task: impl Future<Output = ()> + Send + 'static,
     ) -> AbortHandle {
+        self.spawn_fallible(name, async move {
+            task.await;
+            Ok(())
+        })
+    }
+
+    /// A task whose error ends the daemon.
+    fn spawn_fallible(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = Result<(), RunError>> + Send + 'static,
+    ) -> AbortHandle {
         let handle = self.set.spawn(task.instrument(info_span!("task", name)));
         self.names.insert(handle.id(), name);
         handle
@@ -257,19 +274,21 @@ impl Tasks {
 
     /// A task ended: fine when it was done (the exit watcher after a
     /// hand-off, the fallback check, a peers loop with failover off), an
-    /// error when it panicked.
+    /// error when it panicked or returned one.
     fn ended(
         &mut self,
-        ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+        ended: Result<(tokio::task::Id, Result<(), RunError>), tokio::task::JoinError>,
     ) -> Option<RunError> {
-        let (id, panic) = match ended {
-            Ok((id, ())) => (id, None),
-            Err(e) if e.is_panic() => (e.id(), Some(e.to_string())),
+        let (id, result) = match ended {
+            Ok((id, Ok(()))) => (id, None),
+            Ok((id, Err(e))) => (id, Some(Ok(e))),
+            Err(e) if e.is_panic() => (e.id(), Some(Err(e.to_string()))),
             Err(e) => (e.id(), None),
         };
         let task = self.names.remove(&id).unwrap_or("unknown");
-        match panic {
-            Some(detail) => Some(RunError::Panicked { task, detail }),
+        match result {
+            Some(Ok(e)) => Some(e),
+            Some(Err(detail)) => Some(RunError::Panicked { task, detail }),
             None => {
                 info!(task, "task finished");
                 None

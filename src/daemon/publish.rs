@@ -219,6 +219,7 @@ mod tests {
             since_reconcile_s: None,
             since_converge_s: None,
             errors: vec![],
+            unable_to_probe: None,
         }
     }
 

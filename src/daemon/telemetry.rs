@@ -62,12 +62,17 @@ pub struct Telemetry {
     conntrack_fill: FloatGauge,
     since_reconcile: FloatGauge,
     since_converge: FloatGauge,
+    unable_to_probe: FloatGauge,
+    kernel_reads: Counter,
     /// The NAT Gateway's counters, from the kernel ([`KERNEL_COUNTERS`]),
     /// with the kernel's value last seen.
     kernel: BTreeMap<&'static str, (Counter, Mutex<u64>)>,
     active: Gauge,
     /// When `active` was last counted; held while a count runs.
     pub active_counted: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When the kernel's counters were last read; held while a reading runs.
+    pub kernel_read_at: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    shed: Counter,
     recorded: Mutex<Recorded>,
 }
 
@@ -222,6 +227,8 @@ pub struct Recorded {
     pub last_converge: Option<Instant>,
     /// Per loop, its last error and when (cleared by a success).
     pub errors: BTreeMap<&'static str, (Instant, String)>,
+    /// Seconds this daemon has been unable to send its probes, and why.
+    pub unable_to_probe: Option<(f64, String)>,
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -264,12 +271,16 @@ impl Telemetry {
             conntrack_fill: FloatGauge::default(),
             since_reconcile: FloatGauge::default(),
             since_converge: FloatGauge::default(),
+            unable_to_probe: FloatGauge::default(),
+            kernel_reads: Counter::default(),
             kernel: KERNEL_COUNTERS
                 .iter()
                 .map(|k| (k.name, (Counter::default(), Mutex::new(0))))
                 .collect(),
             active: Gauge::default(),
             active_counted: tokio::sync::Mutex::new(None),
+            kernel_read_at: tokio::sync::Mutex::new(None),
+            shed: Counter::default(),
             recorded: Mutex::new(Recorded {
                 verdict_since: Instant::now(),
                 own_routes: Vec::new(),
@@ -281,12 +292,13 @@ impl Telemetry {
                 last_reconcile: None,
                 last_converge: None,
                 errors: BTreeMap::new(),
+                unable_to_probe: None,
             }),
             registry: Registry::default(),
         };
         registry.register(
             "probes",
-            "Forwarding probes sent, by target and result (ok, failed)",
+            "Forwarding probes, by target and result (ok; failed: sent, no answer; unsent: this daemon could not send it)",
             t.probes.clone(),
         );
         registry.register(
@@ -374,6 +386,21 @@ impl Telemetry {
             "Time since the kernel NAT configuration was last converged",
             t.since_converge.clone(),
         );
+        registry.register(
+            "unable_to_probe_seconds",
+            "How long this daemon has been unable to send its probes (out of descriptors or memory); 0 while it can",
+            t.unable_to_probe.clone(),
+        );
+        registry.register(
+            "endpoint_connections_shed",
+            "Connections to these endpoints closed at once: the endpoint or their address held as many as it may",
+            t.shed.clone(),
+        );
+        registry.register(
+            "kernel_counter_reads",
+            "Readings of the kernel's traffic counters (one nft process each), at most one per second whatever the scrapes",
+            t.kernel_reads.clone(),
+        );
         for k in KERNEL_COUNTERS {
             if let Some((c, _)) = t.kernel.get(k.name) {
                 registry.register(k.name, k.help, c.clone());
@@ -406,6 +433,24 @@ impl Telemetry {
         }
     }
 
+    /// A connection to the endpoints was shed.
+    pub fn endpoint_shed(&self) {
+        self.shed.inc();
+    }
+
+    /// A reading of the kernel's counters was made.
+    pub fn kernel_read(&self) {
+        self.kernel_reads.inc();
+    }
+
+    /// Whether this daemon can send its probes: `None` when it can, else
+    /// for how long it could not and why.
+    pub fn unable_to_probe(&self, unable: Option<(std::time::Duration, String)>) {
+        self.unable_to_probe
+            .set(unable.as_ref().map_or(0.0, |(d, _)| d.as_secs_f64()));
+        self.recorded().unable_to_probe = unable.map(|(d, why)| (d.as_secs_f64(), why));
+    }
+
     /// The active connections, as last counted.
     pub fn set_active(&self, active: i64) {
         self.active.set(active);
@@ -431,7 +476,11 @@ impl Telemetry {
     pub fn probe_round(&self, round: &Round) {
         for r in &round.results {
             let target = r.target.to_string();
-            let result = if r.outcome.is_ok() { "ok" } else { "failed" };
+            let result = match &r.outcome {
+                Ok(_) => "ok",
+                Err(m) if m.sent() => "failed",
+                Err(_) => "unsent",
+            };
             self.probes
                 .get_or_create(&labels(&[("target", &target), ("result", result)]))
                 .inc();
@@ -604,6 +653,10 @@ pub struct Snapshot {
     pub since_reconcile_s: Option<f64>,
     pub since_converge_s: Option<f64>,
     pub errors: Vec<ErrorView>,
+    /// The daemon cannot send its probes (no evidence about forwarding):
+    /// for how long and why.
+    #[serde(default)]
+    pub unable_to_probe: Option<(f64, String)>,
 }
 
 impl Snapshot {
@@ -779,6 +832,16 @@ pub fn render(s: &Snapshot) -> String {
             ago(s.since_converge_s)
         ),
     );
+    if let Some((unable_s, why)) = &s.unable_to_probe {
+        line(
+            &mut out,
+            "probes",
+            &format!(
+                "cannot be sent for {} ({why}); the verdict stays as it was",
+                human(*unable_s)
+            ),
+        );
+    }
     if s.errors.is_empty() {
         line(&mut out, "errors", "none");
     }
@@ -907,6 +970,7 @@ mod tests {
                 error: "DescribeRouteTables: throttled".into(),
                 ago_s: 4.0,
             }],
+            unable_to_probe: Some((3.2, "not sent: Too many open files (os error 24)".into())),
         };
         let text = render(&s);
         for want in [
@@ -918,6 +982,7 @@ mod tests {
             "route pass 12s ago, kernel converge not yet",
             "cloudwatch namespace hanat every 1m 0s, last put 1m 15s ago",
             "routes: DescribeRouteTables: throttled (4.0s ago)",
+            "probes     cannot be sent for 3.2s (not sent: Too many open files (os error 24)); the verdict stays as it was",
         ] {
             assert!(text.contains(want), "{want}\n{text}");
         }

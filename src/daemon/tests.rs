@@ -675,3 +675,33 @@ async fn a_failed_first_claim_reads_as_not_held() {
     assert_eq!(me.telemetry.recorded().elastic_ips, Some((0, 1)));
     assert_eq!(me.snat(), vec![me.me.private_ip]);
 }
+
+/// A scrape storm costs one reading of the kernel's counters (one `nft`
+/// process) per second, not one per scrape.
+#[tokio::test]
+async fn a_scrape_storm_reads_the_kernel_counters_at_most_once_a_second() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
+    let me = ctx(&cloud, "az-a", config());
+    let reads = |me: &Ctx| {
+        let text = me.telemetry.encode_classic().expect("metrics encode");
+        text.lines()
+            .find_map(|l| l.strip_prefix("hanat_kernel_counter_reads_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("the readings are counted")
+    };
+    let storm = |me: &Arc<Ctx>| {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let me = me.clone();
+            set.spawn(async move { super::endpoints::refresh(&me).await });
+        }
+        set.join_all()
+    };
+    storm(&me).await;
+    assert_eq!(reads(&me), 1);
+    storm(&me).await;
+    assert_eq!(reads(&me), 1);
+    sleep(super::endpoints::KERNEL_READ_EVERY).await;
+    storm(&me).await;
+    assert_eq!(reads(&me), 2);
+}

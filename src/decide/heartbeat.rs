@@ -11,6 +11,12 @@
 //! forwards. Once the instance has been reported Unhealthy it is not
 //! reported again (Auto Scaling is replacing it), but a failed report is
 //! retried on the next failing round.
+//!
+//! A round whose probes could not be sent ([`Heartbeat::unsent`]: the
+//! daemon is out of descriptors or memory) is no evidence either way: it
+//! neither counts as a failure nor clears one. Rounds that stay unsent for
+//! `unable_restart` end the daemon ([`Verdict::Restart`]), so systemd starts
+//! a fresh one, while the kernel forwards as before.
 
 use std::time::Duration;
 
@@ -25,6 +31,9 @@ pub enum Verdict {
     MarkUnhealthy,
     /// `rise` good rounds after a failure: the NAT forwards again.
     Recovered,
+    /// Probes could not be sent for `unable_restart`: end the daemon so a
+    /// fresh one starts (not a verdict on forwarding).
+    Restart,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +57,9 @@ pub struct Heartbeat {
     successes: u32,
     /// The Unhealthy report reached Auto Scaling.
     reported: bool,
+    unable_restart: Duration,
+    /// Since when every round was unsent.
+    unsent_since: Option<Duration>,
 }
 
 impl Heartbeat {
@@ -61,6 +73,29 @@ impl Heartbeat {
             failures: 0,
             successes: 0,
             reported: false,
+            unable_restart: Duration::MAX,
+            unsent_since: None,
+        }
+    }
+
+    /// End the daemon once probes could not be sent for `after`.
+    pub fn with_unable_restart(mut self, after: Duration) -> Self {
+        self.unable_restart = after;
+        self
+    }
+
+    /// Since when probes could not be sent, if the last round's could not.
+    pub fn unsent_since(&self) -> Option<Duration> {
+        self.unsent_since
+    }
+
+    /// A round at `now` whose probes could not be sent: nothing changes
+    /// but the time unable to probe, which ends in [`Verdict::Restart`].
+    pub fn unsent(&mut self, now: Duration) -> Verdict {
+        let since = *self.unsent_since.get_or_insert(now);
+        match now.saturating_sub(since) >= self.unable_restart {
+            true => Verdict::Restart,
+            false => Verdict::Steady,
         }
     }
 
@@ -79,6 +114,7 @@ impl Heartbeat {
 
     /// Feed one round's result at time `now`.
     pub fn observe(&mut self, ok: bool, now: Duration) -> Verdict {
+        self.unsent_since = None;
         if ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
@@ -177,6 +213,27 @@ mod tests {
 
         let mut hb = Heartbeat::new(1, 1, S * 10, Duration::ZERO);
         assert_eq!(run(&mut hb, 0, "+-"), vec![Steady, Reconverge]);
+    }
+
+    #[test]
+    fn unsent_rounds_neither_fail_nor_pass_and_end_the_daemon_after_a_while() {
+        let mut hb =
+            Heartbeat::new(2, 1, Duration::ZERO, Duration::ZERO).with_unable_restart(S * 10);
+        assert_eq!(run(&mut hb, 0, "+-"), vec![Steady, Steady]);
+        // Unsent rounds for 9 s: no failure counted, none cleared.
+        for t in 2..=11 {
+            assert_eq!(hb.unsent(S * t), Steady, "t={t}");
+        }
+        assert_eq!(hb.consecutive_failures(), 1);
+        assert_eq!(hb.phase(), Phase::Healthy);
+        assert_eq!(hb.unsent_since(), Some(S * 2));
+        // 10 s unable to probe: restart, and again until it happens.
+        assert_eq!(hb.unsent(S * 12), Restart);
+        assert_eq!(hb.unsent(S * 13), Restart);
+        // A sent round ends the spell: the failure it was on goes on.
+        assert_eq!(run(&mut hb, 14, "-"), vec![Reconverge]);
+        assert_eq!(hb.unsent_since(), None);
+        assert_eq!(hb.unsent(S * 15), Steady);
     }
 
     #[test]

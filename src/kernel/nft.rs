@@ -24,6 +24,11 @@
 //!   address has no free port left for that destination, the connection's
 //!   first packet is dropped (conntrack `insert_failed`), not moved to
 //!   another address.
+//! - input ([`Guard`]): the daemon's own ports. The endpoints' port
+//!   (`metrics.listen`) admits loopback and `metrics.allow` only; the
+//!   heartbeat port takes at most [`HEARTBEAT_RATE`] datagrams a second
+//!   from one address, and drops the rest in the kernel, so a host that
+//!   floods it costs the daemon no work (a peer sends a few a second).
 
 use super::TUNNEL_DEVICE as tunnel;
 use std::net::Ipv4Addr;
@@ -74,14 +79,71 @@ impl Translation {
     }
 }
 
-/// The ruleset for translating `sources` out of `iface`. Pure.
+/// Datagrams a second one address may send to the heartbeat port (and as
+/// many at once); more are dropped in the kernel. A peer sends one every
+/// `peers.interval` and one at each change of its verdict.
+pub const HEARTBEAT_RATE: u32 = 100;
+
+/// What the input filter guards: the daemon's own ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guard {
+    /// The endpoints' TCP port, and who besides loopback may connect.
+    pub endpoint: Option<(u16, Vec<Ipv4Cidr>)>,
+    /// The heartbeat UDP port, rate-limited per source.
+    pub heartbeat: Option<u16>,
+}
+
+impl Guard {
+    /// The input chain's sets and rules (empty when there is nothing to
+    /// guard).
+    fn render(&self) -> (String, Vec<String>) {
+        let mut sets = String::new();
+        let mut rules = Vec::new();
+        if let Some((port, allow)) = &self.endpoint {
+            let elements = match allow.is_empty() {
+                true => String::new(),
+                false => format!("\t\telements = {{ {} }}\n", super::cidr_list(allow)),
+            };
+            sets.push_str(&format!(
+                "\tset endpoint_allow {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tauto-merge\n{elements}\t}}\n\n"
+            ));
+            rules.push(format!(
+                "tcp dport {port} ip saddr != @endpoint_allow counter drop comment \"metrics.allow\""
+            ));
+        }
+        if let Some(port) = self.heartbeat {
+            sets.push_str(
+                "\tset heartbeat_senders {\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 1m\n\t}\n\n",
+            );
+            rules.push(format!(
+                "udp dport {port} update @heartbeat_senders {{ ip saddr limit rate over {HEARTBEAT_RATE}/second burst {HEARTBEAT_RATE} packets }} counter drop comment \"heartbeat flood\""
+            ));
+        }
+        (sets, rules)
+    }
+}
+
+/// The ruleset for translating `sources` out of `iface`, guarding the
+/// daemon's ports as `guard` says. Pure.
 pub fn render(
     iface: &str,
     sources: &[Ipv4Cidr],
     translation: &Translation,
+    guard: &Guard,
 ) -> Result<String, KernelError> {
     check_iface(iface)?;
     let elements = super::cidr_list(sources);
+    let (guard_sets, guard_rules) = guard.render();
+    let input = match guard_rules.is_empty() {
+        true => String::new(),
+        false => format!(
+            "\n\tchain input_filter {{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname \"lo\" accept\n{}\t}}\n",
+            guard_rules
+                .iter()
+                .map(|r| format!("\t\t{r}\n"))
+                .collect::<String>()
+        ),
+    };
     let matched = format!(r#"ip saddr @nat_sources ip daddr != @nat_sources oifname "{iface}""#);
     let [ported, rest] = translation.statements();
     Ok(format!(
@@ -97,7 +159,7 @@ table ip {TABLE} {{
 		elements = {{ {elements} }}
 	}}
 
-	chain forward_filter {{
+{guard_sets}	chain forward_filter {{
 		type filter hook forward priority filter; policy drop;
 		ct state established,related accept
 		oifname "{tunnel}" accept comment "flow hand-off: mid-flow packets of another NAT's connection"
@@ -112,7 +174,7 @@ table ip {TABLE} {{
 		{matched} {ported}
 		{matched} {rest}
 	}}
-}}
+{input}}}
 "#
     ))
 }
@@ -129,6 +191,28 @@ pub async fn listing() -> Option<String> {
     super::run("nft", &["-s", "list", "table", "ip", TABLE], None)
         .await
         .ok()
+        .map(|l| without_senders(&l))
+}
+
+/// A listing without the heartbeat senders' set, whose elements the kernel
+/// adds as datagrams arrive: not a change anyone made. Pure.
+fn without_senders(listing: &str) -> String {
+    let mut skipping = false;
+    listing
+        .lines()
+        .filter(|l| {
+            let t = l.trim();
+            if t.starts_with("set heartbeat_senders {") {
+                skipping = true;
+            }
+            let keep = !skipping;
+            if skipping && t == "}" {
+                skipping = false;
+            }
+            keep
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -145,8 +229,19 @@ mod tests {
             addresses: vec!["10.0.0.10".parse().unwrap()],
             ports: (1024, 65535),
         };
-        let got = render("ens5", &sources, &one).unwrap();
+        let guard = Guard {
+            endpoint: Some((7472, vec!["10.0.0.0/16".parse().unwrap()])),
+            heartbeat: Some(7470),
+        };
+        let got = render("ens5", &sources, &one, &guard).unwrap();
         super::super::assert_golden("ruleset-ens5.nft", &got);
+        // Loopback only, and no heartbeats (failover off).
+        let local = Guard {
+            endpoint: Some((7472, vec![])),
+            heartbeat: None,
+        };
+        let got = render("ens5", &sources, &one, &local).unwrap();
+        super::super::assert_golden("ruleset-ens5-endpoint-loopback-only.nft", &got);
         let three = Translation {
             addresses: ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
                 .iter()
@@ -154,8 +249,28 @@ mod tests {
                 .collect(),
             ports: (32768, 60999),
         };
-        let got = render("ens5", &sources, &three).unwrap();
+        let got = render("ens5", &sources, &three, &Guard::default()).unwrap();
         super::super::assert_golden("ruleset-ens5-three-addresses.nft", &got);
+    }
+
+    #[test]
+    fn the_senders_the_kernel_adds_are_no_drift() {
+        let listing = |senders: &str| {
+            format!(
+                "table ip hanat {{\n\tset heartbeat_senders {{\n\t\ttype ipv4_addr\n{senders}\t}}\n\n\tchain input_filter {{\n\t}}\n}}\n"
+            )
+        };
+        let empty = without_senders(&listing(""));
+        assert_eq!(
+            empty,
+            without_senders(&listing(
+                "\t\telements = { 10.0.2.4 timeout 1m expires 59s }\n"
+            ))
+        );
+        assert_eq!(
+            empty,
+            "table ip hanat {\n\n\tchain input_filter {\n\t}\n}\n"
+        );
     }
 
     #[test]
@@ -165,7 +280,7 @@ mod tests {
                 addresses: vec![],
                 ports: (1024, 65535),
             };
-            assert!(render(bad, &[], &t).is_err(), "{bad:?}");
+            assert!(render(bad, &[], &t, &Guard::default()).is_err(), "{bad:?}");
         }
     }
 }

@@ -8,18 +8,96 @@
 //! timeout; the round is good if any target answers, so one slow or dead
 //! target is not mistaken for a NAT outage. Errors (cannot enter the
 //! namespace, refused connections) are results, never panics.
+//!
+//! A probe that fails is one of two things ([`Miss`]): *unanswered* — it
+//! left and nothing came back in time (a timeout, a refusal, an
+//! unreachable network): evidence about the NAT path; or *unsent* — this
+//! process could not send it (out of file descriptors or memory, a
+//! sandbox's `EPERM`, no thread): evidence about the daemon, none about
+//! forwarding. A round is judged ([`Round::result`]) on the probes that
+//! were sent: it fails only when every target was sent and none answered.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::ProbeTarget;
 
+/// Why a probe has no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    /// Sent, and nothing came back in time: evidence about the path.
+    Unanswered(String),
+    /// Never sent: this process could not (a local resource or permission
+    /// failure). Says nothing about whether packets flow.
+    Unsent(String),
+}
+
+impl Miss {
+    pub fn sent(&self) -> bool {
+        matches!(self, Miss::Unanswered(_))
+    }
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Miss::Unanswered(why) => f.write_str(why),
+            Miss::Unsent(why) => write!(f, "not sent: {why}"),
+        }
+    }
+}
+
+/// Errors that say this process could not send, not that the path is
+/// broken: no descriptor (`EMFILE`, `ENFILE`), no memory (`ENOMEM`,
+/// `ENOBUFS`), not allowed (`EPERM`, `EACCES`: a sandbox), an address
+/// family refused (`EAFNOSUPPORT`), no local port left (`EADDRNOTAVAIL`,
+/// `EAGAIN`).
+const LOCAL_ERRNOS: [nix::errno::Errno; 9] = {
+    use nix::errno::Errno::*;
+    [
+        EMFILE,
+        ENFILE,
+        ENOMEM,
+        ENOBUFS,
+        EPERM,
+        EACCES,
+        EAFNOSUPPORT,
+        EADDRNOTAVAIL,
+        EAGAIN,
+    ]
+};
+
+/// Whether `errno` is a local failure ([`LOCAL_ERRNOS`]).
+pub fn is_local(errno: i32) -> bool {
+    LOCAL_ERRNOS.iter().any(|e| *e as i32 == errno)
+}
+
+/// An I/O error as a [`Miss`]: unsent when its errno is local.
+fn miss(e: &std::io::Error) -> Miss {
+    match e.raw_os_error() {
+        Some(errno) if is_local(errno) => Miss::Unsent(e.to_string()),
+        _ => Miss::Unanswered(e.to_string()),
+    }
+}
+
 /// The outcome of one probe of one target.
 #[derive(Debug, Clone)]
 pub struct TargetResult {
     pub target: ProbeTarget,
-    /// Round-trip time, or why it failed.
-    pub outcome: Result<Duration, String>,
+    /// Round-trip time, or why there is none.
+    pub outcome: Result<Duration, Miss>,
+}
+
+/// What one round says about forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundResult {
+    /// Some target answered: packets flow.
+    Passed,
+    /// Every target was sent a probe and none answered.
+    Failed,
+    /// None answered and some probe could not be sent: the round says
+    /// nothing about forwarding (that target might have answered).
+    Unsent,
 }
 
 /// The outcome of one round.
@@ -31,7 +109,20 @@ pub struct Round {
 impl Round {
     /// Healthy when any target answered.
     pub fn ok(&self) -> bool {
-        self.results.iter().any(|r| r.outcome.is_ok())
+        self.result() == RoundResult::Passed
+    }
+
+    /// What the round says: passed if any target answered, failed only if
+    /// every probe was sent and went unanswered.
+    pub fn result(&self) -> RoundResult {
+        let outcomes = || self.results.iter().map(|r| &r.outcome);
+        if outcomes().any(|o| o.is_ok()) {
+            RoundResult::Passed
+        } else if outcomes().all(|o| o.as_ref().err().is_some_and(Miss::sent)) {
+            RoundResult::Failed
+        } else {
+            RoundResult::Unsent
+        }
     }
 
     /// `target: error` for each failure, for logs.
@@ -70,14 +161,15 @@ impl Prober {
                 let _ = tx.send(me.round_blocking());
             });
         if let Err(e) = spawned {
-            return self.fail_all(format!("cannot start probe thread: {e}"));
+            return self.fail_all(Miss::Unsent(format!("cannot start probe thread: {e}")));
         }
-        rx.await
-            .unwrap_or_else(|_| self.fail_all("probe thread ended without a result".into()))
+        rx.await.unwrap_or_else(|_| {
+            self.fail_all(Miss::Unsent("probe thread ended without a result".into()))
+        })
     }
 
     /// A round in which every target failed for the same reason.
-    fn fail_all(&self, why: String) -> Round {
+    fn fail_all(&self, why: Miss) -> Round {
         Round {
             results: self
                 .targets
@@ -92,11 +184,23 @@ impl Prober {
 
     fn round_blocking(&self) -> Round {
         if let Some(path) = &self.netns {
+            // A namespace that is missing is drift a converge repairs (a
+            // failed round); one that cannot be opened for want of a
+            // descriptor is this process's trouble (unsent).
             let entered = std::fs::File::open(path)
-                .map_err(|e| format!("cannot open probe namespace {}: {e}", path.display()))
+                .map_err(|e| {
+                    let why = format!("cannot open probe namespace {}: {e}", path.display());
+                    match miss(&e) {
+                        Miss::Unsent(_) => Miss::Unsent(why),
+                        Miss::Unanswered(_) => Miss::Unanswered(why),
+                    }
+                })
                 .and_then(|f| {
                     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        format!("cannot enter probe namespace {}: {e}", path.display())
+                        Miss::Unsent(format!(
+                            "cannot enter probe namespace {}: {e}",
+                            path.display()
+                        ))
                     })
                 });
             if let Err(why) = entered {
@@ -108,7 +212,9 @@ impl Prober {
             .build()
         {
             Ok(rt) => rt,
-            Err(e) => return self.fail_all(format!("cannot start probe runtime: {e}")),
+            Err(e) => {
+                return self.fail_all(Miss::Unsent(format!("cannot start probe runtime: {e}")));
+            }
         };
         rt.block_on(async {
             let mut set = tokio::task::JoinSet::new();
@@ -117,8 +223,7 @@ impl Prober {
                 let timeout = self.timeout;
                 set.spawn(async move { (i, probe_one(&t, timeout).await) });
             }
-            let mut outcomes: Vec<Option<Result<Duration, String>>> =
-                vec![None; self.targets.len()];
+            let mut outcomes: Vec<Option<Result<Duration, Miss>>> = vec![None; self.targets.len()];
             while let Some(joined) = set.join_next().await {
                 if let Ok((i, outcome)) = joined {
                     outcomes[i] = Some(outcome);
@@ -131,7 +236,7 @@ impl Prober {
                     .zip(outcomes)
                     .map(|(t, o)| TargetResult {
                         target: t.clone(),
-                        outcome: o.unwrap_or_else(|| Err("probe task failed".into())),
+                        outcome: o.unwrap_or_else(|| Err(Miss::Unsent("probe task failed".into()))),
                     })
                     .collect(),
             }
@@ -139,32 +244,34 @@ impl Prober {
     }
 }
 
-async fn probe_one(target: &ProbeTarget, timeout: Duration) -> Result<Duration, String> {
+async fn probe_one(target: &ProbeTarget, timeout: Duration) -> Result<Duration, Miss> {
     let start = Instant::now();
     let attempt = async {
         match target {
-            ProbeTarget::Tcp { host, port } => {
-                tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
+            ProbeTarget::Tcp { host, port } => connect(host, *port).await,
             ProbeTarget::Http { url } => {
                 let client = reqwest::Client::builder()
                     .no_proxy()
                     .timeout(timeout)
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Miss::Unsent(e.to_string()))?;
                 // Any HTTP answer, even an error status, proves the path works.
                 client.get(url).send().await.map(drop).map_err(|e| {
                     use std::error::Error;
                     let mut msg = e.to_string();
+                    let mut local = false;
                     let mut src = e.source();
                     while let Some(s) = src {
                         msg = format!("{msg}: {s}");
+                        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                            local |= !miss(io).sent();
+                        }
                         src = s.source();
                     }
-                    msg
+                    match local {
+                        true => Miss::Unsent(msg),
+                        false => Miss::Unanswered(msg),
+                    }
                 })
             }
         }
@@ -172,11 +279,24 @@ async fn probe_one(target: &ProbeTarget, timeout: Duration) -> Result<Duration, 
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(())) => Ok(start.elapsed()),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!(
+        Err(_) => Err(Miss::Unanswered(format!(
             "no answer within {}",
             humantime::format_duration(timeout)
-        )),
+        ))),
     }
+}
+
+/// A TCP connection to `host:port`. The socket is made before the
+/// connection is tried, so a failure to make it (no descriptor, a
+/// sandbox) is told from a connection that was tried and failed.
+async fn connect(host: &str, port: u16) -> Result<(), Miss> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| miss(&e))?
+        .find(std::net::SocketAddr::is_ipv4)
+        .ok_or_else(|| Miss::Unanswered(format!("{host} has no IPv4 address")))?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| Miss::Unsent(e.to_string()))?;
+    socket.connect(addr).await.map(drop).map_err(|e| miss(&e))
 }
 
 #[cfg(test)]
@@ -213,6 +333,67 @@ mod tests {
         assert!(!only_bad.round().await.ok());
     }
 
+    #[test]
+    fn a_round_fails_only_when_every_probe_was_sent_and_unanswered() {
+        let ms = Duration::from_millis;
+        let round = |outcomes: Vec<Result<Duration, Miss>>| Round {
+            results: outcomes
+                .into_iter()
+                .map(|outcome| TargetResult {
+                    target: "tcp://192.0.2.1:443".parse().unwrap(),
+                    outcome,
+                })
+                .collect(),
+        };
+        let lost = || Err(Miss::Unanswered("no answer within 500ms".into()));
+        let emfile = || Err(Miss::Unsent("Too many open files (os error 24)".into()));
+        use RoundResult::*;
+        for (outcomes, want) in [
+            (vec![Ok(ms(3)), lost()], Passed),
+            (vec![emfile(), Ok(ms(3))], Passed),
+            (vec![lost(), lost()], Failed),
+            // One target black-holed, the other never tried: no evidence.
+            (vec![lost(), emfile()], Unsent),
+            (vec![emfile(), emfile()], Unsent),
+        ] {
+            let r = round(outcomes);
+            assert_eq!(r.result(), want, "{r:?}");
+            assert_eq!(r.ok(), want == Passed);
+        }
+        assert!(
+            round(vec![emfile()])
+                .failures()
+                .contains("not sent: Too many")
+        );
+    }
+
+    #[test]
+    fn local_errors_are_unsent_and_path_errors_unanswered() {
+        use std::io::Error;
+        for errno in [libc_errno::EMFILE, libc_errno::ENOBUFS, libc_errno::EPERM] {
+            assert!(!miss(&Error::from_raw_os_error(errno)).sent(), "{errno}");
+        }
+        for errno in [
+            libc_errno::ECONNREFUSED,
+            libc_errno::ENETUNREACH,
+            libc_errno::EHOSTUNREACH,
+            libc_errno::ETIMEDOUT,
+        ] {
+            assert!(miss(&Error::from_raw_os_error(errno)).sent(), "{errno}");
+        }
+    }
+
+    mod libc_errno {
+        use nix::errno::Errno;
+        pub const EMFILE: i32 = Errno::EMFILE as i32;
+        pub const ENOBUFS: i32 = Errno::ENOBUFS as i32;
+        pub const EPERM: i32 = Errno::EPERM as i32;
+        pub const ECONNREFUSED: i32 = Errno::ECONNREFUSED as i32;
+        pub const ENETUNREACH: i32 = Errno::ENETUNREACH as i32;
+        pub const EHOSTUNREACH: i32 = Errno::EHOSTUNREACH as i32;
+        pub const ETIMEDOUT: i32 = Errno::ETIMEDOUT as i32;
+    }
+
     #[tokio::test]
     async fn missing_namespace_fails_every_target_with_a_reason() {
         let prober = Prober {
@@ -221,7 +402,8 @@ mod tests {
             timeout: Duration::from_millis(200),
         };
         let round = prober.round().await;
-        assert!(!round.ok());
+        // Missing is drift a converge repairs: a failed round, not unsent.
+        assert_eq!(round.result(), RoundResult::Failed);
         assert!(
             round.failures().contains("probe namespace"),
             "{}",

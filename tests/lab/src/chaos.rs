@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use crate::api::{self, Fault, Rule};
 use crate::cloud::DefaultTarget;
 use crate::imds::ImdsFault;
-use crate::lab::{Lab, LabOptions, MeterReport, forge};
+use crate::lab::{Lab, LabOptions, MeterReport, abuse, forge};
 
 /// The failures the lab can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +71,23 @@ pub enum Scenario {
     /// For 30 s, AZ 0 (its NAT and hosts) and the other AZs cannot reach
     /// each other; all still reach the AWS API and the internet.
     AzIsolation,
+    /// For 20 s, AZ 0's private host holds 2,000 connections to its NAT's
+    /// endpoints with unfinished requests (more than the 1,024 descriptors
+    /// systemd gives a service by default) and 4 threads scrape
+    /// `/metrics` as fast as they are answered; `/health` is asked from
+    /// the router meanwhile.
+    EndpointFlood,
+    /// AZ 1's private host floods AZ 1's NAT's heartbeat port (junk and
+    /// unsigned heartbeats) for 25 s; 3 s into it, AZ 0's instance is
+    /// terminated, so AZ 1's NAT must hear the silence through the flood.
+    HeartbeatFlood,
+    /// AZ 0's daemon's open-file limit is lowered to what it holds (it can
+    /// open nothing more): it cannot probe, says so, and restarts itself.
+    FdExhaustion,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 22] = [
+    pub const ALL: [Scenario; 25] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -97,6 +110,9 @@ impl Scenario {
         Scenario::Replay,
         Scenario::Freeze,
         Scenario::AzIsolation,
+        Scenario::EndpointFlood,
+        Scenario::HeartbeatFlood,
+        Scenario::FdExhaustion,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +139,9 @@ impl Scenario {
             Scenario::Replay => "replay",
             Scenario::Freeze => "freeze",
             Scenario::AzIsolation => "az-isolation",
+            Scenario::EndpointFlood => "endpoint-flood",
+            Scenario::HeartbeatFlood => "heartbeat-flood",
+            Scenario::FdExhaustion => "fd-exhaustion",
         }
     }
 
@@ -326,6 +345,7 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
             | Scenario::ImdsDown
             | Scenario::ForgeTunnelOk
             | Scenario::Freeze
+            | Scenario::HeartbeatFlood
     );
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
@@ -537,6 +557,46 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             drop(rogue);
             lab.note(format!("spoofed {} heartbeats from {a}", 2 * sent));
             Ok(())
+        }
+        Scenario::EndpointFlood => {
+            let run = Duration::from_secs(20);
+            let health = abuse::watch_health(lab, 0, run, Duration::from_secs(1))?;
+            let flood = abuse::flood_endpoint(lab, 0, 0, 2_000, 4, run)?;
+            let f = tokio::task::spawn_blocking(move || flood.join().unwrap_or_default()).await?;
+            let h = tokio::task::spawn_blocking(move || health.join().unwrap_or_default()).await?;
+            lab.note(format!(
+                "endpoint flood: {} connections opened with unfinished requests, at most {} held at once; {} of {} scrapes answered",
+                f.opened, f.held_max, f.scraped, f.scrapes
+            ));
+            lab.note(h.summary());
+            Ok(())
+        }
+        Scenario::HeartbeatFlood => {
+            let flood = abuse::flood_heartbeats(lab, 1, 1, Duration::from_secs(25))?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            lab.terminate_instance(0).await?;
+            let sent = tokio::task::spawn_blocking(move || flood.join().unwrap_or(0)).await?;
+            lab.note(format!(
+                "heartbeat flood: {sent} datagrams sent to az1's NAT"
+            ));
+            Ok(())
+        }
+        Scenario::FdExhaustion => {
+            let before = lab.daemon_pid(0);
+            // Watched until just before the daemon's restart is due
+            // (heartbeat.unable_restart, 10 s).
+            let health =
+                abuse::watch_health(lab, 0, Duration::from_secs(8), Duration::from_secs(1))?;
+            lab.exhaust_descriptors(0)?;
+            let h = tokio::task::spawn_blocking(move || health.join().unwrap_or_default()).await?;
+            lab.note(h.summary());
+            lab.wait_for(
+                "the daemon to restart itself",
+                Duration::from_secs(40),
+                || async { Ok(lab.daemon_pid(0).is_some_and(|p| Some(p) != before)) },
+            )
+            .await
+            .map(drop)
         }
         Scenario::Replay => {
             let (_, a, b) = claim_on_az0(lab, "ok")?;

@@ -85,6 +85,25 @@ pub struct Sandbox {
     pub exec_start: Vec<String>,
     /// Directives present in the unit that the lab does not reproduce.
     pub not_reproduced: Vec<String>,
+    /// `LimitNOFILE=` (soft, hard); without it, systemd's own default
+    /// (v240+): soft 1,024, hard 524,288.
+    pub open_files: (u64, u64),
+}
+
+/// systemd's open-file limits for a service whose unit sets none.
+pub const SYSTEMD_OPEN_FILES: (u64, u64) = (1024, 524_288);
+
+/// `LimitNOFILE=` as systemd reads it: `N` or `SOFT:HARD`.
+fn open_files(value: &str) -> Result<(u64, u64)> {
+    let n = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow::anyhow!("LimitNOFILE={value}: the lab reproduces numbers only"))
+    };
+    match value.split_once(':') {
+        Some((soft, hard)) => Ok((n(soft)?, n(hard)?)),
+        None => n(value).map(|v| (v, v)),
+    }
 }
 
 fn yes(key: &str, value: &str) -> Result<bool> {
@@ -131,6 +150,7 @@ impl Sandbox {
             pre: Vec::new(),
             exec_start: Vec::new(),
             not_reproduced: Vec::new(),
+            open_files: SYSTEMD_OPEN_FILES,
         };
         let mut section = "";
         for line in text.lines().map(str::trim) {
@@ -178,6 +198,7 @@ impl Sandbox {
                     None => s.pre.push(words(key, value)?),
                 },
                 "ExecStart" => s.exec_start = words(key, value)?,
+                "LimitNOFILE" => s.open_files = open_files(value)?,
                 k if PLAYED.contains(&k) => {}
                 k if NOT_REPRODUCED.contains(&k) => {
                     s.not_reproduced.push(format!("{key}={value}"));
@@ -259,6 +280,8 @@ impl Sandbox {
         if let Some(mask) = &self.umask {
             s.push_str(&format!("umask {mask}\n"));
         }
+        let (soft, hard) = self.open_files;
+        s.push_str(&format!("ulimit -H -n {hard}\nulimit -S -n {soft}\n"));
         let setpriv = {
             let mut v = format!(
                 "setpriv --bounding-set=-all{}",
@@ -349,7 +372,12 @@ mod tests {
         assert_eq!(s.read_write_paths, ["/run/netns"]);
         assert_eq!(s.pre_outside, [["/usr/bin/mkdir", "-p", "/run/netns"]]);
         assert_eq!(s.exec_start[0], UNIT_BINARY);
+        assert_eq!(s.open_files, (65_536, 65_536));
         let script = s.script();
+        assert!(
+            script.contains("ulimit -H -n 65536\nulimit -S -n 65536\n"),
+            "{script}"
+        );
         assert!(
             script.contains("mount --bind /run/netns /run/netns"),
             "{script}"
@@ -365,6 +393,15 @@ mod tests {
             script.contains("--no-new-privs -- \"$2\" check-config --config \"$3\"\n"),
             "{script}"
         );
+    }
+
+    #[test]
+    fn a_unit_without_limits_gets_systemds() {
+        let s = Sandbox::from_unit("[Service]\nExecStart=/usr/bin/hanat run\n").unwrap();
+        assert_eq!(s.open_files, (1024, 524_288));
+        let s = Sandbox::from_unit("[Service]\nExecStart=/bin/x\nLimitNOFILE=512:4096\n").unwrap();
+        assert_eq!(s.open_files, (512, 4096));
+        assert!(Sandbox::from_unit("[Service]\nExecStart=/bin/x\nLimitNOFILE=infinity\n").is_err());
     }
 
     #[test]

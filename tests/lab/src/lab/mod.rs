@@ -54,6 +54,7 @@ use crate::moto::Moto;
 use crate::netns::{Netns, veth};
 use crate::sandbox::Sandbox;
 
+pub mod abuse;
 mod autoscaler;
 mod faults;
 pub mod forge;
