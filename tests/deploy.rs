@@ -398,9 +398,13 @@ async fn user_data_writes_a_config_hanat_accepts() {
     let moto = Moto::start().unwrap();
     let cloud = Cloud::new(&moto.endpoint(), REGION).await;
     let ami = cloud.image().await.unwrap();
-    for (stack, fallbacks) in [
-        ("plain", ""),
-        ("fallback", "us-east-1a=nat-0abc123,us-east-1b=nat-0def456"),
+    for (stack, fallbacks, allow) in [
+        ("plain", "", ""),
+        (
+            "fallback",
+            "us-east-1a=nat-0abc123,us-east-1b=nat-0def456",
+            "10.0.0.0/24,10.0.1.0/24",
+        ),
     ] {
         cloud
             .deploy_stack(
@@ -410,11 +414,24 @@ async fn user_data_writes_a_config_hanat_accepts() {
                     ("Name", stack),
                     ("AmiId", &ami),
                     ("FallbackNatGateways", fallbacks),
+                    ("MetricsAllow", allow),
                 ],
             )
             .await
             .unwrap();
         let config = config_from_user_data(&cloud, &format!("{stack}-nat")).await;
+        // MetricsAllow empty: the key unset, so the VPC may connect.
+        let allowed = config.metrics.allow.as_ref().map(|a| {
+            a.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        assert_eq!(
+            allowed,
+            (!allow.is_empty()).then(|| allow.to_owned()),
+            "{stack}"
+        );
         assert_eq!(config.heartbeat.targets.len(), 3, "{stack}");
         // The heartbeat key's secret (moto does not create the secret, so
         // what its Ref gives is all there is to check here).

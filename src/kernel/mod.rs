@@ -30,11 +30,20 @@ use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
 
+/// "(is it installed?)" where that is the likely cause.
+fn installed_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => " (is it installed?)",
+        _ => "",
+    }
+}
+
 /// A kernel configuration step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    /// A command could not be started (not installed?).
-    #[error("cannot run `{command}`: {source} (is it installed?)")]
+    /// A command could not be started: not installed, or this process out
+    /// of descriptors, memory or processes.
+    #[error("cannot run `{command}`: {source}{}", installed_hint(source))]
     Spawn {
         command: String,
         source: std::io::Error,

@@ -576,8 +576,19 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             tokio::time::sleep(Duration::from_secs(3)).await;
             lab.terminate_instance(0).await?;
             let sent = tokio::task::spawn_blocking(move || flood.join().unwrap_or(0)).await?;
+            let dropped = lab
+                .nat_exec(1, "nft", &["list", "chain", "ip", "hanat", "input_filter"])
+                .ok()
+                .and_then(|l| abuse::counted(&l, "heartbeat flood"));
+            let unsigned = abuse::metric(
+                lab,
+                1,
+                "hanat_heartbeats_rejected_total{reason=\"unauthenticated\"}",
+            );
             lab.note(format!(
-                "heartbeat flood: {sent} datagrams sent to az1's NAT"
+                "heartbeat flood: {sent} datagrams sent to az1's NAT, {} dropped by its kernel, {} unsigned ones rejected by its daemon",
+                dropped.map_or("none".into(), |d| d.to_string()),
+                unsigned.map_or("none".into(), |d| d.to_string())
             ));
             Ok(())
         }

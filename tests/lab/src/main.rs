@@ -54,6 +54,10 @@ options:
   --witness-interval D
                      how often the status check runs (default 60s, AWS's only
                      value)
+  --open-files SOFT:HARD
+                     the daemons' open-file limits instead of the unit's
+                     LimitNOFILE (1024:524288 is systemd's default for a unit
+                     without it); never above the lab's own hard limit
   --no-cloudwatch    the daemons publish nothing to CloudWatch (moto)
   --cloudwatch-interval D
                      how often each daemon publishes (default 60s, as the
@@ -101,6 +105,7 @@ struct Args {
     steady: Duration,
     refresh_interval: Duration,
     addresses: u8,
+    open_files: Option<(u64, u64)>,
 }
 
 fn parse() -> Result<Option<Args>> {
@@ -127,6 +132,7 @@ fn parse() -> Result<Option<Args>> {
         steady: Duration::from_secs(2),
         refresh_interval: Duration::from_secs(15),
         addresses: 1,
+        open_files: None,
     };
     let duration = |v: Option<String>, flag: &str| -> Result<Duration> {
         let v = v.with_context(|| format!("{flag} needs a value"))?;
@@ -172,6 +178,14 @@ fn parse() -> Result<Option<Args>> {
             "--unauthenticated-peers" => a.peer_auth = false,
             "--no-witness" => a.witness = false,
             "--no-cloudwatch" => a.cloudwatch = None,
+            "--open-files" => {
+                let v = it.next().context("--open-files needs SOFT:HARD")?;
+                a.open_files = Some(
+                    v.split_once(':')
+                        .and_then(|(s, h)| Some((s.parse().ok()?, h.parse().ok()?)))
+                        .with_context(|| format!("--open-files: `{v}` is not SOFT:HARD"))?,
+                );
+            }
             "--cloudwatch-interval" => {
                 a.cloudwatch = Some(duration(it.next(), "--cloudwatch-interval")?)
             }
@@ -245,6 +259,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.reconcile_interval = a.reconcile_interval;
     o.refresh_interval = a.refresh_interval;
     o.addresses = a.addresses;
+    o.open_files = a.open_files;
     Ok(o)
 }
 

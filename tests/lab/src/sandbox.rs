@@ -280,8 +280,15 @@ impl Sandbox {
         if let Some(mask) = &self.umask {
             s.push_str(&format!("umask {mask}\n"));
         }
+        // The unit's limits, lowered to the lab's own hard limit where that
+        // is lower (raising it takes a capability the lab may not have).
         let (soft, hard) = self.open_files;
-        s.push_str(&format!("ulimit -H -n {hard}\nulimit -S -n {soft}\n"));
+        s.push_str(&format!(
+            "h={hard}; s={soft}; c=$(ulimit -H -n)\n\
+             if [ \"$c\" != unlimited ] && [ \"$c\" -lt \"$h\" ]; then h=$c; fi\n\
+             if [ \"$s\" -gt \"$h\" ]; then s=$h; fi\n\
+             ulimit -H -n $h\nulimit -S -n $s\n"
+        ));
         let setpriv = {
             let mut v = format!(
                 "setpriv --bounding-set=-all{}",
@@ -374,10 +381,7 @@ mod tests {
         assert_eq!(s.exec_start[0], UNIT_BINARY);
         assert_eq!(s.open_files, (65_536, 65_536));
         let script = s.script();
-        assert!(
-            script.contains("ulimit -H -n 65536\nulimit -S -n 65536\n"),
-            "{script}"
-        );
+        assert!(script.contains("h=65536; s=65536;"), "{script}");
         assert!(
             script.contains("mount --bind /run/netns /run/netns"),
             "{script}"

@@ -98,7 +98,7 @@ fn raise_own_limit(want: u64) {
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
         && soft < want
     {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, want.max(hard), want.max(hard));
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard);
     }
 }
 
@@ -222,6 +222,32 @@ pub fn flood_heartbeats(
     }))
 }
 
+/// The packets counted by the rule commented `comment` in an `nft list`
+/// output.
+pub fn counted(listing: &str, comment: &str) -> Option<u64> {
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))?;
+    let after = &line[line.find("counter packets ")? + "counter packets ".len()..];
+    after.split_whitespace().next()?.parse().ok()
+}
+
+/// A value of AZ `i`'s NAT's `/metrics` (a whole series name, labels
+/// included), asked from the router.
+pub fn metric(lab: &Lab, i: usize, series: &str) -> Option<u64> {
+    let ip: Ipv4Addr = lab.nat(i)?.instance.private_ip.parse().ok()?;
+    let (_, text) = crate::netns::http_get(
+        &lab.rtr.path(),
+        SocketAddr::from((ip, ENDPOINT_PORT)),
+        "/metrics",
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
 impl Lab {
     /// The pid of AZ `i`'s daemon, if it runs.
     pub fn daemon_pid(&self, i: usize) -> Option<u32> {
@@ -246,5 +272,15 @@ impl Lab {
             "az{i}: daemon {pid}'s open-file limit lowered to the {held} it holds"
         ));
         Ok(held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rules_counter_is_read_by_its_comment() {
+        let l = "\t\tudp dport 7470 update @heartbeat_senders { ip saddr limit rate over 100/second burst 100 packets } counter packets 3099 bytes 1 drop comment \"heartbeat flood\"\n";
+        assert_eq!(super::counted(l, "heartbeat flood"), Some(3099));
+        assert_eq!(super::counted(l, "metrics.allow"), None);
     }
 }

@@ -133,6 +133,9 @@ pub struct LabOptions {
     /// [`crate::sandbox`]); `Some` replaces its capability bounding set
     /// (`setpriv` syntax: `net_admin,sys_admin`).
     pub capabilities: Option<String>,
+    /// The daemons' open-file limits (soft, hard) instead of the unit's
+    /// `LimitNOFILE` (e.g. systemd's default for a unit without it).
+    pub open_files: Option<(u64, u64)>,
     /// `peers.failover`: `peer` (default) or `none`.
     pub failover: String,
     /// `peers.failback`: `immediate` (default) or `drain:<duration>`.
@@ -169,6 +172,9 @@ pub struct LabOptions {
     pub cloudwatch: Option<Duration>,
     /// More lines for the daemons' `[kernel]` section.
     pub kernel_extra: String,
+    /// `metrics.allow`, as TOML (`["10.0.0.0/24"]`); `None`: the default
+    /// (the VPC).
+    pub metrics_allow: Option<String>,
     /// `snat.addresses` and the template's `AddressesPerNat`: each NAT's
     /// public addresses (Elastic IPs), one per private address.
     pub addresses: u8,
@@ -187,6 +193,7 @@ impl LabOptions {
             boot_delay: Duration::from_secs(20),
             restart_delay: Some(Duration::from_secs(1)),
             capabilities: None,
+            open_files: None,
             failover: "peer".into(),
             failback: "immediate".into(),
             handoff_on_stop: false,
@@ -201,6 +208,7 @@ impl LabOptions {
             witness_grace: Duration::from_secs(10),
             cloudwatch: Some(Duration::from_secs(60)),
             kernel_extra: String::new(),
+            metrics_allow: None,
             addresses: 1,
         }
     }

@@ -42,6 +42,9 @@ impl Launch {
         if let Some(caps) = &opts.capabilities {
             sandbox = sandbox.with_capabilities(caps);
         }
+        if let Some(limits) = opts.open_files {
+            sandbox.open_files = limits;
+        }
         let installed = dir.join("hanat");
         std::fs::write(&installed, b"")?;
         Ok(Launch {
@@ -268,6 +271,12 @@ pub fn daemon_config(
         })
         .unwrap_or_default();
     let kernel_extra = &o.kernel_extra;
+    // Only when asked for (older binaries lack the key).
+    let metrics = o
+        .metrics_allow
+        .as_ref()
+        .map(|a| format!("[metrics]\nallow = {a}\n\n"))
+        .unwrap_or_default();
     // Only when asked for (older binaries lack the section).
     let snat = match o.addresses {
         1 => String::new(),
@@ -280,7 +289,7 @@ pub fn daemon_config(
          conntrack_max = 0\n{kernel_extra}\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}{auth}\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
-         [aws]\nimds_timeout = \"20s\"\n{refresh}\n{snat}{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
+         [aws]\nimds_timeout = \"20s\"\n{refresh}\n{snat}{metrics}{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
         targets.join(", "),
         humantime::format_duration(o.heartbeat_interval),
         humantime::format_duration(o.heartbeat_interval * 4 / 5),
