@@ -781,7 +781,7 @@ impl Config {
                 "heartbeat.timeout",
                 format!(
                     "must be more than 0 and at most heartbeat.interval ({})",
-                    humantime::format_duration(hb.interval)
+                    crate::domain::human(hb.interval)
                 ),
             ));
         }

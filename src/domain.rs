@@ -279,6 +279,29 @@ impl fmt::Display for Status {
     }
 }
 
+/// A duration as a person reads it, in at most two units: `250ms`,
+/// `1s`, `1.5s`, `12s`, `1m 56s`, `2h 13m`, `3d 4h`.
+pub fn human(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    if ms < 10_000 {
+        let tenths = (ms + 50) / 100;
+        return match tenths % 10 {
+            0 => format!("{}s", tenths / 10),
+            t => format!("{}.{t}s", tenths / 10),
+        };
+    }
+    let s = (d.as_secs_f64().round()) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +333,30 @@ mod tests {
         );
         assert_eq!(probe.nth(1), Ipv4Addr::new(198, 19, 255, 253));
         assert_eq!(probe.nth(2), Ipv4Addr::new(198, 19, 255, 254));
+    }
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::human;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_in_at_most_two_units() {
+        let ms = Duration::from_millis;
+        for (d, want) in [
+            (ms(0), "0ms"),
+            (ms(250), "250ms"),
+            (ms(999), "999ms"),
+            (ms(1_000), "1s"),
+            (ms(1_500), "1.5s"),
+            (ms(9_960), "10s"),
+            (ms(12_400), "12s"),
+            (Duration::from_nanos(115_578_079_288), "1m 56s"),
+            (ms(7_980_000), "2h 13m"),
+            (ms(273_600_000), "3d 4h"),
+        ] {
+            assert_eq!(human(d), want, "{d:?}");
+        }
     }
 }

@@ -128,9 +128,10 @@ fn json_logs_are_one_object_per_line() {
         .collect();
     assert!(!logs.is_empty(), "{err}");
     assert!(
-        logs.iter().any(
-            |l| l["level"] == "WARN" && l["fields"]["message"] == "instance metadata not ready"
-        ),
+        logs.iter().any(|l| l["level"] == "WARN"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("instance metadata not ready"))),
         "{err}"
     );
     assert!(logs.iter().any(|l| l["level"] == "ERROR"), "{err}");
@@ -223,4 +224,61 @@ fn status_without_a_daemon_says_so_at_once() {
     );
     let o = hanat(&["plan", "--json"], &[]);
     assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+}
+
+/// A metadata server that answers every request `403 Forbidden`, as an
+/// instance with its metadata service disabled does.
+fn forbidding_metadata() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 20\r\nconnection: close\r\n\r\nIMDS is disabled\r\n\r\n",
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn plan_off_an_instance_says_why_within_seconds() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_d, path) = config_file("");
+    // Accepts and never answers: a reply dropped after one hop.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    for (port, cause) in [
+        (forbidding_metadata(), "403: IMDS is disabled"),
+        (closed, "connection refused"),
+        (silent_port, "HttpPutResponseHopLimit to 2"),
+    ] {
+        let start = std::time::Instant::now();
+        let o = hanat(
+            &["plan", "--config", &path],
+            &[(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                &format!("http://127.0.0.1:{port}"),
+            )],
+        );
+        let took = start.elapsed();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(69), "{err}");
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}: {err}");
+        assert!(err.contains(cause), "{err}");
+        assert!(
+            err.contains("run this on the NAT instance") || err.contains("not an EC2 instance"),
+            "{err}"
+        );
+        // Said once, not retried for minutes.
+        assert!(!err.contains("retry_in"), "{err}");
+    }
+    drop(silent);
 }

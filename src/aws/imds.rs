@@ -33,7 +33,7 @@ pub enum IdentityError {
         problem: &'static str,
     },
     /// [`identity_with_retry`] ran out of time; carries the last error.
-    #[error("instance metadata not available after {}: {last}", humantime::format_duration(*waited))]
+    #[error("instance metadata not available after {}: {last}", crate::domain::human(*waited))]
     GaveUp {
         waited: Duration,
         last: Box<IdentityError>,
@@ -51,6 +51,85 @@ impl IdentityError {
             IdentityError::Malformed { .. } => true,
             _ => false,
         }
+    }
+}
+
+/// Why a command a person typed found no instance metadata, and what to
+/// do: each variant's message names the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum OffInstance {
+    /// The token `PUT` answered 403.
+    #[error(
+        "instance metadata at {endpoint} refused a session token (403: IMDS is disabled, or this is not an EC2 instance); run this on the NAT instance, whose launch template enables metadata (HttpEndpoint: enabled)"
+    )]
+    Forbidden { endpoint: String },
+    /// Nothing listens at the metadata address.
+    #[error(
+        "nothing answers at {endpoint} (connection refused): this is not an EC2 instance; run this on the NAT instance"
+    )]
+    Refused { endpoint: String },
+    /// No answer in time.
+    #[error(
+        "no answer from instance metadata at {endpoint} within {}: this is not an EC2 instance, or a container on one whose metadata replies are dropped after one hop (set the instance's HttpPutResponseHopLimit to 2)",
+        crate::domain::human(*within)
+    )]
+    NoAnswer { endpoint: String, within: Duration },
+    /// Metadata answered, but not with what hanat needs.
+    #[error(transparent)]
+    Other(IdentityError),
+}
+
+/// Where the metadata service is asked (`AWS_EC2_METADATA_SERVICE_ENDPOINT`
+/// or the standard address).
+fn endpoint() -> String {
+    std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .unwrap_or_else(|_| "http://169.254.169.254".into())
+}
+
+/// What an error from the metadata client means for a person waiting.
+fn off_instance(e: IdentityError, within: Duration) -> OffInstance {
+    use std::error::Error;
+    let endpoint = endpoint();
+    let mut refused = false;
+    let mut text = String::new();
+    let mut cause: Option<&(dyn Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        text.push_str(&c.to_string().to_ascii_lowercase());
+        text.push(' ');
+        refused |= c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+        cause = c.source();
+    }
+    if text.contains("forbidden") {
+        OffInstance::Forbidden { endpoint }
+    } else if refused || text.contains("connection refused") {
+        OffInstance::Refused { endpoint }
+    } else if text.contains("timeout") || text.contains("timed out") || text.contains("dispatch") {
+        OffInstance::NoAnswer { endpoint, within }
+    } else {
+        OffInstance::Other(e)
+    }
+}
+
+/// The identity for a command a person typed: one attempt, an answer
+/// within `within`, and off an instance an error that says why at once
+/// (the daemon's start-up waits instead: [`identity_with_retry`]).
+pub async fn identity_now(within: Duration) -> Result<Identity, OffInstance> {
+    let imds = Imds {
+        client: aws_config::imds::Client::builder()
+            .max_attempts(1)
+            .connect_timeout(within.min(Duration::from_secs(1)))
+            .read_timeout(within)
+            .build(),
+    };
+    match tokio::time::timeout(within, imds.identity()).await {
+        Ok(Ok(id)) => Ok(id),
+        Ok(Err(e)) => Err(off_instance(e, within)),
+        Err(_) => Err(OffInstance::NoAnswer {
+            endpoint: endpoint(),
+            within,
+        }),
     }
 }
 
@@ -204,7 +283,16 @@ pub async fn identity_with_retry(imds: &Imds, budget: Duration) -> Result<Identi
                         last: Box::new(e),
                     });
                 }
-                tracing::warn!(error = %crate::report(&e), retry_in = ?delay, "instance metadata not ready");
+                // Said once: at boot, metadata may simply not be up yet.
+                if waited.is_zero() || delay == IDENTITY_BACKOFF_START {
+                    tracing::warn!(
+                        error = %crate::report(&e),
+                        waiting_up_to = %crate::domain::human(budget),
+                        "instance metadata not ready; at boot it may not be up yet, so start-up waits for it (aws.imds_timeout)"
+                    );
+                } else {
+                    tracing::debug!(error = %crate::report(&e), retry_in = %crate::domain::human(delay), "instance metadata still not ready");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(IDENTITY_BACKOFF_CAP);
             }

@@ -237,8 +237,13 @@ async fn run(config: Config) -> Result<(), Failure> {
     })
 }
 
+/// How long `plan` waits for instance metadata: a person is waiting.
+const PLAN_METADATA_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn plan(config: Config) -> Result<(), Failure> {
-    let identity = identity(&Imds::from_env(), &config).await?;
+    let identity = hanat::aws::imds::identity_now(PLAN_METADATA_WAIT)
+        .await
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))?;
     println!(
         "instance {} in {} ({}), VPC {} {:?}, ENI {}",
         identity.instance_id,

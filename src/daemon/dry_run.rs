@@ -175,7 +175,7 @@ fn cloudwatch(out: &mut DryRun, config: &Config) {
     out.say(format!(
         "would publish {what} to CloudWatch namespace {} every {}",
         cw.namespace,
-        humantime::format_duration(cw.interval)
+        crate::domain::human(cw.interval)
     ));
 }
 

@@ -302,7 +302,7 @@ pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr) {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => break l,
             Err(e) => {
-                warn!(listen = %addr, error = %e, retry_in = ?PEER_PORT_RETRY, "cannot open the metrics endpoint; retrying");
+                warn!(listen = %addr, error = %e, retry_in = %crate::domain::human(PEER_PORT_RETRY), "cannot open the metrics endpoint; retrying");
                 tokio::time::sleep(PEER_PORT_RETRY).await;
             }
         }

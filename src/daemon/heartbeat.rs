@@ -138,7 +138,7 @@ impl HeartbeatLoop {
             warn!(
                 suppressed = n,
                 failures = %why,
-                restart_after = %humantime::format_duration(self.ctx.config.heartbeat.unable_restart),
+                restart_after = %crate::domain::human(self.ctx.config.heartbeat.unable_restart),
                 "cannot send probes: this daemon is short of a local resource, which says nothing about forwarding; the verdict stays as it was"
             );
         }

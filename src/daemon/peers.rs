@@ -74,7 +74,7 @@ impl PeersLoop {
             match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await {
                 Ok(s) => break Arc::new(s),
                 Err(e) => {
-                    error!(port, error = %e, retry_in = ?PEER_PORT_RETRY, "cannot open the peer heartbeat port (a predecessor may still hold it); retrying");
+                    error!(port, error = %e, retry_in = %crate::domain::human(PEER_PORT_RETRY), "cannot open the peer heartbeat port (a predecessor may still hold it); retrying");
                     tokio::time::sleep(PEER_PORT_RETRY).await;
                 }
             }
@@ -188,7 +188,7 @@ impl PeersLoop {
                     .throttle
                     .check("refresh", &e.to_string(), Instant::now())
                 {
-                    warn!(suppressed = n, error = %e, retry_in = ?wait, "cannot list peers; will retry");
+                    warn!(suppressed = n, error = %e, retry_in = %crate::domain::human(wait), "cannot list peers; will retry");
                 }
             }
         }
@@ -233,7 +233,7 @@ impl PeersLoop {
             Err(e) => {
                 let wait = self.keys.failed();
                 if let Some(n) = self.throttle.check("keys", &e, Instant::now()) {
-                    warn!(suppressed = n, secret = %secret, error = %e, retry_in = ?wait, "cannot read the heartbeat keys again; keeping the ones read before");
+                    warn!(suppressed = n, secret = %secret, error = %e, retry_in = %crate::domain::human(wait), "cannot read the heartbeat keys again; keeping the ones read before");
                 }
             }
         }
@@ -463,7 +463,7 @@ async fn deployment(ctx: &Ctx) -> Option<String> {
             }
             Err(e) => {
                 let wait = backoff.fail();
-                warn!(error = %e, retry_in = ?wait, "cannot find this instance's group; will retry");
+                warn!(error = %e, retry_in = %crate::domain::human(wait), "cannot find this instance's group; will retry");
                 tokio::time::sleep(wait).await;
             }
         }
@@ -504,7 +504,7 @@ pub(super) async fn policy(ctx: &Ctx) -> Option<Policy> {
             }
             Err(e) => {
                 let wait = backoff.fail();
-                warn!(secret = %secret, error = %e, retry_in = ?wait, "cannot read the heartbeat key: peer failover waits for it (this NAT keeps forwarding its own AZ)");
+                warn!(secret = %secret, error = %e, retry_in = %crate::domain::human(wait), "cannot read the heartbeat key: peer failover waits for it (this NAT keeps forwarding its own AZ)");
                 tokio::time::sleep(wait).await;
             }
         }

@@ -106,7 +106,7 @@ impl RoutesLoop {
                 let wait = self.backoff.fail();
                 let msg = e.to_string();
                 if let Some(n) = self.throttle.check("aws", &msg, Instant::now()) {
-                    error!(suppressed = n, error = %msg, retry_in = ?wait, "route reconcile failed");
+                    error!(suppressed = n, error = %msg, retry_in = %crate::domain::human(wait), "route reconcile failed");
                 }
                 wait
             }

@@ -397,7 +397,7 @@ impl Telemetry {
             t.shed.clone(),
         );
         registry.register(
-            "kernel_counter_reads",
+            "kernel_readings",
             "Readings of the kernel's traffic counters (one nft process each), at most one per second whatever the scrapes",
             t.kernel_reads.clone(),
         );
@@ -707,20 +707,9 @@ pub struct ErrorView {
     pub ago_s: f64,
 }
 
-/// A duration as a person reads it: `0.3s`, `12s`, `4m 12s`, `2h 13m`,
-/// `3d 4h`.
+/// Seconds as a person reads them ([`crate::domain::human`]).
 pub fn human(secs: f64) -> String {
-    let s = secs.max(0.0);
-    if s < 10.0 {
-        return format!("{:.1}s", s);
-    }
-    let s = s.round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
-    }
+    crate::domain::human(std::time::Duration::from_secs_f64(secs.max(0.0)))
 }
 
 /// What `hanat status` prints: one screen.
@@ -919,13 +908,11 @@ mod tests {
     }
 
     #[test]
-    fn durations_read_as_a_person_reads_them() {
-        assert_eq!(human(0.26), "0.3s");
-        assert_eq!(human(12.4), "12s");
+    fn seconds_read_as_a_person_reads_them() {
+        assert_eq!(human(0.26), "260ms");
+        assert_eq!(human(3.04), "3s");
         assert_eq!(human(252.0), "4m 12s");
-        assert_eq!(human(7_980.0), "2h 13m");
-        assert_eq!(human(273_600.0), "3d 4h");
-        assert_eq!(human(-1.0), "0.0s");
+        assert_eq!(human(-1.0), "0ms");
     }
 
     #[test]
@@ -974,14 +961,14 @@ mod tests {
         };
         let text = render(&s);
         for want in [
-            "i-0a (eu-west-1a): failing for 3.0s — UNHEALTHY: failing: its forwarding probes fail",
+            "i-0a (eu-west-1a): failing for 3s — UNHEALTHY: failing: its forwarding probes fail",
             "rtb-1 → eni-9",
-            "i-0b eu-west-1b 10.0.2.4: ok (heard 0.2s ago)",
+            "i-0b eu-west-1b 10.0.2.4: ok (heard 200ms ago)",
             "1000 of 262144 (0.4%)",
             "witness    application status check asc-0a watches /health",
             "route pass 12s ago, kernel converge not yet",
             "cloudwatch namespace hanat every 1m 0s, last put 1m 15s ago",
-            "routes: DescribeRouteTables: throttled (4.0s ago)",
+            "routes: DescribeRouteTables: throttled (4s ago)",
             "probes     cannot be sent for 3.2s (not sent: Too many open files (os error 24)); the verdict stays as it was",
         ] {
             assert!(text.contains(want), "{want}\n{text}");

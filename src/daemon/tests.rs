@@ -685,7 +685,7 @@ async fn a_scrape_storm_reads_the_kernel_counters_at_most_once_a_second() {
     let reads = |me: &Ctx| {
         let text = me.telemetry.encode_classic().expect("metrics encode");
         text.lines()
-            .find_map(|l| l.strip_prefix("hanat_kernel_counter_reads_total "))
+            .find_map(|l| l.strip_prefix("hanat_kernel_readings_total "))
             .and_then(|v| v.parse::<u64>().ok())
             .expect("the readings are counted")
     };

@@ -46,7 +46,7 @@ pub async fn associate(ctx: &Ctx) {
             Err(e) => {
                 let wait = backoff.fail();
                 if let Some(n) = throttle.check("associate", &e.to_string(), Instant::now()) {
-                    warn!(suppressed = n, check, error = %e, retry_in = ?wait, "cannot associate this instance with the application status check (peers.status_check): a freeze of this NAT is then only caught by EC2's own status checks; will retry");
+                    warn!(suppressed = n, check, error = %e, retry_in = %crate::domain::human(wait), "cannot associate this instance with the application status check (peers.status_check): a freeze of this NAT is then only caught by EC2's own status checks; will retry");
                 }
                 tokio::time::sleep(wait).await;
             }

@@ -281,7 +281,7 @@ async fn probe_one(target: &ProbeTarget, timeout: Duration) -> Result<Duration, 
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Miss::Unanswered(format!(
             "no answer within {}",
-            humantime::format_duration(timeout)
+            crate::domain::human(timeout)
         ))),
     }
 }
