@@ -826,6 +826,9 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
         hanat_lab::lab::forge::ipv4_udp(host, "203.0.113.10".parse().unwrap(), 5353, 53, b"bad");
     bad[26..28].copy_from_slice(&[0xde, 0xad]);
     hanat_lab::lab::forge::send_raw(&lab.azs[0].host.path(), vec![bad]).unwrap();
+    // The kernel's counters are read at most once a second.
+    tokio::time::sleep(hanat::daemon::endpoints::KERNEL_READ_EVERY + Duration::from_millis(100))
+        .await;
     let after = get(0, "/metrics");
     for name in [
         "bytes_in_from_source",
