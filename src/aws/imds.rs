@@ -284,7 +284,7 @@ pub async fn identity_with_retry(imds: &Imds, budget: Duration) -> Result<Identi
                     });
                 }
                 // Said once: at boot, metadata may simply not be up yet.
-                if waited.is_zero() || delay == IDENTITY_BACKOFF_START {
+                if delay == IDENTITY_BACKOFF_START {
                     tracing::warn!(
                         error = %crate::report(&e),
                         waiting_up_to = %crate::domain::human(budget),

@@ -11,7 +11,9 @@
 //! counters, the one reading that forks a process (`nft`), are read at
 //! most every [`KERNEL_READ_EVERY`] whatever the scrapes ask; answers in
 //! between serve the last reading. Who may connect at all is
-//! `metrics.allow`, enforced by the kernel (hanat's input filter).
+//! `metrics.allow`, enforced by the kernel (hanat's input filter), which
+//! also resets an address's connection past its 8th open one, before it
+//! takes a place in the listen queue EC2's status check needs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -315,12 +317,12 @@ pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr) {
     // still gets its `/health` answer, which needs no other descriptor.
     let mut reserve = Reserve::open();
     loop {
-        let (stream, from, spent) = match listener.accept().await {
-            Ok((stream, from)) => (stream, from, None),
+        let (stream, from, on_reserve) = match listener.accept().await {
+            Ok((stream, from)) => (stream, from, false),
             Err(e) if reserve.is_some() && Reserve::out_of_descriptors(&e) => {
                 drop(reserve.take());
                 match listener.accept().await {
-                    Ok((stream, from)) => (stream, from, Some(())),
+                    Ok((stream, from)) => (stream, from, true),
                     Err(_) => {
                         reserve = Reserve::open();
                         continue;
@@ -359,7 +361,7 @@ pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr) {
         });
         // The connection on the reserve's descriptor is served alone; the
         // reserve is taken back once it is closed.
-        if spent.is_some() {
+        if on_reserve {
             let _ = served.await;
             reserve = Reserve::open();
         }
@@ -403,11 +405,11 @@ impl Limits {
     pub fn admit(&self, from: IpAddr) -> Option<Slot> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = held.values().sum();
-        let mine = held.entry(from).or_default();
-        if total >= MAX_CONNECTIONS || *mine >= MAX_PER_SOURCE {
+        let mine = held.get(&from).copied().unwrap_or(0);
+        if total >= MAX_CONNECTIONS || mine >= MAX_PER_SOURCE {
             return None;
         }
-        *mine += 1;
+        held.insert(from, mine + 1);
         Some(Slot {
             held: self.held.clone(),
             from,
@@ -527,6 +529,11 @@ mod tests {
         }
         assert_eq!(others.len(), MAX_CONNECTIONS - MAX_PER_SOURCE);
         assert!(limits.admit(host(1)).is_none());
+        // Refused addresses leave nothing behind.
+        assert_eq!(
+            limits.held.lock().unwrap().len(),
+            MAX_CONNECTIONS - MAX_PER_SOURCE + 1
+        );
         // A connection that ends gives its place back.
         drop(flood);
         assert!(limits.admit(host(1)).is_some());

@@ -145,10 +145,7 @@ impl HeartbeatLoop {
         match verdict {
             Verdict::Restart => {
                 error!(failures = %why, "probes could not be sent for heartbeat.unable_restart; ending the daemon so systemd starts a fresh one (the kernel forwards meanwhile)");
-                Err(RunError::UnableToProbe {
-                    unable_for,
-                    why: round.failures(),
-                })
+                Err(RunError::UnableToProbe { unable_for, why })
             }
             _ => Ok(()),
         }

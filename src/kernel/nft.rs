@@ -84,6 +84,16 @@ impl Translation {
 /// `peers.interval` and one at each change of its verdict.
 pub const HEARTBEAT_RATE: u32 = 100;
 
+/// Open connections one address may have to the endpoints; its next
+/// connection is reset by the kernel, before it takes a place in the
+/// listen queue that EC2's status check may need. Twice the daemon's own
+/// cap per address (`MAX_PER_SOURCE`), for connections still closing.
+pub const ENDPOINT_PER_SOURCE: u32 = 8;
+
+/// Sets whose elements the kernel adds as packets arrive: not a change
+/// anyone made, so left out of [`listing`].
+const DYNAMIC_SETS: [&str; 2] = ["heartbeat_senders", "endpoint_clients"];
+
 /// What the input filter guards: the daemon's own ports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Guard {
@@ -107,8 +117,14 @@ impl Guard {
             sets.push_str(&format!(
                 "\tset endpoint_allow {{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tauto-merge\n{elements}\t}}\n\n"
             ));
+            sets.push_str(
+                "\tset endpoint_clients {\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic\n\t}\n\n",
+            );
             rules.push(format!(
                 "tcp dport {port} ip saddr != @endpoint_allow counter drop comment \"metrics.allow\""
+            ));
+            rules.push(format!(
+                "tcp dport {port} ct state new add @endpoint_clients {{ ip saddr ct count over {ENDPOINT_PER_SOURCE} }} counter reject with tcp reset comment \"endpoint: connections per address\""
             ));
         }
         if let Some(port) = self.heartbeat {
@@ -194,15 +210,17 @@ pub async fn listing() -> Option<String> {
         .map(|l| without_senders(&l))
 }
 
-/// A listing without the heartbeat senders' set, whose elements the kernel
-/// adds as datagrams arrive: not a change anyone made. Pure.
+/// A listing without the [`DYNAMIC_SETS`]. Pure.
 fn without_senders(listing: &str) -> String {
     let mut skipping = false;
     listing
         .lines()
         .filter(|l| {
             let t = l.trim();
-            if t.starts_with("set heartbeat_senders {") {
+            if DYNAMIC_SETS
+                .iter()
+                .any(|set| t.starts_with(&format!("set {set} {{")))
+            {
                 skipping = true;
             }
             let keep = !skipping;
