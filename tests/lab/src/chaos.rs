@@ -71,7 +71,7 @@ pub enum Scenario {
     /// For 30 s, AZ 0 (its NAT and hosts) and the other AZs cannot reach
     /// each other; all still reach the AWS API and the internet.
     AzIsolation,
-    /// For 20 s, AZ 0's private host holds 2,000 connections to its NAT's
+    /// For 20 s, AZ 0's private host tries to hold 2,000 connections to its NAT's
     /// endpoints with unfinished requests (more than the 1,024 descriptors
     /// systemd gives a service by default) and 4 threads scrape
     /// `/metrics` as fast as they are answered; `/health` is asked from
