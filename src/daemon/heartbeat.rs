@@ -8,7 +8,7 @@
 //! memory, [`RoundResult::Unsent`]) moves no verdict: it is said (log,
 //! `hanat_unable_to_probe_seconds`, `/health` and `hanat status`) and, if
 //! it lasts `heartbeat.unable_restart`, the loop ends the daemon
-//! ([`RunError::UnableToProbe`], exit 75) so systemd starts a fresh one.
+//! ([`UnableToProbe`], exit 75) so systemd starts a fresh one.
 //! Auto Scaling is never asked to replace a NAT for it: the kernel
 //! forwards whatever the daemon can or cannot do.
 
@@ -18,7 +18,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::RunError;
 use super::converge::converge_logged;
 use super::ctx::Ctx;
 use super::log::LogThrottle;
@@ -28,6 +27,16 @@ use crate::domain::Status;
 use crate::kernel::probe::{Prober, Round, RoundResult};
 use crate::kernel::probe_ns;
 use crate::report;
+
+/// The probes could not be sent for `heartbeat.unable_restart` (out of
+/// descriptors or memory): a fresh daemon is the remedy, not a new
+/// instance.
+#[derive(Debug, thiserror::Error)]
+#[error("could not send probes for {}: {why}", crate::domain::human(*unable_for))]
+pub struct UnableToProbe {
+    pub unable_for: Duration,
+    pub why: String,
+}
 
 pub struct HeartbeatLoop {
     ctx: Arc<Ctx>,
@@ -75,7 +84,7 @@ impl HeartbeatLoop {
 
     /// Probe until the daemon ends, or until probes could not be sent for
     /// `heartbeat.unable_restart` (the error).
-    pub async fn run(mut self) -> Result<(), RunError> {
+    pub async fn run(mut self) -> Result<(), UnableToProbe> {
         let mut next_round = Instant::now();
         loop {
             tokio::time::sleep_until(next_round).await;
@@ -89,7 +98,7 @@ impl HeartbeatLoop {
     /// round is due. A failed round is confirmed (or cleared) at once
     /// instead of a whole interval later: failing rounds last `timeout`
     /// each, so `fall` failures take about fall × timeout.
-    pub async fn tick(&mut self) -> Result<Instant, RunError> {
+    pub async fn tick(&mut self) -> Result<Instant, UnableToProbe> {
         let (interval, fall) = (
             self.ctx.config.heartbeat.interval,
             self.ctx.config.heartbeat.fall,
@@ -126,7 +135,7 @@ impl HeartbeatLoop {
 
     /// A round whose probes could not be sent: say so, change no verdict,
     /// and end the daemon once it has lasted `heartbeat.unable_restart`.
-    fn unsent(&mut self, round: &Round) -> Result<(), RunError> {
+    fn unsent(&mut self, round: &Round) -> Result<(), UnableToProbe> {
         let why = round.failures();
         let verdict = self.state.unsent(self.ctx.now());
         let since = self.state.unsent_since().unwrap_or_default();
@@ -145,7 +154,7 @@ impl HeartbeatLoop {
         match verdict {
             Verdict::Restart => {
                 error!(failures = %why, "probes could not be sent for heartbeat.unable_restart; ending the daemon so systemd starts a fresh one (the kernel forwards meanwhile)");
-                Err(RunError::UnableToProbe { unable_for, why })
+                Err(UnableToProbe { unable_for, why })
             }
             _ => Ok(()),
         }

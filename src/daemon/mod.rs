@@ -90,11 +90,9 @@ pub enum RunError {
     /// daemon with a loop missing.
     #[error("the {task} task panicked: {detail}")]
     Panicked { task: &'static str, detail: String },
-    /// The probes could not be sent for `heartbeat.unable_restart` (out of
-    /// descriptors or memory): a fresh daemon is the remedy, not a new
-    /// instance.
-    #[error("could not send probes for {}: {why}", telemetry::human(unable_for.as_secs_f64()))]
-    UnableToProbe { unable_for: Duration, why: String },
+    /// The probes could not be sent for `heartbeat.unable_restart`.
+    #[error(transparent)]
+    UnableToProbe(#[from] heartbeat::UnableToProbe),
 }
 
 /// Check that the probe network does not collide with the VPC.
@@ -190,7 +188,9 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
     }
     tasks.spawn("routes", RoutesLoop::new(ctx.clone()).run());
     let heartbeat = HeartbeatLoop::new(ctx.clone(), interface);
-    tasks.spawn_fallible("heartbeat", heartbeat.run());
+    tasks.spawn_fallible("heartbeat", async move {
+        heartbeat.run().await.map_err(RunError::from)
+    });
 
     let result = supervise(&ctx, &notifier, &mut tasks, shutdown).await;
     exit_watch.abort();

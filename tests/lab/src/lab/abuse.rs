@@ -15,6 +15,16 @@ use crate::netns::in_netns;
 /// The endpoints' port (`metrics.listen`'s default).
 pub const ENDPOINT_PORT: u16 = 7472;
 
+/// AZ `i`'s NAT's private address.
+fn nat_ip(lab: &Lab, i: usize) -> Result<Ipv4Addr> {
+    Ok(lab
+        .nat(i)
+        .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?
+        .instance
+        .private_ip
+        .parse()?)
+}
+
 /// What a health watch saw: answers, failures and the slowest answer.
 #[derive(Debug, Clone, Default)]
 pub struct HealthWatch {
@@ -47,12 +57,7 @@ pub fn watch_health(
     run: Duration,
     deadline: Duration,
 ) -> Result<std::thread::JoinHandle<HealthWatch>> {
-    let ip: Ipv4Addr = lab
-        .nat(i)
-        .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?
-        .instance
-        .private_ip
-        .parse()?;
+    let ip = nat_ip(lab, i)?;
     let rtr = lab.rtr.path();
     Ok(std::thread::spawn(move || {
         let mut w = HealthWatch::default();
@@ -114,12 +119,7 @@ pub fn flood_endpoint(
     scrapers: usize,
     run: Duration,
 ) -> Result<std::thread::JoinHandle<Flood>> {
-    let ip: Ipv4Addr = lab
-        .nat(i)
-        .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?
-        .instance
-        .private_ip
-        .parse()?;
+    let ip = nat_ip(lab, i)?;
     let addr = SocketAddr::from((ip, ENDPOINT_PORT));
     let host = lab.azs[from].host.path();
     raise_own_limit(hold as u64 + 4096);
@@ -235,7 +235,7 @@ pub fn counted(listing: &str, comment: &str) -> Option<u64> {
 /// A value of AZ `i`'s NAT's `/metrics` (a whole series name, labels
 /// included), asked from the router.
 pub fn metric(lab: &Lab, i: usize, series: &str) -> Option<u64> {
-    let ip: Ipv4Addr = lab.nat(i)?.instance.private_ip.parse().ok()?;
+    let ip = nat_ip(lab, i).ok()?;
     let (_, text) = crate::netns::http_get(
         &lab.rtr.path(),
         SocketAddr::from((ip, ENDPOINT_PORT)),
