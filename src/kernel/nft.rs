@@ -207,11 +207,11 @@ pub async fn listing() -> Option<String> {
     super::run("nft", &["-s", "list", "table", "ip", TABLE], None)
         .await
         .ok()
-        .map(|l| without_senders(&l))
+        .map(|l| without_dynamic_sets(&l))
 }
 
 /// A listing without the [`DYNAMIC_SETS`]. Pure.
-fn without_senders(listing: &str) -> String {
+fn without_dynamic_sets(listing: &str) -> String {
     let mut skipping = false;
     listing
         .lines()
@@ -272,16 +272,16 @@ mod tests {
     }
 
     #[test]
-    fn the_senders_the_kernel_adds_are_no_drift() {
+    fn what_the_kernel_adds_to_dynamic_sets_is_no_drift() {
         let listing = |senders: &str| {
             format!(
                 "table ip hanat {{\n\tset heartbeat_senders {{\n\t\ttype ipv4_addr\n{senders}\t}}\n\n\tchain input_filter {{\n\t}}\n}}\n"
             )
         };
-        let empty = without_senders(&listing(""));
+        let empty = without_dynamic_sets(&listing(""));
         assert_eq!(
             empty,
-            without_senders(&listing(
+            without_dynamic_sets(&listing(
                 "\t\telements = { 10.0.2.4 timeout 1m expires 59s }\n"
             ))
         );

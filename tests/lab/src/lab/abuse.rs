@@ -13,7 +13,7 @@ use super::*;
 use crate::netns::in_netns;
 
 /// The endpoints' port (`metrics.listen`'s default).
-pub const ENDPOINT_PORT: u16 = 7472;
+pub const ENDPOINT_PORT: u16 = super::witness::PORT;
 
 /// AZ `i`'s NAT's private address.
 fn nat_ip(lab: &Lab, i: usize) -> Result<Ipv4Addr> {
@@ -64,20 +64,11 @@ pub fn watch_health(
         let start = Instant::now();
         while start.elapsed() < run {
             let asked = Instant::now();
-            let got = crate::netns::http_get(
-                &rtr,
-                SocketAddr::from((ip, ENDPOINT_PORT)),
-                "/health",
-                deadline,
-            );
+            let got = super::witness::check(&rtr, ip, deadline);
             let took = asked.elapsed();
             w.asked += 1;
             w.slowest = w.slowest.max(took);
-            match got {
-                Ok((200, _)) => {}
-                Ok((code, body)) => w.failed.push(format!("{code}: {}", body.trim())),
-                Err(e) => w.failed.push(format!("{e:#}")),
-            }
+            w.failed.extend(got.err());
             std::thread::sleep(Duration::from_millis(500).saturating_sub(took));
         }
         w

@@ -73,7 +73,7 @@ pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
             }
             c.next = Instant::now() + shared.opts.witness_interval;
             let rtr = rtr.clone();
-            due.spawn_blocking(move || (i, id, check(&rtr, ip)));
+            due.spawn_blocking(move || (i, id, check(&rtr, ip, TIMEOUT)));
         }
         while let Some(Ok((i, id, passed))) = due.join_next().await {
             let Some(c) = checks.get_mut(&id) else {
@@ -104,10 +104,10 @@ pub(super) async fn witness(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// One check: does `GET /health` answer 200 within [`TIMEOUT`]? If not,
-/// what it got instead.
-fn check(rtr: &Path, ip: Ipv4Addr) -> std::result::Result<(), String> {
-    match crate::netns::http_get(rtr, SocketAddr::from((ip, PORT)), PATH, TIMEOUT) {
+/// One check: does `GET /health` answer 200 within `within` (the
+/// witness's [`TIMEOUT`])? If not, what it got instead.
+pub(super) fn check(rtr: &Path, ip: Ipv4Addr, within: Duration) -> std::result::Result<(), String> {
+    match crate::netns::http_get(rtr, SocketAddr::from((ip, PORT)), PATH, within) {
         Ok((200, _)) => Ok(()),
         Ok((code, body)) => Err(format!("{code}: {}", body.trim())),
         Err(e) => Err(format!("{e:#}")),
