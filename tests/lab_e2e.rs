@@ -1205,15 +1205,27 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
         .collect();
     let sent = flows.len() as f64;
     hanat_lab::lab::forge::send_raw(&lab.azs[0].host.path(), flows).unwrap();
-    // Read once the NAT has seen them all (within conntrack's 30 s for
-    // unanswered UDP).
+    // Read once the NAT has seen them all and its counters have settled
+    // (within conntrack's 30 s for unanswered UDP): two readings, further
+    // apart than the endpoint's cache of the kernel's counters, that agree
+    // (but for the probes').
+    // A reading taken while datagrams still arrive would count errors the
+    // attempts counter, read a moment earlier, does not yet include.
     let attempts = |text: &str| value(text, "hanat_connection_attempts_total");
+    let settle = Duration::from_millis(1500);
     let mut after = metrics();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while attempts(&after) - attempts(&before) < sent * 0.99 && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(200));
-        after = metrics();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(settle);
+        let next = metrics();
+        // The probes' own connections go on counting, a few a second.
+        let settled = attempts(&next) - attempts(&after) < 50.0
+            && value(&next, "hanat_port_allocation_errors_total")
+                == value(&after, "hanat_port_allocation_errors_total");
+        after = next;
+        if settled && attempts(&after) - attempts(&before) >= sent * 0.99 {
+            break;
+        }
     }
     let grew = |name: &str| value(&after, name) - value(&before, name);
     let errors = grew("hanat_port_allocation_errors_total");
