@@ -303,6 +303,27 @@ pub fn human(d: std::time::Duration) -> String {
 }
 
 #[cfg(test)]
+impl Identity {
+    /// An identity with the given ids, for tests.
+    pub fn example(instance: &str, eni: &str, vpc: &str) -> Identity {
+        Identity {
+            instance_id: InstanceId(instance.into()),
+            region: "eu-west-1".into(),
+            availability_zone: "eu-west-1a".into(),
+            mac: "02:00:00:00:00:01".into(),
+            eni: EniId(eni.into()),
+            vpc_id: crate::domain::VpcId(vpc.into()),
+            vpc_cidrs: vec![crate::domain::Ipv4Cidr {
+                addr: std::net::Ipv4Addr::new(10, 0, 0, 0),
+                prefix: 16,
+            }],
+            subnet_id: SubnetId("subnet-pub".into()),
+            private_ip: std::net::Ipv4Addr::new(10, 0, 0, 10),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

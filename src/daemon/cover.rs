@@ -1,7 +1,8 @@
 //! Covering an AZ whose own NAT cannot serve it: a peer adopts its routes,
 //! or, when no NAT instance is healthy, its fallback NAT Gateway stands in.
-//! Both are takes ([`super::take`]) with a narrow `may_take`: a stale
-//! decision can never take a route a healthy NAT holds.
+//! Both are takes ([`super::take`]) within the guards of
+//! [`crate::decide::cover`]: a stale decision can never take a route a
+//! healthy NAT holds.
 
 use tracing::{info, warn};
 
@@ -11,9 +12,10 @@ use crate::AwsError;
 use crate::aws::cloud::Cloud;
 use crate::config::NatGatewayId;
 use crate::decide::backoff::{FALLBACK_CHECK, FALLBACK_CHECK_ATTEMPTS};
+use crate::decide::cover::Guard;
 use crate::decide::peers::Peer;
 use crate::decide::routes::Observed;
-use crate::domain::{Identity, Route, RouteTarget, Status};
+use crate::domain::{Identity, RouteTarget};
 
 /// Point the dead peer's AZ's private routes at us, taking only routes that
 /// point at that peer, are blackholes, are missing, or point at the AZ's
@@ -22,23 +24,19 @@ use crate::domain::{Identity, Route, RouteTarget, Status};
 /// forwards), its connections are handed to it first. Returns how many
 /// routes changed.
 pub async fn adopt(ctx: &Ctx, dead: &Peer, leaving: bool) -> Result<usize, AwsError> {
-    let dead_targets = dead.route_targets();
     let fallback = ctx
         .config
         .peers
         .fallback_nat_gateway_id
         .get(&dead.az)
         .map(|n| RouteTarget::NatGateway(n.0.clone()));
-    let may_take = |r: &Route| {
-        r.blackhole || dead_targets.contains(&r.target) || Some(&r.target) == fallback.as_ref()
-    };
-    // Adopt only while this NAT is healthy and the peer still not.
-    let proceed = || *ctx.status.borrow() == Status::Ok && !ctx.liveness().0.contains(&dead.eni);
     let spec = Take {
         az: &dead.az,
         to: ctx.me_target(),
-        may_take: &may_take,
-        proceed: &proceed,
+        guard: Guard::Adopt {
+            dead: dead.clone(),
+            fallback,
+        },
         observed: None,
     };
     let hand = match leaving {
@@ -69,20 +67,16 @@ pub async fn fall_back(
         warn!(az, nat_gateway = %id, "peers.fallback_nat_gateway_id: the NAT Gateway {what}; leaving the AZ's routes as they are");
         return Ok(None);
     }
-    let (my_eni, my_instance) = (
-        RouteTarget::Eni(ctx.me.eni.clone()),
-        RouteTarget::Instance(ctx.me.instance_id.clone()),
-    );
-    let may_take = |r: &Route| {
-        r.blackhole || r.target == my_eni || r.target == my_instance || dead.contains(&r.target)
-    };
-    // Only while no NAT instance is healthy, this one included.
-    let proceed = || *ctx.status.borrow() != Status::Ok && ctx.liveness().0.is_empty();
     let spec = Take {
         az,
         to: RouteTarget::NatGateway(id.0.clone()),
-        may_take: &may_take,
-        proceed: &proceed,
+        guard: Guard::FallBack {
+            me: [
+                RouteTarget::Eni(ctx.me.eni.clone()),
+                RouteTarget::Instance(ctx.me.instance_id.clone()),
+            ],
+            dead: dead.to_vec(),
+        },
         // The source/destination check is the routes loop's business.
         observed: observed.map(|o| Observed {
             source_dest_check: None,

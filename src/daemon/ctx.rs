@@ -18,6 +18,7 @@ use crate::aws::cloud::Cloud;
 use crate::aws::meter::ApiMeter;
 use crate::config::Config;
 use crate::decide::backoff::{ROUND_CALLS, WATCHDOG_SLACK};
+use crate::decide::cover::Moment;
 use crate::decide::peers::PeerState;
 use crate::domain::{EniId, Identity, Ipv4Cidr, RouteTarget, Status, SubnetId};
 use crate::kernel::COMMAND_TIMEOUT;
@@ -165,6 +166,15 @@ impl Ctx {
         let (now, fresh) = (self.now(), self.config.peers.dead_after);
         let p = self.peers();
         (p.live_enis(now, fresh), p.dead_targets(now, fresh))
+    }
+
+    /// What the cover guards read before a write: this NAT's verdict and
+    /// the peers heard saying `ok`, now.
+    pub fn moment(&self) -> Moment {
+        Moment {
+            status: *self.status.borrow(),
+            live: self.liveness().0,
+        }
     }
 
     /// This NAT as a route target.

@@ -306,7 +306,7 @@ mod start_tests {
 
     #[test]
     fn probe_cidr_must_not_overlap_vpc() {
-        let id = crate::decide::routes::test_identity("i-1", "eni-1", "vpc-1");
+        let id = crate::domain::Identity::example("i-1", "eni-1", "vpc-1");
         let mut config = Config::default();
         assert!(check_probe_cidr(&id, &config).is_ok());
         config.heartbeat.probe_cidr = "10.0.200.0/30".parse().unwrap();

@@ -35,7 +35,8 @@ use crate::decide::backoff::{
     Backoff, DEPLOYMENT_LOOKUP, KEY_ON_DEMAND, KEY_READ, PEER_CONFIRM, PEER_LIST_ON_DEMAND,
     PEER_LIST_RETRY, PEER_PORT_RETRY, PEER_RECEIVE_RETRY, Schedule, WITNESS_POLL, WITNESS_WINDOW,
 };
-use crate::decide::peers::{Arrival, Cover, Decision, Message, Peer, decide};
+use crate::decide::cover::{Cover, Decision, decide};
+use crate::decide::peers::{Arrival, Message, Peer};
 use crate::domain::{InstanceId, Status};
 use crate::report;
 

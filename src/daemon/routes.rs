@@ -24,7 +24,8 @@ use super::take::{Hand, Take, hand_over_and_apply, read_and_plan, running_instan
 use super::telemetry::RouteView;
 use crate::AwsError;
 use crate::decide::backoff::{Backoff, ROUTES_RETRY};
-use crate::decide::routes::{Action, Observed, Plan, gate, points_at, unvouched_holders};
+use crate::decide::cover::{Guard, gate, own_az_falls_back, unvouched_holders};
+use crate::decide::routes::{Action, Observed, Plan, points_at};
 use crate::domain::{EniId, RouteTableId, RouteTarget, Status};
 
 pub struct RoutesLoop {
@@ -115,14 +116,10 @@ impl RoutesLoop {
 
     async fn pass(&mut self, status: Status, drain_left: bool) -> Result<(), AwsError> {
         let ctx = &*self.ctx.clone();
-        let all = |_: &crate::domain::Route| true;
-        // The plan holds while this NAT's verdict is the one it was made on.
-        let proceed = || *ctx.status.borrow() == status;
         let mut spec = Take {
             az: &ctx.me.availability_zone,
             to: ctx.me_target(),
-            may_take: &all,
-            proceed: &proceed,
+            guard: Guard::OwnAz { planned: status },
             observed: Some(super::take::read_az(ctx, &ctx.me.availability_zone, true).await?),
         };
         let (observed, plan) = read_and_plan(ctx, &mut spec).await?;
@@ -130,7 +127,7 @@ impl RoutesLoop {
         let (live, dead) = ctx.liveness();
         // This NAT cannot serve its AZ and no peer is healthy to adopt it:
         // the AZ's fallback NAT Gateway stands in, if there is one.
-        if matches!(status, Status::Failing | Status::Exiting) && live.is_empty() {
+        if own_az_falls_back(status, &live) {
             let az = &ctx.me.availability_zone;
             let moved = cover::fall_back(ctx, az, &dead, Some(&observed)).await?;
             if let Some(n) = moved.filter(|n| *n > 0) {
@@ -155,6 +152,7 @@ impl RoutesLoop {
         // Taking routes back from a NAT that still forwards (the adopter,
         // even one leaving itself): the connections it translates go on
         // through it.
+        let proceed = || spec.guard.holds(&ctx.moment());
         hand_over_and_apply(ctx, &observed, &plan, &spec.to, Hand::Holders, &proceed).await?;
         record_routes(ctx, &observed, &plan, &spec.to);
         Ok(())

@@ -15,9 +15,10 @@ use super::ctx::{Ctx, Subnets};
 use crate::AwsError;
 use crate::aws::cloud::Cloud;
 use crate::config::Config;
+use crate::decide::cover::Guard;
 use crate::decide::peers::Peer;
 use crate::decide::routes::{Action, Observed, Plan, plan_to};
-use crate::domain::{Identity, InstanceInfo, Route, RouteTarget, SubnetId};
+use crate::domain::{Identity, InstanceInfo, RouteTarget, SubnetId};
 
 /// Read what the routes loop needs from EC2: our AZ, with our interface's
 /// source/destination check.
@@ -180,14 +181,12 @@ pub enum Hand<'a> {
 /// Asked before each mutating call: whether the plan still holds.
 pub type Proceed<'a> = dyn Fn() -> bool + Sync + 'a;
 
-/// What a take is about: `az`'s routes, pointed at `to`, taking an existing
-/// route only where `may_take` allows (a missing one is always created),
-/// each only while `proceed` says the decision still holds.
+/// What a take is about: `az`'s routes, pointed at `to`, within what
+/// `guard` allows ([`crate::decide::cover`]'s rule table).
 pub struct Take<'a> {
     pub az: &'a str,
     pub to: RouteTarget,
-    pub may_take: &'a (dyn Fn(&Route) -> bool + Sync),
-    pub proceed: &'a Proceed<'a>,
+    pub guard: Guard,
     /// The AZ as already read in this pass, if it was.
     pub observed: Option<Observed>,
 }
@@ -198,7 +197,8 @@ pub async fn read_and_plan(ctx: &Ctx, take: &mut Take<'_>) -> Result<(Observed, 
         Some(o) => o,
         None => read_az(ctx, take.az, false).await?,
     };
-    let plan = plan_to(&ctx.me, &observed, &take.to, take.may_take);
+    let guard = &take.guard;
+    let plan = plan_to(&ctx.me, &observed, &take.to, &|r| guard.may_take(r));
     Ok((observed, plan))
 }
 
@@ -230,10 +230,12 @@ pub async fn hand_over_and_apply(
     Ok(plan.actions.len())
 }
 
-/// The whole path: read, plan, hand over, apply.
+/// The whole path: read, plan, hand over, apply, each write only while the
+/// guard holds.
 pub async fn take(ctx: &Ctx, mut take: Take<'_>, hand: Hand<'_>) -> Result<usize, AwsError> {
     let (observed, plan) = read_and_plan(ctx, &mut take).await?;
-    hand_over_and_apply(ctx, &observed, &plan, &take.to, hand, take.proceed).await
+    let proceed = || take.guard.holds(&ctx.moment());
+    hand_over_and_apply(ctx, &observed, &plan, &take.to, hand, &proceed).await
 }
 
 /// The instance a route points at (by interface or instance id), if EC2

@@ -4,16 +4,17 @@
 //!
 //! This layer imports only [`crate::domain`] and [`crate::config`].
 //!
-//! - [`routes`]: which routes to create or replace, what the failback gate
-//!   holds, the Elastic IP decision;
-//! - [`peers`]: the peer protocol, the peer list, who is dead and who
-//!   covers its AZ;
+//! - [`routes`]: which routes to create or replace, the Elastic IP decision;
+//! - [`peers`]: the peer list and what each peer last said;
+//! - [`cover`]: who is dead, who covers its AZ, and the guards of every
+//!   take of routes (a rule table, tested as a property);
 //! - [`heartbeat`]: the fall/rise state machine of the forwarding probe;
 //! - [`flows`]: how long a flow hand-off lasts;
 //! - [`backoff`]: every retry schedule, and the backoff type.
 
 pub mod auth;
 pub mod backoff;
+pub mod cover;
 pub mod flows;
 pub mod heartbeat;
 pub mod peers;

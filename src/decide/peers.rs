@@ -1,19 +1,13 @@
-//! Peers: the NAT instances of the same deployment in other AZs, and the
-//! pure logic that decides when this NAT adopts another AZ's routes.
+//! Peers: the NAT instances of the same deployment in other AZs, as this
+//! NAT knows them: the list from Auto Scaling and EC2, what each last said
+//! in its heartbeat, which are gone. Pure.
 //!
 //! Every daemon sends a one-line UDP heartbeat to every peer each
-//! `peers.interval`, carrying its own forwarding verdict, and at once
-//! when that verdict changes; a heartbeat counts only if [`super::auth`]
-//! accepts it (signed, fresh, not replayed) and it comes from the address
-//! EC2 gives for the instance it names. A peer is **dead** when it says so itself
-//! (`failing`, `exiting`) or when it has gone silent *and* EC2 confirms its
-//! instance is gone: silence alone (a partition) never moves a route. The
-//! AZ of a dead peer is adopted by exactly one healthy NAT: the next AZ after
-//! it in name order (wrapping) that has one. Route changes are planned by
-//! [`super::routes::plan_with`] so they only take routes that point at the
-//! dead peer, are blackholes or are missing: a stale decision is harmless.
-//! When no NAT is healthy at all, one daemon that still runs points the
-//! orphaned AZ at its fallback NAT Gateway (if configured) instead.
+//! `peers.interval`, carrying its own verdict, and at once when that
+//! verdict changes; a heartbeat counts only if [`super::auth`] accepts it
+//! (signed, fresh, not replayed) and it comes from the address EC2 gives
+//! for the instance it names. Who is dead and who covers its AZ is
+//! [`super::cover`]'s.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -21,9 +15,8 @@ use std::time::Duration;
 
 pub use super::auth::Message;
 use super::auth::{Policy, Replay};
-use super::backoff::COVER_RETRY;
 use super::flows::SILENCE;
-use crate::domain::{EniId, Identity, InstanceId, RouteTarget, Status};
+use crate::domain::{EniId, InstanceId, RouteTarget, Status};
 
 /// What to make of a heartbeat that arrived from `from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,100 +86,6 @@ impl View {
             .filter(|(at, _)| now.saturating_sub(*at) < fresh)
             .map(|(_, s)| *s)
     }
-}
-
-/// What to do about the peers this round.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Decision {
-    /// Dead peers whose AZ this NAT must adopt.
-    pub adopt: Vec<Peer>,
-    /// Silent peers whose instance state EC2 must confirm.
-    pub suspects: Vec<InstanceId>,
-    /// Dead peers, whoever adopts them (for logs).
-    pub dead: Vec<InstanceId>,
-    /// Dead peers whose AZ no healthy NAT can adopt and that this daemon
-    /// must point at the AZ's fallback NAT Gateway, if it has one.
-    pub fallback: Vec<Peer>,
-}
-
-/// Decide adoptions. `gone`: peers EC2 says are not running (or that left
-/// their group). Pure and deterministic.
-pub fn decide(
-    me: &Identity,
-    my_status: Status,
-    peers: &[Peer],
-    view: &View,
-    gone: &HashSet<InstanceId>,
-    now: Duration,
-    dead_after: Duration,
-) -> Decision {
-    let mut d = Decision::default();
-    // Healthy NATs by AZ, this one included when it forwards.
-    let mut healthy: Vec<(&str, &InstanceId)> = peers
-        .iter()
-        .filter(|p| {
-            !gone.contains(&p.instance)
-                && view.fresh(&p.instance, now, dead_after) == Some(Status::Ok)
-        })
-        .map(|p| (p.az.as_str(), &p.instance))
-        .collect();
-    if my_status == Status::Ok {
-        healthy.push((me.availability_zone.as_str(), &me.instance_id));
-    }
-    healthy.sort();
-    // Daemons still running, whatever their verdict: when no NAT is
-    // healthy, one of them points an orphaned AZ at its fallback NAT Gateway.
-    let mut running: Vec<(&str, &InstanceId)> = peers
-        .iter()
-        .filter(|p| {
-            !gone.contains(&p.instance)
-                && matches!(
-                    view.fresh(&p.instance, now, dead_after),
-                    Some(Status::Starting | Status::Ok | Status::Failing)
-                )
-        })
-        .map(|p| (p.az.as_str(), &p.instance))
-        .collect();
-    if my_status != Status::Exiting {
-        running.push((me.availability_zone.as_str(), &me.instance_id));
-    }
-    running.sort();
-    for p in peers {
-        let said = view.fresh(&p.instance, now, dead_after);
-        let dead =
-            gone.contains(&p.instance) || matches!(said, Some(Status::Failing | Status::Exiting));
-        if !dead {
-            if said.is_none() {
-                d.suspects.push(p.instance.clone());
-            }
-            continue;
-        }
-        d.dead.push(p.instance.clone());
-        // An AZ that has another healthy NAT (a replacement) needs no adopter.
-        if healthy.iter().any(|(az, _)| *az == p.az) {
-            continue;
-        }
-        if healthy.is_empty() {
-            // The AZ's own daemon, if it still runs, does this itself;
-            // otherwise the next running one in the ring.
-            let actor = running.iter().find(|(az, _)| *az >= p.az.as_str());
-            if actor
-                .or(running.first())
-                .is_some_and(|(_, id)| **id == me.instance_id)
-            {
-                d.fallback.push(p.clone());
-            }
-            continue;
-        }
-        let after = healthy.iter().find(|(az, _)| *az > p.az.as_str());
-        if after
-            .or(healthy.first())
-            .is_some_and(|(_, id)| **id == me.instance_id)
-        {
-            d.adopt.push(p.clone());
-        }
-    }
-    d
 }
 
 /// What this daemon knows of its peers: the list from Auto Scaling and EC2,
@@ -354,31 +253,16 @@ impl PeerState {
     }
 }
 
-/// How a dead peer's AZ is covered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cover {
-    /// This NAT takes its routes.
-    Adopt,
-    /// No NAT is healthy: its fallback NAT Gateway does.
-    Gateway,
-}
-
-impl Cover {
-    /// When to look at the dead peer's AZ again after covering it: each
-    /// reconcile interval after a success, [`COVER_RETRY`] after an error.
-    pub fn next_look(ok: bool, reconcile: Duration) -> Duration {
-        if ok { reconcile } else { COVER_RETRY }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::cover::{Decision, decide};
+    use crate::domain::Identity;
 
     const S: Duration = Duration::from_secs(1);
 
     fn me(az: &str) -> Identity {
-        let mut id = crate::decide::routes::test_identity("i-me", "eni-me", "vpc-1");
+        let mut id = Identity::example("i-me", "eni-me", "vpc-1");
         id.availability_zone = az.into();
         id
     }
@@ -460,115 +344,6 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_that_says_it_fails_is_adopted_by_the_next_az() {
-        let peers = [peer("i-a", "az-a"), peer("i-c", "az-c")];
-        let mut view = View::default();
-        heard(&mut view, "i-a", "az-a", Status::Failing, S * 10);
-        heard(&mut view, "i-c", "az-c", Status::Ok, S * 10);
-        // b is next after a: b adopts, c does not.
-        let d = decide_in("az-b", Status::Ok, &peers, &view, &HashSet::new(), S * 10);
-        assert_eq!(ids(&d.adopt), vec!["i-a"]);
-        // Seen from c, with b healthy: c leaves it to b.
-        let peers_c = [peer("i-a", "az-a"), peer("i-me-b", "az-b")];
-        let mut view_c = view.clone();
-        heard(&mut view_c, "i-me-b", "az-b", Status::Ok, S * 10);
-        let d = decide_in(
-            "az-c",
-            Status::Ok,
-            &peers_c,
-            &view_c,
-            &HashSet::new(),
-            S * 10,
-        );
-        assert!(d.adopt.is_empty());
-        assert_eq!(d.dead, vec![InstanceId("i-a".into())]);
-    }
-
-    #[test]
-    fn ring_wraps_and_skips_unhealthy() {
-        // c dies; a (first after wrap) adopts. From b's view b is not next.
-        let peers = [peer("i-c", "az-c"), peer("i-b", "az-b")];
-        let mut view = View::default();
-        heard(&mut view, "i-c", "az-c", Status::Exiting, S);
-        heard(&mut view, "i-b", "az-b", Status::Ok, S);
-        let d = decide_in("az-a", Status::Ok, &peers, &view, &HashSet::new(), S);
-        assert_eq!(ids(&d.adopt), vec!["i-c"]);
-        // If a is not forwarding itself, b is the only healthy one: b adopts.
-        let d = decide_in("az-a", Status::Failing, &peers, &view, &HashSet::new(), S);
-        assert!(d.adopt.is_empty());
-    }
-
-    #[test]
-    fn silence_alone_never_adopts() {
-        let peers = [peer("i-a", "az-a")];
-        let mut view = View::default();
-        heard(&mut view, "i-a", "az-a", Status::Ok, S);
-        // Partition: silent for 10 s, but EC2 says it runs.
-        let d = decide_in("az-b", Status::Ok, &peers, &view, &HashSet::new(), S * 11);
-        assert!(d.adopt.is_empty());
-        assert_eq!(d.suspects, vec![InstanceId("i-a".into())]);
-        // EC2 confirms it is gone: adopt.
-        let gone: HashSet<InstanceId> = [InstanceId("i-a".into())].into();
-        let d = decide_in("az-b", Status::Ok, &peers, &view, &gone, S * 11);
-        assert_eq!(ids(&d.adopt), vec!["i-a"]);
-    }
-
-    #[test]
-    fn a_healthy_replacement_in_the_az_means_no_adoption() {
-        let peers = [peer("i-old", "az-a"), peer("i-new", "az-a")];
-        let mut view = View::default();
-        heard(&mut view, "i-new", "az-a", Status::Ok, S);
-        let gone: HashSet<InstanceId> = [InstanceId("i-old".into())].into();
-        let d = decide_in("az-b", Status::Ok, &peers, &view, &gone, S);
-        assert!(d.adopt.is_empty());
-        // A replacement still starting does not count: keep serving the AZ.
-        heard(&mut view, "i-new", "az-a", Status::Starting, S);
-        let d = decide_in("az-b", Status::Ok, &peers, &view, &gone, S);
-        assert_eq!(ids(&d.adopt), vec!["i-old"]);
-    }
-
-    #[test]
-    fn with_no_healthy_nat_one_running_daemon_falls_back() {
-        // a is gone, b fails, c fails: nobody can adopt a. The first running
-        // daemon at or after az-a in the ring (b) points it at the fallback.
-        let gone: HashSet<InstanceId> = [InstanceId("i-a".into())].into();
-        let peers = [peer("i-a", "az-a"), peer("i-c", "az-c")];
-        let mut view = View::default();
-        heard(&mut view, "i-c", "az-c", Status::Failing, S);
-        let d = decide_in("az-b", Status::Failing, &peers, &view, &gone, S);
-        assert!(d.adopt.is_empty());
-        assert_eq!(ids(&d.fallback), vec!["i-a"]);
-        // c leaves a to b; c's own AZ is c's to fall back (it still runs).
-        let peers_c = [peer("i-a", "az-a"), peer("i-b", "az-b")];
-        let mut view_c = View::default();
-        heard(&mut view_c, "i-b", "az-b", Status::Failing, S);
-        let d = decide_in("az-c", Status::Failing, &peers_c, &view_c, &gone, S);
-        assert!(d.fallback.is_empty());
-        // A failing peer's own AZ is left to that peer.
-        let d = decide_in("az-b", Status::Failing, &peers, &view, &HashSet::new(), S);
-        assert!(d.fallback.is_empty());
-        // An exiting daemon acts for nobody; the next running one does.
-        let d = decide_in("az-b", Status::Exiting, &peers, &view, &gone, S);
-        assert!(d.fallback.is_empty());
-        // The wrap: only a running daemon before the dead AZ.
-        let peers_z = [peer("i-z", "az-z")];
-        let gone_z: HashSet<InstanceId> = [InstanceId("i-z".into())].into();
-        let d = decide_in(
-            "az-a",
-            Status::Starting,
-            &peers_z,
-            &View::default(),
-            &gone_z,
-            S,
-        );
-        assert_eq!(ids(&d.fallback), vec!["i-z"]);
-        // As soon as one NAT is healthy, it adopts instead.
-        heard(&mut view, "i-c", "az-c", Status::Ok, S);
-        let d = decide_in("az-b", Status::Failing, &peers, &view, &gone, S);
-        assert!(d.fallback.is_empty() && d.adopt.is_empty());
-    }
-
-    #[test]
     fn a_dead_peer_stays_to_be_adopted_until_its_replacement_says_ok() {
         let mut s = PeerState::default();
         let (old, new) = (peer("i-old", "a"), peer("i-new", "a"));
@@ -589,16 +364,5 @@ mod tests {
         heard(&mut s.view, "i-new", "a", Status::Ok, now + S * 29);
         s.merge(vec![new], vec![], now + S * 30);
         assert_eq!(ids(&s.peers), ["i-new"]);
-    }
-
-    #[test]
-    fn a_nat_that_is_not_ok_adopts_nothing() {
-        let peers = [peer("i-a", "az-a")];
-        let mut view = View::default();
-        heard(&mut view, "i-a", "az-a", Status::Failing, S);
-        for status in [Status::Starting, Status::Failing, Status::Exiting] {
-            let d = decide_in("az-b", status, &peers, &view, &HashSet::new(), S);
-            assert!(d.adopt.is_empty(), "{status}");
-        }
     }
 }

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::domain::{EniId, Identity, InstanceId, Ipv4Cidr, RouteTableId, SubnetId};
-use crate::domain::{Route, RouteTable, RouteTarget, Status};
+use crate::domain::{EniId, Identity, Ipv4Cidr, RouteTableId, SubnetId};
+use crate::domain::{Route, RouteTable, RouteTarget};
 
 /// What was read from EC2 in one reconcile.
 #[derive(Debug, Clone, Default)]
@@ -330,80 +330,14 @@ pub fn plan_addresses(
         .collect()
 }
 
-/// Convenience for tests and the lab: an identity with the given ids.
-#[doc(hidden)]
-pub fn test_identity(instance: &str, eni: &str, vpc: &str) -> Identity {
-    Identity {
-        instance_id: InstanceId(instance.into()),
-        region: "eu-west-1".into(),
-        availability_zone: "eu-west-1a".into(),
-        mac: "02:00:00:00:00:01".into(),
-        eni: EniId(eni.into()),
-        vpc_id: crate::domain::VpcId(vpc.into()),
-        vpc_cidrs: vec![crate::domain::Ipv4Cidr {
-            addr: std::net::Ipv4Addr::new(10, 0, 0, 0),
-            prefix: 16,
-        }],
-        subnet_id: SubnetId("subnet-pub".into()),
-        private_ip: std::net::Ipv4Addr::new(10, 0, 0, 10),
-    }
-}
-
-/// Keep only what this NAT may do now with its own AZ's routes: nothing but
-/// the source/destination check until its own forwarding is proven (`Ok`);
-/// and while `drain_left` (`failback = drain:D`), no route held by a running
-/// NAT (`holders`) or a fallback NAT Gateway. Returns the plan and how many
-/// actions were held back.
-pub fn gate(mut plan: Plan, status: Status, drain_left: bool, holders: &[EniId]) -> (Plan, usize) {
-    let before = plan.actions.len();
-    plan.actions.retain(|a| match a {
-        Action::DisableSourceDestCheck { .. } => true,
-        _ if status != Status::Ok => false,
-        Action::ReplaceRoute {
-            from: RouteTarget::Eni(e),
-            blackhole: false,
-            ..
-        } if drain_left => !holders.contains(e),
-        Action::ReplaceRoute {
-            from: RouteTarget::NatGateway(_),
-            blackhole: false,
-            ..
-        } => !drain_left,
-        _ => true,
-    });
-    let held = before - plan.actions.len();
-    (plan, held)
-}
-
-/// The interfaces of NATs whose routes `plan` would take while the failback
-/// drain lasts and that nobody has vouched for yet: `live` (heard saying
-/// `ok`) are holders already, `dead` never are. The routes loop asks EC2
-/// about these.
-pub fn unvouched_holders(plan: &Plan, live: &[EniId], dead: &[RouteTarget]) -> Vec<EniId> {
-    let mut v: Vec<EniId> = Vec::new();
-    for action in &plan.actions {
-        if let Action::ReplaceRoute {
-            from: RouteTarget::Eni(e),
-            blackhole: false,
-            ..
-        } = action
-            && !live.contains(e)
-            && !dead.contains(&RouteTarget::Eni(e.clone()))
-            && !v.contains(e)
-        {
-            v.push(e.clone());
-        }
-    }
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::InstanceId;
     use crate::domain::VpcId;
 
     fn me() -> Identity {
-        test_identity("i-me", "eni-me", "vpc-1")
+        Identity::example("i-me", "eni-me", "vpc-1")
     }
 
     fn rt(id: &str, subnets: &[&str], route: Option<(RouteTarget, bool)>) -> RouteTable {
@@ -774,62 +708,5 @@ mod tests {
             a.to_string(),
             "replace 0.0.0.0/0 in rtb-1 (now eni-2, blackhole)"
         );
-    }
-
-    #[test]
-    fn routes_wait_for_own_forwarding_and_for_the_drain() {
-        let rt = || RouteTableId("rtb-1".into());
-        let from_peer = Action::ReplaceRoute {
-            route_table: rt(),
-            from: RouteTarget::Eni(EniId("eni-peer".into())),
-            blackhole: false,
-        };
-        let from_dead = Action::ReplaceRoute {
-            route_table: rt(),
-            from: RouteTarget::Eni(EniId("eni-dead".into())),
-            blackhole: false,
-        };
-        let create = Action::CreateRoute { route_table: rt() };
-        let sdc = Action::DisableSourceDestCheck {
-            eni: EniId("eni-me".into()),
-        };
-        let plan = Plan {
-            owned: vec![rt()],
-            actions: vec![
-                from_peer.clone(),
-                from_dead.clone(),
-                create.clone(),
-                sdc.clone(),
-            ],
-            findings: vec![],
-        };
-        let from_gateway = Action::ReplaceRoute {
-            route_table: rt(),
-            from: RouteTarget::NatGateway("nat-1".into()),
-            blackhole: false,
-        };
-        let plan = Plan {
-            actions: [plan.actions, vec![from_gateway.clone()]].concat(),
-            ..plan
-        };
-        let live = [EniId("eni-peer".into())];
-        // Not proven yet: only the source/destination check.
-        for status in [Status::Starting, Status::Failing, Status::Exiting] {
-            let (p, held) = gate(plan.clone(), status, false, &live);
-            assert_eq!(p.actions, vec![sdc.clone()], "{status}");
-            assert_eq!(held, 4);
-        }
-        // Proven, draining: everything but the routes a live peer or the
-        // fallback NAT Gateway holds.
-        let (p, held) = gate(plan.clone(), Status::Ok, true, &live);
-        assert_eq!(
-            p.actions,
-            vec![from_dead.clone(), create.clone(), sdc.clone()]
-        );
-        assert_eq!(held, 2);
-        // Proven, drain over (or immediate failback): everything.
-        let (p, held) = gate(plan.clone(), Status::Ok, false, &live);
-        assert_eq!(p.actions, plan.actions);
-        assert_eq!(held, 0);
     }
 }
