@@ -5,13 +5,13 @@
 //! a typo without reading source. No I/O beyond reading the one file.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
 use crate::domain::Ipv4Cidr;
+pub use crate::domain::{Conntrack, NatGatewayId, ProbeTarget};
 
 /// A configuration problem. The message is what the operator sees.
 #[derive(Debug, thiserror::Error)]
@@ -308,19 +308,6 @@ fn sizing<'de, D: Deserializer<'de>>(d: D) -> Result<Sizing, D::Error> {
     d.deserialize_any(Visitor)
 }
 
-/// Conntrack's sizes and timeouts as the kernel takes them (seconds), for
-/// an instance with `memory` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conntrack {
-    /// `None`: leave the kernel's value.
-    pub max: Option<u64>,
-    pub buckets: Option<u64>,
-    pub tcp_established: u64,
-    pub tcp_time_wait: u64,
-    pub udp: u64,
-    pub udp_stream: u64,
-}
-
 /// What one tracked connection costs the kernel, with its share of the
 /// hash table and NAT extension, rounded up (the `nf_conntrack` slab
 /// object is 256 bytes on 64-bit kernels).
@@ -413,29 +400,6 @@ pub struct Peers {
     /// not running". Empty: EC2's own status checks still count.
     #[serde(deserialize_with = "blank_is_none")]
     pub status_check: Option<String>,
-}
-
-/// The id of a managed NAT Gateway (`nat-…`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatGatewayId(pub String);
-
-impl<'de> Deserialize<'de> for NatGatewayId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let hex = s.strip_prefix("nat-").unwrap_or_default();
-        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(serde::de::Error::custom(format!(
-                "`{s}` is not a NAT Gateway id like nat-0123456789abcdef0"
-            )));
-        }
-        Ok(NatGatewayId(s))
-    }
-}
-
-impl std::fmt::Display for NatGatewayId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 impl Peers {
@@ -644,68 +608,6 @@ impl Default for Log {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// One heartbeat target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeTarget {
-    /// `tcp://HOST:PORT`: a TCP handshake completes.
-    Tcp { host: String, port: u16 },
-    /// `http://HOST[:PORT]/PATH`: any HTTP response arrives.
-    Http { url: String },
-}
-
-impl std::fmt::Display for ProbeTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProbeTarget::Tcp { host, port } => match host.parse::<IpAddr>() {
-                Ok(IpAddr::V6(_)) => write!(f, "tcp://[{host}]:{port}"),
-                _ => write!(f, "tcp://{host}:{port}"),
-            },
-            ProbeTarget::Http { url } => f.write_str(url),
-        }
-    }
-}
-
-impl std::str::FromStr for ProbeTarget {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(rest) = s.strip_prefix("tcp://") {
-            let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
-                format!("`{s}`: a tcp target needs a port, like tcp://203.0.113.10:80")
-            })?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port: u16 = port
-                .parse()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("`{s}`: `{port}` is not a port number (1-65535)"))?;
-            if host.is_empty() || host.contains('/') {
-                return Err(format!("`{s}`: missing or bad host"));
-            }
-            Ok(ProbeTarget::Tcp {
-                host: host.to_owned(),
-                port,
-            })
-        } else if let Some(rest) = s.strip_prefix("http://") {
-            if rest.is_empty() || rest.starts_with('/') {
-                return Err(format!("`{s}`: missing host"));
-            }
-            Ok(ProbeTarget::Http { url: s.to_owned() })
-        } else {
-            Err(format!(
-                "`{s}`: unsupported target; use tcp://HOST:PORT or http://HOST[:PORT]/PATH"
-            ))
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for ProbeTarget {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl<'de> Deserialize<'de> for Ipv4Cidr {

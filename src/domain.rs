@@ -6,7 +6,7 @@
 //! decision core never sees an SDK struct. No I/O here.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 macro_rules! aws_id {
@@ -299,6 +299,104 @@ pub fn human(d: std::time::Duration) -> String {
         60..3600 => format!("{}m {}s", s / 60, s % 60),
         3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Conntrack's sizes and timeouts as the kernel takes them (seconds), for
+/// an instance with `memory` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conntrack {
+    /// `None`: leave the kernel's value.
+    pub max: Option<u64>,
+    pub buckets: Option<u64>,
+    pub tcp_established: u64,
+    pub tcp_time_wait: u64,
+    pub udp: u64,
+    pub udp_stream: u64,
+}
+
+/// The id of a managed NAT Gateway (`nat-…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatGatewayId(pub String);
+
+impl<'de> serde::Deserialize<'de> for NatGatewayId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        let hex = s.strip_prefix("nat-").unwrap_or_default();
+        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(serde::de::Error::custom(format!(
+                "`{s}` is not a NAT Gateway id like nat-0123456789abcdef0"
+            )));
+        }
+        Ok(NatGatewayId(s))
+    }
+}
+
+impl std::fmt::Display for NatGatewayId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One target of the forwarding probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeTarget {
+    /// `tcp://HOST:PORT`: a TCP handshake completes.
+    Tcp { host: String, port: u16 },
+    /// `http://HOST[:PORT]/PATH`: any HTTP response arrives.
+    Http { url: String },
+}
+
+impl std::fmt::Display for ProbeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeTarget::Tcp { host, port } => match host.parse::<IpAddr>() {
+                Ok(IpAddr::V6(_)) => write!(f, "tcp://[{host}]:{port}"),
+                _ => write!(f, "tcp://{host}:{port}"),
+            },
+            ProbeTarget::Http { url } => f.write_str(url),
+        }
+    }
+}
+
+impl std::str::FromStr for ProbeTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+                format!("`{s}`: a tcp target needs a port, like tcp://203.0.113.10:80")
+            })?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("`{s}`: `{port}` is not a port number (1-65535)"))?;
+            if host.is_empty() || host.contains('/') {
+                return Err(format!("`{s}`: missing or bad host"));
+            }
+            Ok(ProbeTarget::Tcp {
+                host: host.to_owned(),
+                port,
+            })
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(format!("`{s}`: missing host"));
+            }
+            Ok(ProbeTarget::Http { url: s.to_owned() })
+        } else {
+            Err(format!(
+                "`{s}`: unsupported target; use tcp://HOST:PORT or http://HOST[:PORT]/PATH"
+            ))
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProbeTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

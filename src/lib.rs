@@ -21,25 +21,7 @@ pub mod decide;
 pub mod domain;
 pub mod kernel;
 pub mod notify;
-
-pub use aws::AwsError;
-
-/// Exit codes, one per failure class (from sysexits.h).
-pub mod exit {
-    /// Bad command line.
-    pub const USAGE: u8 = 64;
-    /// A required service (instance metadata, AWS) is unavailable.
-    pub const UNAVAILABLE: u8 = 69;
-    /// Internal error.
-    pub const SOFTWARE: u8 = 70;
-    /// The kernel could not be configured (nft or ip missing, no permission).
-    pub const OSERR: u8 = 71;
-    /// The daemon could not send its probes for `heartbeat.unable_restart`
-    /// (out of descriptors or memory): a restart is the remedy.
-    pub const TEMPFAIL: u8 = 75;
-    /// Bad configuration file.
-    pub const CONFIG: u8 = 78;
-}
+pub mod sysexits;
 
 /// An error with its causes, `outer: inner: innermost`, skipping causes
 /// whose text the outer message already contains.

@@ -154,7 +154,7 @@ async fn fall_back(
     config: &Config,
     az: &str,
     dead: &[RouteTarget],
-) -> Result<Option<usize>, hanat::AwsError> {
+) -> Result<Option<usize>, hanat::aws::AwsError> {
     let ctx = hanat::daemon::ctx::Ctx::new(
         Arc::new(sdk.clone()),
         me.clone(),

@@ -1,6 +1,6 @@
 //! `hanat`: parse the command line and config, set up logging, build the
 //! real adapters, run. Every failure ends with one readable line on stderr
-//! and an exit code per failure class (see `hanat::exit`).
+//! and an exit code per failure class (see `hanat::sysexits`).
 
 #![forbid(unsafe_code)]
 
@@ -17,7 +17,8 @@ use hanat::daemon::{self, Deps};
 use hanat::domain::Identity;
 use hanat::kernel::link;
 use hanat::notify::Notifier;
-use hanat::{exit, report};
+use hanat::report;
+use hanat::sysexits::Sysexit;
 
 const DEFAULT_CONFIG: &str = "/etc/hanat/hanat.toml";
 
@@ -44,12 +45,12 @@ enum Command {
 }
 
 struct Failure {
-    code: u8,
+    code: Sysexit,
     message: String,
 }
 
 impl Failure {
-    fn new(code: u8, err: &(dyn std::error::Error + 'static)) -> Self {
+    fn new(code: Sysexit, err: &(dyn std::error::Error + 'static)) -> Self {
         Self {
             code,
             message: report(err),
@@ -117,14 +118,14 @@ fn main() -> ExitCode {
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hanat: {e}\n\n{USAGE}");
-            return ExitCode::from(exit::USAGE);
+            return ExitCode::from(Sysexit::Usage);
         }
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hanat: {}", report(&e));
-            return ExitCode::from(exit::CONFIG);
+            return ExitCode::from(Sysexit::Config);
         }
     };
     if let Command::CheckConfig = command {
@@ -142,7 +143,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hanat: cannot start async runtime: {e}");
-            return ExitCode::from(exit::OSERR);
+            return ExitCode::from(Sysexit::OsErr);
         }
     };
     let result = runtime.block_on(async {
@@ -166,13 +167,13 @@ fn main() -> ExitCode {
 async fn identity(imds: &Imds, config: &Config) -> Result<Identity, Failure> {
     identity_with_retry(imds, config.aws.imds_timeout)
         .await
-        .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))
+        .map_err(|e| Failure::new(Sysexit::Unavailable, &e))
 }
 
 async fn interface(config: &Config, identity: &Identity) -> Result<String, Failure> {
     link::nat_interface(&config.kernel.interface, &identity.mac)
         .await
-        .map_err(|e| Failure::new(exit::OSERR, &e))
+        .map_err(|e| Failure::new(Sysexit::OsErr, &e))
 }
 
 async fn shutdown_signal() {
@@ -228,10 +229,10 @@ async fn run(config: Config) -> Result<(), Failure> {
     };
     daemon::run(deps, shutdown_signal()).await.map_err(|e| {
         let code = match e {
-            daemon::RunError::ProbeOverlap { .. } => exit::CONFIG,
-            daemon::RunError::Kernel(_) => exit::OSERR,
-            daemon::RunError::Panicked { .. } => exit::SOFTWARE,
-            daemon::RunError::UnableToProbe { .. } => exit::TEMPFAIL,
+            daemon::RunError::ProbeOverlap { .. } => Sysexit::Config,
+            daemon::RunError::Kernel(_) => Sysexit::OsErr,
+            daemon::RunError::Panicked { .. } => Sysexit::Software,
+            daemon::RunError::UnableToProbe { .. } => Sysexit::TempFail,
         };
         Failure::new(code, &e)
     })
@@ -243,7 +244,7 @@ const PLAN_METADATA_WAIT: std::time::Duration = std::time::Duration::from_secs(3
 async fn plan(config: Config) -> Result<(), Failure> {
     let identity = hanat::aws::imds::identity_now(PLAN_METADATA_WAIT)
         .await
-        .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))?;
+        .map_err(|e| Failure::new(Sysexit::Unavailable, &e))?;
     println!(
         "instance {} in {} ({}), VPC {} {:?}, ENI {}",
         identity.instance_id,
@@ -257,12 +258,12 @@ async fn plan(config: Config) -> Result<(), Failure> {
             .collect::<Vec<_>>(),
         identity.eni
     );
-    daemon::check_probe_cidr(&identity, &config).map_err(|e| Failure::new(exit::CONFIG, &e))?;
+    daemon::check_probe_cidr(&identity, &config).map_err(|e| Failure::new(Sysexit::Config, &e))?;
     let sdk = hanat::aws::sdk_config(&identity.region, &config.aws).await;
     let found = link::nat_interface(&config.kernel.interface, &identity.mac).await;
     let dry = daemon::dry_run::dry_run(&Sdk::new(&sdk), &identity, &config, found)
         .await
-        .map_err(|e| Failure::new(exit::UNAVAILABLE, &e))?;
+        .map_err(|e| Failure::new(Sysexit::Unavailable, &e))?;
     for line in &dry.lines {
         println!("{line}");
     }
@@ -275,7 +276,7 @@ async fn plan(config: Config) -> Result<(), Failure> {
 async fn status(config: &Config, json: bool) -> Result<(), Failure> {
     let Some(listen) = config.metrics.listen else {
         return Err(Failure {
-            code: exit::CONFIG,
+            code: Sysexit::Config,
             message: "metrics.listen is \"\" in the config: the daemon serves no status to ask"
                 .into(),
         });
@@ -290,7 +291,7 @@ async fn status(config: &Config, json: bool) -> Result<(), Failure> {
         std::net::SocketAddr::new(host, listen.port())
     );
     let unavailable = |e: String| Failure {
-        code: exit::UNAVAILABLE,
+        code: Sysexit::Unavailable,
         message: format!(
             "no hanat daemon answers at {url}: {e} (is it running? `systemctl status hanat`)"
         ),

@@ -8,13 +8,13 @@ use tracing::{info, warn};
 
 use super::ctx::Ctx;
 use super::take::{Hand, Take, take};
-use crate::AwsError;
+use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
-use crate::config::NatGatewayId;
 use crate::decide::backoff::{FALLBACK_CHECK, FALLBACK_CHECK_ATTEMPTS};
 use crate::decide::cover::Guard;
 use crate::decide::peers::Peer;
 use crate::decide::routes::Observed;
+use crate::domain::NatGatewayId;
 use crate::domain::{Identity, RouteTarget};
 
 /// Point the dead peer's AZ's private routes at us, taking only routes that

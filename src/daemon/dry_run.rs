@@ -5,7 +5,7 @@
 
 use super::converge::conntrack;
 use super::take::observe;
-use crate::AwsError;
+use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
 use crate::config::{Config, Failover, MetricSet, status_check_id};
 use crate::decide::auth::Key;

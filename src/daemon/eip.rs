@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::ctx::Ctx;
 use super::log::LogThrottle;
 use super::take::running_instance;
-use crate::AwsError;
+use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
 use crate::decide::routes::{AddressAction, plan_addresses};
 use crate::domain::{Address, Identity, RouteTarget};

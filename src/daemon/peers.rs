@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 use super::cover::{adopt, fall_back};
 use super::ctx::Ctx;
 use super::log::LogThrottle;
-use crate::AwsError;
+use crate::aws::AwsError;
 use crate::decide::auth::{self, Key, Keys, Policy, Rejected, Stamp};
 use crate::decide::backoff::{
     Backoff, DEPLOYMENT_LOOKUP, KEY_ON_DEMAND, KEY_READ, PEER_CONFIRM, PEER_LIST_ON_DEMAND,

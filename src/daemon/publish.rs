@@ -23,7 +23,7 @@ use super::ctx::Ctx;
 use super::endpoints::{kernel_metrics, refresh};
 use super::log::LogThrottle;
 use super::telemetry::{KERNEL_COUNTERS, Snapshot};
-use crate::AwsError;
+use crate::aws::AwsError;
 use crate::config::MetricSet;
 use crate::domain::{Datum, Status, Unit};
 

@@ -22,7 +22,7 @@ use super::eip::EipClaim;
 use super::log::LogThrottle;
 use super::take::{Hand, Take, hand_over_and_apply, read_and_plan, running_instance};
 use super::telemetry::RouteView;
-use crate::AwsError;
+use crate::aws::AwsError;
 use crate::decide::backoff::{Backoff, ROUTES_RETRY};
 use crate::decide::cover::{Guard, gate, own_az_falls_back, unvouched_holders};
 use crate::decide::routes::{Action, Observed, Plan, points_at};

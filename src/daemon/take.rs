@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::ctx::{Ctx, Subnets};
-use crate::AwsError;
+use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
 use crate::config::Config;
 use crate::decide::cover::Guard;

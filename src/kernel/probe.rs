@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::config::ProbeTarget;
+use crate::domain::ProbeTarget;
 
 /// Why a probe has no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use super::KernelError;
-use crate::config::Conntrack;
+use crate::domain::Conntrack;
 
 /// One desired sysctl.
 #[derive(Debug, Clone, PartialEq, Eq)]
