@@ -239,9 +239,10 @@ impl Address {
 }
 
 /// What a NAT says about itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Status {
     /// Up, but its forwarding has not been proven yet.
+    #[default]
     Starting,
     /// Its forwarding probe passes.
     Ok,

@@ -21,6 +21,7 @@ pub mod decide;
 pub mod domain;
 pub mod kernel;
 pub mod notify;
+pub mod status;
 pub mod sysexits;
 
 /// An error with its causes, `outer: inner: innermost`, skipping causes

@@ -432,7 +432,7 @@ async fn user_data_writes_a_config_hanat_accepts() {
             (!allow.is_empty()).then(|| allow.to_owned()),
             "{stack}"
         );
-        assert_eq!(config.heartbeat.targets.len(), 3, "{stack}");
+        assert_eq!(config.probe.targets.len(), 3, "{stack}");
         // The heartbeat key's secret (moto does not create the secret, so
         // what its Ref gives is all there is to check here).
         assert!(config.peers.key_secret.is_some(), "{stack}");
@@ -752,7 +752,7 @@ async fn existing_vpc_template_adds_nats_to_a_vpc() {
     assert_eq!(config.cloudwatch.metrics, hanat::config::MetricSet::Alarms);
     assert_eq!(list(&out, "ElasticIps").len(), 2);
     let config = config_from_user_data(&cloud, "hanat-nat").await;
-    assert_eq!(config.heartbeat.targets.len(), 3);
+    assert_eq!(config.probe.targets.len(), 3);
     assert!(config.peers.fallback_nat_gateway_id.is_empty());
     let described = cloud
         .asg

@@ -316,8 +316,8 @@ async fn status(config: &Config, json: bool) -> Result<(), Failure> {
         print!("{body}");
         return Ok(());
     }
-    let snapshot: daemon::telemetry::Snapshot = serde_json::from_str(&body)
+    let snapshot: hanat::status::Snapshot = serde_json::from_str(&body)
         .map_err(|e| unavailable(format!("its answer is not a status ({e})")))?;
-    print!("{}", daemon::telemetry::render(&snapshot));
+    print!("{}", hanat::status::render(&snapshot));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Converging the kernel: the NAT table, the sysctls, the probe namespace
 //! and the flow hand-off device, all idempotent (see [`crate::kernel`]).
 //! Run once at start (a failure there is fatal: exit 71) and then by the
-//! heartbeat loop every `kernel.converge_interval` and when probes fail.
+//! probe loop every `kernel.converge_interval` and when probes fail.
 
 use std::net::Ipv4Addr;
 
@@ -17,7 +17,7 @@ use crate::report;
 /// The sources that are NATed: the VPC and the probe network.
 pub fn nat_sources(identity: &Identity, config: &Config) -> Vec<Ipv4Cidr> {
     let mut v = identity.vpc_cidrs.clone();
-    v.push(config.heartbeat.probe_cidr);
+    v.push(config.probe.probe_cidr);
     v
 }
 
@@ -88,8 +88,8 @@ pub async fn converge_kernel(
     if let Err(e) = kernel::apply_ruleset(&counting).await {
         skipped.push(e);
     }
-    let namespace = &config.heartbeat.probe_namespace;
-    if probe_ns::ensure(namespace, &config.heartbeat.probe_cidr).await? {
+    let namespace = &config.probe.probe_namespace;
+    if probe_ns::ensure(namespace, &config.probe.probe_cidr).await? {
         drifted.push(format!("probe namespace {namespace}"));
     }
     // Peers hand flows to this NAT whether or not it hands any itself.

@@ -7,7 +7,7 @@
 use tracing::{info, warn};
 
 use super::ctx::Ctx;
-use super::take::{Hand, Take, take};
+use super::take::{FlowsTo, Take, take};
 use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
 use crate::decide::backoff::{FALLBACK_CHECK, FALLBACK_CHECK_ATTEMPTS};
@@ -40,8 +40,8 @@ pub async fn adopt(ctx: &Ctx, dead: &Peer, leaving: bool) -> Result<usize, AwsEr
         observed: None,
     };
     let hand = match leaving {
-        true => Hand::To(dead),
-        false => Hand::Nothing,
+        true => FlowsTo::Peer(dead),
+        false => FlowsTo::Nobody,
     };
     take(ctx, spec, hand).await
 }
@@ -83,7 +83,7 @@ pub async fn fall_back(
             ..o.clone()
         }),
     };
-    take(ctx, spec, Hand::Nothing).await.map(Some)
+    take(ctx, spec, FlowsTo::Nobody).await.map(Some)
 }
 
 /// Whether EC2 says the NAT Gateway is available in our VPC; if not, why.

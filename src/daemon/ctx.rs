@@ -11,9 +11,11 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::board::StatusBoard;
 use super::flows;
+use super::metrics::Metrics;
 use super::progress::Progress;
-use super::telemetry::Telemetry;
+use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
 use crate::aws::meter::ApiMeter;
 use crate::config::Config;
@@ -29,7 +31,7 @@ pub struct Ctx {
     pub config: Config,
     /// The daemon's start: peer times are durations since it.
     pub started: Instant,
-    /// This NAT's own verdict: set by the heartbeat loop (and `exiting` by
+    /// This NAT's own verdict: set by the probe loop (and `exiting` by
     /// a planned exit), heard by the other loops and told to the peers.
     pub status: watch::Sender<Status>,
     peers: Mutex<PeerState>,
@@ -40,8 +42,13 @@ pub struct Ctx {
     pub progress: Progress,
     /// What rarely changes, read from EC2 at most every `aws.refresh_interval`.
     pub slow: Mutex<Slow>,
-    /// Metrics, and what `/status` shows.
-    pub telemetry: Telemetry,
+    /// The Prometheus metrics.
+    pub metrics: Metrics,
+    /// This instance's Auto Scaling group once known (`Some(None)`: not in
+    /// one): [`Ctx::group`].
+    group: Mutex<Option<Option<String>>>,
+    /// What the loops record for `/status` ([`Ctx::board`]).
+    board: Mutex<StatusBoard>,
     /// The private addresses new connections are translated to, the
     /// primary one first: set by the Elastic IP claim, applied by the
     /// kernel converge ([`Ctx::snat`]).
@@ -105,8 +112,41 @@ impl Ctx {
             slow: Mutex::new(Slow::default()),
             snat: Mutex::new(vec![me.private_ip]),
             me,
-            telemetry: Telemetry::new(meter),
+            metrics: Metrics::new(meter),
+            board: Mutex::new(StatusBoard::default()),
+            group: Mutex::new(None),
         })
+    }
+
+    /// What the loops record for `/status`.
+    pub fn board(&self) -> MutexGuard<'_, StatusBoard> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This instance's Auto Scaling group (`None`: not in one), asked of
+    /// Auto Scaling once and kept.
+    pub async fn group(&self) -> Result<Option<String>, AwsError> {
+        if let Some(g) = self.group.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(g);
+        }
+        let g = self.cloud.group_of(&self.me.instance_id).await?;
+        *self.group.lock().unwrap_or_else(|p| p.into_inner()) = Some(g.clone());
+        Ok(g)
+    }
+
+    /// Whether this daemon can send its probes: `None` when it can, else
+    /// for how long it could not and why (board and metric).
+    pub fn unable_to_probe(&self, unable: Option<(Duration, String)>) {
+        self.metrics
+            .unable_to_probe(unable.as_ref().map(|(d, _)| *d));
+        self.board().unable_to_probe = unable;
+    }
+
+    /// The other AZs this NAT covers now, each with how (`this_nat`,
+    /// `nat_gateway`) (board and metric).
+    pub fn covering(&self, azs: Vec<(String, &'static str)>) {
+        self.metrics.covering(&azs);
+        self.board().covering = azs;
     }
 
     /// The private addresses new connections are translated to, the
@@ -115,7 +155,7 @@ impl Ctx {
         self.snat.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Set what [`Ctx::snat`] says; the heartbeat loop applies a change
+    /// Set what [`Ctx::snat`] says; the probe loop applies a change
     /// within a round.
     pub fn set_snat(&self, addresses: Vec<Ipv4Addr>) {
         *self.snat.lock().unwrap_or_else(|p| p.into_inner()) = addresses;
@@ -144,7 +184,7 @@ impl Ctx {
             change
         });
         if changed {
-            self.telemetry.recorded().verdict_since = Instant::now();
+            self.board().verdict_since = Instant::now();
         }
         changed
     }
@@ -163,7 +203,7 @@ impl Ctx {
     /// Peers heard saying `ok` (their interfaces), and route targets of
     /// peers known dead, now.
     pub fn liveness(&self) -> (Vec<EniId>, Vec<RouteTarget>) {
-        let (now, fresh) = (self.now(), self.config.peers.dead_after);
+        let (now, fresh) = (self.now(), self.config.peers.suspect_after);
         let p = self.peers();
         (p.live_enis(now, fresh), p.dead_targets(now, fresh))
     }

@@ -94,7 +94,7 @@ async fn kernel(out: &mut DryRun, config: &Config, interface: Result<String, Ker
             counters::TABLE
         ));
     }
-    let probe = &config.heartbeat.probe_namespace;
+    let probe = &config.probe.probe_namespace;
     match probe_ns::handle(probe) {
         Ok(probe_ns::Handle::Live) => {}
         Ok(probe_ns::Handle::Missing) => {

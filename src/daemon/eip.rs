@@ -22,14 +22,13 @@ use crate::aws::cloud::Cloud;
 use crate::decide::routes::{AddressAction, plan_addresses};
 use crate::domain::{Address, Identity, RouteTarget};
 
-/// The claim's state across passes: this instance's group, once known,
-/// and when every address was last seen held by this NAT.
+/// The claim's state across passes: when every address was last seen held
+/// by this NAT, and whether "not in a group" was said.
 #[derive(Debug, Default)]
 pub struct EipClaim {
-    /// `None` until asked; `Some(None)` when not in a group.
-    group: Option<Option<String>>,
     /// Held since this reading: looked at again after `aws.refresh_interval`.
     held_at: Option<Instant>,
+    said_no_group: bool,
 }
 
 impl EipClaim {
@@ -42,25 +41,21 @@ impl EipClaim {
             return;
         }
         self.held_at = None;
-        if self.group.is_none() {
-            match ctx.cloud.group_of(&ctx.me.instance_id).await {
-                Ok(g) => {
-                    if g.is_none() {
-                        warn!("not in an Auto Scaling group: no Elastic IP to claim");
-                    }
-                    self.group = Some(g);
+        let g = match ctx.group().await {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                if !std::mem::replace(&mut self.said_no_group, true) {
+                    warn!("not in an Auto Scaling group: no Elastic IP to claim");
                 }
-                Err(e) => {
-                    if let Some(n) = throttle.check("eip", &e.to_string(), Instant::now()) {
-                        warn!(suppressed = n, error = %e, "cannot find this instance's group; will retry");
-                    }
-                }
+                return;
             }
-        }
-        let Some(Some(g)) = &self.group else {
-            return;
+            Err(e) => {
+                if let Some(n) = throttle.check("eip", &e.to_string(), Instant::now()) {
+                    warn!(suppressed = n, error = %e, "cannot find this instance's group; will retry");
+                }
+                return;
+            }
         };
-        let tag_key = &ctx.config.eip.tag_key;
         let wanted = usize::from(ctx.config.snat.addresses);
         // Without its secondary addresses the NAT still claims for the
         // ones it has (the primary one at least).
@@ -76,30 +71,17 @@ impl EipClaim {
                 vec![ctx.me.private_ip]
             }
         };
-        let result = claim_addresses(&*ctx.cloud, &ctx.me, tag_key, g, &privates).await;
-        problems.extend(match &result {
-            Ok(claims) => claims
-                .iter()
-                .filter_map(|(p, a)| match a {
-                    AddressAction::Keep | AddressAction::Associate { .. } => None,
-                    AddressAction::NoAddress => {
-                        Some(format!("{p}: no free Elastic IP tagged {tag_key}={g}"))
-                    }
-                    AddressAction::HeldByHealthy {
-                        allocation_id,
-                        holder,
-                    } => Some(format!(
-                        "{p}: Elastic IP {allocation_id} is held by running {holder}; not taking it"
-                    )),
-                })
-                .collect::<Vec<_>>(),
-            Err(e) => vec![format!("cannot claim the Elastic IPs: {e}")],
-        });
+        let tag_key = &ctx.config.eip.tag_key;
+        let result = claim_addresses(&*ctx.cloud, &ctx.me, tag_key, &g, &privates).await;
         match &result {
-            Ok(claims) => self.record(ctx, claims, wanted),
-            // Not known to be held until a claim says so.
-            Err(_) => {
-                let mut r = ctx.telemetry.recorded();
+            Ok(claims) => {
+                problems.extend(unclaimed(claims, tag_key, &g));
+                self.record(ctx, claims, wanted);
+            }
+            Err(e) => {
+                problems.push(format!("cannot claim the Elastic IPs: {e}"));
+                // Not known to be held until a claim says so.
+                let mut r = ctx.board();
                 r.elastic_ip.get_or_insert(false);
                 r.elastic_ips.get_or_insert((0, wanted));
             }
@@ -131,10 +113,29 @@ impl EipClaim {
             .map(|(_, (p, _))| *p)
             .collect();
         ctx.set_snat(snat);
-        let mut r = ctx.telemetry.recorded();
+        let mut r = ctx.board();
         r.elastic_ip = claims.first().map(|(_, a)| held(a));
         r.elastic_ips = Some((claims.iter().filter(|(_, a)| held(a)).count(), wanted));
     }
+}
+
+/// Why each private address of `claims` holds no Elastic IP.
+fn unclaimed(claims: &[(Ipv4Addr, AddressAction)], tag_key: &str, group: &str) -> Vec<String> {
+    claims
+        .iter()
+        .filter_map(|(p, a)| match a {
+            AddressAction::Keep | AddressAction::Associate { .. } => None,
+            AddressAction::NoAddress => {
+                Some(format!("{p}: no free Elastic IP tagged {tag_key}={group}"))
+            }
+            AddressAction::HeldByHealthy {
+                allocation_id,
+                holder,
+            } => Some(format!(
+                "{p}: Elastic IP {allocation_id} is held by running {holder}; not taking it"
+            )),
+        })
+        .collect()
 }
 
 /// This NAT's first `wanted` private addresses, the primary one first,

@@ -1,5 +1,6 @@
-//! The endpoints of [`super::telemetry`] on `metrics.listen`: `/metrics`,
-//! `/health` and `/status`, read from the daemon's shared state when asked.
+//! The endpoints on `metrics.listen`: `/metrics` ([`super::metrics`]),
+//! `/health` and `/status` ([`super::snapshot`]), read from the
+//! daemon's shared state when asked.
 //!
 //! Whoever can reach the port must not be able to take what the daemon
 //! needs to work (descriptors, memory, CPU, tasks), so the server is
@@ -29,13 +30,11 @@ use tracing::{info, warn};
 
 use super::ctx::Ctx;
 use super::log::LogThrottle;
-use super::telemetry::{CloudWatchView, ErrorView, HandoffView, PeerView, Snapshot, conntrack};
+use super::snapshot::snapshot;
 use crate::decide::backoff::PEER_PORT_RETRY;
-use crate::domain::Status;
 use crate::kernel::counters;
-
-/// How long an answer waits for the hand-offs.
-const FLOWS_WAIT: Duration = Duration::from_millis(300);
+use crate::kernel::sysctl::conntrack_fill;
+use crate::status::Snapshot;
 
 /// Connections served at once. A scraper and EC2's status check need one
 /// each; the rest is room for `hanat status` and a few more scrapers.
@@ -74,143 +73,12 @@ fn recount_due(entries: i64, since: Option<Duration>) -> bool {
     entries <= ACTIVE_CHEAP || since.is_none_or(|s| s >= ACTIVE_RECOUNT)
 }
 
-/// Read the daemon's state now (and set the gauges from it).
-pub async fn snapshot(ctx: &Ctx) -> Snapshot {
-    let t = &ctx.telemetry;
-    let verdict = *ctx.status.borrow();
-    // A loop may hold the hand-offs during a kernel command (bounded at
-    // 10 s): an answer must not wait that long, so they may be unknown.
-    let handoffs: Option<Vec<HandoffView>> =
-        match tokio::time::timeout(FLOWS_WAIT, ctx.flows.lock()).await {
-            Ok(flows) => Some(
-                flows
-                    .in_force()
-                    .into_iter()
-                    .map(|h| HandoffView {
-                        peer: h.peer,
-                        sources: h.sources.iter().map(ToString::to_string).collect(),
-                    })
-                    .collect(),
-            ),
-            Err(_) => None,
-        };
-    let (now, fresh) = (ctx.now(), ctx.config.peers.dead_after);
-    let peers: Vec<PeerView> = {
-        let s = ctx.peers();
-        s.peers
-            .iter()
-            .map(|p| PeerView {
-                instance: p.instance.to_string(),
-                az: p.az.clone(),
-                ip: p.ip,
-                verdict: s.view.fresh(&p.instance, now, fresh).map(|v| v.to_string()),
-                silent_s: s.view.silence(&p.instance, now).map(|d| d.as_secs_f64()),
-                gone: s.gone.contains(&p.instance),
-            })
-            .collect()
-    };
-    let (entries, max) = conntrack();
-    let stuck = ctx.progress.stuck();
-    let r = t.recorded();
-    let routes = r.own_routes.clone();
-    let mut reasons = Vec::new();
-    match verdict {
-        Status::Ok => {}
-        Status::Starting => {
-            reasons.push("starting: its forwarding probe has not passed yet".into())
-        }
-        Status::Failing => reasons.push("failing: its forwarding probes fail".into()),
-        Status::Exiting => reasons.push("exiting: a planned exit is under way".into()),
-    }
-    for (name, ran) in &stuck {
-        reasons.push(format!(
-            "the {name} loop is stuck ({}s into a round)",
-            ran.as_secs()
-        ));
-    }
-    let mut warnings = Vec::new();
-    let elsewhere = routes.iter().filter(|r| !r.this_nat).count();
-    if elsewhere > 0 && verdict == Status::Ok {
-        warnings.push(format!(
-            "{elsewhere} of this AZ's {} route tables do not point at this NAT",
-            routes.len()
-        ));
-    }
-    if r.elastic_ip == Some(false) {
-        warnings.push("this AZ's Elastic IP is not on this NAT".into());
-    }
-    let snat = ctx.snat();
-    if let Some((held, wanted)) = r.elastic_ips
-        && held < wanted
-        && wanted > 1
-    {
-        warnings.push(format!(
-            "{held} of {wanted} Elastic IPs held (snat.addresses): new connections use {} addresses",
-            snat.len()
-        ));
-    }
-    if let Some(check) = &ctx.config.peers.status_check
-        && r.status_check.is_none()
-    {
-        warnings.push(format!(
-            "not yet under application status check {check} (peers.status_check): a freeze would be caught only by EC2's own checks"
-        ));
-    }
-    let errors: Vec<ErrorView> = r
-        .errors
-        .iter()
-        .map(|(what, (at, e))| ErrorView {
-            what: (*what).to_owned(),
-            error: e.clone(),
-            ago_s: at.elapsed().as_secs_f64(),
-        })
-        .collect();
-    for e in &errors {
-        warnings.push(format!("{}: {}", e.what, e.error));
-    }
-    if let Some((unable_s, why)) = &r.unable_to_probe {
-        warnings.push(format!(
-            "cannot send its probes for {} ({why}): no evidence about forwarding, so the verdict stays; the daemon restarts itself if it lasts heartbeat.unable_restart",
-            super::telemetry::human(*unable_s)
-        ));
-    }
-    let cw = &ctx.config.cloudwatch;
-    let snap = Snapshot {
-        instance: ctx.me.instance_id.to_string(),
-        az: ctx.me.availability_zone.clone(),
-        verdict: verdict.to_string(),
-        verdict_for_s: r.verdict_since.elapsed().as_secs_f64(),
-        healthy: reasons.is_empty(),
-        reasons,
-        warnings,
-        routes,
-        peers,
-        handoffs,
-        elastic_ip_held: r.elastic_ip,
-        elastic_ips: r.elastic_ips,
-        snat_addresses: snat.iter().map(ToString::to_string).collect(),
-        status_check: r.status_check.clone(),
-        conntrack_entries: entries,
-        conntrack_max: max,
-        cloudwatch: cw.enabled.then(|| CloudWatchView {
-            namespace: cw.namespace.clone(),
-            every_s: cw.interval.as_secs_f64(),
-            last_put_s: r.last_publish.map(|t| t.elapsed().as_secs_f64()),
-        }),
-        since_reconcile_s: r.last_reconcile.map(|t| t.elapsed().as_secs_f64()),
-        since_converge_s: r.last_converge.map(|t| t.elapsed().as_secs_f64()),
-        errors,
-        unable_to_probe: r.unable_to_probe.clone(),
-    };
-    drop(r);
-    t.show(&snap);
-    snap
-}
-
-/// Bring every metric up to date: the daemon's state ([`snapshot`], which
-/// it returns) and the kernel's counters ([`kernel_metrics`]).
+/// Bring every metric up to date and return the snapshot they were set
+/// from: the daemon's state ([`snapshot`]) and the kernel's counters
+/// ([`kernel_metrics`]).
 pub async fn refresh(ctx: &Ctx) -> Snapshot {
     let snap = snapshot(ctx).await;
+    ctx.metrics.show(&snap);
     kernel_metrics(ctx).await;
     snap
 }
@@ -220,57 +88,15 @@ pub async fn refresh(ctx: &Ctx) -> Snapshot {
 /// [`KERNEL_READ_EVERY`]: concurrent callers wait for the one reading.
 /// What cannot be read is left as it was.
 pub async fn kernel_metrics(ctx: &Ctx) {
-    let mut last = ctx.telemetry.kernel_read_at.lock().await;
+    let mut last = ctx.metrics.kernel_read_at.lock().await;
     if last.is_some_and(|at| at.elapsed() < KERNEL_READ_EVERY) {
         return;
     }
     *last = Some(tokio::time::Instant::now());
-    ctx.telemetry.kernel_read();
-    let mut values: Vec<(&str, u64)> = Vec::new();
-    if let Ok(c) = counters::read().await {
-        let get = |name: &str| c.get(name).copied().unwrap_or_default();
-        for (counter, bytes, packets) in [
-            (
-                "in_from_source",
-                "bytes_in_from_source",
-                "packets_in_from_source",
-            ),
-            (
-                "out_to_destination",
-                "bytes_out_to_destination",
-                "packets_out_to_destination",
-            ),
-            (
-                "in_from_destination",
-                "bytes_in_from_destination",
-                "packets_in_from_destination",
-            ),
-            (
-                "out_to_source",
-                "bytes_out_to_source",
-                "packets_out_to_source",
-            ),
-        ] {
-            let v = get(counter);
-            values.push((bytes, v.bytes));
-            values.push((packets, v.packets));
-        }
-        values.push(("connection_attempts", get("connection_attempts").packets));
-        values.push((
-            "connections_established",
-            get("connections_established").packets,
-        ));
-        let stats = std::fs::read_to_string("/proc/net/stat/nf_conntrack")
-            .map(|t| counters::parse_stats(&t))
-            .unwrap_or_default();
-        let stat = |k: &str| stats.get(k).copied().unwrap_or(0);
-        values.push(("port_allocation_errors", stat("insert_failed")));
-        values.push((
-            "packets_dropped",
-            stat("drop") + stat("early_drop") + stat("insert_failed") + get("invalid").packets,
-        ));
+    ctx.metrics.kernel_read();
+    if let Ok(values) = counters::read_gateway().await {
+        ctx.metrics.kernel(&values);
     }
-    ctx.telemetry.kernel(&values);
     count_active(ctx).await;
 }
 
@@ -278,10 +104,10 @@ pub async fn kernel_metrics(ctx: &Ctx) {
 /// running or [`recount_due`] says it is too soon. An unreadable table
 /// counts none.
 async fn count_active(ctx: &Ctx) {
-    let Ok(mut last) = ctx.telemetry.active_counted.try_lock() else {
+    let Ok(mut last) = ctx.metrics.active_counted.try_lock() else {
         return;
     };
-    if !recount_due(conntrack().0, last.map(|at| at.elapsed())) {
+    if !recount_due(conntrack_fill().0, last.map(|at| at.elapsed())) {
         return;
     }
     let sources = ctx.me.vpc_cidrs.clone();
@@ -292,7 +118,7 @@ async fn count_active(ctx: &Ctx) {
     })
     .await
     .unwrap_or(0);
-    ctx.telemetry.set_active(counted as i64);
+    ctx.metrics.set_active(counted as i64);
     *last = Some(tokio::time::Instant::now());
 }
 
@@ -342,7 +168,7 @@ pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr) {
         };
         let Some(slot) = limits.admit(from.ip()) else {
             // Shed: closed at once, its descriptor freed.
-            ctx.telemetry.endpoint_shed();
+            ctx.metrics.endpoint_shed();
             drop(stream);
             continue;
         };
@@ -451,8 +277,8 @@ async fn answer(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .and_then(|a| a.to_str().ok())
                 .is_some_and(|a| a.contains("application/openmetrics-text"));
             let encoded = match openmetrics {
-                true => ctx.telemetry.encode().map(|t| (OPENMETRICS, t)),
-                false => ctx.telemetry.encode_classic().map(|t| (CLASSIC, t)),
+                true => ctx.metrics.encode().map(|t| (OPENMETRICS, t)),
+                false => ctx.metrics.encode_classic().map(|t| (CLASSIC, t)),
             };
             match encoded {
                 Ok((kind, text)) => reply(StatusCode::OK, kind, text),

@@ -92,7 +92,7 @@ async fn poll_once(imds: &Imds) -> Result<Option<Reason>, String> {
 
 /// Hand this NAT's routes to a peer and drain. Returns when it is safe to
 /// stop forwarding.
-pub async fn hand_off(ctx: &Ctx, reason: Reason) {
+pub async fn leave(ctx: &Ctx, reason: Reason) {
     warn!(%reason, "planned exit: handing this AZ's routes to a peer");
     ctx.set_verdict(Status::Exiting);
     let start = Instant::now();
@@ -147,7 +147,7 @@ async fn wait_for_routes_to_move(ctx: &Ctx, start: Instant) -> bool {
 async fn complete_lifecycle_action(ctx: &Ctx) {
     let (cloud, me, hook) = (&ctx.cloud, &ctx.me, &ctx.config.exit.lifecycle_hook);
     let completed = async {
-        match cloud.group_of(&me.instance_id).await? {
+        match ctx.group().await? {
             Some(g) => cloud
                 .complete_lifecycle_action(&g, hook, &me.instance_id)
                 .await

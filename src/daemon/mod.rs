@@ -22,6 +22,7 @@
 //! daemon adopts it all. Errors inside a loop are logged (identical repeats
 //! at most once a minute) and retried; they never end the daemon.
 
+pub mod board;
 pub mod converge;
 pub mod cover;
 pub mod ctx;
@@ -30,14 +31,15 @@ pub mod eip;
 pub mod endpoints;
 pub mod exit;
 pub mod flows;
-pub mod heartbeat;
 pub mod log;
+pub mod metrics;
 pub mod peers;
+pub mod probe;
 pub mod progress;
 pub mod publish;
 pub mod routes;
+pub mod snapshot;
 pub mod take;
-pub mod telemetry;
 pub mod witness;
 
 use std::collections::HashMap;
@@ -51,8 +53,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 use self::converge::{converge_kernel, flow_handoff_on};
 use self::ctx::Ctx;
 use self::flows::FlowHandoff;
-use self::heartbeat::HeartbeatLoop;
 use self::peers::PeersLoop;
+use self::probe::ProbeLoop;
 use self::routes::RoutesLoop;
 use crate::aws::cloud::Cloud;
 use crate::aws::imds::Imds;
@@ -81,7 +83,7 @@ pub struct Deps {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The probe network overlaps the VPC: probes would be indistinguishable.
-    #[error("heartbeat.probe_cidr {probe} overlaps the VPC CIDR {vpc}; choose another /30")]
+    #[error("probe.probe_cidr {probe} overlaps the VPC CIDR {vpc}; choose another /30")]
     ProbeOverlap { probe: Ipv4Cidr, vpc: Ipv4Cidr },
     /// The kernel could not be configured for NAT.
     #[error("cannot configure kernel NAT")]
@@ -90,14 +92,14 @@ pub enum RunError {
     /// daemon with a loop missing.
     #[error("the {task} task panicked: {detail}")]
     Panicked { task: &'static str, detail: String },
-    /// The probes could not be sent for `heartbeat.unable_restart`.
+    /// The probes could not be sent for `probe.unable_restart`.
     #[error(transparent)]
-    UnableToProbe(#[from] heartbeat::UnableToProbe),
+    UnableToProbe(#[from] probe::UnableToProbe),
 }
 
 /// Check that the probe network does not collide with the VPC.
 pub fn check_probe_cidr(identity: &Identity, config: &Config) -> Result<(), RunError> {
-    let probe = config.heartbeat.probe_cidr;
+    let probe = config.probe.probe_cidr;
     match identity.vpc_cidrs.iter().find(|v| v.overlaps(&probe)) {
         Some(vpc) => Err(RunError::ProbeOverlap { probe, vpc: *vpc }),
         None => Ok(()),
@@ -131,33 +133,61 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         vpc_cidrs = ?identity.vpc_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "starting"
     );
-    // Until the Elastic IP claim says which secondary addresses have a
-    // public address, new connections take the primary one.
-    let converged = converge_kernel(&identity, &config, &interface, &[identity.private_ip]).await?;
+    let flows = set_up_kernel(&identity, &config, &interface, &notifier).await?;
+    let ctx = Ctx::metered(cloud, identity, config, flows, &api_meter);
+    let (mut tasks, exit_watch) = spawn_loops(&ctx, imds, interface);
+    let result = supervise(&ctx, &notifier, &mut tasks, shutdown).await;
+    exit_watch.abort();
+    if result.is_ok() && ctx.config.exit.handoff_on_stop && *ctx.status.borrow() != Status::Exiting
+    {
+        notifier.status("handing routes to a peer before stopping");
+        exit::leave(&ctx, exit::Reason::Stop).await;
+    }
+    notifier.stopping();
+    tasks.set.shutdown().await;
+    info!("stopping; routes, rules and sysctls stay in place");
+    result
+}
+
+/// Converge the kernel NAT (until the Elastic IP claim says which
+/// secondary addresses have a public address, new connections take the
+/// primary one), tell systemd, and resume the flow hand-offs a previous
+/// daemon left.
+async fn set_up_kernel(
+    identity: &Identity,
+    config: &Config,
+    interface: &str,
+    notifier: &Notifier,
+) -> Result<FlowHandoff, RunError> {
+    let converged = converge_kernel(identity, config, interface, &[identity.private_ip]).await?;
     for skipped in converged.skipped {
         warn!(error = %report(&skipped), "optional kernel setting not made");
     }
-    info!(namespace = %config.heartbeat.probe_namespace, "kernel NAT configured");
+    info!(namespace = %config.probe.probe_namespace, "kernel NAT configured");
     notifier.ready("kernel NAT configured; taking over routes");
-
-    let max = match flow_handoff_on(&config) {
+    let max = match flow_handoff_on(config) {
         true => config.peers.flow_handoff,
         false => Duration::ZERO,
     };
     let mut flows = FlowHandoff::new(
-        &interface,
+        interface,
         config.peers.tunnel_port(),
         &identity.vpc_cidrs,
         max,
     );
     flows.resume(tokio::time::Instant::now()).await;
-    let ctx = Ctx::metered(cloud, identity, config, flows, &api_meter);
+    Ok(flows)
+}
+
+/// Start every loop the configuration asks for; returns them, and the
+/// planned-exit watch (aborted at shutdown).
+fn spawn_loops(ctx: &Arc<Ctx>, imds: Imds, interface: String) -> (Tasks, AbortHandle) {
     let mut tasks = Tasks::default();
     let exit_watch = tasks.spawn("exit", {
         let ctx = ctx.clone();
         async move {
             let reason = exit::watch_metadata(&ctx, &imds).await;
-            exit::hand_off(&ctx, reason).await;
+            exit::leave(&ctx, reason).await;
             ctx.progress.done("exit");
         }
     });
@@ -184,25 +214,15 @@ async fn run_inner(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<(),
         });
     }
     if let Some(addr) = ctx.config.metrics.listen {
-        tasks.spawn("telemetry", endpoints::serve(ctx.clone(), addr));
+        tasks.spawn("endpoints", endpoints::serve(ctx.clone(), addr));
     }
     tasks.spawn("routes", RoutesLoop::new(ctx.clone()).run());
-    let heartbeat = HeartbeatLoop::new(ctx.clone(), interface);
-    tasks.spawn_fallible("heartbeat", async move {
-        heartbeat.run().await.map_err(RunError::from)
-    });
-
-    let result = supervise(&ctx, &notifier, &mut tasks, shutdown).await;
-    exit_watch.abort();
-    if result.is_ok() && ctx.config.exit.handoff_on_stop && *ctx.status.borrow() != Status::Exiting
-    {
-        notifier.status("handing routes to a peer before stopping");
-        exit::hand_off(&ctx, exit::Reason::Stop).await;
-    }
-    notifier.stopping();
-    tasks.set.shutdown().await;
-    info!("stopping; routes, rules and sysctls stay in place");
-    result
+    let probe = ProbeLoop::new(ctx.clone(), interface);
+    tasks.spawn_fallible(
+        "probe",
+        async move { probe.run().await.map_err(RunError::from) },
+    );
+    (tasks, exit_watch)
 }
 
 /// Wait for `shutdown`, pinging the systemd watchdog while every loop
@@ -309,11 +329,11 @@ mod start_tests {
         let id = crate::domain::Identity::example("i-1", "eni-1", "vpc-1");
         let mut config = Config::default();
         assert!(check_probe_cidr(&id, &config).is_ok());
-        config.heartbeat.probe_cidr = "10.0.200.0/30".parse().unwrap();
+        config.probe.probe_cidr = "10.0.200.0/30".parse().unwrap();
         let e = check_probe_cidr(&id, &config).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "heartbeat.probe_cidr 10.0.200.0/30 overlaps the VPC CIDR 10.0.0.0/16; choose another /30"
+            "probe.probe_cidr 10.0.200.0/30 overlaps the VPC CIDR 10.0.0.0/16; choose another /30"
         );
     }
 

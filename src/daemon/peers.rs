@@ -148,7 +148,7 @@ impl PeersLoop {
                 &s.view,
                 &s.gone,
                 self.ctx.now(),
-                self.ctx.config.peers.dead_after,
+                self.ctx.config.peers.suspect_after,
             )
         };
         for id in &decision.dead {
@@ -323,16 +323,16 @@ impl PeersLoop {
 
     /// Adoptions and fallbacks share one schedule per dead peer.
     async fn cover(&mut self, decision: Decision) {
-        let covering: Vec<(&str, &'static str)> = (decision.adopt.iter())
-            .map(|p| (p.az.as_str(), "this_nat"))
+        let covering: Vec<(String, &'static str)> = (decision.adopt.iter())
+            .map(|p| (p.az.clone(), "this_nat"))
             .chain(
                 decision
                     .fallback
                     .iter()
-                    .map(|p| (p.az.as_str(), "nat_gateway")),
+                    .map(|p| (p.az.clone(), "nat_gateway")),
             )
             .collect();
-        self.ctx.telemetry.covering(&covering);
+        self.ctx.covering(covering);
         let covers = (decision.adopt.into_iter().map(|p| (p, Cover::Adopt)))
             .chain(decision.fallback.into_iter().map(|p| (p, Cover::Gateway)));
         for (dead, cover) in covers {
@@ -446,7 +446,7 @@ async fn deployment(ctx: &Ctx) -> Option<String> {
     let tag = &ctx.config.peers.group_tag;
     loop {
         let found = async {
-            let Some(group) = ctx.cloud.group_of(&ctx.me.instance_id).await? else {
+            let Some(group) = ctx.group().await? else {
                 let why = format!("{} is not in an Auto Scaling group", ctx.me.instance_id);
                 return Ok::<_, AwsError>(Err(why));
             };
@@ -631,7 +631,7 @@ async fn receive(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
             Ok(o) => o.msg,
             Err(Rejected::Malformed) => continue,
             Err(why) => {
-                ctx.telemetry.heartbeat_rejected(why.label());
+                ctx.metrics.heartbeat_rejected(why.label());
                 if matches!(why, Rejected::UnknownKey(_)) {
                     ctx.peers().key_wanted = true;
                 }
@@ -650,7 +650,7 @@ async fn receive(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
             let (what, changed) = s.hear(&msg, from, ctx.now());
             (what, changed, silence.filter(|_| what == Arrival::Record))
         };
-        if let Some(gap) = silence.filter(|g| *g >= ctx.config.peers.dead_after) {
+        if let Some(gap) = silence.filter(|g| *g >= ctx.config.peers.suspect_after) {
             warn!(peer = %msg.instance, silent_ms = gap.as_millis() as u64, status = %msg.status, "heard a peer again after a silence longer than peers.dead_after");
         }
         if what == Arrival::WrongSender {

@@ -2,7 +2,7 @@
 //! ([`Progress::beat`]) and how long a round may take at most; the
 //! supervisor pings the systemd watchdog only while no loop has overrun its
 //! bound ([`Progress::stuck`]), so a loop wedged on any await gets the
-//! daemon restarted, not just a wedged heartbeat loop.
+//! daemon restarted, not just a wedged probe loop.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

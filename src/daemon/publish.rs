@@ -22,10 +22,11 @@ use tracing::{info, warn};
 use super::ctx::Ctx;
 use super::endpoints::{kernel_metrics, refresh};
 use super::log::LogThrottle;
-use super::telemetry::{KERNEL_COUNTERS, Snapshot};
 use crate::aws::AwsError;
 use crate::config::MetricSet;
 use crate::domain::{Datum, Status, Unit};
+use crate::kernel::counters::GATEWAY_COUNTERS;
+use crate::status::Snapshot;
 
 /// Whether an AZ has a NAT that forwards for it, by VPC and AZ.
 pub const FORWARDING_NAT: &str = "ForwardingNat";
@@ -68,7 +69,7 @@ pub fn data(r: &Reading, set: MetricSet) -> Vec<Datum> {
         value,
         unit,
     };
-    let mut out: Vec<Datum> = KERNEL_COUNTERS
+    let mut out: Vec<Datum> = GATEWAY_COUNTERS
         .iter()
         .map(|k| {
             let now = r.totals.get(k.name).copied().unwrap_or(0);
@@ -119,7 +120,7 @@ impl PublishLoop {
     /// daemon started is not this minute's traffic.
     pub async fn start(ctx: Arc<Ctx>) -> Self {
         kernel_metrics(&ctx).await;
-        let (sent, _) = ctx.telemetry.kernel_totals();
+        let (sent, _) = ctx.metrics.kernel_totals();
         PublishLoop {
             ctx,
             sent,
@@ -148,7 +149,7 @@ impl PublishLoop {
                 }
             }
             self.ctx
-                .telemetry
+                .board()
                 .error("cloudwatch", result.err().map(|e| e.to_string()));
         }
     }
@@ -157,9 +158,9 @@ impl PublishLoop {
     pub async fn tick(&mut self) -> Result<usize, AwsError> {
         let ctx = &self.ctx;
         let snapshot = refresh(ctx).await;
-        let group = ctx.cloud.group_of(&ctx.me.instance_id).await?;
-        let (totals, active) = ctx.telemetry.kernel_totals();
-        let covering = ctx.telemetry.recorded().covering.clone();
+        let group = ctx.group().await?;
+        let (totals, active) = ctx.metrics.kernel_totals();
+        let covering = ctx.board().covering.clone();
         let reading = Reading {
             snapshot: &snapshot,
             vpc: &ctx.me.vpc_id.0,
@@ -172,7 +173,7 @@ impl PublishLoop {
         let cw = &ctx.config.cloudwatch;
         let data = data(&reading, cw.metrics);
         ctx.cloud.put_metric_data(&cw.namespace, &data).await?;
-        ctx.telemetry.recorded().last_publish = Some(Instant::now());
+        ctx.board().last_publish = Some(Instant::now());
         self.sent = totals;
         Ok(data.len())
     }
@@ -181,7 +182,7 @@ impl PublishLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::telemetry::{PeerView, RouteView};
+    use crate::status::{PeerView, RouteView};
 
     fn snapshot(verdict: Status, own_routes_here: bool) -> Snapshot {
         Snapshot {

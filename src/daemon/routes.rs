@@ -20,13 +20,13 @@ use super::cover;
 use super::ctx::Ctx;
 use super::eip::EipClaim;
 use super::log::LogThrottle;
-use super::take::{Hand, Take, hand_over_and_apply, read_and_plan, running_instance};
-use super::telemetry::RouteView;
+use super::take::{FlowsTo, Take, hand_off_and_apply, read_and_plan, running_instance};
 use crate::aws::AwsError;
 use crate::decide::backoff::{Backoff, ROUTES_RETRY};
 use crate::decide::cover::{Guard, gate, own_az_falls_back, unvouched_holders};
 use crate::decide::routes::{Action, Observed, Plan, points_at};
 use crate::domain::{EniId, RouteTableId, RouteTarget, Status};
+use crate::status::RouteView;
 
 pub struct RoutesLoop {
     ctx: Arc<Ctx>,
@@ -87,11 +87,11 @@ impl RoutesLoop {
         let drain_left = self.healthy_since.is_some_and(|t| t.elapsed() < failback);
         let result = self.pass(status, drain_left).await;
         self.ctx
-            .telemetry
+            .board()
             .error("routes", result.as_ref().err().map(ToString::to_string));
         match result {
             Ok(()) => {
-                self.ctx.telemetry.recorded().last_reconcile = Some(Instant::now());
+                self.ctx.board().last_reconcile = Some(Instant::now());
                 self.throttle.clear("aws");
                 self.backoff.reset();
                 let wait = jittered(self.ctx.config.routes.reconcile_interval);
@@ -153,7 +153,7 @@ impl RoutesLoop {
         // even one leaving itself): the connections it translates go on
         // through it.
         let proceed = || spec.guard.holds(&ctx.moment());
-        hand_over_and_apply(ctx, &observed, &plan, &spec.to, Hand::Holders, &proceed).await?;
+        hand_off_and_apply(ctx, &observed, &plan, &spec.to, FlowsTo::Holders, &proceed).await?;
         record_routes(ctx, &observed, &plan, &spec.to);
         Ok(())
     }
@@ -227,7 +227,7 @@ fn record_routes(ctx: &Ctx, observed: &Observed, plan: &Plan, to: &RouteTarget) 
             }
         })
         .collect();
-    ctx.telemetry.recorded().own_routes = routes;
+    ctx.board().own_routes = routes;
 }
 
 fn jittered(d: Duration) -> Duration {

@@ -2,7 +2,7 @@
 //! that the own-AZ pass, adoption of a dead peer's AZ and the NAT Gateway
 //! fallback all go through — read the AZ ([`observe_az`]), plan
 //! ([`crate::decide::routes`]), hand the connections of the routes taken
-//! back to a NAT that still forwards ([`Hand`]), apply ([`apply_to`]).
+//! back to a NAT that still forwards ([`FlowsTo`]), apply ([`apply_to`]).
 //!
 //! Every mutating call changes one route or one attribute; [`apply_to`]
 //! tries every action of a plan and returns the first error, so a failed
@@ -165,13 +165,14 @@ pub async fn apply_to(
     first_err.map_or(Ok(()), Err)
 }
 
-/// Whose connections go back to them when routes are taken.
-pub enum Hand<'a> {
-    /// Nobody's: the routes go to a NAT Gateway, or their holder is dead.
-    Nothing,
-    /// This peer's, which is leaving and still forwards (adoption at a
+/// To whom the connections of the routes taken are handed off (flow
+/// hand-off: they go on through the NAT that translated them).
+pub enum FlowsTo<'a> {
+    /// Nobody: the routes go to a NAT Gateway, or their holder is dead.
+    Nobody,
+    /// This peer, which is leaving and still forwards (adoption at a
     /// planned exit).
-    To(&'a Peer),
+    Peer(&'a Peer),
     /// Every holder of a route taken that may still forward, whether the
     /// peer list knows it or EC2 must say who it is (taking our own AZ back
     /// from an adopter).
@@ -202,29 +203,30 @@ pub async fn read_and_plan(ctx: &Ctx, take: &mut Take<'_>) -> Result<(Observed, 
     Ok((observed, plan))
 }
 
-/// Hand the connections of the routes `plan` takes to `hand`, then apply.
+/// Hand off the connections of the routes `plan` takes (to `hand`), then
+/// apply.
 /// Returns how many actions were applied.
-pub async fn hand_over_and_apply(
+pub async fn hand_off_and_apply(
     ctx: &Ctx,
     observed: &Observed,
     plan: &Plan,
     to: &RouteTarget,
-    hand: Hand<'_>,
+    hand: FlowsTo<'_>,
     proceed: &Proceed<'_>,
 ) -> Result<usize, AwsError> {
     if plan.actions.is_empty() || !proceed() {
         return Ok(0);
     }
     match hand {
-        Hand::Nothing => {}
-        Hand::To(peer) => {
+        FlowsTo::Nobody => {}
+        FlowsTo::Peer(peer) => {
             ctx.flows
                 .lock()
                 .await
                 .before_taking(peer, observed, plan)
                 .await;
         }
-        Hand::Holders => hand_back(ctx, observed, plan).await,
+        FlowsTo::Holders => hand_off_to_holders(ctx, observed, plan).await,
     }
     apply_to(&*ctx.cloud, to, plan, proceed).await?;
     Ok(plan.actions.len())
@@ -232,10 +234,10 @@ pub async fn hand_over_and_apply(
 
 /// The whole path: read, plan, hand over, apply, each write only while the
 /// guard holds.
-pub async fn take(ctx: &Ctx, mut take: Take<'_>, hand: Hand<'_>) -> Result<usize, AwsError> {
+pub async fn take(ctx: &Ctx, mut take: Take<'_>, hand: FlowsTo<'_>) -> Result<usize, AwsError> {
     let (observed, plan) = read_and_plan(ctx, &mut take).await?;
     let proceed = || take.guard.holds(&ctx.moment());
-    hand_over_and_apply(ctx, &observed, &plan, &take.to, hand, &proceed).await
+    hand_off_and_apply(ctx, &observed, &plan, &take.to, hand, &proceed).await
 }
 
 /// The instance a route points at (by interface or instance id), if EC2
@@ -261,7 +263,7 @@ pub async fn running_instance(
 /// holder the peer list does not have (it may not be loaded yet, this
 /// daemon having just started) is looked up in EC2. Failures are logged:
 /// the routes move regardless.
-async fn hand_back(ctx: &Ctx, observed: &Observed, plan: &Plan) {
+async fn hand_off_to_holders(ctx: &Ctx, observed: &Observed, plan: &Plan) {
     if !ctx.flows.lock().await.enabled() {
         return;
     }

@@ -50,7 +50,7 @@ fn config() -> Config {
     let mut c = Config::default();
     c.eip.claim = false;
     c.routes.reconcile_interval = 30 * S;
-    c.peers.dead_after = S;
+    c.peers.suspect_after = S;
     c
 }
 
@@ -241,10 +241,7 @@ async fn the_status_check_association_is_retried_on_its_schedule_until_ec2_accep
         cloud.state().status_checks,
         [("asc-0a".to_owned(), InstanceId("i-az-b".into()))]
     );
-    assert_eq!(
-        me.telemetry.recorded().status_check.as_deref(),
-        Some("asc-0a")
-    );
+    assert_eq!(me.board().status_check.as_deref(), Some("asc-0a"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -534,7 +531,7 @@ async fn cloudwatch_gets_what_the_counters_grew_by_and_a_failed_call_loses_none_
     c.cloudwatch.enabled = true;
     let me = ctx(&cloud, "az-b", c);
     me.status.send_replace(Status::Ok);
-    let t = &me.telemetry;
+    let t = &me.metrics;
     t.kernel(&[("bytes_out_to_destination", 1000)]);
     let mut publisher = super::publish::PublishLoop::start(me.clone()).await;
     t.kernel(&[("bytes_out_to_destination", 1500)]);
@@ -615,7 +612,7 @@ async fn each_address_gets_an_elastic_ip_and_only_those_are_translated_to() {
         on("eipalloc-1"),
         (Some(me.me.eni.clone()), Some(secondary[0]))
     );
-    assert_eq!(me.telemetry.recorded().elastic_ips, Some((2, 3)));
+    assert_eq!(me.board().elastic_ips, Some((2, 3)));
 
     add_pool_address(&cloud, 2);
     claim.keep(&me, &mut throttle).await;
@@ -624,7 +621,7 @@ async fn each_address_gets_an_elastic_ip_and_only_those_are_translated_to() {
         on("eipalloc-2"),
         (Some(me.me.eni.clone()), Some(secondary[1]))
     );
-    assert_eq!(me.telemetry.recorded().elastic_ips, Some((3, 3)));
+    assert_eq!(me.board().elastic_ips, Some((3, 3)));
     // The addresses were assigned once; the held ones were not moved.
     assert_eq!(cloud.calls("AssignPrivateIpAddresses", "").len(), 1);
     assert_eq!(cloud.calls("AssociateAddress", "").len(), 3);
@@ -649,12 +646,12 @@ async fn the_primary_address_is_claimed_even_when_no_secondary_can_be_assigned()
     let (mut claim, mut throttle) = (EipClaim::default(), LogThrottle::default());
     claim.keep(&me, &mut throttle).await;
     assert_eq!(me.snat(), vec![me.me.private_ip]);
-    assert_eq!(me.telemetry.recorded().elastic_ips, Some((1, 3)));
-    assert_eq!(me.telemetry.recorded().elastic_ip, Some(true));
+    assert_eq!(me.board().elastic_ips, Some((1, 3)));
+    assert_eq!(me.board().elastic_ip, Some(true));
     // Not held in full: the next pass tries again, and succeeds.
     claim.keep(&me, &mut throttle).await;
     assert_eq!(me.snat().len(), 3);
-    assert_eq!(me.telemetry.recorded().elastic_ips, Some((3, 3)));
+    assert_eq!(me.board().elastic_ips, Some((3, 3)));
 }
 
 /// A claim that fails before anything is known (DescribeAddresses
@@ -671,8 +668,8 @@ async fn a_failed_first_claim_reads_as_not_held() {
     EipClaim::default()
         .keep(&me, &mut LogThrottle::default())
         .await;
-    assert_eq!(me.telemetry.recorded().elastic_ip, Some(false));
-    assert_eq!(me.telemetry.recorded().elastic_ips, Some((0, 1)));
+    assert_eq!(me.board().elastic_ip, Some(false));
+    assert_eq!(me.board().elastic_ips, Some((0, 1)));
     assert_eq!(me.snat(), vec![me.me.private_ip]);
 }
 
@@ -683,7 +680,7 @@ async fn a_scrape_storm_reads_the_kernel_counters_at_most_once_a_second() {
     let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
     let me = ctx(&cloud, "az-a", config());
     let reads = |me: &Ctx| {
-        let text = me.telemetry.encode_classic().expect("metrics encode");
+        let text = me.metrics.encode_classic().expect("metrics encode");
         text.lines()
             .find_map(|l| l.strip_prefix("hanat_kernel_readings_total "))
             .and_then(|v| v.parse::<u64>().ok())

@@ -36,7 +36,7 @@ pub async fn associate(ctx: &Ctx) {
             .await
         {
             Ok(()) => {
-                ctx.telemetry.recorded().status_check = Some(check.to_owned());
+                ctx.board().status_check = Some(check.to_owned());
                 info!(
                     check,
                     "health endpoint watched by the application status check"

@@ -65,46 +65,21 @@ pub fn decide(
     dead_after: Duration,
 ) -> Decision {
     let mut d = Decision::default();
-    // Healthy NATs by AZ, this one included when it forwards.
-    let mut healthy: Vec<(&str, &InstanceId)> = peers
-        .iter()
-        .filter(|p| {
-            !gone.contains(&p.instance)
-                && view.fresh(&p.instance, now, dead_after) == Some(Status::Ok)
-        })
-        .map(|p| (p.az.as_str(), &p.instance))
-        .collect();
-    if my_status == Status::Ok {
-        healthy.push((me.availability_zone.as_str(), &me.instance_id));
-    }
-    healthy.sort();
+    // What each peer said within `dead_after`; nothing for one EC2 says is gone.
+    let said = |p: &Peer| match gone.contains(&p.instance) {
+        true => None,
+        false => view.fresh(&p.instance, now, dead_after),
+    };
+    let ring = |counts: &dyn Fn(Option<Status>) -> bool| ring(me, my_status, peers, &said, counts);
+    // Healthy NATs, this one included when it forwards.
+    let healthy = ring(&|s| s == Some(Status::Ok));
     // Daemons still running, whatever their verdict: when no NAT is
     // healthy, one of them points an orphaned AZ at its fallback NAT
     // Gateway. Those leaving act for others only when no other runs.
-    let runs = |status: Option<Status>, leaving: bool| match status {
-        Some(Status::Exiting) => leaving,
-        Some(_) => !leaving,
-        None => false,
-    };
-    let running_of = |leaving: bool| {
-        let mut v: Vec<(&str, &InstanceId)> = peers
-            .iter()
-            .filter(|p| {
-                !gone.contains(&p.instance)
-                    && runs(view.fresh(&p.instance, now, dead_after), leaving)
-            })
-            .map(|p| (p.az.as_str(), &p.instance))
-            .collect();
-        if runs(Some(my_status), leaving) {
-            v.push((me.availability_zone.as_str(), &me.instance_id));
-        }
-        v
-    };
-    let mut running = running_of(false);
+    let mut running = ring(&|s| s.is_some_and(|s| s != Status::Exiting));
     if running.is_empty() {
-        running = running_of(true);
+        running = ring(&|s| s == Some(Status::Exiting));
     }
-    running.sort();
     for p in peers {
         let said = view.fresh(&p.instance, now, dead_after);
         let dead =
@@ -128,24 +103,50 @@ pub fn decide(
             if said.is_some() && !gone.contains(&p.instance) {
                 continue;
             }
-            let actor = running.iter().find(|(az, _)| *az >= p.az.as_str());
-            if actor
-                .or(running.first())
-                .is_some_and(|(_, id)| **id == me.instance_id)
-            {
+            if next_in(&running, &p.az, true) == Some(&me.instance_id) {
                 d.fallback.push(p.clone());
             }
             continue;
         }
-        let after = healthy.iter().find(|(az, _)| *az > p.az.as_str());
-        if after
-            .or(healthy.first())
-            .is_some_and(|(_, id)| **id == me.instance_id)
-        {
+        if next_in(&healthy, &p.az, false) == Some(&me.instance_id) {
             d.adopt.push(p.clone());
         }
     }
     d
+}
+
+/// The NATs (this one on `my_status`, each peer on what it `said`) whose
+/// word `counts`, by AZ then instance: the ring adoption goes round.
+fn ring<'a>(
+    me: &'a Identity,
+    my_status: Status,
+    peers: &'a [Peer],
+    said: &dyn Fn(&Peer) -> Option<Status>,
+    counts: &dyn Fn(Option<Status>) -> bool,
+) -> Vec<(&'a str, &'a InstanceId)> {
+    let mut v: Vec<(&str, &InstanceId)> = peers
+        .iter()
+        .filter(|p| counts(said(p)))
+        .map(|p| (p.az.as_str(), &p.instance))
+        .collect();
+    if counts(Some(my_status)) {
+        v.push((me.availability_zone.as_str(), &me.instance_id));
+    }
+    v.sort();
+    v
+}
+
+/// The first NAT of `ring` in an AZ after `az` (or at it, `inclusive`),
+/// wrapping round.
+fn next_in<'a>(
+    ring: &[(&str, &'a InstanceId)],
+    az: &str,
+    inclusive: bool,
+) -> Option<&'a InstanceId> {
+    ring.iter()
+        .find(|(a, _)| *a > az || (inclusive && *a == az))
+        .or(ring.first())
+        .map(|(_, id)| *id)
 }
 
 /// How a dead peer's AZ is covered.

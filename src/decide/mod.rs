@@ -8,7 +8,8 @@
 //! - [`peers`]: the peer list and what each peer last said;
 //! - [`cover`]: who is dead, who covers its AZ, and the guards of every
 //!   take of routes (a rule table, tested as a property);
-//! - [`heartbeat`]: the fall/rise state machine of the forwarding probe;
+//! - [`probe`]: the fall/rise state machine of the forwarding probe;
+//! - [`health`]: whether this NAT is healthy, and the warnings of `/status`;
 //! - [`flows`]: how long a flow hand-off lasts;
 //! - [`backoff`]: every retry schedule, and the backoff type.
 
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod backoff;
 pub mod cover;
 pub mod flows;
-pub mod heartbeat;
+pub mod health;
 pub mod peers;
+pub mod probe;
 pub mod routes;

@@ -16,6 +16,11 @@ use std::time::Duration;
 pub use super::auth::Message;
 use super::auth::{Policy, Replay};
 use super::flows::SILENCE;
+
+/// A peer that left its group stays listed while it was heard within
+/// this long (it may be draining a planned exit) or its AZ has no NAT that
+/// says `ok`.
+pub const LISTED_AFTER_LEAVING: Duration = Duration::from_secs(10);
 use crate::domain::{EniId, InstanceId, RouteTarget, Status};
 
 /// What to make of a heartbeat that arrived from `from`.
@@ -138,13 +143,13 @@ impl PeerState {
         let live_azs: HashSet<String> = peers
             .iter()
             .filter(|p| !gone.contains(&p.instance))
-            .filter(|p| view.fresh(&p.instance, now, SILENCE) == Some(Status::Ok))
+            .filter(|p| view.fresh(&p.instance, now, LISTED_AFTER_LEAVING) == Some(Status::Ok))
             .map(|p| p.az.clone())
             .collect();
         peers.retain(|p| {
             !gone.contains(&p.instance)
                 || !live_azs.contains(&p.az)
-                || view.fresh(&p.instance, now, SILENCE).is_some()
+                || view.fresh(&p.instance, now, LISTED_AFTER_LEAVING).is_some()
         });
         self.gone
             .retain(|id| peers.iter().any(|p| &p.instance == id));

@@ -140,15 +140,7 @@ pub fn points_at(target: &RouteTarget, to: &RouteTarget, id: &Identity) -> bool 
 /// Decide what to change so this NAT owns its AZ's private routes.
 /// Deterministic: outputs are ordered by id.
 pub fn plan(id: &Identity, observed: &Observed) -> Plan {
-    plan_with(id, observed, &|_| true)
-}
-
-/// [`plan`], taking an existing default route only when `may_take` allows
-/// it (a missing route is always created). Adoption of a dead peer's AZ
-/// passes "points at the dead peer, or is a blackhole", so a route that a
-/// healthy NAT owns is never taken.
-pub fn plan_with(id: &Identity, observed: &Observed, may_take: &dyn Fn(&Route) -> bool) -> Plan {
-    plan_to(id, observed, &RouteTarget::Eni(id.eni.clone()), may_take)
+    plan_to(id, observed, &RouteTarget::Eni(id.eni.clone()), &|_| true)
 }
 
 /// [`plan_with`], pointing the routes at `to` instead of this NAT (a
@@ -601,7 +593,10 @@ mod tests {
             tables,
             None,
         );
-        let p = plan_with(&me(), &obs, &|r: &Route| r.blackhole || r.target == dead);
+        let to = RouteTarget::Eni(me().eni.clone());
+        let p = plan_to(&me(), &obs, &to, &|r: &Route| {
+            r.blackhole || r.target == dead
+        });
         let touched: Vec<&str> =
             p.actions
                 .iter()

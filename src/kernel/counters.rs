@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::TUNNEL_DEVICE as tunnel;
 use super::{KernelError, check_iface, parse_json, run};
-use crate::domain::Ipv4Cidr;
+use crate::domain::{Ipv4Cidr, Unit};
 
 /// Our counting table.
 pub const TABLE: &str = "hanat_metrics";
@@ -37,6 +37,173 @@ pub const COUNTERS: [&str; 7] = [
     "connections_established",
     "invalid",
 ];
+
+/// Where a NAT Gateway counter's value is read in the kernel.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// The bytes of a counter of [`TABLE`].
+    Bytes(&'static str),
+    /// The packets of a counter of [`TABLE`].
+    Packets(&'static str),
+    /// A sum of conntrack statistics (`/proc/net/stat/nf_conntrack`
+    /// columns) and of the packets of counters of [`TABLE`].
+    Sum(&'static [&'static str], &'static [&'static str]),
+}
+
+/// One of the NAT Gateway's counters: its metric name (`hanat_NAME_total`),
+/// its CloudWatch name (`AWS/NATGateway`'s), where the kernel keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayCounter {
+    pub name: &'static str,
+    pub cloudwatch: &'static str,
+    pub unit: Unit,
+    pub help: &'static str,
+    pub source: Source,
+}
+
+const fn gateway(
+    name: &'static str,
+    cloudwatch: &'static str,
+    unit: Unit,
+    source: Source,
+    help: &'static str,
+) -> GatewayCounter {
+    GatewayCounter {
+        name,
+        cloudwatch,
+        unit,
+        help,
+        source,
+    }
+}
+
+/// The NAT Gateway's counters, each with its names and source (see
+/// `docs/observability.md`): the one table the metrics, CloudWatch and
+/// the readings share.
+pub const GATEWAY_COUNTERS: [GatewayCounter; 12] = {
+    use Source::{Bytes, Packets, Sum};
+    use Unit::{Bytes as B, Count as N};
+    [
+        gateway(
+            "bytes_in_from_source",
+            "BytesInFromSource",
+            B,
+            Bytes("in_from_source"),
+            "BytesInFromSource: bytes from private hosts, to be forwarded",
+        ),
+        gateway(
+            "packets_in_from_source",
+            "PacketsInFromSource",
+            N,
+            Packets("in_from_source"),
+            "PacketsInFromSource",
+        ),
+        gateway(
+            "bytes_out_to_destination",
+            "BytesOutToDestination",
+            B,
+            Bytes("out_to_destination"),
+            "BytesOutToDestination: bytes sent on to destinations",
+        ),
+        gateway(
+            "packets_out_to_destination",
+            "PacketsOutToDestination",
+            N,
+            Packets("out_to_destination"),
+            "PacketsOutToDestination",
+        ),
+        gateway(
+            "bytes_in_from_destination",
+            "BytesInFromDestination",
+            B,
+            Bytes("in_from_destination"),
+            "BytesInFromDestination: reply bytes from destinations",
+        ),
+        gateway(
+            "packets_in_from_destination",
+            "PacketsInFromDestination",
+            N,
+            Packets("in_from_destination"),
+            "PacketsInFromDestination",
+        ),
+        gateway(
+            "bytes_out_to_source",
+            "BytesOutToSource",
+            B,
+            Bytes("out_to_source"),
+            "BytesOutToSource: reply bytes sent on to private hosts",
+        ),
+        gateway(
+            "packets_out_to_source",
+            "PacketsOutToSource",
+            N,
+            Packets("out_to_source"),
+            "PacketsOutToSource",
+        ),
+        gateway(
+            "connection_attempts",
+            "ConnectionAttemptCount",
+            N,
+            Packets("connection_attempts"),
+            "ConnectionAttemptCount: new connections from private hosts (any protocol)",
+        ),
+        gateway(
+            "connections_established",
+            "ConnectionEstablishedCount",
+            N,
+            Packets("connections_established"),
+            "ConnectionEstablishedCount: TCP connections a destination accepted (SYN-ACKs)",
+        ),
+        gateway(
+            "port_allocation_errors",
+            "ErrorPortAllocation",
+            N,
+            Sum(&["insert_failed"], &[]),
+            "ErrorPortAllocation: conntrack insert_failed (no free source port for a new connection)",
+        ),
+        gateway(
+            "packets_dropped",
+            "PacketsDropCount",
+            N,
+            Sum(&["drop", "early_drop", "insert_failed"], &["invalid"]),
+            "PacketsDropCount: conntrack drop, early_drop and insert_failed (no source port), and invalid packets",
+        ),
+    ]
+};
+
+/// Every gateway counter's value from one reading of [`TABLE`] and of
+/// conntrack's statistics (a missing one counts 0). Pure.
+pub fn gateway_values(
+    counts: &BTreeMap<String, Count>,
+    stats: &BTreeMap<String, u64>,
+) -> Vec<(&'static str, u64)> {
+    let count = |name: &str| counts.get(name).copied().unwrap_or_default();
+    let stat = |name: &str| stats.get(name).copied().unwrap_or_default();
+    GATEWAY_COUNTERS
+        .iter()
+        .map(|g| {
+            let v = match g.source {
+                Source::Bytes(c) => count(c).bytes,
+                Source::Packets(c) => count(c).packets,
+                Source::Sum(s, c) => {
+                    s.iter().map(|s| stat(s)).sum::<u64>()
+                        + c.iter().map(|c| count(c).packets).sum::<u64>()
+                }
+            };
+            (g.name, v)
+        })
+        .collect()
+}
+
+/// The gateway counters now: one `nft` listing and one read of conntrack's
+/// statistics (unreadable statistics count 0).
+pub async fn read_gateway() -> Result<Vec<(&'static str, u64)>, KernelError> {
+    let counts = read().await?;
+    let stats = std::fs::read_to_string("/proc/net/stat/nf_conntrack")
+        .map(|t| parse_stats(&t))
+        .unwrap_or_default();
+    Ok(gateway_values(&counts, &stats))
+}
 
 /// The counting table for traffic of `sources` on `iface`. Pure.
 pub fn render(iface: &str, sources: &[Ipv4Cidr]) -> Result<String, KernelError> {
@@ -179,6 +346,46 @@ pub fn active_tcp(text: impl std::io::BufRead, sources: &[Ipv4Cidr]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_gateway_counter_is_read_from_its_source() {
+        let count = |packets, bytes| Count { packets, bytes };
+        let counts: BTreeMap<String, Count> = [
+            ("in_from_source", count(10, 1000)),
+            ("out_to_destination", count(9, 900)),
+            ("in_from_destination", count(8, 800)),
+            ("out_to_source", count(7, 700)),
+            ("connection_attempts", count(6, 0)),
+            ("connections_established", count(5, 0)),
+            ("invalid", count(4, 0)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let stats: BTreeMap<String, u64> = [("insert_failed", 3), ("drop", 2), ("early_drop", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let want = [
+            ("bytes_in_from_source", 1000),
+            ("packets_in_from_source", 10),
+            ("bytes_out_to_destination", 900),
+            ("packets_out_to_destination", 9),
+            ("bytes_in_from_destination", 800),
+            ("packets_in_from_destination", 8),
+            ("bytes_out_to_source", 700),
+            ("packets_out_to_source", 7),
+            ("connection_attempts", 6),
+            ("connections_established", 5),
+            ("port_allocation_errors", 3),
+            ("packets_dropped", 3 + 2 + 1 + 4),
+        ];
+        assert_eq!(gateway_values(&counts, &stats), want);
+        // Nothing read: every counter 0, none missing.
+        let none = gateway_values(&BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(none.len(), GATEWAY_COUNTERS.len());
+        assert!(none.iter().all(|(_, v)| *v == 0));
+    }
 
     fn cidr(s: &str) -> Ipv4Cidr {
         s.parse().unwrap()

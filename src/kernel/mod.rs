@@ -1,5 +1,5 @@
 //! The Linux data plane: sysctls, the nftables NAT table, interface lookup,
-//! the heartbeat's probe namespace and the probes sent from it, and the flow
+//! the probe namespace and the probes sent from it, and the flow
 //! hand-off tunnel.
 //!
 //! Every operation here converges: it is safe to repeat on every tick and

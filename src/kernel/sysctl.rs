@@ -91,6 +91,21 @@ pub fn read(key: &str) -> std::io::Result<String> {
     std::fs::read_to_string(path(key)).map(|v| v.trim().to_owned())
 }
 
+/// Conntrack's table fill: its entries and its size, from their sysctls
+/// (zeros where unreadable).
+pub fn conntrack_fill() -> (i64, i64) {
+    let read = |key: &str| {
+        read(key)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    (
+        read("net.netfilter.nf_conntrack_count"),
+        read("net.netfilter.nf_conntrack_max"),
+    )
+}
+
 /// What [`apply`] did: the optional keys it could not set (for a warning)
 /// and the keys it found at another value and set (drift, after the first
 /// converge).

@@ -1,4 +1,4 @@
-//! The heartbeat's decision logic: pure, fed one round result at a time
+//! The forwarding probe's decision logic: pure, fed one round result at a time
 //! with the time as an argument, so every path is testable without a clock.
 //!
 //! ```text
@@ -12,17 +12,17 @@
 //! reported again (Auto Scaling is replacing it), but a failed report is
 //! retried on the next failing round.
 //!
-//! A round whose probes could not be sent ([`Heartbeat::unsent`]: the
+//! A round whose probes could not be sent ([`ProbeState::unsent`]: the
 //! daemon is out of descriptors or memory) is no evidence either way: it
 //! neither counts as a failure nor clears one. Rounds that stay unsent for
-//! `unable_restart` end the daemon ([`Verdict::Restart`]), so systemd starts
+//! `unable_restart` end the daemon ([`Step::Restart`]), so systemd starts
 //! a fresh one, while the kernel forwards as before.
 
 use std::time::Duration;
 
 /// What the daemon must do after a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Step {
     /// Nothing to do.
     Steady,
     /// `fall` rounds failed: re-apply sysctls, rules and the probe namespace.
@@ -48,7 +48,7 @@ pub enum Phase {
 }
 
 #[derive(Debug, Clone)]
-pub struct Heartbeat {
+pub struct ProbeState {
     fall: u32,
     rise: u32,
     grace_until: Duration,
@@ -62,7 +62,7 @@ pub struct Heartbeat {
     unsent_since: Option<Duration>,
 }
 
-impl Heartbeat {
+impl ProbeState {
     /// `started` is the time of start-up on the caller's monotonic clock.
     pub fn new(fall: u32, rise: u32, grace: Duration, started: Duration) -> Self {
         Self {
@@ -90,12 +90,12 @@ impl Heartbeat {
     }
 
     /// A round at `now` whose probes could not be sent: nothing changes
-    /// but the time unable to probe, which ends in [`Verdict::Restart`].
-    pub fn unsent(&mut self, now: Duration) -> Verdict {
+    /// but the time unable to probe, which ends in [`Step::Restart`].
+    pub fn unsent(&mut self, now: Duration) -> Step {
         let since = *self.unsent_since.get_or_insert(now);
         match now.saturating_sub(since) >= self.unable_restart {
-            true => Verdict::Restart,
-            false => Verdict::Steady,
+            true => Step::Restart,
+            false => Step::Steady,
         }
     }
 
@@ -113,7 +113,7 @@ impl Heartbeat {
     }
 
     /// Feed one round's result at time `now`.
-    pub fn observe(&mut self, ok: bool, now: Duration) -> Verdict {
+    pub fn observe(&mut self, ok: bool, now: Duration) -> Step {
         self.unsent_since = None;
         if ok {
             self.failures = 0;
@@ -121,20 +121,20 @@ impl Heartbeat {
             return match self.phase {
                 Phase::Starting => {
                     self.phase = Phase::Healthy;
-                    Verdict::Steady
+                    Step::Steady
                 }
-                Phase::Healthy => Verdict::Steady,
+                Phase::Healthy => Step::Steady,
                 Phase::Reconverged | Phase::Unhealthy if self.successes >= self.rise => {
                     self.phase = Phase::Healthy;
-                    Verdict::Recovered
+                    Step::Recovered
                 }
-                Phase::Reconverged | Phase::Unhealthy => Verdict::Steady,
+                Phase::Reconverged | Phase::Unhealthy => Step::Steady,
             };
         }
         self.successes = 0;
         if self.phase == Phase::Starting {
             if now < self.grace_until {
-                return Verdict::Steady;
+                return Step::Steady;
             }
             self.phase = Phase::Healthy;
         }
@@ -142,15 +142,15 @@ impl Heartbeat {
         match self.phase {
             Phase::Healthy if self.failures >= self.fall => {
                 self.phase = Phase::Reconverged;
-                Verdict::Reconverge
+                Step::Reconverge
             }
-            Phase::Healthy => Verdict::Steady,
+            Phase::Healthy => Step::Steady,
             Phase::Reconverged => {
                 self.phase = Phase::Unhealthy;
-                Verdict::MarkUnhealthy
+                Step::MarkUnhealthy
             }
-            Phase::Unhealthy if !self.reported => Verdict::MarkUnhealthy,
-            Phase::Unhealthy | Phase::Starting => Verdict::Steady,
+            Phase::Unhealthy if !self.reported => Step::MarkUnhealthy,
+            Phase::Unhealthy | Phase::Starting => Step::Steady,
         }
     }
 }
@@ -162,18 +162,18 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     /// Run a sequence of results, one per second from t=0, and collect verdicts.
-    fn run(hb: &mut Heartbeat, start: u64, seq: &str) -> Vec<Verdict> {
+    fn run(hb: &mut ProbeState, start: u64, seq: &str) -> Vec<Step> {
         seq.chars()
             .enumerate()
             .map(|(i, c)| hb.observe(c == '+', S * (start as u32 + i as u32)))
             .collect()
     }
 
-    use Verdict::*;
+    use Step::*;
 
     #[test]
     fn fall_then_reconverge_then_unhealthy() {
-        let mut hb = Heartbeat::new(3, 2, Duration::ZERO, Duration::ZERO);
+        let mut hb = ProbeState::new(3, 2, Duration::ZERO, Duration::ZERO);
         assert_eq!(run(&mut hb, 0, "+--"), vec![Steady, Steady, Steady]);
         assert_eq!(run(&mut hb, 3, "-"), vec![Reconverge]);
         assert_eq!(hb.phase(), Phase::Reconverged);
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn reconverge_that_works_recovers_after_rise() {
-        let mut hb = Heartbeat::new(2, 2, Duration::ZERO, Duration::ZERO);
+        let mut hb = ProbeState::new(2, 2, Duration::ZERO, Duration::ZERO);
         assert_eq!(
             run(&mut hb, 0, "+--++"),
             vec![Steady, Steady, Reconverge, Steady, Recovered]
@@ -198,27 +198,27 @@ mod tests {
 
     #[test]
     fn flapping_below_fall_never_acts() {
-        let mut hb = Heartbeat::new(3, 2, Duration::ZERO, Duration::ZERO);
+        let mut hb = ProbeState::new(3, 2, Duration::ZERO, Duration::ZERO);
         let v = run(&mut hb, 0, "+--+--+--+--+");
         assert!(v.iter().all(|v| *v == Steady), "{v:?}");
     }
 
     #[test]
     fn grace_period_ignores_failures_until_first_success_or_timeout() {
-        let mut hb = Heartbeat::new(1, 1, S * 10, Duration::ZERO);
+        let mut hb = ProbeState::new(1, 1, S * 10, Duration::ZERO);
         assert_eq!(run(&mut hb, 0, "-----"), vec![Steady; 5]);
         assert_eq!(hb.phase(), Phase::Starting);
         // Grace over at t=10: failures count from then on.
         assert_eq!(run(&mut hb, 10, "--"), vec![Reconverge, MarkUnhealthy]);
 
-        let mut hb = Heartbeat::new(1, 1, S * 10, Duration::ZERO);
+        let mut hb = ProbeState::new(1, 1, S * 10, Duration::ZERO);
         assert_eq!(run(&mut hb, 0, "+-"), vec![Steady, Reconverge]);
     }
 
     #[test]
     fn unsent_rounds_neither_fail_nor_pass_and_end_the_daemon_after_a_while() {
         let mut hb =
-            Heartbeat::new(2, 1, Duration::ZERO, Duration::ZERO).with_unable_restart(S * 10);
+            ProbeState::new(2, 1, Duration::ZERO, Duration::ZERO).with_unable_restart(S * 10);
         assert_eq!(run(&mut hb, 0, "+-"), vec![Steady, Steady]);
         // Unsent rounds for 9 s: no failure counted, none cleared.
         for t in 2..=11 {
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn unhealthy_then_recovery_is_reported() {
-        let mut hb = Heartbeat::new(1, 3, Duration::ZERO, Duration::ZERO);
+        let mut hb = ProbeState::new(1, 3, Duration::ZERO, Duration::ZERO);
         assert_eq!(
             run(&mut hb, 0, "+--"),
             vec![Steady, Reconverge, MarkUnhealthy]

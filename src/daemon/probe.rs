@@ -1,13 +1,13 @@
-//! The heartbeat loop: probe the NAT path every `heartbeat.interval`, keep
+//! The probe loop: probe the NAT path every `probe.interval`, keep
 //! the kernel converged every `kernel.converge_interval`, and act on the
-//! verdicts of [`crate::decide::heartbeat`]: say `failing` to the peers,
+//! verdicts of [`crate::decide::probe`]: say `failing` to the peers,
 //! reconverge once, then report the instance Unhealthy to Auto Scaling.
 //! Each round reports its progress for the systemd watchdog.
 //!
 //! A round whose probes could not be sent (the daemon out of descriptors or
 //! memory, [`RoundResult::Unsent`]) moves no verdict: it is said (log,
 //! `hanat_unable_to_probe_seconds`, `/health` and `hanat status`) and, if
-//! it lasts `heartbeat.unable_restart`, the loop ends the daemon
+//! it lasts `probe.unable_restart`, the loop ends the daemon
 //! ([`UnableToProbe`], exit 75) so systemd starts a fresh one.
 //! Auto Scaling is never asked to replace a NAT for it: the kernel
 //! forwards whatever the daemon can or cannot do.
@@ -22,13 +22,13 @@ use super::converge::converge_logged;
 use super::ctx::Ctx;
 use super::log::LogThrottle;
 use crate::decide::backoff::PROBE_RECHECK;
-use crate::decide::heartbeat::{Heartbeat, Phase, Verdict};
+use crate::decide::probe::{Phase, ProbeState, Step};
 use crate::domain::Status;
 use crate::kernel::probe::{Prober, Round, RoundResult};
 use crate::kernel::probe_ns;
 use crate::report;
 
-/// The probes could not be sent for `heartbeat.unable_restart` (out of
+/// The probes could not be sent for `probe.unable_restart` (out of
 /// descriptors or memory): a fresh daemon is the remedy, not a new
 /// instance.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +38,11 @@ pub struct UnableToProbe {
     pub why: String,
 }
 
-pub struct HeartbeatLoop {
+pub struct ProbeLoop {
     ctx: Arc<Ctx>,
     interface: String,
     prober: Prober,
-    state: Heartbeat,
+    state: ProbeState,
     throttle: LogThrottle,
     next_converge: Instant,
     /// The translation addresses last converged ([`Ctx::snat`]): a change
@@ -56,20 +56,20 @@ pub struct HeartbeatLoop {
     repairing: Option<Vec<String>>,
 }
 
-impl HeartbeatLoop {
+impl ProbeLoop {
     pub fn new(ctx: Arc<Ctx>, interface: String) -> Self {
-        let hb = &ctx.config.heartbeat;
+        let hb = &ctx.config.probe;
         let prober = Prober {
             netns: Some(probe_ns::netns_path(&hb.probe_namespace)),
             targets: hb.targets.clone(),
             timeout: hb.timeout,
         };
-        let state = Heartbeat::new(hb.fall, hb.rise, hb.grace_period, Duration::ZERO)
+        let state = ProbeState::new(hb.fall, hb.rise, hb.grace_period, Duration::ZERO)
             .with_unable_restart(hb.unable_restart);
         let next_converge = Instant::now() + ctx.config.kernel.converge_interval;
         // What start-up converged: the Elastic IP claim has not run yet.
         let snat = ctx.snat();
-        HeartbeatLoop {
+        ProbeLoop {
             ctx,
             interface,
             prober,
@@ -83,14 +83,14 @@ impl HeartbeatLoop {
     }
 
     /// Probe until the daemon ends, or until probes could not be sent for
-    /// `heartbeat.unable_restart` (the error).
+    /// `probe.unable_restart` (the error).
     pub async fn run(mut self) -> Result<(), UnableToProbe> {
         let mut next_round = Instant::now();
         loop {
             tokio::time::sleep_until(next_round).await;
-            self.ctx.progress.beat("heartbeat", self.ctx.round_bound());
+            self.ctx.progress.beat("probe", self.ctx.round_bound());
             next_round = self.tick().await?;
-            self.ctx.progress.done("heartbeat");
+            self.ctx.progress.done("probe");
         }
     }
 
@@ -99,23 +99,20 @@ impl HeartbeatLoop {
     /// instead of a whole interval later: failing rounds last `timeout`
     /// each, so `fall` failures take about fall × timeout.
     pub async fn tick(&mut self) -> Result<Instant, UnableToProbe> {
-        let (interval, fall) = (
-            self.ctx.config.heartbeat.interval,
-            self.ctx.config.heartbeat.fall,
-        );
+        let (interval, fall) = (self.ctx.config.probe.interval, self.ctx.config.probe.fall);
         let mut next_round = Instant::now() + interval;
         if Instant::now() >= self.next_converge || self.snat != self.ctx.snat() {
             self.converge().await;
         }
         let round = self.prober.round().await;
-        self.ctx.telemetry.probe_round(&round);
+        self.ctx.metrics.probe_round(&round);
         if round.result() == RoundResult::Unsent {
             self.unsent(&round)?;
             return Ok(next_round);
         }
         if self.state.unsent_since().is_some() {
             info!("probes can be sent again");
-            self.ctx.telemetry.unable_to_probe(None);
+            self.ctx.unable_to_probe(None);
         }
         let ok = round.ok();
         if !ok && self.state.consecutive_failures() + 1 < fall {
@@ -134,26 +131,24 @@ impl HeartbeatLoop {
     }
 
     /// A round whose probes could not be sent: say so, change no verdict,
-    /// and end the daemon once it has lasted `heartbeat.unable_restart`.
+    /// and end the daemon once it has lasted `probe.unable_restart`.
     fn unsent(&mut self, round: &Round) -> Result<(), UnableToProbe> {
         let why = round.failures();
         let verdict = self.state.unsent(self.ctx.now());
         let since = self.state.unsent_since().unwrap_or_default();
         let unable_for = self.ctx.now().saturating_sub(since);
-        self.ctx
-            .telemetry
-            .unable_to_probe(Some((unable_for, why.clone())));
+        self.ctx.unable_to_probe(Some((unable_for, why.clone())));
         if let Some(n) = self.throttle.check("unsent", &why, Instant::now()) {
             warn!(
                 suppressed = n,
                 failures = %why,
-                restart_after = %crate::domain::human(self.ctx.config.heartbeat.unable_restart),
+                restart_after = %crate::domain::human(self.ctx.config.probe.unable_restart),
                 "cannot send probes: this daemon is short of a local resource, which says nothing about forwarding; the verdict stays as it was"
             );
         }
         match verdict {
-            Verdict::Restart => {
-                error!(failures = %why, "probes could not be sent for heartbeat.unable_restart; ending the daemon so systemd starts a fresh one (the kernel forwards meanwhile)");
+            Step::Restart => {
+                error!(failures = %why, "probes could not be sent for probe.unable_restart; ending the daemon so systemd starts a fresh one (the kernel forwards meanwhile)");
                 Err(UnableToProbe { unable_for, why })
             }
             _ => Ok(()),
@@ -215,9 +210,9 @@ impl HeartbeatLoop {
             warn!(drifted = %drifted.join(", "), "the kernel NAT config had drifted from what hanat sets; re-applied");
         }
         if result.is_ok() {
-            ctx.telemetry.recorded().last_converge = Some(Instant::now());
+            ctx.board().last_converge = Some(Instant::now());
         }
-        ctx.telemetry.error("kernel converge", result.err());
+        ctx.board().error("kernel converge", result.err());
         // The flow hand-offs in force live in the same kernel state.
         if let Err(e) = ctx.flows.lock().await.reassert().await
             && let Some(n) = self
@@ -257,21 +252,21 @@ impl HeartbeatLoop {
         }
     }
 
-    async fn act(&mut self, verdict: Verdict, round: &Round) {
+    async fn act(&mut self, verdict: Step, round: &Round) {
         match verdict {
             // Given by `unsent` alone.
-            Verdict::Steady | Verdict::Restart => {}
-            Verdict::Recovered => info!("forwarding recovered"),
-            Verdict::Reconverge => {
+            Step::Steady | Step::Restart => {}
+            Step::Recovered => info!("forwarding recovered"),
+            Step::Reconverge => {
                 // Not drift after all: a recovery now is not a repair.
                 self.repairing = None;
                 warn!(
-                    fall = self.ctx.config.heartbeat.fall,
+                    fall = self.ctx.config.probe.fall,
                     "forwarding probe failing; re-applying kernel NAT config"
                 );
                 self.converge().await;
             }
-            Verdict::MarkUnhealthy => {
+            Step::MarkUnhealthy => {
                 error!(
                     failures = %round.failures(),
                     "packets are not flowing through this NAT even after reconverging; marking instance Unhealthy"
