@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::board::StatusBoard;
 use super::flows;
 use super::metrics::Metrics;
+use super::peers::auth::HeartbeatAuth;
 use super::progress::Progress;
 use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
@@ -35,6 +36,8 @@ pub struct Ctx {
     /// a planned exit), heard by the other loops and told to the peers.
     pub status: watch::Sender<Status>,
     peers: Mutex<PeerState>,
+    /// What the heartbeat wire shares: keys, replays, what to read again.
+    pub heartbeats: HeartbeatAuth,
     /// Woken when a peer's status changes, so the peers loop acts at once.
     pub wake: Notify,
     pub flows: flows::Shared,
@@ -106,6 +109,7 @@ impl Ctx {
             started: Instant::now(),
             status: watch::channel(Status::Starting).0,
             peers: Mutex::new(PeerState::default()),
+            heartbeats: HeartbeatAuth::default(),
             wake: Notify::new(),
             flows: Arc::new(tokio::sync::Mutex::new(flows)),
             progress: Progress::default(),

@@ -106,15 +106,18 @@ async fn handoffs(ctx: &Ctx) -> Option<Vec<HandoffView>> {
 fn peers(ctx: &Ctx) -> Vec<PeerView> {
     let (now, fresh) = (ctx.now(), ctx.config.peers.suspect_after);
     let s = ctx.peers();
-    s.peers
+    s.peers()
         .iter()
         .map(|p| PeerView {
             instance: p.instance.to_string(),
             az: p.az.clone(),
             ip: p.ip,
-            verdict: s.view.fresh(&p.instance, now, fresh).map(|v| v.to_string()),
-            silent_s: s.view.silence(&p.instance, now).map(|d| d.as_secs_f64()),
-            gone: s.gone.contains(&p.instance),
+            verdict: s
+                .view()
+                .fresh(&p.instance, now, fresh)
+                .map(|v| v.to_string()),
+            silent_s: s.view().silence(&p.instance, now).map(|d| d.as_secs_f64()),
+            gone: s.is_gone(&p.instance),
         })
         .collect()
 }

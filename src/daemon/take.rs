@@ -270,14 +270,14 @@ async fn hand_off_to_holders(ctx: &Ctx, observed: &Observed, plan: &Plan) {
     let (mut forwarding, known): (Vec<Peer>, Vec<RouteTarget>) = {
         let (s, now) = (ctx.peers(), ctx.now());
         let forwarding = s
-            .peers
+            .peers()
             .iter()
             .filter(|p| s.may_forward(p, now))
             .cloned()
             .collect();
         (
             forwarding,
-            s.peers.iter().flat_map(Peer::route_targets).collect(),
+            s.peers().iter().flat_map(Peer::route_targets).collect(),
         )
     };
     for action in &plan.actions {

@@ -438,7 +438,7 @@ fn signing(ctx: &Ctx) -> String {
         seq: 1,
         sent_ms: 1,
     };
-    let text = crate::decide::auth::encode(&msg, stamp, &ctx.peers().auth);
+    let text = crate::decide::auth::encode(&msg, stamp, &ctx.heartbeats.policy());
     text.split(' ').nth(7).unwrap_or_default().to_owned()
 }
 
@@ -450,11 +450,11 @@ fn id(key: &str) -> String {
 async fn without_a_key_failover_is_off_unless_unauthenticated_heartbeats_are_accepted() {
     let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
     let me = ctx(&cloud, "az-b", config());
-    assert_eq!(super::peers::policy(&me).await, None);
+    assert_eq!(super::peers::keys::policy(&me).await, None);
     let mut c = config();
     c.peers.accept_unauthenticated = true;
     let me = ctx(&cloud, "az-b", c);
-    let p = super::peers::policy(&me).await.unwrap();
+    let p = super::peers::keys::policy(&me).await.unwrap();
     assert!(p.accept_unauthenticated && p.keys.is_none());
     assert!(cloud.calls("GetSecretValue", "").is_empty());
 }
@@ -465,7 +465,7 @@ async fn an_unreadable_key_is_waited_for_with_backoff() {
     let me = ctx(&cloud, "az-b", keyed_config());
     let reading = tokio::spawn({
         let me = me.clone();
-        async move { super::peers::policy(&me).await }
+        async move { super::peers::keys::policy(&me).await }
     });
     sleep(20 * S).await;
     assert!(!reading.is_finished(), "no key, no failover");
@@ -489,14 +489,14 @@ async fn a_rotated_key_is_read_then_signed_with_one_refresh_interval_later() {
     let (old, new) = ("o".repeat(40), "n".repeat(40));
     keys_in(&cloud, &old, None);
     let me = ctx(&cloud, "az-b", keyed_config());
-    me.peers().auth = super::peers::policy(&me).await.unwrap();
+    *me.heartbeats.policy() = super::peers::keys::policy(&me).await.unwrap();
     assert_eq!(signing(&me), id(&old));
     let mut peers = PeersLoop::without_socket(me.clone(), "test");
 
     keys_in(&cloud, &new, Some(&old));
     sleep(61 * S).await;
     peers.tick().await;
-    let keys = me.peers().auth.keys.clone().unwrap();
+    let keys = me.heartbeats.policy().keys.clone().unwrap();
     assert_eq!(keys.current.id(), id(&new));
     assert_eq!(keys.previous.map(|k| k.id().to_owned()), Some(id(&old)));
     // Peers that have not read the new key yet still hear this NAT.
@@ -511,14 +511,14 @@ async fn a_rotated_key_is_read_then_signed_with_one_refresh_interval_later() {
     peers.tick().await;
     let before = cloud.calls("GetSecretValue", KEY_SECRET).len();
     for _ in 0..5 {
-        me.peers().key_wanted = true;
+        me.heartbeats.want_keys();
         sleep(S).await;
         peers.tick().await;
     }
     let after = cloud.calls("GetSecretValue", KEY_SECRET).len();
     assert_eq!(after - before, 0, "read a minute ago: not again yet");
     sleep(55 * S).await;
-    me.peers().key_wanted = true;
+    me.heartbeats.want_keys();
     peers.tick().await;
     let later = cloud.calls("GetSecretValue", KEY_SECRET).len();
     assert_eq!(later - after, 2, "current and previous, once");

@@ -14,7 +14,6 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 pub use super::auth::Message;
-use super::auth::{Policy, Replay};
 use super::flows::SILENCE;
 
 /// A peer that left its group stays listed while it was heard within
@@ -95,29 +94,51 @@ impl View {
 
 /// What this daemon knows of its peers: the list from Auto Scaling and EC2,
 /// what each last said, and which are gone. Shared by the peers loop, which
-/// keeps it, and the routes loop, which asks it who is alive. Pure.
+/// keeps it, and the routes loop, which asks it who is alive. Pure; changed
+/// only through its methods.
 #[derive(Debug, Clone, Default)]
 pub struct PeerState {
-    pub peers: Vec<Peer>,
-    pub view: View,
+    peers: Vec<Peer>,
+    view: View,
     /// Peers EC2 says are gone, or that left their group.
-    pub gone: HashSet<InstanceId>,
+    gone: HashSet<InstanceId>,
     /// Of `gone`, the peers that were only silent while EC2's status checks
     /// called them impaired (a frozen instance EC2 still says runs): they
     /// are alive again the moment they are heard.
-    pub impaired: HashSet<InstanceId>,
-    /// A peer we do not know spoke: refresh the list.
-    pub refresh_wanted: bool,
-    /// Which heartbeats count (the keys, and whether `hanat/1` does).
-    pub auth: Policy,
-    /// The newest heartbeat accepted from each peer.
-    pub replay: Replay,
-    /// A heartbeat came signed with a key we do not know: read the keys
-    /// again (a rotation may have started).
-    pub key_wanted: bool,
+    impaired: HashSet<InstanceId>,
 }
 
 impl PeerState {
+    /// The peers, by AZ then instance.
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// What each peer last said, and when.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// Whether EC2 says `id` is gone (or impaired while silent).
+    pub fn is_gone(&self, id: &InstanceId) -> bool {
+        self.gone.contains(id)
+    }
+
+    /// The peers EC2 says are gone.
+    pub fn gone(&self) -> &HashSet<InstanceId> {
+        &self.gone
+    }
+
+    /// The peers dead only by impairment: asked about still.
+    pub fn impaired(&self) -> impl Iterator<Item = &InstanceId> {
+        self.impaired.iter()
+    }
+
+    /// EC2 says `id` is gone.
+    pub fn confirm_gone(&mut self, id: &InstanceId) {
+        self.gone.insert(id.clone());
+    }
+
     /// Take a fresh peer list (`list`: alive in our groups; `departed`:
     /// instances of our groups no longer alive). Peers that left stay while
     /// their AZ may still need covering: until the AZ has a NAT again that
@@ -155,10 +176,7 @@ impl PeerState {
             .retain(|id| peers.iter().any(|p| &p.instance == id));
         let gone = &self.gone;
         self.impaired.retain(|id| gone.contains(id));
-        self.replay
-            .retain(|id| peers.iter().any(|p| &p.instance == id));
         self.peers = peers;
-        self.refresh_wanted = false;
         let after: Vec<InstanceId> = self.peers.iter().map(|p| p.instance.clone()).collect();
         before != after
     }
@@ -249,10 +267,7 @@ impl PeerState {
                 self.view.record(msg, now);
                 (what, before != Some(msg.status))
             }
-            Arrival::Unknown => {
-                self.refresh_wanted = true;
-                (what, false)
-            }
+            Arrival::Unknown => (what, false),
             Arrival::WrongSender => (what, false),
         }
     }

@@ -1,0 +1,149 @@
+//! Silent and dead peers: silence is only a suspicion EC2 must confirm;
+//! a dead peer's AZ is covered by adoption or by its fallback NAT Gateway
+//! ([`crate::daemon::cover`]), as [`crate::decide::cover`] decides.
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::PeersLoop;
+use crate::daemon::cover::{adopt, fall_back};
+use crate::decide::backoff::{PEER_CONFIRM, WITNESS_POLL, WITNESS_WINDOW};
+use crate::decide::cover::{Cover, Decision};
+use crate::decide::peers::Peer;
+use crate::domain::InstanceId;
+
+impl PeersLoop {
+    /// Silence is only a suspicion: ask EC2 whether the peer still runs
+    /// and whether a status check calls it impaired (a frozen instance).
+    /// The first question comes at once; while EC2 keeps saying the peer
+    /// runs and is not impaired, the next waits on [`PEER_CONFIRM`], at
+    /// most [`WITNESS_POLL`] in the first [`WITNESS_WINDOW`] of silence.
+    pub(super) async fn confirm(&mut self, suspects: &[InstanceId]) {
+        self.checked.retain(|id, _| suspects.contains(id));
+        let due: Vec<InstanceId> = suspects
+            .iter()
+            .filter(|id| {
+                self.checked
+                    .get(*id)
+                    .is_none_or(|(at, _, _)| Instant::now() >= *at)
+            })
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let health = match self.ctx.cloud.instance_health(&due).await {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(n) = self
+                    .throttle
+                    .check("confirm", &e.to_string(), Instant::now())
+                {
+                    warn!(suppressed = n, error = %e, "cannot confirm silent peers");
+                }
+                return;
+            }
+        };
+        let schedule = PEER_CONFIRM.capped(self.ctx.config.routes.reconcile_interval);
+        let mut s = self.ctx.peers();
+        for id in &due {
+            match health.iter().find(|h| &h.id == id) {
+                Some(h) if h.alive && h.impaired.is_empty() => {
+                    if s.unimpair(id) {
+                        info!(peer = %id, "silent peer no longer impaired by EC2's status checks: silence alone moves nothing");
+                    }
+                }
+                Some(h) if h.alive => {
+                    if s.impair(id) {
+                        warn!(peer = %id, checks = ?h.impaired, "silent peer is impaired by EC2's status checks though running: taking it as dead until it is heard again");
+                    }
+                }
+                _ => {
+                    info!(peer = %id, "silent peer confirmed gone by EC2");
+                    s.confirm_gone(id);
+                }
+            }
+            let (next, backoff, since) = self
+                .checked
+                .entry(id.clone())
+                .or_insert_with(|| (Instant::now(), schedule.backoff(), Instant::now()));
+            let mut wait = backoff.fail();
+            if since.elapsed() < WITNESS_WINDOW {
+                wait = wait.min(WITNESS_POLL);
+            }
+            *next = Instant::now() + wait;
+        }
+    }
+
+    /// Adoptions and fallbacks share one schedule per dead peer.
+    pub(super) async fn cover(&mut self, decision: Decision) {
+        let covering: Vec<(String, &'static str)> = (decision.adopt.iter())
+            .map(|p| (p.az.clone(), "this_nat"))
+            .chain(
+                decision
+                    .fallback
+                    .iter()
+                    .map(|p| (p.az.clone(), "nat_gateway")),
+            )
+            .collect();
+        self.ctx.covering(covering);
+        let covers = (decision.adopt.into_iter().map(|p| (p, Cover::Adopt)))
+            .chain(decision.fallback.into_iter().map(|p| (p, Cover::Gateway)));
+        for (dead, cover) in covers {
+            if self
+                .next_look
+                .get(&dead.instance)
+                .is_some_and(|t| Instant::now() < *t)
+            {
+                continue;
+            }
+            let ok = self.cover_one(&dead, cover).await;
+            let reconcile = self.ctx.config.routes.reconcile_interval;
+            self.next_look.insert(
+                dead.instance.clone(),
+                Instant::now() + Cover::next_look(ok, reconcile),
+            );
+        }
+        let s = self.ctx.peers();
+        self.next_look
+            .retain(|id, _| s.peers().iter().any(|p| &p.instance == id));
+    }
+
+    /// Cover one dead peer's AZ; whether that went without an error.
+    async fn cover_one(&self, dead: &Peer, cover: Cover) -> bool {
+        let ctx = &*self.ctx;
+        let result = match cover {
+            Cover::Adopt => {
+                // A peer on a planned exit still forwards its connections.
+                let leaving = ctx.peers().may_forward(dead, ctx.now());
+                adopt(ctx, dead, leaving).await
+            }
+            Cover::Gateway => {
+                let (_, known_dead) = ctx.liveness();
+                fall_back(ctx, &dead.az, &known_dead, None)
+                    .await
+                    .map(|n| n.unwrap_or(0))
+            }
+        };
+        let (peer, az) = (&dead.instance, &dead.az);
+        match (result, cover) {
+            (Ok(0), _) => true,
+            (Ok(n), Cover::Adopt) => {
+                info!(peer = %peer, az = %az, routes = n, "adopted the private routes of a dead peer's AZ");
+                true
+            }
+            (Ok(n), Cover::Gateway) => {
+                warn!(peer = %peer, az = %az, routes = n, "no healthy NAT instance can adopt a dead peer's AZ: pointed its routes at the AZ's fallback NAT Gateway");
+                true
+            }
+            (Err(e), Cover::Adopt) => {
+                error!(peer = %peer, az = %az, error = %e, "adoption failed; will retry");
+                false
+            }
+            (Err(e), Cover::Gateway) => {
+                error!(peer = %peer, az = %az, error = %e, "fallback to the NAT Gateway failed; will retry");
+                false
+            }
+        }
+    }
+}
