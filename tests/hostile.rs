@@ -33,7 +33,7 @@ fn calls_within(r: &Report, window: Duration) -> Vec<&Call> {
         .collect()
 }
 
-const SILENCE: &str = "heard a peer again after a silence longer than peers.dead_after";
+const SILENCE: &str = "heard a peer again after a silence longer than peers.suspect_after";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_api_neither_silences_heartbeats_nor_stops_a_failover() {

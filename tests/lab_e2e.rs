@@ -682,7 +682,7 @@ async fn a_rotated_key_leaves_every_nat_heard() {
         assert!(log.contains("heartbeat keys changed"), "{log}");
         assert!(!log.contains(IGNORED), "{log}");
         assert!(
-            !log.contains("silence longer than peers.dead_after"),
+            !log.contains("silence longer than peers.suspect_after"),
             "{log}"
         );
     }

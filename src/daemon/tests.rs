@@ -85,7 +85,7 @@ fn gaps(times: &[Instant]) -> Vec<Duration> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_silent_peer_is_dead_only_after_dead_after_and_ec2s_word_and_is_adopted_once() {
+async fn a_silent_peer_is_dead_only_after_suspect_after_and_ec2s_word_and_is_adopted_once() {
     let (cloud, me, task) = az_b_with_its_peers_loop();
     // The peer speaks for 5 s, then falls silent (frozen, or gone).
     let t0 = Instant::now();
@@ -105,12 +105,12 @@ async fn a_silent_peer_is_dead_only_after_dead_after_and_ec2s_word_and_is_adopte
     assert_eq!(
         asked(silent_from, Instant::now()),
         0,
-        "asked EC2 before dead_after"
+        "asked EC2 before suspect_after"
     );
     sleep(S).await;
     assert!(
         asked(silent_from, Instant::now()) >= 1,
-        "EC2 asked after dead_after"
+        "EC2 asked after suspect_after"
     );
     // EC2 says it runs: silence alone moves nothing.
     sleep(20 * S).await;

@@ -62,13 +62,13 @@ pub fn decide(
     view: &View,
     gone: &HashSet<InstanceId>,
     now: Duration,
-    dead_after: Duration,
+    suspect_after: Duration,
 ) -> Decision {
     let mut d = Decision::default();
-    // What each peer said within `dead_after`; nothing for one EC2 says is gone.
+    // What each peer said within `suspect_after`; nothing for one EC2 says is gone.
     let said = |p: &Peer| match gone.contains(&p.instance) {
         true => None,
-        false => view.fresh(&p.instance, now, dead_after),
+        false => view.fresh(&p.instance, now, suspect_after),
     };
     let ring = |counts: &dyn Fn(Option<Status>) -> bool| ring(me, my_status, peers, &said, counts);
     // Healthy NATs, this one included when it forwards.
@@ -81,7 +81,7 @@ pub fn decide(
         running = ring(&|s| s == Some(Status::Exiting));
     }
     for p in peers {
-        let said = view.fresh(&p.instance, now, dead_after);
+        let said = view.fresh(&p.instance, now, suspect_after);
         let dead =
             gone.contains(&p.instance) || matches!(said, Some(Status::Failing | Status::Exiting));
         if !dead {
@@ -311,7 +311,7 @@ mod tests {
         );
     }
 
-    /// [`decide`] for a NAT in `az`, with `dead_after` = 2 s.
+    /// [`decide`] for a NAT in `az`, with `suspect_after` = 2 s.
     fn decide_in(
         az: &str,
         status: Status,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::domain::Status;
 
 /// How long a previous holder may be silent before its hand-off ends. Longer
-/// than `peers.dead_after`: a NAT whose daemon restarts (`systemctl stop`
+/// than `peers.suspect_after`: a NAT whose daemon restarts (`systemctl stop`
 /// with hand-off, then start) keeps forwarding meanwhile, and one that has
 /// just started may not have heard its peers yet. For a NAT that is really
 /// gone, its connections are lost either way; this only delays the reset.

@@ -595,7 +595,7 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
         Scenario::FdExhaustion => {
             let before = lab.daemon_pid(0);
             // Watched until just before the daemon's restart is due
-            // (heartbeat.unable_restart, 10 s).
+            // (probe.unable_restart, 10 s).
             let health =
                 abuse::watch_health(lab, 0, Duration::from_secs(8), Duration::from_secs(1))?;
             lab.exhaust_descriptors(0)?;
