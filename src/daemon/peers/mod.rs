@@ -4,18 +4,19 @@
 //! `peers.group_tag` value), exchange UDP heartbeats with them, confirm
 //! silent ones through EC2, and cover the AZ of a dead one ([`super::cover`]).
 //!
-//! Heartbeats go out from their own task ([`beacon`]), which awaits nothing
+//! Heartbeats go out from their own task ([`wire::beacon`]), which awaits nothing
 //! but the socket: however slow the AWS API is, peers keep hearing this
 //! NAT's verdict every `peers.interval`, and at once when it changes.
 //!
 //! API use stays low: the peer list is refreshed every `aws.refresh_interval`
 //! (or when an unknown peer speaks, at most every [`PEER_LIST_ON_DEMAND`];
 //! after a failure on [`PEER_LIST_RETRY`]), EC2 is asked about a silent peer only
-//! while it is silent, on [`PEER_CONFIRM`] (every [`WITNESS_POLL`] at most
-//! in its first [`WITNESS_WINDOW`], for a status check's verdict), and a dead peer's AZ is looked
-//! at again each reconcile interval once covered ([`Cover::next_look`]).
+//! while it is silent, on [`crate::decide::backoff::PEER_CONFIRM`] (every
+//! [`crate::decide::backoff::WITNESS_POLL`] at most in its first
+//! [`crate::decide::backoff::WITNESS_WINDOW`], for a status check's
+//! verdict), and a dead peer's AZ is looked at again each reconcile
+//! interval once covered ([`crate::decide::cover::Cover::next_look`]).
 //! Failures are logged and retried; peer failover never stops the daemon.
-
 //!
 //! - [`discovery`]: the deployment and the peer list;
 //! - [`keys`]: the heartbeat keys, read and rotated;
