@@ -237,3 +237,138 @@ fn bare_use_lines_are_imports() {
     assert_eq!(bare_use_as_self("use crate::a;"), "use crate::a;");
     assert_eq!(bare_use_as_self("let x = 1;"), "let x = 1;");
 }
+
+/// The functions of `text` (a source file without its test module): each
+/// one's name, the line it starts on (1-based) and its length in lines,
+/// from `fn` to its closing brace. Strings, characters and comments are
+/// skipped, so braces inside them do not count.
+fn functions(text: &str) -> Vec<(String, usize, usize)> {
+    let chars: Vec<char> = text.chars().collect();
+    let line_of = |i: usize| chars[..i].iter().filter(|c| **c == '\n').count() + 1;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let at_word = i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        if at_word && chars[i..].starts_with(&['f', 'n', ' ']) {
+            let name: String = chars[i + 3..]
+                .iter()
+                .take_while(|c| c.is_alphanumeric() || **c == '_')
+                .collect();
+            if let Some(end) = body_end(&chars, i) {
+                out.push((name, line_of(i), line_of(end) - line_of(i) + 1));
+            }
+        }
+        i = skip_literal(&chars, i);
+    }
+    out
+}
+
+/// Where the body of the function whose `fn` is at `start` closes; `None`
+/// for a declaration without a body.
+fn body_end(chars: &[char], start: usize) -> Option<usize> {
+    let (mut i, mut depth) = (start, 0usize);
+    while i < chars.len() {
+        match chars[i] {
+            ';' if depth == 0 => return None,
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i = skip_literal(chars, i);
+    }
+    None
+}
+
+/// The index after the character at `i`, or after the whole string,
+/// character literal or comment that starts there.
+fn skip_literal(chars: &[char], i: usize) -> usize {
+    let rest = &chars[i..];
+    let find = |from: usize, end: &[char]| {
+        (from..chars.len())
+            .find(|j| chars[*j..].starts_with(end))
+            .map_or(chars.len(), |j| j + end.len())
+    };
+    match rest {
+        ['/', '/', ..] => find(i, &['\n']),
+        ['/', '*', ..] => find(i + 2, &['*', '/']),
+        ['r', '#', '"', ..] => find(i + 3, &['"', '#']),
+        ['r', '"', ..] if i == 0 || !chars[i - 1].is_alphanumeric() => find(i + 2, &['"']),
+        ['"', ..] => {
+            let mut j = i + 1;
+            while j < chars.len() && chars[j] != '"' {
+                j += if chars[j] == '\\' { 2 } else { 1 };
+            }
+            j + 1
+        }
+        ['\'', '\\', ..] => find(i + 2, &['\'']),
+        ['\'', _, '\'', ..] => i + 3,
+        _ => i + 1,
+    }
+}
+
+/// No function in `src/` is longer than 80 lines: a longer one does more
+/// than one thing and is split (bin included, tests excluded).
+#[test]
+fn no_function_is_longer_than_80_lines() {
+    const MAX: usize = 80;
+    let mut long = Vec::new();
+    let mut all = Vec::new();
+    let mut files = vec![];
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let text = match text.find("#[cfg(test)]\nmod tests") {
+            Some(i) => &text[..i],
+            None => &text,
+        };
+        // A module that is all tests (`#[cfg(test)] mod tests;` elsewhere).
+        if f.ends_with("daemon/tests.rs") {
+            continue;
+        }
+        for (name, line, len) in functions(text) {
+            if len > MAX {
+                long.push(format!("{}:{line} {name}: {len} lines", f.display()));
+            }
+            all.push((name, len));
+        }
+    }
+    // The reader works: it finds functions, and their lengths.
+    let render = all.iter().find(|(n, _)| n == "render");
+    assert!(
+        all.len() > 300 && render.is_some_and(|(_, l)| *l > 10 && *l < MAX),
+        "{} functions read, render: {render:?}",
+        all.len()
+    );
+    assert!(
+        long.is_empty(),
+        "functions over {MAX} lines:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_function_reader_skips_strings_and_comments() {
+    let text = "fn a() {\n    let s = \"}{\";\n    // }\n    let c = '}';\n}\nfn b<'x>(v: &'x str) -> &'x str {\n    v\n}\nfn decl();\n";
+    assert_eq!(
+        functions(text),
+        [("a".to_owned(), 1, 5), ("b".to_owned(), 6, 3)]
+    );
+}
