@@ -827,7 +827,7 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
     bad[26..28].copy_from_slice(&[0xde, 0xad]);
     hanat_lab::lab::forge::send_raw(&lab.azs[0].host.path(), vec![bad]).unwrap();
     // The kernel's counters are read at most once a second.
-    tokio::time::sleep(hanat::daemon::endpoints::KERNEL_READ_EVERY + Duration::from_millis(100))
+    tokio::time::sleep(hanat::daemon::readings::KERNEL_READ_EVERY + Duration::from_millis(100))
         .await;
     let after = get(0, "/metrics");
     for name in [

@@ -9,9 +9,8 @@
 //! closed at once (shed), so its descriptor is back within microseconds —
 //! the request head within [`HEADER_TIMEOUT`], and any connection closed
 //! after [`CONNECTION_LIFETIME`], keep-alive included. The kernel's
-//! counters, the one reading that forks a process (`nft`), are read at
-//! most every [`KERNEL_READ_EVERY`] whatever the scrapes ask; answers in
-//! between serve the last reading. Who may connect at all is
+//! counters are read at most every [`super::readings::KERNEL_READ_EVERY`]
+//! whatever the scrapes ask ([`super::readings`]). Who may connect at all is
 //! `metrics.allow`, enforced by the kernel (hanat's input filter), which
 //! also resets an address's connection past its 8th open one, before it
 //! takes a place in the listen queue EC2's status check needs.
@@ -30,11 +29,9 @@ use tracing::{info, warn};
 
 use super::ctx::Ctx;
 use super::log::LogThrottle;
+use super::readings::refresh;
 use super::snapshot::snapshot;
 use crate::decide::backoff::PEER_PORT_RETRY;
-use crate::kernel::counters;
-use crate::kernel::sysctl::conntrack_fill;
-use crate::status::Snapshot;
 
 /// Connections served at once. A scraper and EC2's status check need one
 /// each; the rest is room for `hanat status` and a few more scrapers.
@@ -50,77 +47,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Any connection is closed this long after it was accepted: a slow
 /// reader, a held keep-alive.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
-
-/// The kernel's counters are read at most this often (each reading runs
-/// `nft`): a scrape storm costs one reading per second.
-pub const KERNEL_READ_EVERY: Duration = Duration::from_secs(1);
-
-/// How often the active connections are counted at most once the
-/// conntrack table holds more than [`ACTIVE_CHEAP`] entries. A count reads
-/// the whole table as text, about 90 bytes per entry: with 250,000
-/// entries, 23 MB and most of a second of CPU on the lab's machine. So it
-/// runs off the async runtime, one at a time, and answers in between show
-/// the last count.
-const ACTIVE_RECOUNT: Duration = Duration::from_secs(10);
-
-/// Up to this many conntrack entries (under 1 MB of text), the active
-/// connections are counted at every refresh.
-const ACTIVE_CHEAP: i64 = 10_000;
-
-/// Whether the active connections are counted now, with `entries` in the
-/// conntrack table and the last count `since` ago (`None`: never).
-fn recount_due(entries: i64, since: Option<Duration>) -> bool {
-    entries <= ACTIVE_CHEAP || since.is_none_or(|s| s >= ACTIVE_RECOUNT)
-}
-
-/// Bring every metric up to date and return the snapshot they were set
-/// from: the daemon's state ([`snapshot`]) and the kernel's counters
-/// ([`kernel_metrics`]).
-pub async fn refresh(ctx: &Ctx) -> Snapshot {
-    let snap = snapshot(ctx).await;
-    ctx.metrics.show(&snap);
-    kernel_metrics(ctx).await;
-    snap
-}
-
-/// Read the kernel's traffic counters, conntrack statistics and active
-/// connections into the metrics, unless they were read within
-/// [`KERNEL_READ_EVERY`]: concurrent callers wait for the one reading.
-/// What cannot be read is left as it was.
-pub async fn kernel_metrics(ctx: &Ctx) {
-    let mut last = ctx.metrics.kernel_read_at.lock().await;
-    if last.is_some_and(|at| at.elapsed() < KERNEL_READ_EVERY) {
-        return;
-    }
-    *last = Some(tokio::time::Instant::now());
-    ctx.metrics.kernel_read();
-    if let Ok(values) = counters::read_gateway().await {
-        ctx.metrics.kernel(&values);
-    }
-    count_active(ctx).await;
-}
-
-/// Count the active connections into their gauge, unless a count is
-/// running or [`recount_due`] says it is too soon. An unreadable table
-/// counts none.
-async fn count_active(ctx: &Ctx) {
-    let Ok(mut last) = ctx.metrics.active_counted.try_lock() else {
-        return;
-    };
-    if !recount_due(conntrack_fill().0, last.map(|at| at.elapsed())) {
-        return;
-    }
-    let sources = ctx.me.vpc_cidrs.clone();
-    let counted = tokio::task::spawn_blocking(move || {
-        std::fs::File::open("/proc/net/nf_conntrack")
-            .map(|f| counters::active_tcp(std::io::BufReader::new(f), &sources))
-            .unwrap_or(0)
-    })
-    .await
-    .unwrap_or(0);
-    ctx.metrics.set_active(counted as i64);
-    *last = Some(tokio::time::Instant::now());
-}
 
 /// Serve the endpoints on `addr` until aborted. A port that cannot be
 /// bound (a predecessor still holds it) is retried; nothing here ever stops
@@ -329,18 +255,6 @@ fn reply(code: StatusCode, kind: &'static str, body: String) -> Response<Full<By
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_big_conntrack_table_is_counted_at_most_every_ten_seconds() {
-        let s = Duration::from_secs;
-        // Small: every time.
-        assert!(recount_due(0, Some(s(0))));
-        assert!(recount_due(ACTIVE_CHEAP, Some(s(1))));
-        // Big: the first time, then once 10 s have passed.
-        assert!(recount_due(250_000, None));
-        assert!(!recount_due(250_000, Some(s(9))));
-        assert!(recount_due(250_000, Some(s(10))));
-    }
 
     #[test]
     fn one_address_cannot_take_every_connection() {

@@ -37,6 +37,7 @@ pub mod peers;
 pub mod probe;
 pub mod progress;
 pub mod publish;
+pub mod readings;
 pub mod routes;
 pub mod snapshot;
 pub mod take;

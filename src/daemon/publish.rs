@@ -20,8 +20,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
 use super::ctx::Ctx;
-use super::endpoints::{kernel_metrics, refresh};
 use super::log::LogThrottle;
+use super::readings::{kernel_metrics, refresh};
 use crate::aws::AwsError;
 use crate::config::MetricSet;
 use crate::domain::{Datum, Status, Unit};

@@ -690,7 +690,7 @@ async fn a_scrape_storm_reads_the_kernel_counters_at_most_once_a_second() {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..50 {
             let me = me.clone();
-            set.spawn(async move { super::endpoints::refresh(&me).await });
+            set.spawn(async move { super::readings::refresh(&me).await });
         }
         set.join_all()
     };
@@ -698,7 +698,7 @@ async fn a_scrape_storm_reads_the_kernel_counters_at_most_once_a_second() {
     assert_eq!(reads(&me), 1);
     storm(&me).await;
     assert_eq!(reads(&me), 1);
-    sleep(super::endpoints::KERNEL_READ_EVERY).await;
+    sleep(super::readings::KERNEL_READ_EVERY).await;
     storm(&me).await;
     assert_eq!(reads(&me), 2);
 }
