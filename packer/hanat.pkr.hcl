@@ -86,8 +86,20 @@ build {
   }
 
   provisioner "file" {
-    sources     = ["${path.root}/../systemd/hanat.service", "${path.root}/../systemd/hanat.toml"]
+    sources = [
+      "${path.root}/../systemd/hanat.service",
+      "${path.root}/../systemd/hanat.toml",
+      "${path.root}/../README.md",
+      "${path.root}/../LICENSE-MIT",
+      "${path.root}/../LICENSE-APACHE",
+    ]
     destination = "/tmp/"
+  }
+
+  # The reference README links to (the unit's Documentation= names README).
+  provisioner "file" {
+    source      = "${path.root}/../docs"
+    destination = "/tmp"
   }
 
   provisioner "shell" {

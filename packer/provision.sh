@@ -2,11 +2,13 @@
 # Provision a hanat NAT instance image (Amazon Linux 2023, dnf). Runs as root,
 # under Packer or by hand on a fresh instance:
 #
-#   HANAT_BINARY=/path/to/hanat  HANAT_FILES=/path/with/unit-and-config  ./provision.sh
+#   HANAT_BINARY=/path/to/hanat  HANAT_FILES=/path/with/unit-config-and-docs  ./provision.sh
 #   HANAT_SRC=/tmp/hanat-src.tar.gz  HANAT_FILES=...                      ./provision.sh
 #
 # With HANAT_BINARY the prebuilt binary is installed; otherwise the source
 # tarball is built here and the build tools are removed again afterwards.
+# HANAT_FILES holds hanat.service, hanat.toml, README.md, the two LICENSE
+# files and (optionally) docs/: the repository's, as Packer uploads them.
 set -euo pipefail
 
 binary=${HANAT_BINARY:-}
@@ -19,7 +21,7 @@ if [[ $EUID -ne 0 ]]; then
     log "must run as root"
     exit 1
 fi
-for f in hanat.service hanat.toml; do
+for f in hanat.service hanat.toml README.md LICENSE-MIT LICENSE-APACHE; do
     if [[ ! -f "$files/$f" ]]; then
         log "missing $files/$f (set HANAT_FILES)"
         exit 1
@@ -54,6 +56,14 @@ log "installing unit, config and kernel defaults"
 install -D -m 0644 "$files/hanat.service" /etc/systemd/system/hanat.service
 install -D -m 0644 "$files/hanat.toml" /etc/hanat/hanat.toml
 /usr/bin/hanat check-config --config /etc/hanat/hanat.toml
+
+# The unit's Documentation= names the README; the docs it links to beside it.
+log "installing the documentation"
+doc=/usr/share/doc/hanat
+install -D -m 0644 -t "$doc" "$files/README.md" "$files/LICENSE-MIT" "$files/LICENSE-APACHE"
+if [[ -d "$files/docs" ]]; then
+    install -D -m 0644 -t "$doc/docs" "$files"/docs/*.md
+fi
 
 # The daemon converges these itself; setting them at boot means forwarding
 # works from the first packet, before the daemon has started.
