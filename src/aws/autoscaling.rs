@@ -92,7 +92,7 @@ impl AutoScaling {
     }
 
     /// Instances of every group tagged `key=value` that count as peers
-    /// ([`is_member`]: in service or in Standby).
+    /// (`is_member`: in service or in Standby).
     pub async fn instances_of_groups_tagged(
         &self,
         key: &str,

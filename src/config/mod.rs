@@ -6,7 +6,7 @@
 //!
 //! One file per group of sections, each section with its own rules
 //! (`validate`); the rules across sections are here
-//! ([`Config::across_sections`]). Keys renamed keep their old names as
+//! (`Config::across_sections`). Keys renamed keep their old names as
 //! aliases (`docs/configuration.md` lists them).
 
 mod addresses;

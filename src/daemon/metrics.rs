@@ -1,5 +1,5 @@
 //! The daemon's Prometheus metrics (through the Prometheus project's
-//! `prometheus-client`), declared in one table ([`metrics!`]): each
+//! `prometheus-client`), declared in one table (the `metrics!` macro): each
 //! field, its type, its name after `hanat_` and its help. `/metrics`
 //! serves them (see [`super::endpoints`]); they change as events happen
 //! (probes, rejected heartbeats) and from a snapshot of the daemon's state

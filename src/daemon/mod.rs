@@ -3,13 +3,15 @@
 //!
 //! - [`routes`]: keep this AZ's private routes on this NAT (and its
 //!   Elastic IP, [`eip`]);
-//! - [`heartbeat`]: probe the NAT path, keep the kernel converged
+//! - [`probe`]: probe the NAT path, keep the kernel converged
 //!   ([`converge`]), report broken forwarding;
 //! - [`peers`]: heartbeats with the other AZs' NATs; cover a dead one's AZ
 //!   ([`cover`]);
 //! - [`exit`]: planned exits (scale-in, spot, stop with hand-off);
 //! - [`witness`]: put this NAT under its application status check;
-//! - [`publish`]: CloudWatch metrics, when `cloudwatch.enabled`.
+//! - [`publish`]: CloudWatch metrics, when `cloudwatch.enabled`;
+//! - [`endpoints`]: `/metrics`, `/health` and `/status` on
+//!   `metrics.listen` ([`metrics`], [`snapshot`], [`readings`]).
 //!
 //! They share one [`ctx::Ctx`], and every change of routes goes through
 //! [`take`]. Each loop is a struct whose `tick()` does one round, so tests

@@ -143,8 +143,9 @@ pub fn plan(id: &Identity, observed: &Observed) -> Plan {
     plan_to(id, observed, &RouteTarget::Eni(id.eni.clone()), &|_| true)
 }
 
-/// [`plan_with`], pointing the routes at `to` instead of this NAT (a
-/// fallback NAT Gateway).
+/// What to change so `observed`'s routes point at `to` (this NAT, or a
+/// fallback NAT Gateway), replacing an existing route only where
+/// `may_take` allows (a take's guard: [`crate::decide::cover::Guard`]).
 pub fn plan_to(
     id: &Identity,
     observed: &Observed,

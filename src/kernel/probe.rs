@@ -67,7 +67,7 @@ const LOCAL_ERRNOS: [nix::errno::Errno; 9] = {
     ]
 };
 
-/// Whether `errno` is a local failure ([`LOCAL_ERRNOS`]).
+/// Whether `errno` is a local failure (`LOCAL_ERRNOS`).
 pub fn is_local(errno: i32) -> bool {
     LOCAL_ERRNOS.iter().any(|e| *e as i32 == errno)
 }

@@ -4,7 +4,7 @@
 //! `peers.group_tag` value), exchange UDP heartbeats with them, confirm
 //! silent ones through EC2, and cover the AZ of a dead one ([`super::cover`]).
 //!
-//! Heartbeats go out from their own task ([`wire::beacon`]), which awaits nothing
+//! Heartbeats go out from their own task (`wire::beacon`), which awaits nothing
 //! but the socket: however slow the AWS API is, peers keep hearing this
 //! NAT's verdict every `peers.interval`, and at once when it changes.
 //!
@@ -18,11 +18,11 @@
 //! interval once covered ([`crate::decide::cover::Cover::next_look`]).
 //! Failures are logged and retried; peer failover never stops the daemon.
 //!
-//! - [`discovery`]: the deployment and the peer list;
+//! - `discovery`: the deployment and the peer list;
 //! - [`keys`]: the heartbeat keys, read and rotated;
 //! - [`auth`]: what the wire shares (keys, replays, what to read again);
-//! - [`wire`]: sending and receiving heartbeats;
-//! - [`dead`]: asking EC2 about silent peers, covering dead ones.
+//! - `wire`: sending and receiving heartbeats;
+//! - `dead`: asking EC2 about silent peers, covering dead ones.
 
 pub mod auth;
 mod dead;
