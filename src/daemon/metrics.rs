@@ -55,14 +55,11 @@ macro_rules! metrics {
                     let $field: $ty = $init;
                     registry.register($name, $help, $field.clone());
                 )*
-                let kernel: BTreeMap<_, _> = GATEWAY_COUNTERS
-                    .iter()
-                    .map(|k| (k.name, (Counter::default(), Mutex::new(0))))
-                    .collect();
+                let mut kernel = BTreeMap::new();
                 for k in GATEWAY_COUNTERS {
-                    if let Some((c, _)) = kernel.get(k.name) {
-                        registry.register(k.name, k.help, c.clone());
-                    }
+                    let c = Counter::default();
+                    registry.register(k.name, k.help, c.clone());
+                    kernel.insert(k.name, (c, Mutex::new(0)));
                 }
                 registry.register(
                     "aws_call_seconds",

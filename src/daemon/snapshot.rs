@@ -24,10 +24,8 @@ pub async fn snapshot(ctx: &Ctx) -> Snapshot {
     let stuck = ctx.progress.stuck();
     let snat = ctx.snat();
     let b = ctx.board();
-    let errors: Vec<(String, String)> = b
-        .errors
-        .iter()
-        .map(|(what, (_, e))| ((*what).to_owned(), e.clone()))
+    let errors: Vec<(&str, &str)> = (b.errors.iter())
+        .map(|(what, (_, e))| (*what, e.as_str()))
         .collect();
     let (reasons, warnings) = health(&Facts {
         verdict,

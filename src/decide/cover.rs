@@ -81,11 +81,12 @@ pub fn decide(
         running = ring(&|s| s == Some(Status::Exiting));
     }
     for p in peers {
-        let said = view.fresh(&p.instance, now, suspect_after);
+        // What it said, gone or not.
+        let heard = view.fresh(&p.instance, now, suspect_after);
         let dead =
-            gone.contains(&p.instance) || matches!(said, Some(Status::Failing | Status::Exiting));
+            gone.contains(&p.instance) || matches!(heard, Some(Status::Failing | Status::Exiting));
         if !dead {
-            if said.is_none() {
+            if heard.is_none() {
                 d.suspects.push(p.instance.clone());
             }
             continue;
@@ -100,7 +101,7 @@ pub fn decide(
             // its own AZ at the fallback itself ([`own_az_falls_back`]);
             // for one that is gone, the first running daemon at or after
             // its AZ in the ring does.
-            if said.is_some() && !gone.contains(&p.instance) {
+            if said(p).is_some() {
                 continue;
             }
             if next_in(&running, &p.az, true) == Some(&me.instance_id) {
@@ -280,7 +281,6 @@ pub fn unvouched_holders(plan: &Plan, live: &[EniId], dead: &[RouteTarget]) -> V
 mod tests {
     use super::*;
     use crate::decide::auth::Message;
-    use std::net::Ipv4Addr;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -291,12 +291,7 @@ mod tests {
     }
 
     fn peer(id: &str, az: &str) -> Peer {
-        Peer {
-            instance: InstanceId(id.into()),
-            az: az.into(),
-            eni: EniId(format!("eni-{id}")),
-            ip: Ipv4Addr::new(10, 0, 0, 1),
-        }
+        Peer::example(id, az)
     }
 
     fn heard(view: &mut View, id: &str, az: &str, status: Status, at: Duration) {

@@ -31,7 +31,7 @@ pub struct Facts<'a> {
     /// is associated with it yet.
     pub status_check: Option<(&'a str, bool)>,
     /// Each loop's last error: (loop, error).
-    pub errors: &'a [(String, String)],
+    pub errors: &'a [(&'a str, &'a str)],
     /// How long this daemon has been unable to send its probes, and why.
     pub unable_to_probe: Option<(Duration, &'a str)>,
 }
@@ -99,10 +99,7 @@ mod tests {
 
     #[test]
     fn only_forwarding_makes_a_nat_unhealthy() {
-        let errors = [(
-            "routes".to_owned(),
-            "DescribeRouteTables: throttled".to_owned(),
-        )];
+        let errors = [("routes", "DescribeRouteTables: throttled")];
         let stuck = [("routes", Duration::from_secs(42))];
         // (facts, unhealthy because, warned about)
         let ok = Facts {

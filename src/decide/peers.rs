@@ -280,16 +280,25 @@ impl PeerState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(id: &str, az: &str) -> Peer {
+impl Peer {
+    /// A peer with the given instance id in `az`, for tests: interface
+    /// `eni-<id>`, address 10.0.0.1.
+    pub fn example(id: &str, az: &str) -> Peer {
         Peer {
             instance: InstanceId(id.into()),
             az: az.into(),
             eni: EniId(format!("eni-{id}")),
             ip: Ipv4Addr::new(10, 0, 0, 1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: &str, az: &str) -> Peer {
+        Peer::example(id, az)
     }
 
     #[test]
