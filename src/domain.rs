@@ -176,6 +176,9 @@ pub struct InstanceInfo {
     pub ip: Option<Ipv4Addr>,
     /// `pending` or `running`: it can still forward or soon will.
     pub alive: bool,
+    /// When it was launched (Unix seconds), if EC2 said: which of two NATs
+    /// of one AZ is the newer ([`crate::decide::holder`]).
+    pub launched: Option<i64>,
 }
 
 /// What EC2 says of a silent peer: whether it still runs, and which of its

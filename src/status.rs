@@ -19,6 +19,9 @@ pub struct Snapshot {
     /// What is wrong that does not make it unhealthy.
     pub warnings: Vec<String>,
     pub routes: Vec<RouteView>,
+    /// Another NAT of this AZ holds its routes: which, and why.
+    #[serde(default)]
+    pub yielded_to: Option<String>,
     pub peers: Vec<PeerView>,
     /// `None`: busy (a loop held them for a kernel command just then).
     pub handoffs: Option<Vec<HandoffView>>,
@@ -140,6 +143,9 @@ fn routes(s: &Snapshot, out: &mut Lines) {
             (None, false) => "no default route".to_owned(),
         };
         out.push(("routes", format!("{} → {to}", r.table)));
+    }
+    if let Some(y) = &s.yielded_to {
+        out.push(("routes", format!("left to {y}")));
     }
 }
 
@@ -284,6 +290,7 @@ mod tests {
                 target: Some("eni-9".into()),
                 this_nat: false,
             }],
+            yielded_to: Some("i-0c (a newer NAT of this AZ holds it)".into()),
             peers: vec![PeerView {
                 instance: "i-0b".into(),
                 az: "eu-west-1b".into(),
@@ -317,6 +324,7 @@ mod tests {
         for want in [
             "i-0a (eu-west-1a): failing for 3s — UNHEALTHY: failing: its forwarding probes fail",
             "rtb-1 → eni-9",
+            "left to i-0c (a newer NAT of this AZ holds it)",
             "i-0b eu-west-1b 10.0.2.4: ok (heard 200ms ago)",
             "1000 of 262144 (0.4%)",
             "witness    application status check asc-0a watches /health",

@@ -263,6 +263,7 @@ impl Ec2 {
                         .and_then(|n| n.private_ip_address())
                         .and_then(|ip| ip.parse().ok()),
                     alive,
+                    launched: i.launch_time().map(|t| t.secs()),
                 });
             }
         }

@@ -459,6 +459,7 @@ pub fn vpc(azs: &[&str]) -> State {
                 eni: Some(eni.clone()),
                 ip: Some(Ipv4Addr::new(10, 0, 0, 10 + n)),
                 alive: true,
+                launched: Some(1_700_000_000),
             },
             group: Some(format!("nat-{az}")),
             health: "Healthy".into(),

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::decide::holder::Why;
+use crate::domain::InstanceId;
 use crate::status::RouteView;
 
 /// What the loops record for `/status`, in [`super::ctx::Ctx::board`].
@@ -21,6 +23,12 @@ pub struct StatusBoard {
     pub elastic_ip: Option<bool>,
     /// Elastic IPs held of those wanted (`snat.addresses`).
     pub elastic_ips: Option<(usize, usize)>,
+    /// None of the group's Elastic IPs is on this NAT, and each is held by
+    /// another running NAT (the pool has no spare).
+    pub pool_taken: bool,
+    /// The NAT of this AZ that holds its routes instead of this one, and
+    /// why, as the last routes pass found.
+    pub yielded_to: Option<(InstanceId, Why)>,
     /// The application status check this instance is associated with.
     pub status_check: Option<String>,
     /// The other AZs this NAT covers, and how (`this_nat`, `nat_gateway`),
@@ -43,6 +51,8 @@ impl Default for StatusBoard {
             own_routes: Vec::new(),
             elastic_ip: None,
             elastic_ips: None,
+            pool_taken: false,
+            yielded_to: None,
             status_check: None,
             covering: Vec::new(),
             last_publish: None,

@@ -22,6 +22,7 @@ use crate::aws::meter::ApiMeter;
 use crate::config::Config;
 use crate::decide::backoff::{ROUND_CALLS, WATCHDOG_SLACK};
 use crate::decide::cover::Moment;
+use crate::decide::holder::{self, Holding};
 use crate::decide::peers::PeerState;
 use crate::domain::{EniId, Identity, Ipv4Cidr, RouteTarget, Status, SubnetId};
 use crate::kernel::COMMAND_TIMEOUT;
@@ -218,7 +219,23 @@ impl Ctx {
         Moment {
             status: *self.status.borrow(),
             live: self.liveness().0,
+            holds_az: self.holding() == Holding::Hold,
         }
+    }
+
+    /// Which of this AZ's NATs holds its routes, now
+    /// ([`crate::decide::holder`]).
+    pub fn holding(&self) -> Holding {
+        let has_address = !self.board().pool_taken;
+        let p = self.peers();
+        holder::own_az(
+            &self.me,
+            p.launched,
+            has_address,
+            p.peers(),
+            p.view(),
+            p.gone(),
+        )
     }
 
     /// This NAT as a route target.

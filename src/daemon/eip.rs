@@ -114,6 +114,10 @@ impl EipClaim {
             .collect();
         ctx.set_snat(snat);
         let mut r = ctx.board();
+        r.pool_taken = matches!(
+            claims.first(),
+            Some((_, AddressAction::HeldByHealthy { .. }))
+        );
         r.elastic_ip = claims.first().map(|(_, a)| held(a));
         r.elastic_ips = Some((claims.iter().filter(|(_, a)| held(a)).count(), wanted));
     }

@@ -198,6 +198,7 @@ mod tests {
                 target: Some("eni-a".into()),
                 this_nat: own_routes_here,
             }],
+            yielded_to: None,
             peers: ["az-b", "az-c"]
                 .iter()
                 .map(|az| PeerView {

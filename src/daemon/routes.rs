@@ -24,6 +24,7 @@ use super::take::{FlowsTo, Take, hand_off_and_apply, read_and_plan, running_inst
 use crate::aws::AwsError;
 use crate::decide::backoff::{Backoff, ROUTES_RETRY};
 use crate::decide::cover::{Guard, gate, own_az_falls_back, unvouched_holders};
+use crate::decide::holder::Holding;
 use crate::decide::routes::{Action, Observed, Plan, points_at};
 use crate::domain::{EniId, RouteTableId, RouteTarget, Status};
 use crate::status::RouteView;
@@ -139,6 +140,7 @@ impl RoutesLoop {
             false => live,
         };
         let (plan, held) = gate(plan, status, drain_left, &holders);
+        let plan = self.yield_if_not_holder(plan);
         if held > 0 {
             let why = if status == Status::Ok {
                 "draining the adopter's connections before taking routes back"
@@ -156,6 +158,33 @@ impl RoutesLoop {
         hand_off_and_apply(ctx, &observed, &plan, &spec.to, FlowsTo::Holders, &proceed).await?;
         record_routes(ctx, &observed, &plan, &spec.to);
         Ok(())
+    }
+
+    /// With another NAT of this AZ holding it ([`crate::decide::holder`]),
+    /// keep only the source/destination check of the plan; say so when that
+    /// changes.
+    fn yield_if_not_holder(&mut self, mut plan: Plan) -> Plan {
+        let yielded = match self.ctx.holding() {
+            Holding::Hold => None,
+            Holding::Yield { to, why } => Some((to, why)),
+        };
+        let before = std::mem::replace(&mut self.ctx.board().yielded_to, yielded.clone());
+        if before != yielded {
+            match &yielded {
+                Some((to, why)) => {
+                    info!(holder = %to, "leaving this AZ's routes to another NAT of the AZ: {why}")
+                }
+                None if before.is_some() => {
+                    info!("this NAT holds its AZ again (no newer NAT of the AZ runs)")
+                }
+                None => {}
+            }
+        }
+        if yielded.is_some() {
+            plan.actions
+                .retain(|a| matches!(a, Action::DisableSourceDestCheck { .. }));
+        }
+        plan
     }
 
     /// Draining: a route held by a running NAT stays with it for the drain.

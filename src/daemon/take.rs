@@ -295,12 +295,14 @@ async fn hand_off_to_holders(ctx: &Ctx, observed: &Observed, plan: &Plan) {
                     az,
                     eni: Some(eni),
                     ip: Some(ip),
+                    launched,
                     ..
                 })) => forwarding.push(Peer {
                     instance: id,
                     az,
                     eni,
                     ip,
+                    launched,
                 }),
                 Ok(_) => {}
                 Err(e) => {

@@ -23,7 +23,7 @@
 //!
 //! | take | routes it may replace | each write only while |
 //! |---|---|---|
-//! | own AZ ([`Guard::OwnAz`]) | any of its AZ's; held back by [`gate`]: all until this NAT's own probe passes, and during `failback = drain:D` those of a running NAT or a NAT Gateway | this NAT's verdict is the one the plan was made on |
+//! | own AZ ([`Guard::OwnAz`]) | any of its AZ's; held back by [`gate`]: all until this NAT's own probe passes, and during `failback = drain:D` those of a running NAT or a NAT Gateway | this NAT's verdict is the one the plan was made on, and it still holds its AZ (no newer NAT of the AZ runs: [`super::holder`]) |
 //! | adoption ([`Guard::Adopt`]) | the dead peer's (interface or instance), blackholes, the AZ's fallback NAT Gateway | this NAT says `ok`, and the dead peer is not heard saying `ok` |
 //! | fallback ([`Guard::FallBack`]: a dead peer's AZ, or this NAT's own when it fails or leaves and no peer says `ok`, [`own_az_falls_back`]) | blackholes, this NAT's, NATs known dead | no NAT instance says `ok`, this one included |
 //!
@@ -195,6 +195,8 @@ pub struct Moment {
     pub status: Status,
     /// Interfaces of the peers heard saying `ok` now (and not gone).
     pub live: Vec<EniId>,
+    /// This NAT holds its own AZ ([`super::holder::own_az`]).
+    pub holds_az: bool,
 }
 
 impl Guard {
@@ -216,7 +218,7 @@ impl Guard {
     /// Whether the decision the take was planned on still holds.
     pub fn holds(&self, now: &Moment) -> bool {
         match self {
-            Guard::OwnAz { planned } => now.status == *planned,
+            Guard::OwnAz { planned } => now.status == *planned && now.holds_az,
             Guard::Adopt { dead, .. } => now.status == Status::Ok && !now.live.contains(&dead.eni),
             Guard::FallBack { .. } => now.status != Status::Ok && now.live.is_empty(),
         }
@@ -591,6 +593,7 @@ mod tests {
         let at = |status, live: &[&str]| Moment {
             status,
             live: live.iter().map(|e| EniId((*e).into())).collect(),
+            holds_az: true,
         };
         let adopt = Guard::Adopt {
             dead,
@@ -621,6 +624,12 @@ mod tests {
             assert_eq!(fall_back.holds(&m), by_fallback, "fallback, {m:?}");
             assert_eq!(own.holds(&m), by_own, "own AZ, {m:?}");
         }
+        // A newer NAT of the AZ took over since the plan: nothing is written.
+        let yielded = Moment {
+            holds_az: false,
+            ..at(Status::Failing, &[])
+        };
+        assert!(!own.holds(&yielded));
         assert!(own_az_falls_back(Status::Failing, &[]));
         assert!(own_az_falls_back(Status::Exiting, &[]));
         assert!(!own_az_falls_back(
@@ -743,6 +752,7 @@ mod tests {
                     az: AZS[self.nats[i].az].into(),
                     eni: Self::eni(i),
                     ip: std::net::Ipv4Addr::new(10, 0, 0, i as u8 + 1),
+                    launched: None,
                 }
             }
 
@@ -789,6 +799,7 @@ mod tests {
                 Moment {
                     status: self.nats[k].status,
                     live,
+                    holds_az: true,
                 }
             }
 

@@ -21,6 +21,8 @@ pub struct Facts<'a> {
     /// This AZ's route tables in scope, and how many point elsewhere.
     pub routes: usize,
     pub routes_elsewhere: usize,
+    /// Another NAT of this AZ holds them ([`super::holder`]).
+    pub yielded: bool,
     /// The AZ's Elastic IP is on this NAT (`None`: claiming is off).
     pub elastic_ip: Option<bool>,
     /// Elastic IPs held, of those wanted.
@@ -58,7 +60,7 @@ pub fn health(f: &Facts) -> (Vec<String>, Vec<String>) {
 
 fn warnings(f: &Facts) -> Vec<String> {
     let mut warnings = Vec::new();
-    if f.routes_elsewhere > 0 && f.verdict == Status::Ok {
+    if f.routes_elsewhere > 0 && f.verdict == Status::Ok && !f.yielded {
         warnings.push(format!(
             "{} of this AZ's {} route tables do not point at this NAT",
             f.routes_elsewhere, f.routes
@@ -106,7 +108,7 @@ mod tests {
             verdict: Status::Ok,
             ..Facts::default()
         };
-        let table: [(Facts, &[&str], &[&str]); 7] = [
+        let table: [(Facts, &[&str], &[&str]); 8] = [
             (ok.clone(), &[], &[]),
             (
                 Facts {
@@ -148,6 +150,17 @@ mod tests {
                     "this AZ's Elastic IP is not on this NAT",
                     "routes: DescribeRouteTables: throttled",
                 ],
+            ),
+            (
+                // Another NAT of the AZ holds its routes: no warning.
+                Facts {
+                    routes: 2,
+                    routes_elsewhere: 2,
+                    yielded: true,
+                    ..ok.clone()
+                },
+                &[],
+                &[],
             ),
             (
                 Facts {

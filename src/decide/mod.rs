@@ -8,6 +8,8 @@
 //! - [`peers`]: the peer list and what each peer last said;
 //! - [`cover`]: who is dead, who covers its AZ, and the guards of every
 //!   take of routes (a rule table, tested as a property);
+//! - [`holder`]: which of an AZ's NATs holds its routes when it has more
+//!   than one;
 //! - [`probe`]: the fall/rise state machine of the forwarding probe;
 //! - [`health`]: whether this NAT is healthy, and the warnings of `/status`;
 //! - [`flows`]: how long a flow hand-off lasts;
@@ -18,6 +20,7 @@ pub mod backoff;
 pub mod cover;
 pub mod flows;
 pub mod health;
+pub mod holder;
 pub mod peers;
 pub mod probe;
 pub mod routes;

@@ -53,6 +53,8 @@ pub struct Peer {
     pub az: String,
     pub eni: EniId,
     pub ip: Ipv4Addr,
+    /// When EC2 says it was launched (Unix seconds).
+    pub launched: Option<i64>,
 }
 
 impl Peer {
@@ -83,6 +85,11 @@ impl View {
         self.heard.get(id).map(|(at, _)| now.saturating_sub(*at))
     }
 
+    /// The peer's last status, however long ago it was heard.
+    pub fn last(&self, id: &InstanceId) -> Option<Status> {
+        self.heard.get(id).map(|(_, s)| *s)
+    }
+
     /// The peer's last status if heard within `fresh`, else `None` (silent).
     pub fn fresh(&self, id: &InstanceId, now: Duration, fresh: Duration) -> Option<Status> {
         self.heard
@@ -106,6 +113,8 @@ pub struct PeerState {
     /// called them impaired (a frozen instance EC2 still says runs): they
     /// are alive again the moment they are heard.
     impaired: HashSet<InstanceId>,
+    /// When this NAT was launched, once EC2 said (Unix seconds).
+    pub launched: Option<i64>,
 }
 
 impl PeerState {
@@ -289,6 +298,7 @@ impl Peer {
             az: az.into(),
             eni: EniId(format!("eni-{id}")),
             ip: Ipv4Addr::new(10, 0, 0, 1),
+            launched: None,
         }
     }
 }

@@ -40,32 +40,41 @@ pub(super) async fn deployment(ctx: &Ctx) -> Option<String> {
     }
 }
 
-/// The live peers, and instances of ours that are no longer alive.
+/// The live peers, instances of ours that are no longer alive, and when
+/// this NAT was launched (asked in the same call, for
+/// [`crate::decide::holder`]).
 pub(super) async fn peer_list(
     ctx: &Ctx,
     deployment: &str,
-) -> Result<(Vec<Peer>, Vec<InstanceId>), AwsError> {
-    let ids: Vec<InstanceId> = ctx
+) -> Result<(Vec<Peer>, Vec<InstanceId>, Option<i64>), AwsError> {
+    let mut ids: Vec<InstanceId> = ctx
         .cloud
         .instances_of_groups_tagged(&ctx.config.peers.group_tag, deployment)
         .await?
         .into_iter()
         .filter(|i| *i != ctx.me.instance_id)
         .collect();
+    ids.push(ctx.me.instance_id.clone());
     let infos = ctx.cloud.instances(&ids).await?;
     let mut peers = Vec::new();
     let mut departed = Vec::new();
+    let mut launched = None;
     for i in infos {
+        if i.id == ctx.me.instance_id {
+            launched = i.launched;
+            continue;
+        }
         match (i.alive, i.eni, i.ip) {
             (true, Some(eni), Some(ip)) => peers.push(Peer {
                 instance: i.id,
                 az: i.az,
                 eni,
                 ip,
+                launched: i.launched,
             }),
             _ => departed.push(i.id),
         }
     }
     peers.sort_by(|a, b| a.az.cmp(&b.az).then(a.instance.cmp(&b.instance)));
-    Ok((peers, departed))
+    Ok((peers, departed, launched))
 }

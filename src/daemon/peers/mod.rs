@@ -181,9 +181,10 @@ impl PeersLoop {
             return;
         }
         match discovery::peer_list(&self.ctx, &self.deployment).await {
-            Ok((list, departed)) => {
+            Ok((list, departed, launched)) => {
                 self.ctx.heartbeats.list_read();
                 let mut s = self.ctx.peers();
+                s.launched = launched.or(s.launched);
                 let changed = s.merge(list, departed, self.ctx.now());
                 let listed = |id: &InstanceId| s.peers().iter().any(|p| &p.instance == id);
                 self.ctx.heartbeats.forget_unless(listed);
