@@ -1646,3 +1646,47 @@ async fn only_metrics_allow_reaches_the_endpoints() {
         lab.azs[0].eip.1
     );
 }
+
+/// Two NATs in one AZ, as Auto Scaling makes them (a refresh that launches
+/// before it terminates, a Standby's replacement, a group that runs two for
+/// 30 s): the AZ moves once, to the newer NAT, with nothing lost; the
+/// internet sees only the AZ's pool (its Elastic IP and the spare); a TCP
+/// session open across the switch goes on through the older NAT (flow
+/// hand-off); the older one leaves through its lifecycle hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nats_in_one_az_pass_it_once_to_the_newer_and_lose_nothing() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let pool = [elastic_ip(0), hanat_lab::lab::spare_elastic_ip(0)];
+    for s in [
+        Scenario::RefreshLaunchFirst,
+        Scenario::StandbyNoDecrement,
+        Scenario::TwoInAz,
+    ] {
+        let r = scenario_with(s, options(2)).await;
+        let all = r.human();
+        assert_eq!(r.lost, 0, "{all}");
+        assert_eq!(r.route_changes, 1, "one switch, to the newer NAT: {all}");
+        assert!(r.sources.iter().all(|ip| pool.contains(ip)), "{all}");
+        for e in [
+            "the newer NAT holds AZ 0",
+            "terminated through its group (ok)",
+        ] {
+            assert!(r.events.iter().any(|x| x.contains(e)), "{e}: {all}");
+        }
+        assert!(
+            !r.logged("leaving this AZ's routes to another NAT of the AZ")
+                .is_empty(),
+            "{all}"
+        );
+        if s == Scenario::RefreshLaunchFirst {
+            assert!(
+                r.events
+                    .iter()
+                    .any(|e| e.contains("session across the switch: kept")),
+                "{all}"
+            );
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! The routes loop: keep this AZ's private routes pointed at this NAT.
 //!
 //! Each pass claims the Elastic IP ([`super::eip`]), reads the AZ, plans,
-//! lets the failback gate hold what this NAT may not take yet (before its
+//! keeps only the source/destination check while another NAT of the AZ
+//! holds it ([`crate::decide::holder`]), lets the failback gate hold what this NAT may not take yet (before its
 //! own probe passes, and during `failback = drain:D`), hands connections
 //! back to a NAT routes are taken from, and applies. When this NAT fails or
 //! leaves and no peer is healthy, it points its AZ at the fallback NAT
@@ -125,6 +126,7 @@ impl RoutesLoop {
         };
         let (observed, plan) = read_and_plan(ctx, &mut spec).await?;
         self.log_scope(&plan);
+        let plan = self.yield_if_not_holder(plan);
         let (live, dead) = ctx.liveness();
         // This NAT cannot serve its AZ and no peer is healthy to adopt it:
         // the AZ's fallback NAT Gateway stands in, if there is one.
@@ -140,12 +142,13 @@ impl RoutesLoop {
             false => live,
         };
         let (plan, held) = gate(plan, status, drain_left, &holders);
-        let plan = self.yield_if_not_holder(plan);
         if held > 0 {
-            let why = if status == Status::Ok {
-                "draining the adopter's connections before taking routes back"
-            } else {
-                "waiting for this NAT's own forwarding probe to pass before taking routes"
+            let why = match status {
+                Status::Ok => "draining the adopter's connections before taking routes back",
+                Status::Starting => {
+                    "waiting for this NAT's own forwarding probe to pass before taking routes"
+                }
+                Status::Failing | Status::Exiting => "not taking routes: this NAT cannot serve",
             };
             if let Some(n) = self.throttle.check("held", why, Instant::now()) {
                 info!(suppressed = n, held, status = %status, "{why}");

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 
 use crate::api::{self, Fault, Rule};
 use crate::cloud::DefaultTarget;
@@ -84,10 +84,22 @@ pub enum Scenario {
     /// AZ 0's daemon's open-file limit is lowered to what it holds (it can
     /// open nothing more): it cannot probe, says so, and restarts itself.
     FdExhaustion,
+    /// An instance refresh that launches before it terminates: a second
+    /// NAT boots in AZ 0 while the first serves, then the first is
+    /// terminated through its group (lifecycle hook). A TCP session from
+    /// AZ 0 stays open across the switch.
+    RefreshLaunchFirst,
+    /// AZ 0's NAT enters Standby without decrement; the group launches a
+    /// replacement beside it; later the Standby one is terminated through
+    /// the group.
+    StandbyNoDecrement,
+    /// AZ 0's group runs two NATs for 30 s (desired capacity 2), then
+    /// terminates the older one (the templates' `OldestInstance`).
+    TwoInAz,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 25] = [
+    pub const ALL: [Scenario; 28] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -113,6 +125,9 @@ impl Scenario {
         Scenario::EndpointFlood,
         Scenario::HeartbeatFlood,
         Scenario::FdExhaustion,
+        Scenario::RefreshLaunchFirst,
+        Scenario::StandbyNoDecrement,
+        Scenario::TwoInAz,
     ];
 
     pub fn name(self) -> &'static str {
@@ -142,6 +157,9 @@ impl Scenario {
             Scenario::EndpointFlood => "endpoint-flood",
             Scenario::HeartbeatFlood => "heartbeat-flood",
             Scenario::FdExhaustion => "fd-exhaustion",
+            Scenario::RefreshLaunchFirst => "refresh-launch-first",
+            Scenario::StandbyNoDecrement => "standby-no-decrement",
+            Scenario::TwoInAz => "two-in-az",
         }
     }
 
@@ -346,6 +364,9 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
             | Scenario::ForgeTunnelOk
             | Scenario::Freeze
             | Scenario::HeartbeatFlood
+            | Scenario::RefreshLaunchFirst
+            | Scenario::StandbyNoDecrement
+            | Scenario::TwoInAz
     );
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
@@ -609,6 +630,29 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             .await
             .map(drop)
         }
+        Scenario::RefreshLaunchFirst => {
+            let mut session = lab.session(0, Duration::from_secs(3))?;
+            let before = session.ask()?;
+            lab.launch_second(0).await?;
+            newcomer_takes(lab, timeout, 2).await?;
+            let kept = match session.ask() {
+                Ok(ip) if ip == before => format!("kept, still from {ip}"),
+                Ok(ip) => format!("answered from {ip}, not {before}"),
+                Err(e) => format!("broken: {e:#}"),
+            };
+            lab.note(format!("session across the switch: {kept}"));
+            lab.retire_older(0, hook_timeout)
+        }
+        Scenario::StandbyNoDecrement => {
+            lab.standby_replaced(0).await?;
+            newcomer_takes(lab, timeout, 2).await?;
+            lab.retire_older(0, hook_timeout)
+        }
+        Scenario::TwoInAz => {
+            lab.launch_second(0).await?;
+            newcomer_takes(lab, timeout, 6).await?;
+            lab.retire_older(0, hook_timeout)
+        }
         Scenario::Replay => {
             let (_, a, b) = claim_on_az0(lab, "ok")?;
             let capture = forge::Capture::start(&lab.rtr.path(), a, b, forge::PEER_PORT)?;
@@ -632,6 +676,22 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             Ok(())
         }
     }
+}
+
+/// Wait until the NAT launched beside AZ 0's holds AZ 0's route, then
+/// watch two NATs share the AZ for `intervals` reconcile intervals (long
+/// enough for routes passed back and forth to show).
+async fn newcomer_takes(lab: &Lab, timeout: Duration, intervals: u32) -> Result<()> {
+    let eni = lab
+        .newcomer_eni(0)
+        .ok_or_else(|| anyhow!("no NAT was launched beside AZ 0's"))?;
+    lab.wait_for("the newer NAT to hold AZ 0", timeout, || async {
+        Ok(lab.route_target(0).await?.as_deref() == Some(eni.as_str()))
+    })
+    .await?;
+    lab.note("the newer NAT holds AZ 0".into());
+    tokio::time::sleep(lab.opts.reconcile_interval * intervals).await;
+    Ok(())
 }
 
 /// A claim about AZ 0's NAT, its address and AZ 1's NAT's.

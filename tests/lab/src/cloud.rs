@@ -527,7 +527,7 @@ impl Cloud {
     }
 
     /// Put `instance` into Standby without lowering the group's desired
-    /// capacity (moto launches no replacement for it; AWS would).
+    /// capacity: the group launches a replacement for it (moto too).
     pub async fn enter_standby(&self, group: &str, instance: &str) -> Result<()> {
         self.asg
             .enter_standby()
@@ -745,6 +745,50 @@ impl Cloud {
             .and_then(|a| a.allocation_id())
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("no Elastic IP {public_ip}"))
+    }
+
+    /// The group's instances that are in service, in Auto Scaling's order.
+    pub async fn in_service(&self, group: &str) -> Result<Vec<String>> {
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await?;
+        Ok(out
+            .auto_scaling_groups()
+            .first()
+            .into_iter()
+            .flat_map(|g| g.instances())
+            .filter(|i| {
+                i.lifecycle_state() == Some(&aws_sdk_autoscaling::types::LifecycleState::InService)
+            })
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect())
+    }
+
+    /// Set a group's desired capacity (Auto Scaling launches or terminates
+    /// to match).
+    pub async fn set_desired(&self, group: &str, desired: i32) -> Result<()> {
+        self.asg
+            .set_desired_capacity()
+            .auto_scaling_group_name(group)
+            .desired_capacity(desired)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Terminate `instance` through its group, lowering the desired
+    /// capacity (no replacement), as a scale-in or a refresh's last step.
+    pub async fn terminate_in_group(&self, instance: &str) -> Result<()> {
+        self.asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await?;
+        Ok(())
     }
 
     /// Scale a group to nothing (for AZs a lab does not use).

@@ -57,6 +57,7 @@ use crate::sandbox::Sandbox;
 pub mod abuse;
 mod autoscaler;
 mod faults;
+mod fleet;
 pub mod forge;
 mod nat;
 mod planes;
@@ -108,6 +109,12 @@ pub fn nth_elastic_ip(i: usize, k: usize) -> Ipv4Addr {
         0 => elastic_ip(i),
         _ => Ipv4Addr::new(198, 51, 100, 100 + 10 * i as u8 + k as u8),
     }
+}
+
+/// The lab's address for AZ `i`'s spare Elastic IP (the template's
+/// `SpareAddress`).
+pub fn spare_elastic_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 100 + 10 * i as u8 + 9)
 }
 
 /// The lab's address for the Elastic IP of AZ `i`'s NAT Gateway.
@@ -228,16 +235,29 @@ pub struct Az {
     pub eip: (String, Ipv4Addr),
     /// Its further Elastic IPs (`addresses` > 1), in template order.
     pub more_eips: Vec<(String, Ipv4Addr)>,
+    /// Its pool's spare Elastic IP, for a NAT launched beside the current
+    /// one (the template's `SpareAddress`).
+    pub spare_eip: Option<(String, Ipv4Addr)>,
     /// The AZ's fallback NAT Gateway, if the lab has them.
     pub nat_gateway: Option<NatGateway>,
     _nat_gateway_ns: Option<Netns>,
 }
 
 impl Az {
-    /// The lab public addresses of all its Elastic IPs, the first one first.
+    /// The lab public addresses of a NAT's Elastic IPs (`addresses`), the
+    /// first one first.
     pub fn elastic_ips(&self) -> Vec<Ipv4Addr> {
         std::iter::once(self.eip.1)
             .chain(self.more_eips.iter().map(|(_, ip)| *ip))
+            .collect()
+    }
+
+    /// The AZ's whole pool: [`Az::elastic_ips`] and the spare, what its
+    /// users allow-list.
+    pub fn pool(&self) -> Vec<Ipv4Addr> {
+        self.elastic_ips()
+            .into_iter()
+            .chain(self.spare_eip.iter().map(|(_, ip)| *ip))
             .collect()
     }
 }
@@ -264,6 +284,10 @@ struct Shared {
     launch: Launch,
     /// One slot per AZ: its current NAT, if materialised.
     nats: Mutex<Vec<Option<Nat>>>,
+    /// NATs launched beside an AZ's current one (a launch-before-terminate
+    /// refresh, a Standby's replacement): (AZ, NAT), oldest first. See
+    /// [`fleet`].
+    extra: Mutex<Vec<(usize, Nat)>>,
     /// Every launch so far, for unique names.
     launches: Mutex<u32>,
     /// moto's public address of each Elastic IP → the lab's address.
@@ -289,6 +313,27 @@ struct Shared {
 impl Shared {
     fn nats(&self) -> MutexGuard<'_, Vec<Option<Nat>>> {
         self.nats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn extra(&self) -> MutexGuard<'_, Vec<(usize, Nat)>> {
+        self.extra.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (interface, private address) and (instance, IMDS) of every
+    /// materialised NAT, the AZs' current ones and those beside them.
+    fn all_instances(&self) -> Vec<(Instance, Imds)> {
+        let mut v: Vec<(Instance, Imds)> = self
+            .nats()
+            .iter()
+            .flatten()
+            .map(|n| (n.instance.clone(), n.imds.clone()))
+            .collect();
+        v.extend(
+            self.extra()
+                .iter()
+                .map(|(_, n)| (n.instance.clone(), n.imds.clone())),
+        );
+        v
     }
 
     fn event(&self, what: String) {
@@ -419,6 +464,7 @@ impl Lab {
             dir: dir.clone(),
             launch,
             nats: Mutex::new((0..opts.azs).map(|_| None).collect()),
+            extra: Mutex::new(Vec::new()),
             launches: Mutex::new(0),
             eip_public,
             auto_public: Mutex::new(HashMap::new()),
@@ -600,8 +646,8 @@ impl Lab {
     }
 
     /// Whether AZ `i` is served as it should be: its route on its own live
-    /// NAT, whose daemon runs, and egress works with one of the AZ's
-    /// Elastic IPs.
+    /// NAT, whose daemon runs, and egress works with one of the AZ's pool
+    /// of Elastic IPs.
     pub async fn az_ok(&self, i: usize) -> bool {
         let Some(nat) = self.nat(i) else { return false };
         nat.running
@@ -609,7 +655,7 @@ impl Lab {
                 == Some(nat.instance.eni.as_str())
             && self
                 .whoami(i, Duration::from_millis(500))
-                .is_ok_and(|seen| self.azs[i].elastic_ips().contains(&seen))
+                .is_ok_and(|seen| self.azs[i].pool().contains(&seen))
     }
 
     /// Wait until `check` is true, polling every 100 ms, for at most `limit`.
@@ -655,8 +701,10 @@ impl Lab {
     /// The last `n` lines of every daemon log, for failure messages.
     pub fn logs_tail(&self, n: usize) -> String {
         let nats = self.shared.nats();
+        let extra = self.shared.extra();
         nats.iter()
             .flatten()
+            .chain(extra.iter().map(|(_, n)| n))
             .map(|nat| {
                 format!(
                     "--- {} ---\n{}",
@@ -681,6 +729,7 @@ impl Drop for Lab {
             t.abort();
         }
         self.shared.nats().iter_mut().for_each(|n| drop(n.take()));
+        self.shared.extra().clear();
         if std::env::var_os("HANAT_LAB_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -30,10 +30,9 @@ pub(super) async fn router_step(
 ) {
     // Live ENIs: those of materialised NATs.
     let live: HashMap<String, String> = shared
-        .nats()
-        .iter()
-        .flatten()
-        .map(|n| (n.instance.eni.clone(), n.instance.private_ip.clone()))
+        .all_instances()
+        .into_iter()
+        .map(|(i, _)| (i.eni, i.private_ip))
         .collect();
     let gateway = |id: &str| {
         shared
@@ -70,12 +69,7 @@ pub(super) async fn router_step(
 /// secondary address to the Elastic IP associated with it (the proxy
 /// remembers which, see [`crate::api::Secondary`]), else to nothing.
 pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
-    let instances: Vec<(Instance, Imds)> = shared
-        .nats()
-        .iter()
-        .flatten()
-        .map(|n| (n.instance.clone(), n.imds.clone()))
-        .collect();
+    let instances = shared.all_instances();
     let Ok(assoc) = shared.cloud.address_associations().await else {
         return;
     };

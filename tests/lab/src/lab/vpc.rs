@@ -184,6 +184,28 @@ pub(super) async fn deploy_vpc(
             more_eips.push((allocation, lab_ip));
         }
 
+        // The pool's spare (SpareAddress, the template's default): for a
+        // NAT launched beside the AZ's current one.
+        let logical = format!("ElasticIp{}Spare", ["A", "B", "C"][i]);
+        let spare_eip = match resources.get(&logical) {
+            Some(moto_ip) => {
+                let allocation = cloud.allocation_of(moto_ip).await?;
+                cloud
+                    .tag(
+                        &allocation,
+                        &[
+                            (EIP_POOL_TAG, prefix),
+                            ("hanat:az", &name),
+                            ("hanat:group", &groups[i]),
+                        ],
+                    )
+                    .await?;
+                eip_public.insert(moto_ip.clone(), spare_elastic_ip(i));
+                Some((allocation, spare_elastic_ip(i)))
+            }
+            None => None,
+        };
+
         // Router side: a bridge for the public subnet (NATs come and go), a
         // link to the private host, and the private subnet's own table.
         rtr.ip(&format!("link add bp{i} type bridge"))?;
@@ -223,6 +245,7 @@ pub(super) async fn deploy_vpc(
             host_ip,
             eip: (allocations[i].clone(), lab_ip),
             more_eips,
+            spare_eip,
             nat_gateway,
             _nat_gateway_ns: nat_gateway_ns,
         });
