@@ -194,7 +194,8 @@ async fn check_vpc_stack(cloud: &Cloud, stack: &str, azs: usize, scheduled: bool
     private_azs.dedup();
     assert_eq!(private_azs.len(), azs, "one private subnet per AZ");
 
-    // One NAT group per AZ, in that AZ's public subnet, of exactly one instance.
+    // One NAT group per AZ, in that AZ's public subnet, of one instance and
+    // room for a second while one replaces the other, the older going first.
     let described = cloud
         .asg
         .describe_auto_scaling_groups()
@@ -211,9 +212,10 @@ async fn check_vpc_stack(cloud: &Cloud, stack: &str, azs: usize, scheduled: bool
             .unwrap();
         assert_eq!(
             (d.min_size(), d.max_size(), d.desired_capacity()),
-            (Some(1), Some(1), Some(1)),
+            (Some(1), Some(2), Some(1)),
             "{g}"
         );
+        assert_eq!(d.termination_policies(), ["OldestInstance"], "{g}");
         assert_eq!(
             d.vpc_zone_identifier(),
             Some(public[i].as_str()),
@@ -452,15 +454,16 @@ async fn user_data_writes_a_config_hanat_accepts() {
     }
 }
 
-/// With `AddressesPerNat = 4`, each AZ gets four Elastic IPs (none of the
-/// other four), `AllElasticIps` lists all twelve, and the user data asks
-/// the daemon for four addresses; the default stays at one.
+/// With `AddressesPerNat = 4`, each AZ gets four Elastic IPs and the spare
+/// (`SpareAddress`, on by default), `AllElasticIps` lists all fifteen, and
+/// the user data asks the daemon for four addresses; the default stays at
+/// one, and `SpareAddress = false` makes no spare.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_per_nat_makes_that_many_elastic_ips_per_az() {
     let moto = Moto::start().unwrap();
     let cloud = Cloud::new(&moto.endpoint(), REGION).await;
     let ami = cloud.image().await.unwrap();
-    for (stack, n) in [("four", "4"), ("one", "1")] {
+    for (stack, n, spare) in [("four", "4", "true"), ("one", "1", "false")] {
         let out = cloud
             .deploy_stack(
                 stack,
@@ -470,11 +473,13 @@ async fn addresses_per_nat_makes_that_many_elastic_ips_per_az() {
                     ("AmiId", &ami),
                     ("NumberOfAZs", "3"),
                     ("AddressesPerNat", n),
+                    ("SpareAddress", spare),
                 ],
             )
             .await
             .unwrap();
         let n: usize = n.parse().unwrap();
+        let pool = n + usize::from(spare == "true");
         let made: Vec<String> = stack_resources(&cloud, stack)
             .await
             .into_iter()
@@ -486,13 +491,13 @@ async fn addresses_per_nat_makes_that_many_elastic_ips_per_az() {
                 .iter()
                 .filter(|id| id.strip_prefix(&format!("ElasticIp{x}")).is_some())
                 .count();
-            assert_eq!(mine, n, "{stack}: Elastic IPs of AZ {x}: {made:?}");
+            assert_eq!(mine, pool, "{stack}: Elastic IPs of AZ {x}: {made:?}");
         }
         // moto renders AWS::NoValue in a list as "None" where AWS drops
         // the element.
         let mut all = list(&out, "AllElasticIps");
         all.retain(|a| a != "None");
-        assert_eq!(all.len(), 3 * n, "{stack}: {all:?}");
+        assert_eq!(all.len(), 3 * pool, "{stack}: {all:?}");
         let mut distinct = all.clone();
         distinct.sort();
         distinct.dedup();
@@ -558,10 +563,25 @@ fn what_moto_does_not_model_is_in_the_template() {
             groups,
             "{name}"
         );
+        // Two NATs of a group while one replaces the other: launched first
+        // (moto ignores the maintenance and update policies), the older
+        // one terminated.
+        for want in [
+            "InstanceMaintenancePolicy:\n        MinHealthyPercentage: 100\n        MaxHealthyPercentage: 200",
+            "AutoScalingRollingUpdate:\n        MinInstancesInService: 1\n        MaxBatchSize: 1",
+            "TerminationPolicies: [OldestInstance]",
+        ] {
+            assert_eq!(t.matches(want).count(), groups, "{name}: {want}");
+        }
+        assert!(
+            t.contains("DependsOn: NatGroupA") && t.contains("DependsOn: NatGroupB"),
+            "{name}: updated one AZ at a time"
+        );
         // Every Elastic IP tagged for the pool and its group (moto drops
-        // EIP tags): eight per AZ, as many made as AddressesPerNat says.
+        // EIP tags): eight per AZ and a spare, as many made as
+        // AddressesPerNat and SpareAddress say.
         let eips = t.matches("Type: AWS::EC2::EIP").count();
-        assert_eq!(eips, 3 * 8, "{name}");
+        assert_eq!(eips, 3 * 9, "{name}");
         assert_eq!(t.matches(r#"Key: "hanat:pool""#).count(), eips, "{name}");
         assert_eq!(t.matches(r#"Key: "hanat:group""#).count(), eips, "{name}");
         // IMDSv2 only.
@@ -608,9 +628,13 @@ fn what_moto_does_not_model_is_in_the_template() {
             actions, 19,
             "{name}: no action beyond the daemon's (plus CompleteLifecycleAction for the hook)"
         );
+        // (existing-vpc.yaml's route statement chooses its condition:
+        // the_existing_vpc_role_can_be_scoped_to_tagged_route_tables)
+        let chosen = usize::from(t.contains("Condition: !If\n                  - RoutesTagged"));
         assert_eq!(
             t.matches("Condition:\n                  StringEquals:")
-                .count(),
+                .count()
+                + chosen,
             8,
             "{name}: every mutating statement is conditioned"
         );
@@ -692,6 +716,22 @@ fn what_moto_does_not_model_is_in_the_template() {
     }
 }
 
+/// In an existing VPC, the role may change the route tables of the whole
+/// VPC, or (`RouteScope = tagged`) only those the user tagged for the stack
+/// (moto does not evaluate IAM: the policy is checked as text, and the
+/// stack below deploys with each choice).
+#[test]
+fn the_existing_vpc_role_can_be_scoped_to_tagged_route_tables() {
+    let statement = EXISTING
+        .split("- Sid: ")
+        .find(|s| s.starts_with("TakeOverPrivateRoutesOfThisVpc"))
+        .unwrap();
+    assert!(statement.contains("Condition: !If\n                  - RoutesTagged"));
+    assert!(statement.contains(r#""ec2:ResourceTag/hanat:stack": !Ref AWS::StackName"#));
+    assert!(statement.contains(r#""ec2:Vpc": !Sub"#));
+    assert!(EXISTING.contains("RoutesTagged: !Equals [!Ref RouteScope, tagged]"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_vpc_template_adds_nats_to_a_vpc() {
     let moto = Moto::start().unwrap();
@@ -743,6 +783,7 @@ async fn existing_vpc_template_adds_nats_to_a_vpc() {
                     "arn:aws:sns:us-east-1:123456789012:nat-alarms",
                 ),
                 ("CloudWatchMetrics", "alarms"),
+                ("RouteScope", "tagged"),
             ],
         )
         .await
