@@ -1690,3 +1690,22 @@ async fn two_nats_in_one_az_pass_it_once_to_the_newer_and_lose_nothing() {
         }
     }
 }
+
+/// A roll through every AZ, launch first, one AZ after the other (a new
+/// AMI, version or config through the templates' update policy): one route
+/// change per AZ, nothing lost. (The roll from an older binary is run by
+/// hand with `--hanat OLD --upgrade-to NEW`: docs/upgrade.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_moves_each_az_once_and_loses_nothing() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = scenario_with(Scenario::RollingUpgrade, options(2)).await;
+    let all = r.human();
+    assert_eq!(r.lost, 0, "{all}");
+    assert_eq!(r.route_changes, 2, "{all}");
+    for i in 0..2 {
+        let e = format!("the newer NAT holds AZ {i}");
+        assert!(r.events.iter().any(|x| x.contains(&e)), "{e}: {all}");
+    }
+}

@@ -96,10 +96,15 @@ pub enum Scenario {
     /// AZ 0's group runs two NATs for 30 s (desired capacity 2), then
     /// terminates the older one (the templates' `OldestInstance`).
     TwoInAz,
+    /// Every AZ's NAT replaced by one launched beside it, one AZ after the
+    /// other (a rolling update or instance refresh that launches first),
+    /// with `--upgrade-to`'s binary if given: during the roll, NATs of both
+    /// versions must hear each other.
+    RollingUpgrade,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 28] = [
+    pub const ALL: [Scenario; 29] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -128,6 +133,7 @@ impl Scenario {
         Scenario::RefreshLaunchFirst,
         Scenario::StandbyNoDecrement,
         Scenario::TwoInAz,
+        Scenario::RollingUpgrade,
     ];
 
     pub fn name(self) -> &'static str {
@@ -160,6 +166,7 @@ impl Scenario {
             Scenario::RefreshLaunchFirst => "refresh-launch-first",
             Scenario::StandbyNoDecrement => "standby-no-decrement",
             Scenario::TwoInAz => "two-in-az",
+            Scenario::RollingUpgrade => "rolling-upgrade",
         }
     }
 
@@ -367,6 +374,7 @@ pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
             | Scenario::RefreshLaunchFirst
             | Scenario::StandbyNoDecrement
             | Scenario::TwoInAz
+            | Scenario::RollingUpgrade
     );
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
@@ -634,7 +642,7 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             let mut session = lab.session(0, Duration::from_secs(3))?;
             let before = session.ask()?;
             lab.launch_second(0).await?;
-            newcomer_takes(lab, timeout, 2).await?;
+            newcomer_takes(lab, 0, timeout, 2).await?;
             let kept = match session.ask() {
                 Ok(ip) if ip == before => format!("kept, still from {ip}"),
                 Ok(ip) => format!("answered from {ip}, not {before}"),
@@ -645,13 +653,26 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
         }
         Scenario::StandbyNoDecrement => {
             lab.standby_replaced(0).await?;
-            newcomer_takes(lab, timeout, 2).await?;
+            newcomer_takes(lab, 0, timeout, 2).await?;
             lab.retire_older(0, hook_timeout)
         }
         Scenario::TwoInAz => {
             lab.launch_second(0).await?;
-            newcomer_takes(lab, timeout, 6).await?;
+            newcomer_takes(lab, 0, timeout, 6).await?;
             lab.retire_older(0, hook_timeout)
+        }
+        Scenario::RollingUpgrade => {
+            for i in 0..lab.azs.len() {
+                let old = lab.nat(i).map(|n| n.instance.id);
+                lab.launch_second(i).await?;
+                newcomer_takes(lab, i, timeout, 2).await?;
+                lab.retire_older(i, hook_timeout)?;
+                lab.wait_for("the newer NAT to be the AZ's", timeout, || async {
+                    Ok(lab.nat(i).map(|n| n.instance.id) != old && lab.az_ok(i).await)
+                })
+                .await?;
+            }
+            Ok(())
         }
         Scenario::Replay => {
             let (_, a, b) = claim_on_az0(lab, "ok")?;
@@ -678,18 +699,18 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
     }
 }
 
-/// Wait until the NAT launched beside AZ 0's holds AZ 0's route, then
+/// Wait until the NAT launched beside AZ `i`'s holds AZ `i`'s route, then
 /// watch two NATs share the AZ for `intervals` reconcile intervals (long
 /// enough for routes passed back and forth to show).
-async fn newcomer_takes(lab: &Lab, timeout: Duration, intervals: u32) -> Result<()> {
+async fn newcomer_takes(lab: &Lab, i: usize, timeout: Duration, intervals: u32) -> Result<()> {
     let eni = lab
-        .newcomer_eni(0)
-        .ok_or_else(|| anyhow!("no NAT was launched beside AZ 0's"))?;
-    lab.wait_for("the newer NAT to hold AZ 0", timeout, || async {
-        Ok(lab.route_target(0).await?.as_deref() == Some(eni.as_str()))
+        .newcomer_eni(i)
+        .ok_or_else(|| anyhow!("no NAT was launched beside AZ {i}'s"))?;
+    lab.wait_for("the newer NAT to hold its AZ", timeout, || async {
+        Ok(lab.route_target(i).await?.as_deref() == Some(eni.as_str()))
     })
     .await?;
-    lab.note("the newer NAT holds AZ 0".into());
+    lab.note(format!("the newer NAT holds AZ {i}"));
     tokio::time::sleep(lab.opts.reconcile_interval * intervals).await;
     Ok(())
 }

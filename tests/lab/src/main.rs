@@ -26,7 +26,9 @@ commands:
                                    az-outage, api-slow, api-throttle, api-down,
                                    imds-down, kernel-drift, standby, forge-tunnel,
                                    forge-tunnel-ok, forge-spoof, replay, freeze,
-                                   az-isolation
+                                   az-isolation, endpoint-flood, heartbeat-flood,
+                                   fd-exhaustion, refresh-launch-first,
+                                   standby-no-decrement, two-in-az, rolling-upgrade
   bench failover [--runs N]        every scenario N times (default 10) with
                                    failover = peer and = none; a table of outages
   bench connections [--addresses N] [--json]
@@ -74,6 +76,9 @@ options:
                      the daemons' routes.reconcile_interval (default 5s; hanat's
                      own default is 30s)
   --hanat PATH       the hanat binary (default: next to hanat-lab, built if missing)
+  --upgrade-to PATH  the binary of NATs launched beside an AZ's current one
+                     (refresh-launch-first, rolling-upgrade…): a rolling upgrade
+                     from --hanat to PATH
   --json             chaos: print one JSON object
   --plot PATH        chaos: draw the run to PATH (SVG): answered requests per
                      second per AZ, with the lab's events; bench: one SVG per
@@ -90,6 +95,7 @@ struct Args {
     boot_delay: Duration,
     timeout: Duration,
     hanat: Option<PathBuf>,
+    upgrade_to: Option<PathBuf>,
     json: bool,
     runs: usize,
     plot: Option<PathBuf>,
@@ -117,6 +123,7 @@ fn parse() -> Result<Option<Args>> {
         boot_delay: Duration::from_secs(20),
         timeout: Duration::from_secs(120),
         hanat: None,
+        upgrade_to: None,
         json: false,
         runs: 10,
         plot: None,
@@ -164,6 +171,9 @@ fn parse() -> Result<Option<Args>> {
             "--boot-delay" => a.boot_delay = duration(it.next(), "--boot-delay")?,
             "--timeout" => a.timeout = duration(it.next(), "--timeout")?,
             "--hanat" => a.hanat = Some(it.next().context("--hanat needs a path")?.into()),
+            "--upgrade-to" => {
+                a.upgrade_to = Some(it.next().context("--upgrade-to needs a path")?.into())
+            }
             "--json" => a.json = true,
             "--refresh-interval" => a.refresh_interval = duration(it.next(), "--refresh-interval")?,
             "--steady" => a.steady = duration(it.next(), "--steady")?,
@@ -260,6 +270,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.refresh_interval = a.refresh_interval;
     o.addresses = a.addresses;
     o.open_files = a.open_files;
+    o.upgrade_to = a.upgrade_to.clone();
     Ok(o)
 }
 

@@ -62,6 +62,7 @@ impl Lab {
         tokio::time::sleep(self.opts.boot_delay).await;
         let instance = self.cloud.instance(&id).await?;
         let mut nat = launch_nat(&self.shared, i, instance).await?;
+        nat.bin = self.opts.upgrade_to.clone();
         nat.start(&self.shared.launch)?;
         self.shared
             .event(format!("az{i}: {id} booted beside the AZ's NAT"));

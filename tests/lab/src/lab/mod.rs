@@ -185,6 +185,9 @@ pub struct LabOptions {
     /// `snat.addresses` and the template's `AddressesPerNat`: each NAT's
     /// public addresses (Elastic IPs), one per private address.
     pub addresses: u8,
+    /// The binary of NATs launched beside an AZ's current one (a rolling
+    /// upgrade from `hanat_bin`); `None`: `hanat_bin`.
+    pub upgrade_to: Option<PathBuf>,
 }
 
 impl LabOptions {
@@ -217,6 +220,7 @@ impl LabOptions {
             kernel_extra: String::new(),
             metrics_allow: None,
             addresses: 1,
+            upgrade_to: None,
         }
     }
 }

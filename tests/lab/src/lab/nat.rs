@@ -12,6 +12,8 @@ pub struct Nat {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub probe_namespace: String,
+    /// Its binary, if not the lab's (a rolling upgrade's newer NATs).
+    pub(super) bin: Option<PathBuf>,
     pub(super) daemon: Option<Child>,
     /// When the daemon was seen dead (for the restart delay).
     pub(super) died_at: Option<Instant>,
@@ -69,8 +71,10 @@ impl Nat {
             .append(true)
             .open(&self.log_path)?;
         launch.sandbox.run_pre_outside()?;
+        let bin = self.bin.as_ref().unwrap_or(&launch.bin);
         let child = launch
-            .command(&self.ns, &self.config_path)
+            .sandbox
+            .command(&self.ns.path(), bin, &launch.installed, &self.config_path)
             .env_clear()
             .env(
                 "PATH",
@@ -219,6 +223,7 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
         config_path,
         log_path,
         probe_namespace,
+        bin: None,
         daemon: None,
         died_at: None,
         _proxy: AbortOnDrop(proxy),
