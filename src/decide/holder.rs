@@ -257,4 +257,79 @@ mod tests {
             Holding::Hold
         );
     }
+
+    mod property {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One NAT of an AZ: launch second (ties on purpose), verdict,
+        /// whether EC2 says it is gone, whether it holds an Elastic IP.
+        fn nat() -> impl Strategy<Value = (i64, Status, bool, bool)> {
+            let status = prop_oneof![
+                Just(Status::Starting),
+                Just(Status::Ok),
+                Just(Status::Failing),
+                Just(Status::Exiting),
+            ];
+            (
+                0i64..3,
+                status,
+                proptest::bool::weighted(0.2),
+                proptest::bool::weighted(0.8),
+            )
+        }
+
+        /// Which NATs of the AZ hold it: running (not gone), saying `ok`
+        /// (the gate keeps any other from writing), and holding by the rule
+        /// applied to what it hears from the others.
+        fn holders(nats: &[(i64, Status, bool, bool)]) -> Vec<usize> {
+            let peer = |j: usize| {
+                let mut p = Peer::example(&format!("i-{j}"), "az-a");
+                p.launched = Some(nats[j].0);
+                p
+            };
+            (0..nats.len())
+                .filter(|&k| nats[k].1 == Status::Ok && !nats[k].2)
+                .filter(|&k| {
+                    let mut me = Identity::example(&format!("i-{k}"), "eni-x", "vpc-1");
+                    me.availability_zone = "az-a".into();
+                    let mut view = View::default();
+                    let mut gone = HashSet::new();
+                    let others: Vec<Peer> = (0..nats.len()).filter(|&j| j != k).map(peer).collect();
+                    for p in &others {
+                        let j: usize = p.instance.0[2..].parse().unwrap_or(0);
+                        said(&mut view, p, nats[j].1);
+                        if nats[j].2 {
+                            gone.insert(p.instance.clone());
+                        }
+                    }
+                    own_az(&me, Some(nats[k].0), nats[k].3, &others, &view, &gone) == Holding::Hold
+                })
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// However many NATs an AZ has, whatever they say and hold, at
+            /// most one of them takes its routes.
+            #[test]
+            fn at_most_one_nat_holds_an_az(nats in proptest::collection::vec(nat(), 1..=5)) {
+                prop_assert!(holders(&nats).len() <= 1, "{:?}", holders(&nats));
+            }
+
+            /// And exactly one when every NAT has an address and the
+            /// newest that has not failed, left or gone says `ok`: the AZ is
+            /// never left without a holder that could serve it.
+            #[test]
+            fn the_newest_nat_that_says_ok_holds_an_az(nats in proptest::collection::vec(nat(), 1..=5)) {
+                let nats: Vec<_> = nats.into_iter().map(|(l, s, g, _)| (l, s, g, true)).collect();
+                let newest = (0..nats.len())
+                    .filter(|&j| !nats[j].2 && matches!(nats[j].1, Status::Ok | Status::Starting))
+                    .max_by_key(|&j| (nats[j].0, format!("i-{j}")));
+                let want: Vec<usize> = newest.filter(|&j| nats[j].1 == Status::Ok).into_iter().collect();
+                prop_assert_eq!(holders(&nats), want);
+            }
+        }
+    }
 }
