@@ -101,10 +101,16 @@ pub enum Scenario {
     /// with `--upgrade-to`'s binary if given: during the roll, NATs of both
     /// versions must hear each other.
     RollingUpgrade,
+    /// The stack's NATs in public subnets that map no public address on
+    /// launch (as subnets a user creates), reaching the AWS API as on AWS:
+    /// through the VPC and its internet gateway. Nothing is injected: the
+    /// lab must converge, each NAT reaching AWS before it holds its
+    /// Elastic IP.
+    NoPublicAddress,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 29] = [
+    pub const ALL: [Scenario; 30] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -134,6 +140,7 @@ impl Scenario {
         Scenario::StandbyNoDecrement,
         Scenario::TwoInAz,
         Scenario::RollingUpgrade,
+        Scenario::NoPublicAddress,
     ];
 
     pub fn name(self) -> &'static str {
@@ -167,6 +174,7 @@ impl Scenario {
             Scenario::StandbyNoDecrement => "standby-no-decrement",
             Scenario::TwoInAz => "two-in-az",
             Scenario::RollingUpgrade => "rolling-upgrade",
+            Scenario::NoPublicAddress => "no-public-address",
         }
     }
 
@@ -344,7 +352,11 @@ impl ChaosOptions {
 }
 
 /// Run one scenario end to end on a fresh lab.
-pub async fn run(scenario: Scenario, opts: ChaosOptions) -> Result<Report> {
+pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
+    if scenario == Scenario::NoPublicAddress {
+        opts.lab.api_through_vpc = true;
+        opts.lab.map_public_ip = false;
+    }
     let lab = Lab::build(opts.lab.clone()).await?;
     lab.start_daemons()?;
     lab.wait_converged(Duration::from_secs(60)).await?;
@@ -660,6 +672,10 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             lab.launch_second(0).await?;
             newcomer_takes(lab, 0, timeout, 6).await?;
             lab.retire_older(0, hook_timeout)
+        }
+        Scenario::NoPublicAddress => {
+            lab.note("every NAT reached the AWS API through the VPC".into());
+            Ok(())
         }
         Scenario::RollingUpgrade => {
             for i in 0..lab.azs.len() {

@@ -791,6 +791,27 @@ impl Cloud {
         Ok(())
     }
 
+    /// Whether launch template `name`'s latest version gives the primary
+    /// interface a public address (`AssociatePublicIpAddress`), if it says.
+    pub async fn launch_template_public_ip(&self, name: &str) -> Result<Option<bool>> {
+        let out = self
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_name(name)
+            .versions("$Latest")
+            .send()
+            .await?;
+        Ok(out
+            .launch_template_versions()
+            .first()
+            .and_then(|v| v.launch_template_data())
+            .map(|d| d.network_interfaces())
+            .unwrap_or_default()
+            .iter()
+            .find(|n| n.device_index().unwrap_or(0) == 0)
+            .and_then(|n| n.associate_public_ip_address()))
+    }
+
     /// Scale a group to nothing (for AZs a lab does not use).
     pub async fn empty_group(&self, group: &str) -> Result<()> {
         self.asg

@@ -28,7 +28,8 @@ commands:
                                    forge-tunnel-ok, forge-spoof, replay, freeze,
                                    az-isolation, endpoint-flood, heartbeat-flood,
                                    fd-exhaustion, refresh-launch-first,
-                                   standby-no-decrement, two-in-az, rolling-upgrade
+                                   standby-no-decrement, two-in-az, rolling-upgrade,
+                                   no-public-address
   bench failover [--runs N]        every scenario N times (default 10) with
                                    failover = peer and = none; a table of outages
   bench connections [--addresses N] [--json]
@@ -76,6 +77,14 @@ options:
                      the daemons' routes.reconcile_interval (default 5s; hanat's
                      own default is 30s)
   --hanat PATH       the hanat binary (default: next to hanat-lab, built if missing)
+  --api-through-vpc  the daemons reach the AWS API as on AWS: out of their
+                     interface through the VPC and its internet gateway (so
+                     only with a public address); default: through a proxy
+                     inside each instance
+  --no-public-ip-on-launch
+                     the public subnets map no public address on launch (as
+                     a subnet a user creates): a NAT has one only if its
+                     launch template asks, or once it holds its Elastic IP
   --upgrade-to PATH  the binary of NATs launched beside an AZ's current one
                      (refresh-launch-first, rolling-upgrade…): a rolling upgrade
                      from --hanat to PATH
@@ -96,6 +105,8 @@ struct Args {
     timeout: Duration,
     hanat: Option<PathBuf>,
     upgrade_to: Option<PathBuf>,
+    api_through_vpc: bool,
+    map_public_ip: bool,
     json: bool,
     runs: usize,
     plot: Option<PathBuf>,
@@ -124,6 +135,8 @@ fn parse() -> Result<Option<Args>> {
         timeout: Duration::from_secs(120),
         hanat: None,
         upgrade_to: None,
+        api_through_vpc: false,
+        map_public_ip: true,
         json: false,
         runs: 10,
         plot: None,
@@ -171,6 +184,8 @@ fn parse() -> Result<Option<Args>> {
             "--boot-delay" => a.boot_delay = duration(it.next(), "--boot-delay")?,
             "--timeout" => a.timeout = duration(it.next(), "--timeout")?,
             "--hanat" => a.hanat = Some(it.next().context("--hanat needs a path")?.into()),
+            "--api-through-vpc" => a.api_through_vpc = true,
+            "--no-public-ip-on-launch" => a.map_public_ip = false,
             "--upgrade-to" => {
                 a.upgrade_to = Some(it.next().context("--upgrade-to needs a path")?.into())
             }
@@ -271,6 +286,8 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.addresses = a.addresses;
     o.open_files = a.open_files;
     o.upgrade_to = a.upgrade_to.clone();
+    o.api_through_vpc = a.api_through_vpc;
+    o.map_public_ip = a.map_public_ip;
     Ok(o)
 }
 

@@ -94,6 +94,18 @@ pub const WHOAMI_PORT: u16 = 80;
 pub const SESSION_PORT: u16 = 7;
 /// Port of the AWS API proxy ([`crate::api`]) inside each NAT namespace.
 pub const MOTO_PROXY_PORT: u16 = 4566;
+/// The AWS API's address on the internet side, when the daemons reach it
+/// through the VPC ([`LabOptions::api_through_vpc`]): AZ `i`'s NATs at
+/// port [`MOTO_PROXY_PORT`] + `i` (so the proxy knows whose calls it
+/// counts and delays).
+pub const AWS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
+
+/// The `AWS_ENDPOINT_URL` of AZ `i`'s NATs when the API is reached through
+/// the VPC.
+pub fn api_endpoint(i: usize) -> String {
+    format!("http://{AWS_ENDPOINT}:{}", usize::from(MOTO_PROXY_PORT) + i)
+}
+
 /// Tag on the Elastic IPs of the pool (value: the AZ).
 pub const EIP_POOL_TAG: &str = "hanat:pool";
 
@@ -188,6 +200,16 @@ pub struct LabOptions {
     /// The binary of NATs launched beside an AZ's current one (a rolling
     /// upgrade from `hanat_bin`); `None`: `hanat_bin`.
     pub upgrade_to: Option<PathBuf>,
+    /// The daemons reach the AWS API as on AWS: out of their interface,
+    /// through the VPC's router and internet gateway (so only with a public
+    /// address) to [`AWS_ENDPOINT`]; `false`: through a proxy inside each
+    /// instance, whatever its addresses (the lab's side channel).
+    pub api_through_vpc: bool,
+    /// The public subnets map a public address on launch (the template's
+    /// `MapPublicIpOnLaunch: true`); `false`: they do not, as a subnet a user
+    /// created, and an instance gets one only if its launch template asks
+    /// (`AssociatePublicIpAddress`).
+    pub map_public_ip: bool,
 }
 
 impl LabOptions {
@@ -221,6 +243,8 @@ impl LabOptions {
             metrics_allow: None,
             addresses: 1,
             upgrade_to: None,
+            api_through_vpc: false,
+            map_public_ip: true,
         }
     }
 }
@@ -298,6 +322,10 @@ struct Shared {
     eip_public: HashMap<String, Ipv4Addr>,
     /// Auto-assigned public addresses of instances without an Elastic IP.
     auto_public: Mutex<HashMap<String, Ipv4Addr>>,
+    /// Instances launched without a public address (their subnet maps none
+    /// and their launch template asks for none): only an Elastic IP gives
+    /// them one.
+    no_public: Mutex<std::collections::HashSet<String>>,
     /// Log of lab events (launches, terminations, restarts).
     events: Mutex<Vec<(Instant, String)>>,
     /// AZs that are down, until when.
@@ -472,6 +500,7 @@ impl Lab {
             launches: Mutex::new(0),
             eip_public,
             auto_public: Mutex::new(HashMap::new()),
+            no_public: Mutex::new(Default::default()),
             events: Mutex::new(Vec::new()),
             az_down: Mutex::new(HashMap::new()),
             gateways: azs
@@ -504,6 +533,19 @@ impl Lab {
             moto,
         };
         lab.start_servers()?;
+        if lab.opts.api_through_vpc {
+            lab.inet
+                .ip(&format!("addr add {AWS_ENDPOINT}/24 dev eth0"))?;
+            for i in 0..lab.azs.len() {
+                let port = MOTO_PROXY_PORT + i as u16;
+                let listener = lab.inet.bind_tcp(SocketAddr::from((AWS_ENDPOINT, port)))?;
+                let proxy = crate::api::serve(listener, i, shared.api.clone(), shared.moto_port);
+                lab.tasks
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(tokio::spawn(proxy));
+            }
+        }
         // The first NATs: the groups' instances, with the AZ's Elastic IP.
         for a in &lab.azs {
             let instance = lab.cloud.group_instance(&a.group).await?;

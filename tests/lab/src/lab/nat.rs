@@ -17,7 +17,11 @@ pub struct Nat {
     pub(super) daemon: Option<Child>,
     /// When the daemon was seen dead (for the restart delay).
     pub(super) died_at: Option<Instant>,
-    pub(super) _proxy: AbortOnDrop,
+    /// Where its daemon reaches the AWS API (`AWS_ENDPOINT_URL`).
+    pub endpoint: String,
+    /// Its own API proxy, inside the instance (`None` when the API is
+    /// reached through the VPC: [`LabOptions::api_through_vpc`]).
+    pub(super) _proxy: Option<AbortOnDrop>,
 }
 
 pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -80,7 +84,7 @@ impl Nat {
                 "PATH",
                 std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
             )
-            .envs(daemon_env())
+            .envs(daemon_env(&self.endpoint))
             .env("RUST_LOG", "hanat=debug,info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -115,14 +119,12 @@ impl Drop for Nat {
     }
 }
 
-/// Environment a daemon gets inside a NAT namespace: the AWS API through
-/// the proxy, dummy credentials, and nothing from the host's AWS config.
-pub fn daemon_env() -> Vec<(String, String)> {
+/// Environment a daemon gets inside a NAT namespace: the AWS API at
+/// `endpoint` (the lab's proxy), dummy credentials, and nothing from the
+/// host's AWS config.
+pub fn daemon_env(endpoint: &str) -> Vec<(String, String)> {
     [
-        (
-            "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{MOTO_PROXY_PORT}"),
-        ),
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
         ("AWS_ACCESS_KEY_ID", "testing".into()),
         ("AWS_SECRET_ACCESS_KEY", "testing".into()),
         ("AWS_CONFIG_FILE", "/dev/null".into()),
@@ -193,15 +195,39 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
         public_ipv4: None,
     };
     let imds = Imds::serve(ns.bind_tcp("169.254.169.254:80".parse()?)?, meta.values())?;
-    // The AWS API, reached from inside the instance through a proxy.
-    let proxy_listener = ns.bind_tcp(SocketAddr::from(([127, 0, 0, 1], MOTO_PROXY_PORT)))?;
-    let proxy = tokio::spawn(crate::api::serve(
-        proxy_listener,
-        i,
-        shared.api.clone(),
-        shared.moto_port,
-    ));
-
+    // The AWS API: through the VPC to the lab's endpoint on the internet
+    // side, or from inside the instance through a proxy of its own.
+    let (endpoint, proxy) = match shared.opts.api_through_vpc {
+        true => (api_endpoint(i), None),
+        false => {
+            let listener = ns.bind_tcp(SocketAddr::from(([127, 0, 0, 1], MOTO_PROXY_PORT)))?;
+            let proxy = tokio::spawn(crate::api::serve(
+                listener,
+                i,
+                shared.api.clone(),
+                shared.moto_port,
+            ));
+            (
+                format!("http://127.0.0.1:{MOTO_PROXY_PORT}"),
+                Some(AbortOnDrop(proxy)),
+            )
+        }
+    };
+    // A public address on launch, as EC2 decides it: the launch template's
+    // `AssociatePublicIpAddress` if it says, else the subnet's
+    // `MapPublicIpOnLaunch` (the lab's: moto says true for every subnet).
+    let public = shared
+        .cloud
+        .launch_template_public_ip(&format!("{prefix}-nat"))
+        .await?
+        .unwrap_or(shared.opts.map_public_ip);
+    if !public {
+        shared
+            .no_public
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(instance.id.clone());
+    }
     let probe_namespace = format!("{prefix}-p{i}g{n}");
     let config_path = shared.dir.join(format!("nat-{i}-{n}.toml"));
     let log_path = shared.dir.join(format!("nat-{i}-{n}.log"));
@@ -226,7 +252,8 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
         bin: None,
         daemon: None,
         died_at: None,
-        _proxy: AbortOnDrop(proxy),
+        endpoint,
+        _proxy: proxy,
     })
 }
 
@@ -329,7 +356,7 @@ impl Lab {
             .as_ref()
             .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
         let mut c = n.ns.command(program);
-        c.envs(daemon_env());
+        c.envs(daemon_env(&n.endpoint));
         Ok(c)
     }
 
@@ -352,7 +379,7 @@ impl Lab {
             None => launch.sandbox.clone(),
         };
         let mut c = sandbox.command(&n.ns.path(), &launch.bin, &launch.installed, &n.config_path);
-        c.envs(daemon_env());
+        c.envs(daemon_env(&n.endpoint));
         Ok(c)
     }
 }

@@ -65,7 +65,8 @@ pub(super) async fn router_step(
 
 /// The internet gateway maps each live instance's private addresses (and
 /// each NAT Gateway's) 1:1 to public ones: the primary address to its
-/// Elastic IP if moto has one associated, else an auto-assigned one; a
+/// Elastic IP if moto has one associated, else an auto-assigned one if it
+/// was launched with a public address (else to nothing); a
 /// secondary address to the Elastic IP associated with it (the proxy
 /// remembers which, see [`crate::api::Secondary`]), else to nothing.
 pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
@@ -106,6 +107,16 @@ pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&inst.id);
                 ip
+            }
+            None if shared
+                .no_public
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&inst.id) =>
+            {
+                // No public address: the internet gateway drops its traffic.
+                imds.set_public_ipv4(&inst.mac, None);
+                continue;
             }
             None => {
                 let mut auto = shared.auto_public.lock().unwrap_or_else(|p| p.into_inner());
