@@ -221,7 +221,13 @@ pub struct Address {
     pub instance: Option<InstanceId>,
     /// The private address it is associated with, when associated.
     pub private_ip: Option<Ipv4Addr>,
+    /// Tagged [`SPARE_TAG`]: the pool's spare, for a second NAT of the AZ.
+    pub spare: bool,
 }
+
+/// The tag (value `true`) the templates put on each AZ's spare Elastic IP,
+/// which a NAT claims only when the pool's other addresses are held.
+pub const SPARE_TAG: &str = "hanat:spare";
 
 impl Address {
     /// Whether it is associated with `id`'s interface or instance.

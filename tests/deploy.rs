@@ -584,6 +584,19 @@ fn what_moto_does_not_model_is_in_the_template() {
         assert_eq!(eips, 3 * 9, "{name}");
         assert_eq!(t.matches(r#"Key: "hanat:pool""#).count(), eips, "{name}");
         assert_eq!(t.matches(r#"Key: "hanat:group""#).count(), eips, "{name}");
+        assert_eq!(
+            t.matches(r#"- { Key: "hanat:spare", Value: "true" }"#)
+                .count(),
+            3,
+            "{name}: the spares are marked, so a NAT alone in its AZ leaves them"
+        );
+        // A public address on launch, whatever the subnet maps: the NAT
+        // reaches the AWS API before it holds its Elastic IP (the lab's
+        // no-public-address).
+        assert!(
+            t.contains("NetworkInterfaces:\n          - DeviceIndex: 0\n            AssociatePublicIpAddress: true"),
+            "{name}"
+        );
         // IMDSv2 only.
         assert!(
             t.contains("HttpTokens: required") && t.contains("HttpPutResponseHopLimit: 1"),

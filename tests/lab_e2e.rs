@@ -1709,3 +1709,24 @@ async fn a_rolling_upgrade_moves_each_az_once_and_loses_nothing() {
         assert!(r.events.iter().any(|x| x.contains(&e)), "{e}: {all}");
     }
 }
+
+/// NATs in public subnets that map no public address (as subnets a user
+/// creates), reaching the AWS API as on AWS, through the VPC and its
+/// internet gateway: the templates' launch template gives each NAT a public
+/// address, so it reaches AWS, claims its Elastic IP (the first of its
+/// pool, not the spare) and serves. (Without it, the NATs never reached
+/// AWS: docs/deploy.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_reach_aws_through_the_vpc_in_subnets_that_map_no_public_address() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = scenario_with(Scenario::NoPublicAddress, options(2)).await;
+    let all = r.human();
+    assert_eq!(r.lost, 0, "{all}");
+    assert_eq!(r.sources, vec![elastic_ip(0)], "{all}");
+    // The daemons' calls reached the API's proxy on the internet side (the
+    // only one: the instances have none of their own here).
+    let calls: usize = r.api_calls().iter().map(|(_, n)| n).sum();
+    assert!(calls > 0, "{all}");
+}

@@ -14,7 +14,7 @@ use super::AwsError;
 use super::meter::{ApiMeter, metered_client};
 use crate::domain::{
     Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
-    RouteTableId, RouteTarget, SubnetId, VpcId,
+    RouteTableId, RouteTarget, SPARE_TAG, SubnetId, VpcId,
 };
 
 /// The destination every NAT owns.
@@ -392,6 +392,10 @@ impl Ec2 {
                     eni: some(a.network_interface_id()).map(EniId),
                     instance: some(a.instance_id()).map(InstanceId),
                     private_ip: a.private_ip_address().and_then(|p| p.parse().ok()),
+                    spare: a
+                        .tags()
+                        .iter()
+                        .any(|t| t.key() == Some(SPARE_TAG) && t.value() == Some("true")),
                 })
             })
             .collect();

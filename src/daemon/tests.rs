@@ -572,6 +572,7 @@ fn add_pool_address(cloud: &FakeCloud, n: u8) {
         eni: None,
         instance: None,
         private_ip: None,
+        spare: false,
     };
     let tags = vec![("hanat:group".to_owned(), "nat-az-a".to_owned())];
     cloud.state().addresses.push((a, tags));

@@ -275,9 +275,11 @@ pub enum AddressAction {
 /// Decide, for each of this NAT's private addresses (`privates`, the
 /// primary one first), which of the pool's Elastic IPs it gets: the one
 /// already associated with it, else the first free one, else the first
-/// whose holder is gone (`holder_alive` false), in pool order. An address
-/// on this NAT's interface is never moved, even when it is associated
-/// with a private address no longer wanted (its connections go on). Pure.
+/// whose holder is gone (`holder_alive` false), in pool order with the
+/// spare addresses last (a NAT alone in its AZ uses the addresses users
+/// see first; the spare is for a second NAT of the AZ). An address on this
+/// NAT's interface is never moved, even when it is associated with a
+/// private address no longer wanted (its connections go on). Pure.
 pub fn plan_addresses(
     id: &Identity,
     privates: &[Ipv4Addr],
@@ -285,6 +287,8 @@ pub fn plan_addresses(
     holder_alive: impl Fn(&crate::domain::Address) -> bool,
 ) -> Vec<(Ipv4Addr, AddressAction)> {
     let mut taken = vec![false; pool.len()];
+    let mut order: Vec<usize> = (0..pool.len()).collect();
+    order.sort_by_key(|&i| pool[i].spare);
     privates
         .iter()
         .map(|&p| {
@@ -292,7 +296,7 @@ pub fn plan_addresses(
                 return (p, AddressAction::Keep);
             }
             let mut refused = None;
-            for (i, a) in pool.iter().enumerate() {
+            for (i, a) in order.iter().map(|&i| (i, &pool[i])) {
                 if taken[i] || a.is_on(id) {
                     continue;
                 }
@@ -610,6 +614,42 @@ mod tests {
         assert_eq!(touched, vec!["rtb-black", "rtb-dead", "rtb-none"]);
     }
 
+    /// The spare is taken last: a NAT alone in its AZ keeps the address
+    /// users see first; a second NAT of the AZ gets the spare.
+    #[test]
+    fn the_spare_address_is_claimed_only_when_the_others_are_held() {
+        use crate::domain::Address;
+        let addr = |id: &str, spare: bool, held: bool| Address {
+            allocation_id: id.into(),
+            public_ip: "198.51.100.10".into(),
+            eni: held.then(|| EniId("eni-other".into())),
+            instance: None,
+            private_ip: None,
+            spare,
+        };
+        let primary = me().private_ip;
+        let plan = |pool: &[Address]| {
+            plan_addresses(&me(), &[primary], pool, |_| true)[0]
+                .1
+                .clone()
+        };
+        let take = |id: &str| AddressAction::Associate {
+            allocation_id: id.into(),
+            reassociate: false,
+        };
+        // The spare sorts first by allocation id, and is still left.
+        let pool = [
+            addr("eipalloc-a", true, false),
+            addr("eipalloc-b", false, false),
+        ];
+        assert_eq!(plan(&pool), take("eipalloc-b"));
+        let pool = [
+            addr("eipalloc-a", true, false),
+            addr("eipalloc-b", false, true),
+        ];
+        assert_eq!(plan(&pool), take("eipalloc-a"));
+    }
+
     #[test]
     fn address_decisions() {
         use crate::domain::Address;
@@ -619,6 +659,7 @@ mod tests {
             eni: eni.map(|e| EniId(e.into())),
             instance: None,
             private_ip: on.map(|p| p.parse().unwrap()),
+            spare: false,
         };
         let primary = me().private_ip;
         let one = |pool: &[Address], alive: bool| {

@@ -197,6 +197,7 @@ pub(super) async fn deploy_vpc(
                             (EIP_POOL_TAG, prefix),
                             ("hanat:az", &name),
                             ("hanat:group", &groups[i]),
+                            ("hanat:spare", "true"),
                         ],
                     )
                     .await?;
