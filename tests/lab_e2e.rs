@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use hanat_lab::chaos::{self, ChaosOptions, Scenario};
+use hanat_lab::cloud::DefaultTarget;
 use hanat_lab::lab::{Lab, LabOptions, elastic_ip, nat_gateway_public_ip};
 
 fn options(azs: usize) -> LabOptions {
@@ -1729,4 +1730,45 @@ async fn nats_reach_aws_through_the_vpc_in_subnets_that_map_no_public_address() 
     // only one: the instances have none of their own here).
     let calls: usize = r.api_calls().iter().map(|(_, n)| n).sum();
     assert!(calls > 0, "{all}");
+}
+
+/// From a NAT Gateway to hanat (docs/upgrade.md): a VPC whose private
+/// routes go to each AZ's NAT Gateway gets the stack's NATs; each takes its
+/// AZ from the gateway once it forwards, once, and the internet sees the
+/// gateway's address, then the AZ's Elastic IP, with at most a request
+/// caught mid-handshake at the switch (a gateway cannot hand over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_take_a_vpc_over_from_its_nat_gateways() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let mut opts = options(2);
+    opts.fallback_nat_gateway = true;
+    let lab = Lab::build(opts).await.unwrap();
+    for a in &lab.azs {
+        let gw = a.nat_gateway.as_ref().unwrap().id.clone();
+        lab.cloud
+            .set_default_route(&a.private_route_table, DefaultTarget::NatGateway(&gw))
+            .await
+            .unwrap();
+    }
+    lab.wait_for("the gateways to serve", Duration::from_secs(10), || async {
+        Ok(lab.whoami(0, Duration::from_millis(500))? == nat_gateway_public_ip(0))
+    })
+    .await
+    .unwrap();
+    let meter = lab.meter(0, Duration::from_millis(50));
+    lab.start_daemons().unwrap();
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = meter.finish();
+    assert_eq!(
+        r.sources,
+        vec![nat_gateway_public_ip(0), elastic_ip(0)],
+        "lost {} of {}",
+        r.lost,
+        r.sent
+    );
+    assert_eq!(r.source_changes, 1, "one switch: {:?}", r.sources);
+    assert!(r.lost <= 1, "lost {} of {}", r.lost, r.sent);
 }

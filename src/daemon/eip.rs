@@ -231,8 +231,10 @@ pub async fn claim_addresses(
 }
 
 /// Whether the holders of the pool's held addresses (not ours) still run,
-/// asked in pool order until enough addresses are ours, free or orphaned
-/// for `privates` (an unasked holder counts as alive).
+/// asked until enough addresses are ours, free or orphaned for `privates`
+/// (an unasked holder counts as alive): the spares last, so that a NAT
+/// replacing a dead one takes back the dead one's address (the one users
+/// see first) rather than settle for a free spare.
 async fn holders_alive(
     cloud: &dyn Cloud,
     identity: &Identity,
@@ -240,15 +242,23 @@ async fn holders_alive(
     privates: &[Ipv4Addr],
 ) -> Result<HashMap<String, bool>, AwsError> {
     let wanted = privates.len();
+    let kept = |a: &Address| a.is_on(identity) && privates.contains(&a.private_ip_of(identity));
     let mut usable = pool
         .iter()
-        .filter(|a| {
-            let kept = a.is_on(identity) && privates.contains(&a.private_ip_of(identity));
-            kept || !a.is_held()
-        })
+        .filter(|a| kept(a) || (!a.is_held() && !a.spare))
         .count();
+    let free_spares = pool.iter().filter(|a| !a.is_held() && a.spare).count();
+    let mut held: Vec<&Address> = pool
+        .iter()
+        .filter(|a| a.is_held() && !a.is_on(identity))
+        .collect();
+    held.sort_by_key(|a| a.spare);
+    let mut spares_counted = false;
     let mut alive = HashMap::new();
-    for a in pool.iter().filter(|a| !a.is_on(identity)) {
+    for a in held {
+        if a.spare && !std::mem::replace(&mut spares_counted, true) {
+            usable += free_spares;
+        }
         if usable >= wanted {
             break;
         }

@@ -2,13 +2,13 @@
 //!
 //! Each pass claims the Elastic IP ([`super::eip`]), reads the AZ, plans,
 //! keeps only the source/destination check while another NAT of the AZ
-//! holds it ([`crate::decide::holder`]), lets the failback gate hold what this NAT may not take yet (before its
-//! own probe passes, and during `failback = drain:D`), hands connections
-//! back to a NAT routes are taken from, and applies. When this NAT fails or
-//! leaves and no peer is healthy, it points its AZ at the fallback NAT
-//! Gateway instead. It runs every `routes.reconcile_interval` (±10%
-//! jitter), at once when this NAT's verdict changes, and after a failed
-//! pass on [`ROUTES_RETRY`].
+//! holds it ([`crate::decide::holder`]), lets the failback gate hold what
+//! this NAT may not take yet (before its own probe passes, and during
+//! `failback = drain:D`), hands connections back to a NAT routes are taken
+//! from, and applies. When this NAT fails or leaves and no peer is healthy,
+//! it points its AZ at the fallback NAT Gateway instead. It runs every
+//! `routes.reconcile_interval` (±10% jitter), at once when this NAT's
+//! verdict changes, and after a failed pass on [`ROUTES_RETRY`].
 
 use std::sync::Arc;
 use std::time::Duration;

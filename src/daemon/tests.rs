@@ -655,6 +655,80 @@ async fn the_primary_address_is_claimed_even_when_no_secondary_can_be_assigned()
     assert_eq!(me.board().elastic_ips, Some((3, 3)));
 }
 
+/// A pool address of AZ a's group: `spare` or not, held by instance
+/// `holder` (running or not) if given.
+fn add_held_pool_address(cloud: &FakeCloud, id: &str, spare: bool, holder: Option<(&str, bool)>) {
+    let mut s = cloud.state();
+    if let Some((h, alive)) = holder {
+        s.instances.push(crate::aws::fake::Instance {
+            info: crate::domain::InstanceInfo {
+                id: InstanceId(h.into()),
+                az: "az-a".into(),
+                eni: Some(EniId(format!("eni-{h}"))),
+                ip: None,
+                alive,
+                launched: Some(1_600_000_000),
+            },
+            group: Some("nat-az-a".into()),
+            health: "Healthy".into(),
+            impaired: Vec::new(),
+        });
+    }
+    let a = crate::domain::Address {
+        allocation_id: id.into(),
+        public_ip: "198.51.100.10".into(),
+        eni: holder.map(|(h, _)| EniId(format!("eni-{h}"))),
+        instance: None,
+        private_ip: None,
+        spare,
+    };
+    let tags = vec![("hanat:group".to_owned(), "nat-az-a".to_owned())];
+    s.addresses.push((a, tags));
+}
+
+/// A replacement takes back the dead NAT's address (the one users see
+/// first), not the free spare; a NAT launched beside a running one takes
+/// the spare; with the spare held too, the pool reads as taken.
+#[tokio::test(start_paused = true)]
+async fn the_dead_nats_address_is_taken_back_before_the_spare() {
+    use super::eip::EipClaim;
+    use super::log::LogThrottle;
+    let holder = |cloud: &FakeCloud, id: &str| {
+        let s = cloud.state();
+        s.addresses
+            .iter()
+            .find(|(a, _)| a.allocation_id == id)
+            .and_then(|(a, _)| a.eni.clone())
+    };
+    let mut c = config();
+    c.eip.claim = true;
+    for (old_runs, want) in [(false, "eipalloc-0"), (true, "eipalloc-spare")] {
+        let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
+        add_held_pool_address(&cloud, "eipalloc-0", false, Some(("i-old", old_runs)));
+        add_held_pool_address(&cloud, "eipalloc-spare", true, None);
+        let me = ctx(&cloud, "az-a", c.clone());
+        EipClaim::default()
+            .keep(&me, &mut LogThrottle::default())
+            .await;
+        assert_eq!(
+            holder(&cloud, want),
+            Some(me.me.eni.clone()),
+            "old runs: {old_runs}"
+        );
+        assert_eq!(me.board().elastic_ip, Some(true));
+        assert!(!me.board().pool_taken);
+    }
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));
+    add_held_pool_address(&cloud, "eipalloc-0", false, Some(("i-old", true)));
+    add_held_pool_address(&cloud, "eipalloc-spare", true, Some(("i-other", true)));
+    let me = ctx(&cloud, "az-a", c);
+    EipClaim::default()
+        .keep(&me, &mut LogThrottle::default())
+        .await;
+    assert_eq!(me.board().elastic_ip, Some(false));
+    assert!(me.board().pool_taken, "both held by running NATs");
+}
+
 /// A claim that fails before anything is known (DescribeAddresses
 /// refused) says the Elastic IP is not held rather than "not claimed".
 #[tokio::test(start_paused = true)]
