@@ -1711,10 +1711,10 @@ async fn a_rolling_upgrade_moves_each_az_once_and_loses_nothing() {
     }
 }
 
-/// NATs in public subnets that map no public address (as subnets a user
-/// creates), reaching the AWS API as on AWS, through the VPC and its
-/// internet gateway: the templates' launch template gives each NAT a public
-/// address, so it reaches AWS, claims its Elastic IP (the first of its
+/// `existing-vpc.yaml`'s NATs in public subnets that map no public address
+/// (as subnets a user creates), reaching the AWS API as on AWS, through the
+/// VPC and its internet gateway: the template's launch template gives each
+/// NAT a public address, so it reaches AWS, claims its Elastic IP (the first of its
 /// pool, not the spare) and serves. (Without it, the NATs never reached
 /// AWS: docs/deploy.md.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

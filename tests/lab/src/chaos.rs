@@ -101,8 +101,9 @@ pub enum Scenario {
     /// with `--upgrade-to`'s binary if given: during the roll, NATs of both
     /// versions must hear each other.
     RollingUpgrade,
-    /// The stack's NATs in public subnets that map no public address on
-    /// launch (as subnets a user creates), reaching the AWS API as on AWS:
+    /// `existing-vpc.yaml`'s NATs in public subnets that map no public
+    /// address on launch (as subnets a user creates), reaching the AWS API
+    /// as on AWS:
     /// through the VPC and its internet gateway. Nothing is injected: the
     /// lab must converge, each NAT reaching AWS before it holds its
     /// Elastic IP.
@@ -356,6 +357,8 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
     if scenario == Scenario::NoPublicAddress {
         opts.lab.api_through_vpc = true;
         opts.lab.map_public_ip = false;
+        opts.lab.existing_vpc = true;
+        opts.lab.cloudwatch = None;
     }
     let lab = Lab::build(opts.lab.clone()).await?;
     lab.start_daemons()?;

@@ -85,6 +85,9 @@ options:
                      the public subnets map no public address on launch (as
                      a subnet a user creates): a NAT has one only if its
                      launch template asks, or once it holds its Elastic IP
+  --existing-vpc     the NATs from cloudformation/existing-vpc.yaml, deployed
+                     into the VPC vpc.yaml made (its own NAT groups emptied),
+                     without alarms
   --upgrade-to PATH  the binary of NATs launched beside an AZ's current one
                      (refresh-launch-first, rolling-upgrade…): a rolling upgrade
                      from --hanat to PATH
@@ -107,6 +110,7 @@ struct Args {
     upgrade_to: Option<PathBuf>,
     api_through_vpc: bool,
     map_public_ip: bool,
+    existing_vpc: bool,
     json: bool,
     runs: usize,
     plot: Option<PathBuf>,
@@ -137,6 +141,7 @@ fn parse() -> Result<Option<Args>> {
         upgrade_to: None,
         api_through_vpc: false,
         map_public_ip: true,
+        existing_vpc: false,
         json: false,
         runs: 10,
         plot: None,
@@ -186,6 +191,7 @@ fn parse() -> Result<Option<Args>> {
             "--hanat" => a.hanat = Some(it.next().context("--hanat needs a path")?.into()),
             "--api-through-vpc" => a.api_through_vpc = true,
             "--no-public-ip-on-launch" => a.map_public_ip = false,
+            "--existing-vpc" => a.existing_vpc = true,
             "--upgrade-to" => {
                 a.upgrade_to = Some(it.next().context("--upgrade-to needs a path")?.into())
             }
@@ -288,6 +294,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.upgrade_to = a.upgrade_to.clone();
     o.api_through_vpc = a.api_through_vpc;
     o.map_public_ip = a.map_public_ip;
+    o.existing_vpc = a.existing_vpc;
     Ok(o)
 }
 

@@ -71,8 +71,8 @@ pub use self::nat::{Launch, Nat, daemon_config, daemon_env};
 use self::nat::{launch_nat, terminate_nat};
 use self::planes::plane_sync;
 pub use self::traffic::{Meter, MeterReport, Sample, Session, summarize, whoami};
-pub use self::vpc::VPC_TEMPLATE;
 use self::vpc::deploy_vpc;
+pub use self::vpc::{EXISTING_VPC_TEMPLATE, VPC_TEMPLATE, nat_stack_name};
 use self::witness::witness;
 
 /// moto's CloudFormation resolves `!GetAZs ""` to us-east-1's zones
@@ -210,6 +210,11 @@ pub struct LabOptions {
     /// created, and an instance gets one only if its launch template asks
     /// (`AssociatePublicIpAddress`).
     pub map_public_ip: bool,
+    /// The NATs come from `cloudformation/existing-vpc.yaml`, deployed into
+    /// the VPC that `vpc.yaml` made (its own NAT groups emptied), as into a
+    /// VPC a user already has; `false`: from `vpc.yaml` itself. The
+    /// existing-VPC stack is deployed without alarms.
+    pub existing_vpc: bool,
 }
 
 impl LabOptions {
@@ -245,6 +250,7 @@ impl LabOptions {
             upgrade_to: None,
             api_through_vpc: false,
             map_public_ip: true,
+            existing_vpc: false,
         }
     }
 }

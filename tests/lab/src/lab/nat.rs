@@ -218,7 +218,7 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
     // `MapPublicIpOnLaunch` (the lab's: moto says true for every subnet).
     let public = shared
         .cloud
-        .launch_template_public_ip(&format!("{prefix}-nat"))
+        .launch_template_public_ip(&format!("{}-nat", nat_stack_name(prefix, &shared.opts)))
         .await?
         .unwrap_or(shared.opts.map_public_ip);
     if !public {

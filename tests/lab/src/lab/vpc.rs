@@ -5,6 +5,18 @@ use super::*;
 
 /// The VPC template, compiled in so the lab binary is self-contained.
 pub const VPC_TEMPLATE: &str = include_str!("../../../../cloudformation/vpc.yaml");
+/// The template that adds NATs to a VPC a user already has.
+pub const EXISTING_VPC_TEMPLATE: &str =
+    include_str!("../../../../cloudformation/existing-vpc.yaml");
+
+/// The `Name` of the NAT stack: `prefix`, or with
+/// [`LabOptions::existing_vpc`] the existing-VPC stack's own.
+pub fn nat_stack_name(prefix: &str, opts: &LabOptions) -> String {
+    match opts.existing_vpc {
+        true => format!("{prefix}x"),
+        false => prefix.to_owned(),
+    }
+}
 
 /// Deploy `cloudformation/vpc.yaml` (at least 2 AZs: the template's minimum;
 /// groups of AZs beyond `azs` are scaled to zero) and build each used AZ's
@@ -63,15 +75,66 @@ pub(super) async fn deploy_vpc(
         }
         Ok(v)
     };
-    let vpc = out
-        .get("VpcId")
-        .cloned()
-        .ok_or_else(|| anyhow!("stack output VpcId missing"))?;
+    let vpc = vpc_id(&out)?;
     let (public, private, tables) = (
         list("PublicSubnets")?,
         list("PrivateSubnets")?,
         list("PrivateRouteTables")?,
     );
+    // With `existing_vpc`, the NATs come from `existing-vpc.yaml` deployed
+    // into the VPC `vpc.yaml` made (whose own groups are emptied): a
+    // deployment into a VPC someone else built.
+    let (out, stack) = match opts.existing_vpc {
+        false => (out, prefix.to_owned()),
+        true => {
+            for g in list("NatGroups")? {
+                cloud.empty_group(&g).await?;
+            }
+            let stack = nat_stack_name(prefix, opts);
+            let cidr = VPC_CIDR.to_owned();
+            let mut p: Vec<(String, String)> = vec![
+                ("Name".into(), stack.clone()),
+                ("AmiId".into(), cloud.image().await?),
+                ("VpcId".into(), vpc_id(&out)?),
+                ("VpcCidr".into(), cidr),
+                ("NumberOfAZs".into(), deployed.to_string()),
+                ("AddressesPerNat".into(), opts.addresses.to_string()),
+                ("CloudWatchMetrics".into(), "off".into()),
+            ];
+            for (i, x) in ["A", "B", "C"].iter().enumerate().take(deployed) {
+                p.push((
+                    format!("PublicSubnet{x}"),
+                    list("PublicSubnets")?[i].clone(),
+                ));
+            }
+            let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let nats = cloud
+                .deploy_stack(&stack, EXISTING_VPC_TEMPLATE, &p)
+                .await?;
+            let mut merged = out.clone();
+            for key in ["NatGroups", "ElasticIpAllocations", "ElasticIps"] {
+                if let Some(v) = nats.get(key) {
+                    merged.insert(key.to_owned(), v.clone());
+                }
+            }
+            (merged, stack)
+        }
+    };
+    let list = |key: &str| -> Result<Vec<String>> {
+        let v: Vec<String> = out
+            .get(key)
+            .ok_or_else(|| anyhow!("stack output {key} missing"))?
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        if v.len() != deployed {
+            bail!(
+                "stack output {key} has {} entries, expected {deployed}",
+                v.len()
+            );
+        }
+        Ok(v)
+    };
     let (groups, allocations, eips) = (
         list("NatGroups")?,
         list("ElasticIpAllocations")?,
@@ -121,8 +184,12 @@ pub(super) async fn deploy_vpc(
         "AlarmedThree" => Ok(opts.cloudwatch.is_some() && deployed == 3),
         other => Err(anyhow!("unknown condition {other}")),
     };
-    for alarm in crate::alarms::declared(VPC_TEMPLATE, made, resolve)? {
-        cloud.put_alarm(&alarm).await?;
+    // (The existing-VPC stack is deployed without alarms: they need its
+    // AZs as a parameter, and the lab's alarm tests use vpc.yaml's.)
+    if !opts.existing_vpc {
+        for alarm in crate::alarms::declared(VPC_TEMPLATE, made, resolve)? {
+            cloud.put_alarm(&alarm).await?;
+        }
     }
 
     // moto records CloudFormation's subnet/route-table associations apart
@@ -139,7 +206,7 @@ pub(super) async fn deploy_vpc(
     }
     let mut out_azs = Vec::new();
     let mut eip_public = HashMap::new();
-    let resources = cloud.stack_resource_ids(prefix).await?;
+    let resources = cloud.stack_resource_ids(&stack).await?;
     for i in 0..deployed {
         if i >= azs {
             cloud.empty_group(&groups[i]).await?;
@@ -152,7 +219,7 @@ pub(super) async fn deploy_vpc(
             .tag(
                 &allocations[i],
                 &[
-                    (EIP_POOL_TAG, prefix),
+                    (EIP_POOL_TAG, stack.as_str()),
                     ("hanat:az", &name),
                     ("hanat:group", &groups[i]),
                 ],
@@ -173,7 +240,7 @@ pub(super) async fn deploy_vpc(
                 .tag(
                     &allocation,
                     &[
-                        (EIP_POOL_TAG, prefix),
+                        (EIP_POOL_TAG, stack.as_str()),
                         ("hanat:az", &name),
                         ("hanat:group", &groups[i]),
                     ],
@@ -194,7 +261,7 @@ pub(super) async fn deploy_vpc(
                     .tag(
                         &allocation,
                         &[
-                            (EIP_POOL_TAG, prefix),
+                            (EIP_POOL_TAG, stack.as_str()),
                             ("hanat:az", &name),
                             ("hanat:group", &groups[i]),
                             ("hanat:spare", "true"),
@@ -280,4 +347,10 @@ pub(super) fn nat_gateway_plane(
         )],
     )?;
     Ok(ns)
+}
+
+fn vpc_id(out: &HashMap<String, String>) -> Result<String> {
+    out.get("VpcId")
+        .cloned()
+        .ok_or_else(|| anyhow!("stack output VpcId missing"))
 }
