@@ -592,9 +592,16 @@ fn what_moto_does_not_model_is_in_the_template() {
         );
         // A public address on launch, whatever the subnet maps: the NAT
         // reaches the AWS API before it holds its Elastic IP (the lab's
-        // no-public-address).
+        // no-public-address); in an existing VPC, unless the stack's
+        // interface endpoints carry the calls instead.
+        let public = match name {
+            "vpc.yaml" => "AssociatePublicIpAddress: true",
+            _ => "AssociatePublicIpAddress: !If [Endpoints, false, true]",
+        };
         assert!(
-            t.contains("NetworkInterfaces:\n          - DeviceIndex: 0\n            AssociatePublicIpAddress: true"),
+            t.contains(&format!(
+                "NetworkInterfaces:\n          - DeviceIndex: 0\n            {public}"
+            )),
             "{name}"
         );
         // IMDSv2 only.
@@ -745,6 +752,29 @@ fn the_existing_vpc_role_can_be_scoped_to_tagged_route_tables() {
     assert!(EXISTING.contains("RoutesTagged: !Equals [!Ref RouteScope, tagged]"));
 }
 
+/// `InterfaceEndpoints`: the four APIs the daemon calls, in the public
+/// subnets with private DNS, HTTPS from the VPC only, and NATs launched
+/// without a public address (the lab's `no-public-address-endpoints`; the
+/// stack below deploys with them).
+#[test]
+fn interface_endpoints_cover_every_api_the_daemon_calls() {
+    for svc in ["ec2", "autoscaling", "secretsmanager", "monitoring"] {
+        let want = format!("ServiceName: !Sub \"com.amazonaws.${{AWS::Region}}.{svc}\"");
+        assert!(EXISTING.contains(&want), "{want}");
+    }
+    assert_eq!(
+        EXISTING
+            .matches("Type: AWS::EC2::VPCEndpoint\n    Condition: Endpoints")
+            .count(),
+        4
+    );
+    assert_eq!(EXISTING.matches("PrivateDnsEnabled: true").count(), 4);
+    assert!(EXISTING.contains("AssociatePublicIpAddress: !If [Endpoints, false, true]"));
+    assert!(
+        EXISTING.contains("FromPort: 443\n          ToPort: 443\n          CidrIp: !Ref VpcCidr")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_vpc_template_adds_nats_to_a_vpc() {
     let moto = Moto::start().unwrap();
@@ -797,6 +827,7 @@ async fn existing_vpc_template_adds_nats_to_a_vpc() {
                 ),
                 ("CloudWatchMetrics", "alarms"),
                 ("RouteScope", "tagged"),
+                ("InterfaceEndpoints", "true"),
             ],
         )
         .await

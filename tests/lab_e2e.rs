@@ -1722,14 +1722,24 @@ async fn nats_reach_aws_through_the_vpc_in_subnets_that_map_no_public_address() 
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
-    let r = scenario_with(Scenario::NoPublicAddress, options(2)).await;
-    let all = r.human();
-    assert_eq!(r.lost, 0, "{all}");
-    assert_eq!(r.sources, vec![elastic_ip(0)], "{all}");
-    // The daemons' calls reached the API's proxy on the internet side (the
-    // only one: the instances have none of their own here).
-    let calls: usize = r.api_calls().iter().map(|(_, n)| n).sum();
-    assert!(calls > 0, "{all}");
+    // Without and with the template's InterfaceEndpoints: a public address
+    // on launch and the API through the internet gateway, or none and the
+    // API through the endpoints, inside the VPC.
+    for (s, public) in [
+        (Scenario::NoPublicAddress, true),
+        (Scenario::NoPublicAddressEndpoints, false),
+    ] {
+        let r = scenario_with(s, options(2)).await;
+        let all = r.human();
+        assert_eq!(r.lost, 0, "{all}");
+        assert_eq!(r.sources, vec![elastic_ip(0)], "{all}");
+        // The daemons' calls reached the API's proxy outside the instances
+        // (the only one: they have none of their own here).
+        let calls: usize = r.api_calls().iter().map(|(_, n)| n).sum();
+        assert!(calls > 0, "{all}");
+        let said = format!("launched with a public address: Some({public})");
+        assert!(r.events.iter().any(|e| e.contains(&said)), "{said}: {all}");
+    }
 }
 
 /// From a NAT Gateway to hanat (docs/upgrade.md): a VPC whose private

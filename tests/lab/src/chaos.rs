@@ -108,10 +108,14 @@ pub enum Scenario {
     /// lab must converge, each NAT reaching AWS before it holds its
     /// Elastic IP.
     NoPublicAddress,
+    /// The same with the stack's `InterfaceEndpoints`: the NATs launch with
+    /// no public address at all and reach the API through the endpoints,
+    /// inside the VPC.
+    NoPublicAddressEndpoints,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 30] = [
+    pub const ALL: [Scenario; 31] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -142,6 +146,7 @@ impl Scenario {
         Scenario::TwoInAz,
         Scenario::RollingUpgrade,
         Scenario::NoPublicAddress,
+        Scenario::NoPublicAddressEndpoints,
     ];
 
     pub fn name(self) -> &'static str {
@@ -176,6 +181,7 @@ impl Scenario {
             Scenario::TwoInAz => "two-in-az",
             Scenario::RollingUpgrade => "rolling-upgrade",
             Scenario::NoPublicAddress => "no-public-address",
+            Scenario::NoPublicAddressEndpoints => "no-public-address-endpoints",
         }
     }
 
@@ -354,11 +360,15 @@ impl ChaosOptions {
 
 /// Run one scenario end to end on a fresh lab.
 pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
-    if scenario == Scenario::NoPublicAddress {
+    if matches!(
+        scenario,
+        Scenario::NoPublicAddress | Scenario::NoPublicAddressEndpoints
+    ) {
         opts.lab.api_through_vpc = true;
         opts.lab.map_public_ip = false;
         opts.lab.existing_vpc = true;
         opts.lab.cloudwatch = None;
+        opts.lab.interface_endpoints = scenario == Scenario::NoPublicAddressEndpoints;
     }
     let lab = Lab::build(opts.lab.clone()).await?;
     lab.start_daemons()?;
@@ -676,8 +686,11 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             newcomer_takes(lab, 0, timeout, 6).await?;
             lab.retire_older(0, hook_timeout)
         }
-        Scenario::NoPublicAddress => {
-            lab.note("every NAT reached the AWS API through the VPC".into());
+        Scenario::NoPublicAddress | Scenario::NoPublicAddressEndpoints => {
+            lab.note(format!(
+                "every NAT reached the AWS API through the VPC; AZ 0's NAT launched with a public address: {:?}",
+                lab.launched_with_public_address(0)
+            ));
             Ok(())
         }
         Scenario::RollingUpgrade => {

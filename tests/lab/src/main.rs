@@ -29,7 +29,7 @@ commands:
                                    az-isolation, endpoint-flood, heartbeat-flood,
                                    fd-exhaustion, refresh-launch-first,
                                    standby-no-decrement, two-in-az, rolling-upgrade,
-                                   no-public-address
+                                   no-public-address, no-public-address-endpoints
   bench failover [--runs N]        every scenario N times (default 10) with
                                    failover = peer and = none; a table of outages
   bench connections [--addresses N] [--json]

@@ -100,10 +100,16 @@ pub const MOTO_PROXY_PORT: u16 = 4566;
 /// counts and delays).
 pub const AWS_ENDPOINT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
 
+/// The AWS API's address inside the VPC, on AZ 0's public subnet, when the
+/// existing-VPC stack has interface endpoints
+/// ([`LabOptions::interface_endpoints`]): what their private DNS names
+/// resolve to.
+pub const VPC_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 200);
+
 /// The `AWS_ENDPOINT_URL` of AZ `i`'s NATs when the API is reached through
-/// the VPC.
-pub fn api_endpoint(i: usize) -> String {
-    format!("http://{AWS_ENDPOINT}:{}", usize::from(MOTO_PROXY_PORT) + i)
+/// the VPC, at `host` ([`AWS_ENDPOINT`] or [`VPC_ENDPOINT`]).
+pub fn api_endpoint(host: Ipv4Addr, i: usize) -> String {
+    format!("http://{host}:{}", usize::from(MOTO_PROXY_PORT) + i)
 }
 
 /// Tag on the Elastic IPs of the pool (value: the AZ).
@@ -215,6 +221,9 @@ pub struct LabOptions {
     /// VPC a user already has; `false`: from `vpc.yaml` itself. The
     /// existing-VPC stack is deployed without alarms.
     pub existing_vpc: bool,
+    /// With `existing_vpc`: its `InterfaceEndpoints` (the NATs launch
+    /// without a public address), the API served at [`VPC_ENDPOINT`].
+    pub interface_endpoints: bool,
 }
 
 impl LabOptions {
@@ -251,6 +260,7 @@ impl LabOptions {
             api_through_vpc: false,
             map_public_ip: true,
             existing_vpc: false,
+            interface_endpoints: false,
         }
     }
 }
@@ -393,6 +403,8 @@ pub struct Lab {
     pub rtr: Netns,
     pub igw: Netns,
     pub inet: Netns,
+    /// The interface endpoints' namespace, when the lab has them.
+    _endpoints: Option<Netns>,
     pub dir: PathBuf,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
@@ -532,6 +544,7 @@ impl Lab {
             rtr,
             igw,
             inet,
+            _endpoints: None,
             dir,
             shared: shared.clone(),
             stop: stop.clone(),
@@ -540,11 +553,21 @@ impl Lab {
         };
         lab.start_servers()?;
         if lab.opts.api_through_vpc {
-            lab.inet
-                .ip(&format!("addr add {AWS_ENDPOINT}/24 dev eth0"))?;
+            let host = match lab.opts.interface_endpoints {
+                true => {
+                    lab._endpoints = Some(vpc::endpoints_plane(&lab.rtr, &lab.prefix)?);
+                    VPC_ENDPOINT
+                }
+                false => {
+                    lab.inet
+                        .ip(&format!("addr add {AWS_ENDPOINT}/24 dev eth0"))?;
+                    AWS_ENDPOINT
+                }
+            };
+            let ns = lab._endpoints.as_ref().unwrap_or(&lab.inet);
             for i in 0..lab.azs.len() {
                 let port = MOTO_PROXY_PORT + i as u16;
-                let listener = lab.inet.bind_tcp(SocketAddr::from((AWS_ENDPOINT, port)))?;
+                let listener = ns.bind_tcp(SocketAddr::from((host, port)))?;
                 let proxy = crate::api::serve(listener, i, shared.api.clone(), shared.moto_port);
                 lab.tasks
                     .get_mut()
@@ -635,6 +658,19 @@ impl Lab {
             .iter()
             .map(|p| std::fs::read_to_string(p).unwrap_or_default())
             .collect()
+    }
+
+    /// Whether AZ `i`'s current NAT was launched with a public address (its
+    /// launch template's or its subnet's choice).
+    pub fn launched_with_public_address(&self, i: usize) -> Option<bool> {
+        let id = self.shared.nats()[i].as_ref()?.instance.id.clone();
+        let none = self
+            .shared
+            .no_public
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id);
+        Some(!none)
     }
 
     /// The public address the internet sees for AZ `i`'s current NAT.

@@ -198,7 +198,13 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
     // The AWS API: through the VPC to the lab's endpoint on the internet
     // side, or from inside the instance through a proxy of its own.
     let (endpoint, proxy) = match shared.opts.api_through_vpc {
-        true => (api_endpoint(i), None),
+        true => {
+            let host = match shared.opts.interface_endpoints {
+                true => VPC_ENDPOINT,
+                false => AWS_ENDPOINT,
+            };
+            (api_endpoint(host, i), None)
+        }
         false => {
             let listener = ns.bind_tcp(SocketAddr::from(([127, 0, 0, 1], MOTO_PROXY_PORT)))?;
             let proxy = tokio::spawn(crate::api::serve(

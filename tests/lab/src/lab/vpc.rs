@@ -100,6 +100,10 @@ pub(super) async fn deploy_vpc(
                 ("NumberOfAZs".into(), deployed.to_string()),
                 ("AddressesPerNat".into(), opts.addresses.to_string()),
                 ("CloudWatchMetrics".into(), "off".into()),
+                (
+                    "InterfaceEndpoints".into(),
+                    opts.interface_endpoints.to_string(),
+                ),
             ];
             for (i, x) in ["A", "B", "C"].iter().enumerate().take(deployed) {
                 p.push((
@@ -353,4 +357,16 @@ fn vpc_id(out: &HashMap<String, String>) -> Result<String> {
     out.get("VpcId")
         .cloned()
         .ok_or_else(|| anyhow!("stack output VpcId missing"))
+}
+
+/// The interface endpoints' data plane: a namespace on AZ 0's public subnet
+/// at [`VPC_ENDPOINT`], where the lab serves the AWS API (what the
+/// endpoints' private DNS names resolve to).
+pub(super) fn endpoints_plane(rtr: &Netns, prefix: &str) -> Result<Netns> {
+    let ns = Netns::new(&format!("{prefix}-vpce"))?;
+    veth(rtr, "vpce", &ns, "eth0")?;
+    rtr.ip("link set vpce master bp0")?;
+    ns.ip(&format!("addr add {VPC_ENDPOINT}/24 dev eth0"))?;
+    ns.ip("route add default via 10.0.0.1")?;
+    Ok(ns)
 }
