@@ -541,26 +541,33 @@ impl Cloud {
 
     /// The group's in-service, healthy instance.
     pub async fn group_instance(&self, group: &str) -> Result<Instance> {
+        let id = self
+            .members(group)
+            .await?
+            .into_iter()
+            .find(|i| {
+                i.health_status() == Some("Healthy")
+                    && i.lifecycle_state()
+                        == Some(&aws_sdk_autoscaling::types::LifecycleState::InService)
+            })
+            .and_then(|i| i.instance_id().map(str::to_owned))
+            .ok_or_else(|| anyhow!("group {group} has no healthy in-service instance"))?;
+        self.instance(&id).await
+    }
+
+    /// The group's instances as Auto Scaling lists them.
+    async fn members(&self, group: &str) -> Result<Vec<aws_sdk_autoscaling::types::Instance>> {
         let out = self
             .asg
             .describe_auto_scaling_groups()
             .auto_scaling_group_names(group)
             .send()
             .await?;
-        let id = out
+        Ok(out
             .auto_scaling_groups()
             .first()
-            .into_iter()
-            .flat_map(|g| g.instances())
-            .find(|i| {
-                i.health_status() == Some("Healthy")
-                    && i.lifecycle_state()
-                        == Some(&aws_sdk_autoscaling::types::LifecycleState::InService)
-            })
-            .and_then(|i| i.instance_id())
-            .ok_or_else(|| anyhow!("group {group} has no healthy in-service instance"))?
-            .to_owned();
-        self.instance(&id).await
+            .map(|g| g.instances().to_vec())
+            .unwrap_or_default())
     }
 
     pub async fn terminate(&self, instance: &str) -> Result<()> {
@@ -749,17 +756,10 @@ impl Cloud {
 
     /// The group's instances that are in service, in Auto Scaling's order.
     pub async fn in_service(&self, group: &str) -> Result<Vec<String>> {
-        let out = self
-            .asg
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(group)
-            .send()
-            .await?;
-        Ok(out
-            .auto_scaling_groups()
-            .first()
-            .into_iter()
-            .flat_map(|g| g.instances())
+        Ok(self
+            .members(group)
+            .await?
+            .iter()
             .filter(|i| {
                 i.lifecycle_state() == Some(&aws_sdk_autoscaling::types::LifecycleState::InService)
             })

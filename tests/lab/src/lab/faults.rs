@@ -91,29 +91,23 @@ impl Lab {
         self.terminate_after_handoff(i, notice)
     }
 
+    /// AZ `i`'s NAT's daemon log and instance id.
+    pub(super) fn log_and_id(&self, i: usize) -> Result<(PathBuf, String)> {
+        let nats = self.shared.nats();
+        let n = nats[i]
+            .as_ref()
+            .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
+        Ok((n.log_path.clone(), n.instance.id.clone()))
+    }
+
     pub(super) fn terminate_after_handoff(&self, i: usize, limit: Duration) -> Result<()> {
-        let (log, id) = {
-            let nats = self.shared.nats();
-            let n = nats[i]
-                .as_ref()
-                .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
-            (n.log_path.clone(), n.instance.id.clone())
-        };
+        let (log, id) = self.log_and_id(i)?;
         let shared = self.shared.clone();
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(tokio::spawn(async move {
-                let start = Instant::now();
-                while start.elapsed() < limit {
-                    if std::fs::read_to_string(&log)
-                        .unwrap_or_default()
-                        .contains("hand-off done")
-                    {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                handoff_done(&log, limit).await;
                 let still = shared.nats()[i]
                     .as_ref()
                     .is_some_and(|n| n.instance.id == id);
@@ -241,5 +235,21 @@ impl Lab {
         self.shared
             .event(format!("az{i}: instance metadata {fault:?} for {for_:?}"));
         Ok(())
+    }
+}
+
+/// Wait until the daemon logging to `log` says its hand-off is done (what
+/// the lifecycle hook waits for: moto cannot record
+/// `CompleteLifecycleAction`), at most `limit`.
+pub(super) async fn handoff_done(log: &Path, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("hand-off done")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

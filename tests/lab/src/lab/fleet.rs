@@ -88,28 +88,13 @@ impl Lab {
         self.set_metadata(i, "autoscaling/target-lifecycle-state", "Terminated")?;
         self.shared
             .event(format!("az{i}: older NAT's lifecycle state Terminated"));
-        let (log, id) = {
-            let nats = self.shared.nats();
-            let n = nats[i]
-                .as_ref()
-                .ok_or_else(|| anyhow!("AZ {i} has no NAT"))?;
-            (n.log_path.clone(), n.instance.id.clone())
-        };
+        let (log, id) = self.log_and_id(i)?;
         let shared = self.shared.clone();
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(tokio::spawn(async move {
-                let start = Instant::now();
-                while start.elapsed() < hook_timeout {
-                    if std::fs::read_to_string(&log)
-                        .unwrap_or_default()
-                        .contains("hand-off done")
-                    {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                super::faults::handoff_done(&log, hook_timeout).await;
                 // The newer NAT becomes the AZ's as the older one goes.
                 let newcomer = {
                     let mut extra = shared.extra();

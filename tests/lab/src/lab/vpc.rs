@@ -60,21 +60,7 @@ pub(super) async fn deploy_vpc(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let out = cloud.deploy_stack(prefix, VPC_TEMPLATE, &params).await?;
-    let list = |key: &str| -> Result<Vec<String>> {
-        let v: Vec<String> = out
-            .get(key)
-            .ok_or_else(|| anyhow!("stack output {key} missing"))?
-            .split(',')
-            .map(str::to_owned)
-            .collect();
-        if v.len() != deployed {
-            bail!(
-                "stack output {key} has {} entries, expected {deployed}",
-                v.len()
-            );
-        }
-        Ok(v)
-    };
+    let list = |key: &str| output_list(&out, key, deployed);
     let vpc = vpc_id(&out)?;
     let (public, private, tables) = (
         list("PublicSubnets")?,
@@ -124,21 +110,7 @@ pub(super) async fn deploy_vpc(
             (merged, stack)
         }
     };
-    let list = |key: &str| -> Result<Vec<String>> {
-        let v: Vec<String> = out
-            .get(key)
-            .ok_or_else(|| anyhow!("stack output {key} missing"))?
-            .split(',')
-            .map(str::to_owned)
-            .collect();
-        if v.len() != deployed {
-            bail!(
-                "stack output {key} has {} entries, expected {deployed}",
-                v.len()
-            );
-        }
-        Ok(v)
-    };
+    let list = |key: &str| output_list(&out, key, deployed);
     let (groups, allocations, eips) = (
         list("NatGroups")?,
         list("ElasticIpAllocations")?,
@@ -219,16 +191,7 @@ pub(super) async fn deploy_vpc(
         let name = cloud.az(i);
         // moto drops tags on CloudFormation EIPs; put back what the
         // template declares.
-        cloud
-            .tag(
-                &allocations[i],
-                &[
-                    (EIP_POOL_TAG, stack.as_str()),
-                    ("hanat:az", &name),
-                    ("hanat:group", &groups[i]),
-                ],
-            )
-            .await?;
+        tag_pool(cloud, &allocations[i], &stack, &name, &groups[i], false).await?;
         let lab_ip = elastic_ip(i);
         eip_public.insert(eips[i].clone(), lab_ip);
         // The AZ's further addresses (AddressesPerNat > 1), from the
@@ -240,16 +203,7 @@ pub(super) async fn deploy_vpc(
                 .get(&logical)
                 .ok_or_else(|| anyhow!("stack resource {logical} missing"))?;
             let allocation = cloud.allocation_of(moto_ip).await?;
-            cloud
-                .tag(
-                    &allocation,
-                    &[
-                        (EIP_POOL_TAG, stack.as_str()),
-                        ("hanat:az", &name),
-                        ("hanat:group", &groups[i]),
-                    ],
-                )
-                .await?;
+            tag_pool(cloud, &allocation, &stack, &name, &groups[i], false).await?;
             let lab_ip = nth_elastic_ip(i, k);
             eip_public.insert(moto_ip.clone(), lab_ip);
             more_eips.push((allocation, lab_ip));
@@ -261,17 +215,7 @@ pub(super) async fn deploy_vpc(
         let spare_eip = match resources.get(&logical) {
             Some(moto_ip) => {
                 let allocation = cloud.allocation_of(moto_ip).await?;
-                cloud
-                    .tag(
-                        &allocation,
-                        &[
-                            (EIP_POOL_TAG, stack.as_str()),
-                            ("hanat:az", &name),
-                            ("hanat:group", &groups[i]),
-                            ("hanat:spare", "true"),
-                        ],
-                    )
-                    .await?;
+                tag_pool(cloud, &allocation, &stack, &name, &groups[i], true).await?;
                 eip_public.insert(moto_ip.clone(), spare_elastic_ip(i));
                 Some((allocation, spare_elastic_ip(i)))
             }
@@ -369,4 +313,43 @@ pub(super) fn endpoints_plane(rtr: &Netns, prefix: &str) -> Result<Netns> {
     ns.ip(&format!("addr add {VPC_ENDPOINT}/24 dev eth0"))?;
     ns.ip("route add default via 10.0.0.1")?;
     Ok(ns)
+}
+
+/// A stack output that lists one value per AZ (comma-separated), checked to
+/// have `deployed` of them.
+fn output_list(out: &HashMap<String, String>, key: &str, deployed: usize) -> Result<Vec<String>> {
+    let v: Vec<String> = out
+        .get(key)
+        .ok_or_else(|| anyhow!("stack output {key} missing"))?
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    if v.len() != deployed {
+        bail!(
+            "stack output {key} has {} entries, expected {deployed}",
+            v.len()
+        );
+    }
+    Ok(v)
+}
+
+/// Put back the tags the template declares on one of an AZ's pool
+/// addresses (moto drops tags on CloudFormation's Elastic IPs).
+async fn tag_pool(
+    cloud: &Cloud,
+    allocation: &str,
+    stack: &str,
+    az: &str,
+    group: &str,
+    spare: bool,
+) -> Result<()> {
+    let mut tags = vec![
+        (EIP_POOL_TAG, stack),
+        ("hanat:az", az),
+        ("hanat:group", group),
+    ];
+    if spare {
+        tags.push(("hanat:spare", "true"));
+    }
+    cloud.tag(allocation, &tags).await
 }
