@@ -12,6 +12,13 @@ use hanat_lab::chaos::{self, ChaosOptions, Scenario};
 use hanat_lab::cloud::DefaultTarget;
 use hanat_lab::lab::{Lab, LabOptions, elastic_ip, nat_gateway_public_ip};
 
+/// The lab's namespaces share one kernel and two cores: a test that floods
+/// it (hundreds of thousands of flows, a port flooded as fast as it can
+/// be) delays every other lab's packets. Flooding tests hold it alone;
+/// tests that count every request hold it shared, so they never run
+/// beside a flood.
+static SHARED_KERNEL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn options(azs: usize) -> LabOptions {
     let mut o = LabOptions::new(env!("CARGO_BIN_EXE_hanat"));
     o.azs = azs;
@@ -158,6 +165,7 @@ async fn chaos_none_and_kill_daemon_lose_nothing() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let r = scenario(Scenario::None).await;
     assert_eq!(r.lost, 0, "{}", r.human());
     let r = scenario(Scenario::KillDaemon).await;
@@ -212,6 +220,7 @@ async fn chaos_planned_exits_lose_nothing() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     for s in [Scenario::ScaleIn, Scenario::SpotInterruption] {
         let r = scenario(s).await;
         // Nothing is lost, not even a request whose TCP handshake is in
@@ -234,6 +243,7 @@ async fn chaos_partition_and_az_isolation_move_no_route() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let mut opts = options(2);
     opts.witness_interval = Duration::from_secs(5);
     for s in [Scenario::Partition, Scenario::AzIsolation] {
@@ -346,6 +356,7 @@ async fn stop_with_handoff_moves_routes_first_and_keeps_connections() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let mut opts = options(2);
     opts.handoff_on_stop = true;
     // Long enough to open a connection through the adopter before the
@@ -573,6 +584,7 @@ async fn chaos_forged_heartbeats_move_no_route() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     // Through the flow hand-off tunnel: dropped by the kernel before any
     // socket, so the daemon never even sees the forger's key.
     let r = scenario(Scenario::ForgeTunnel).await;
@@ -610,6 +622,7 @@ async fn chaos_replayed_heartbeats_are_rejected() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let r = scenario(Scenario::Replay).await;
     assert_eq!(r.route_changes, 0, "{}", r.human());
     assert_eq!(r.lost, 0, "{}", r.human());
@@ -632,6 +645,7 @@ async fn chaos_the_tunnel_forgery_fails_even_with_unauthenticated_peers() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     // No key: only the tunnel's filters stand between the forger and the
     // heartbeat socket (before they existed, this moved 6 routes).
     let mut opts = options(2);
@@ -1169,6 +1183,7 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _alone = SHARED_KERNEL.write().await;
     let mut opts = options(1);
     opts.cloudwatch = Some(Duration::from_secs(1));
     let lab = serving(opts).await;
@@ -1389,6 +1404,7 @@ async fn chaos_scale_in_with_two_addresses_loses_nothing() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let mut opts = options(2);
     opts.addresses = 2;
     let r = scenario_with(Scenario::ScaleIn, opts).await;
@@ -1413,6 +1429,7 @@ async fn two_addresses_carry_twice_the_connections_to_one_destination() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _alone = SHARED_KERNEL.write().await;
     let max = || std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap();
     let before = max();
     let rows = hanat_lab::connections::run(options(1), 2).await.unwrap();
@@ -1445,6 +1462,7 @@ async fn changing_the_number_of_addresses_keeps_every_connection() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let mut opts = options(1);
     opts.addresses = 2;
     let lab = serving(opts).await;
@@ -1543,6 +1561,7 @@ async fn chaos_a_flooded_endpoint_leaves_the_nat_healthy_and_answering_its_statu
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _alone = SHARED_KERNEL.write().await;
     let r = scenario(Scenario::EndpointFlood).await;
     nat_kept(&r);
     let (failed, slowest_ms) = health_watch(&r);
@@ -1598,6 +1617,7 @@ async fn chaos_a_flooded_heartbeat_port_does_not_slow_a_failover() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _alone = SHARED_KERNEL.write().await;
     let r = scenario(Scenario::HeartbeatFlood).await;
     // As chaos_dead_nats_are_covered_by_a_peer_then_replaced bounds a
     // terminate-instance without a flood.
@@ -1659,6 +1679,7 @@ async fn two_nats_in_one_az_pass_it_once_to_the_newer_and_lose_nothing() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let pool = [elastic_ip(0), hanat_lab::lab::spare_elastic_ip(0)];
     for s in [
         Scenario::RefreshLaunchFirst,
@@ -1701,6 +1722,7 @@ async fn a_rolling_upgrade_moves_each_az_once_and_loses_nothing() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let r = scenario_with(Scenario::RollingUpgrade, options(2)).await;
     let all = r.human();
     assert_eq!(r.lost, 0, "{all}");
@@ -1722,6 +1744,7 @@ async fn nats_reach_aws_through_the_vpc_in_subnets_that_map_no_public_address() 
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     // Without and with the template's InterfaceEndpoints: a public address
     // on launch and the API through the internet gateway, or none and the
     // API through the endpoints, inside the VPC.
@@ -1752,6 +1775,7 @@ async fn nats_take_a_vpc_over_from_its_nat_gateways() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let mut opts = options(2);
     opts.fallback_nat_gateway = true;
     let lab = Lab::build(opts).await.unwrap();
