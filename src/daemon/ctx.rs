@@ -230,7 +230,7 @@ impl Ctx {
         let p = self.peers();
         holder::own_az(
             &self.me,
-            p.launched,
+            p.launched(),
             has_address,
             p.peers(),
             p.view(),

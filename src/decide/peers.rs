@@ -114,13 +114,23 @@ pub struct PeerState {
     /// are alive again the moment they are heard.
     impaired: HashSet<InstanceId>,
     /// When this NAT was launched, once EC2 said (Unix seconds).
-    pub launched: Option<i64>,
+    launched: Option<i64>,
 }
 
 impl PeerState {
     /// The peers, by AZ then instance.
     pub fn peers(&self) -> &[Peer] {
         &self.peers
+    }
+
+    /// When this NAT was launched (Unix seconds), once EC2 said.
+    pub fn launched(&self) -> Option<i64> {
+        self.launched
+    }
+
+    /// EC2 says this NAT was launched at `at` (nothing if it did not say).
+    pub fn set_launched(&mut self, at: Option<i64>) {
+        self.launched = at.or(self.launched);
     }
 
     /// What each peer last said, and when.

@@ -184,7 +184,7 @@ impl PeersLoop {
             Ok((list, departed, launched)) => {
                 self.ctx.heartbeats.list_read();
                 let mut s = self.ctx.peers();
-                s.launched = launched.or(s.launched);
+                s.set_launched(launched);
                 let changed = s.merge(list, departed, self.ctx.now());
                 let listed = |id: &InstanceId| s.peers().iter().any(|p| &p.instance == id);
                 self.ctx.heartbeats.forget_unless(listed);

@@ -103,10 +103,9 @@ pub enum Scenario {
     RollingUpgrade,
     /// `existing-vpc.yaml`'s NATs in public subnets that map no public
     /// address on launch (as subnets a user creates), reaching the AWS API
-    /// as on AWS:
-    /// through the VPC and its internet gateway. Nothing is injected: the
-    /// lab must converge, each NAT reaching AWS before it holds its
-    /// Elastic IP.
+    /// as on AWS: through the VPC and its internet gateway. Nothing is
+    /// injected: the lab must converge, each NAT reaching AWS before it
+    /// holds its Elastic IP.
     NoPublicAddress,
     /// The same with the stack's `InterfaceEndpoints`: the NATs launch with
     /// no public address at all and reach the API through the endpoints,

@@ -227,6 +227,17 @@ pub struct LabOptions {
 }
 
 impl LabOptions {
+    /// Where the daemons reach the AWS API through the VPC: the interface
+    /// endpoints' address or the internet side's; `None`: through a proxy
+    /// inside each instance.
+    pub fn api_host(&self) -> Option<Ipv4Addr> {
+        match (self.api_through_vpc, self.interface_endpoints) {
+            (false, _) => None,
+            (true, true) => Some(VPC_ENDPOINT),
+            (true, false) => Some(AWS_ENDPOINT),
+        }
+    }
+
     pub fn new(hanat_bin: impl Into<PathBuf>) -> Self {
         Self {
             azs: 1,
@@ -338,10 +349,12 @@ struct Shared {
     eip_public: HashMap<String, Ipv4Addr>,
     /// Auto-assigned public addresses of instances without an Elastic IP.
     auto_public: Mutex<HashMap<String, Ipv4Addr>>,
-    /// Instances launched without a public address (their subnet maps none
-    /// and their launch template asks for none): only an Elastic IP gives
-    /// them one.
-    no_public: Mutex<std::collections::HashSet<String>>,
+    /// The NATs get a public address on launch, as EC2 decides it: their
+    /// launch template's `AssociatePublicIpAddress` if it says, else their
+    /// subnet's `MapPublicIpOnLaunch` (the lab's [`LabOptions::map_public_ip`]:
+    /// moto says true for every subnet). Without one, only an Elastic IP
+    /// gives a NAT a public address.
+    public_on_launch: bool,
     /// Log of lab events (launches, terminations, restarts).
     events: Mutex<Vec<(Instant, String)>>,
     /// AZs that are down, until when.
@@ -367,8 +380,8 @@ impl Shared {
         self.extra.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// (interface, private address) and (instance, IMDS) of every
-    /// materialised NAT, the AZs' current ones and those beside them.
+    /// The instance and IMDS of every materialised NAT, the AZs' current
+    /// ones and those beside them.
     fn all_instances(&self) -> Vec<(Instance, Imds)> {
         let mut v: Vec<(Instance, Imds)> = self
             .nats()
@@ -505,6 +518,10 @@ impl Lab {
                 ))?;
             }
         }
+        let public_on_launch = cloud
+            .launch_template_public_ip(&format!("{}-nat", nat_stack_name(&prefix, &opts)))
+            .await?
+            .unwrap_or(opts.map_public_ip);
         let shared = Arc::new(Shared {
             prefix: prefix.clone(),
             opts: opts.clone(),
@@ -518,7 +535,7 @@ impl Lab {
             launches: Mutex::new(0),
             eip_public,
             auto_public: Mutex::new(HashMap::new()),
-            no_public: Mutex::new(Default::default()),
+            public_on_launch,
             events: Mutex::new(Vec::new()),
             az_down: Mutex::new(HashMap::new()),
             gateways: azs
@@ -553,17 +570,12 @@ impl Lab {
         };
         lab.start_servers()?;
         if lab.opts.api_through_vpc {
-            let host = match lab.opts.interface_endpoints {
-                true => {
-                    lab._endpoints = Some(vpc::endpoints_plane(&lab.rtr, &lab.prefix)?);
-                    VPC_ENDPOINT
-                }
-                false => {
-                    lab.inet
-                        .ip(&format!("addr add {AWS_ENDPOINT}/24 dev eth0"))?;
-                    AWS_ENDPOINT
-                }
-            };
+            let host = lab.opts.api_host().unwrap_or(AWS_ENDPOINT);
+            if lab.opts.interface_endpoints {
+                lab._endpoints = Some(vpc::endpoints_plane(&lab.rtr, &lab.prefix)?);
+            } else {
+                lab.inet.ip(&format!("addr add {host}/24 dev eth0"))?;
+            }
             let ns = lab._endpoints.as_ref().unwrap_or(&lab.inet);
             for i in 0..lab.azs.len() {
                 let port = MOTO_PROXY_PORT + i as u16;
@@ -663,14 +675,9 @@ impl Lab {
     /// Whether AZ `i`'s current NAT was launched with a public address (its
     /// launch template's or its subnet's choice).
     pub fn launched_with_public_address(&self, i: usize) -> Option<bool> {
-        let id = self.shared.nats()[i].as_ref()?.instance.id.clone();
-        let none = self
-            .shared
-            .no_public
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&id);
-        Some(!none)
+        self.shared.nats()[i]
+            .as_ref()
+            .map(|_| self.shared.public_on_launch)
     }
 
     /// The public address the internet sees for AZ `i`'s current NAT.

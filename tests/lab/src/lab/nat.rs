@@ -60,10 +60,11 @@ impl Launch {
         })
     }
 
-    /// A command running the unit's `ExecStart` in `ns` with `config`.
-    pub fn command(&self, ns: &Netns, config: &Path) -> std::process::Command {
+    /// A command running the unit's `ExecStart` of `bin` in `ns` with
+    /// `config`.
+    pub fn command(&self, ns: &Netns, bin: &Path, config: &Path) -> std::process::Command {
         self.sandbox
-            .command(&ns.path(), &self.bin, &self.installed, config)
+            .command(&ns.path(), bin, &self.installed, config)
     }
 }
 
@@ -77,8 +78,7 @@ impl Nat {
         launch.sandbox.run_pre_outside()?;
         let bin = self.bin.as_ref().unwrap_or(&launch.bin);
         let child = launch
-            .sandbox
-            .command(&self.ns.path(), bin, &launch.installed, &self.config_path)
+            .command(&self.ns, bin, &self.config_path)
             .env_clear()
             .env(
                 "PATH",
@@ -197,15 +197,9 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
     let imds = Imds::serve(ns.bind_tcp("169.254.169.254:80".parse()?)?, meta.values())?;
     // The AWS API: through the VPC to the lab's endpoint on the internet
     // side, or from inside the instance through a proxy of its own.
-    let (endpoint, proxy) = match shared.opts.api_through_vpc {
-        true => {
-            let host = match shared.opts.interface_endpoints {
-                true => VPC_ENDPOINT,
-                false => AWS_ENDPOINT,
-            };
-            (api_endpoint(host, i), None)
-        }
-        false => {
+    let (endpoint, proxy) = match shared.opts.api_host() {
+        Some(host) => (api_endpoint(host, i), None),
+        None => {
             let listener = ns.bind_tcp(SocketAddr::from(([127, 0, 0, 1], MOTO_PROXY_PORT)))?;
             let proxy = tokio::spawn(crate::api::serve(
                 listener,
@@ -219,21 +213,6 @@ pub(super) async fn launch_nat(shared: &Shared, i: usize, instance: Instance) ->
             )
         }
     };
-    // A public address on launch, as EC2 decides it: the launch template's
-    // `AssociatePublicIpAddress` if it says, else the subnet's
-    // `MapPublicIpOnLaunch` (the lab's: moto says true for every subnet).
-    let public = shared
-        .cloud
-        .launch_template_public_ip(&format!("{}-nat", nat_stack_name(prefix, &shared.opts)))
-        .await?
-        .unwrap_or(shared.opts.map_public_ip);
-    if !public {
-        shared
-            .no_public
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(instance.id.clone());
-    }
     let probe_namespace = format!("{prefix}-p{i}g{n}");
     let config_path = shared.dir.join(format!("nat-{i}-{n}.toml"));
     let log_path = shared.dir.join(format!("nat-{i}-{n}.log"));

@@ -108,12 +108,7 @@ pub(super) async fn igw_step(shared: &Shared, igw: &str, applied: &mut String) {
                     .remove(&inst.id);
                 ip
             }
-            None if shared
-                .no_public
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&inst.id) =>
-            {
+            None if !shared.public_on_launch => {
                 // No public address: the internet gateway drops its traffic.
                 imds.set_public_ipv4(&inst.mac, None);
                 continue;

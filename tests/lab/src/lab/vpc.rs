@@ -61,7 +61,10 @@ pub(super) async fn deploy_vpc(
         .collect();
     let out = cloud.deploy_stack(prefix, VPC_TEMPLATE, &params).await?;
     let list = |key: &str| output_list(&out, key, deployed);
-    let vpc = vpc_id(&out)?;
+    let vpc = out
+        .get("VpcId")
+        .cloned()
+        .ok_or_else(|| anyhow!("stack output VpcId missing"))?;
     let (public, private, tables) = (
         list("PublicSubnets")?,
         list("PrivateSubnets")?,
@@ -81,7 +84,7 @@ pub(super) async fn deploy_vpc(
             let mut p: Vec<(String, String)> = vec![
                 ("Name".into(), stack.clone()),
                 ("AmiId".into(), cloud.image().await?),
-                ("VpcId".into(), vpc_id(&out)?),
+                ("VpcId".into(), vpc.clone()),
                 ("VpcCidr".into(), cidr),
                 ("NumberOfAZs".into(), deployed.to_string()),
                 ("AddressesPerNat".into(), opts.addresses.to_string()),
@@ -91,11 +94,8 @@ pub(super) async fn deploy_vpc(
                     opts.interface_endpoints.to_string(),
                 ),
             ];
-            for (i, x) in ["A", "B", "C"].iter().enumerate().take(deployed) {
-                p.push((
-                    format!("PublicSubnet{x}"),
-                    list("PublicSubnets")?[i].clone(),
-                ));
+            for (x, subnet) in ["A", "B", "C"].iter().zip(&public) {
+                p.push((format!("PublicSubnet{x}"), subnet.clone()));
             }
             let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let nats = cloud
@@ -295,12 +295,6 @@ pub(super) fn nat_gateway_plane(
         )],
     )?;
     Ok(ns)
-}
-
-fn vpc_id(out: &HashMap<String, String>) -> Result<String> {
-    out.get("VpcId")
-        .cloned()
-        .ok_or_else(|| anyhow!("stack output VpcId missing"))
 }
 
 /// The interface endpoints' data plane: a namespace on AZ 0's public subnet
