@@ -19,17 +19,21 @@ use crate::domain::{
     RouteTableId, RouteTarget, SubnetId, VpcId,
 };
 
+/// Per AZ, its tagged subnets with their networks.
+pub type TaggedSubnets = std::collections::BTreeMap<String, Vec<(SubnetId, Option<Ipv4Cidr>)>>;
+
 /// The EC2 and Auto Scaling calls of the loops.
 #[async_trait]
 pub trait Cloud: Send + Sync {
-    /// Subnets of `vpc` in `az` tagged `key=value`, with their networks.
+    /// Subnets of `vpc` in each of `azs` tagged `key=value`, with their
+    /// networks, in one call; every AZ asked for has an entry.
     async fn tagged_subnets(
         &self,
         vpc: &VpcId,
-        az: &str,
+        azs: &[String],
         key: &str,
         value: &str,
-    ) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError>;
+    ) -> Result<TaggedSubnets, AwsError>;
     /// The route tables of `vpc` explicitly associated with `subnets`.
     async fn route_tables_for(
         &self,
@@ -131,11 +135,11 @@ impl Cloud for Sdk {
     async fn tagged_subnets(
         &self,
         vpc: &VpcId,
-        az: &str,
+        azs: &[String],
         key: &str,
         value: &str,
-    ) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError> {
-        self.ec2.tagged_subnets(vpc, az, key, value).await
+    ) -> Result<TaggedSubnets, AwsError> {
+        self.ec2.tagged_subnets(vpc, azs, key, value).await
     }
     async fn route_tables_for(
         &self,

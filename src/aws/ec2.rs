@@ -6,6 +6,7 @@
 //! attribute, so a failure can never leave a route table half-changed; the
 //! next reconcile simply tries again. Retries and backoff are the SDK's.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
@@ -46,43 +47,57 @@ impl Ec2 {
         }
     }
 
-    /// Subnets of `vpc` in `az` carrying tag `key=value`, with their IPv4
-    /// networks where EC2 gives a readable one.
+    /// Subnets of `vpc` in each of `azs` tagged `key=value`, with their
+    /// networks where EC2 gives a readable one, in one call: every AZ asked
+    /// for has an entry.
     pub async fn tagged_subnets(
         &self,
         vpc: &VpcId,
-        az: &str,
+        azs: &[String],
         key: &str,
         value: &str,
-    ) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError> {
-        let resource = format!("{vpc} {az} tag:{key}={value}");
+    ) -> Result<BTreeMap<String, Vec<(SubnetId, Option<Ipv4Cidr>)>>, AwsError> {
+        let mut out: BTreeMap<String, Vec<(SubnetId, Option<Ipv4Cidr>)>> =
+            azs.iter().map(|az| (az.clone(), Vec::new())).collect();
+        if azs.is_empty() {
+            return Ok(out);
+        }
+        let resource = format!("{vpc} {} tag:{key}={value}", azs.join(","));
         let mut pages = self
             .client
             .describe_subnets()
             .filters(filter("vpc-id", &vpc.0))
-            .filters(filter("availability-zone", az))
+            .filters(
+                Filter::builder()
+                    .name("availability-zone")
+                    .set_values(Some(azs.to_vec()))
+                    .build(),
+            )
             .filters(filter(&format!("tag:{key}"), value))
             .into_paginator()
             .send();
-        let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::from_sdk("DescribeSubnets", &resource, e))?;
             for s in page.subnets() {
                 // Filters are applied by the server; check again so a
                 // misbehaving endpoint cannot widen what we touch.
-                let in_scope = s.vpc_id() == Some(vpc.0.as_str())
-                    && s.availability_zone() == Some(az)
-                    && s.tags()
-                        .iter()
-                        .any(|t| t.key() == Some(key) && t.value() == Some(value));
-                if let (true, Some(id)) = (in_scope, s.subnet_id()) {
+                let tagged = s
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some(key) && t.value() == Some(value));
+                let in_vpc = s.vpc_id() == Some(vpc.0.as_str());
+                let listed = s.availability_zone().and_then(|az| out.get_mut(az));
+                if let (true, true, Some(list), Some(id)) = (tagged, in_vpc, listed, s.subnet_id())
+                {
                     let cidr = s.cidr_block().and_then(|c| c.parse().ok());
-                    out.push((SubnetId(id.to_owned()), cidr));
+                    list.push((SubnetId(id.to_owned()), cidr));
                 }
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.dedup_by(|a, b| a.0 == b.0);
+        for list in out.values_mut() {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            list.dedup_by(|a, b| a.0 == b.0);
+        }
         Ok(out)
     }
 

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::AwsError;
-use super::cloud::Cloud;
+use super::cloud::{Cloud, TaggedSubnets};
 use crate::domain::{
     Address, Datum, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
     RouteTableId, RouteTarget, SubnetId, VpcId,
@@ -179,17 +179,22 @@ impl Cloud for FakeCloud {
     async fn tagged_subnets(
         &self,
         vpc: &VpcId,
-        az: &str,
+        azs: &[String],
         key: &str,
         value: &str,
-    ) -> Result<Vec<(SubnetId, Option<Ipv4Cidr>)>, AwsError> {
-        self.call("DescribeSubnets", format!("{vpc} {az}")).await?;
-        Ok(self
-            .state()
-            .subnets
+    ) -> Result<TaggedSubnets, AwsError> {
+        self.call("DescribeSubnets", format!("{vpc} {}", azs.join(",")))
+            .await?;
+        let state = self.state();
+        Ok(azs
             .iter()
-            .filter(|s| s.vpc == *vpc && s.az == az && has_tag(&s.tags, key, value))
-            .map(|s| (s.id.clone(), Some(s.cidr)))
+            .map(|az| {
+                let list = (state.subnets.iter())
+                    .filter(|s| s.vpc == *vpc && s.az == *az && has_tag(&s.tags, key, value))
+                    .map(|s| (s.id.clone(), Some(s.cidr)))
+                    .collect();
+                (az.clone(), list)
+            })
             .collect())
     }
     async fn route_tables_for(

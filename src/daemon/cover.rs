@@ -21,9 +21,16 @@ use crate::domain::{Identity, RouteTarget};
 /// point at that peer, are blackholes, are missing, or point at the AZ's
 /// fallback NAT Gateway (which only stands in until a NAT instance is
 /// healthy). When the peer is `leaving` (a planned exit: it still
-/// forwards), its connections are handed to it first. Returns how many
-/// routes changed.
-pub async fn adopt(ctx: &Ctx, dead: &Peer, leaving: bool) -> Result<usize, AwsError> {
+/// forwards), its connections are handed to it first. `ready`: the AZ as
+/// the routes loop last read it (the writes then go out at once; the
+/// caller looks again right after), else it is read first. Returns how
+/// many routes changed.
+pub async fn adopt(
+    ctx: &Ctx,
+    dead: &Peer,
+    leaving: bool,
+    ready: Option<Observed>,
+) -> Result<usize, AwsError> {
     let fallback = ctx
         .config
         .peers
@@ -37,7 +44,7 @@ pub async fn adopt(ctx: &Ctx, dead: &Peer, leaving: bool) -> Result<usize, AwsEr
             dead: dead.clone(),
             fallback,
         },
-        observed: None,
+        observed: ready,
     };
     let hand = match leaving {
         true => FlowsTo::Peer(dead),

@@ -24,6 +24,7 @@ use crate::decide::backoff::{ROUND_CALLS, WATCHDOG_SLACK};
 use crate::decide::cover::Moment;
 use crate::decide::holder::{self, Holding};
 use crate::decide::peers::PeerState;
+use crate::decide::routes::Observed;
 use crate::domain::{EniId, Identity, Ipv4Cidr, RouteTarget, Status, SubnetId};
 use crate::kernel::COMMAND_TIMEOUT;
 
@@ -69,6 +70,9 @@ pub struct Slow {
     pub subnets: BTreeMap<String, (Instant, Subnets)>,
     /// When this NAT's source/destination check was last seen off.
     pub check_off_at: Option<Instant>,
+    /// Per peer's AZ: its subnets and route tables as the routes loop last
+    /// read them, with when, so covering it needs no reading first.
+    pub ready: BTreeMap<String, (Instant, Observed)>,
 }
 
 impl Slow {
@@ -78,6 +82,14 @@ impl Slow {
             .get(az)
             .filter(|(at, _)| at.elapsed() < max_age)
             .map(|(_, v)| v.clone())
+    }
+
+    /// `az` as the routes loop read it within `max_age`.
+    pub fn ready(&self, az: &str, max_age: Duration) -> Option<Observed> {
+        self.ready
+            .get(az)
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, o)| o.clone())
     }
 
     /// Whether the source/destination check is due to be read again.

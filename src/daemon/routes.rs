@@ -122,7 +122,7 @@ impl RoutesLoop {
             az: &ctx.me.availability_zone,
             to: ctx.me_target(),
             guard: Guard::OwnAz { planned: status },
-            observed: Some(super::take::read_az(ctx, &ctx.me.availability_zone, true).await?),
+            observed: Some(super::take::read_own_and_peers(ctx).await?),
         };
         let (observed, plan) = read_and_plan(ctx, &mut spec).await?;
         self.log_scope(&plan);

@@ -8,12 +8,15 @@
 //! tries every action of a plan and returns the first error, so a failed
 //! call never leaves the rest undone and the next pass retries it.
 
+use std::collections::BTreeMap;
+
+use futures_util::future::join_all;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::ctx::{Ctx, Subnets};
 use crate::aws::AwsError;
-use crate::aws::cloud::Cloud;
+use crate::aws::cloud::{Cloud, TaggedSubnets};
 use crate::config::Config;
 use crate::decide::cover::Guard;
 use crate::decide::peers::Peer;
@@ -39,7 +42,9 @@ pub async fn observe_az(
     az: &str,
     with_check: bool,
 ) -> Result<Observed, AwsError> {
-    let subnets = tagged_subnets(cloud, identity, config, az).await?;
+    let azs = [az.to_owned()];
+    let subnets = tagged_subnets(cloud, identity, config, &azs).await?;
+    let subnets = subnets.into_values().next().unwrap_or_default();
     observe_with(cloud, identity, subnets, with_check).await
 }
 
@@ -47,12 +52,12 @@ async fn tagged_subnets(
     cloud: &dyn Cloud,
     identity: &Identity,
     config: &Config,
-    az: &str,
-) -> Result<Subnets, AwsError> {
+    azs: &[String],
+) -> Result<TaggedSubnets, AwsError> {
     cloud
         .tagged_subnets(
             &identity.vpc_id,
-            az,
+            azs,
             &config.discovery.tag_key,
             &config.discovery.tag_value,
         )
@@ -91,24 +96,71 @@ async fn observe_with(
 /// the tagged subnets, and (with `with_check`) the source/destination check
 /// once seen off. The route tables are read every time.
 pub async fn read_az(ctx: &Ctx, az: &str, with_check: bool) -> Result<Observed, AwsError> {
+    let mut read = read_azs(ctx, &[az.to_owned()], with_check.then_some(az)).await?;
+    Ok(read.remove(az).unwrap_or_default())
+}
+
+/// The routes loop's reading: this NAT's AZ as [`read_az`] reads it and,
+/// in the same two calls, the AZ of every peer, kept ready
+/// ([`super::ctx::Slow::ready`]) so that covering a dead peer's AZ
+/// writes at once instead of reading first.
+pub async fn read_own_and_peers(ctx: &Ctx) -> Result<Observed, AwsError> {
+    let own = ctx.me.availability_zone.clone();
+    let mut azs: Vec<String> = ctx.peers().peers().iter().map(|p| p.az.clone()).collect();
+    azs.push(own.clone());
+    azs.sort();
+    azs.dedup();
+    let mut read = read_azs(ctx, &azs, Some(&own)).await?;
+    let mine = read.remove(&own).unwrap_or_default();
+    let mut slow = ctx.slow();
+    slow.ready = read
+        .into_iter()
+        .map(|(az, o)| (az, (Instant::now(), o)))
+        .collect();
+    Ok(mine)
+}
+
+/// Each of `azs` as it is now: its tagged subnets (at most every
+/// `aws.refresh_interval`, one call for those due) and all their route
+/// tables in one call; our source/destination check (when due) with
+/// `check_in`'s.
+async fn read_azs(
+    ctx: &Ctx,
+    azs: &[String],
+    check_in: Option<&str>,
+) -> Result<BTreeMap<String, Observed>, AwsError> {
     let max_age = ctx.config.aws.refresh_interval;
-    let cached = ctx.slow().subnets(az, max_age);
-    let subnets = match cached {
-        Some(s) => s,
-        None => {
-            let s = tagged_subnets(&*ctx.cloud, &ctx.me, &ctx.config, az).await?;
-            ctx.slow()
-                .subnets
-                .insert(az.to_owned(), (Instant::now(), s.clone()));
-            s
+    let mut subnets: TaggedSubnets = BTreeMap::new();
+    let mut due = Vec::new();
+    for az in azs {
+        match ctx.slow().subnets(az, max_age) {
+            Some(s) => {
+                subnets.insert(az.clone(), s);
+            }
+            None => due.push(az.clone()),
         }
-    };
-    let with_check = with_check && ctx.slow().check_due(max_age);
-    let observed = observe_with(&*ctx.cloud, &ctx.me, subnets, with_check).await?;
-    if observed.source_dest_check == Some(false) {
+    }
+    if !due.is_empty() {
+        let fresh = tagged_subnets(&*ctx.cloud, &ctx.me, &ctx.config, &due).await?;
+        let mut slow = ctx.slow();
+        for (az, s) in fresh {
+            slow.subnets.insert(az.clone(), (Instant::now(), s.clone()));
+            subnets.insert(az, s);
+        }
+    }
+    let all: Subnets = subnets.values().flatten().cloned().collect();
+    let with_check = check_in.is_some() && ctx.slow().check_due(max_age);
+    let read = observe_with(&*ctx.cloud, &ctx.me, all, with_check).await?;
+    if read.source_dest_check == Some(false) {
         ctx.slow().check_off_at = Some(Instant::now());
     }
-    Ok(observed)
+    Ok(subnets
+        .into_iter()
+        .map(|(az, subnets)| {
+            let observed = read.part(&subnets, check_in == Some(az.as_str()));
+            (az, observed)
+        })
+        .collect())
 }
 
 /// Apply a plan that points routes at this NAT.
@@ -123,46 +175,62 @@ pub async fn apply(cloud: &dyn Cloud, identity: &Identity, plan: &Plan) -> Resul
 }
 
 /// Apply one plan, pointing routes at `to`; every action is tried, the
-/// first error is returned. `proceed` is asked before each mutating call:
-/// once it says no (what the plan was made on has changed: this NAT's
-/// verdict, a peer's), the rest of the plan is dropped for the next pass to
-/// plan again.
+/// first error is returned. The source/destination check goes first (no
+/// route may reach this NAT before it forwards), then every route at once:
+/// an AZ with several route tables moves in the time of one write.
+/// `proceed` is asked before each mutating call: once it says no (what the
+/// plan was made on has changed: this NAT's verdict, a peer's), the rest
+/// of the plan is dropped for the next pass to plan again.
 pub async fn apply_to(
     cloud: &dyn Cloud,
     to: &RouteTarget,
     plan: &Plan,
     proceed: &Proceed<'_>,
 ) -> Result<(), AwsError> {
-    let mut first_err = None;
-    for action in &plan.actions {
-        if !proceed() {
-            info!(action = %action, to = %to, "not applied: what this plan was made on has changed; the next pass plans again");
-            break;
-        }
-        let result = match action {
-            Action::CreateRoute { route_table } => {
-                match cloud.create_default_route(route_table, to).await {
-                    // Someone created one since we looked: replace it instead.
-                    Err(e) if e.code.as_deref() == Some("RouteAlreadyExists") => {
-                        cloud.replace_default_route(route_table, to).await
-                    }
-                    other => other,
-                }
-            }
-            Action::ReplaceRoute { route_table, .. } => {
-                cloud.replace_default_route(route_table, to).await
-            }
-            Action::DisableSourceDestCheck { eni } => cloud.disable_source_dest_check(eni).await,
-        };
-        match result {
-            Ok(()) => info!(action = %action, to = %to, "applied"),
-            Err(e) => {
-                error!(action = %action, error = %e, "failed; will retry");
-                first_err.get_or_insert(e);
-            }
-        }
+    let (checks, routes): (Vec<&Action>, Vec<&Action>) =
+        (plan.actions.iter()).partition(|a| matches!(a, Action::DisableSourceDestCheck { .. }));
+    let mut results = Vec::new();
+    for action in checks {
+        results.push(apply_one(cloud, to, action, proceed).await);
     }
-    first_err.map_or(Ok(()), Err)
+    results.extend(join_all(routes.into_iter().map(|a| apply_one(cloud, to, a, proceed))).await);
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
+        .map(drop)
+}
+
+/// One action of a plan, if the plan still holds.
+async fn apply_one(
+    cloud: &dyn Cloud,
+    to: &RouteTarget,
+    action: &Action,
+    proceed: &Proceed<'_>,
+) -> Result<(), AwsError> {
+    if !proceed() {
+        info!(action = %action, to = %to, "not applied: what this plan was made on has changed; the next pass plans again");
+        return Ok(());
+    }
+    let result = match action {
+        Action::CreateRoute { route_table } => {
+            match cloud.create_default_route(route_table, to).await {
+                // Someone created one since we looked: replace it instead.
+                Err(e) if e.code.as_deref() == Some("RouteAlreadyExists") => {
+                    cloud.replace_default_route(route_table, to).await
+                }
+                other => other,
+            }
+        }
+        Action::ReplaceRoute { route_table, .. } => {
+            cloud.replace_default_route(route_table, to).await
+        }
+        Action::DisableSourceDestCheck { eni } => cloud.disable_source_dest_check(eni).await,
+    };
+    match &result {
+        Ok(()) => info!(action = %action, to = %to, "applied"),
+        Err(e) => error!(action = %action, error = %e, "failed; will retry"),
+    }
+    result
 }
 
 /// To whom the connections of the routes taken are handed off (flow

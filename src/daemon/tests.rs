@@ -382,6 +382,128 @@ async fn a_peer_that_fails_is_covered_without_asking_ec2() {
     assert_eq!(cloud.target("rtb-az-a"), eni("az-a"));
 }
 
+/// A peer's silence is noticed when it begins, not at the peers loop's
+/// next round: EC2 is asked `suspect_after` after the last heartbeat, even
+/// with rounds far apart.
+#[tokio::test(start_paused = true)]
+async fn ec2_is_asked_the_moment_a_peer_turns_silent() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    let mut c = config();
+    c.peers.interval = Duration::from_millis(450);
+    let me = ctx(&cloud, "az-b", c);
+    me.status.send_replace(Status::Ok);
+    let task = tokio::spawn(PeersLoop::without_socket(me.clone(), "test").run());
+    sleep(5 * S).await;
+    let last = Instant::now() + Duration::from_millis(130);
+    sleep(Duration::from_millis(130)).await;
+    hear(&me, "i-az-a", "az-a", 10, Status::Ok);
+    sleep(3 * S).await;
+    let asked = (cloud.calls("DescribeInstanceStatus", "i-az-a").into_iter())
+        .find(|t| *t > last)
+        .expect("EC2 asked about the silent peer");
+    assert_eq!(
+        asked - last,
+        S,
+        "asked {:?} after the last heartbeat",
+        asked - last
+    );
+    task.abort();
+}
+
+/// The routes loop keeps every peer's AZ read: once EC2 says a silent
+/// peer is gone, its AZ is written in the same round with nothing read in
+/// between, and a private subnet that appears in that AZ afterwards is
+/// covered once the subnets are read again (`aws.refresh_interval`).
+#[tokio::test(start_paused = true)]
+async fn a_dead_peers_az_is_written_from_the_last_reading_and_a_later_subnet_by_the_next_refresh() {
+    let cloud = Arc::new(FakeCloud::new(vpc(&["az-a", "az-b"])));
+    cloud.state().latency = Duration::from_millis(50);
+    let mut c = config();
+    c.aws.refresh_interval = 60 * S;
+    let me = ctx(&cloud, "az-b", c);
+    me.status.send_replace(Status::Ok);
+    let mut peers = PeersLoop::without_socket(me.clone(), "test");
+    peers.tick().await;
+    hear(&me, "i-az-a", "az-a", 10, Status::Ok);
+    RoutesLoop::new(me.clone()).tick().await;
+    let read_at = cloud.calls("DescribeRouteTables", "");
+    assert_eq!(read_at.len(), 1, "one reading for both AZs");
+    cloud.state().instances[0].info.alive = false;
+    sleep(2 * S).await;
+    peers.tick().await;
+    let replaced = cloud.calls("ReplaceRoute", "rtb-az-a");
+    assert_eq!(
+        replaced.len(),
+        1,
+        "adopted in the round EC2 said it is gone"
+    );
+    assert_eq!(cloud.target("rtb-az-a"), eni("az-b"));
+    // EC2's word: the last question about the peer before the write.
+    let confirmed = (cloud.calls("DescribeInstanceStatus", "i-az-a").into_iter())
+        .filter(|t| *t < replaced[0])
+        .max()
+        .expect("EC2 was asked");
+    let between = |op: &str| {
+        cloud
+            .calls(op, "")
+            .into_iter()
+            .filter(|t| *t > confirmed && *t < replaced[0])
+            .count()
+    };
+    assert_eq!(
+        between("DescribeRouteTables"),
+        0,
+        "read between EC2's word and the write"
+    );
+    assert_eq!(
+        between("DescribeSubnets"),
+        0,
+        "read between EC2's word and the write"
+    );
+    assert_eq!(
+        replaced[0] - confirmed,
+        Duration::from_millis(50),
+        "one call's latency"
+    );
+    // A new private subnet of the dead peer's AZ, its table still on the
+    // dead NAT.
+    {
+        let mut st = cloud.state();
+        st.subnets.push(crate::aws::fake::Subnet {
+            id: crate::domain::SubnetId("subnet-new-a".into()),
+            vpc: VpcId("vpc-1".into()),
+            az: "az-a".into(),
+            tags: vec![("network".into(), "private".into())],
+            cidr: "10.0.9.0/24".parse().expect("a CIDR"),
+        });
+        st.tables.push(crate::domain::RouteTable {
+            id: RouteTableId("rtb-new-a".into()),
+            vpc_id: VpcId("vpc-1".into()),
+            is_main: false,
+            subnets: vec![crate::domain::SubnetId("subnet-new-a".into())],
+            default_route: Some(Route {
+                target: RouteTarget::Eni(EniId("eni-az-a".into())),
+                blackhole: false,
+            }),
+        });
+    }
+    let added = Instant::now();
+    while cloud.target("rtb-new-a") != eni("az-b") {
+        assert!(
+            added.elapsed() < 120 * S,
+            "the new subnet's table was never covered"
+        );
+        sleep(S).await;
+        peers.tick().await;
+    }
+    assert!(added.elapsed() <= 60 * S + 30 * S, "{:?}", added.elapsed());
+    assert_eq!(
+        cloud.calls("ReplaceRoute", "rtb-az-a").len(),
+        1,
+        "the first table once only"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_api_stretches_passes_but_never_overlaps_them() {
     let cloud = Arc::new(FakeCloud::new(vpc(&["az-a"])));

@@ -90,6 +90,16 @@ impl View {
         self.heard.get(id).map(|(_, s)| *s)
     }
 
+    /// When the first of the peers heard within `fresh` turns silent: the
+    /// earliest `heard + fresh` still after `now`.
+    pub fn next_silence(&self, now: Duration, fresh: Duration) -> Option<Duration> {
+        self.heard
+            .values()
+            .map(|(at, _)| *at + fresh)
+            .filter(|end| *end > now)
+            .min()
+    }
+
     /// The peer's last status if heard within `fresh`, else `None` (silent).
     pub fn fresh(&self, id: &InstanceId, now: Duration, fresh: Duration) -> Option<Status> {
         self.heard
@@ -316,6 +326,28 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_silence_is_the_first_heard_peer_to_fall_silent() {
+        let ms = Duration::from_millis;
+        let mut view = View::default();
+        let said = |id: &str| Message {
+            instance: InstanceId(id.into()),
+            az: "az-a".into(),
+            status: Status::Ok,
+            seq: 1,
+        };
+        assert_eq!(view.next_silence(ms(0), ms(300)), None, "nobody heard");
+        view.record(&said("i-1"), ms(100));
+        view.record(&said("i-2"), ms(250));
+        assert_eq!(view.next_silence(ms(260), ms(300)), Some(ms(400)));
+        assert_eq!(
+            view.next_silence(ms(400), ms(300)),
+            Some(ms(550)),
+            "i-1 already silent"
+        );
+        assert_eq!(view.next_silence(ms(550), ms(300)), None, "both silent");
+    }
 
     fn peer(id: &str, az: &str) -> Peer {
         Peer::example(id, az)

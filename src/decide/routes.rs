@@ -31,6 +31,27 @@ pub struct Observed {
     pub source_dest_check: Option<bool>,
 }
 
+impl Observed {
+    /// The part of this reading about `subnets` (one AZ's, of a reading of
+    /// several): those subnets and the route tables associated with any of
+    /// them; the source/destination check only `with_check`.
+    pub fn part(&self, subnets: &[(SubnetId, Option<Ipv4Cidr>)], with_check: bool) -> Observed {
+        let ids: BTreeSet<&SubnetId> = subnets.iter().map(|(s, _)| s).collect();
+        Observed {
+            tagged_subnets: subnets.iter().map(|(s, _)| s.clone()).collect(),
+            subnet_cidrs: (self.subnet_cidrs.iter())
+                .filter(|(s, _)| ids.contains(s))
+                .map(|(s, c)| (s.clone(), *c))
+                .collect(),
+            route_tables: (self.route_tables.iter())
+                .filter(|rt| rt.subnets.iter().any(|s| ids.contains(s)))
+                .cloned()
+                .collect(),
+            source_dest_check: self.source_dest_check.filter(|_| with_check),
+        }
+    }
+}
+
 /// One change to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

@@ -2,6 +2,8 @@
 //! a dead peer's AZ is covered by adoption or by its fallback NAT Gateway
 //! ([`crate::daemon::cover`]), as [`crate::decide::cover`] decides.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -10,6 +12,7 @@ use crate::daemon::cover::{adopt, fall_back};
 use crate::decide::backoff::{PEER_CONFIRM, WITNESS_POLL, WITNESS_WINDOW};
 use crate::decide::cover::{Cover, Decision};
 use crate::decide::peers::Peer;
+use crate::decide::routes::Observed;
 use crate::domain::InstanceId;
 
 impl PeersLoop {
@@ -18,7 +21,8 @@ impl PeersLoop {
     /// The first question comes at once; while EC2 keeps saying the peer
     /// runs and is not impaired, the next waits on [`PEER_CONFIRM`], at
     /// most [`WITNESS_POLL`] in the first [`WITNESS_WINDOW`] of silence.
-    pub(super) async fn confirm(&mut self, suspects: &[InstanceId]) {
+    /// Returns whether EC2 said any of them is gone or impaired (newly).
+    pub(super) async fn confirm(&mut self, suspects: &[InstanceId]) -> bool {
         self.checked.retain(|id, _| suspects.contains(id));
         let due: Vec<InstanceId> = suspects
             .iter()
@@ -30,7 +34,7 @@ impl PeersLoop {
             .cloned()
             .collect();
         if due.is_empty() {
-            return;
+            return false;
         }
         let health = match self.ctx.cloud.instance_health(&due).await {
             Ok(h) => h,
@@ -41,11 +45,12 @@ impl PeersLoop {
                 {
                     warn!(suppressed = n, error = %e, "cannot confirm silent peers");
                 }
-                return;
+                return false;
             }
         };
         let schedule = PEER_CONFIRM.capped(self.ctx.config.routes.reconcile_interval);
         let mut s = self.ctx.peers();
+        let mut dead = false;
         for id in &due {
             match health.iter().find(|h| &h.id == id) {
                 Some(h) if h.alive && h.impaired.is_empty() => {
@@ -55,11 +60,13 @@ impl PeersLoop {
                 }
                 Some(h) if h.alive => {
                     if s.impair(id) {
+                        dead = true;
                         warn!(peer = %id, checks = ?h.impaired, "silent peer is impaired by EC2's status checks though running: taking it as dead until it is heard again");
                     }
                 }
                 _ => {
                     info!(peer = %id, "silent peer confirmed gone by EC2");
+                    dead |= !s.is_gone(id);
                     s.confirm_gone(id);
                 }
             }
@@ -73,6 +80,7 @@ impl PeersLoop {
             }
             *next = Instant::now() + wait;
         }
+        dead
     }
 
     /// Adoptions and fallbacks share one schedule per dead peer.
@@ -97,26 +105,39 @@ impl PeersLoop {
             {
                 continue;
             }
-            let ok = self.cover_one(&dead, cover).await;
             let reconcile = self.ctx.config.routes.reconcile_interval;
-            self.next_look.insert(
-                dead.instance.clone(),
-                Instant::now() + Cover::next_look(ok, reconcile),
-            );
+            // The first adoption writes from the routes loop's last reading
+            // of the AZ; the look right after reads it afresh (a subnet or
+            // route changed since is then covered too).
+            let ready = match cover {
+                Cover::Adopt if self.adopted.insert(dead.instance.clone()) => {
+                    self.ctx.slow().ready(&dead.az, reconcile * 2)
+                }
+                _ => None,
+            };
+            let wrote_ready = ready.is_some();
+            let ok = self.cover_one(&dead, cover, ready).await;
+            let wait = match ok && wrote_ready {
+                true => Duration::ZERO,
+                false => Cover::next_look(ok, reconcile),
+            };
+            self.next_look
+                .insert(dead.instance.clone(), Instant::now() + wait);
         }
         let s = self.ctx.peers();
         self.next_look
             .retain(|id, _| s.peers().iter().any(|p| &p.instance == id));
     }
 
-    /// Cover one dead peer's AZ; whether that went without an error.
-    async fn cover_one(&self, dead: &Peer, cover: Cover) -> bool {
+    /// Cover one dead peer's AZ (`ready`: as last read, for an adoption);
+    /// whether that went without an error.
+    async fn cover_one(&self, dead: &Peer, cover: Cover, ready: Option<Observed>) -> bool {
         let ctx = &*self.ctx;
         let result = match cover {
             Cover::Adopt => {
                 // A peer on a planned exit still forwards its connections.
                 let leaving = ctx.peers().may_forward(dead, ctx.now());
-                adopt(ctx, dead, leaving).await
+                adopt(ctx, dead, leaving, ready).await
             }
             Cover::Gateway => {
                 let (_, known_dead) = ctx.liveness();

@@ -64,6 +64,9 @@ pub struct PeersLoop {
     checked: HashMap<InstanceId, (Instant, Backoff, Instant)>,
     /// Per dead peer: when its AZ is looked at again.
     next_look: HashMap<InstanceId, Instant>,
+    /// Dead peers whose AZ was adopted once already (from the routes
+    /// loop's reading): later looks read the AZ afresh.
+    adopted: HashSet<InstanceId>,
     known_dead: HashSet<InstanceId>,
     /// When the heartbeat keys are read again.
     keys: Reread,
@@ -108,6 +111,7 @@ impl PeersLoop {
             list: Reread::new(Instant::now(), PEER_LIST_RETRY),
             checked: HashMap::new(),
             next_look: HashMap::new(),
+            adopted: HashSet::new(),
             known_dead: HashSet::new(),
             keys: Reread::new(Instant::now() + refresh, KEY_READ),
             sign_new_at: Instant::now(),
@@ -128,8 +132,12 @@ impl PeersLoop {
             self.tick().await;
             self.ctx.progress.done("peers");
             let ctx = self.ctx.clone();
+            // Silence is noticed when it begins, not up to an interval later.
+            let wait = self
+                .until_next_silence()
+                .map_or(interval, |w| w.min(interval));
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = ctx.wake.notified() => {}
                 changed = self.status.changed() => {
                     if changed.is_err() {
@@ -149,17 +157,18 @@ impl PeersLoop {
         self.expire_flows().await;
         // The verdict as of now, after the awaits above.
         let my_status = *self.status.borrow_and_update();
-        let decision = {
-            let s = self.ctx.peers();
-            decide(
-                &self.ctx.me,
-                my_status,
-                s.peers(),
-                s.view(),
-                s.gone(),
-                self.ctx.now(),
-                self.ctx.config.peers.suspect_after,
-            )
+        let decision = self.decide(my_status);
+        // Dead only by impairment: asked about still, for as long as EC2's
+        // word is all there is.
+        let mut suspects = decision.suspects.clone();
+        suspects.extend(self.ctx.peers().impaired().cloned());
+        // EC2's word on a silent peer is acted on in this round, not the next.
+        let decision = match self.confirm(&suspects).await {
+            true => {
+                let my_status = *self.status.borrow_and_update();
+                self.decide(my_status)
+            }
+            false => decision,
         };
         for id in &decision.dead {
             if self.known_dead.insert(id.clone()) {
@@ -167,12 +176,30 @@ impl PeersLoop {
             }
         }
         self.known_dead.retain(|id| decision.dead.contains(id));
-        // Dead only by impairment: asked about still, for as long as EC2's
-        // word is all there is.
-        let mut suspects = decision.suspects.clone();
-        suspects.extend(self.ctx.peers().impaired().cloned());
-        self.confirm(&suspects).await;
+        self.adopted.retain(|id| decision.dead.contains(id));
         self.cover(decision).await;
+    }
+
+    /// Who is alive, dead or suspect, as of now ([`decide`]).
+    fn decide(&self, my_status: Status) -> crate::decide::cover::Decision {
+        let s = self.ctx.peers();
+        decide(
+            &self.ctx.me,
+            my_status,
+            s.peers(),
+            s.view(),
+            s.gone(),
+            self.ctx.now(),
+            self.ctx.config.peers.suspect_after,
+        )
+    }
+
+    /// How long until a peer heard now turns silent, if one will.
+    fn until_next_silence(&self) -> Option<Duration> {
+        let now = self.ctx.now();
+        let suspect_after = self.ctx.config.peers.suspect_after;
+        let end = self.ctx.peers().view().next_silence(now, suspect_after)?;
+        Some(end.saturating_sub(now))
     }
 
     async fn refresh_if_due(&mut self) {
