@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.discovery.tag_key, "network");
         assert_eq!(c.routes.reconcile_interval, Duration::from_secs(30));
-        assert_eq!(c.probe.fall, 3);
+        assert_eq!(c.probe.fall, 2);
         assert_eq!(c.probe.targets.len(), 3);
     }
 
@@ -448,8 +448,8 @@ rise = 2
                 "probe.targets[0]: `tcp://1.2.3.4`: a tcp target needs a port",
             ),
             (
-                "[probe]\ntimeout = \"2s\"",
-                "probe.timeout: must be more than 0 and at most probe.interval (1s)",
+                "[probe]\ntimeout = \"1s\"",
+                "probe.timeout: must be more than 0 and at most 3 × probe.interval (750ms)",
             ),
             (
                 "[probe]\nprobe_cidr = \"198.19.0.0\"",

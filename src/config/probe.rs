@@ -15,11 +15,15 @@ pub struct Probe {
     /// Where probes go, through the NAT path. Any target answering means
     /// the NAT forwards.
     pub targets: Vec<ProbeTarget>,
+    /// A round starts this often, whether or not the last has answered.
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
+    /// How long a round waits for its answers (at most 3 × `interval`:
+    /// rounds overlap).
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
-    /// Consecutive failed rounds before the daemon reconverges the kernel
+    /// Consecutive failed rounds (a round fails only when every target
+    /// fails) before the NAT says `failing` and reconverges the kernel
     /// and, if the next round also fails, marks the instance Unhealthy.
     pub fall: u32,
     /// Consecutive good rounds that clear a failure state.
@@ -52,9 +56,9 @@ impl Default for Probe {
             .iter()
             .filter_map(|t| t.parse().ok())
             .collect(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            fall: 3,
+            interval: Duration::from_millis(250),
+            timeout: Duration::from_millis(300),
+            fall: 2,
             rise: 2,
             grace_period: Duration::from_secs(60),
             probe_namespace: "hanat-probe".into(),
@@ -87,12 +91,12 @@ impl Probe {
                 "must be at least 3 × probe.interval".into(),
             ));
         }
-        if self.timeout.is_zero() || self.timeout > self.interval {
+        if self.timeout.is_zero() || self.timeout > self.interval * 3 {
             return Err((
                 "probe.timeout",
                 format!(
-                    "must be more than 0 and at most probe.interval ({})",
-                    crate::domain::human(self.interval)
+                    "must be more than 0 and at most 3 × probe.interval ({})",
+                    crate::domain::human(self.interval * 3)
                 ),
             ));
         }

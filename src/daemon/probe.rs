@@ -12,19 +12,20 @@
 //! Auto Scaling is never asked to replace a NAT for it: the kernel
 //! forwards whatever the daemon can or cannot do.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::converge::converge_logged;
 use super::ctx::Ctx;
 use super::log::LogThrottle;
-use crate::decide::backoff::PROBE_RECHECK;
 use crate::decide::probe::{Phase, ProbeState, Step};
 use crate::domain::Status;
-use crate::kernel::probe::{Prober, Round, RoundResult};
+use crate::kernel::probe::{Miss, Prober, Round, RoundResult};
 use crate::kernel::probe_ns;
 use crate::report;
 
@@ -37,6 +38,11 @@ pub struct UnableToProbe {
     pub unable_for: Duration,
     pub why: String,
 }
+
+/// At most this many rounds in flight: a round ends within
+/// `probe.timeout` (at most `probe.interval` × this), so only a stuck one
+/// holds the next back.
+const MAX_IN_FLIGHT: usize = 4;
 
 pub struct ProbeLoop {
     ctx: Arc<Ctx>,
@@ -54,6 +60,10 @@ pub struct ProbeLoop {
     /// found drifted then: the next passing round says whether a repair
     /// or a transient failure is behind it.
     repairing: Option<Vec<String>>,
+    /// When a repair last set drifted kernel state right: rounds started
+    /// before then that fail (they were sent while the drift lasted) are
+    /// not counted.
+    repaired_at: Option<Instant>,
 }
 
 impl ProbeLoop {
@@ -65,7 +75,8 @@ impl ProbeLoop {
             timeout: hb.timeout,
         };
         let state = ProbeState::new(hb.fall, hb.rise, hb.grace_period, Duration::ZERO)
-            .with_unable_restart(hb.unable_restart);
+            .with_unable_restart(hb.unable_restart)
+            .with_targets(hb.targets.len());
         let next_converge = Instant::now() + ctx.config.kernel.converge_interval;
         // What start-up converged: the Elastic IP claim has not run yet.
         let snat = ctx.snat();
@@ -79,55 +90,86 @@ impl ProbeLoop {
             snat,
             converge_failed: false,
             repairing: None,
+            repaired_at: None,
         }
     }
 
     /// Probe until the daemon ends, or until probes could not be sent for
     /// `probe.unable_restart` (the error).
+    ///
+    /// A round starts every `probe.interval` whether or not the last one
+    /// has answered: rounds overlap when `probe.timeout` is longer than the
+    /// interval, so a NAT that stops forwarding fails `fall` rounds in
+    /// about `timeout + (fall − 1) × interval`, not `fall × timeout`.
+    /// Results are taken in the order the rounds started.
     pub async fn run(mut self) -> Result<(), UnableToProbe> {
+        let interval = self.ctx.config.probe.interval;
         let mut next_round = Instant::now();
+        let mut in_flight: VecDeque<(Instant, JoinHandle<Round>)> = VecDeque::new();
         loop {
-            tokio::time::sleep_until(next_round).await;
-            self.ctx.progress.beat("probe", self.ctx.round_bound());
-            next_round = self.tick().await?;
-            self.ctx.progress.done("probe");
+            let room = in_flight.len() < MAX_IN_FLIGHT;
+            let front = async {
+                match in_flight.front_mut() {
+                    Some((_, round)) => round.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_round), if room => {
+                    next_round = Instant::now() + interval;
+                    self.ctx.progress.beat("probe", self.ctx.round_bound());
+                    if Instant::now() >= self.next_converge || self.snat != self.ctx.snat() {
+                        self.converge().await;
+                    }
+                    let prober = self.prober.clone();
+                    let round = tokio::spawn(async move { prober.round().await });
+                    in_flight.push_back((Instant::now(), round));
+                }
+                round = front => {
+                    let started = in_flight.pop_front().map_or_else(Instant::now, |(t, _)| t);
+                    self.ctx.progress.beat("probe", self.ctx.round_bound());
+                    let round = round.unwrap_or_else(|e| {
+                        self.prober.fail_all(Miss::Unsent(format!("probe task ended: {e}")))
+                    });
+                    self.take(round, started).await?;
+                }
+            }
+            // The watchdog watches the oldest round in flight: one that
+            // never ends gets the daemon restarted.
+            match in_flight.front() {
+                Some((at, _)) => {
+                    (self.ctx.progress).beat_since("probe", *at, self.ctx.round_bound())
+                }
+                None => self.ctx.progress.done("probe"),
+            }
         }
     }
 
-    /// One probe round (and a converge when due); returns when the next
-    /// round is due. A failed round is confirmed (or cleared) at once
-    /// instead of a whole interval later: failing rounds last `timeout`
-    /// each, so `fall` failures take about fall × timeout.
-    pub async fn tick(&mut self) -> Result<Instant, UnableToProbe> {
-        let (interval, fall) = (self.ctx.config.probe.interval, self.ctx.config.probe.fall);
-        let mut next_round = Instant::now() + interval;
-        if Instant::now() >= self.next_converge || self.snat != self.ctx.snat() {
-            self.converge().await;
-        }
-        let round = self.prober.round().await;
+    /// Act on one round's result (of a round started at `started`).
+    pub async fn take(&mut self, round: Round, started: Instant) -> Result<(), UnableToProbe> {
         self.ctx.metrics.probe_round(&round);
         if round.result() == RoundResult::Unsent {
-            self.unsent(&round)?;
-            return Ok(next_round);
+            return self.unsent(&round);
         }
         if self.state.unsent_since().is_some() {
             info!("probes can be sent again");
             self.ctx.unable_to_probe(None);
         }
         let ok = round.ok();
-        if !ok && self.state.consecutive_failures() + 1 < fall {
-            next_round = Instant::now() + PROBE_RECHECK;
+        // Sent into a kernel repaired since: no evidence about the repaired one.
+        if !ok && self.repaired_at.is_some_and(|at| started < at) {
+            return Ok(());
         }
         self.log_round(&round);
         self.repair(ok).await;
-        let verdict = self.state.observe(ok, self.ctx.now());
+        let verdict = self.state.observe_answers(round.answered(), self.ctx.now());
         self.tell(match self.state.phase() {
             Phase::Starting => Status::Starting,
             Phase::Healthy => Status::Ok,
             Phase::Reconverged | Phase::Unhealthy => Status::Failing,
         });
         self.act(verdict, &round).await;
-        Ok(next_round)
+        Ok(())
     }
 
     /// A round whose probes could not be sent: say so, change no verdict,
@@ -158,8 +200,10 @@ impl ProbeLoop {
     /// Drift this daemon can repair (a sysctl reset, its table flushed, a
     /// device deleted) must not look like a failed NAT: the first failed
     /// round re-applies the kernel config at once, so the rounds that
-    /// follow (within `fall`) pass again and nothing moves. A real failure
-    /// goes on failing and is handed over as before, one converge later.
+    /// follow (within `fall`) pass again and nothing moves; rounds already
+    /// in flight when something was found drifted do not count. A real
+    /// failure (nothing drifted) goes on failing and is handed over as
+    /// before, its rounds in flight counting.
     /// A round that failed with nothing drifted (a loaded host, a lost
     /// probe) and then passes is said to be transient, not a repair.
     async fn repair(&mut self, ok: bool) {
@@ -178,7 +222,11 @@ impl ProbeLoop {
             warn!(
                 "probe round failed; re-applying the kernel NAT config at once in case it drifted"
             );
-            self.repairing = Some(self.converge().await);
+            let drifted = self.converge().await;
+            if !drifted.is_empty() {
+                self.repaired_at = Some(Instant::now());
+            }
+            self.repairing = Some(drifted);
         }
     }
 

@@ -22,6 +22,12 @@ impl Progress {
         self.lock().insert(name, (Instant::now(), bound));
     }
 
+    /// `name`'s current round started at `at` (a loop with several rounds
+    /// in flight: its oldest).
+    pub fn beat_since(&self, name: &'static str, at: Instant, bound: Duration) {
+        self.lock().insert(name, (at, bound));
+    }
+
     /// `name` is done for good (a one-shot task), or waits on nothing that
     /// can wedge (between rounds of a loop that sleeps).
     pub fn done(&self, name: &'static str) {

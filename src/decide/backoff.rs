@@ -155,11 +155,6 @@ pub const COVER_RETRY: Duration = Duration::from_secs(1);
 /// whether a peer took the AZ's routes (one call each).
 pub const HANDOFF_POLL: Duration = Duration::from_secs(1);
 
-/// After a failed probe round (short of `fall`), the next round starts
-/// after this instead of a whole interval, so `fall` failures take about
-/// `fall × timeout`.
-pub const PROBE_RECHECK: Duration = Duration::from_millis(50);
-
 /// One read of instance metadata by the planned-exit watcher gives up
 /// after this (IMDS answers in milliseconds when it answers at all).
 pub const IMDS_POLL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -108,6 +108,11 @@ pub struct Round {
 
 impl Round {
     /// Healthy when any target answered.
+    /// How many targets answered.
+    pub fn answered(&self) -> usize {
+        self.results.iter().filter(|r| r.outcome.is_ok()).count()
+    }
+
     pub fn ok(&self) -> bool {
         self.result() == RoundResult::Passed
     }
@@ -169,7 +174,7 @@ impl Prober {
     }
 
     /// A round in which every target failed for the same reason.
-    fn fail_all(&self, why: Miss) -> Round {
+    pub fn fail_all(&self, why: Miss) -> Round {
         Round {
             results: self
                 .targets
