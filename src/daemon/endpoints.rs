@@ -48,6 +48,12 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// reader, a held keep-alive.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
+/// What one connection may buffer of a request (hyper's default is
+/// about 400 KiB): the endpoints take bodiless `GET`s of a few hundred
+/// bytes, so a client sending more only fills its own 16 KiB, and 32
+/// connections hold at most half a megabyte.
+pub const MAX_BUFFER: usize = 16 * 1024;
+
 /// Serve the endpoints on `addr` until aborted. A port that cannot be
 /// bound (a predecessor still holds it) is retried; nothing here ever stops
 /// the daemon.
@@ -108,6 +114,7 @@ pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_BUFFER)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });

@@ -487,7 +487,8 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
 /// Count changes of the private routes' targets until `watching` ends.
 /// Each change of the private routes' targets until `watching` ends: when,
 /// and which AZ's route now points where.
-async fn count_route_changes(
+/// The default routes of `tables` as they change, until `watching` ends.
+pub async fn count_route_changes(
     cloud: crate::cloud::Cloud,
     tables: Vec<String>,
     watching: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -613,6 +614,15 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
         }
         Scenario::EndpointFlood => {
             let run = Duration::from_secs(20);
+            let memory = |when: &str| match lab.daemon_memory(0) {
+                Some((rss, peak)) => lab.note(format!(
+                    "az0: daemon resident {when}: {:.1} MB, peak {:.1} MB",
+                    rss as f64 / 1024.0,
+                    peak as f64 / 1024.0
+                )),
+                None => lab.note(format!("az0: daemon memory {when}: not readable")),
+            };
+            memory("before the flood");
             let health = abuse::watch_health(lab, 0, run, Duration::from_secs(1))?;
             let flood = abuse::flood_endpoint(lab, 0, 0, 2_000, 4, run)?;
             let f = tokio::task::spawn_blocking(move || flood.join().unwrap_or_default()).await?;
@@ -622,6 +632,7 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
                 f.opened, f.held_max, f.scraped, f.scrapes
             ));
             lab.note(h.summary());
+            memory("after the flood");
             Ok(())
         }
         Scenario::HeartbeatFlood => {

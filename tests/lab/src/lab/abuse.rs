@@ -247,6 +247,20 @@ impl Lab {
             .and_then(|n| n.daemon.as_ref().map(std::process::Child::id))
     }
 
+    /// AZ `i`'s daemon's memory now and at its peak (`VmRSS`, `VmHWM`),
+    /// in KiB.
+    pub fn daemon_memory(&self, i: usize) -> Option<(u64, u64)> {
+        let pid = self.daemon_pid(i)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Some((kib("VmRSS:")?, kib("VmHWM:")?))
+    }
+
     /// Fill AZ `i`'s daemon's descriptor table by another cause: its
     /// open-file limit lowered (`prlimit`) to what it holds now, so it can
     /// open nothing more. Returns that number.
