@@ -20,6 +20,7 @@ pub mod moto;
 pub mod netns;
 pub mod plot;
 pub mod sandbox;
+pub mod soak;
 
 /// Make `cmd`'s child receive SIGKILL when the lab process dies, so a
 /// crashed test leaves no daemon behind. The signal fires when the *thread*

@@ -40,6 +40,12 @@ commands:
                                    N × 55,000 (raises nf_conntrack_max, its
                                    buckets and netdev_max_backlog for the run;
                                    Auto Scaling does not replace the NAT)
+  soak [--for D]                   the lab for D (default 30m) with the internet
+                                   path unkind: 2 % loss on every NAT's uplink,
+                                   a probe target black-holed 3 min in every 6,
+                                   the API throttled 1 min in every 10; counts
+                                   route changes, Unhealthy reports and verdict
+                                   flips (exit 1 if anything moved)
   down                             remove namespaces a crashed lab left behind
 options:
   --azs N            availability zones, 1-3 (default 2)
@@ -67,7 +73,7 @@ options:
                      templates)
   --timeout D        chaos: give up waiting for recovery (default 120s)
   --api-latency P    latency the AWS API proxy adds: realistic (default) or none
-  --for D            up: tear down after D
+  --for D            up: tear down after D; soak: how long
   --steady D         chaos, bench: steady state watched before the fault (default
                      2s; the JSON's api_calls_per_nat_min is measured over it)
   --refresh-interval D
@@ -97,6 +103,10 @@ options:
                      run into the directory PATH
   --runs N           bench: runs per scenario and mode (default 10)
   --scenarios A,B    bench: only these scenarios
+  --modes A,B        bench: only these failover modes (peer, none; default both)
+  --probe I,T,F      the daemons' probe interval, timeout and fall (default
+                     hanat's own; 500ms,400ms,3 is what the lab ran before
+                     2026-12-06's faster defaults)
 Needs root (network namespaces, nftables); installs moto into ~/.cache/hanat on first use.
 ";
 
@@ -115,6 +125,11 @@ struct Args {
     runs: usize,
     plot: Option<PathBuf>,
     scenarios: Option<String>,
+    /// bench: the failover modes to run (`peer`, `none`).
+    modes: Vec<String>,
+    /// The daemons' probe interval, timeout and fall instead of hanat's
+    /// defaults (to run an older release as the lab used to).
+    probe: Option<(Duration, Duration, u32)>,
     fallback_nat_gateway: bool,
     peer_auth: bool,
     witness: bool,
@@ -146,6 +161,8 @@ fn parse() -> Result<Option<Args>> {
         runs: 10,
         plot: None,
         scenarios: None,
+        modes: vec!["peer".into(), "none".into()],
+        probe: None,
         fallback_nat_gateway: false,
         peer_auth: true,
         witness: true,
@@ -231,6 +248,29 @@ fn parse() -> Result<Option<Args>> {
                     .with_context(|| format!("--runs: `{v}` is not a positive number"))?;
             }
             "--scenarios" => a.scenarios = Some(it.next().context("--scenarios needs a list")?),
+            "--probe" => {
+                let v = it.next().context("--probe needs INTERVAL,TIMEOUT,FALL")?;
+                let parts: Vec<&str> = v.split(',').collect();
+                let [interval, timeout, fall] = parts[..] else {
+                    bail!("--probe: `{v}` is not INTERVAL,TIMEOUT,FALL (e.g. 500ms,400ms,3)");
+                };
+                a.probe = Some((
+                    duration(Some(interval.to_owned()), "--probe")?,
+                    duration(Some(timeout.to_owned()), "--probe")?,
+                    fall.parse().context("--probe: FALL is not a number")?,
+                ));
+            }
+            "--modes" => {
+                let list = it.next().context("--modes needs a list")?;
+                a.modes = list.split(',').map(str::to_owned).collect();
+                if let Some(bad) = a
+                    .modes
+                    .iter()
+                    .find(|m| !["peer", "none"].contains(&m.as_str()))
+                {
+                    bail!("--modes: unknown mode `{bad}`; choose peer, none or both");
+                }
+            }
             s if s.starts_with('-') => bail!("unknown option `{s}`"),
             s if a.command.is_empty() => a.command = s.to_owned(),
             s if (a.command == "chaos" || a.command == "bench") && a.scenario.is_none() => {
@@ -279,8 +319,10 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     let mut o = LabOptions::new(hanat_bin(a.hanat.clone())?);
     o.azs = a.azs;
     o.boot_delay = a.boot_delay;
-    o.heartbeat_interval = Duration::from_millis(500);
     o.grace = Duration::from_secs(30);
+    if let Some((interval, timeout, fall)) = a.probe {
+        (o.probe_interval, o.probe_timeout, o.fall) = (interval, timeout, fall);
+    }
     o.fallback_nat_gateway = a.fallback_nat_gateway;
     o.peer_auth = a.peer_auth;
     o.witness = a.witness;
@@ -330,6 +372,7 @@ fn main() -> ExitCode {
             "up" => up(&args).await,
             "chaos" => chaos_cmd(&args).await,
             "bench" => bench(&args).await,
+            "soak" => soak(&args).await,
             "down" => down(),
             other => bail!("unknown command `{other}`"),
         }
@@ -565,7 +608,8 @@ async fn bench(a: &Args) -> Result<u8> {
     };
     let mut rows = Vec::new();
     for s in &scenarios {
-        for mode in ["peer", "none"] {
+        for mode in &a.modes {
+            let mode = mode.as_str();
             let mut reports = Vec::new();
             for run in 1..=a.runs {
                 let mut lab = lab_options(a)?;
@@ -588,6 +632,17 @@ async fn bench(a: &Args) -> Result<u8> {
     }
     println!("{}", chaos::bench_table(&rows));
     Ok(0)
+}
+
+async fn soak(a: &Args) -> Result<u8> {
+    let duration = a.run_for.unwrap_or(Duration::from_secs(1800));
+    let report =
+        hanat_lab::soak::run(hanat_lab::soak::SoakOptions::new(lab_options(a)?, duration)).await?;
+    print!("{}", report.text());
+    Ok(match report.clean() {
+        true => 0,
+        false => 1,
+    })
 }
 
 fn down() -> Result<u8> {

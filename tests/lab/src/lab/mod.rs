@@ -145,7 +145,10 @@ pub fn nat_gateway_public_ip(i: usize) -> Ipv4Addr {
 pub struct LabOptions {
     pub azs: usize,
     pub hanat_bin: PathBuf,
-    pub heartbeat_interval: Duration,
+    /// The daemons' probe (`[probe]`): hanat's shipped defaults unless a
+    /// test sets others.
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
     pub fall: u32,
     pub rise: u32,
     pub grace: Duration,
@@ -242,8 +245,9 @@ impl LabOptions {
         Self {
             azs: 1,
             hanat_bin: hanat_bin.into(),
-            heartbeat_interval: Duration::from_millis(500),
-            fall: 3,
+            probe_interval: Duration::from_millis(250),
+            probe_timeout: Duration::from_millis(300),
+            fall: 2,
             rise: 2,
             grace: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(5),

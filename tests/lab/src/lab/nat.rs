@@ -308,8 +308,8 @@ pub fn daemon_config(
          handoff_on_stop = {}\n\n\
          [aws]\nimds_timeout = \"20s\"\n{refresh}\n{snat}{metrics}{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
         targets.join(", "),
-        humantime::format_duration(o.heartbeat_interval),
-        humantime::format_duration(o.heartbeat_interval * 4 / 5),
+        humantime::format_duration(o.probe_interval),
+        humantime::format_duration(o.probe_timeout),
         o.fall,
         o.rise,
         humantime::format_duration(o.grace),
