@@ -218,19 +218,23 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
             .count()
     };
     let before = reapplied(&log());
-    lab.nat_exec(
-        0,
-        "nft",
-        &["add table inet blip; add chain inet blip drop_all { type filter hook forward priority -10; policy drop; }"],
-    )
-    .unwrap();
-    // Gone well within the `fall` (3) rounds of 500 ms that would mark the
-    // instance Unhealthy.
+    // Each blip lasts 150 ms: shorter than the 250 ms between rounds (a
+    // round's handshake takes a millisecond in the lab), so it fails one
+    // round at most, never the `fall` (2) in a row that would say
+    // `failing`; it may fall between two rounds' handshakes and fail none,
+    // so it is tried again until a round has failed.
     let seen = std::time::Instant::now();
     while reapplied(&log()) == before && seen.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(5));
+        lab.nat_exec(
+            0,
+            "nft",
+            &["add table inet blip; add chain inet blip drop_all { type filter hook forward priority -10; policy drop; }"],
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        lab.nat_exec(0, "nft", &["delete table inet blip"]).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
     }
-    lab.nat_exec(0, "nft", &["delete table inet blip"]).unwrap();
     assert!(
         reapplied(&log()) > before,
         "the probe round failed: {}",
@@ -263,9 +267,11 @@ async fn broken_forwarding_is_healed_or_reported_unhealthy() {
     .unwrap();
     let took = start.elapsed();
     eprintln!("marked Unhealthy {took:?} after forwarding broke");
-    // fall (3) failed rounds, then one more after reconverging: 4 × 500 ms.
+    // fall (2) failed rounds, then one more after reconverging: rounds
+    // start 250 ms apart and fail 300 ms after they start, so the third
+    // fails no sooner than 300 + 2 × 250 ms after the table went in.
     assert!(
-        took >= Duration::from_millis(1500),
+        took >= Duration::from_millis(800),
         "reported too early: {took:?}"
     );
     let log = log();

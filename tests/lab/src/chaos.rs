@@ -402,15 +402,7 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
     );
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
-    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let counter = tokio::spawn(count_route_changes(
-        lab.cloud.clone(),
-        lab.azs
-            .iter()
-            .map(|a| a.private_route_table.clone())
-            .collect(),
-        watching.clone(),
-    ));
+    let counter = RouteWatch::start(&lab);
     inject(&lab, scenario, opts.timeout).await?;
     // The fault is in place (an nft table applied, a daemon killed…).
     let in_place = Instant::now();
@@ -418,8 +410,7 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
     let recovered = wait_recovered(&lab, &meters[0], injected, opts.timeout, &replaced).await;
     // A little more steady state, so a relapse would show.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    let changed = counter.await.unwrap_or_default();
+    let changed = counter.stop().await;
     let route_changes = changed.len();
 
     let measured_ms = in_place.elapsed().as_millis() as u64;
@@ -484,11 +475,37 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
     })
 }
 
-/// Count changes of the private routes' targets until `watching` ends.
+/// Watching the private routes' targets of a lab from its start until
+/// [`RouteWatch::stop`].
+pub struct RouteWatch {
+    watching: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, String)>>,
+}
+
+impl RouteWatch {
+    pub fn start(lab: &Lab) -> RouteWatch {
+        let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let tables = (lab.azs.iter())
+            .map(|a| a.private_route_table.clone())
+            .collect();
+        let task = tokio::spawn(count_route_changes(
+            lab.cloud.clone(),
+            tables,
+            watching.clone(),
+        ));
+        RouteWatch { watching, task }
+    }
+
+    /// Each change seen: when, and which AZ's route now points where.
+    pub async fn stop(self) -> Vec<(Instant, String)> {
+        (self.watching).store(false, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
 /// Each change of the private routes' targets until `watching` ends: when,
 /// and which AZ's route now points where.
-/// The default routes of `tables` as they change, until `watching` ends.
-pub async fn count_route_changes(
+async fn count_route_changes(
     cloud: crate::cloud::Cloud,
     tables: Vec<String>,
     watching: std::sync::Arc<std::sync::atomic::AtomicBool>,

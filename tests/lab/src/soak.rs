@@ -175,15 +175,7 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
             opts.jitter.as_millis()
         ),
     ));
-    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let counter = tokio::spawn(crate::chaos::count_route_changes(
-        lab.cloud.clone(),
-        lab.azs
-            .iter()
-            .map(|a| a.private_route_table.clone())
-            .collect(),
-        watching.clone(),
-    ));
+    let counter = crate::chaos::RouteWatch::start(&lab);
     let end = start + opts.duration;
     let mut next_blackhole = start + Duration::from_secs(30);
     let mut blackholed: Option<(usize, Instant)> = None;
@@ -221,8 +213,7 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     }
     let delayed: Vec<u64> = lines.iter_mut().map(DelayLine::frames).collect();
     drop(lines);
-    watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    let changes = counter.await.unwrap_or_default();
+    let changes = counter.stop().await;
     let probes = (0..lab.azs.len())
         .filter_map(|i| {
             lab.nat_exec(
