@@ -13,7 +13,7 @@ use crate::decide::backoff::{PEER_CONFIRM, WITNESS_POLL, WITNESS_WINDOW};
 use crate::decide::cover::{Cover, Decision};
 use crate::decide::peers::Peer;
 use crate::decide::routes::Observed;
-use crate::domain::InstanceId;
+use crate::domain::{InstanceId, Status};
 
 impl PeersLoop {
     /// Silence is only a suspicion: ask EC2 whether the peer still runs
@@ -106,11 +106,15 @@ impl PeersLoop {
                 continue;
             }
             let reconcile = self.ctx.config.routes.reconcile_interval;
-            // The first adoption writes from the routes loop's last reading
-            // of the AZ; the look right after reads it afresh (a subnet or
-            // route changed since is then covered too).
+            // The first adoption of a dead NAT's AZ writes from the routes
+            // loop's last reading of it; the look right after reads it
+            // afresh (a subnet or route changed since is then covered too).
+            // A NAT on a planned exit still forwards, and its connections
+            // are handed back to it by the routes the plan takes from it:
+            // that plan is made on a fresh reading (nothing is lost by it).
+            let planned = self.ctx.peers().view().last(&dead.instance) == Some(Status::Exiting);
             let ready = match cover {
-                Cover::Adopt if self.adopted.insert(dead.instance.clone()) => {
+                Cover::Adopt if !planned && self.adopted.insert(dead.instance.clone()) => {
                     self.ctx.slow().ready(&dead.az, reconcile * 2)
                 }
                 _ => None,
