@@ -1187,14 +1187,7 @@ async fn a_nat_out_of_ports_for_one_destination_counts_port_allocation_errors() 
     let mut opts = options(1);
     opts.cloudwatch = Some(Duration::from_secs(1));
     let lab = serving(opts).await;
-    let metrics = || {
-        lab.nat_exec(
-            0,
-            "curl",
-            &["-s", "--max-time", "5", "http://127.0.0.1:7472/metrics"],
-        )
-        .unwrap()
-    };
+    let metrics = || lab.nat_metrics(0, Duration::from_secs(5)).unwrap();
     let value = |text: &str, name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))

@@ -19,8 +19,11 @@ use crate::domain::{
     RouteTableId, RouteTarget, SubnetId, VpcId,
 };
 
+/// An AZ's tagged subnets, with their networks.
+pub type Subnets = Vec<(SubnetId, Option<Ipv4Cidr>)>;
+
 /// Per AZ, its tagged subnets with their networks.
-pub type TaggedSubnets = std::collections::BTreeMap<String, Vec<(SubnetId, Option<Ipv4Cidr>)>>;
+pub type TaggedSubnets = std::collections::BTreeMap<String, Subnets>;
 
 /// The EC2 and Auto Scaling calls of the loops.
 #[async_trait]

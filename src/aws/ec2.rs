@@ -6,16 +6,16 @@
 //! attribute, so a failure can never leave a route table half-changed; the
 //! next reconcile simply tries again. Retries and backoff are the SDK's.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
 
 use super::AwsError;
+use super::cloud::TaggedSubnets;
 use super::meter::{ApiMeter, metered_client};
 use crate::domain::{
-    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
-    RouteTableId, RouteTarget, SPARE_TAG, SubnetId, VpcId,
+    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Route, RouteTable, RouteTableId,
+    RouteTarget, SPARE_TAG, SubnetId, VpcId,
 };
 
 /// The destination every NAT owns.
@@ -56,9 +56,8 @@ impl Ec2 {
         azs: &[String],
         key: &str,
         value: &str,
-    ) -> Result<BTreeMap<String, Vec<(SubnetId, Option<Ipv4Cidr>)>>, AwsError> {
-        let mut out: BTreeMap<String, Vec<(SubnetId, Option<Ipv4Cidr>)>> =
-            azs.iter().map(|az| (az.clone(), Vec::new())).collect();
+    ) -> Result<TaggedSubnets, AwsError> {
+        let mut out: TaggedSubnets = azs.iter().map(|az| (az.clone(), Vec::new())).collect();
         if azs.is_empty() {
             return Ok(out);
         }

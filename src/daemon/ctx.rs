@@ -25,7 +25,7 @@ use crate::decide::cover::Moment;
 use crate::decide::holder::{self, Holding};
 use crate::decide::peers::PeerState;
 use crate::decide::routes::Observed;
-use crate::domain::{EniId, Identity, Ipv4Cidr, RouteTarget, Status, SubnetId};
+use crate::domain::{EniId, Identity, RouteTarget, Status};
 use crate::kernel::COMMAND_TIMEOUT;
 
 pub struct Ctx {
@@ -60,8 +60,7 @@ pub struct Ctx {
     snat: Mutex<Vec<Ipv4Addr>>,
 }
 
-/// An AZ's tagged subnets, with their networks.
-pub type Subnets = Vec<(SubnetId, Option<Ipv4Cidr>)>;
+pub use crate::aws::cloud::Subnets;
 
 /// Readings that change rarely, with when they were made.
 #[derive(Debug, Default)]

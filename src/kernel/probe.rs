@@ -107,12 +107,12 @@ pub struct Round {
 }
 
 impl Round {
-    /// Healthy when any target answered.
     /// How many targets answered.
     pub fn answered(&self) -> usize {
         self.results.iter().filter(|r| r.outcome.is_ok()).count()
     }
 
+    /// Healthy when any target answered.
     pub fn ok(&self) -> bool {
         self.result() == RoundResult::Passed
     }

@@ -486,14 +486,7 @@ async fn print_status(lab: &Lab, start: Instant, rtt: &mut HashMap<String, (f64,
         // mean probe round trip since the last table.
         let metrics = nat
             .as_ref()
-            .and_then(|_| {
-                lab.nat_exec(
-                    a.index,
-                    "curl",
-                    &["-s", "--max-time", "1", "http://127.0.0.1:7472/metrics"],
-                )
-                .ok()
-            })
+            .and_then(|_| lab.nat_metrics(a.index, Duration::from_secs(1)).ok())
             .filter(|m| m.contains("hanat_"));
         let (conns, probe_ms) = match &metrics {
             Some(m) => {

@@ -160,7 +160,7 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     let start = Instant::now();
     let calls_before = lab.api().calls().len();
     let mut faults = Vec::new();
-    let at = |start: Instant| start.elapsed().as_secs();
+    let at = || start.elapsed().as_secs();
     let mut lines = Vec::new();
     for i in 0..lab.azs.len() {
         lossy_uplink(&lab, i, opts.loss_percent)?;
@@ -178,51 +178,41 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     let counter = crate::chaos::RouteWatch::start(&lab);
     let end = start + opts.duration;
     let mut next_blackhole = start + Duration::from_secs(30);
-    let mut blackholed: Option<(usize, Instant)> = None;
+    // Until when the target is black-holed.
+    let mut blackholed: Option<Instant> = None;
     let mut next_throttle = start + Duration::from_secs(90);
-    // The second target: the meters ask the first.
-    let target = 1;
     while Instant::now() < end {
         let now = Instant::now();
-        if let Some((t, until)) = blackholed
-            && now >= until
-        {
-            blackhole(&lab, t, false)?;
-            faults.push((at(start), format!("target {} answers again", SERVERS[t])));
+        if blackholed.is_some_and(|until| now >= until) {
+            blackhole(&lab, false)?;
+            faults.push((at(), format!("target {BLACKHOLED} answers again")));
             blackholed = None;
         }
         if blackholed.is_none() && now >= next_blackhole {
-            blackhole(&lab, target, true)?;
-            faults.push((at(start), format!("target {} black-holed", SERVERS[target])));
-            blackholed = Some((target, now + opts.blackhole_for));
+            blackhole(&lab, true)?;
+            faults.push((at(), format!("target {BLACKHOLED} black-holed")));
+            blackholed = Some(now + opts.blackhole_for);
             next_blackhole = now + opts.blackhole_every;
         }
         if now >= next_throttle {
             lab.api()
                 .inject(Rule::all(Fault::Throttle, opts.throttle_for));
             faults.push((
-                at(start),
+                at(),
                 format!("API throttled for {} s", opts.throttle_for.as_secs()),
             ));
             next_throttle = now + opts.throttle_every;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    if let Some((t, _)) = blackholed {
-        blackhole(&lab, t, false)?;
+    if blackholed.is_some() {
+        blackhole(&lab, false)?;
     }
     let delayed: Vec<u64> = lines.iter_mut().map(DelayLine::frames).collect();
     drop(lines);
     let changes = counter.stop().await;
     let probes = (0..lab.azs.len())
-        .filter_map(|i| {
-            lab.nat_exec(
-                i,
-                "curl",
-                &["-s", "--max-time", "2", "http://127.0.0.1:7472/metrics"],
-            )
-            .ok()
-        })
+        .filter_map(|i| lab.nat_metrics(i, Duration::from_secs(2)).ok())
         .map(|m| probe_counts(&m))
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let calls = lab.api().calls();
@@ -363,18 +353,20 @@ fn lossy_uplink(lab: &Lab, i: usize, percent: u32) -> Result<()> {
     lab.nat_exec(i, "nft", &[&rules]).map(drop)
 }
 
-/// The internet drops (or no longer drops) what is sent to probe target
-/// `t`: a server that stops answering, nothing else changed.
-fn blackhole(lab: &Lab, t: usize, on: bool) -> Result<()> {
-    let table = format!("soak_blackhole_{t}");
+/// The probe target the soak black-holes: the second (the private hosts'
+/// requests go to the first).
+const BLACKHOLED: std::net::Ipv4Addr = SERVERS[1];
+
+/// The internet drops (or no longer drops) what is sent to
+/// [`BLACKHOLED`]: a server that stops answering, nothing else changed.
+fn blackhole(lab: &Lab, on: bool) -> Result<()> {
     let rules = match on {
         true => format!(
-            "add table ip {table}; \
-             add chain ip {table} in {{ type filter hook prerouting priority -300; }}; \
-             add rule ip {table} in ip daddr {} drop",
-            SERVERS[t]
+            "add table ip soak_blackhole; \
+             add chain ip soak_blackhole in {{ type filter hook prerouting priority -300; }}; \
+             add rule ip soak_blackhole in ip daddr {BLACKHOLED} drop"
         ),
-        false => format!("delete table ip {table}"),
+        false => "delete table ip soak_blackhole".to_owned(),
     };
     crate::netns::exec_in(&lab.inet.name, "nft", &[&rules]).map(drop)
 }

@@ -322,6 +322,14 @@ pub fn daemon_config(
 
 impl Lab {
     /// Run a command inside AZ `i`'s NAT namespace.
+    /// AZ `i`'s NAT's `/metrics`, asked from inside the instance, given
+    /// `timeout` to answer.
+    pub fn nat_metrics(&self, i: usize, timeout: Duration) -> Result<String> {
+        let max_time = timeout.as_secs_f64().to_string();
+        let url = "http://127.0.0.1:7472/metrics";
+        self.nat_exec(i, "curl", &["-s", "--max-time", &max_time, url])
+    }
+
     pub fn nat_exec(&self, i: usize, program: &str, args: &[&str]) -> Result<String> {
         // Not under the NATs' lock: the lab's own tasks (IMDS, the data
         // plane's sync) need it while the command runs, and a command may
