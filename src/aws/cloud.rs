@@ -15,15 +15,11 @@ use super::ec2::Ec2;
 use super::meter::ApiMeter;
 use super::secrets::Secrets;
 use crate::domain::{
-    Address, Datum, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, RouteTable,
-    RouteTableId, RouteTarget, SubnetId, VpcId,
+    Address, Datum, EniId, InstanceHealth, InstanceId, InstanceInfo, RouteTable, RouteTableId,
+    RouteTarget, SubnetId, VpcId,
 };
 
-/// An AZ's tagged subnets, with their networks.
-pub type Subnets = Vec<(SubnetId, Option<Ipv4Cidr>)>;
-
-/// Per AZ, its tagged subnets with their networks.
-pub type TaggedSubnets = std::collections::BTreeMap<String, Subnets>;
+pub use super::ec2::{Subnets, TaggedSubnets};
 
 /// The EC2 and Auto Scaling calls of the loops.
 #[async_trait]

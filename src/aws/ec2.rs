@@ -11,11 +11,10 @@ use std::net::Ipv4Addr;
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
 
 use super::AwsError;
-use super::cloud::TaggedSubnets;
 use super::meter::{ApiMeter, metered_client};
 use crate::domain::{
-    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Route, RouteTable, RouteTableId,
-    RouteTarget, SPARE_TAG, SubnetId, VpcId,
+    Address, EniId, InstanceHealth, InstanceId, InstanceInfo, Ipv4Cidr, Route, RouteTable,
+    RouteTableId, RouteTarget, SPARE_TAG, SubnetId, VpcId,
 };
 
 /// The destination every NAT owns.
@@ -39,6 +38,12 @@ macro_rules! with_target {
         }
     };
 }
+
+/// An AZ's tagged subnets, with their networks.
+pub type Subnets = Vec<(SubnetId, Option<Ipv4Cidr>)>;
+
+/// Per AZ, its tagged subnets with their networks.
+pub type TaggedSubnets = std::collections::BTreeMap<String, Subnets>;
 
 impl Ec2 {
     pub fn new(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
