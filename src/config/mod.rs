@@ -154,6 +154,31 @@ mod tests {
         Config::parse(text, Path::new("/etc/hanat/hanat.toml")).map_err(|e| e.to_string())
     }
 
+    /// The AMI's config file (systemd/hanat.toml) and the reference's block
+    /// (docs/configuration.md) both say they show the defaults: they must
+    /// parse to exactly what an empty file gives, or a changed default
+    /// leaves the AMI running the old one.
+    #[test]
+    fn the_shipped_and_documented_configs_are_the_defaults() {
+        let shipped = include_str!("../../systemd/hanat.toml");
+        assert_eq!(
+            parse(shipped).unwrap(),
+            Config::default(),
+            "systemd/hanat.toml"
+        );
+        let reference = include_str!("../../docs/configuration.md");
+        let block = reference
+            .split_once("```toml\n")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(block, _)| block)
+            .unwrap_or_default();
+        assert_eq!(
+            parse(block).unwrap(),
+            Config::default(),
+            "docs/configuration.md"
+        );
+    }
+
     #[test]
     fn empty_file_gives_defaults() {
         let c = parse("").unwrap();
