@@ -466,6 +466,62 @@ async fn stop_with_handoff_moves_routes_first_and_keeps_connections() {
     }
 }
 
+/// A connection that went through a NAT now dead is reset by the adopter
+/// at the first packet the host sends, as a NAT Gateway resets a connection
+/// it no longer knows, even when the far end drops what it does not know
+/// (a firewall, a load balancer) instead of resetting it. Before, the
+/// adopter translated the packet afresh and the host retransmitted into
+/// silence until its own timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_through_a_dead_nat_is_reset_by_its_adopter_at_once() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let _quiet = SHARED_KERNEL.read().await;
+    let lab = serving(options(2)).await;
+    lab.inet
+        .exec(
+            "nft",
+            &["add table ip far_end; \
+               add chain ip far_end out { type filter hook output priority filter; }; \
+               add rule ip far_end out tcp flags rst drop"],
+        )
+        .unwrap();
+    let peer_eni = lab.nat(1).unwrap().instance.eni;
+    let mut session = lab.session(0, Duration::from_secs(5)).unwrap();
+    assert_eq!(session.ask().unwrap(), elastic_ip(0));
+
+    lab.terminate_instance(0).await.unwrap();
+    lab.wait_for("AZ 1 to adopt AZ 0", Duration::from_secs(30), || async {
+        Ok(lab.route_target(0).await? == Some(peer_eni.clone())
+            && lab.whoami(0, Duration::from_secs(1)).ok() == Some(elastic_ip(1)))
+    })
+    .await
+    .unwrap();
+
+    let asked = std::time::Instant::now();
+    let err = session
+        .ask()
+        .expect_err("the adopter never saw this connection");
+    let kind = err.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{err:#} after {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "reset after {:?}",
+        asked.elapsed()
+    );
+    // New connections go on through the adopter.
+    assert_eq!(
+        lab.whoami(0, Duration::from_secs(3)).unwrap(),
+        elastic_ip(1)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failback_drain_leaves_routes_with_the_adopter_for_a_while() {
     if !hanat_lab::can_run_kernel_tests() {

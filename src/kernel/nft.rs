@@ -181,6 +181,7 @@ table ip {TABLE} {{
 		oifname "{tunnel}" accept comment "flow hand-off: mid-flow packets of another NAT's connection"
 		iifname "{tunnel}" drop comment "flow hand-off: only connections this NAT translates"
 		ct state invalid drop
+		ip saddr @nat_sources tcp flags & (syn | rst) == 0 ct state new counter reject with tcp reset comment "mid-flow packet of a connection this NAT does not know: reset it, as a NAT Gateway does"
 		ip saddr @nat_sources ct state new accept
 		counter comment "new connection not from a NAT source"
 	}}

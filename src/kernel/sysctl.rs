@@ -9,6 +9,7 @@
 //! | `net.netfilter.nf_conntrack_max` | `kernel.conntrack_max` | room for the NAT's connections (optional: read-only outside the initial namespace) |
 //! | `net.netfilter.nf_conntrack_buckets` | `kernel.conntrack_buckets` | the table's hash buckets (optional: writable in the initial namespace only) |
 //! | `net.netfilter.nf_conntrack_tcp_timeout_established` | `kernel.tcp_timeout_established` (7440) | RFC 5382's 2 h 4 min instead of 5 days, so dead flows do not fill the table (optional) |
+//! | `net.netfilter.nf_conntrack_tcp_loose` | 1 (the kernel's default) | a mid-flow packet of a connection conntrack does not know is seen as `new`, so the forward chain can answer it with a reset (as a NAT Gateway does) instead of dropping it as invalid and leaving the host to time out (optional) |
 //! | `…_tcp_timeout_time_wait`, `…_udp_timeout`, `…_udp_timeout_stream` | `kernel.*` (120, 30, 120: the kernel's) | how long a closed TCP connection and a UDP flow without and with answers keep their port (optional) |
 //!
 //! Values are only written when they differ, so converging is cheap.
@@ -45,6 +46,7 @@ pub fn desired(iface: &str, ct: &Conntrack) -> Vec<Sysctl> {
         s("net.ipv4.conf.default.send_redirects".into(), 0, false),
         s(format!("net.ipv4.conf.{iface}.send_redirects"), 0, false),
         s("net.ipv4.conf.all.rp_filter".into(), 2, false),
+        nf("tcp_loose", 1),
         nf("tcp_timeout_established", ct.tcp_established),
         nf("tcp_timeout_time_wait", ct.tcp_time_wait),
         nf("udp_timeout", ct.udp),
