@@ -41,8 +41,9 @@ commands:
                                    buckets and netdev_max_backlog for the run;
                                    Auto Scaling does not replace the NAT)
   soak [--for D]                   the lab for D (default 30m) with the internet
-                                   path unkind: 2 % loss on every NAT's uplink,
-                                   a probe target black-holed 3 min in every 6,
+                                   path unkind: 2 % loss and 0-200 ms delay on
+                                   every NAT's uplink, a probe target
+                                   black-holed 3 min in every 6,
                                    the API throttled 1 min in every 10; counts
                                    route changes, Unhealthy reports and verdict
                                    flips (exit 1 if anything moved)

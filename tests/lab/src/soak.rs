@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::Instant;
 
-use crate::api::{Fault, Rule};
+use crate::api::{self, Fault, Rule};
 use crate::lab::{Lab, LabOptions, SERVERS};
 
 /// What a soak does, besides the lab's own settings.
@@ -49,7 +49,7 @@ pub struct SoakOptions {
 }
 
 impl SoakOptions {
-    /// The soak: 2 % loss, a target black-holed for 3 minutes in
+    /// The soak: 2 % loss, 0–200 ms delay, a target black-holed for 3 minutes in
     /// every 6, the API throttled for a minute in every 10.
     pub fn new(lab: LabOptions, duration: Duration) -> Self {
         SoakOptions {
@@ -222,7 +222,6 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
     let replaced = (0..lab.azs.len())
         .filter(|i| lab.nat(*i).map(|n| n.instance.id) != first[*i])
         .count();
-    let minutes = start.elapsed().as_secs_f64() / 60.0;
     Ok(SoakReport {
         duration: start.elapsed(),
         route_changes: changes
@@ -243,14 +242,16 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport> {
             .map(|m| m.finish())
             .map(|r| (r.sent, r.lost))
             .collect(),
-        api_calls_per_nat_min: during.len() as f64 / lab.azs.len() as f64 / minutes,
+        api_calls_per_nat_min: api::per_nat_min(
+            during,
+            lab.azs.len(),
+            start.into_std(),
+            std::time::Instant::now(),
+        ),
         throttled: during.iter().filter(|c| c.status == 400).count(),
         by_action: {
-            let mut m = std::collections::BTreeMap::<String, usize>::new();
-            for c in during {
-                *m.entry(c.action.clone()).or_default() += 1;
-            }
-            let mut v: Vec<(String, usize)> = m.into_iter().collect();
+            // By name, then most first (a stable sort keeps names in order).
+            let mut v = api::by_action(during);
             v.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
             v
         },
@@ -368,7 +369,7 @@ fn blackhole(lab: &Lab, on: bool) -> Result<()> {
         ),
         false => "delete table ip soak_blackhole".to_owned(),
     };
-    crate::netns::exec_in(&lab.inet.name, "nft", &[&rules]).map(drop)
+    lab.inet.exec("nft", &[&rules]).map(drop)
 }
 
 /// Probes sent and probes unanswered, from a NAT's metrics exposition.

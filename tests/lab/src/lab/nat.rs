@@ -321,7 +321,6 @@ pub fn daemon_config(
 }
 
 impl Lab {
-    /// Run a command inside AZ `i`'s NAT namespace.
     /// AZ `i`'s NAT's `/metrics`, asked from inside the instance, given
     /// `timeout` to answer.
     pub fn nat_metrics(&self, i: usize, timeout: Duration) -> Result<String> {
@@ -330,6 +329,7 @@ impl Lab {
         self.nat_exec(i, "curl", &["-s", "--max-time", &max_time, url])
     }
 
+    /// Run a command inside AZ `i`'s NAT namespace.
     pub fn nat_exec(&self, i: usize, program: &str, args: &[&str]) -> Result<String> {
         // Not under the NATs' lock: the lab's own tasks (IMDS, the data
         // plane's sync) need it while the command runs, and a command may
