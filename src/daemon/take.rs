@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::decide::cover::Guard;
 use crate::decide::peers::Peer;
 use crate::decide::routes::{Action, Observed, Plan, plan_to};
-use crate::domain::{Identity, InstanceInfo, RouteTarget, SubnetId};
+use crate::domain::{Identity, InstanceInfo, RouteTarget};
 
 /// Read what the routes loop needs from EC2: our AZ, with our interface's
 /// source/destination check.
@@ -71,23 +71,18 @@ async fn observe_with(
     subnets: Subnets,
     with_check: bool,
 ) -> Result<Observed, AwsError> {
-    let tagged_subnets: Vec<SubnetId> = subnets.iter().map(|(s, _)| s.clone()).collect();
-    let subnet_cidrs = subnets
-        .into_iter()
-        .filter_map(|(s, c)| Some((s, c?)))
-        .collect();
+    let read = Observed::of_subnets(&subnets);
     let route_tables = cloud
-        .route_tables_for(&identity.vpc_id, &tagged_subnets)
+        .route_tables_for(&identity.vpc_id, &read.tagged_subnets)
         .await?;
     let source_dest_check = match with_check {
         true => Some(cloud.source_dest_check(&identity.eni).await?),
         false => None,
     };
     Ok(Observed {
-        tagged_subnets,
-        subnet_cidrs,
         route_tables,
         source_dest_check,
+        ..read
     })
 }
 

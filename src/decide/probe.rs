@@ -149,12 +149,6 @@ impl ProbeState {
         self.reported = true;
     }
 
-    /// Feed one round's result at time `now`: passed (every target
-    /// answered) or failed (none did).
-    pub fn observe(&mut self, ok: bool, now: Duration) -> Step {
-        self.observe_answers(if ok { self.targets } else { 0 }, now)
-    }
-
     /// Feed one round at time `now` in which `answered` targets answered
     /// (the round passes when any did).
     pub fn observe_answers(&mut self, answered: usize, now: Duration) -> Step {
@@ -207,11 +201,15 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    /// Run a sequence of results, one per second from t=0, and collect verdicts.
+    /// Run a sequence of rounds, one per second from t=0, `+` every target
+    /// answering and `-` none, and collect verdicts.
     fn run(hb: &mut ProbeState, start: u64, seq: &str) -> Vec<Step> {
         seq.chars()
             .enumerate()
-            .map(|(i, c)| hb.observe(c == '+', S * (start as u32 + i as u32)))
+            .map(|(i, c)| {
+                let answered = if c == '+' { hb.targets } else { 0 };
+                hb.observe_answers(answered, S * (start as u32 + i as u32))
+            })
             .collect()
     }
 

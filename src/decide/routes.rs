@@ -32,22 +32,30 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// A reading of `subnets` (the tagged ones, with their networks where
+    /// known) before anything else is read.
+    pub fn of_subnets(subnets: &[(SubnetId, Option<Ipv4Cidr>)]) -> Observed {
+        Observed {
+            tagged_subnets: subnets.iter().map(|(s, _)| s.clone()).collect(),
+            subnet_cidrs: (subnets.iter())
+                .filter_map(|(s, c)| Some((s.clone(), (*c)?)))
+                .collect(),
+            ..Observed::default()
+        }
+    }
+
     /// The part of this reading about `subnets` (one AZ's, of a reading of
     /// several): those subnets and the route tables associated with any of
     /// them; the source/destination check only `with_check`.
     pub fn part(&self, subnets: &[(SubnetId, Option<Ipv4Cidr>)], with_check: bool) -> Observed {
         let ids: BTreeSet<&SubnetId> = subnets.iter().map(|(s, _)| s).collect();
         Observed {
-            tagged_subnets: subnets.iter().map(|(s, _)| s.clone()).collect(),
-            subnet_cidrs: (self.subnet_cidrs.iter())
-                .filter(|(s, _)| ids.contains(s))
-                .map(|(s, c)| (s.clone(), *c))
-                .collect(),
             route_tables: (self.route_tables.iter())
                 .filter(|rt| rt.subnets.iter().any(|s| ids.contains(s)))
                 .cloned()
                 .collect(),
             source_dest_check: self.source_dest_check.filter(|_| with_check),
+            ..Observed::of_subnets(subnets)
         }
     }
 }
