@@ -15,6 +15,7 @@ use hanat_lab::moto::Moto;
 
 const VPC: &str = include_str!("../cloudformation/vpc.yaml");
 const EXISTING: &str = include_str!("../cloudformation/existing-vpc.yaml");
+const FIS: &str = include_str!("../cloudformation/fis.yaml");
 /// moto resolves `!GetAZs ""` to us-east-1's zones.
 const REGION: &str = "us-east-1";
 
@@ -865,5 +866,86 @@ async fn existing_vpc_template_adds_nats_to_a_vpc() {
         for r in perm.ip_ranges() {
             assert_eq!(r.cidr_ip(), Some("10.20.0.0/16"));
         }
+    }
+}
+
+/// `fis.yaml` deployed beside a NAT stack, as a user would, with the NAT
+/// stack's outputs: moto's CloudFormation creates the SSM document and the
+/// FIS role, and skips `AWS::FIS::ExperimentTemplate` (it has no such
+/// resource; its FIS API runs nothing), so the five experiments are checked
+/// from the template's text, resolved with the same parameters, as
+/// `hanat-lab fis` plays them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fis_template_deploys_beside_a_nat_stack() {
+    let moto = Moto::start().unwrap();
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let vpc = cloud.vpc("10.30.0.0/16").await.unwrap();
+    let a = cloud
+        .subnet(&vpc, "10.30.0.0/24", &cloud.az(0), &[])
+        .await
+        .unwrap();
+    let b = cloud
+        .subnet(&vpc, "10.30.1.0/24", &cloud.az(1), &[])
+        .await
+        .unwrap();
+    let ami = cloud.image().await.unwrap();
+    let nats = cloud
+        .deploy_stack(
+            "nats",
+            EXISTING,
+            &[
+                ("Name", "nats"),
+                ("AmiId", &ami),
+                ("VpcId", &vpc),
+                ("VpcCidr", "10.30.0.0/16"),
+                ("PublicSubnetA", &a),
+                ("PublicSubnetB", &b),
+            ],
+        )
+        .await
+        .unwrap();
+    let role = nats["NatRoleArn"].clone();
+    assert!(role.starts_with("arn:aws:iam::"), "{role}");
+    let az = cloud.az(0);
+    let params = [
+        ("Name", "nats"),
+        ("NatStackName", "nats"),
+        ("VpcId", vpc.as_str()),
+        ("TargetAz", az.as_str()),
+        ("NatRoleArn", role.as_str()),
+    ];
+    let out = cloud.deploy_stack("chaos", FIS, &params).await.unwrap();
+    assert!(out["FisRoleArn"].starts_with("arn:aws:iam::"), "{out:?}");
+    let made = cloud.stack_resource_ids("chaos").await.unwrap();
+    // (moto lists what it skipped with no logical id.)
+    let mut kinds: Vec<&str> = (made.keys().map(String::as_str))
+        .filter(|k| !k.is_empty())
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["FisRole", "StopForwardingDocument"], "{made:?}");
+
+    let given: HashMap<String, String> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let template = hanat_lab::fis::read(FIS).unwrap();
+    let facts = hanat_lab::fis::Facts {
+        stack: "nats".into(),
+        vpc: vpc.clone(),
+        azs: vec![cloud.az(0), cloud.az(1)],
+        nat_role: role.clone(),
+    };
+    for name in template.experiments() {
+        let exp = template.resolve(&name, &given).unwrap();
+        assert_eq!(
+            exp.stop_alarms,
+            [
+                "nats-nat-a-no-forwarding-nat",
+                "nats-nat-b-no-forwarding-nat"
+            ],
+            "{name}"
+        );
+        let steps = hanat_lab::fis::plan(&exp, &facts).unwrap();
+        assert!(!steps.is_empty(), "{name}");
     }
 }

@@ -1855,3 +1855,134 @@ async fn nats_take_a_vpc_over_from_its_nat_gateways() {
     assert_eq!(r.source_changes, 1, "one switch: {:?}", r.sources);
     assert!(r.lost <= 1, "lost {} of {}", r.lost, r.sent);
 }
+
+const FIS_TEMPLATE: &str = include_str!("../cloudformation/fis.yaml");
+
+/// Every experiment of the shipped AWS FIS template, played in the lab as
+/// written (`hanat-lab fis cloudformation/fis.yaml`): each recovers and
+/// none is stopped by the NAT stack's no-forwarding alarms, evaluated over
+/// their own 3 minutes on what the NATs publish every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_experiment_of_the_shipped_fis_template_runs_in_the_lab() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let _quiet = SHARED_KERNEL.read().await;
+    let template = hanat_lab::fis::read(FIS_TEMPLATE).unwrap();
+    let given = std::collections::HashMap::new();
+    let mut played = Vec::new();
+    for name in template.experiments() {
+        let mut lab = options(2);
+        lab.cloudwatch = Some(Duration::from_secs(1));
+        let opts = ChaosOptions::new(lab, Duration::from_secs(90));
+        let r = hanat_lab::fis::run(&template, &name, &given, opts)
+            .await
+            .unwrap();
+        eprintln!("{}", r.json());
+        assert!(r.recovered, "{}", r.human());
+        assert_eq!(r.stopped_by, None, "{}", r.human());
+        let completed = format!("fis: experiment {name} completed");
+        assert!(
+            r.events.iter().any(|e| e.ends_with(&completed)),
+            "{}",
+            r.human()
+        );
+        played.push((name, r));
+    }
+    let report = |n: &str| &played.iter().find(|(name, _)| name == n).unwrap().1;
+    // What each experiment did, seen from outside the NATs.
+    for n in [
+        "TerminateNat",
+        "StopForwarding",
+        "ThrottleApi",
+        "SpotInterruption",
+    ] {
+        let r = report(n);
+        assert!(
+            r.route_changes >= 2,
+            "{n}: adopted and taken back\n{}",
+            r.human()
+        );
+        assert!(r.outage_ms < 5_000, "{n}\n{}", r.human());
+    }
+    let isolated = report("DisruptAz");
+    assert_eq!(isolated.route_changes, 0, "{}", isolated.human());
+    assert_eq!(isolated.lost, 0, "{}", isolated.human());
+    assert!(
+        isolated
+            .events
+            .iter()
+            .any(|e| e.contains("isolation healed")),
+        "{}",
+        isolated.human()
+    );
+    let throttled = report("ThrottleApi");
+    // EC2's RequestLimitExceeded is a 503.
+    let refused = throttled.calls.iter().filter(|c| c.status == 503).count();
+    assert!(refused > 0, "no call was throttled\n{}", throttled.human());
+}
+
+/// An experiment whose stop-condition alarm fires is stopped at once, as
+/// FIS does: here a user's own alarm in the experiment stack (10 s of no
+/// NAT forwarding AZ 0), while the only NAT of the lab stops forwarding and
+/// its replacement takes 30 s to boot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fis_experiment_stops_when_its_stop_alarm_fires() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let _quiet = SHARED_KERNEL.read().await;
+    let quick = r#"Resources:
+  QuickStop:
+    Type: AWS::CloudWatch::Alarm
+    Properties:
+      AlarmName: !Sub "${Name}-quick-stop"
+      Namespace: hanat
+      MetricName: ForwardingNat
+      Dimensions:
+        - { Name: VpcId, Value: !Ref VpcId }
+        - { Name: AvailabilityZone, Value: !Ref TargetAz }
+      Statistic: Maximum
+      Period: 10
+      EvaluationPeriods: 1
+      Threshold: 1
+      ComparisonOperator: LessThanThreshold
+      TreatMissingData: breaching
+"#;
+    let text = FIS_TEMPLATE
+        .replace("Resources:\n", quick)
+        .replace("${Name}-nat-a-no-forwarding-nat", "${Name}-quick-stop")
+        .replace("${Name}-nat-b-no-forwarding-nat", "${Name}-quick-stop");
+    let template = hanat_lab::fis::read(&text).unwrap();
+    let mut lab = options(1);
+    lab.cloudwatch = Some(Duration::from_secs(1));
+    lab.boot_delay = Duration::from_secs(30);
+    let opts = ChaosOptions::new(lab, Duration::from_secs(90));
+    let given = std::collections::HashMap::new();
+    let r = hanat_lab::fis::run(&template, "StopForwarding", &given, opts)
+        .await
+        .unwrap();
+    eprintln!("{}", r.json());
+    let alarm = r.stopped_by.clone().expect("stopped by its alarm");
+    assert!(alarm.ends_with("-quick-stop"), "{}", r.human());
+    assert!(r.human().contains("STOPPED by alarm"), "{}", r.human());
+    let stopped = r
+        .event_times
+        .iter()
+        .find(|(_, e)| e.contains("STOPPED"))
+        .map(|(t, _)| *t)
+        .expect("a stop event");
+    // 10 s without forwarding, checked every second; well before the
+    // 60 s the fault would have lasted.
+    assert!(
+        (9.0..25.0).contains(&stopped),
+        "stopped at {stopped} s\n{}",
+        r.human()
+    );
+    assert!(
+        !r.events.iter().any(|e| e.contains("completed")),
+        "{}",
+        r.human()
+    );
+    assert!(r.recovered, "{}", r.human());
+}

@@ -104,6 +104,9 @@ pub enum Fault {
     Hang,
     /// The service's throttling error.
     Throttle,
+    /// The throttling error for this share of the calls, in percent (an
+    /// AWS FIS `aws:fis:inject-api-throttle-error`).
+    ThrottleShare(u8),
     /// A server error (500 or 503) with the service's error body.
     Error(u16),
     /// Close the connection without an answer.
@@ -291,6 +294,11 @@ impl Api {
         self.lock().rules.push(rule);
     }
 
+    /// End every rule with `fault` now.
+    pub fn lift(&self, fault: Fault) {
+        self.lock().rules.retain(|r| r.fault != fault);
+    }
+
     /// Empty the account's buckets and refill them at `refill` calls per
     /// second for `for_`.
     pub fn drain(&self, for_: Duration, refill: f64) {
@@ -423,6 +431,7 @@ async fn handle(api: &Api, nat: usize, req: Request<Incoming>, upstream: SocketA
             None
         }
         Some(Fault::Throttle) => Some(throttled(service)),
+        Some(Fault::ThrottleShare(p)) => (fastrand::u8(0..100) < p).then(|| throttled(service)),
         Some(Fault::Error(code)) => Some(server_error(service, code)),
         Some(Fault::Reset) => {
             api.record(nat, service, &action, 0);

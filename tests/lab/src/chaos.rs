@@ -201,7 +201,8 @@ impl Scenario {
 /// What one scenario run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
-    pub scenario: Scenario,
+    /// The scenario's name, or `fis:` and the experiment's.
+    pub name: String,
     pub azs: usize,
     pub recovered: bool,
     /// Longest time without an answer any private host saw, an outage
@@ -237,6 +238,8 @@ pub struct Report {
     /// Per AZ, every metered request: seconds from the injection (negative
     /// before it), and whether it was answered.
     pub timelines: Vec<Vec<(f64, bool)>>,
+    /// An experiment stopped by its stop condition: the alarm that did.
+    pub stopped_by: Option<String>,
 }
 
 impl Report {
@@ -274,13 +277,16 @@ impl Report {
             .map(|(a, n)| format!("{}:{n}", json_string(a)))
             .collect();
         format!(
-            "{{\"scenario\":\"{}\",\"azs\":{},\"recovered\":{},\"outage_ms\":{},\"measured_ms\":{},\
+            "{{\"scenario\":{},\"azs\":{},\"recovered\":{},\"stopped_by\":{},\"outage_ms\":{},\"measured_ms\":{},\
              \"ended_in_outage\":{},\"lost\":{},\"sent\":{},\
              \"recovery_ms\":{},\"source_ip_changes\":{},\"route_changes\":{},\"sources\":[{}],\
              \"api_calls\":{{{}}},\"api_calls_per_nat_min\":{:.1},\"events\":[{}]}}",
-            self.scenario.name(),
+            json_string(&self.name),
             self.azs,
             self.recovered,
+            self.stopped_by
+                .as_deref()
+                .map_or("null".to_owned(), json_string),
             self.outage_ms,
             self.measured_ms,
             self.ended_in_outage,
@@ -298,13 +304,17 @@ impl Report {
 
     pub fn human(&self) -> String {
         let mut s = format!(
-            "scenario {}: {} — longest gap {} ms{}, {} of {} requests lost, recovery {} ms, \
+            "scenario {}: {}{} — longest gap {} ms{}, {} of {} requests lost, recovery {} ms, \
              source IP changes {}, route changes {}\n",
-            self.scenario.name(),
+            self.name,
             if self.recovered {
                 "recovered"
             } else {
                 "NOT recovered"
+            },
+            match &self.stopped_by {
+                Some(alarm) => format!(", STOPPED by alarm {alarm}"),
+                None => String::new(),
             },
             self.outage_ms,
             if self.ended_in_outage {
@@ -369,18 +379,8 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
         opts.lab.cloudwatch = None;
         opts.lab.interface_endpoints = scenario == Scenario::NoPublicAddressEndpoints;
     }
-    let lab = Lab::build(opts.lab.clone()).await?;
-    lab.start_daemons()?;
-    lab.wait_converged(Duration::from_secs(60)).await?;
-    let meters: Vec<_> = (0..lab.azs.len())
-        .map(|i| lab.meter(i, opts.every))
-        .collect();
-    let steady_from = Instant::now();
-    tokio::time::sleep(opts.steady).await;
-
     // Scenarios that end with AZ 0's instance replaced have not recovered
     // before that has happened.
-    let before = lab.nat(0).map(|n| n.instance.id);
     let replaced_by_end = matches!(
         scenario,
         Scenario::TerminateInstance
@@ -400,14 +400,43 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
             | Scenario::TwoInAz
             | Scenario::RollingUpgrade
     );
+    let timeout = opts.timeout;
+    let run = run_fault(scenario.name(), opts, replaced_by_end, async |lab: &Lab| {
+        inject(lab, scenario, timeout).await.map(|()| None)
+    });
+    run.await
+}
+
+/// Build a lab, wait for convergence, run `inject` (which may say that a
+/// stop condition ended it: the alarm's name), measure until the lab has
+/// recovered, and report as `name`. `replaced_by_end`: the fault ends with
+/// AZ 0's instance replaced, so there is no recovery before that.
+pub async fn run_fault(
+    name: &str,
+    opts: ChaosOptions,
+    replaced_by_end: bool,
+    inject: impl AsyncFnOnce(&Lab) -> Result<Option<String>>,
+) -> Result<Report> {
+    let lab = Lab::build(opts.lab.clone()).await?;
+    lab.start_daemons()?;
+    lab.wait_converged(Duration::from_secs(60)).await?;
+    let meters: Vec<_> = (0..lab.azs.len())
+        .map(|i| lab.meter(i, opts.every))
+        .collect();
+    let steady_from = Instant::now();
+    tokio::time::sleep(opts.steady).await;
+
+    let before = lab.nat(0).map(|n| n.instance.id);
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
     let counter = RouteWatch::start(&lab);
-    inject(&lab, scenario, opts.timeout).await?;
+    let stopped_by = inject(&lab).await?;
     // The fault is in place (an nft table applied, a daemon killed…).
     let in_place = Instant::now();
     let replaced = || !replaced_by_end || lab.nat(0).map(|n| n.instance.id) != before;
-    let recovered = wait_recovered(&lab, &meters[0], injected, opts.timeout, &replaced).await;
+    // The timeout runs from the fault being in place.
+    let timeout = opts.timeout + in_place.duration_since(injected);
+    let recovered = wait_recovered(&lab, &meters[0], injected, timeout, &replaced).await;
     // A little more steady state, so a relapse would show.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let changed = counter.stop().await;
@@ -449,7 +478,7 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
     event_times.sort_by(|a, b| a.0.total_cmp(&b.0));
     let calls = lab.api().calls();
     Ok(Report {
-        scenario,
+        name: name.to_owned(),
         azs: lab.azs.len(),
         recovered: recovered && lab_ok(&lab).await,
         outage_ms: reports
@@ -472,6 +501,7 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
         events,
         event_times,
         timelines,
+        stopped_by,
     })
 }
 

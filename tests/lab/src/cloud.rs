@@ -689,6 +689,20 @@ impl Cloud {
         bail!("stack {name} did not complete in 60 s")
     }
 
+    /// The outputs of stack `name`.
+    pub async fn stack_outputs(&self, name: &str) -> Result<HashMap<String, String>> {
+        let out = self.cfn.describe_stacks().stack_name(name).send().await?;
+        let stack = out
+            .stacks()
+            .first()
+            .ok_or_else(|| anyhow!("no stack {name}"))?;
+        Ok(stack
+            .outputs()
+            .iter()
+            .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+            .collect())
+    }
+
     /// The internet gateway attached to `vpc`.
     pub async fn vpc_internet_gateway(&self, vpc: &str) -> Result<String> {
         let out = self

@@ -14,6 +14,7 @@ pub mod api;
 pub mod chaos;
 pub mod cloud;
 pub mod connections;
+pub mod fis;
 pub mod imds;
 pub mod lab;
 pub mod moto;

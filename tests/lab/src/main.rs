@@ -47,6 +47,18 @@ commands:
                                    the API throttled 1 min in every 10; counts
                                    route changes, Unhealthy reports and verdict
                                    flips (exit 1 if anything moved)
+  fis FILE [EXPERIMENT] [--parameter K=V]…
+                                   the AWS FIS experiments of a CloudFormation
+                                   template (cloudformation/fis.yaml), each on a
+                                   fresh lab as chaos runs a scenario: every
+                                   action mapped onto the lab's own fault, with
+                                   its targets and durations as written, stopped
+                                   when a stop-condition alarm fires; the lab
+                                   fills Name, NatStackName, VpcId, NumberOfAZs,
+                                   TargetAz (AZ 0) and NatRoleArn; the NATs
+                                   publish every second (--cloudwatch-interval)
+                                   and the alarms are evaluated over their own
+                                   periods
   down                             remove namespaces a crashed lab left behind
 options:
   --azs N            availability zones, 1-3 (default 2)
@@ -72,7 +84,9 @@ options:
   --cloudwatch-interval D
                      how often each daemon publishes (default 60s, as the
                      templates)
-  --timeout D        chaos: give up waiting for recovery (default 120s)
+  --timeout D        chaos, fis: give up waiting for recovery this long after
+                     the fault is in place (default 120s)
+  --parameter K=V    fis: a parameter of the experiment template
   --api-latency P    latency the AWS API proxy adds: realistic (default) or none
   --for D            up: tear down after D; soak: how long
   --steady D         chaos, bench: steady state watched before the fault (default
@@ -143,6 +157,12 @@ struct Args {
     refresh_interval: Duration,
     addresses: u8,
     open_files: Option<(u64, u64)>,
+    /// fis: the experiment to run (default: every one).
+    experiment: Option<String>,
+    /// fis: parameters given to the template.
+    parameters: Vec<(String, String)>,
+    /// `--cloudwatch-interval` or `--no-cloudwatch` was given.
+    cloudwatch_given: bool,
 }
 
 fn parse() -> Result<Option<Args>> {
@@ -176,6 +196,9 @@ fn parse() -> Result<Option<Args>> {
         refresh_interval: Duration::from_secs(15),
         addresses: 1,
         open_files: None,
+        experiment: None,
+        parameters: Vec::new(),
+        cloudwatch_given: false,
     };
     let duration = |v: Option<String>, flag: &str| -> Result<Duration> {
         let v = v.with_context(|| format!("{flag} needs a value"))?;
@@ -226,7 +249,17 @@ fn parse() -> Result<Option<Args>> {
             "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
             "--unauthenticated-peers" => a.peer_auth = false,
             "--no-witness" => a.witness = false,
-            "--no-cloudwatch" => a.cloudwatch = None,
+            "--no-cloudwatch" => {
+                a.cloudwatch = None;
+                a.cloudwatch_given = true;
+            }
+            "--parameter" => {
+                let v = it.next().context("--parameter needs KEY=VALUE")?;
+                let (k, v) = v
+                    .split_once('=')
+                    .with_context(|| format!("--parameter: `{v}` is not KEY=VALUE"))?;
+                a.parameters.push((k.to_owned(), v.to_owned()));
+            }
             "--open-files" => {
                 let v = it.next().context("--open-files needs SOFT:HARD")?;
                 a.open_files = Some(
@@ -236,7 +269,8 @@ fn parse() -> Result<Option<Args>> {
                 );
             }
             "--cloudwatch-interval" => {
-                a.cloudwatch = Some(duration(it.next(), "--cloudwatch-interval")?)
+                a.cloudwatch = Some(duration(it.next(), "--cloudwatch-interval")?);
+                a.cloudwatch_given = true;
             }
             "--plot" => a.plot = Some(it.next().context("--plot needs a path")?.into()),
             "--witness-interval" => a.witness_interval = duration(it.next(), "--witness-interval")?,
@@ -274,9 +308,12 @@ fn parse() -> Result<Option<Args>> {
             }
             s if s.starts_with('-') => bail!("unknown option `{s}`"),
             s if a.command.is_empty() => a.command = s.to_owned(),
-            s if (a.command == "chaos" || a.command == "bench") && a.scenario.is_none() => {
+            s if ["chaos", "bench", "fis"].contains(&a.command.as_str())
+                && a.scenario.is_none() =>
+            {
                 a.scenario = Some(s.to_owned())
             }
+            s if a.command == "fis" && a.experiment.is_none() => a.experiment = Some(s.to_owned()),
             s => bail!("unexpected argument `{s}`"),
         }
     }
@@ -372,6 +409,7 @@ fn main() -> ExitCode {
         match args.command.as_str() {
             "up" => up(&args).await,
             "chaos" => chaos_cmd(&args).await,
+            "fis" => fis_cmd(&args).await,
             "bench" => bench(&args).await,
             "soak" => soak(&args).await,
             "down" => down(),
@@ -575,6 +613,51 @@ async fn chaos_cmd(a: &Args) -> Result<u8> {
         print!("{}", report.human());
     }
     Ok(if report.recovered { 0 } else { 1 })
+}
+
+async fn fis_cmd(a: &Args) -> Result<u8> {
+    use hanat_lab::fis;
+    let file = a.scenario.as_deref().context("fis needs a FILE")?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    let template = fis::read(&text).with_context(|| file.to_owned())?;
+    let known = template.parameter_names();
+    for (k, _) in &a.parameters {
+        if fis::FILLED.contains(&k.as_str()) {
+            bail!("--parameter {k}: the lab fills {k} with its own stack's value");
+        }
+        if !known.contains(k) {
+            bail!(
+                "--parameter {k}: {file} has no parameter {k}; it has {}",
+                known.join(", ")
+            );
+        }
+    }
+    let given = a.parameters.iter().cloned().collect();
+    let names = match &a.experiment {
+        Some(e) => vec![e.clone()],
+        None => template.experiments(),
+    };
+    let mut lab = lab_options(a)?;
+    if !a.cloudwatch_given {
+        lab.cloudwatch = Some(Duration::from_secs(1));
+    }
+    let mut failed = 0;
+    for name in names {
+        let opts = ChaosOptions {
+            steady: a.steady,
+            ..ChaosOptions::new(lab.clone(), a.timeout)
+        };
+        let report = fis::run(&template, &name, &given, opts).await?;
+        if a.json {
+            println!("{}", report.json());
+        } else {
+            print!("{}", report.human());
+        }
+        if !report.recovered || report.stopped_by.is_some() {
+            failed += 1;
+        }
+    }
+    Ok(u8::from(failed > 0))
 }
 
 async fn bench(a: &Args) -> Result<u8> {

@@ -54,7 +54,7 @@ pub fn plot(r: &Report, path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let title = format!(
         "{}: outage {:.1} s, {} of {} requests lost, {} route change(s), {}",
-        r.scenario.name(),
+        r.name,
         r.outage_ms as f64 / 1000.0,
         r.lost,
         r.sent,
@@ -163,7 +163,8 @@ mod tests {
             })
             .collect();
         let r = Report {
-            scenario: crate::chaos::Scenario::TerminateInstance,
+            name: "terminate-instance".into(),
+            stopped_by: None,
             azs: 2,
             recovered: true,
             outage_ms: 1500,
