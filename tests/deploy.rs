@@ -408,6 +408,8 @@ async fn user_data_writes_a_config_hanat_accepts() {
             "us-east-1a=nat-0abc123,us-east-1b=nat-0def456",
             "10.0.0.0/24,10.0.1.0/24",
         ),
+        // A regional NAT Gateway for every AZ.
+        ("regional", "*=nat-0reg789", ""),
     ] {
         cloud
             .deploy_stack(

@@ -1986,3 +1986,76 @@ async fn a_fis_experiment_stops_when_its_stop_alarm_fires() {
     );
     assert!(r.recovered, "{}", r.human());
 }
+
+/// A regional NAT Gateway (one gateway for every AZ, `"*"` in
+/// `peers.fallback_nat_gateway_id`) stands in when neither NAT forwards:
+/// AZ 1's NAT fails and AZ 0's adopts its AZ, then AZ 0's fails too. Each
+/// AZ's routes go to the one gateway, each AZ leaves through the gateway's
+/// address in that AZ, and the NATs take their AZs back once they forward
+/// again. (The failing NATs are not replaced here: the fallback is their
+/// last act, and a NAT replaced in the middle of it would leave the test to
+/// chance; two NATs that vanish at once leave no one to fall back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regional_nat_gateway_covers_every_az_when_no_nat_forwards() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let _quiet = SHARED_KERNEL.read().await;
+    let mut opts = options(2);
+    opts.fallback_nat_gateway = true;
+    opts.regional_nat_gateway = true;
+    opts.replace_unhealthy = false;
+    let lab = serving(opts).await;
+    let gateway = lab.azs[0].nat_gateway.as_ref().unwrap().id.clone();
+    assert_eq!(lab.azs[1].nat_gateway.as_ref().unwrap().id, gateway);
+    let config = std::fs::read_to_string(&lab.nat(0).unwrap().config_path).unwrap();
+    assert!(
+        config.contains(&format!("\"*\" = \"{gateway}\"")),
+        "{config}"
+    );
+    let drop_all = "add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }";
+    let eni0 = lab.nat(0).unwrap().instance.eni;
+    lab.nat_exec(1, "nft", &[drop_all]).unwrap();
+    lab.wait_for(
+        "AZ 0's NAT to adopt AZ 1",
+        Duration::from_secs(20),
+        || async { Ok(lab.route_target(1).await? == Some(eni0.clone())) },
+    )
+    .await
+    .unwrap();
+    lab.nat_exec(0, "nft", &[drop_all]).unwrap();
+    for i in 0..2 {
+        lab.wait_for(
+            "the AZ's routes at the regional gateway",
+            Duration::from_secs(20),
+            || async { Ok(lab.route_target(i).await?.as_deref() == Some(gateway.as_str())) },
+        )
+        .await
+        .unwrap();
+    }
+    // (The lab's router follows moto within 100 ms.)
+    let leaves = |i: usize, via: std::net::Ipv4Addr| {
+        let lab = &lab;
+        async move {
+            lab.wait_for(
+                "the AZ to leave through the address",
+                Duration::from_secs(5),
+                || async { Ok(lab.whoami(i, Duration::from_millis(500)).ok() == Some(via)) },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    for i in 0..2 {
+        leaves(i, nat_gateway_public_ip(i)).await;
+    }
+    // Forwarding again, each NAT takes its AZ back from the gateway.
+    for i in 0..2 {
+        lab.nat_exec(i, "nft", &["delete table inet chaos"])
+            .unwrap();
+    }
+    lab.wait_converged(Duration::from_secs(60)).await.unwrap();
+    for i in 0..2 {
+        leaves(i, lab.azs[i].eip.1).await;
+    }
+}

@@ -25,7 +25,7 @@ pub use crate::domain::{Conntrack, NatGatewayId, ProbeTarget};
 pub use addresses::{Eip, MAX_SNAT_ADDRESSES, Snat};
 pub use kernel::{CONNTRACK_ENTRY_BYTES, Kernel, Sizing};
 pub use observe::{CloudWatch, Log, LogFormat, MetricSet, Metrics};
-pub use peers::{Failover, Peers, status_check_id};
+pub use peers::{EVERY_AZ, Failover, Peers, status_check_id};
 pub use probe::Probe;
 pub use routes::{Aws, Discovery, Exit, Routes};
 
@@ -441,6 +441,22 @@ rise = 2
             [("eu-west-1a", "nat-0abc"), ("eu-west-1b", "nat-0def")]
         );
         assert!(Config::default().peers.fallback_nat_gateway_id.is_empty());
+        let p = &c.peers;
+        assert_eq!(p.fallback_for("eu-west-1b").unwrap().0, "nat-0def");
+        assert_eq!(p.fallback_for("eu-west-1c"), None);
+    }
+
+    #[test]
+    fn a_regional_fallback_nat_gateway_stands_in_for_every_az_not_named() {
+        let c = parse(
+            "[peers.fallback_nat_gateway_id]\n\"*\" = \"nat-0regional\"\n\"eu-west-1a\" = \"nat-0abc\"",
+        )
+        .unwrap();
+        let p = &c.peers;
+        assert_eq!(p.fallback_for("eu-west-1a").unwrap().0, "nat-0abc");
+        for az in ["eu-west-1b", "eu-west-1c"] {
+            assert_eq!(p.fallback_for(az).unwrap().0, "nat-0regional", "{az}");
+        }
     }
 
     #[test]

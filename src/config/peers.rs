@@ -46,7 +46,9 @@ pub struct Peers {
     pub flow_handoff: Duration,
     /// Per AZ, a managed NAT Gateway to point the AZ's private routes at
     /// when no NAT instance of the deployment is healthy to serve it; a NAT
-    /// instance takes the routes back as soon as it is healthy.
+    /// instance takes the routes back as soon as it is healthy. The key
+    /// `"*"` ([`EVERY_AZ`]) names a regional NAT Gateway, which stands in
+    /// for every AZ not named.
     pub fallback_nat_gateway_id: BTreeMap<String, NatGatewayId>,
     /// The Secrets Manager secret (ARN or name) holding the key that signs
     /// and checks heartbeats (`hanat/2`); its `AWSPREVIOUS` version is
@@ -67,7 +69,17 @@ pub struct Peers {
     pub status_check: Option<String>,
 }
 
+/// The key of `peers.fallback_nat_gateway_id` for a regional NAT Gateway
+/// (one gateway for every AZ, in each AZ's own zone).
+pub const EVERY_AZ: &str = "*";
+
 impl Peers {
+    /// The fallback NAT Gateway of `az`: its own, else the regional one.
+    pub fn fallback_for(&self, az: &str) -> Option<&NatGatewayId> {
+        let by_az = &self.fallback_nat_gateway_id;
+        by_az.get(az).or_else(|| by_az.get(EVERY_AZ))
+    }
+
     /// UDP port of the flow hand-off tunnel (VXLAN).
     pub fn tunnel_port(&self) -> u16 {
         self.port.saturating_add(1)

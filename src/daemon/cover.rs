@@ -10,6 +10,7 @@ use super::ctx::Ctx;
 use super::take::{FlowsTo, Take, take};
 use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
+use crate::config::EVERY_AZ;
 use crate::decide::backoff::{FALLBACK_CHECK, FALLBACK_CHECK_ATTEMPTS};
 use crate::decide::cover::Guard;
 use crate::decide::peers::Peer;
@@ -31,12 +32,8 @@ pub async fn adopt(
     leaving: bool,
     ready: Option<Observed>,
 ) -> Result<usize, AwsError> {
-    let fallback = ctx
-        .config
-        .peers
-        .fallback_nat_gateway_id
-        .get(&dead.az)
-        .map(|n| RouteTarget::NatGateway(n.0.clone()));
+    let fallback =
+        (ctx.config.peers.fallback_for(&dead.az)).map(|n| RouteTarget::NatGateway(n.0.clone()));
     let spec = Take {
         az: &dead.az,
         to: ctx.me_target(),
@@ -67,7 +64,7 @@ pub async fn fall_back(
     dead: &[RouteTarget],
     observed: Option<&Observed>,
 ) -> Result<Option<usize>, AwsError> {
-    let Some(id) = ctx.config.peers.fallback_nat_gateway_id.get(az) else {
+    let Some(id) = ctx.config.peers.fallback_for(az) else {
         return Ok(None);
     };
     if let Err(what) = usable(&*ctx.cloud, &ctx.me, &id.0).await? {
@@ -139,12 +136,14 @@ pub async fn check_fallbacks(ctx: &Ctx) {
     }
 }
 
-/// Gateways named for more than one AZ, with those AZs. Pure.
+/// Gateways named for more than one AZ, with those AZs (a regional one,
+/// named for every AZ by `"*"`, is meant to be). Pure.
 fn shared_fallbacks(
     by_az: &std::collections::BTreeMap<String, NatGatewayId>,
 ) -> Vec<(String, Vec<String>)> {
     let mut azs_of: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (az, id) in by_az {
+    let regional = by_az.get(EVERY_AZ);
+    for (az, id) in by_az.iter().filter(|(_, id)| Some(*id) != regional) {
         azs_of.entry(id.0.clone()).or_default().push(az.clone());
     }
     azs_of
@@ -160,13 +159,19 @@ mod tests {
     #[test]
     fn a_gateway_named_for_several_azs_is_found() {
         let id = |s: &str| NatGatewayId(s.into());
-        let by_az = [("a", "nat-1"), ("b", "nat-1"), ("c", "nat-2")]
-            .into_iter()
-            .map(|(az, n)| (az.to_owned(), id(n)))
-            .collect();
+        let by_az = |pairs: &[(&str, &str)]| {
+            (pairs.iter())
+                .map(|(az, n)| ((*az).to_owned(), id(n)))
+                .collect()
+        };
+        let zonal = by_az(&[("a", "nat-1"), ("b", "nat-1"), ("c", "nat-2")]);
         assert_eq!(
-            shared_fallbacks(&by_az),
+            shared_fallbacks(&zonal),
             vec![("nat-1".to_owned(), vec!["a".to_owned(), "b".to_owned()])]
         );
+        // A regional gateway stands in for every AZ by design; naming it
+        // again for one AZ is no sharing either.
+        let regional = by_az(&[("*", "nat-r"), ("a", "nat-r"), ("c", "nat-2")]);
+        assert!(shared_fallbacks(&regional).is_empty());
     }
 }

@@ -68,6 +68,11 @@ options:
   --fallback-nat-gateway
                      give every AZ a managed NAT Gateway and name it in
                      peers.fallback_nat_gateway_id
+  --regional-nat-gateway
+                     one regional NAT Gateway for every AZ instead ("
+    * " in
+                     peers.fallback_nat_gateway_id; moto has no regional
+                     mode: the lab gives one gateway id a plane in each AZ)
   --unauthenticated-peers
                      no heartbeat key: peers.accept_unauthenticated = true
                      (hanat/1), as during an upgrade from a version without keys
@@ -146,6 +151,7 @@ struct Args {
     /// defaults (to run an older release as the lab used to).
     probe: Option<(Duration, Duration, u32)>,
     fallback_nat_gateway: bool,
+    regional_nat_gateway: bool,
     peer_auth: bool,
     witness: bool,
     witness_interval: Duration,
@@ -185,6 +191,7 @@ fn parse() -> Result<Option<Args>> {
         modes: vec!["peer".into(), "none".into()],
         probe: None,
         fallback_nat_gateway: false,
+        regional_nat_gateway: false,
         peer_auth: true,
         witness: true,
         witness_interval: Duration::from_secs(60),
@@ -247,6 +254,10 @@ fn parse() -> Result<Option<Args>> {
                 a.api_latency = Latency::parse(&it.next().context("--api-latency needs a value")?)?
             }
             "--fallback-nat-gateway" => a.fallback_nat_gateway = true,
+            "--regional-nat-gateway" => {
+                a.fallback_nat_gateway = true;
+                a.regional_nat_gateway = true;
+            }
             "--unauthenticated-peers" => a.peer_auth = false,
             "--no-witness" => a.witness = false,
             "--no-cloudwatch" => {
@@ -362,6 +373,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
         (o.probe_interval, o.probe_timeout, o.fall) = (interval, timeout, fall);
     }
     o.fallback_nat_gateway = a.fallback_nat_gateway;
+    o.regional_nat_gateway = a.regional_nat_gateway;
     o.peer_auth = a.peer_auth;
     o.witness = a.witness;
     o.witness_interval = a.witness_interval;

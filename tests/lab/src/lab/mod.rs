@@ -7,7 +7,8 @@
 //!  NAT ns (ENI MAC + IP) ── bp{i} ─┘ VPC      1:1 NAT    │   source they saw
 //!   hanat, IMDSv2 emulator,          router   private ↔ public (Elastic IP)
 //!   AWS API proxy 127.0.0.1:4566 (faults, buckets, counters: crate::api)
-//!  NAT Gateway ns 10.0.(2i).250 ── bp{i}   (with --fallback-nat-gateway)
+//!  NAT Gateway ns 10.0.(2i).250 ── bp{i}   (with --fallback-nat-gateway; one id
+//!                                          for every AZ with --regional-nat-gateway)
 //! ```
 //! - The **router** forwards each private subnet by *its route table in
 //!   moto* (polled every 100 ms): a route to the ENI of a live NAT goes to
@@ -173,6 +174,12 @@ pub struct LabOptions {
     /// Give every AZ a managed NAT Gateway (moto, with a data plane) and
     /// name it in `peers.fallback_nat_gateway_id`.
     pub fallback_nat_gateway: bool,
+    /// With `fallback_nat_gateway`: one regional NAT Gateway for every AZ
+    /// (`"*"` in `peers.fallback_nat_gateway_id`) instead of a zonal one
+    /// per AZ. moto has no regional mode: it holds one zonal gateway, in AZ
+    /// 0's public subnet; the lab gives that one id a data plane in every
+    /// AZ, each with its own address, as a regional gateway has.
+    pub regional_nat_gateway: bool,
     /// `peers.flow_handoff`: `None` leaves hanat's default.
     pub flow_handoff: Option<Duration>,
     /// Play Auto Scaling's replacement of an instance reported Unhealthy
@@ -259,6 +266,7 @@ impl LabOptions {
             failback: "immediate".into(),
             handoff_on_stop: false,
             fallback_nat_gateway: false,
+            regional_nat_gateway: false,
             flow_handoff: None,
             replace_unhealthy: true,
             api_latency: Latency::Realistic,

@@ -257,10 +257,14 @@ pub fn daemon_config(
     if let Some(check) = status_check {
         auth.push_str(&format!("status_check = \"{check}\"\n"));
     }
-    let fallbacks: String = gateways
-        .iter()
-        .map(|(az, g)| format!("\"{az}\" = \"{}\"\n", g.id))
-        .collect();
+    let fallbacks: String = match o.regional_nat_gateway {
+        true => (gateways.first())
+            .map(|(_, g)| format!("\"*\" = \"{}\"\n", g.id))
+            .unwrap_or_default(),
+        false => (gateways.iter())
+            .map(|(az, g)| format!("\"{az}\" = \"{}\"\n", g.id))
+            .collect(),
+    };
     let targets: Vec<String> = SERVERS
         .iter()
         .map(|s| format!("\"tcp://{s}:{WHOAMI_PORT}\""))

@@ -34,12 +34,12 @@ pub(super) async fn router_step(
         .into_iter()
         .map(|(i, _)| (i.eni, i.private_ip))
         .collect();
-    let gateway = |id: &str| {
-        shared
-            .gateways
-            .iter()
-            .find(|(_, g)| g.id == id)
-            .map(|(_, g)| g.private_ip.to_string())
+    // A regional gateway has one id in every AZ: AZ i's own plane first.
+    let gateway = |id: &str, i: usize| {
+        (shared.gateways.iter().enumerate())
+            .filter(|(_, (_, g))| g.id == id)
+            .min_by_key(|(j, _)| *j != i)
+            .map(|(_, (_, g))| g.private_ip.to_string())
     };
     for (i, rt) in tables {
         let Ok(route) = shared.cloud.default_route(rt).await else {
@@ -47,7 +47,7 @@ pub(super) async fn router_step(
         };
         let want = match route {
             Some((target, state)) if state != "blackhole" => {
-                match live.get(&target).cloned().or_else(|| gateway(&target)) {
+                match live.get(&target).cloned().or_else(|| gateway(&target, *i)) {
                     Some(ip) => format!("default via {ip}"),
                     None => "unreachable default".into(),
                 }

@@ -238,13 +238,22 @@ pub(super) async fn deploy_vpc(
         rtr.ip(&format!("route add unreachable default table {table}"))?;
         let (nat_gateway, nat_gateway_ns) = match opts.fallback_nat_gateway {
             true => {
-                let (id, moto_ip) = cloud.nat_gateway(&public[i]).await?;
+                // A regional gateway: the one made for AZ 0, in every AZ.
+                let regional = (opts.regional_nat_gateway)
+                    .then(|| out_azs.first().and_then(|a: &Az| a.nat_gateway.clone()))
+                    .flatten();
+                let (id, moto_ip) = match regional {
+                    Some(g) => (g.id, String::new()),
+                    None => cloud.nat_gateway(&public[i]).await?,
+                };
                 let gw = NatGateway {
                     id,
                     private_ip: Ipv4Addr::new(10, 0, (2 * i) as u8, 250),
                     public_ip: nat_gateway_public_ip(i),
                 };
-                eip_public.insert(moto_ip, gw.public_ip);
+                if !moto_ip.is_empty() {
+                    eip_public.insert(moto_ip, gw.public_ip);
+                }
                 let ns = nat_gateway_plane(rtr, prefix, i, &gw)?;
                 (Some(gw), Some(ns))
             }
