@@ -69,7 +69,7 @@ options:
                      give every AZ a managed NAT Gateway and name it in
                      peers.fallback_nat_gateway_id
   --regional-nat-gateway
-                     one regional NAT Gateway for every AZ instead (key *
+                     one regional NAT Gateway for every AZ instead (key * of
                      peers.fallback_nat_gateway_id; moto has no regional
                      mode: the lab gives one gateway id a plane in each AZ)
   --unauthenticated-peers
