@@ -344,6 +344,21 @@ const STATUS_CHECK_ARN: &str =
 
 /// Run the launch template's user data with `/etc/hanat` moved to a
 /// temporary directory and `systemctl` a no-op; the config it wrote.
+/// `script` with every `${NatStatusCheck…}` (the templates' logical id, or
+/// the CDK construct's with its hash) replaced by what AWS's Ref gives.
+fn status_check_resolved(script: &str) -> String {
+    let mut out = String::new();
+    let mut rest = script;
+    while let Some(at) = rest.find("${NatStatusCheck") {
+        let end = at + rest[at..].find('}').expect("a closing brace");
+        out.push_str(&rest[..at]);
+        out.push_str(STATUS_CHECK_ARN);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 async fn config_from_user_data(cloud: &Cloud, template: &str) -> hanat::config::Config {
     let lt = cloud
         .ec2
@@ -370,9 +385,7 @@ async fn config_from_user_data(cloud: &Cloud, template: &str) -> hanat::config::
         .unwrap();
     // moto's CloudFormation skips AWS::EC2::ApplicationStatusCheck and
     // leaves its Ref unresolved: put in what AWS's Ref gives, its ARN.
-    let script = String::from_utf8(decoded.stdout)
-        .unwrap()
-        .replace("${NatStatusCheck}", STATUS_CHECK_ARN);
+    let script = status_check_resolved(&String::from_utf8(decoded.stdout).unwrap());
     // One directory per call: tests run in parallel in this process.
     let dir =
         std::env::temp_dir().join(format!("hanat-userdata-{}-{template}", std::process::id()));
@@ -950,4 +963,54 @@ async fn fis_template_deploys_beside_a_nat_stack() {
         let steps = hanat_lab::fis::plan(&exp, &facts).unwrap();
         assert!(!steps.is_empty(), "{name}");
     }
+}
+
+/// The CDK construct (cdk/): its example app, synthesized by `npm run
+/// synth` (after `npm ci` if cdk/ has no node_modules), deploys into moto
+/// like the templates: a group per AZ, the private route tables, and user
+/// data that writes a config hanat accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdk_construct_deploys_into_moto() {
+    let cdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cdk");
+    let npm = |args: &[&str]| {
+        let out = std::process::Command::new("npm")
+            .args(args)
+            .current_dir(&cdk)
+            .output()
+            .expect("npm (Node.js 20) on the machine");
+        assert!(
+            out.status.success(),
+            "npm {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if !cdk.join("node_modules").exists() {
+        npm(&["ci", "--no-audit", "--no-fund"]);
+    }
+    let file = std::env::temp_dir().join(format!("hanat-cdk-{}.json", std::process::id()));
+    npm(&["run", "--silent", "synth", "--", &file.display().to_string()]);
+    let template = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+
+    let moto = Moto::start().unwrap();
+    let cloud = Cloud::new(&moto.endpoint(), REGION).await;
+    let ami = cloud.image().await.unwrap();
+    let out = cloud
+        .deploy_stack("cdk", &template, &[("AmiId", &ami)])
+        .await
+        .unwrap();
+    assert_eq!(list(&out, "NatGroups").len(), 2, "{out:?}");
+    assert_eq!(list(&out, "PrivateRouteTables").len(), 2, "{out:?}");
+    assert!(out["NatRoleArn"].starts_with("arn:aws:iam::"), "{out:?}");
+    let templates = cloud.ec2.describe_launch_templates().send().await.unwrap();
+    let names: Vec<&str> = (templates.launch_templates().iter())
+        .filter_map(|t| t.launch_template_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let config = config_from_user_data(&cloud, names[0]).await;
+    assert_eq!(config.probe.targets.len(), 3);
+    assert!(config.peers.key_secret.is_some());
+    assert_eq!(config.peers.status_check.as_deref(), Some(STATUS_CHECK_ARN));
+    assert!(config.peers.fallback_nat_gateway_id.is_empty());
 }
