@@ -989,7 +989,13 @@ async fn cdk_construct_deploys_into_moto() {
         npm(&["ci", "--no-audit", "--no-fund"]);
     }
     let file = std::env::temp_dir().join(format!("hanat-cdk-{}.json", std::process::id()));
-    npm(&["run", "--silent", "synth", "--", &file.display().to_string()]);
+    npm(&[
+        "run",
+        "--silent",
+        "synth",
+        "--",
+        &file.display().to_string(),
+    ]);
     let template = std::fs::read_to_string(&file).unwrap();
     let _ = std::fs::remove_file(&file);
 
