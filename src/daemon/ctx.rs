@@ -162,7 +162,7 @@ impl Ctx {
     /// `nat_gateway`) (board and metric).
     pub fn covering(&self, azs: Vec<(String, &'static str)>) {
         self.metrics.covering(&azs);
-        self.board().covering = azs;
+        self.board().cover(azs);
     }
 
     /// The private addresses new connections are translated to, the

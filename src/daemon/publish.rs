@@ -7,7 +7,7 @@
 //!   dimensioned by this NAT's Auto Scaling group and AZ;
 //! - `ForwardingNat` for every AZ this NAT knows (its own and its peers'),
 //!   dimensioned by VPC and AZ: 1 when this NAT forwards that AZ's private
-//!   traffic, else 0. Its maximum over all NATs is 0, or missing, exactly
+//!   traffic (an AZ it gave back, until its routes are seen gone), else 0. Its maximum over all NATs is 0, or missing, exactly
 //!   when an AZ has no NAT that forwards for it: the templates' alarm.
 //!
 //! A call that fails loses nothing: the counters' growth is carried into
@@ -24,7 +24,8 @@ use super::log::LogThrottle;
 use super::readings::{kernel_metrics, refresh};
 use crate::aws::AwsError;
 use crate::config::MetricSet;
-use crate::domain::{Datum, Status, Unit};
+use crate::decide::routes::points_at;
+use crate::domain::{Datum, RouteTarget, Status, Unit};
 use crate::kernel::counters::GATEWAY_COUNTERS;
 use crate::status::Snapshot;
 
@@ -160,7 +161,7 @@ impl PublishLoop {
         let snapshot = refresh(ctx).await;
         let group = ctx.group().await?;
         let (totals, active) = ctx.metrics.kernel_totals();
-        let covering = ctx.board().covering.clone();
+        let covering = forwarding_for(ctx);
         let reading = Reading {
             snapshot: &snapshot,
             vpc: &ctx.me.vpc_id.0,
@@ -177,6 +178,28 @@ impl PublishLoop {
         self.sent = totals;
         Ok(data.len())
     }
+}
+
+/// What this NAT forwards for other AZs ([`super::board::StatusBoard::forwarding_for`]):
+/// an AZ handed back counts until the routes loop's reading of it shows no
+/// route here, or for at most three reconcile intervals unread.
+fn forwarding_for(ctx: &Ctx) -> Vec<(String, &'static str)> {
+    let me = RouteTarget::Eni(ctx.me.eni.clone());
+    let readings: BTreeMap<String, (Instant, bool)> = (ctx.slow().ready.iter())
+        .map(|(az, (at, o))| {
+            let here = (o.route_tables.iter())
+                .filter_map(|t| t.default_route.as_ref())
+                .any(|r| points_at(&r.target, &me, &ctx.me));
+            (az.clone(), (*at, here))
+        })
+        .collect();
+    let still_here = |az: &str, since: Instant| {
+        (readings.get(az))
+            .filter(|(at, _)| *at > since)
+            .map(|(_, here)| *here)
+    };
+    let cap = ctx.config.routes.reconcile_interval * 3;
+    ctx.board().forwarding_for(still_here, cap)
 }
 
 #[cfg(test)]
