@@ -10,12 +10,7 @@
 //! rejected: it held this daemon's calls back for seconds after the
 //! account's buckets had refilled, and a terminated NAT's AZ stayed dark
 //! for 42 s instead of 12 s. The daemon's own backoffs keep it from
-//! storming (see `decide::backoff`). The backoff between attempts starts
-//! at [`RETRY_BACKOFF`], not the SDK's 1 s: a peer's confirmation and its
-//! `ReplaceRoute` are on the failover's path, and with half of the calls
-//! throttled (the FIS `ThrottleApi` experiment) the SDK's own waits of up
-//! to 1 + 2 + 4 + 8 s left a dead NAT's AZ dark for 11-13 s in 3 runs of
-//! 12 while one call retried.
+//! storming (see `decide::backoff`).
 //! `AWS_ENDPOINT_URL` redirects every client (the lab points it at moto).
 
 pub mod autoscaling;
@@ -29,7 +24,6 @@ pub mod meter;
 pub mod secrets;
 
 use std::fmt;
-use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -79,22 +73,11 @@ impl AwsError {
     }
 }
 
-/// The first wait between attempts of one call (then doubling, jittered,
-/// up to [`RETRY_BACKOFF_MAX`]).
-pub const RETRY_BACKOFF: Duration = Duration::from_millis(200);
-/// The longest wait between attempts of one call.
-pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// Shared SDK configuration for `region`, with our retry and timeout policy.
 pub async fn sdk_config(region: &str, aws: &config::Aws) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_owned()))
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(aws.max_attempts)
-                .with_initial_backoff(RETRY_BACKOFF)
-                .with_max_backoff(RETRY_BACKOFF_MAX),
-        )
+        .retry_config(RetryConfig::standard().with_max_attempts(aws.max_attempts))
         .timeout_config(
             TimeoutConfig::builder()
                 .operation_timeout(aws.call_timeout)
