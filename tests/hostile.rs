@@ -64,6 +64,14 @@ async fn a_throttled_account_delays_a_failover_without_a_retry_storm() {
     let r = run(Scenario::ApiThrottle, Duration::from_secs(180)).await;
     let throttled = calls_within(&r, Duration::from_secs(30));
     let refused = throttled.iter().filter(|c| c.status == 503).count();
+    let mut by: std::collections::BTreeMap<(usize, &str), usize> = Default::default();
+    for c in &throttled {
+        *by.entry((c.nat, c.action.as_str())).or_default() += 1;
+    }
+    eprintln!(
+        "{} calls in 30 s of throttling, {refused} refused; by NAT and action: {by:?}",
+        throttled.len()
+    );
     assert!(refused > 0, "the buckets never throttled: {throttled:#?}");
     // Backoff, not a hot loop: over the 30 s, fewer than 2 calls per
     // second per NAT, retries included.

@@ -2,12 +2,16 @@
 //!
 //! Read calls (`DescribeSubnets`, `DescribeRouteTables`,
 //! `DescribeNetworkInterfaces`) are paginated and filtered server-side to
-//! our VPC (and AZ and tag for subnets), then checked again here. Each mutating call changes exactly one route or one
-//! attribute, so a failure can never leave a route table half-changed; the
-//! next reconcile simply tries again. Retries and backoff are the SDK's.
+//! our VPC (and AZ and tag for subnets), then checked again here. Each
+//! mutating call changes exactly one route or one attribute, so a failure
+//! can never leave a route table half-changed; the next reconcile simply
+//! tries again. Retries and backoff are the SDK's, quicker for the route
+//! writes a failover waits on ([`URGENT_BACKOFF`]); a silent peer's
+//! confirmation is tried once per call, the peers loop retrying it.
 
 use std::net::Ipv4Addr;
 
+use aws_config::retry::RetryConfig;
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, RouteState};
 
 use super::AwsError;
@@ -24,7 +28,25 @@ pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
 #[derive(Clone)]
 pub struct Ec2 {
     client: aws_sdk_ec2::Client,
+    /// The same, retrying on [`URGENT_BACKOFF`]: for the route writes a
+    /// failover waits on, which are made only when a route must move.
+    urgent: aws_sdk_ec2::Client,
+    /// The same, with one attempt per call: for a silent peer's
+    /// confirmation, which the peers loop retries on its own schedule
+    /// (`decide::backoff::CONFIRM_RETRY`).
+    once: aws_sdk_ec2::Client,
 }
+
+/// The first and the longest wait between attempts of an urgent call. The
+/// SDK's standard waits (1 s doubling to 20 s) are right for the loops'
+/// routine reads, which retry again on their own schedule; a failover whose
+/// call waits out 1 + 2 + 4 + 8 s behind a throttled attempt leaves an AZ
+/// dark for all of it (the FIS `ThrottleApi` experiment saw 7-13 s in 3
+/// runs of 12, the peer's confirmation retrying inside the SDK).
+pub const URGENT_BACKOFF: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(2),
+);
 
 /// Set the target of a CreateRoute or ReplaceRoute request (two builder
 /// types with the same setters).
@@ -47,8 +69,20 @@ pub type TaggedSubnets = std::collections::BTreeMap<String, Subnets>;
 
 impl Ec2 {
     pub fn new(sdk: &aws_config::SdkConfig, meter: &ApiMeter) -> Self {
+        let attempts = sdk.retry_config().map_or(3, |r| r.max_attempts());
+        let (first, longest) = URGENT_BACKOFF;
+        let with = |retry: RetryConfig| sdk.to_builder().retry_config(retry).build();
+        let urgent = with(
+            RetryConfig::standard()
+                .with_max_attempts(attempts)
+                .with_initial_backoff(first)
+                .with_max_backoff(longest),
+        );
+        let once = with(RetryConfig::standard().with_max_attempts(1));
         Self {
             client: metered_client!(aws_sdk_ec2, sdk, meter),
+            urgent: metered_client!(aws_sdk_ec2, &urgent, meter),
+            once: metered_client!(aws_sdk_ec2, &once, meter),
         }
     }
 
@@ -147,7 +181,7 @@ impl Ec2 {
         to: &RouteTarget,
     ) -> Result<(), AwsError> {
         let req = self
-            .client
+            .urgent
             .create_route()
             .route_table_id(&rt.0)
             .destination_cidr_block(DEFAULT_ROUTE);
@@ -165,7 +199,7 @@ impl Ec2 {
         to: &RouteTarget,
     ) -> Result<(), AwsError> {
         let req = self
-            .client
+            .urgent
             .replace_route()
             .route_table_id(&rt.0)
             .destination_cidr_block(DEFAULT_ROUTE);
@@ -301,7 +335,7 @@ impl Ec2 {
         }
         let resource = joined(ids);
         let mut pages = self
-            .client
+            .once
             .describe_instance_status()
             .include_all_instances(true)
             .set_instance_ids(Some(ids.iter().map(|i| i.0.clone()).collect()))

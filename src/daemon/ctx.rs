@@ -42,6 +42,10 @@ pub struct Ctx {
     pub heartbeats: HeartbeatAuth,
     /// Woken when a peer's status changes, so the peers loop acts at once.
     pub wake: Notify,
+    /// Woken when the peer list names an AZ the routes loop has no reading
+    /// of, so it reads it now rather than a reconcile interval later (a
+    /// peer's AZ read in advance is adopted without reading first).
+    pub read_peers: Notify,
     pub flows: flows::Shared,
     /// Which loops are making progress, for the watchdog.
     pub progress: Progress,
@@ -70,7 +74,8 @@ pub struct Slow {
     /// When this NAT's source/destination check was last seen off.
     pub check_off_at: Option<Instant>,
     /// Per peer's AZ: its subnets and route tables as the routes loop last
-    /// read them, with when, so covering it needs no reading first.
+    /// read them, with when that reading began, so covering it needs no
+    /// reading first.
     pub ready: BTreeMap<String, (Instant, Observed)>,
 }
 
@@ -88,6 +93,14 @@ impl Slow {
         self.ready
             .get(az)
             .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, o)| o.clone())
+    }
+
+    /// `az` as the routes loop read it in a reading begun after `since`.
+    pub fn ready_since(&self, az: &str, since: Instant) -> Option<Observed> {
+        self.ready
+            .get(az)
+            .filter(|(at, _)| *at > since)
             .map(|(_, o)| o.clone())
     }
 
@@ -123,6 +136,7 @@ impl Ctx {
             peers: Mutex::new(PeerState::default()),
             heartbeats: HeartbeatAuth::default(),
             wake: Notify::new(),
+            read_peers: Notify::new(),
             flows: Arc::new(tokio::sync::Mutex::new(flows)),
             progress: Progress::default(),
             slow: Mutex::new(Slow::default()),
@@ -227,9 +241,12 @@ impl Ctx {
     /// What the cover guards read before a write: this NAT's verdict and
     /// the peers heard saying `ok`, now.
     pub fn moment(&self) -> Moment {
+        let (now, fresh) = (self.now(), self.config.peers.suspect_after);
+        let live_azs = self.peers().live_azs(now, fresh);
         Moment {
             status: *self.status.borrow(),
             live: self.liveness().0,
+            live_azs,
             holds_az: self.holding() == Holding::Hold,
         }
     }

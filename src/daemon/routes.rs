@@ -63,9 +63,11 @@ impl RoutesLoop {
             let wait = self.tick().await;
             self.ctx.progress.done("routes");
             // A change of our own verdict (first good probe, recovery) is
-            // acted on at once.
+            // acted on at once, and a peer's AZ not read yet is read now.
+            let ctx = self.ctx.clone();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = ctx.read_peers.notified() => {}
                 changed = self.status.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep(wait).await;

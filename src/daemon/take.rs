@@ -105,13 +105,11 @@ pub async fn read_own_and_peers(ctx: &Ctx) -> Result<Observed, AwsError> {
     azs.push(own.clone());
     azs.sort();
     azs.dedup();
+    let began = Instant::now();
     let mut read = read_azs(ctx, &azs, Some(&own)).await?;
     let mine = read.remove(&own).unwrap_or_default();
     let mut slow = ctx.slow();
-    slow.ready = read
-        .into_iter()
-        .map(|(az, o)| (az, (Instant::now(), o)))
-        .collect();
+    slow.ready = read.into_iter().map(|(az, o)| (az, (began, o))).collect();
     Ok(mine)
 }
 

@@ -87,6 +87,17 @@ pub const PEER_CONFIRM: Schedule = Schedule {
     max: Duration::MAX,
 };
 
+/// A silent peer's confirmation whose call failed (throttled, say) is
+/// asked again after 250 ms, 500 ms, 1 s… up to 4 s. The call itself is
+/// tried once: the SDK's own retries wait 1 + 2 + 4 + 8 s, all of it
+/// with a dead NAT's AZ dark; this schedule tries as often early on and
+/// at most every 4 s later (the peers loop runs every `peers.interval`,
+/// 50 ms, which must not become a calling rate).
+pub const CONFIRM_RETRY: Schedule = Schedule {
+    first: Duration::from_millis(250),
+    max: Duration::from_secs(4),
+};
+
 /// While a silent peer has been silent for less than [`WITNESS_WINDOW`],
 /// EC2 is asked about it at least every 5 s: a status check's verdict
 /// (a frozen NAT) then moves its routes within seconds. Later, only on

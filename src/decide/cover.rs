@@ -24,7 +24,7 @@
 //! | take | routes it may replace | each write only while |
 //! |---|---|---|
 //! | own AZ ([`Guard::OwnAz`]) | any of its AZ's; held back by [`gate`]: all until this NAT's own probe passes, and during `failback = drain:D` those of a running NAT or a NAT Gateway | this NAT's verdict is the one the plan was made on, and it still holds its AZ (no newer NAT of the AZ runs: [`super::holder`]) |
-//! | adoption ([`Guard::Adopt`]) | the dead peer's (interface or instance), blackholes, the AZ's fallback NAT Gateway | this NAT says `ok`, and the dead peer is not heard saying `ok` |
+//! | adoption ([`Guard::Adopt`]) | the dead peer's (interface or instance), blackholes, the AZ's fallback NAT Gateway | this NAT says `ok`, and no NAT of the dead peer's AZ (it, or its replacement) is heard saying `ok` |
 //! | fallback ([`Guard::FallBack`]: a dead peer's AZ, or this NAT's own when it fails or leaves and no peer says `ok`, [`own_az_falls_back`]) | blackholes, this NAT's, NATs known dead | no NAT instance says `ok`, this one included |
 //!
 //! The safety this buys, checked by the property tests: a route held by a
@@ -195,6 +195,8 @@ pub struct Moment {
     pub status: Status,
     /// Interfaces of the peers heard saying `ok` now (and not gone).
     pub live: Vec<EniId>,
+    /// Their AZs.
+    pub live_azs: Vec<String>,
     /// This NAT holds its own AZ ([`super::holder::own_az`]).
     pub holds_az: bool,
 }
@@ -219,7 +221,14 @@ impl Guard {
     pub fn holds(&self, now: &Moment) -> bool {
         match self {
             Guard::OwnAz { planned } => now.status == *planned && now.holds_az,
-            Guard::Adopt { dead, .. } => now.status == Status::Ok && !now.live.contains(&dead.eni),
+            // A NAT of the dead peer's AZ that says `ok` (its replacement)
+            // takes the AZ itself: an adoption planned before it was heard
+            // must not write over it.
+            Guard::Adopt { dead, .. } => {
+                now.status == Status::Ok
+                    && !now.live.contains(&dead.eni)
+                    && !now.live_azs.contains(&dead.az)
+            }
             Guard::FallBack { .. } => now.status != Status::Ok && now.live.is_empty(),
         }
     }
@@ -590,9 +599,15 @@ mod tests {
     #[test]
     fn each_guard_holds_only_while_its_condition_does() {
         let dead = peer("i-dead", "az-a");
+        // Each peer heard saying `ok`, by interface; its AZ is named after it.
         let at = |status, live: &[&str]| Moment {
             status,
-            live: live.iter().map(|e| EniId((*e).into())).collect(),
+            live: (live.iter())
+                .map(|e| EniId(e.split('@').next().unwrap_or_default().into()))
+                .collect(),
+            live_azs: (live.iter())
+                .map(|e| e.rsplit('@').next().unwrap_or_default().to_owned())
+                .collect(),
             holds_az: true,
         };
         let adopt = Guard::Adopt {
@@ -612,11 +627,18 @@ mod tests {
         // (moment, adoption holds, fallback holds, own AZ planned on failing holds)
         let table = [
             (at(Status::Ok, &[]), true, false, false),
-            (at(Status::Ok, &["eni-i-other"]), true, false, false),
-            (at(Status::Ok, &["eni-i-dead"]), false, false, false),
+            (at(Status::Ok, &["eni-i-other@az-b"]), true, false, false),
+            (at(Status::Ok, &["eni-i-dead@az-a"]), false, false, false),
+            // The dead peer's replacement says `ok`: it takes the AZ itself.
+            (at(Status::Ok, &["eni-i-new@az-a"]), false, false, false),
             (at(Status::Starting, &[]), false, true, false),
             (at(Status::Failing, &[]), false, true, true),
-            (at(Status::Failing, &["eni-i-other"]), false, false, true),
+            (
+                at(Status::Failing, &["eni-i-other@az-b"]),
+                false,
+                false,
+                true,
+            ),
             (at(Status::Exiting, &[]), false, true, false),
         ];
         for (m, by_adoption, by_fallback, by_own) in table {
@@ -792,13 +814,16 @@ mod tests {
 
             /// NAT `k`'s moment: its verdict, and the peers it hears say `ok`.
             pub fn moment(&self, k: usize) -> Moment {
-                let live = (0..self.nats.len())
+                let live: Vec<usize> = (0..self.nats.len())
                     .filter(|j| *j != k && self.healthy(*j))
-                    .map(Self::eni)
                     .collect();
                 Moment {
                     status: self.nats[k].status,
-                    live,
+                    live: live.iter().map(|j| Self::eni(*j)).collect(),
+                    live_azs: live
+                        .iter()
+                        .map(|j| AZS[self.nats[*j].az].to_owned())
+                        .collect(),
                     holds_az: true,
                 }
             }

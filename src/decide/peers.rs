@@ -258,14 +258,22 @@ impl PeerState {
 
     /// Interfaces of peers heard recently saying they forward.
     pub fn live_enis(&self, now: Duration, fresh: Duration) -> Vec<EniId> {
-        self.peers
-            .iter()
-            .filter(|p| {
-                !self.gone.contains(&p.instance)
-                    && self.view.fresh(&p.instance, now, fresh) == Some(Status::Ok)
-            })
-            .map(|p| p.eni.clone())
-            .collect()
+        self.live(now, fresh).map(|p| p.eni.clone()).collect()
+    }
+
+    /// The AZs of the peers heard saying `ok` (and not gone).
+    pub fn live_azs(&self, now: Duration, fresh: Duration) -> Vec<String> {
+        let mut azs: Vec<String> = self.live(now, fresh).map(|p| p.az.clone()).collect();
+        azs.sort();
+        azs.dedup();
+        azs
+    }
+
+    fn live(&self, now: Duration, fresh: Duration) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().filter(move |p| {
+            !self.gone.contains(&p.instance)
+                && self.view.fresh(&p.instance, now, fresh) == Some(Status::Ok)
+        })
     }
 
     /// A silent peer EC2's status checks call impaired though it runs: dead

@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use super::PeersLoop;
 use crate::daemon::cover::{adopt, fall_back};
-use crate::decide::backoff::{PEER_CONFIRM, WITNESS_POLL, WITNESS_WINDOW};
+use crate::decide::backoff::{CONFIRM_RETRY, PEER_CONFIRM, WITNESS_POLL, WITNESS_WINDOW};
 use crate::decide::cover::{Cover, Decision};
 use crate::decide::peers::Peer;
 use crate::decide::routes::Observed;
@@ -33,17 +33,23 @@ impl PeersLoop {
             })
             .cloned()
             .collect();
-        if due.is_empty() {
+        let retry_at = self.confirm_failed.0;
+        if due.is_empty() || retry_at.is_some_and(|at| Instant::now() < at) {
             return false;
         }
         let health = match self.ctx.cloud.instance_health(&due).await {
-            Ok(h) => h,
+            Ok(h) => {
+                self.confirm_failed = (None, CONFIRM_RETRY.backoff());
+                h
+            }
             Err(e) => {
+                let wait = self.confirm_failed.1.fail();
+                self.confirm_failed.0 = Some(Instant::now() + wait);
                 if let Some(n) = self
                     .throttle
                     .check("confirm", &e.to_string(), Instant::now())
                 {
-                    warn!(suppressed = n, error = %e, "cannot confirm silent peers");
+                    warn!(suppressed = n, error = %e, retry_in = %crate::domain::human(wait), "cannot confirm silent peers");
                 }
                 return false;
             }
@@ -109,19 +115,28 @@ impl PeersLoop {
             // The first adoption of a dead NAT's AZ writes from the routes
             // loop's last reading of it; the look right after reads it
             // afresh (a subnet or route changed since is then covered too).
+            // Later looks use a reading the routes loop began after the
+            // last look ended, which it takes every pass anyway, and read only
+            // when there is none (an adopter's reads are not doubled while
+            // it covers an AZ, when the account may be throttled).
             // A NAT on a planned exit still forwards, and its connections
             // are handed back to it by the routes the plan takes from it:
             // that plan is made on a fresh reading (nothing is lost by it).
             let planned = self.ctx.peers().view().last(&dead.instance) == Some(Status::Exiting);
+            let looked = self.adopted.get(&dead.instance).copied();
             let ready = match cover {
-                Cover::Adopt if !planned && self.adopted.insert(dead.instance.clone()) => {
-                    self.ctx.slow().ready(&dead.az, reconcile * 2)
-                }
+                Cover::Adopt if !planned => match looked {
+                    None => self.ctx.slow().ready(&dead.az, reconcile * 2),
+                    Some(at) => self.ctx.slow().ready_since(&dead.az, at),
+                },
                 _ => None,
             };
-            let wrote_ready = ready.is_some();
+            let first = ready.is_some() && looked.is_none();
             let ok = self.cover_one(&dead, cover, ready).await;
-            let wait = match ok && wrote_ready {
+            if cover == Cover::Adopt && !planned {
+                self.adopted.insert(dead.instance.clone(), Instant::now());
+            }
+            let wait = match ok && first {
                 true => Duration::ZERO,
                 false => Cover::next_look(ok, reconcile),
             };

@@ -44,7 +44,8 @@ use tracing::{error, info, warn};
 use super::ctx::Ctx;
 use super::log::LogThrottle;
 use crate::decide::backoff::{
-    Backoff, KEY_READ, PEER_LIST_ON_DEMAND, PEER_LIST_RETRY, PEER_PORT_RETRY, Schedule,
+    Backoff, CONFIRM_RETRY, KEY_READ, PEER_LIST_ON_DEMAND, PEER_LIST_RETRY, PEER_PORT_RETRY,
+    Schedule,
 };
 use crate::decide::cover::decide;
 use crate::domain::{InstanceId, Status};
@@ -62,11 +63,13 @@ pub struct PeersLoop {
     /// Per silent peer: when EC2 may be asked next, its backoff, and since
     /// when it is asked about.
     checked: HashMap<InstanceId, (Instant, Backoff, Instant)>,
+    /// After a confirmation call failed: not before when, and the backoff.
+    confirm_failed: (Option<Instant>, Backoff),
     /// Per dead peer: when its AZ is looked at again.
     next_look: HashMap<InstanceId, Instant>,
-    /// Dead peers whose AZ was adopted once already (from the routes
-    /// loop's reading): later looks read the AZ afresh.
-    adopted: HashSet<InstanceId>,
+    /// Dead peers whose AZ was adopted once already, with when the last
+    /// look ended: later looks need a reading begun since.
+    adopted: HashMap<InstanceId, Instant>,
     known_dead: HashSet<InstanceId>,
     /// When the heartbeat keys are read again.
     keys: Reread,
@@ -110,8 +113,9 @@ impl PeersLoop {
             throttle: LogThrottle::default(),
             list: Reread::new(Instant::now(), PEER_LIST_RETRY),
             checked: HashMap::new(),
+            confirm_failed: (None, CONFIRM_RETRY.backoff()),
             next_look: HashMap::new(),
-            adopted: HashSet::new(),
+            adopted: HashMap::new(),
             known_dead: HashSet::new(),
             keys: Reread::new(Instant::now() + refresh, KEY_READ),
             sign_new_at: Instant::now(),
@@ -176,7 +180,7 @@ impl PeersLoop {
             }
         }
         self.known_dead.retain(|id| decision.dead.contains(id));
-        self.adopted.retain(|id| decision.dead.contains(id));
+        self.adopted.retain(|id, _| decision.dead.contains(id));
         self.cover(decision).await;
     }
 
@@ -222,6 +226,13 @@ impl PeersLoop {
                         .map(|p| format!("{} ({})", p.instance, p.az))
                         .collect();
                     info!(peers = ?names, "peers");
+                    let azs: Vec<String> = s.peers().iter().map(|p| p.az.clone()).collect();
+                    drop(s);
+                    let slow = self.ctx.slow();
+                    let own = &self.ctx.me.availability_zone;
+                    if (azs.iter()).any(|az| az != own && !slow.ready.contains_key(az)) {
+                        self.ctx.read_peers.notify_one();
+                    }
                 }
                 self.list.succeeded(self.ctx.config.aws.refresh_interval);
             }
