@@ -1012,12 +1012,7 @@ async fn metrics_health_and_status_follow_a_nat_that_stops_forwarding() {
 /// AZ `i`'s NAT stops forwarding: a table of the test's drops everything
 /// at the forward hook.
 fn stop_forwarding(lab: &Lab, i: usize) {
-    lab.nat_exec(
-        i,
-        "nft",
-        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
-    )
-    .unwrap();
+    lab.stop_forwarding(i, "chaos").unwrap();
 }
 
 /// `hanat status --json` on AZ `i`'s NAT, as an operator there runs it.
@@ -2015,9 +2010,8 @@ async fn a_regional_nat_gateway_covers_every_az_when_no_nat_forwards() {
         config.contains(&format!("\"*\" = \"{gateway}\"")),
         "{config}"
     );
-    let drop_all = "add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }";
     let eni0 = lab.nat(0).unwrap().instance.eni;
-    lab.nat_exec(1, "nft", &[drop_all]).unwrap();
+    stop_forwarding(&lab, 1);
     lab.wait_for(
         "AZ 0's NAT to adopt AZ 1",
         Duration::from_secs(20),
@@ -2025,7 +2019,7 @@ async fn a_regional_nat_gateway_covers_every_az_when_no_nat_forwards() {
     )
     .await
     .unwrap();
-    lab.nat_exec(0, "nft", &[drop_all]).unwrap();
+    stop_forwarding(&lab, 0);
     for i in 0..2 {
         lab.wait_for(
             "the AZ's routes at the regional gateway",

@@ -40,13 +40,13 @@ pub(super) async fn deployment(ctx: &Ctx) -> Option<String> {
     }
 }
 
+/// What [`peer_list`] reads.
+pub(super) type Listing = (Vec<Peer>, Vec<InstanceId>, Option<i64>);
+
 /// The live peers, instances of ours that are no longer alive, and when
 /// this NAT was launched (asked in the same call, for
 /// [`crate::decide::holder`]).
-pub(super) async fn peer_list(
-    ctx: &Ctx,
-    deployment: &str,
-) -> Result<(Vec<Peer>, Vec<InstanceId>, Option<i64>), AwsError> {
+pub(super) async fn peer_list(ctx: &Ctx, deployment: &str) -> Result<Listing, AwsError> {
     let mut ids: Vec<InstanceId> = ctx
         .cloud
         .instances_of_groups_tagged(&ctx.config.peers.group_tag, deployment)

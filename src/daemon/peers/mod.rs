@@ -43,9 +43,10 @@ use tracing::{error, info, warn};
 
 use super::ctx::Ctx;
 use super::log::LogThrottle;
+use crate::aws::AwsError;
 use crate::decide::backoff::{
-    Backoff, CONFIRM_RETRY, KEY_READ, PEER_LIST_ON_DEMAND, PEER_LIST_RETRY, PEER_PORT_RETRY,
-    Schedule,
+    Backoff, CONFIRM_RETRY, KEY_READ, PEER_LIST_ON_DEMAND, PEER_LIST_RETRY, PEER_LIST_WAIT,
+    PEER_PORT_RETRY, Schedule,
 };
 use crate::decide::cover::decide;
 use crate::domain::{InstanceId, Status};
@@ -65,6 +66,8 @@ pub struct PeersLoop {
     checked: HashMap<InstanceId, (Instant, Backoff, Instant)>,
     /// After a confirmation call failed: not before when, and the backoff.
     confirm_failed: (Option<Instant>, Backoff),
+    /// The peer list being read, if a read is under way.
+    listing: Option<tokio::task::JoinHandle<Result<discovery::Listing, AwsError>>>,
     /// Per dead peer: when its AZ is looked at again.
     next_look: HashMap<InstanceId, Instant>,
     /// Dead peers whose AZ was adopted once already, with when the last
@@ -114,6 +117,7 @@ impl PeersLoop {
             list: Reread::new(Instant::now(), PEER_LIST_RETRY),
             checked: HashMap::new(),
             confirm_failed: (None, CONFIRM_RETRY.backoff()),
+            listing: None,
             next_look: HashMap::new(),
             adopted: HashMap::new(),
             known_dead: HashSet::new(),
@@ -206,12 +210,38 @@ impl PeersLoop {
         Some(end.saturating_sub(now))
     }
 
+    /// Read the peer list when due, off the loop: the read is awaited for
+    /// at most [`PEER_LIST_WAIT`] per round (it answers within that unless
+    /// AWS is slow or throttling), then left running while the loop goes on
+    /// confirming silent peers and covering dead ones; a later round takes
+    /// its answer.
     async fn refresh_if_due(&mut self) {
-        let wanted = self.ctx.heartbeats.list_wanted();
-        if !self.list.due(wanted, PEER_LIST_ON_DEMAND) {
-            return;
+        if self.listing.is_none() {
+            let wanted = self.ctx.heartbeats.list_wanted();
+            if !self.list.due(wanted, PEER_LIST_ON_DEMAND) {
+                return;
+            }
+            let (ctx, deployment) = (self.ctx.clone(), self.deployment.clone());
+            self.listing = Some(tokio::spawn(async move {
+                discovery::peer_list(&ctx, &deployment).await
+            }));
         }
-        match discovery::peer_list(&self.ctx, &self.deployment).await {
+        let Some(listing) = self.listing.as_mut() else {
+            return;
+        };
+        let Ok(joined) = tokio::time::timeout(PEER_LIST_WAIT, listing).await else {
+            return;
+        };
+        self.listing = None;
+        let read = match joined {
+            Ok(read) => read,
+            Err(e) => {
+                error!(error = %e, "the peer list's read ended without an answer; will read again");
+                self.list.failed();
+                return;
+            }
+        };
+        match read {
             Ok((list, departed, launched)) => {
                 self.ctx.heartbeats.list_read();
                 let mut s = self.ctx.peers();

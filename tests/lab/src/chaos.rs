@@ -845,12 +845,7 @@ fn forge_tunnel(
 
 /// AZ 0's kernel stops forwarding: a foreign table drops everything.
 fn stop_forwarding(lab: &Lab) -> Result<()> {
-    lab.nat_exec(
-        0,
-        "nft",
-        &["add table inet chaos; add chain inet chaos drop_all { type filter hook forward priority -10; policy drop; }"],
-    )
-    .map(drop)
+    lab.stop_forwarding(0, "chaos")
 }
 
 async fn lab_ok(lab: &Lab) -> bool {

@@ -668,15 +668,7 @@ impl Cloud {
                 .first()
                 .ok_or_else(|| anyhow!("stack {name} vanished"))?;
             match stack.stack_status() {
-                Some(StackStatus::CreateComplete) => {
-                    return Ok(stack
-                        .outputs()
-                        .iter()
-                        .filter_map(|o| {
-                            Some((o.output_key()?.to_owned(), o.output_value()?.to_owned()))
-                        })
-                        .collect());
-                }
+                Some(StackStatus::CreateComplete) => return Ok(outputs(stack)),
                 Some(StackStatus::CreateInProgress) => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await
                 }
@@ -696,11 +688,7 @@ impl Cloud {
             .stacks()
             .first()
             .ok_or_else(|| anyhow!("no stack {name}"))?;
-        Ok(stack
-            .outputs()
-            .iter()
-            .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
-            .collect())
+        Ok(outputs(stack))
     }
 
     /// The internet gateway attached to `vpc`.
@@ -846,4 +834,11 @@ pub enum DefaultTarget<'a> {
     Eni(&'a str),
     Gateway(&'a str),
     NatGateway(&'a str),
+}
+
+/// A stack's outputs, by key.
+fn outputs(stack: &aws_sdk_cloudformation::types::Stack) -> HashMap<String, String> {
+    (stack.outputs().iter())
+        .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
+        .collect()
 }

@@ -122,6 +122,15 @@ impl Template {
     }
 
     /// The parameters' values: `given`, else their defaults.
+    /// What resolving an intrinsic function reads, with `params` filled.
+    fn ctx<'a>(&'a self, params: &'a HashMap<String, String>) -> Ctx<'a> {
+        Ctx {
+            params,
+            conditions: &self.conditions,
+            resources: &self.resources,
+        }
+    }
+
     fn values(&self, given: &HashMap<String, String>) -> Result<HashMap<String, String>> {
         let mut params = HashMap::new();
         for (k, v) in &self.parameters {
@@ -141,11 +150,7 @@ impl Template {
     /// the lab to create as CloudFormation would.
     pub fn alarms(&self, given: &HashMap<String, String>) -> Result<Vec<Declared>> {
         let params = self.values(given)?;
-        let ctx = Ctx {
-            params: &params,
-            conditions: &self.conditions,
-            resources: &self.resources,
-        };
+        let ctx = self.ctx(&params);
         let mut out = Vec::new();
         for (id, r) in &self.resources {
             let id = id.as_str().unwrap_or_default();
@@ -201,11 +206,7 @@ impl Template {
     /// defaults) and every intrinsic function resolved.
     pub fn resolve(&self, name: &str, given: &HashMap<String, String>) -> Result<Experiment> {
         let params = self.values(given)?;
-        let ctx = Ctx {
-            params: &params,
-            conditions: &self.conditions,
-            resources: &self.resources,
-        };
+        let ctx = self.ctx(&params);
         let resource = self
             .resources
             .get(name)
@@ -1005,17 +1006,16 @@ async fn play(lab: &Lab, exp: &Experiment, steps: &[Step]) -> Result<Option<Stri
     Ok(None)
 }
 
+/// The table the shipped SSM document adds to stop forwarding.
+const STOP_TABLE: &str = "fis_stop_forwarding";
+
 /// Start a step; the instance it hit, for those that end on it.
 async fn begin(lab: &Lab, s: &Step) -> Result<Option<String>> {
     match &s.play {
         Play::Terminate(az) => lab.terminate_instance(*az).await.map(|_| None),
         Play::Spot(az, notice) => lab.spot_interruption(*az, *notice).map(|()| None),
         Play::StopForwarding(az, _) => {
-            lab.nat_exec(
-                *az,
-                "nft",
-                &["add table inet fis_stop_forwarding; add chain inet fis_stop_forwarding drop_all { type filter hook forward priority -10; policy drop; }"],
-            )?;
+            lab.stop_forwarding(*az, STOP_TABLE)?;
             Ok(lab.nat(*az).map(|n| n.instance.id))
         }
         Play::Isolate(az, _) => lab.isolate_az(*az, true).map(|()| None),
@@ -1041,9 +1041,7 @@ fn end(lab: &Lab, s: &Step, instance: &Option<String>) {
         Play::StopForwarding(az, _) => {
             let same = lab.nat(*az).map(|n| n.instance.id) == *instance;
             match same {
-                true => lab
-                    .nat_exec(*az, "nft", &["delete table inet fis_stop_forwarding"])
-                    .map(drop),
+                true => lab.resume_forwarding(*az, STOP_TABLE),
                 false => Ok(()),
             }
         }

@@ -6,6 +6,22 @@
 use super::*;
 
 impl Lab {
+    /// AZ `i`'s kernel stops forwarding: a table named `table`, not the
+    /// daemon's, drops every forwarded packet (what a foreign ruleset, or
+    /// the FIS experiment's SSM document, does).
+    pub fn stop_forwarding(&self, i: usize, table: &str) -> Result<()> {
+        let rules = format!(
+            "add table inet {table}; add chain inet {table} drop_all {{ type filter hook forward priority -10; policy drop; }}"
+        );
+        self.nat_exec(i, "nft", &[&rules]).map(drop)
+    }
+
+    /// Undo [`Lab::stop_forwarding`] of `table`.
+    pub fn resume_forwarding(&self, i: usize, table: &str) -> Result<()> {
+        self.nat_exec(i, "nft", &[&format!("delete table inet {table}")])
+            .map(drop)
+    }
+
     /// `kill -9` AZ `i`'s daemon (the lab's systemd restarts it).
     pub fn kill_daemon(&self, i: usize) -> Result<()> {
         let mut nats = self.shared.nats();
