@@ -138,8 +138,8 @@ pub const PEER_LIST_RETRY: Schedule = Schedule {
     max: Duration::from_secs(60),
 };
 
-/// A round of the peers loop waits at most this long for the peer list;
-/// a read that takes longer (retrying inside the SDK under throttling, up
+/// The round of the peers loop that starts a peer-list read waits at most
+/// this long for it; a read that takes longer (retrying inside the SDK under throttling, up
 /// to 1 + 2 + 4 + 8 s) goes on while the loop confirms and covers, and a
 /// later round takes its answer. Measured in the FIS `ThrottleApi`
 /// experiment: a refresh blocking the loop kept a dead peer unconfirmed

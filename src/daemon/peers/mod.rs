@@ -210,12 +210,13 @@ impl PeersLoop {
         Some(end.saturating_sub(now))
     }
 
-    /// Read the peer list when due, off the loop: the read is awaited for
-    /// at most [`PEER_LIST_WAIT`] per round (it answers within that unless
-    /// AWS is slow or throttling), then left running while the loop goes on
-    /// confirming silent peers and covering dead ones; a later round takes
-    /// its answer.
+    /// Read the peer list when due, off the loop: the round that starts
+    /// the read waits for it at most [`PEER_LIST_WAIT`] (it answers within
+    /// that unless AWS is slow or throttling); after that the read goes on
+    /// while the loop confirms silent peers and covers dead ones, and the
+    /// first round after it ends takes its answer.
     async fn refresh_if_due(&mut self) {
+        let mut wait = Duration::ZERO;
         if self.listing.is_none() {
             let wanted = self.ctx.heartbeats.list_wanted();
             if !self.list.due(wanted, PEER_LIST_ON_DEMAND) {
@@ -225,11 +226,14 @@ impl PeersLoop {
             self.listing = Some(tokio::spawn(async move {
                 discovery::peer_list(&ctx, &deployment).await
             }));
+            wait = PEER_LIST_WAIT;
         }
         let Some(listing) = self.listing.as_mut() else {
             return;
         };
-        let Ok(joined) = tokio::time::timeout(PEER_LIST_WAIT, listing).await else {
+        // (A timeout polls the read before its deadline: zero takes an
+        // answer that is there.)
+        let Ok(joined) = tokio::time::timeout(wait, listing).await else {
             return;
         };
         self.listing = None;
