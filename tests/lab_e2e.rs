@@ -507,8 +507,13 @@ async fn a_connection_through_a_dead_nat_is_reset_by_its_adopter_at_once() {
     assert_eq!(
         kind,
         Some(std::io::ErrorKind::ConnectionReset),
-        "{err:#} after {:?}",
-        asked.elapsed()
+        "{err:#} after {:?}\nthe adopter's ruleset:\n{}\nits rules:\n{}\nits log:\n{}",
+        asked.elapsed(),
+        lab.nat_exec(1, "nft", &["list ruleset"])
+            .unwrap_or_else(|e| e.to_string()),
+        lab.nat_exec(1, "ip", &["rule"])
+            .unwrap_or_else(|e| e.to_string()),
+        lab.nat_log(1),
     );
     assert!(
         asked.elapsed() < Duration::from_secs(1),

@@ -245,14 +245,17 @@ impl PeerState {
     }
 
     /// Whether `p` may still forward the connections it translates (a flow
-    /// hand-off to it makes sense): not heard saying it fails, and heard
-    /// from recently or not known to be gone. A NAT draining on a planned
-    /// exit has left its group but still forwards, and says so.
+    /// hand-off to it makes sense): heard lately saying it leaves (a NAT
+    /// draining on a planned exit has left its group but still forwards,
+    /// and says so), or neither heard saying it fails nor known to be gone.
+    /// A NAT EC2 calls gone (terminated, or impaired while silent) forwards
+    /// nothing, whatever it said last: mid-flow packets handed to it would
+    /// go into silence instead of being reset here.
     pub fn may_forward(&self, p: &Peer, now: Duration) -> bool {
         match self.view.fresh(&p.instance, now, SILENCE) {
+            Some(Status::Exiting) => true,
             Some(Status::Failing) => false,
-            Some(_) => true,
-            None => !self.gone.contains(&p.instance),
+            Some(Status::Ok | Status::Starting) | None => !self.gone.contains(&p.instance),
         }
     }
 
@@ -359,6 +362,42 @@ mod tests {
 
     fn peer(id: &str, az: &str) -> Peer {
         Peer::example(id, az)
+    }
+
+    #[test]
+    fn only_a_nat_that_may_still_forward_gets_its_connections_handed_back() {
+        let ms = Duration::from_millis;
+        // (last said, EC2 calls it gone, may forward?)
+        let cases = [
+            (Some(Status::Exiting), false, true),
+            (Some(Status::Exiting), true, true), // left its group, draining
+            (Some(Status::Ok), false, true),
+            (Some(Status::Ok), true, false), // terminated a moment after its heartbeat
+            (Some(Status::Starting), true, false),
+            (Some(Status::Failing), false, false),
+            (None, false, true),
+            (None, true, false),
+        ];
+        for (said, gone, want) in cases {
+            let p = peer("i-1", "az-a");
+            let mut s = PeerState {
+                peers: vec![p.clone()],
+                ..PeerState::default()
+            };
+            if let Some(status) = said {
+                let msg = Message {
+                    instance: p.instance.clone(),
+                    az: p.az.clone(),
+                    status,
+                    seq: 1,
+                };
+                s.view_mut().record(&msg, ms(1000));
+            }
+            if gone {
+                s.confirm_gone(&p.instance);
+            }
+            assert_eq!(s.may_forward(&p, ms(1300)), want, "{said:?} gone={gone}");
+        }
     }
 
     #[test]
