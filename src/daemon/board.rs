@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::decide::holder::Why;
-use crate::domain::InstanceId;
+use crate::domain::{InstanceId, Status};
 use crate::status::RouteView;
 
 /// What the loops record for `/status`, in [`super::ctx::Ctx::board`].
@@ -40,6 +40,8 @@ pub struct StatusBoard {
     /// The last `PutMetricData` that succeeded.
     pub last_publish: Option<Instant>,
     pub last_reconcile: Option<Instant>,
+    /// The verdict the last successful routes pass ran under.
+    pub reconciled_as: Option<Status>,
     pub last_converge: Option<Instant>,
     /// Per loop, its last error and when (cleared by a success).
     pub errors: BTreeMap<&'static str, (Instant, String)>,
@@ -61,6 +63,7 @@ impl Default for StatusBoard {
             handed_back: BTreeMap::new(),
             last_publish: None,
             last_reconcile: None,
+            reconciled_as: None,
             last_converge: None,
             errors: BTreeMap::new(),
             unable_to_probe: None,

@@ -44,6 +44,10 @@ pub struct UnableToProbe {
 /// holds the next back.
 const MAX_IN_FLIGHT: usize = 4;
 
+/// How long the Unhealthy report waits at most for the routes pass that
+/// gives the AZ to its fallback NAT Gateway.
+const FALLBACK_FIRST: Duration = Duration::from_secs(5);
+
 pub struct ProbeLoop {
     ctx: Arc<Ctx>,
     interface: String,
@@ -64,6 +68,9 @@ pub struct ProbeLoop {
     /// before then that fail (they were sent while the drift lasted) are
     /// not counted.
     repaired_at: Option<Instant>,
+    /// When the instance was first due to be reported Unhealthy, while
+    /// the report waits for the fallback ([`Self::fallback_pending`]).
+    unhealthy_due: Option<Instant>,
 }
 
 impl ProbeLoop {
@@ -91,6 +98,7 @@ impl ProbeLoop {
             converge_failed: false,
             repairing: None,
             repaired_at: None,
+            unhealthy_due: None,
         }
     }
 
@@ -300,11 +308,39 @@ impl ProbeLoop {
         }
     }
 
+    /// Whether the Unhealthy report waits for the fallback. A NAT whose AZ
+    /// has a fallback NAT Gateway points the AZ at it in the routes loop's
+    /// first pass under the failing verdict (when no peer is healthy to
+    /// adopt it), and Auto Scaling may terminate the instance the moment it
+    /// hears Unhealthy: that pass goes first, waited for at most
+    /// [`FALLBACK_FIRST`] (a throttled API may fail it).
+    fn fallback_pending(&mut self) -> bool {
+        let ctx = &self.ctx;
+        let az = &ctx.me.availability_zone;
+        if ctx.config.peers.fallback_for(az).is_none() {
+            return false;
+        }
+        let due = match self.unhealthy_due {
+            Some(due) => due,
+            None => {
+                info!(az = %az, "reporting Unhealthy once the routes loop has given this AZ to its fallback NAT Gateway (at most {})", crate::domain::human(FALLBACK_FIRST));
+                *self.unhealthy_due.insert(Instant::now())
+            }
+        };
+        let b = ctx.board();
+        let passed = b.reconciled_as == Some(Status::Failing)
+            && b.last_reconcile.is_some_and(|t| t >= b.verdict_since);
+        !passed && due.elapsed() < FALLBACK_FIRST
+    }
+
     async fn act(&mut self, verdict: Step, round: &Round) {
         match verdict {
             // Given by `unsent` alone.
             Step::Steady | Step::Restart => {}
-            Step::Recovered => info!("forwarding recovered"),
+            Step::Recovered => {
+                self.unhealthy_due = None;
+                info!("forwarding recovered");
+            }
             Step::Reconverge => {
                 // Not drift after all: a recovery now is not a repair.
                 self.repairing = None;
@@ -315,6 +351,10 @@ impl ProbeLoop {
                 self.converge().await;
             }
             Step::MarkUnhealthy => {
+                if self.fallback_pending() {
+                    // The next failing round asks again.
+                    return;
+                }
                 error!(
                     failures = %round.failures(),
                     "packets are not flowing through this NAT even after reconverging; marking instance Unhealthy"
@@ -322,6 +362,7 @@ impl ProbeLoop {
                 match self.ctx.cloud.set_unhealthy(&self.ctx.me.instance_id).await {
                     Ok(()) => {
                         self.state.reported_unhealthy();
+                        self.unhealthy_due = None;
                         info!("instance reported Unhealthy to Auto Scaling; it will be replaced");
                     }
                     Err(e) => error!(error = %e, "could not report Unhealthy; will retry"),

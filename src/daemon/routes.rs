@@ -95,7 +95,10 @@ impl RoutesLoop {
             .error("routes", result.as_ref().err().map(ToString::to_string));
         match result {
             Ok(()) => {
-                self.ctx.board().last_reconcile = Some(Instant::now());
+                let mut board = self.ctx.board();
+                board.last_reconcile = Some(Instant::now());
+                board.reconciled_as = Some(status);
+                drop(board);
                 self.throttle.clear("aws");
                 self.backoff.reset();
                 let wait = jittered(self.ctx.config.routes.reconcile_interval);
