@@ -10,7 +10,7 @@ use anyhow::{Result, anyhow, bail};
 use crate::api::{self, Fault, Rule};
 use crate::cloud::DefaultTarget;
 use crate::imds::ImdsFault;
-use crate::lab::{Lab, LabOptions, MeterReport, abuse, forge};
+use crate::lab::{Lab, LabOptions, MeterReport, SessionsReport, abuse, forge};
 
 /// The failures the lab can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +240,9 @@ pub struct Report {
     pub timelines: Vec<Vec<(f64, bool)>>,
     /// An experiment stopped by its stop condition: the alarm that did.
     pub stopped_by: Option<String>,
+    /// Long-lived TCP sessions from AZ 0's private host: kept, reset or
+    /// left hanging by the fault.
+    pub sessions: SessionsReport,
 }
 
 impl Report {
@@ -271,6 +274,9 @@ impl Report {
             .iter()
             .map(|s| json_string(&s.to_string()))
             .collect();
+        let stalls: Vec<String> = (self.sessions.longest_stalls.iter())
+            .map(|d| d.as_millis().to_string())
+            .collect();
         let calls: Vec<String> = self
             .api_calls()
             .iter()
@@ -280,6 +286,8 @@ impl Report {
             "{{\"scenario\":{},\"azs\":{},\"recovered\":{},\"stopped_by\":{},\"outage_ms\":{},\"measured_ms\":{},\
              \"ended_in_outage\":{},\"lost\":{},\"sent\":{},\
              \"recovery_ms\":{},\"source_ip_changes\":{},\"route_changes\":{},\"sources\":[{}],\
+             \"sessions\":{},\"sessions_kept\":{},\"sessions_reset\":{},\"sessions_stalled\":{},\
+             \"session_reconnects\":{},\"session_stalls_ms\":[{}],\
              \"api_calls\":{{{}}},\"api_calls_per_nat_min\":{:.1},\"events\":[{}]}}",
             json_string(&self.name),
             self.azs,
@@ -296,6 +304,12 @@ impl Report {
             self.source_ip_changes,
             self.route_changes,
             sources.join(","),
+            self.sessions.sessions,
+            self.sessions.kept,
+            self.sessions.reset,
+            self.sessions.stalled,
+            self.sessions.reconnects,
+            stalls.join(","),
             calls.join(","),
             self.api_calls_per_nat_min,
             events.join(",")
@@ -330,6 +344,22 @@ impl Report {
         );
         let sources: Vec<String> = self.sources.iter().map(ToString::to_string).collect();
         s.push_str(&format!("  AZ 0 seen as: {}\n", sources.join(" then ")));
+        let t = &self.sessions;
+        if t.sessions > 0 {
+            let stalls: Vec<u64> = (t.longest_stalls.iter())
+                .map(|d| d.as_millis() as u64)
+                .collect();
+            s.push_str(&format!(
+                "  sessions from AZ 0: {} kept, {} reset, {} left hanging, {} reconnects; \
+                 longest wait per session p50 {} ms, max {} ms\n",
+                t.kept_of(),
+                t.reset,
+                t.stalled,
+                t.reconnects,
+                percentile(&stalls, 50),
+                percentile(&stalls, 100)
+            ));
+        }
         for e in &self.events {
             s.push_str(&format!("  {e}\n"));
         }
@@ -352,7 +382,13 @@ pub struct ChaosOptions {
     /// Steady state watched before the injection (where
     /// `api_calls_per_nat_min` is measured).
     pub steady: Duration,
+    /// Long-lived TCP sessions from AZ 0's private host (20 by default),
+    /// each asking again [`SESSION_EVERY`] after its last answer.
+    pub sessions: usize,
 }
+
+/// The pause between a session's answer and its next question.
+pub const SESSION_EVERY: Duration = Duration::from_millis(200);
 
 impl ChaosOptions {
     /// A run of `lab` giving up after `timeout`, with 20 requests/s per host
@@ -363,6 +399,7 @@ impl ChaosOptions {
             timeout,
             every: Duration::from_millis(50),
             steady: Duration::from_secs(2),
+            sessions: 20,
         }
     }
 }
@@ -423,8 +460,13 @@ pub async fn run_fault(
     let meters: Vec<_> = (0..lab.azs.len())
         .map(|i| lab.meter(i, opts.every))
         .collect();
+    let sessions = lab.sessions(0, opts.sessions, SESSION_EVERY);
     let steady_from = Instant::now();
     tokio::time::sleep(opts.steady).await;
+    let opening = Instant::now();
+    while !sessions.all_open() && opening.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let before = lab.nat(0).map(|n| n.instance.id);
     let injected = Instant::now();
@@ -445,6 +487,7 @@ pub async fn run_fault(
     let measured_ms = in_place.elapsed().as_millis() as u64;
     let starts: Vec<Instant> = meters.iter().map(|m| m.started).collect();
     let reports: Vec<MeterReport> = meters.into_iter().map(|m| m.finish()).collect();
+    let sessions = sessions.finish();
     let timelines = reports
         .iter()
         .zip(&starts)
@@ -502,6 +545,7 @@ pub async fn run_fault(
         event_times,
         timelines,
         stopped_by,
+        sessions,
     })
 }
 
@@ -902,6 +946,8 @@ pub struct BenchRow {
     pub lost: (u64, u64),
     /// Route changes: p50, max.
     pub route_changes: (u64, u64),
+    /// Sessions kept: fewest in a run, and sessions per run.
+    pub sessions_kept: (usize, usize),
 }
 
 /// The nearest-rank percentile `p` (0-100) of `v`.
@@ -932,14 +978,22 @@ pub fn bench_row(scenario: Scenario, mode: &str, reports: &[Report]) -> BenchRow
         ),
         lost: (percentile(&lost, 50), percentile(&lost, 100)),
         route_changes: (percentile(&routes, 50), percentile(&routes, 100)),
+        sessions_kept: (
+            reports.iter().map(|r| r.sessions.kept).min().unwrap_or(0),
+            reports
+                .iter()
+                .map(|r| r.sessions.sessions)
+                .max()
+                .unwrap_or(0),
+        ),
     }
 }
 
 /// A Markdown table of bench rows.
 pub fn bench_table(rows: &[BenchRow]) -> String {
     let mut t = String::from(
-        "| scenario | failover | recovered | outage p50 ms | p95 ms | max ms | lost p50 | lost max | route changes p50 | max |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | failover | recovered | outage p50 ms | p95 ms | max ms | lost p50 | lost max | route changes p50 | max | sessions kept (fewest) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let mut recovered = format!("{}/{}", r.recovered, r.runs);
@@ -950,7 +1004,7 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
             recovered.push_str(&format!(", {} ended in an outage", r.ended_in_outage));
         }
         t.push_str(&format!(
-            "| {} | {} | {recovered} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {recovered} | {} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
             r.scenario.name(),
             r.mode,
             r.outage.0,
@@ -959,7 +1013,9 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
             r.lost.0,
             r.lost.1,
             r.route_changes.0,
-            r.route_changes.1
+            r.route_changes.1,
+            r.sessions_kept.0,
+            r.sessions_kept.1
         ));
     }
     t

@@ -186,6 +186,7 @@ mod tests {
                 timeline.clone(),
                 timeline.iter().map(|(t, _)| (*t, true)).collect(),
             ],
+            sessions: Default::default(),
         };
         let path = std::env::temp_dir().join(format!("hanat-plot-{}.svg", std::process::id()));
         plot(&r, &path).unwrap();

@@ -346,6 +346,12 @@ impl Lab {
     pub fn meter(&self, i: usize, every: Duration) -> Meter {
         Meter::start(&self.azs[i].host, SERVERS[0], every)
     }
+
+    /// `n` long-lived sessions from AZ `i`'s private host, each asking
+    /// `every` after its last answer (see [`Sessions`]).
+    pub fn sessions(&self, i: usize, n: usize, every: Duration) -> Sessions {
+        Sessions::start(&self.azs[i].host, SERVERS[0], n, every)
+    }
 }
 
 #[cfg(test)]
