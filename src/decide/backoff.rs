@@ -139,9 +139,9 @@ pub const PEER_LIST_RETRY: Schedule = Schedule {
 };
 
 /// The round of the peers loop that starts a peer-list read waits at most
-/// this long for it; a read that takes longer (retrying inside the SDK under throttling, up
-/// to 1 + 2 + 4 + 8 s) goes on while the loop confirms and covers, and a
-/// later round takes its answer. Measured in the FIS `ThrottleApi`
+/// this long for it; a read that takes longer (retrying inside the SDK
+/// under throttling, up to 1 + 2 + 4 + 8 s) goes on while the loop confirms
+/// and covers, and a later round takes its answer. Measured in the FIS `ThrottleApi`
 /// experiment: a refresh blocking the loop kept a dead peer unconfirmed
 /// for 10 s.
 pub const PEER_LIST_WAIT: Duration = Duration::from_secs(1);
