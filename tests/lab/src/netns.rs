@@ -185,14 +185,41 @@ pub fn in_netns<T: Send + 'static>(
 ) -> Result<T> {
     let path = path.to_owned();
     std::thread::spawn(move || {
-        let file =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering {}", path.display()))?;
+        enter(&path)?;
         f()
     })
     .join()
     .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
+/// Run the future `make` builds, on a fresh thread that has entered the
+/// namespace at `path` and on a runtime of its own, until it ends (for
+/// clients that run beside the lab: sockets it opens live in the
+/// namespace). Nothing runs if the namespace cannot be entered.
+pub fn spawn_in_netns<Fut: std::future::Future<Output = ()>>(
+    path: &std::path::Path,
+    make: impl FnOnce() -> Fut + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        if enter(&path).is_err() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(make());
+    })
+}
+
+/// Move the calling thread into the namespace at `path`.
+fn enter(path: &std::path::Path) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering {}", path.display()))
 }
 
 /// A veth pair from `a:a_if` to `b:b_if`, created directly inside the two

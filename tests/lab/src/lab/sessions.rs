@@ -82,35 +82,17 @@ impl Sessions {
     pub(super) fn start(ns: &Netns, server: Ipv4Addr, n: usize, every: Duration) -> Sessions {
         let stop = Arc::new(AtomicBool::new(false));
         let states = Arc::new(Mutex::new(vec![State::default(); n]));
-        let path = ns.path();
         let (st, ss) = (stop.clone(), states.clone());
-        let thread = std::thread::spawn(move || {
-            let entered = std::fs::File::open(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|f| {
-                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| e.to_string())
-                });
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            if entered.is_err() {
-                return;
+        let thread = crate::netns::spawn_in_netns(&ns.path(), move || async move {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..n {
+                set.spawn(session(i, server, every, ss.clone()));
             }
-            rt.block_on(async move {
-                let mut set = tokio::task::JoinSet::new();
-                for i in 0..n {
-                    set.spawn(session(i, server, every, ss.clone()));
-                }
-                while !st.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                set.abort_all();
-                while set.join_next().await.is_some() {}
-            });
+            while !st.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            set.abort_all();
+            while set.join_next().await.is_some() {}
         });
         Sessions {
             stop,

@@ -84,43 +84,25 @@ impl Meter {
     pub(super) fn start(ns: &Netns, server: Ipv4Addr, every: Duration) -> Meter {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
-        let path = ns.path();
         let (st, sm) = (stop.clone(), samples.clone());
         let started = Instant::now();
-        let thread = std::thread::spawn(move || {
-            let entered = std::fs::File::open(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|f| {
-                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| e.to_string())
+        let thread = crate::netns::spawn_in_netns(&ns.path(), move || async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut inflight = tokio::task::JoinSet::new();
+            while !st.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let at = started.elapsed();
+                let sm = sm.clone();
+                inflight.spawn(async move {
+                    let seen = one_request(server, Duration::from_secs(1)).await;
+                    sm.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Sample { at, seen });
                 });
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            if entered.is_err() {
-                return;
+                while inflight.try_join_next().is_some() {}
             }
-            rt.block_on(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                let mut inflight = tokio::task::JoinSet::new();
-                while !st.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    let at = started.elapsed();
-                    let sm = sm.clone();
-                    inflight.spawn(async move {
-                        let seen = one_request(server, Duration::from_secs(1)).await;
-                        sm.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(Sample { at, seen });
-                    });
-                    while inflight.try_join_next().is_some() {}
-                }
-                while inflight.join_next().await.is_some() {}
-            });
+            while inflight.join_next().await.is_some() {}
         });
         Meter {
             stop,
