@@ -29,7 +29,7 @@ for f in hanat.service hanat.toml README.md LICENSE-MIT LICENSE-APACHE; do
 done
 
 log "installing runtime packages"
-dnf install -y -q nftables iproute util-linux-core
+dnf install -y -q nftables conntrack-tools iproute util-linux-core
 
 if [[ -n "$binary" ]]; then
     log "installing prebuilt $binary"

@@ -431,6 +431,23 @@ impl Identity {
     }
 }
 
+/// A TCP connection by its original tuple: the private host's address and
+/// port, and the far end's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Conn {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+}
+
+/// The address and port a connection's source was translated to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

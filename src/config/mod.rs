@@ -15,6 +15,7 @@ mod kernel;
 mod observe;
 mod peers;
 mod probe;
+mod replication;
 mod routes;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use kernel::{CONNTRACK_ENTRY_BYTES, Kernel, Sizing};
 pub use observe::{CloudWatch, Log, LogFormat, MetricSet, Metrics};
 pub use peers::{EVERY_AZ, Failover, Peers, status_check_id};
 pub use probe::Probe;
+pub use replication::Replication;
 pub use routes::{Aws, Discovery, Exit, Routes};
 
 /// A configuration problem. The message is what the operator sees.
@@ -59,6 +61,7 @@ pub struct Config {
     pub probe: Probe,
     pub kernel: Kernel,
     pub peers: Peers,
+    pub replication: Replication,
     pub exit: Exit,
     pub eip: Eip,
     pub snat: Snat,
@@ -103,6 +106,7 @@ impl Config {
         self.probe.validate()?;
         self.kernel.validate()?;
         self.peers.validate()?;
+        self.replication.validate()?;
         self.cloudwatch.validate()?;
         self.snat.validate()?;
         self.aws.validate()?;
@@ -120,6 +124,16 @@ impl Config {
             return Err((
                 "peers.status_check",
                 "needs the health endpoint it probes: set metrics.listen".into(),
+            ));
+        }
+        let p = self.peers.port;
+        if self.replication.enabled && [p, p.wrapping_add(1)].contains(&self.replication.port) {
+            return Err((
+                "replication.port",
+                format!(
+                    "must differ from peers.port ({p}) and the flow hand-off tunnel's port ({})",
+                    p.wrapping_add(1)
+                ),
             ));
         }
         if self.snat.addresses > 1 && !self.eip.claim {
@@ -378,6 +392,50 @@ rise = 2
             err.contains("peers.port") && err.contains("flow hand-off tunnel"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn replication_is_on_by_default_and_its_port_is_its_own() {
+        let c = parse("").unwrap();
+        assert!(c.replication.enabled);
+        assert_eq!(c.replication.port, 7473);
+        for (text, key, says) in [
+            (
+                "[replication]\nport = 7471",
+                "replication.port",
+                "flow hand-off tunnel",
+            ),
+            (
+                "[peers]\nport = 7000\n[replication]\nport = 7000",
+                "replication.port",
+                "peers.port (7000)",
+            ),
+            (
+                "[replication]\nresync = \"100ms\"",
+                "replication.resync",
+                "at least 1s",
+            ),
+            (
+                "[replication]\nmax_per_peer = 0",
+                "replication.max_per_peer",
+                "at least 1",
+            ),
+            (
+                "[replication]\nmin_age = \"soon\"",
+                "replication.min_age",
+                "not a duration",
+            ),
+            (
+                "[replication]\nenable = false",
+                "replication",
+                "unknown field",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+        let off = parse("[replication]\nenabled = false\nport = 7471").unwrap();
+        assert!(!off.replication.enabled, "an unused port is not checked");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use tracing::{info, warn};
 
 use super::ctx::Ctx;
+use super::replicate::Translate;
 use super::take::{FlowsTo, Take, take};
 use crate::aws::AwsError;
 use crate::aws::cloud::Cloud;
@@ -43,11 +44,14 @@ pub async fn adopt(
         },
         observed: ready,
     };
-    let hand = match leaving {
-        true => FlowsTo::Peer(dead),
-        false => FlowsTo::Nobody,
+    // A leaving peer still forwards and keeps its address: its
+    // connections are handed to it. A dead one's are carried here, from
+    // the copies replication kept.
+    let (hand, how) = match leaving {
+        true => (FlowsTo::Peer(dead), Translate::Nothing),
+        false => (FlowsTo::Nobody, Translate::Carry(dead)),
     };
-    take(ctx, spec, hand).await
+    take(ctx, spec, hand, how).await
 }
 
 /// Point `az`'s private routes at its fallback NAT Gateway, taking only
@@ -87,7 +91,9 @@ pub async fn fall_back(
             ..o.clone()
         }),
     };
-    take(ctx, spec, FlowsTo::Nobody).await.map(Some)
+    take(ctx, spec, FlowsTo::Nobody, Translate::Nothing)
+        .await
+        .map(Some)
 }
 
 /// Whether EC2 says the NAT Gateway is available in our VPC; if not, why.

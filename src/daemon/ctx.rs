@@ -47,6 +47,9 @@ pub struct Ctx {
     /// peer's AZ read in advance is adopted without reading first).
     pub read_peers: Notify,
     pub flows: flows::Shared,
+    /// Connection replication: the copies sent and held
+    /// ([`super::replicate`]).
+    pub replication: super::replicate::state::Replication,
     /// Which loops are making progress, for the watchdog.
     pub progress: Progress,
     /// What rarely changes, read from EC2 at most every `aws.refresh_interval`.
@@ -138,6 +141,7 @@ impl Ctx {
             wake: Notify::new(),
             read_peers: Notify::new(),
             flows: Arc::new(tokio::sync::Mutex::new(flows)),
+            replication: Default::default(),
             progress: Progress::default(),
             slow: Mutex::new(Slow::default()),
             snat: Mutex::new(vec![me.private_ip]),

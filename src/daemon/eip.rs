@@ -72,9 +72,11 @@ impl EipClaim {
             }
         };
         let tag_key = &ctx.config.eip.tag_key;
-        let result = claim_addresses(&*ctx.cloud, &ctx.me, tag_key, &g, &privates).await;
+        let serving = *ctx.status.borrow() == crate::domain::Status::Ok;
+        let result = claim(&*ctx.cloud, &ctx.me, tag_key, &g, &privates, serving).await;
         match &result {
-            Ok(claims) => {
+            Ok((claims, primary)) => {
+                ctx.replication.set_allocation(primary.clone());
                 problems.extend(unclaimed(claims, tag_key, &g));
                 self.record(ctx, claims, wanted);
             }
@@ -200,8 +202,26 @@ pub async fn claim_addresses(
     group: &str,
     privates: &[Ipv4Addr],
 ) -> Result<Vec<(Ipv4Addr, AddressAction)>, AwsError> {
+    Ok(claim(cloud, identity, tag_key, group, privates, true)
+        .await?
+        .0)
+}
+
+/// [`claim_addresses`], with the allocation of the Elastic IP on the
+/// primary address once claimed (what replication tells the peers to
+/// carry if this NAT dies). `from_adopter`: an address an adopter in
+/// another AZ carries may be taken back (only a NAT that can serve takes
+/// it: the adopter carries connections on it).
+async fn claim(
+    cloud: &dyn Cloud,
+    identity: &Identity,
+    tag_key: &str,
+    group: &str,
+    privates: &[Ipv4Addr],
+    from_adopter: bool,
+) -> Result<(Vec<(Ipv4Addr, AddressAction)>, Option<String>), AwsError> {
     let pool = cloud.addresses_tagged(tag_key, group).await?;
-    let alive = holders_alive(cloud, identity, &pool, privates).await?;
+    let alive = holders_alive(cloud, identity, &pool, privates, from_adopter).await?;
     let plan = plan_addresses(identity, privates, &pool, |a| {
         alive.get(&a.allocation_id).copied().unwrap_or(true)
     });
@@ -227,7 +247,14 @@ pub async fn claim_addresses(
             info!(allocation = %allocation_id, public_ip = %ip, eni = %identity.eni, private_ip = %private_ip, reassociate, "claimed an Elastic IP of the group");
         }
     }
-    Ok(plan)
+    let primary = match plan.first() {
+        Some((_, AddressAction::Associate { allocation_id, .. })) => Some(allocation_id.clone()),
+        Some((p, AddressAction::Keep)) => (pool.iter())
+            .find(|a| a.is_on(identity) && a.private_ip_of(identity) == *p)
+            .map(|a| a.allocation_id.clone()),
+        _ => None,
+    };
+    Ok((plan, primary))
 }
 
 /// Whether the holders of the pool's held addresses (not ours) still run,
@@ -240,6 +267,7 @@ async fn holders_alive(
     identity: &Identity,
     pool: &[Address],
     privates: &[Ipv4Addr],
+    from_adopter: bool,
 ) -> Result<HashMap<String, bool>, AwsError> {
     let wanted = privates.len();
     let kept = |a: &Address| a.is_on(identity) && privates.contains(&a.private_ip_of(identity));
@@ -267,10 +295,13 @@ async fn holders_alive(
             (None, Some(e)) => cloud.eni_owner(e).await?,
             (None, None) => continue,
         };
+        // A running holder in another AZ is an adopter carrying this AZ's
+        // address for the connections it kept (replication): the address
+        // comes back with the AZ, to a NAT that can serve it.
         let is_alive = match holder {
             Some(h) => running_instance(cloud, &RouteTarget::Instance(h))
                 .await?
-                .is_some(),
+                .is_some_and(|i| !from_adopter || i.az == identity.availability_zone),
             None => false,
         };
         if !is_alive {

@@ -121,6 +121,16 @@ metrics! {
         "Connections to these endpoints closed at once: the endpoint or their address held as many as it may";
     kernel_reads: Counter = Counter::default(), "kernel_readings",
         "Readings of the kernel's traffic counters (one nft process each), at most one per second whatever the scrapes";
+    replication_sent: Counter = Counter::default(), "replication_sent_bytes",
+        "Bytes of connection copies sent to the peers (UDP payload, each peer counted)";
+    replication_rejected: Family<Labels, Counter> = Family::default(), "replication_rejected",
+        "Datagrams on the replication port not taken as connection copies, by reason";
+    replicas: Gauge = Gauge::default(), "replicas",
+        "Copies of the peers' connections this NAT holds (in memory, until it adopts their AZ)";
+    replicated: Gauge = Gauge::default(), "replicated_connections",
+        "This NAT's connections its peers hold a copy of";
+    replicas_written: Counter = Counter::default(), "replicas_written",
+        "Copies of a peer's connections written into this NAT's kernel before taking its routes";
     active: Gauge = Gauge::default(), "active_connections",
         "ActiveConnectionCount: established TCP connections opened by private hosts";
 }
@@ -214,6 +224,30 @@ impl Metrics {
         self.rejected
             .get_or_create(&labels(&[("reason", reason)]))
             .inc();
+    }
+
+    /// A datagram on the replication port was not taken, for `reason`.
+    pub fn replication_rejected(&self, reason: &str) {
+        self.replication_rejected
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    }
+
+    /// `bytes` of copies went out.
+    pub fn replication_sent(&self, bytes: usize) {
+        self.replication_sent.inc_by(bytes as u64);
+    }
+
+    /// Copies held of the peers' connections, and of this NAT's own
+    /// connections held by its peers.
+    pub fn replication_counts(&self, held: usize, copied: usize) {
+        self.replicas.set(held as i64);
+        self.replicated.set(copied as i64);
+    }
+
+    /// `n` copies were written into the kernel.
+    pub fn replicas_written(&self, n: usize) {
+        self.replicas_written.inc_by(n as u64);
     }
 
     /// Set the gauges from a snapshot of the daemon's state.

@@ -40,6 +40,7 @@ pub mod probe;
 pub mod progress;
 pub mod publish;
 pub mod readings;
+pub mod replicate;
 pub mod routes;
 pub mod snapshot;
 pub mod take;
@@ -209,6 +210,12 @@ fn spawn_loops(ctx: &Arc<Ctx>, imds: Imds, interface: String) -> (Tasks, AbortHa
                 peers.run().await;
             }
         });
+    }
+    if ctx.config.peers.failover == Failover::Peer && ctx.config.replication.enabled {
+        tasks.spawn(
+            "replication",
+            replicate::run(ctx.clone(), interface.clone()),
+        );
     }
     if ctx.config.cloudwatch.enabled {
         let ctx = ctx.clone();

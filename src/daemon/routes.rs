@@ -21,6 +21,7 @@ use super::cover;
 use super::ctx::Ctx;
 use super::eip::EipClaim;
 use super::log::LogThrottle;
+use super::replicate::Translate;
 use super::take::{FlowsTo, Take, hand_off_and_apply, read_and_plan, running_instance};
 use crate::aws::AwsError;
 use crate::decide::backoff::{Backoff, ROUTES_RETRY};
@@ -163,7 +164,16 @@ impl RoutesLoop {
         // even one leaving itself): the connections it translates go on
         // through it.
         let proceed = || spec.guard.holds(&ctx.moment());
-        hand_off_and_apply(ctx, &observed, &plan, &spec.to, FlowsTo::Holders, &proceed).await?;
+        hand_off_and_apply(
+            ctx,
+            &observed,
+            &plan,
+            &spec.to,
+            FlowsTo::Holders,
+            Translate::Own,
+            &proceed,
+        )
+        .await?;
         record_routes(ctx, &observed, &plan, &spec.to);
         Ok(())
     }

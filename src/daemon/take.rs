@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::ctx::{Ctx, Subnets};
+use super::replicate::{self, Translate};
 use crate::aws::AwsError;
 use crate::aws::cloud::{Cloud, TaggedSubnets};
 use crate::config::Config;
@@ -273,6 +274,7 @@ pub async fn hand_off_and_apply(
     plan: &Plan,
     to: &RouteTarget,
     hand: FlowsTo<'_>,
+    how: Translate<'_>,
     proceed: &Proceed<'_>,
 ) -> Result<usize, AwsError> {
     if plan.actions.is_empty() || !proceed() {
@@ -289,16 +291,34 @@ pub async fn hand_off_and_apply(
         }
         FlowsTo::Holders => hand_off_to_holders(ctx, observed, plan).await,
     }
-    apply_to(&*ctx.cloud, to, plan, proceed).await?;
+    // The previous holder's connections, copied by replication, go into
+    // the kernel before any route moves; a dead peer's Elastic IP moves
+    // to the carry address while the routes do.
+    let carry_to = replicate::before_taking(ctx, observed, plan, &how).await;
+    match (carry_to, &how) {
+        (Some(addr), Translate::Carry(dead)) => {
+            let (_, applied) = tokio::join!(
+                replicate::carry(ctx, dead, addr),
+                apply_to(&*ctx.cloud, to, plan, proceed)
+            );
+            applied?;
+        }
+        _ => apply_to(&*ctx.cloud, to, plan, proceed).await?,
+    }
     Ok(plan.actions.len())
 }
 
 /// The whole path: read, plan, hand over, apply, each write only while the
 /// guard holds.
-pub async fn take(ctx: &Ctx, mut take: Take<'_>, hand: FlowsTo<'_>) -> Result<usize, AwsError> {
+pub async fn take(
+    ctx: &Ctx,
+    mut take: Take<'_>,
+    hand: FlowsTo<'_>,
+    how: Translate<'_>,
+) -> Result<usize, AwsError> {
     let (observed, plan) = read_and_plan(ctx, &mut take).await?;
     let proceed = || take.guard.holds(&ctx.moment());
-    hand_off_and_apply(ctx, &observed, &plan, &take.to, hand, &proceed).await
+    hand_off_and_apply(ctx, &observed, &plan, &take.to, hand, how, &proceed).await
 }
 
 /// The instance a route points at (by interface or instance id), if EC2

@@ -312,6 +312,45 @@ pub fn open(bytes: &[u8], policy: &Policy, now_ms: u64) -> Result<Opened, Reject
     })
 }
 
+/// A MAC over `text` with the key that signs now (`None` without a key):
+/// `(key id, hex MAC)`. For messages other than heartbeats, such as
+/// replicated connection state, signed with the same keys.
+pub fn sign(text: &[u8], policy: &Policy) -> Option<(String, String)> {
+    let keys = policy.keys.as_ref()?;
+    let key = match (&keys.previous, policy.sign_with_previous) {
+        (Some(previous), true) => previous,
+        _ => &keys.current,
+    };
+    let tag = key.mac().chain_update(text).finalize().into_bytes();
+    Some((key.id.clone(), hex(&tag)))
+}
+
+/// Whether `tag` (hex) is the MAC of `text` under the key `key_id` of
+/// `policy` ([`sign`]'s counterpart), and `sent_ms` is fresh at `now_ms`.
+pub fn verify(
+    text: &[u8],
+    key_id: &str,
+    tag: &str,
+    sent_ms: u64,
+    policy: &Policy,
+    now_ms: u64,
+) -> Result<(), Rejected> {
+    let tag = unhex(tag).ok_or(Rejected::Malformed)?;
+    let keys = policy.keys.as_ref().ok_or(Rejected::NoKey)?;
+    let key = keys
+        .find(key_id)
+        .ok_or_else(|| Rejected::UnknownKey(key_id.to_owned()))?;
+    key.mac()
+        .chain_update(text)
+        .verify_slice(&tag)
+        .map_err(|_| Rejected::BadMac)?;
+    let skew_ms = sent_ms as i64 - now_ms as i64;
+    if skew_ms.unsigned_abs() > MAX_SKEW.as_millis() as u64 {
+        return Err(Rejected::Stale { skew_ms });
+    }
+    Ok(())
+}
+
 /// The newest stamp accepted from each peer: a message counts only if it
 /// is newer. Within one run of the sender that is a higher `seq`; a new run
 /// (another `epoch`) must have been sent later than the last message heard.

@@ -23,4 +23,5 @@ pub mod health;
 pub mod holder;
 pub mod peers;
 pub mod probe;
+pub mod replicate;
 pub mod routes;

@@ -258,16 +258,42 @@ pub fn plan_to(
 /// NAT's interface or instance; blackholes excluded): the sources of the
 /// connections that NAT still translates. Sorted, without duplicates.
 pub fn sources_taken(observed: &Observed, plan: &Plan, from: &[RouteTarget]) -> Vec<Ipv4Cidr> {
+    networks_of(observed, plan, |a| match a {
+        Action::ReplaceRoute {
+            from: f,
+            blackhole: false,
+            ..
+        } => from.contains(f),
+        _ => false,
+    })
+}
+
+/// The networks behind the routes `plan` writes: taken from `from` when
+/// given (blackholes among them), else every one (a dead NAT's routes may
+/// be blackholes or gone). Whose connections a copy kept of the previous
+/// holder's may be written for ([`crate::decide::replicate`]).
+pub fn networks_behind(
+    observed: &Observed,
+    plan: &Plan,
+    from: Option<&[RouteTarget]>,
+) -> Vec<Ipv4Cidr> {
+    networks_of(observed, plan, |a| match (a, from) {
+        (Action::ReplaceRoute { from: f, .. }, Some(from)) => from.contains(f),
+        (Action::ReplaceRoute { .. } | Action::CreateRoute { .. }, None) => true,
+        _ => false,
+    })
+}
+
+fn networks_of(observed: &Observed, plan: &Plan, taken: impl Fn(&Action) -> bool) -> Vec<Ipv4Cidr> {
     let tables: BTreeSet<&RouteTableId> = plan
         .actions
         .iter()
+        .filter(|a| taken(a))
         .filter_map(|a| match a {
-            Action::ReplaceRoute {
-                route_table,
-                from: f,
-                blackhole: false,
-            } if from.contains(f) => Some(route_table),
-            _ => None,
+            Action::ReplaceRoute { route_table, .. } | Action::CreateRoute { route_table } => {
+                Some(route_table)
+            }
+            Action::DisableSourceDestCheck { .. } => None,
         })
         .collect();
     let mut out: Vec<Ipv4Cidr> = observed

@@ -18,6 +18,7 @@
 //! stderr becomes the error message, and one that hangs is killed after
 //! [`COMMAND_TIMEOUT`].
 
+pub mod conntrack;
 pub mod counters;
 pub mod link;
 pub mod nft;

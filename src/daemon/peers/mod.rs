@@ -157,12 +157,13 @@ impl PeersLoop {
     }
 
     /// One round: refresh the peer list when due, end flow hand-offs whose
-    /// holder went quiet, decide, ask EC2 about silent peers, cover dead
+    /// holder went quiet, give a thawed peer its Elastic IP back, decide, ask EC2 about silent peers, cover dead
     /// peers' AZs.
     pub async fn tick(&mut self) {
         self.refresh_if_due().await;
         self.read_keys_if_due().await;
         self.expire_flows().await;
+        crate::daemon::replicate::give_back(&self.ctx).await;
         // The verdict as of now, after the awaits above.
         let my_status = *self.status.borrow_and_update();
         let decision = self.decide(my_status);
