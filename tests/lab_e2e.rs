@@ -209,11 +209,15 @@ async fn chaos_dead_nats_are_covered_by_a_peer_then_replaced() {
         if s == Scenario::AzOutage {
             continue;
         }
-        // The long-lived sessions through the dead NAT are not kept
-        // (issue 28), but none is left hanging: the adopter resets each at
-        // the host's next retransmission.
+        // The long-lived sessions through the dead NAT go on: the adopter
+        // wrote their copies into its kernel and carries the dead NAT's
+        // Elastic IP, and the replacement wrote the adopter's copies before
+        // taking its AZ back. A kept session is the same TCP connection
+        // to the far end's socket, which resets any packet from another
+        // address or port. None is left hanging either way.
         let t = &r.sessions;
         assert_eq!(t.sessions, 20, "{}", r.human());
+        assert!(t.kept >= 19, "{}", r.human());
         assert_eq!(t.kept + t.reset, t.sessions, "{}", r.human());
         let longest = t.longest_stalls[0].as_millis() as u64;
         assert!(longest < r.outage_ms + 5_000, "{}", r.human());
@@ -224,6 +228,35 @@ async fn chaos_dead_nats_are_covered_by_a_peer_then_replaced() {
         "{}",
         r.human()
     );
+}
+
+/// A host of the VPC that can forge a NAT's source address (its
+/// source/destination check off) sends an adopter connection copies "from"
+/// a NAT that then dies: signed with its own key, and unsigned. The copy
+/// names a connection to AZ 0's private host; written into the adopter's
+/// kernel it would let the far end reach the host. It is not, and the
+/// genuine copies still keep the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_forged_connection_copies_change_nothing() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let r = scenario(Scenario::ForgeReplication).await;
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.contains("forged connections in AZ 1's kernel: 0")),
+        "{}",
+        r.human()
+    );
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.contains("spoofed") && !e.contains(" 0 ")),
+        "{}",
+        r.human()
+    );
+    assert!(r.sessions.kept >= 19, "{}", r.human());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,6 +331,10 @@ async fn chaos_a_frozen_nat_is_covered_once_its_status_check_fails_then_replaced
         "{}",
         r.human()
     );
+    // The long-lived sessions through the frozen NAT went on through the
+    // adopter (which took the Elastic IP from the frozen instance) and
+    // the replacement.
+    assert!(r.sessions.kept >= 19, "{}", r.human());
     assert!(
         !r.logged("silent peer is impaired by EC2's status checks")
             .is_empty(),
@@ -489,7 +526,12 @@ async fn a_connection_through_a_dead_nat_is_reset_by_its_adopter_at_once() {
         return;
     }
     let _quiet = SHARED_KERNEL.read().await;
-    let lab = serving(options(2)).await;
+    // With replication off, as with a connection too young to be copied.
+    let lab = serving(LabOptions {
+        replication: false,
+        ..options(2)
+    })
+    .await;
     lab.inet
         .exec(
             "nft",

@@ -61,6 +61,12 @@ pub enum Scenario {
     /// NAT heartbeats from AZ 0's NAT's address saying it is `failing`
     /// (unauthenticated ones, and ones signed with a wrong key).
     ForgeSpoof,
+    /// For 20 s, the same host sends AZ 1's NAT, at its replication port,
+    /// connection copies with AZ 0's NAT's source address (signed with a
+    /// wrong key, and with no valid signature) naming a connection of AZ
+    /// 0's private host; 3 s in, AZ 0's instance is terminated. The forged
+    /// connection must not reach the adopter's kernel.
+    ForgeReplication,
     /// AZ 0's NAT's genuine heartbeats to AZ 1's, captured for 3 s on the
     /// VPC's router, are sent again by that host at once and 12 s later.
     Replay,
@@ -114,7 +120,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 31] = [
+    pub const ALL: [Scenario; 32] = [
         Scenario::None,
         Scenario::KillDaemon,
         Scenario::TerminateInstance,
@@ -134,6 +140,7 @@ impl Scenario {
         Scenario::ForgeTunnel,
         Scenario::ForgeTunnelOk,
         Scenario::ForgeSpoof,
+        Scenario::ForgeReplication,
         Scenario::Replay,
         Scenario::Freeze,
         Scenario::AzIsolation,
@@ -169,6 +176,7 @@ impl Scenario {
             Scenario::ForgeTunnel => "forge-tunnel",
             Scenario::ForgeTunnelOk => "forge-tunnel-ok",
             Scenario::ForgeSpoof => "forge-spoof",
+            Scenario::ForgeReplication => "forge-replication",
             Scenario::Replay => "replay",
             Scenario::Freeze => "freeze",
             Scenario::AzIsolation => "az-isolation",
@@ -430,6 +438,7 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
             | Scenario::ApiThrottle
             | Scenario::ImdsDown
             | Scenario::ForgeTunnelOk
+            | Scenario::ForgeReplication
             | Scenario::Freeze
             | Scenario::HeartbeatFlood
             | Scenario::RefreshLaunchFirst
@@ -443,6 +452,33 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
     });
     run.await
 }
+
+/// With replication on, let the sessions be long-lived by the NAT's
+/// measure too (`replication.min_age`): wait, at most [`COPIED_WITHIN`],
+/// until AZ 0's NAT says its peers hold a copy of `n` connections. A NAT
+/// that says nothing of copies (a hanat without replication) is not waited
+/// for.
+async fn wait_copied(lab: &Lab, n: usize) {
+    let began = Instant::now();
+    while began.elapsed() < COPIED_WITHIN {
+        let copied = tokio::task::block_in_place(|| {
+            crate::lab::abuse::metric(lab, 0, "hanat_replicated_connections")
+        });
+        match copied {
+            Some(c) if c < n as u64 => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// After a recovery, the longest sessions still waiting for an answer are
+/// given (TCP's retransmission backoff reaches 3.2 s after 3 s of
+/// silence).
+const SESSIONS_SETTLE: Duration = Duration::from_secs(8);
+
+/// The longest [`wait_copied`] waits.
+const COPIED_WITHIN: Duration = Duration::from_secs(10);
 
 /// Build a lab, wait for convergence, run `inject` (which may say that a
 /// stop condition ended it: the alarm's name), measure until the lab has
@@ -467,8 +503,43 @@ pub async fn run_fault(
     while !sessions.all_open() && opening.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if opts.lab.replication {
+        wait_copied(&lab, opts.sessions).await;
+    }
 
     let before = lab.nat(0).map(|n| n.instance.id);
+    let _dump = std::env::var_os("HANAT_LAB_DEBUG_CT").map(|_| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.inet.name,
+                "tcpdump",
+                "-i",
+                "any",
+                "-n",
+                "-w",
+                "/tmp/inet.pcap",
+                "tcp port 7",
+            ])
+            .spawn()
+    });
+    let _dump2 = std::env::var_os("HANAT_LAB_DEBUG_CT").map(|_| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.igw.name,
+                "tcpdump",
+                "-i",
+                "any",
+                "-n",
+                "-w",
+                "/tmp/igw.pcap",
+                "tcp port 7",
+            ])
+            .spawn()
+    });
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
     let counter = RouteWatch::start(&lab);
@@ -479,10 +550,28 @@ pub async fn run_fault(
     // The timeout runs from the fault being in place.
     let timeout = opts.timeout + in_place.duration_since(injected);
     let recovered = wait_recovered(&lab, &meters[0], injected, timeout, &replaced).await;
-    // A little more steady state, so a relapse would show.
+    // A little more steady state, so a relapse would show; and sessions
+    // still waiting (the recovery's own route change may have come
+    // moments before) get their time to answer, retransmission
+    // backoff included.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let settling = Instant::now();
+    while recovered && sessions.waiting() && settling.elapsed() < SESSIONS_SETTLE {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let changed = counter.stop().await;
     let route_changes = changed.len();
+    if std::env::var_os("HANAT_LAB_DEBUG_CT").is_some() {
+        for i in 0..lab.azs.len() {
+            let ct = lab
+                .nat_exec(i, "conntrack", &["-L", "-o", "extended"])
+                .unwrap_or_default();
+            let nft = lab
+                .nat_exec(i, "nft", &["list", "ruleset"])
+                .unwrap_or_default();
+            let _ = std::fs::write(format!("/tmp/debug-ct-{i}.txt"), format!("{ct}\n{nft}"));
+        }
+    }
 
     let measured_ms = in_place.elapsed().as_millis() as u64;
     let starts: Vec<Instant> = meters.iter().map(|m| m.started).collect();
@@ -701,6 +790,44 @@ async fn inject(lab: &Lab, scenario: Scenario, timeout: Duration) -> Result<()> 
             let sent = tokio::task::spawn_blocking(move || forger.join().unwrap_or(0)).await?;
             drop(rogue);
             lab.note(format!("spoofed {} heartbeats from {a}", 2 * sent));
+            Ok(())
+        }
+        Scenario::ForgeReplication => {
+            let (claim, a, b) = claim_on_az0(lab, "ok")?;
+            let host = lab.azs[0].host_ip;
+            let rogue = forge::rogue_host(lab)?;
+            let path = rogue.path();
+            let forger = forge::repeat(
+                Duration::from_secs(20),
+                Duration::from_millis(100),
+                move |seq| {
+                    let p = |m: Vec<u8>| {
+                        forge::ipv4_udp(a, b, forge::REPLICATION_PORT, forge::REPLICATION_PORT, &m)
+                    };
+                    let copy = forge::Copy {
+                        instance: claim.instance.clone(),
+                        az: claim.az.clone(),
+                        src: host,
+                        sport: forge::FORGED_PORT,
+                        dst: crate::lab::SERVERS[0],
+                        dport: crate::lab::SESSION_PORT,
+                        nat: a,
+                    };
+                    forge::send_raw(&path, vec![p(copy.wrong_key(seq)), p(copy.unsigned(seq))])
+                },
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            lab.terminate_instance(0).await?;
+            let sent = tokio::task::spawn_blocking(move || forger.join().unwrap_or(0)).await?;
+            drop(rogue);
+            lab.note(format!("spoofed {} connection copies from {a}", 2 * sent));
+            let port = forge::FORGED_PORT.to_string();
+            let listed = lab.nat_exec(1, "conntrack", &["-L", "-p", "tcp", "--sport", &port]);
+            let forged = listed.map(|l| l.lines().filter(|l| l.contains("src=")).count());
+            lab.note(format!(
+                "forged connections in AZ 1's kernel: {}",
+                forged.map_or_else(|e| format!("unknown ({e:#})"), |n| n.to_string())
+            ));
             Ok(())
         }
         Scenario::EndpointFlood => {

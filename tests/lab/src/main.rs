@@ -75,6 +75,9 @@ options:
   --unauthenticated-peers
                      no heartbeat key: peers.accept_unauthenticated = true
                      (hanat/1), as during an upgrade from a version without keys
+  --no-replication   the daemons copy no connections to their peers
+                     ([replication] enabled = false): an abrupt death costs
+                     the dead NAT's connections
   --no-witness       no application status check on the NATs' /health (the
                      templates' NatStatusCheck, played by the lab)
   --witness-interval D
@@ -122,7 +125,8 @@ options:
                      run into the directory PATH
   --runs N           bench: runs per scenario and mode (default 10)
   --scenarios A,B    bench: only these scenarios
-  --modes A,B        bench: only these failover modes (peer, none; default both)
+  --modes A,B        bench: these failover modes (peer, none, peer-noreplication:
+                     peer with [replication] off; default peer,none)
   --probe I,T,F      the daemons' probe interval, timeout and fall (default
                      hanat's own; 500ms,400ms,3 is what the lab ran before
                      2026-12-06's faster defaults)
@@ -152,6 +156,7 @@ struct Args {
     fallback_nat_gateway: bool,
     regional_nat_gateway: bool,
     peer_auth: bool,
+    replication: bool,
     witness: bool,
     witness_interval: Duration,
     cloudwatch: Option<Duration>,
@@ -192,6 +197,7 @@ fn parse() -> Result<Option<Args>> {
         fallback_nat_gateway: false,
         regional_nat_gateway: false,
         peer_auth: true,
+        replication: true,
         witness: true,
         witness_interval: Duration::from_secs(60),
         cloudwatch: Some(Duration::from_secs(60)),
@@ -258,6 +264,7 @@ fn parse() -> Result<Option<Args>> {
                 a.regional_nat_gateway = true;
             }
             "--unauthenticated-peers" => a.peer_auth = false,
+            "--no-replication" => a.replication = false,
             "--no-witness" => a.witness = false,
             "--no-cloudwatch" => {
                 a.cloudwatch = None;
@@ -311,9 +318,11 @@ fn parse() -> Result<Option<Args>> {
                 if let Some(bad) = a
                     .modes
                     .iter()
-                    .find(|m| !["peer", "none"].contains(&m.as_str()))
+                    .find(|m| !["peer", "none", "peer-noreplication"].contains(&m.as_str()))
                 {
-                    bail!("--modes: unknown mode `{bad}`; choose peer, none or both");
+                    bail!(
+                        "--modes: unknown mode `{bad}`; choose from peer, none, peer-noreplication"
+                    );
                 }
             }
             s if s.starts_with('-') => bail!("unknown option `{s}`"),
@@ -374,6 +383,7 @@ fn lab_options(a: &Args) -> Result<LabOptions> {
     o.fallback_nat_gateway = a.fallback_nat_gateway;
     o.regional_nat_gateway = a.regional_nat_gateway;
     o.peer_auth = a.peer_auth;
+    o.replication = a.replication;
     o.witness = a.witness;
     o.witness_interval = a.witness_interval;
     o.cloudwatch = a.cloudwatch;
@@ -701,7 +711,8 @@ async fn bench(a: &Args) -> Result<u8> {
             let mut reports = Vec::new();
             for run in 1..=a.runs {
                 let mut lab = lab_options(a)?;
-                lab.failover = mode.into();
+                lab.failover = mode.trim_end_matches("-noreplication").into();
+                lab.replication &= !mode.ends_with("-noreplication");
                 let opts = ChaosOptions {
                     steady: a.steady,
                     ..ChaosOptions::new(lab, a.timeout)

@@ -25,6 +25,10 @@ use crate::netns::in_netns;
 pub const PEER_PORT: u16 = 7470;
 pub const TUNNEL_PORT: u16 = 7471;
 pub const VNI: u32 = 7470;
+/// The replication port the lab's daemons use (hanat's default), and the
+/// private host's port of the forged connection.
+pub const REPLICATION_PORT: u16 = 7473;
+pub const FORGED_PORT: u16 = 31337;
 
 /// Where the host with the source/destination check off lives (AZ 0's
 /// public subnet).
@@ -71,6 +75,61 @@ impl Claim {
             .map(|b| format!("{b:02x}"))
             .collect();
         format!("{body} {tag}").into_bytes()
+    }
+}
+
+/// A forged connection copy (`hanat-ct/1`): "`instance` of `az` has
+/// translated `src`:`sport` → `dst`:`dport` to `nat`": were it written
+/// into an adopter's kernel, the far end could reach the private host
+/// through it.
+#[derive(Debug, Clone)]
+pub struct Copy {
+    pub instance: String,
+    pub az: String,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub nat: Ipv4Addr,
+}
+
+impl Copy {
+    fn text(&self, seq: u64, key_id: &str) -> (String, String) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let head = format!(
+            "hanat-ct/1 {} {} {now} {seq} {now} - d {key_id}",
+            self.instance, self.az
+        );
+        let line = format!(
+            "+ {} {} {} {} {} {}\n",
+            self.src, self.sport, self.dst, self.dport, self.nat, self.sport
+        );
+        (head, line)
+    }
+
+    /// Signed with a key of the forger's own.
+    pub fn wrong_key(&self, seq: u64) -> Vec<u8> {
+        let (head, line) = self.text(seq, "0badc0de");
+        let key: Vec<u8> = (0..48).map(|_| fastrand::u8(..)).collect();
+        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(&key) else {
+            return Vec::new();
+        };
+        // What a signature covers, as the forger guesses it.
+        let signed_head = head.rsplit_once(' ').map_or(head.as_str(), |(h, _)| h);
+        mac.update(format!("{signed_head}\n{line}").as_bytes());
+        let tag: String = (mac.finalize().into_bytes().iter())
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{head} {tag}\n{line}").into_bytes()
+    }
+
+    /// With a made-up MAC.
+    pub fn unsigned(&self, seq: u64) -> Vec<u8> {
+        let (head, line) = self.text(seq, "00000000");
+        format!("{head} {}\n{line}", "0".repeat(64)).into_bytes()
     }
 }
 

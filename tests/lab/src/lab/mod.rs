@@ -195,6 +195,9 @@ pub struct LabOptions {
     /// Authenticated heartbeats with a key in Secrets Manager (default);
     /// `false`: no key, `peers.accept_unauthenticated = true` (hanat/1).
     pub peer_auth: bool,
+    /// Connection replication on in the daemons (hanat's default);
+    /// `false`: `[replication] enabled = false`.
+    pub replication: bool,
     /// EC2's application status check on every NAT's `/health` (the
     /// templates' `NatStatusCheck`, played by [`witness`]) and
     /// `peers.status_check` in the daemons' config (default); `false`: no
@@ -274,6 +277,7 @@ impl LabOptions {
             api_latency: Latency::Realistic,
             refresh_interval: Duration::from_secs(15),
             peer_auth: true,
+            replication: true,
             witness: true,
             witness_interval: Duration::from_secs(60),
             witness_grace: Duration::from_secs(10),

@@ -298,6 +298,11 @@ pub fn daemon_config(
         .as_ref()
         .map(|a| format!("[metrics]\nallow = {a}\n\n"))
         .unwrap_or_default();
+    // Only when off (older binaries lack the section).
+    let replication = match o.replication {
+        true => "",
+        false => "[replication]\nenabled = false\n\n",
+    };
     // Only when asked for (older binaries lack the section).
     let snat = match o.addresses {
         1 => String::new(),
@@ -310,7 +315,7 @@ pub fn daemon_config(
          conntrack_max = 0\n{kernel_extra}\n[peers]\nfailover = \"{}\"\nfailback = \"{}\"\n{flow_handoff}{auth}\n\
          [exit]\npoll_interval = \"250ms\"\ndrain = \"2s\"\nhandoff_timeout = \"10s\"\n\
          handoff_on_stop = {}\n\n\
-         [aws]\nimds_timeout = \"20s\"\n{refresh}\n{snat}{metrics}{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
+         [aws]\nimds_timeout = \"20s\"\n{refresh}\n{replication}{snat}{metrics}{cloudwatch}[peers.fallback_nat_gateway_id]\n{fallbacks}",
         targets.join(", "),
         humantime::format_duration(o.probe_interval),
         humantime::format_duration(o.probe_timeout),

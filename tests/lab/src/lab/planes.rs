@@ -64,7 +64,10 @@ pub(super) async fn router_step(
 }
 
 /// The internet gateway maps each live instance's private addresses (and
-/// each NAT Gateway's) 1:1 to public ones: the primary address to its
+/// each NAT Gateway's) 1:1 to public ones, statelessly as AWS's does (a
+/// packet is rewritten by the mapping of the moment, whatever went
+/// before, so an Elastic IP moved to another private address carries the
+/// connections through it at once): the primary address to its
 /// Elastic IP if moto has one associated, else an auto-assigned one if it
 /// was launched with a public address (else to nothing); a
 /// secondary address to the Elastic IP associated with it (the proxy
@@ -164,9 +167,9 @@ pub(super) fn igw_ruleset(map: &[(String, Ipv4Addr)]) -> String {
          map snat_map {{ type ipv4_addr : ipv4_addr; {} }}\n\
          map dnat_map {{ type ipv4_addr : ipv4_addr; {} }}\n\
          set mapped {{ type ipv4_addr; {} }}\n\
-         chain pre {{ type nat hook prerouting priority dstnat; policy accept; iifname \"inet\" dnat to ip daddr map @dnat_map; }}\n\
-         chain post {{ type nat hook postrouting priority srcnat; policy accept; oifname \"inet\" snat to ip saddr map @snat_map; }}\n\
-         chain filter {{ type filter hook forward priority filter; policy accept; ct state new oifname \"inet\" ip saddr {VPC_CIDR} ip saddr != @mapped drop; }}\n}}\n",
+         chain pre {{ type filter hook prerouting priority raw; policy accept; iifname \"inet\" ip daddr set ip daddr map @dnat_map; }}\n\
+         chain post {{ type filter hook postrouting priority srcnat; policy accept; oifname \"inet\" ip saddr set ip saddr map @snat_map; }}\n\
+         chain filter {{ type filter hook forward priority filter; policy accept; oifname \"inet\" ip saddr {VPC_CIDR} ip saddr != @mapped drop; }}\n}}\n",
         elements(&snat),
         elements(&dnat),
         elements(&mapped),

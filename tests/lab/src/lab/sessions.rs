@@ -106,6 +106,18 @@ impl Sessions {
         lock(&self.states).iter().all(|s| s.opened)
     }
 
+    /// Whether a session's first connection, unbroken, has been waiting
+    /// for an answer longer than [`STALLED`].
+    pub fn waiting(&self) -> bool {
+        let now = Instant::now();
+        lock(&self.states).iter().any(|s| {
+            s.opened
+                && s.broke.is_none()
+                && s.asked
+                    .is_some_and(|at| now.saturating_duration_since(at) > STALLED)
+        })
+    }
+
     /// Stop and summarise; the measurement ends now.
     pub fn finish(mut self) -> SessionsReport {
         let now = Instant::now();
