@@ -171,6 +171,21 @@ impl Outbox {
         }
     }
 
+    /// The kernel's table as listed: a connection no longer established
+    /// in it is gone (the events of its closing were lost: the kernel
+    /// drops events a busy listener cannot take), and its copy withdrawn.
+    pub fn reconcile(&mut self, established: &HashSet<Conn>) {
+        let gone: Vec<Conn> = (self.entries.keys())
+            .filter(|c| !established.contains(*c))
+            .copied()
+            .collect();
+        for c in gone {
+            if self.entries.remove(&c).is_some_and(|l| l.sent) {
+                self.withdrawn.push(c);
+            }
+        }
+    }
+
     /// What changed since the last call: connections established for
     /// `min_age` and not yet sent, and the copies to withdraw.
     pub fn due(&mut self, now: Duration, min_age: Duration) -> Changes {
@@ -572,6 +587,12 @@ mod tests {
         o.on_event(&parse_event(FIN).unwrap(), secs(8), ours);
         assert!(o.due(secs(20), secs(2)).is_empty());
         // A connection translated to an address that is not ours is not copied.
+        // The listing finds one whose closing was missed.
+        o.on_event(&parse_event(EST).unwrap(), secs(30), ours);
+        assert_eq!(o.due(secs(40), secs(2)).add.len(), 1);
+        o.reconcile(&HashSet::new());
+        assert_eq!(o.due(secs(41), secs(2)).remove.len(), 1);
+        assert_eq!(o.counts(), (0, 0));
         o.on_event(&parse_event(LISTED).unwrap(), secs(9), ours);
         assert_eq!(o.counts(), (0, 0));
     }

@@ -14,12 +14,17 @@ use crate::domain::{Conn, Mapping};
 
 /// Connections written at once by [`insert_all`].
 const INSERT_PARALLEL: usize = 16;
+/// The event socket's buffer, in bytes (8 MiB: about 40,000 events).
+const EVENT_BUFFER: &str = "8388608";
 /// A written entry's timeout; the first packet sets the state's own.
 const INSERTED_TIMEOUT: &str = "600";
 
 /// The TCP events (new, updated, destroyed entries) as `conntrack -E`
 /// prints them, one line each, until the child dies (killed when dropped).
 pub fn events() -> Result<(Child, Lines<BufReader<ChildStdout>>), KernelError> {
+    // A bigger socket buffer than the default: the kernel drops events a
+    // listener cannot take (a burst of closings), and the periodic listing
+    // is the only other way to learn of them.
     let args = [
         "-E",
         "-e",
@@ -28,6 +33,8 @@ pub fn events() -> Result<(Child, Lines<BufReader<ChildStdout>>), KernelError> {
         "tcp",
         "-o",
         "extended",
+        "-b",
+        EVENT_BUFFER,
     ];
     let mut child = tokio::process::Command::new("conntrack")
         .args(args)

@@ -109,23 +109,23 @@ pub async fn run(ctx: Arc<Ctx>, iface: String) {
 }
 
 /// Feed the outbox from the kernel's events, restarting `conntrack -E`
-/// when it ends; the table is listed once each start, for what was
-/// established before.
+/// when it ends; the table is listed at each start, for what was
+/// established before, and every `replication.resync`, for closings whose
+/// events were lost.
 async fn watch(ctx: Arc<Ctx>) {
     let mut throttle = LogThrottle::default();
     loop {
         match conntrack::events() {
             Ok((_child, mut lines)) => {
-                // What was established before is at least old enough.
-                let at = ctx.now().saturating_sub(ctx.config.replication.min_age);
-                match conntrack::list().await {
-                    Ok(text) => text.lines().for_each(|l| take(&ctx, l, at)),
-                    Err(e) => {
-                        warn!(error = %e, "cannot list the connection table; connections established before now are copied when they change")
+                let mut relist = tokio::time::interval(ctx.config.replication.resync);
+                loop {
+                    tokio::select! {
+                        line = lines.next_line() => match line {
+                            Ok(Some(line)) => take(&ctx, &line, ctx.now()),
+                            _ => break,
+                        },
+                        _ = relist.tick() => list(&ctx).await,
                     }
-                }
-                while let Ok(Some(line)) = lines.next_line().await {
-                    take(&ctx, &line, ctx.now());
                 }
                 if let Some(n) = throttle.check("events", "ended", Instant::now()) {
                     warn!(
@@ -142,6 +142,27 @@ async fn watch(ctx: Arc<Ctx>) {
         }
         tokio::time::sleep(RESTART).await;
     }
+}
+
+/// Take in the kernel's table as listed now: what was established before
+/// counts as old enough, and what is no longer established is withdrawn.
+async fn list(ctx: &Ctx) {
+    let text = match conntrack::list().await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "cannot list the connection table; will retry");
+            return;
+        }
+    };
+    let at = ctx.now().saturating_sub(ctx.config.replication.min_age);
+    let mut established = HashSet::new();
+    for line in text.lines() {
+        if let Some(e) = parse_event(line).filter(|e| e.established()) {
+            established.insert(e.conn);
+        }
+        take(ctx, line, at);
+    }
+    lock(&ctx.replication.outbox).reconcile(&established);
 }
 
 /// Take in one line of the kernel's, seen `at`.
