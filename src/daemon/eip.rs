@@ -72,7 +72,14 @@ impl EipClaim {
             }
         };
         let tag_key = &ctx.config.eip.tag_key;
-        let serving = *ctx.status.borrow() == crate::domain::Status::Ok;
+        // A NAT that serves or is starting (a replacement: without its
+        // address it may have no public one to prove it forwards with)
+        // takes its address back from an adopter; a failing one leaves it
+        // with the connections the adopter carries.
+        let serving = matches!(
+            *ctx.status.borrow(),
+            crate::domain::Status::Ok | crate::domain::Status::Starting
+        );
         let result = claim(&*ctx.cloud, &ctx.me, tag_key, &g, &privates, serving).await;
         match &result {
             Ok((claims, primary)) => {

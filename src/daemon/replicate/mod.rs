@@ -204,11 +204,7 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
             last_hello = Some(Instant::now());
             out.push(&targets, vec![h]);
         }
-        let (changes, everything) = {
-            let mut o = lock(&ctx.replication.outbox);
-            let changes = o.due(ctx.now(), min_age);
-            (changes, o.all_sent())
-        };
+        let changes = lock(&ctx.replication.outbox).due(ctx.now(), min_age);
         let full = last_full.elapsed() >= resync;
         if full {
             last_full = Instant::now();
@@ -227,11 +223,12 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
             .filter(|t| !fresh.contains(*t))
             .copied()
             .collect();
-        let all = Changes {
-            add: everything.add,
-            remove: changes.remove.clone(),
-        };
         if !fresh.is_empty() {
+            // Everything is listed only when someone gets it.
+            let all = Changes {
+                add: lock(&ctx.replication.outbox).all_sent().add,
+                remove: changes.remove.clone(),
+            };
             let grams = Batch::seal_all(&from, &all, true, epoch, &mut seq, unix_ms(), &policy);
             out.push(&fresh, grams.unwrap_or_default());
         }

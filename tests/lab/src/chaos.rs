@@ -472,10 +472,11 @@ async fn wait_copied(lab: &Lab, n: usize) {
     }
 }
 
-/// After a recovery, the longest sessions still waiting for an answer are
-/// given (TCP's retransmission backoff reaches 3.2 s after 3 s of
-/// silence).
+/// After a recovery, the shortest time sessions still waiting for an
+/// answer are given (TCP's retransmission backoff reaches 3.2 s after 3 s
+/// of silence), and the longest (Linux's `TCP_RTO_MAX`).
 const SESSIONS_SETTLE: Duration = Duration::from_secs(8);
+const TCP_RTO_MAX: Duration = Duration::from_secs(120);
 
 /// The longest [`wait_copied`] waits.
 const COPIED_WITHIN: Duration = Duration::from_secs(10);
@@ -551,12 +552,15 @@ pub async fn run_fault(
     let timeout = opts.timeout + in_place.duration_since(injected);
     let recovered = wait_recovered(&lab, &meters[0], injected, timeout, &replaced).await;
     // A little more steady state, so a relapse would show; and sessions
-    // still waiting (the recovery's own route change may have come
-    // moments before) get their time to answer, retransmission
-    // backoff included.
+    // still waiting get their time to answer: TCP's next retransmission
+    // comes within about as long as the host has waited already (its
+    // timeout doubles each time), so a session that waited through a long
+    // outage is given as long again, up to Linux's longest retransmission
+    // timeout.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let settling = Instant::now();
-    while recovered && sessions.waiting() && settling.elapsed() < SESSIONS_SETTLE {
+    let settle = sessions.longest_wait().clamp(SESSIONS_SETTLE, TCP_RTO_MAX);
+    while recovered && sessions.waiting() && settling.elapsed() < settle {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let changed = counter.stop().await;

@@ -40,9 +40,10 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 }
 
 /// Commands the lab needs, with the Debian package that provides each.
-const TOOLS: [(&str, &str); 9] = [
+const TOOLS: [(&str, &str); 10] = [
     ("curl", "curl"),
     ("nft", "nftables"),
+    ("conntrack", "conntrack"),
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("unshare", "util-linux"),

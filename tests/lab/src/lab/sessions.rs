@@ -118,6 +118,17 @@ impl Sessions {
         })
     }
 
+    /// The longest any first connection, unbroken, has been waiting for
+    /// an answer now.
+    pub fn longest_wait(&self) -> Duration {
+        let now = Instant::now();
+        (lock(&self.states).iter())
+            .filter(|s| s.opened && s.broke.is_none())
+            .filter_map(|s| s.asked.map(|at| now.saturating_duration_since(at)))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Stop and summarise; the measurement ends now.
     pub fn finish(mut self) -> SessionsReport {
         let now = Instant::now();
