@@ -56,8 +56,11 @@ const RESTART: Duration = Duration::from_secs(1);
 const HELLO_EVERY: Duration = Duration::from_secs(1);
 const HELLO_FOR: Duration = Duration::from_secs(30);
 /// The longest a NAT taking its AZ back from a running adopter waits for
-/// the adopter's copies (everything it copies, sent once).
-pub const SYNC_WAIT: Duration = Duration::from_secs(3);
+/// replication to be on (the heartbeat key read) and the adopter's copies
+/// (everything it copies, sent once). The adopter serves the AZ
+/// meanwhile: waiting costs nothing, going without them costs every
+/// connection it carries.
+pub const SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Milliseconds since the Unix epoch, the clock batches are stamped with.
 fn unix_ms() -> u64 {
@@ -359,14 +362,7 @@ pub async fn before_taking(
     plan: &Plan,
     how: &Translate<'_>,
 ) -> Option<Ipv4Addr> {
-    if !ctx.replication.started() || matches!(how, Translate::Nothing) {
-        return None;
-    }
-    let began = Instant::now();
-    while !ctx.replication.is_on() && began.elapsed() < SYNC_WAIT {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !ctx.replication.is_on() {
+    if !ctx.replication.started() {
         return None;
     }
     let (holders, to) = match how {
@@ -378,15 +374,25 @@ pub async fn before_taking(
                     _ => None,
                 })
                 .collect();
-            let holders: Vec<Peer> = (ctx.peers().peers().iter())
-                .filter(|p| p.route_targets().iter().any(|t| from.contains(&t)))
-                .cloned()
-                .collect();
+            let holders: Vec<Peer> = {
+                let (peers, now) = (ctx.peers(), ctx.now());
+                (peers.peers().iter())
+                    .filter(|p| p.route_targets().iter().any(|t| from.contains(&t)))
+                    .filter(|p| peers.may_forward(p, now))
+                    .cloned()
+                    .collect()
+            };
+            if holders.is_empty() {
+                return None;
+            }
             wait_synced(ctx, &holders).await;
             (holders, ctx.me.private_ip)
         }
         Translate::Carry(dead) => (vec![(*dead).clone()], carry_address(ctx).await?),
     };
+    if !ctx.replication.is_on() {
+        return None;
+    }
     let mut written_to = None;
     for holder in &holders {
         let targets = holder.route_targets();
@@ -426,14 +432,14 @@ pub async fn before_taking(
 }
 
 /// Taking routes back from running `holders` (an adopter): wait, at most
-/// [`SYNC_WAIT`], until each that may still forward has sent this NAT
-/// everything it copies, so that the connections it carries for this AZ
-/// are written here before the routes move.
+/// [`SYNC_WAIT`], until replication is on and each holder has sent this
+/// NAT everything it copies, so that the connections it carries for this
+/// AZ are written here before the routes move.
 async fn wait_synced(ctx: &Ctx, holders: &[Peer]) {
     let began = Instant::now();
     let waiting = || {
         let unsynced = unsynced(ctx);
-        (holders.iter()).any(|h| unsynced.contains(&h.instance))
+        !ctx.replication.is_on() || (holders.iter()).any(|h| unsynced.contains(&h.instance))
     };
     if !waiting() {
         return;
