@@ -374,11 +374,15 @@ pub async fn before_taking(
                     _ => None,
                 })
                 .collect();
+            // Only an adopter in another AZ carries this AZ's connections
+            // on this AZ's Elastic IP, which this NAT now holds. An older
+            // NAT of this AZ keeps its own address while it drains: the
+            // flow hand-off keeps its connections going through it.
             let holders: Vec<Peer> = {
                 let (peers, now) = (ctx.peers(), ctx.now());
                 (peers.peers().iter())
                     .filter(|p| p.route_targets().iter().any(|t| from.contains(&t)))
-                    .filter(|p| peers.may_forward(p, now))
+                    .filter(|p| p.az != ctx.me.availability_zone && peers.may_forward(p, now))
                     .cloned()
                     .collect()
             };
