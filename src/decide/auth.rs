@@ -172,6 +172,18 @@ pub struct Stamp {
     pub sent_ms: u64,
 }
 
+impl Stamp {
+    /// A stamp from its three wire fields (decimal numbers).
+    pub fn parse(epoch: &str, seq: &str, sent_ms: &str) -> Result<Stamp, Rejected> {
+        let number = |s: &str| s.parse::<u64>().map_err(|_| Rejected::Malformed);
+        Ok(Stamp {
+            epoch: number(epoch)?,
+            seq: number(seq)?,
+            sent_ms: number(sent_ms)?,
+        })
+    }
+}
+
 /// Why a datagram on the heartbeat port was not taken as a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejected {
@@ -285,27 +297,10 @@ pub fn open(bytes: &[u8], policy: &Policy, now_ms: u64) -> Result<Opened, Reject
     if magic != MAGIC {
         return Err(Rejected::Malformed);
     }
-    let number = |s: &str| s.parse::<u64>().map_err(|_| Rejected::Malformed);
-    let stamp = Stamp {
-        epoch: number(epoch)?,
-        seq: number(seq)?,
-        sent_ms: number(sent_ms)?,
-    };
+    let stamp = Stamp::parse(epoch, seq, sent_ms)?;
     let v1 = format!("hanat/1 {instance} {az} {status} {}", stamp.seq);
     let msg = Message::decode(v1.as_bytes()).ok_or(Rejected::Malformed)?;
-    let tag = unhex(tag).ok_or(Rejected::Malformed)?;
-    let keys = policy.keys.as_ref().ok_or(Rejected::NoKey)?;
-    let key = keys
-        .find(key_id)
-        .ok_or_else(|| Rejected::UnknownKey(key_id.to_owned()))?;
-    key.mac()
-        .chain_update(body.as_bytes())
-        .verify_slice(&tag)
-        .map_err(|_| Rejected::BadMac)?;
-    let skew_ms = stamp.sent_ms as i64 - now_ms as i64;
-    if skew_ms.unsigned_abs() > MAX_SKEW.as_millis() as u64 {
-        return Err(Rejected::Stale { skew_ms });
-    }
+    verify(body.as_bytes(), key_id, tag, stamp.sent_ms, policy, now_ms)?;
     Ok(Opened {
         msg,
         stamp: Some(stamp),

@@ -379,12 +379,7 @@ impl Batch {
         if magic != MAGIC || !instance.starts_with("i-") || az.is_empty() {
             return Err(Rejected::Malformed);
         }
-        let number = |s: &str| s.parse::<u64>().map_err(|_| Rejected::Malformed);
-        let stamp = Stamp {
-            epoch: number(epoch)?,
-            seq: number(seq)?,
-            sent_ms: number(sent_ms)?,
-        };
+        let stamp = Stamp::parse(epoch, seq, sent_ms)?;
         let signed = signed_text(head, body);
         auth::verify(
             signed.as_bytes(),

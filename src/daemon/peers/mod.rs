@@ -28,7 +28,7 @@ pub mod auth;
 mod dead;
 mod discovery;
 pub mod keys;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};

@@ -14,8 +14,9 @@ use crate::decide::auth::{Rejected, Stamp};
 use crate::decide::backoff::PEER_RECEIVE_RETRY;
 use crate::decide::peers::{Arrival, Message};
 
-/// Milliseconds since the Unix epoch, the clock heartbeats are stamped with.
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch, the clock heartbeats (and connection
+/// copies) are stamped with.
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

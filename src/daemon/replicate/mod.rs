@@ -38,6 +38,7 @@ use state::lock;
 
 use crate::daemon::ctx::Ctx;
 use crate::daemon::log::LogThrottle;
+use crate::daemon::peers::wire::unix_ms;
 use crate::decide::auth::Rejected;
 use crate::decide::peers::Peer;
 use crate::decide::replicate::{Batch, Changes, Mapping, Part, Sender, parse_event};
@@ -61,14 +62,6 @@ const HELLO_FOR: Duration = Duration::from_secs(30);
 /// meanwhile: waiting costs nothing, going without them costs every
 /// connection it carries.
 pub const SYNC_WAIT: Duration = Duration::from_secs(10);
-
-/// Milliseconds since the Unix epoch, the clock batches are stamped with.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Run replication until aborted: wait for the heartbeat key, make sure of
 /// the carry address, open the port, and run the three tasks.
