@@ -455,18 +455,51 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
 
 /// With replication on, let the sessions be long-lived by the NAT's
 /// measure too (`replication.min_age`): wait, at most [`COPIED_WITHIN`],
-/// until AZ 0's NAT says its peers hold a copy of `n` connections. A NAT
-/// that says nothing of copies (a hanat without replication) is not waited
-/// for.
+/// until AZ 0's NAT says it sent copies of `n` connections and every
+/// other NAT says it holds that many. A scrape that fails (a busy daemon)
+/// is no answer; a NAT that says nothing of copies (a hanat without
+/// replication) is not waited for. When the wait ends first, the report
+/// says so.
 async fn wait_copied(lab: &Lab, n: usize) {
+    use crate::lab::abuse::{metrics, series_in};
     let began = Instant::now();
-    while began.elapsed() < COPIED_WITHIN {
-        let copied = tokio::task::block_in_place(|| {
-            crate::lab::abuse::metric(lab, 0, "hanat_replicated_connections")
-        });
-        match copied {
-            Some(c) if c < n as u64 => {}
-            _ => return,
+    let counts = || {
+        tokio::task::block_in_place(|| {
+            (0..lab.azs.len())
+                .map(|i| {
+                    let series = match i {
+                        0 => "hanat_replicated_connections",
+                        _ => "hanat_replicas",
+                    };
+                    // None: no answer; Some(None): no such series.
+                    metrics(lab, i).map(|t| series_in(&t, series))
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    loop {
+        let now = counts();
+        let done = |c: &Option<Option<u64>>| match c {
+            None => false,
+            Some(None) => true,
+            Some(Some(c)) => *c >= n as u64,
+        };
+        if now.iter().all(done) {
+            return;
+        }
+        if began.elapsed() >= COPIED_WITHIN {
+            let said: Vec<String> = (now.iter().enumerate())
+                .map(|(i, c)| match c {
+                    None => format!("az{i} no answer"),
+                    Some(None) => format!("az{i} -"),
+                    Some(Some(c)) => format!("az{i} {c}"),
+                })
+                .collect();
+            lab.note(format!(
+                "connection copies not all made before the fault (sent by AZ 0, held by the others): {}",
+                said.join(", ")
+            ));
+            return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

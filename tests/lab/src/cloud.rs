@@ -781,13 +781,25 @@ impl Cloud {
         Ok(())
     }
 
-    /// Terminate `instance` through its group, lowering the desired
-    /// capacity (no replacement), as a scale-in or a refresh's last step.
+    /// Terminate `instance` through its group with no replacement, as a
+    /// scale-in or a refresh's last step: the desired capacity is lowered,
+    /// unless the instance is in Standby (its place in the desired
+    /// capacity was given to the instance launched for it; lowering it
+    /// would have the group terminate that one).
     pub async fn terminate_in_group(&self, instance: &str) -> Result<()> {
+        let out = self
+            .asg
+            .describe_auto_scaling_instances()
+            .instance_ids(instance)
+            .send()
+            .await?;
+        let standby = (out.auto_scaling_instances().first())
+            .and_then(|i| i.lifecycle_state())
+            .is_some_and(|s| s == "Standby");
         self.asg
             .terminate_instance_in_auto_scaling_group()
             .instance_id(instance)
-            .should_decrement_desired_capacity(true)
+            .should_decrement_desired_capacity(!standby)
             .send()
             .await?;
         Ok(())

@@ -226,6 +226,11 @@ pub fn counted(listing: &str, comment: &str) -> Option<u64> {
 /// A value of AZ `i`'s NAT's `/metrics` (a whole series name, labels
 /// included), asked from the router.
 pub fn metric(lab: &Lab, i: usize, series: &str) -> Option<u64> {
+    series_in(&metrics(lab, i)?, series)
+}
+
+/// AZ `i`'s daemon's `/metrics` page, `None` when it did not answer.
+pub fn metrics(lab: &Lab, i: usize) -> Option<String> {
     let ip = nat_ip(lab, i).ok()?;
     let (_, text) = crate::netns::http_get(
         &lab.rtr.path(),
@@ -234,6 +239,11 @@ pub fn metric(lab: &Lab, i: usize, series: &str) -> Option<u64> {
         Duration::from_secs(2),
     )
     .ok()?;
+    Some(text)
+}
+
+/// The value of an unlabelled `series` in a `/metrics` page.
+pub fn series_in(text: &str, series: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
         .map(|v| v as u64)
