@@ -2122,3 +2122,54 @@ async fn a_regional_nat_gateway_covers_every_az_when_no_nat_forwards() {
         leaves(i, lab.azs[i].eip.1).await;
     }
 }
+
+/// Connection copies lost on the way (here: every datagram to AZ 1's
+/// replication port dropped while AZ 0's NAT copies its sessions) are
+/// made good within seconds of the path coming back, by the tally: AZ 1's
+/// NAT finds its copies do not add up and asks for everything. Without
+/// it they would wait for the next resync (60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connection_copies_are_made_good_within_seconds() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    use hanat_lab::lab::abuse::metric;
+    let lab = serving(options(2)).await;
+    let nft = |args: &[&str]| lab.nat_exec(1, "nft", args).unwrap();
+    nft(&["add", "table", "inet", "copyloss"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "copyloss",
+        "in",
+        "{ type filter hook input priority -10; }",
+    ]);
+    nft(&[
+        "add", "rule", "inet", "copyloss", "in", "udp", "dport", "7473", "drop",
+    ]);
+    let n = 10;
+    let sessions = lab.sessions(0, n, chaos::SESSION_EVERY);
+    let sent = |lab: &Lab| metric(lab, 0, "hanat_replicated_connections").unwrap_or(0);
+    let held = |lab: &Lab| metric(lab, 1, "hanat_replicas").unwrap_or(0);
+    let began = std::time::Instant::now();
+    while sent(&lab) < n as u64 && began.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(sessions.all_open());
+    assert_eq!(sent(&lab), n as u64, "AZ 0's NAT copied its sessions");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(held(&lab), 0, "every copy was dropped on the way");
+    nft(&["delete", "table", "inet", "copyloss"]);
+    let healed = std::time::Instant::now();
+    while held(&lab) < n as u64 && healed.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        held(&lab),
+        n as u64,
+        "AZ 1's NAT holds every copy {:?} after the path came back",
+        healed.elapsed()
+    );
+    drop(sessions);
+}

@@ -23,8 +23,15 @@
 //! `sent_ms`) is checked for replays as a heartbeat's is. `allocation`
 //! names the sender's Elastic IP, which its adopter carries. `part`
 //! ([`Part`]): `d` what changed, `f`/`F` a part / the last part of
-//! everything the sender copies, `h` a NAT that just started asking for
-//! everything.
+//! everything the sender copies, `h` a NAT asking for everything (it just
+//! started, or its copies do not add up), `t<n>` a tally: the sender has
+//! `n` connections copied, which its peers check their copies against.
+//!
+//! Datagrams can be lost (and one that arrives after a newer one is taken
+//! for a replay). Everything is sent again every `replication.resync`,
+//! and a tally every [`TALLY_EVERY`]: a peer whose count of copies from
+//! the sender differs asks for everything at once ([`Replicas::tally`]),
+//! so a lost copy is missing for about a second, not a resync.
 //!
 //! Pure: clocks are passed in as durations since the daemon's start.
 
@@ -41,6 +48,10 @@ const MAGIC: &str = "hanat-ct/1";
 /// Lines per datagram: 24 lines of at most 56 bytes and the header stay
 /// under 1,500 bytes, so no datagram is fragmented.
 pub const PER_DATAGRAM: usize = 24;
+/// How often a NAT sends its peers its tally.
+pub const TALLY_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two asks of one peer for everything.
+pub const ASK_EVERY: Duration = Duration::from_secs(3);
 
 /// What a conntrack event (or a listed entry) says of a TCP connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,17 +242,20 @@ pub enum Part {
     Delta,
     /// Part of everything the sender copies; `last`: the end of it.
     Full { last: bool },
-    /// A NAT that just started asks for everything (no lines).
+    /// A NAT asks for everything (no lines).
     Hello,
+    /// The sender has this many connections copied (no lines).
+    Tally { copied: usize },
 }
 
 impl Part {
-    fn code(self) -> &'static str {
+    fn code(self) -> String {
         match self {
-            Part::Delta => "d",
-            Part::Full { last: false } => "f",
-            Part::Full { last: true } => "F",
-            Part::Hello => "h",
+            Part::Delta => "d".into(),
+            Part::Full { last: false } => "f".into(),
+            Part::Full { last: true } => "F".into(),
+            Part::Hello => "h".into(),
+            Part::Tally { copied } => format!("t{copied}"),
         }
     }
 
@@ -251,7 +265,9 @@ impl Part {
             "f" => Part::Full { last: false },
             "F" => Part::Full { last: true },
             "h" => Part::Hello,
-            _ => return None,
+            _ => Part::Tally {
+                copied: s.strip_prefix('t')?.parse().ok()?,
+            },
         })
     }
 }
@@ -306,6 +322,20 @@ impl Batch {
     ) -> Option<Vec<u8>> {
         let none = Changes::default();
         Self::seal(from, &none, Part::Hello, epoch, next_seq, sent_ms, policy)?.pop()
+    }
+
+    /// A tally: the sender has `copied` connections copied.
+    pub fn tally(
+        from: &Sender,
+        copied: usize,
+        epoch: u64,
+        next_seq: &mut u64,
+        sent_ms: u64,
+        policy: &Policy,
+    ) -> Option<Vec<u8>> {
+        let none = Changes::default();
+        let part = Part::Tally { copied };
+        Self::seal(from, &none, part, epoch, next_seq, sent_ms, policy)?.pop()
     }
 
     fn seal(
@@ -437,6 +467,9 @@ fn signed_text(head: &str, body: &str) -> String {
 struct PeerCopies {
     allocation: Option<String>,
     entries: HashMap<Conn, (Mapping, Duration)>,
+    /// When the first part of the everything being received came: at its
+    /// last part, what was not heard since is no longer the peer's.
+    full_from: Option<Duration>,
 }
 
 /// The copies of its peers' connections this NAT holds, per peer, in
@@ -447,18 +480,23 @@ pub struct Replicas {
     peers: HashMap<InstanceId, PeerCopies>,
     /// Peers that sent everything they copy at least once.
     synced: HashSet<InstanceId>,
+    /// When each peer was last asked for everything ([`Replicas::tally`]).
+    asked: HashMap<InstanceId, Duration>,
 }
 
 impl Replicas {
     /// Take in a batch heard at `now`, keeping at most `max` copies per
     /// peer (more are dropped: a peer cannot fill this NAT's memory).
+    /// Everything (a full batch's parts) replaces what was held of the
+    /// peer: at its last part, copies not heard since its first are
+    /// dropped (their withdrawal was lost).
     pub fn apply(&mut self, batch: &Batch, now: Duration, max: usize) -> usize {
-        if batch.part == (Part::Full { last: true }) {
-            self.synced.insert(batch.from.instance.clone());
-        }
         let p = self.peers.entry(batch.from.instance.clone()).or_default();
         if batch.from.allocation.is_some() {
             p.allocation.clone_from(&batch.from.allocation);
+        }
+        if let Part::Full { .. } = batch.part {
+            p.full_from.get_or_insert(now);
         }
         for c in &batch.changes.remove {
             p.entries.remove(c);
@@ -471,7 +509,29 @@ impl Replicas {
             }
             p.entries.insert(*c, (*m, now));
         }
+        if batch.part == (Part::Full { last: true }) {
+            let from = p.full_from.take().unwrap_or(now);
+            p.entries.retain(|_, (_, heard)| *heard >= from);
+            self.synced.insert(batch.from.instance.clone());
+        }
         dropped
+    }
+
+    /// A peer's tally (it has `copied` connections copied) heard at `now`:
+    /// whether to ask it for everything. Yes when the copies held of it do
+    /// not add up to its tally (some were lost on the way) and it was not
+    /// asked within [`ASK_EVERY`]; not when this NAT keeps no more of its
+    /// copies (`max`).
+    pub fn tally(&mut self, peer: &InstanceId, copied: usize, now: Duration, max: usize) -> bool {
+        let held = self.peers.get(peer).map_or(0, |p| p.entries.len());
+        if held == copied || (held >= max && copied >= max) {
+            return false;
+        }
+        if (self.asked.get(peer)).is_some_and(|at| now.saturating_sub(*at) < ASK_EVERY) {
+            return false;
+        }
+        self.asked.insert(peer.clone(), now);
+        true
     }
 
     /// Forget copies not heard again for `ttl` (their withdrawal was lost,
@@ -483,6 +543,8 @@ impl Replicas {
                 .retain(|_, (_, heard)| now.saturating_sub(*heard) < ttl);
         }
         self.peers.retain(|_, p| !p.entries.is_empty());
+        self.asked
+            .retain(|_, at| now.saturating_sub(*at) < ASK_EVERY);
     }
 
     /// The copies of `peer`'s connections from hosts in `sources`: what
@@ -716,6 +778,38 @@ mod tests {
             "never sent unsigned"
         );
         assert_eq!(Batch::open(b"junk", &good, NOW), Err(Rejected::Malformed));
+    }
+
+    #[test]
+    fn a_lost_copy_is_asked_for_at_the_next_tally_and_everything_replaces_what_was_held() {
+        let p = policy('a');
+        let (me, mut seq, mut r) = (InstanceId("i-0a".into()), 0, Replicas::default());
+        let open = |g: &[u8]| Batch::open(g, &p, NOW).unwrap();
+        // Ten copied; the datagram with the last three is lost.
+        let all = changes(10);
+        let first = Changes {
+            add: all.add[..7].to_vec(),
+            remove: vec![],
+        };
+        for g in Batch::seal_all(&sender(), &first, false, 7, &mut seq, NOW, &p).unwrap() {
+            r.apply(&open(&g), secs(1), 100);
+        }
+        let tally = open(&Batch::tally(&sender(), 10, 7, &mut seq, NOW, &p).unwrap());
+        assert_eq!(tally.part, Part::Tally { copied: 10 });
+        assert!(r.tally(&me, 10, secs(2), 100), "7 held of 10: ask");
+        assert!(!r.tally(&me, 10, secs(3), 100), "asked within ASK_EVERY");
+        // A withdrawal lost too: the one held of a closed connection goes
+        // with everything, which has 9 (the first closed).
+        let mut everything = all.clone();
+        everything.add.remove(0);
+        for g in Batch::seal_all(&sender(), &everything, true, 7, &mut seq, NOW, &p).unwrap() {
+            r.apply(&open(&g), secs(4), 100);
+        }
+        let az_a: Ipv4Cidr = "10.0.1.0/24".parse().unwrap();
+        assert_eq!(r.to_commit(&me, &[az_a]), everything.add);
+        assert!(!r.tally(&me, 9, secs(10), 100), "adds up: no ask");
+        // More than this NAT keeps of a peer: never asked for again.
+        assert!(!r.tally(&me, 500, secs(20), 9));
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //!   the outbox;
 //! - `send`: every [`SEND_EVERY`] the new copies and withdrawals go to
 //!   every peer, signed with the heartbeat key; everything again to a peer
-//!   that appears, and to all every `replication.resync`;
+//!   that appears or asks, and to all every `replication.resync`; a tally
+//!   every [`TALLY_EVERY`];
 //! - `receive`: a batch counts when it is signed with a key of ours, fresh,
 //!   newer than the last from its sender, and sent from the address of the
-//!   listed peer it names. Copies stay in memory;
+//!   listed peer it names. Copies stay in memory; a peer whose tally they
+//!   do not add up to is asked for everything;
 //! - [`before_taking`]: the copies of the routes' previous holder, for the
 //!   networks taken, are written into the kernel with their translation,
 //!   to this NAT's primary address (its own AZ taken back: its Elastic IP
@@ -41,7 +43,7 @@ use crate::daemon::log::LogThrottle;
 use crate::daemon::peers::wire::unix_ms;
 use crate::decide::auth::Rejected;
 use crate::decide::peers::Peer;
-use crate::decide::replicate::{Batch, Changes, Mapping, Part, Sender, parse_event};
+use crate::decide::replicate::{Batch, Changes, Mapping, Part, Sender, TALLY_EVERY, parse_event};
 use crate::decide::routes::{Action, Observed, Plan, networks_behind};
 use crate::domain::InstanceId;
 use crate::domain::RouteTarget;
@@ -183,6 +185,7 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     );
     let mut known: HashSet<Ipv4Addr> = HashSet::new();
     let (started, mut last_full, mut last_hello) = (Instant::now(), Instant::now(), None);
+    let mut last_tally = Instant::now();
     loop {
         let targets = ctx.peers().heartbeat_targets();
         let from = Sender {
@@ -199,6 +202,13 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
         {
             last_hello = Some(Instant::now());
             out.push(&targets, vec![h]);
+        }
+        // Peers whose tally did not add up: a hello to each.
+        let ask: Vec<Ipv4Addr> = std::mem::take(&mut *lock(&ctx.replication.ask));
+        for ip in ask.iter().filter(|ip| targets.contains(ip)) {
+            if let Some(h) = Batch::hello(&from, epoch, &mut seq, unix_ms(), &policy) {
+                out.push(&[*ip], vec![h]);
+            }
         }
         let changes = lock(&ctx.replication.outbox).due(ctx.now(), min_age);
         let full = last_full.elapsed() >= resync;
@@ -233,6 +243,13 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
                 Batch::seal_all(&from, &changes, false, epoch, &mut seq, unix_ms(), &policy);
             out.push(&delta_to, grams.unwrap_or_default());
         }
+        let (_, copied) = lock(&ctx.replication.outbox).counts();
+        if last_tally.elapsed() >= TALLY_EVERY
+            && let Some(t) = Batch::tally(&from, copied, epoch, &mut seq, unix_ms(), &policy)
+        {
+            last_tally = Instant::now();
+            out.push(&targets, vec![t]);
+        }
         let mut sent = 0;
         for (ip, g) in out.0 {
             if socket.send_to(&g, (ip, port)).await.is_ok() {
@@ -241,7 +258,6 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
         }
         known = targets.into_iter().collect();
         ctx.metrics.replication_sent(sent);
-        let (_, copied) = lock(&ctx.replication.outbox).counts();
         ctx.metrics
             .replication_counts(ctx.replication.held(), copied);
         tokio::time::sleep(SEND_EVERY).await;
@@ -323,6 +339,12 @@ fn take_in(
         (ctx.peers().peers().iter()).any(|p| p.instance == b.from.instance && p.ip == from);
     if !listed {
         return Some("not from the peer it names");
+    }
+    if let Part::Tally { copied } = b.part {
+        if lock(&ctx.replication.replicas).tally(&b.from.instance, copied, ctx.now(), max) {
+            lock(&ctx.replication.ask).push(from);
+        }
+        return None;
     }
     let dropped = lock(&ctx.replication.replicas).apply(b, ctx.now(), max);
     if dropped > 0

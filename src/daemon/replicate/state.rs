@@ -30,6 +30,9 @@ pub struct Replication {
     pub(super) on: AtomicBool,
     /// Peers that said hello: they get everything at the next send.
     pub(super) asked: Mutex<Vec<Ipv4Addr>>,
+    /// Peers whose tally this NAT's copies of them do not add up to: each
+    /// gets a hello (asking for everything) at the next send.
+    pub(super) ask: Mutex<Vec<Ipv4Addr>>,
     /// Dead peers whose Elastic IP this NAT carries and which had gone
     /// silent (frozen): each gets its address back when heard again.
     pub(super) carried: Mutex<Vec<(Peer, String)>>,
