@@ -431,14 +431,33 @@ impl Identity {
     }
 }
 
-/// A TCP connection by its original tuple: the private host's address and
-/// port, and the far end's.
+/// A TCP connection or UDP flow by its original tuple: the private host's
+/// address and port, and the far end's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Conn {
+    pub proto: Proto,
     pub src: Ipv4Addr,
     pub sport: u16,
     pub dst: Ipv4Addr,
     pub dport: u16,
+}
+
+/// A connection's transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// As `conntrack -p` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
 }
 
 /// The address and port a connection's source was translated to.

@@ -221,6 +221,9 @@ async fn chaos_dead_nats_are_covered_by_a_peer_then_replaced() {
         assert_eq!(t.kept + t.reset, t.sessions, "{}", r.human());
         let longest = t.longest_stalls[0].as_millis() as u64;
         assert!(longest < r.outage_ms + 5_000, "{}", r.human());
+        // The UDP stream beside them: the far end saw it from one public
+        // address and port throughout (copied like the sessions).
+        assert!(t.stream.as_ref().is_some_and(|s| s.kept()), "{}", r.human());
     }
     let r = scenario(Scenario::StopForwarding).await;
     assert!(
@@ -335,6 +338,11 @@ async fn chaos_a_frozen_nat_is_covered_once_its_status_check_fails_then_replaced
     // adopter (which took the Elastic IP from the frozen instance) and
     // the replacement.
     assert!(r.sessions.kept >= 19, "{}", r.human());
+    assert!(
+        (r.sessions.stream.as_ref()).is_some_and(|s| s.kept()),
+        "{}",
+        r.human()
+    );
     assert!(
         !r.logged("silent peer is impaired by EC2's status checks")
             .is_empty(),

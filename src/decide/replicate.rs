@@ -16,6 +16,7 @@
 //! hanat-ct/1 <instance> <az> <epoch> <seq> <sent_ms> <allocation|-> <part> <key id> <mac>
 //! + <src> <sport> <dst> <dport> <nat address> <nat port>
 //! - <src> <sport> <dst> <dport>
+//! +u …, -u …   (the same for a UDP flow)
 //! ```
 //!
 //! The MAC ([`super::auth::sign`]) covers the header's other fields and
@@ -41,25 +42,30 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::auth::{self, Policy, Rejected, Stamp};
-pub use crate::domain::{Conn, Mapping};
+pub use crate::domain::{Conn, Mapping, Proto};
 use crate::domain::{InstanceId, Ipv4Cidr};
 
 const MAGIC: &str = "hanat-ct/1";
-/// Lines per datagram: 24 lines of at most 56 bytes and the header stay
-/// under 1,500 bytes, so no datagram is fragmented.
-pub const PER_DATAGRAM: usize = 24;
+/// Lines per datagram: 18 lines of at most 69 bytes, the header (at most
+/// about 210) and the IP and UDP headers stay under 1,500 bytes, so no
+/// datagram is fragmented.
+pub const PER_DATAGRAM: usize = 18;
 /// How often a NAT sends its peers its tally.
 pub const TALLY_EVERY: Duration = Duration::from_secs(1);
 /// The least time between two asks of one peer for everything.
 pub const ASK_EVERY: Duration = Duration::from_secs(3);
 
-/// What a conntrack event (or a listed entry) says of a TCP connection.
+/// What a conntrack event (or a listed entry) says of a TCP connection or
+/// a UDP flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// `[DESTROY]`: the entry is gone.
     pub destroyed: bool,
     /// The TCP state (`ESTABLISHED`, `FIN_WAIT`, …), when printed.
     pub state: Option<String>,
+    /// `[ASSURED]`: the kernel has seen traffic both ways (for UDP, for
+    /// about 2 s: a stream, not a lone query and its answer).
+    pub assured: bool,
     pub conn: Conn,
     /// The reply direction's destination: the translated source.
     pub reply_to: Mapping,
@@ -72,25 +78,33 @@ impl Event {
         self.reply_to.addr != self.conn.src
     }
 
-    /// Whether the connection carries data now: established, not closing.
+    /// Whether the connection carries data now: a TCP connection
+    /// established and not closing, a UDP flow assured (a stream).
     pub fn established(&self) -> bool {
-        !self.destroyed && self.state.as_deref() == Some("ESTABLISHED")
+        !self.destroyed
+            && match self.conn.proto {
+                Proto::Tcp => self.state.as_deref() == Some("ESTABLISHED"),
+                Proto::Udp => self.assured,
+            }
     }
 }
 
 /// One line of `conntrack -E -o extended` or `conntrack -L -o extended`,
-/// if it is an IPv4 TCP connection: the first `src=`/`dst=`/`sport=`/
-/// `dport=` are the original direction, the next ones the reply.
+/// if it is an IPv4 TCP connection or UDP flow: the first `src=`/`dst=`/
+/// `sport=`/`dport=` are the original direction, the next ones the reply.
 pub fn parse_event(line: &str) -> Option<Event> {
     let mut words = line.split_ascii_whitespace().peekable();
     let destroyed = match words.peek() {
         Some(w) if w.starts_with('[') => words.next() == Some("[DESTROY]"),
         _ => false,
     };
-    let (mut ips, mut ports, mut state, mut tcp) = (Vec::new(), Vec::new(), None, false);
+    let (mut ips, mut ports, mut state, mut proto) = (Vec::new(), Vec::new(), None, None);
+    let mut assured = false;
     for w in words {
-        if w == "tcp" {
-            tcp = true;
+        if proto.is_none() && ips.is_empty() && (w == "tcp" || w == "udp") {
+            proto = Some(if w == "tcp" { Proto::Tcp } else { Proto::Udp });
+        } else if w == "[ASSURED]" {
+            assured = true;
         } else if let Some(v) = w.strip_prefix("src=").or_else(|| w.strip_prefix("dst=")) {
             ips.push(v.parse::<Ipv4Addr>().ok()?);
         } else if let Some(v) = w
@@ -106,13 +120,16 @@ pub fn parse_event(line: &str) -> Option<Event> {
             state = Some(w.to_owned());
         }
     }
-    if !tcp || ips.len() < 4 || ports.len() < 4 {
+    let proto = proto?;
+    if ips.len() < 4 || ports.len() < 4 {
         return None;
     }
     Some(Event {
         destroyed,
         state,
+        assured,
         conn: Conn {
+            proto,
             src: ips[0],
             dst: ips[1],
             sport: ports[0],
@@ -353,15 +370,27 @@ impl Batch {
             .iter()
             .map(|(c, m)| {
                 format!(
-                    "+ {} {} {} {} {} {}",
-                    c.src, c.sport, c.dst, c.dport, m.addr, m.port
+                    "+{} {} {} {} {} {} {}",
+                    udp_mark(c),
+                    c.src,
+                    c.sport,
+                    c.dst,
+                    c.dport,
+                    m.addr,
+                    m.port
                 )
             })
             .collect();
-        lines.extend(
-            (changes.remove.iter())
-                .map(|c| format!("- {} {} {} {}", c.src, c.sport, c.dst, c.dport)),
-        );
+        lines.extend((changes.remove.iter()).map(|c| {
+            format!(
+                "-{} {} {} {} {}",
+                udp_mark(c),
+                c.src,
+                c.sport,
+                c.dst,
+                c.dport
+            )
+        }));
         let mut chunks: Vec<&[String]> = lines.chunks(PER_DATAGRAM).collect();
         if chunks.is_empty() && kind != Part::Delta {
             chunks.push(&[]);
@@ -424,9 +453,15 @@ impl Batch {
             let w: Vec<&str> = line.split(' ').collect();
             let ip = |s: &str| s.parse::<Ipv4Addr>().map_err(|_| Rejected::Malformed);
             let port = |s: &str| s.parse::<u16>().map_err(|_| Rejected::Malformed);
+            let proto = |sign: &str| match sign.get(1..) {
+                Some("") => Ok(Proto::Tcp),
+                Some("u") => Ok(Proto::Udp),
+                _ => Err(Rejected::Malformed),
+            };
             match w[..] {
-                ["+", s, sp, d, dp, a, ap] => changes.add.push((
+                [add, s, sp, d, dp, a, ap] if add.starts_with('+') => changes.add.push((
                     Conn {
+                        proto: proto(add)?,
                         src: ip(s)?,
                         sport: port(sp)?,
                         dst: ip(d)?,
@@ -437,7 +472,8 @@ impl Batch {
                         port: port(ap)?,
                     },
                 )),
-                ["-", s, sp, d, dp] => changes.remove.push(Conn {
+                [remove, s, sp, d, dp] if remove.starts_with('-') => changes.remove.push(Conn {
+                    proto: proto(remove)?,
                     src: ip(s)?,
                     sport: port(sp)?,
                     dst: ip(d)?,
@@ -456,6 +492,14 @@ impl Batch {
             part,
             changes,
         })
+    }
+}
+
+/// A line's mark after its `+`/`-`: none for TCP, `u` for UDP.
+fn udp_mark(c: &Conn) -> &'static str {
+    match c.proto {
+        Proto::Tcp => "",
+        Proto::Udp => "u",
     }
 }
 
@@ -592,6 +636,8 @@ mod tests {
     const FIN: &str = " [UPDATE] ipv4     2 tcp      6 120 FIN_WAIT src=10.9.1.10 dst=198.18.0.10 sport=33794 dport=8080 src=198.18.0.10 dst=198.18.0.1 sport=8080 dport=33794 [ASSURED]";
     const LISTED: &str = "ipv4     2 tcp      6 599 ESTABLISHED src=10.9.1.10 dst=198.18.0.10 sport=40000 dport=9090 src=198.18.0.10 dst=198.18.0.2 sport=9090 dport=40001 [ASSURED] mark=0 use=1";
     const UDP: &str = "    [NEW] ipv4     2 udp      17 30 src=10.9.1.10 dst=198.18.0.10 sport=5000 dport=53 [UNREPLIED] src=198.18.0.10 dst=198.18.0.1 sport=53 dport=5000";
+    const UDP_REPLIED: &str = " [UPDATE] ipv4     2 udp      17 30 src=10.9.1.10 dst=198.18.0.10 sport=5000 dport=53 src=198.18.0.10 dst=198.18.0.1 sport=53 dport=5000";
+    const UDP_STREAM: &str = " [UPDATE] ipv4     2 udp      17 120 src=10.9.1.10 dst=198.18.0.10 sport=5000 dport=53 src=198.18.0.10 dst=198.18.0.1 sport=53 dport=5000 [ASSURED]";
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
@@ -620,7 +666,20 @@ mod tests {
         assert_eq!(l.reply_to.port, 40001);
         let d = parse_event(&FIN.replace("[UPDATE]", "[DESTROY]")).unwrap();
         assert!(d.destroyed && !d.established());
-        assert_eq!(parse_event(UDP), None);
+        // A UDP flow counts once the kernel calls it a stream (assured).
+        let u = parse_event(UDP).unwrap();
+        assert_eq!((u.conn.proto, u.established()), (Proto::Udp, false));
+        assert!(!parse_event(UDP_REPLIED).unwrap().established());
+        let u = parse_event(UDP_STREAM).unwrap();
+        assert!(u.established() && u.translated());
+        assert_eq!((u.conn.dport, u.reply_to.port), (53, 5000));
+        assert!(
+            !parse_event(&UDP_STREAM.replace("[UPDATE]", "[DESTROY]"))
+                .unwrap()
+                .established()
+        );
+        assert_eq!(e.conn.proto, Proto::Tcp);
+        assert_eq!(parse_event(&EST.replace(" tcp ", " icmp ")), None);
         assert_eq!(parse_event("conntrack v1.4.7: 7 flow events"), None);
         assert_eq!(parse_event(""), None);
     }
@@ -667,6 +726,7 @@ mod tests {
             add: (0..n)
                 .map(|i| {
                     let c = Conn {
+                        proto: if i % 2 == 0 { Proto::Tcp } else { Proto::Udp },
                         src: Ipv4Addr::new(10, 0, 1, 10),
                         sport: 40000 + i,
                         dst: Ipv4Addr::new(203, 0, 113, 10),
@@ -682,6 +742,7 @@ mod tests {
                 })
                 .collect(),
             remove: vec![Conn {
+                proto: Proto::Udp,
                 src: Ipv4Addr::new(10, 0, 1, 11),
                 sport: 1,
                 dst: Ipv4Addr::new(203, 0, 113, 10),
@@ -806,6 +867,7 @@ mod tests {
             r.apply(&open(&g), secs(4), 100);
         }
         let az_a: Ipv4Cidr = "10.0.1.0/24".parse().unwrap();
+        everything.add.sort_by_key(|(c, _)| *c);
         assert_eq!(r.to_commit(&me, &[az_a]), everything.add);
         assert!(!r.tally(&me, 9, secs(10), 100), "adds up: no ask");
         // More than this NAT keeps of a peer: never asked for again.

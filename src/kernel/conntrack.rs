@@ -10,17 +10,21 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 
 use super::KernelError;
-use crate::domain::{Conn, Mapping};
+use crate::domain::{Conn, Mapping, Proto};
 
 /// Connections written at once by [`insert_all`].
 const INSERT_PARALLEL: usize = 16;
 /// The event socket's buffer, in bytes (8 MiB: about 40,000 events).
 const EVENT_BUFFER: &str = "8388608";
-/// A written entry's timeout; the first packet sets the state's own.
+/// A written TCP entry's timeout; the first packet sets the state's own.
 const INSERTED_TIMEOUT: &str = "600";
+/// A written UDP entry's timeout: the kernel's for a stream (the next
+/// packet sets it again).
+const INSERTED_UDP_TIMEOUT: &str = "120";
 
-/// The TCP events (new, updated, destroyed entries) as `conntrack -E`
-/// prints them, one line each, until the child dies (killed when dropped).
+/// The events (new, updated, destroyed entries, every protocol: the
+/// caller takes TCP and UDP) as `conntrack -E` prints them, one line each,
+/// until the child dies (killed when dropped).
 pub fn events() -> Result<(Child, Lines<BufReader<ChildStdout>>), KernelError> {
     // A bigger socket buffer than the default: the kernel drops events a
     // listener cannot take (a burst of closings), and the periodic listing
@@ -29,8 +33,6 @@ pub fn events() -> Result<(Child, Lines<BufReader<ChildStdout>>), KernelError> {
         "-E",
         "-e",
         "NEW,UPDATE,DESTROY",
-        "-p",
-        "tcp",
         "-o",
         "extended",
         "-b",
@@ -56,9 +58,9 @@ pub fn events() -> Result<(Child, Lines<BufReader<ChildStdout>>), KernelError> {
     Ok((child, BufReader::new(out).lines()))
 }
 
-/// The TCP entries now, one line each, as `conntrack -L` prints them.
+/// The entries now, one line each, as `conntrack -L` prints them.
 pub async fn list() -> Result<String, KernelError> {
-    super::run("conntrack", &["-L", "-p", "tcp", "-o", "extended"], None).await
+    super::run("conntrack", &["-L", "-o", "extended"], None).await
 }
 
 /// Write `conn` as an established connection whose source is translated
@@ -72,10 +74,10 @@ pub async fn insert(conn: &Conn, to: Mapping) -> Result<bool, KernelError> {
         conn.dport.to_string(),
     );
     let nat = format!("{}:{}", to.addr, to.port);
-    let args = [
+    let mut args = vec![
         "-I",
         "-p",
-        "tcp",
+        conn.proto.name(),
         "-s",
         &src,
         "-d",
@@ -84,15 +86,12 @@ pub async fn insert(conn: &Conn, to: Mapping) -> Result<bool, KernelError> {
         &sport,
         "--dport",
         &dport,
-        "--state",
-        "ESTABLISHED",
-        "-u",
-        "ASSURED,SEEN_REPLY",
-        "-t",
-        INSERTED_TIMEOUT,
-        "-n",
-        &nat,
     ];
+    match conn.proto {
+        Proto::Tcp => args.extend(["--state", "ESTABLISHED", "-t", INSERTED_TIMEOUT]),
+        Proto::Udp => args.extend(["-t", INSERTED_UDP_TIMEOUT]),
+    }
+    args.extend(["-u", "ASSURED,SEEN_REPLY", "-n", &nat]);
     match super::run("conntrack", &args, None).await {
         Ok(_) => Ok(true),
         Err(KernelError::Command { stderr, .. }) if stderr.contains("exists") => Ok(false),

@@ -285,6 +285,9 @@ impl Report {
         let stalls: Vec<String> = (self.sessions.longest_stalls.iter())
             .map(|d| d.as_millis().to_string())
             .collect();
+        let stream_seen: Vec<String> = (self.sessions.stream.iter())
+            .flat_map(|s| s.seen.iter().map(|a| json_string(&a.to_string())))
+            .collect();
         let calls: Vec<String> = self
             .api_calls()
             .iter()
@@ -296,6 +299,7 @@ impl Report {
              \"recovery_ms\":{},\"source_ip_changes\":{},\"route_changes\":{},\"sources\":[{}],\
              \"sessions\":{},\"sessions_kept\":{},\"sessions_reset\":{},\"sessions_stalled\":{},\
              \"session_reconnects\":{},\"session_stalls_ms\":[{}],\
+             \"udp_stream_kept\":{},\"udp_stream_seen\":[{}],\"udp_stream_longest_gap_ms\":{},\
              \"api_calls\":{{{}}},\"api_calls_per_nat_min\":{:.1},\"events\":[{}]}}",
             json_string(&self.name),
             self.azs,
@@ -318,6 +322,10 @@ impl Report {
             self.sessions.stalled,
             self.sessions.reconnects,
             stalls.join(","),
+            (self.sessions.stream.as_ref()).map_or("null".into(), |s| s.kept().to_string()),
+            stream_seen.join(","),
+            (self.sessions.stream.as_ref())
+                .map_or("null".into(), |s| s.longest_gap.as_millis().to_string()),
             calls.join(","),
             self.api_calls_per_nat_min,
             events.join(",")
@@ -366,6 +374,19 @@ impl Report {
                 t.reconnects,
                 percentile(&stalls, 50),
                 percentile(&stalls, 100)
+            ));
+        }
+        if let Some(u) = &t.stream {
+            let seen: Vec<String> = u.seen.iter().map(ToString::to_string).collect();
+            s.push_str(&format!(
+                "  UDP stream from AZ 0: {}, seen as {}, longest gap {} ms\n",
+                match (u.kept(), u.answering) {
+                    (true, _) => "kept",
+                    (false, true) => "translated afresh",
+                    (false, false) => "not answered at the end",
+                },
+                seen.join(" then "),
+                u.longest_gap.as_millis()
             ));
         }
         for e in &self.events {
@@ -537,8 +558,9 @@ pub async fn run_fault(
     while !sessions.all_open() && opening.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if opts.lab.replication {
-        wait_copied(&lab, opts.sessions).await;
+    if opts.lab.replication && opts.sessions > 0 {
+        // The sessions and the UDP stream beside them.
+        wait_copied(&lab, opts.sessions + 1).await;
     }
 
     let before = lab.nat(0).map(|n| n.instance.id);
@@ -1112,6 +1134,8 @@ pub struct BenchRow {
     pub route_changes: (u64, u64),
     /// Sessions kept: fewest in a run, and sessions per run.
     pub sessions_kept: (usize, usize),
+    /// Runs whose UDP stream was kept, and runs with one.
+    pub streams_kept: (usize, usize),
 }
 
 /// The nearest-rank percentile `p` (0-100) of `v`.
@@ -1150,14 +1174,22 @@ pub fn bench_row(scenario: Scenario, mode: &str, reports: &[Report]) -> BenchRow
                 .max()
                 .unwrap_or(0),
         ),
+        streams_kept: (
+            (reports.iter())
+                .filter(|r| r.sessions.stream.as_ref().is_some_and(|s| s.kept()))
+                .count(),
+            (reports.iter())
+                .filter(|r| r.sessions.stream.is_some())
+                .count(),
+        ),
     }
 }
 
 /// A Markdown table of bench rows.
 pub fn bench_table(rows: &[BenchRow]) -> String {
     let mut t = String::from(
-        "| scenario | failover | recovered | outage p50 ms | p95 ms | max ms | lost p50 | lost max | route changes p50 | max | sessions kept (fewest) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | failover | recovered | outage p50 ms | p95 ms | max ms | lost p50 | lost max | route changes p50 | max | sessions kept (fewest) | UDP stream kept (runs) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let mut recovered = format!("{}/{}", r.recovered, r.runs);
@@ -1168,7 +1200,7 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
             recovered.push_str(&format!(", {} ended in an outage", r.ended_in_outage));
         }
         t.push_str(&format!(
-            "| {} | {} | {recovered} | {} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
+            "| {} | {} | {recovered} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {}/{} |\n",
             r.scenario.name(),
             r.mode,
             r.outage.0,
@@ -1179,7 +1211,9 @@ pub fn bench_table(rows: &[BenchRow]) -> String {
             r.route_changes.0,
             r.route_changes.1,
             r.sessions_kept.0,
-            r.sessions_kept.1
+            r.sessions_kept.1,
+            r.streams_kept.0,
+            r.streams_kept.1
         ));
     }
     t

@@ -10,6 +10,12 @@
 //! The far end is a real kernel socket: a packet arriving from an address
 //! or port it does not know (a connection translated afresh by another
 //! NAT) is answered with a reset, as a server on the internet does.
+//!
+//! Beside them, one UDP stream (a VoIP call, a game, a VPN): a datagram
+//! every `every`, each answered with the public address and port the
+//! server saw. It is kept when every answer names the same one and the
+//! answers go on to the end; a NAT change that translates it afresh
+//! shows as a second address or port.
 
 use super::*;
 
@@ -56,6 +62,27 @@ pub struct SessionsReport {
     /// (for a broken one, up to its breaking; for a stalled one, up to the
     /// end), longest first.
     pub longest_stalls: Vec<Duration>,
+    /// The UDP stream beside the sessions, if there was one.
+    pub stream: Option<StreamReport>,
+}
+
+/// What the UDP stream saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamReport {
+    /// The public addresses and ports the server saw it from, in order.
+    pub seen: Vec<std::net::SocketAddrV4>,
+    /// The longest time without an answer (up to the end, if unanswered
+    /// then).
+    pub longest_gap: Duration,
+    /// Answered within [`STALLED`] of the end.
+    pub answering: bool,
+}
+
+impl StreamReport {
+    /// Kept: one public address and port throughout, answering at the end.
+    pub fn kept(&self) -> bool {
+        self.seen.len() == 1 && self.answering
+    }
 }
 
 impl SessionsReport {
@@ -73,7 +100,16 @@ pub const STALLED: Duration = Duration::from_secs(1);
 pub struct Sessions {
     stop: Arc<AtomicBool>,
     states: Arc<Mutex<Vec<State>>>,
+    stream: Arc<Mutex<Stream>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The UDP stream as it goes.
+#[derive(Debug, Default)]
+struct Stream {
+    seen: Vec<std::net::SocketAddrV4>,
+    last: Option<Instant>,
+    longest_gap: Duration,
 }
 
 impl Sessions {
@@ -82,11 +118,15 @@ impl Sessions {
     pub(super) fn start(ns: &Netns, server: Ipv4Addr, n: usize, every: Duration) -> Sessions {
         let stop = Arc::new(AtomicBool::new(false));
         let states = Arc::new(Mutex::new(vec![State::default(); n]));
-        let (st, ss) = (stop.clone(), states.clone());
+        let stream = Arc::new(Mutex::new(Stream::default()));
+        let (st, ss, sm) = (stop.clone(), states.clone(), stream.clone());
         let thread = crate::netns::spawn_in_netns(&ns.path(), move || async move {
             let mut set = tokio::task::JoinSet::new();
             for i in 0..n {
                 set.spawn(session(i, server, every, ss.clone()));
+            }
+            if n > 0 {
+                set.spawn(udp_stream(server, every, sm));
             }
             while !st.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -97,6 +137,7 @@ impl Sessions {
         Sessions {
             stop,
             states,
+            stream,
             thread: Some(thread),
         }
     }
@@ -136,7 +177,17 @@ impl Sessions {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        summarize(&lock(&self.states), now)
+        let mut r = summarize(&lock(&self.states), now);
+        if r.sessions > 0 {
+            let s = lock(&self.stream);
+            let since = s.last.map(|at| now.saturating_duration_since(at));
+            r.stream = Some(StreamReport {
+                seen: s.seen.clone(),
+                longest_gap: s.longest_gap.max(since.unwrap_or_default()),
+                answering: since.is_some_and(|d| d <= STALLED),
+            });
+        }
+        r
     }
 }
 
@@ -225,6 +276,39 @@ async fn session(i: usize, server: Ipv4Addr, every: Duration, states: Arc<Mutex<
             s.broke = Some(broke);
         }
         first = false;
+    }
+}
+
+/// The UDP stream: a datagram every `every` from one socket, each answer
+/// naming the public address and port the server saw.
+async fn udp_stream(server: Ipv4Addr, every: Duration, stream: Arc<Mutex<Stream>>) {
+    let Ok(socket) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+        return;
+    };
+    let to = SocketAddr::from((server, SESSION_PORT));
+    let began = Instant::now();
+    let mut buf = [0u8; 64];
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let _ = socket.send_to(b"who", to).await;
+            }
+            got = socket.recv(&mut buf) => {
+                let Ok(n) = got else { continue };
+                let Ok(seen) = String::from_utf8_lossy(&buf[..n]).trim().parse() else {
+                    continue;
+                };
+                let now = Instant::now();
+                let s = &mut *lock(&stream);
+                let gap = now.saturating_duration_since(s.last.unwrap_or(began));
+                s.longest_gap = s.longest_gap.max(gap);
+                s.last = Some(now);
+                if s.seen.last() != Some(&seen) {
+                    s.seen.push(seen);
+                }
+            }
+        }
     }
 }
 

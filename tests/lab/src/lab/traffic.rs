@@ -251,6 +251,17 @@ impl Lab {
                     });
                 }
             }));
+            // The UDP stream's: the source address and port seen, for
+            // each datagram.
+            let u = self.inet.bind_udp(SocketAddr::from((s, SESSION_PORT)))?;
+            u.set_nonblocking(true)?;
+            let u = tokio::net::UdpSocket::from_std(u)?;
+            self.keep_task(tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                while let Ok((_, peer)) = u.recv_from(&mut buf).await {
+                    let _ = u.send_to(format!("{peer}\n").as_bytes(), peer).await;
+                }
+            }));
             let u = self.inet.bind_udp(SocketAddr::from((s, WHOAMI_PORT)))?;
             u.set_nonblocking(true)?;
             let u = tokio::net::UdpSocket::from_std(u)?;
