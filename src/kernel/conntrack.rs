@@ -66,42 +66,101 @@ pub async fn list() -> Result<String, KernelError> {
 /// Write `conn` as an established connection whose source is translated
 /// to `to` (the NAT attribute, so the kernel translates its packets as the
 /// NAT that made it did). `Ok(false)`: an entry for it exists already.
+///
+/// An entry the kernel made for a packet from the far end to `to` (a
+/// reply that reached this NAT's address before the copy: this NAT just
+/// took the Elastic IP it goes to) holds the copy's reply side; it serves
+/// nothing (nothing here translates toward a private host without a
+/// connection from it) and is deleted so the copy can be written.
 pub async fn insert(conn: &Conn, to: Mapping) -> Result<bool, KernelError> {
-    let (src, dst, sport, dport) = (
-        conn.src.to_string(),
+    let args = insert_args(conn, to);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match super::run("conntrack", &args, None).await {
+        Ok(_) => return Ok(true),
+        Err(e) if !exists(&e) => return Err(e),
+        Err(_) => {}
+    }
+    let (far, far_port, port) = (
         conn.dst.to_string(),
-        conn.sport.to_string(),
         conn.dport.to_string(),
+        to.port.to_string(),
     );
-    let nat = format!("{}:{}", to.addr, to.port);
-    let mut args = vec![
-        "-I",
+    let addr = to.addr.to_string();
+    let stray = [
+        "-D",
         "-p",
         conn.proto.name(),
         "-s",
-        &src,
-        "-d",
-        &dst,
+        &far,
         "--sport",
-        &sport,
+        &far_port,
+        "-d",
+        &addr,
         "--dport",
-        &dport,
+        &port,
     ];
-    match conn.proto {
-        Proto::Tcp => args.extend(["--state", "ESTABLISHED", "-t", INSERTED_TIMEOUT]),
-        Proto::Udp => args.extend(["-t", INSERTED_UDP_TIMEOUT]),
+    // Nothing deleted: the entry there is the connection's own.
+    if super::run("conntrack", &stray, None).await.is_err() {
+        return Ok(false);
     }
-    args.extend(["-u", "ASSURED,SEEN_REPLY", "-n", &nat]);
     match super::run("conntrack", &args, None).await {
         Ok(_) => Ok(true),
-        Err(KernelError::Command { stderr, .. }) if stderr.contains("exists") => Ok(false),
+        Err(e) if exists(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// [`insert`] each of `entries`, [`INSERT_PARALLEL`] at a time: how many
-/// were written, and the first error.
+/// `conntrack`'s arguments that write `conn` translated to `to`.
+fn insert_args(conn: &Conn, to: Mapping) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-I",
+        "-p",
+        conn.proto.name(),
+        "-s",
+        &conn.src.to_string(),
+        "-d",
+        &conn.dst.to_string(),
+        "--sport",
+        &conn.sport.to_string(),
+        "--dport",
+        &conn.dport.to_string(),
+    ]
+    .map(str::to_owned)
+    .into();
+    let more: &[&str] = match conn.proto {
+        Proto::Tcp => &["--state", "ESTABLISHED", "-t", INSERTED_TIMEOUT],
+        Proto::Udp => &["-t", INSERTED_UDP_TIMEOUT],
+    };
+    args.extend(more.iter().map(|a| (*a).to_owned()));
+    args.extend(["-u".into(), "ASSURED,SEEN_REPLY".into()]);
+    args.extend(["-n".into(), format!("{}:{}", to.addr, to.port)]);
+    args
+}
+
+/// The kernel refused an entry because it has one for that connection.
+fn exists(e: &KernelError) -> bool {
+    matches!(e, KernelError::Command { stderr, .. } if stderr.contains("exists"))
+}
+
+/// Write each of `entries`: all of them through one `conntrack -R` (a
+/// line each: 10,000 took 0.06 s on the lab's machine, against 6 s one
+/// process each, 16 at a time), and should that fail (it stops at its
+/// first error, such as an entry the kernel has already), each again with
+/// [`insert`], [`INSERT_PARALLEL`] at a time, an existing one counting as
+/// written before. How many were written, and the first error.
 pub async fn insert_all(entries: &[(Conn, Mapping)]) -> (usize, Option<KernelError>) {
+    if entries.is_empty() {
+        return (0, None);
+    }
+    let lines: String = (entries.iter())
+        .map(|(c, m)| insert_args(c, *m).join(" ") + "\n")
+        .collect();
+    if super::run("conntrack", &["-R", "-"], Some(&lines))
+        .await
+        .is_ok()
+    {
+        return (entries.len(), None);
+    }
     let (mut written, mut first) = (0, None);
     for chunk in entries.chunks(INSERT_PARALLEL) {
         for r in join_all(chunk.iter().map(|(c, m)| insert(c, *m))).await {

@@ -45,8 +45,7 @@ use crate::decide::auth::Rejected;
 use crate::decide::peers::Peer;
 use crate::decide::replicate::{Batch, Changes, Mapping, Part, Sender, TALLY_EVERY, parse_event};
 use crate::decide::routes::{Action, Observed, Plan, networks_behind};
-use crate::domain::InstanceId;
-use crate::domain::RouteTarget;
+use crate::domain::{InstanceId, Ipv4Cidr, RouteTarget};
 use crate::kernel::{conntrack, link};
 
 /// How often new copies go out.
@@ -420,34 +419,40 @@ pub async fn before_taking(
             _ => Some(&targets[..]),
         };
         let sources = networks_behind(observed, plan, from);
-        let copies = lock(&ctx.replication.replicas).to_commit(&holder.instance, &sources);
-        if copies.is_empty() {
-            continue;
+        if write(ctx, holder, &sources, to).await {
+            written_to = Some(to);
         }
-        let entries: Vec<_> = (copies.iter())
-            .map(|(c, m)| {
-                (
-                    *c,
-                    Mapping {
-                        addr: to,
-                        port: m.port,
-                    },
-                )
-            })
-            .collect();
-        let began = Instant::now();
-        let (written, error) = conntrack::insert_all(&entries).await;
-        ctx.metrics.replicas_written(written);
-        info!(peer = %holder.instance, copies = copies.len(), written, translated_to = %to, took = %crate::domain::human(began.elapsed()), "wrote the previous holder's connections into the kernel before taking its routes");
-        if let Some(e) = error {
-            warn!(peer = %holder.instance, error = %e, "some of its connections could not be written; they will be reset");
-        }
-        written_to = Some(to);
     }
     match how {
         Translate::Carry(_) => written_to,
         _ => None,
     }
+}
+
+/// Write `holder`'s copies of the connections of `sources` into the
+/// kernel, translated to `to`; whether there were any.
+async fn write(ctx: &Ctx, holder: &Peer, sources: &[Ipv4Cidr], to: Ipv4Addr) -> bool {
+    let copies = lock(&ctx.replication.replicas).to_commit(&holder.instance, sources);
+    if copies.is_empty() {
+        return false;
+    }
+    let entries: Vec<_> = (copies.iter())
+        .map(|(c, m)| {
+            let m = Mapping {
+                addr: to,
+                port: m.port,
+            };
+            (*c, m)
+        })
+        .collect();
+    let began = Instant::now();
+    let (written, error) = conntrack::insert_all(&entries).await;
+    ctx.metrics.replicas_written(written);
+    info!(peer = %holder.instance, copies = copies.len(), written, translated_to = %to, took = %crate::domain::human(began.elapsed()), "wrote the previous holder's connections into the kernel before taking its routes");
+    if let Some(e) = error {
+        warn!(peer = %holder.instance, error = %e, "some of its connections could not be written; they will be reset");
+    }
+    true
 }
 
 /// Taking routes back from running `holders` (an adopter): wait, at most

@@ -480,8 +480,11 @@ pub async fn run(scenario: Scenario, mut opts: ChaosOptions) -> Result<Report> {
 /// other NAT says it holds that many. A scrape that fails (a busy daemon)
 /// is no answer; a NAT that says nothing of copies (a hanat without
 /// replication) is not waited for. When the wait ends first, the report
-/// says so.
-async fn wait_copied(lab: &Lab, n: usize) {
+/// says so. The counts include whatever else the NAT copied (a probe's
+/// connection that lingered), so the UDP stream, started with the sessions
+/// at `started`, is also given the time it takes: the kernel calls it a
+/// stream 2 s after its first answer, and it is copied `min_age` later.
+async fn wait_copied(lab: &Lab, n: usize, started: Instant) {
     use crate::lab::abuse::{metrics, series_in};
     let began = Instant::now();
     let counts = || {
@@ -505,7 +508,7 @@ async fn wait_copied(lab: &Lab, n: usize) {
             Some(None) => true,
             Some(Some(c)) => *c >= n as u64,
         };
-        if now.iter().all(done) {
+        if now.iter().all(done) && started.elapsed() >= STREAM_COPIED_AFTER {
             return;
         }
         if began.elapsed() >= COPIED_WITHIN {
@@ -532,6 +535,11 @@ async fn wait_copied(lab: &Lab, n: usize) {
 const SESSIONS_SETTLE: Duration = Duration::from_secs(8);
 const TCP_RTO_MAX: Duration = Duration::from_secs(120);
 
+/// When a UDP stream started with the sessions is copied: a stream 2 s
+/// after its first answer, copied `replication.min_age` (2 s) and at most
+/// one send (0.2 s) later.
+const STREAM_COPIED_AFTER: Duration = Duration::from_millis(4_500);
+
 /// The longest [`wait_copied`] waits.
 const COPIED_WITHIN: Duration = Duration::from_secs(10);
 
@@ -551,6 +559,22 @@ pub async fn run_fault(
     let meters: Vec<_> = (0..lab.azs.len())
         .map(|i| lab.meter(i, opts.every))
         .collect();
+    let _dump3 = std::env::var_os("HANAT_LAB_DEBUG_CT").map(|_| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.rtr.name,
+                "tcpdump",
+                "-i",
+                "any",
+                "-n",
+                "-w",
+                "/tmp/rtr.pcap",
+                "udp port 7473",
+            ])
+            .spawn()
+    });
     let sessions = lab.sessions(0, opts.sessions, SESSION_EVERY);
     let steady_from = Instant::now();
     tokio::time::sleep(opts.steady).await;
@@ -560,7 +584,7 @@ pub async fn run_fault(
     }
     if opts.lab.replication && opts.sessions > 0 {
         // The sessions and the UDP stream beside them.
-        wait_copied(&lab, opts.sessions + 1).await;
+        wait_copied(&lab, opts.sessions + 1, steady_from).await;
     }
 
     let before = lab.nat(0).map(|n| n.instance.id);
@@ -576,7 +600,7 @@ pub async fn run_fault(
                 "-n",
                 "-w",
                 "/tmp/inet.pcap",
-                "tcp port 7",
+                "port 7",
             ])
             .spawn()
     });
@@ -592,7 +616,7 @@ pub async fn run_fault(
                 "-n",
                 "-w",
                 "/tmp/igw.pcap",
-                "tcp port 7",
+                "port 7",
             ])
             .spawn()
     });
