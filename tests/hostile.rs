@@ -73,10 +73,14 @@ async fn a_throttled_account_delays_a_failover_without_a_retry_storm() {
         throttled.len()
     );
     assert!(refused > 0, "the buckets never throttled: {throttled:#?}");
-    // Backoff, not a hot loop: over the 30 s, fewer than 2 calls per
-    // second per NAT, retries included.
+    // Backoff, not a hot loop: over the 30 s, at most 2.5 calls per
+    // second per NAT, retries included (a loop without backoff makes
+    // hundreds). Since replication the adoption also moves the dead NAT's
+    // Elastic IP, and the replacement takes it back, each with its own
+    // retries: CI counted exactly 120 on 78f7981, where 2 a second was
+    // the bound.
     assert!(
-        throttled.len() < 2 * 30 * 2,
+        throttled.len() <= 5 * 30 * 2 / 2,
         "{} calls in 30 s of throttling",
         throttled.len()
     );
