@@ -244,6 +244,7 @@ async fn chaos_forged_connection_copies_change_nothing() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let r = scenario(Scenario::ForgeReplication).await;
     assert!(
         r.events
@@ -317,6 +318,7 @@ async fn chaos_a_frozen_nat_is_covered_once_its_status_check_fails_then_replaced
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     let mut opts = options(2);
     opts.witness_interval = Duration::from_secs(10);
     opts.witness_grace = Duration::from_secs(1);
@@ -2141,6 +2143,7 @@ async fn lost_connection_copies_are_made_good_within_seconds() {
     if !hanat_lab::can_run_kernel_tests() {
         return;
     }
+    let _quiet = SHARED_KERNEL.read().await;
     use hanat_lab::lab::abuse::metric;
     let lab = serving(options(2)).await;
     let nft = |args: &[&str]| lab.nat_exec(1, "nft", args).unwrap();

@@ -540,6 +540,31 @@ const TCP_RTO_MAX: Duration = Duration::from_secs(120);
 /// one send (0.2 s) later.
 const STREAM_COPIED_AFTER: Duration = Duration::from_millis(4_500);
 
+/// A packet capture (`tcpdump`) in a namespace of the lab, stopped when
+/// dropped.
+struct Capture(std::process::Child);
+
+impl Capture {
+    fn start(ns: &str, file: &str, filter: &str) -> Option<Capture> {
+        let args = [
+            "netns", "exec", ns, "tcpdump", "-i", "any", "-n", "-w", file, filter,
+        ];
+        (std::process::Command::new("ip").args(args))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+            .map(Capture)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The longest [`wait_copied`] waits.
 const COPIED_WITHIN: Duration = Duration::from_secs(10);
 
@@ -559,22 +584,19 @@ pub async fn run_fault(
     let meters: Vec<_> = (0..lab.azs.len())
         .map(|i| lab.meter(i, opts.every))
         .collect();
-    let _dump3 = std::env::var_os("HANAT_LAB_DEBUG_CT").map(|_| {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.rtr.name,
-                "tcpdump",
-                "-i",
-                "any",
-                "-n",
-                "-w",
-                "/tmp/rtr.pcap",
-                "udp port 7473",
-            ])
-            .spawn()
-    });
+    // With HANAT_LAB_DEBUG_CT: the sessions and the stream at the
+    // internet gateway and the internet, the copies at the VPC router.
+    let _captures: Vec<Capture> = match std::env::var_os("HANAT_LAB_DEBUG_CT") {
+        None => Vec::new(),
+        Some(_) => [
+            (&lab.igw.name, "/tmp/igw.pcap", "port 7"),
+            (&lab.inet.name, "/tmp/inet.pcap", "port 7"),
+            (&lab.rtr.name, "/tmp/rtr.pcap", "udp port 7473"),
+        ]
+        .into_iter()
+        .filter_map(|(ns, file, filter)| Capture::start(ns, file, filter))
+        .collect(),
+    };
     let sessions = lab.sessions(0, opts.sessions, SESSION_EVERY);
     let steady_from = Instant::now();
     tokio::time::sleep(opts.steady).await;
@@ -588,38 +610,6 @@ pub async fn run_fault(
     }
 
     let before = lab.nat(0).map(|n| n.instance.id);
-    let _dump = std::env::var_os("HANAT_LAB_DEBUG_CT").map(|_| {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.inet.name,
-                "tcpdump",
-                "-i",
-                "any",
-                "-n",
-                "-w",
-                "/tmp/inet.pcap",
-                "port 7",
-            ])
-            .spawn()
-    });
-    let _dump2 = std::env::var_os("HANAT_LAB_DEBUG_CT").map(|_| {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.igw.name,
-                "tcpdump",
-                "-i",
-                "any",
-                "-n",
-                "-w",
-                "/tmp/igw.pcap",
-                "port 7",
-            ])
-            .spawn()
-    });
     let injected = Instant::now();
     let since_start = injected.duration_since(meters[0].started);
     let counter = RouteWatch::start(&lab);
