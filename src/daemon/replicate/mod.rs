@@ -173,10 +173,11 @@ fn take(ctx: &Ctx, line: &str, at: Duration) {
 /// Send the copies: what changed every [`SEND_EVERY`]; everything to a
 /// peer that appeared or asked (a hello), and to all every
 /// `replication.resync` (when the copies not heard again are also
-/// forgotten here). For its first [`HELLO_FOR`], while a listed peer that
-/// may forward has not sent it everything, a hello every [`HELLO_EVERY`].
+/// forgotten here); a tally every [`TALLY_EVERY`]. For its first
+/// [`HELLO_FOR`], while a listed peer that may forward has not sent it
+/// everything, a hello every [`HELLO_EVERY`]; a hello to each peer whose
+/// tally this NAT's copies did not add up to.
 async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
-    let (epoch, mut seq) = (unix_ms(), 0);
     let port = ctx.config.replication.port;
     let (min_age, resync) = (
         ctx.config.replication.min_age,
@@ -185,29 +186,22 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     let mut known: HashSet<Ipv4Addr> = HashSet::new();
     let (started, mut last_full, mut last_hello) = (Instant::now(), Instant::now(), None);
     let mut last_tally = Instant::now();
+    let mut seal = Seal::new(unix_ms());
     loop {
         let targets = ctx.peers().heartbeat_targets();
-        let from = Sender {
-            instance: ctx.me.instance_id.clone(),
-            az: ctx.me.availability_zone.clone(),
-            allocation: lock(&ctx.replication.allocation).clone(),
-        };
-        let policy = ctx.heartbeats.policy().clone();
+        seal.update(&ctx);
         let mut out = Outgoing::default();
         if started.elapsed() < HELLO_FOR
             && last_hello.is_none_or(|t: Instant| t.elapsed() >= HELLO_EVERY)
             && !unsynced(&ctx).is_empty()
-            && let Some(h) = Batch::hello(&from, epoch, &mut seq, unix_ms(), &policy)
+            && let Some(h) = seal.hello()
         {
             last_hello = Some(Instant::now());
             out.push(&targets, vec![h]);
         }
-        // Peers whose tally did not add up: a hello to each.
         let ask: Vec<Ipv4Addr> = std::mem::take(&mut *lock(&ctx.replication.ask));
         for ip in ask.iter().filter(|ip| targets.contains(ip)) {
-            if let Some(h) = Batch::hello(&from, epoch, &mut seq, unix_ms(), &policy) {
-                out.push(&[*ip], vec![h]);
-            }
+            out.push(&[*ip], seal.hello().into_iter().collect());
         }
         let changes = lock(&ctx.replication.outbox).due(ctx.now(), min_age);
         let full = last_full.elapsed() >= resync;
@@ -215,36 +209,22 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
             last_full = Instant::now();
             lock(&ctx.replication.replicas).expire(ctx.now(), resync * 3);
         }
-        // Everything to all when due; else what changed to all, and
-        // everything to whoever is new or asked.
         let asked: Vec<Ipv4Addr> = std::mem::take(&mut *lock(&ctx.replication.asked));
-        let fresh: Vec<Ipv4Addr> = (targets.iter().chain(&asked))
-            .filter(|t| full || !known.contains(*t) || asked.contains(*t))
-            .copied()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let delta_to: Vec<Ipv4Addr> = (targets.iter())
-            .filter(|t| !fresh.contains(*t))
-            .copied()
-            .collect();
+        let (fresh, delta_to) = split(&targets, &asked, &known, full);
         if !fresh.is_empty() {
             // Everything is listed only when someone gets it.
             let all = Changes {
                 add: lock(&ctx.replication.outbox).all_sent().add,
                 remove: changes.remove.clone(),
             };
-            let grams = Batch::seal_all(&from, &all, true, epoch, &mut seq, unix_ms(), &policy);
-            out.push(&fresh, grams.unwrap_or_default());
+            out.push(&fresh, seal.changes(&all, true));
         }
         if !delta_to.is_empty() {
-            let grams =
-                Batch::seal_all(&from, &changes, false, epoch, &mut seq, unix_ms(), &policy);
-            out.push(&delta_to, grams.unwrap_or_default());
+            out.push(&delta_to, seal.changes(&changes, false));
         }
         let (_, copied) = lock(&ctx.replication.outbox).counts();
         if last_tally.elapsed() >= TALLY_EVERY
-            && let Some(t) = Batch::tally(&from, copied, epoch, &mut seq, unix_ms(), &policy)
+            && let Some(t) = seal.tally(copied)
         {
             last_tally = Instant::now();
             out.push(&targets, vec![t]);
@@ -260,6 +240,91 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
         ctx.metrics
             .replication_counts(ctx.replication.held(), copied);
         tokio::time::sleep(SEND_EVERY).await;
+    }
+}
+
+/// Who gets everything (all `targets` when `full`; else those new since
+/// the last send, not `known`, and those that `asked`), and who gets what
+/// changed (the other targets).
+fn split(
+    targets: &[Ipv4Addr],
+    asked: &[Ipv4Addr],
+    known: &HashSet<Ipv4Addr>,
+    full: bool,
+) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+    let fresh: Vec<Ipv4Addr> = (targets.iter().chain(asked))
+        .filter(|t| full || !known.contains(*t) || asked.contains(*t))
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let delta_to = (targets.iter())
+        .filter(|t| !fresh.contains(*t))
+        .copied()
+        .collect();
+    (fresh, delta_to)
+}
+
+/// Seals this NAT's datagrams: who it is, its start epoch, the next
+/// sequence number, the key (`None` from each without a key).
+struct Seal {
+    from: Sender,
+    epoch: u64,
+    seq: u64,
+    policy: crate::decide::auth::Policy,
+}
+
+impl Seal {
+    fn new(epoch: u64) -> Self {
+        let from = Sender {
+            instance: InstanceId(String::new()),
+            az: String::new(),
+            allocation: None,
+        };
+        let policy = crate::decide::auth::Policy::default();
+        Seal {
+            from,
+            epoch,
+            seq: 0,
+            policy,
+        }
+    }
+
+    /// Who this NAT is and its key, as they are now.
+    fn update(&mut self, ctx: &Ctx) {
+        self.from = Sender {
+            instance: ctx.me.instance_id.clone(),
+            az: ctx.me.availability_zone.clone(),
+            allocation: lock(&ctx.replication.allocation).clone(),
+        };
+        self.policy = ctx.heartbeats.policy().clone();
+    }
+
+    fn hello(&mut self) -> Option<Vec<u8>> {
+        Batch::hello(
+            &self.from,
+            self.epoch,
+            &mut self.seq,
+            unix_ms(),
+            &self.policy,
+        )
+    }
+
+    fn tally(&mut self, copied: usize) -> Option<Vec<u8>> {
+        Batch::tally(
+            &self.from,
+            copied,
+            self.epoch,
+            &mut self.seq,
+            unix_ms(),
+            &self.policy,
+        )
+    }
+
+    fn changes(&mut self, changes: &Changes, full: bool) -> Vec<Vec<u8>> {
+        let (from, epoch, policy) = (&self.from, self.epoch, &self.policy);
+        Batch::seal_all(from, changes, full, epoch, &mut self.seq, unix_ms(), policy)
+            .unwrap_or_default()
     }
 }
 
