@@ -312,7 +312,7 @@ impl Batch {
     /// the stamp's `seq` counting up from `next_seq`; `None` without a key
     /// (replication is never sent unsigned). `full`: `changes` is
     /// everything (the last datagram says so, and there is one even when
-    /// it is empty); else what changed. [`Batch::hello`] for a hello.
+    /// it is empty); else what changed. [`Batch::lone`] for a hello or a tally.
     pub fn seal_all(
         from: &Sender,
         changes: &Changes,
@@ -329,29 +329,17 @@ impl Batch {
         Self::seal(from, changes, kind, epoch, next_seq, sent_ms, policy)
     }
 
-    /// A hello: a NAT that just started asks its peers for everything.
-    pub fn hello(
+    /// A datagram of no lines: a hello (`Part::Hello`, asking for
+    /// everything) or a tally (`Part::Tally`).
+    pub fn lone(
         from: &Sender,
+        part: Part,
         epoch: u64,
         next_seq: &mut u64,
         sent_ms: u64,
         policy: &Policy,
     ) -> Option<Vec<u8>> {
         let none = Changes::default();
-        Self::seal(from, &none, Part::Hello, epoch, next_seq, sent_ms, policy)?.pop()
-    }
-
-    /// A tally: the sender has `copied` connections copied.
-    pub fn tally(
-        from: &Sender,
-        copied: usize,
-        epoch: u64,
-        next_seq: &mut u64,
-        sent_ms: u64,
-        policy: &Policy,
-    ) -> Option<Vec<u8>> {
-        let none = Changes::default();
-        let part = Part::Tally { copied };
         Self::seal(from, &none, part, epoch, next_seq, sent_ms, policy)?.pop()
     }
 
@@ -800,7 +788,7 @@ mod tests {
         assert!(!r.synced(&me));
         r.apply(&Batch::open(&grams[1], &p, NOW).unwrap(), secs(1), 100);
         assert!(r.synced(&me));
-        let hello = Batch::hello(&sender(), 7, &mut seq, NOW, &p).unwrap();
+        let hello = Batch::lone(&sender(), Part::Hello, 7, &mut seq, NOW, &p).unwrap();
         let h = Batch::open(&hello, &p, NOW).unwrap();
         assert_eq!((h.part, h.changes.is_empty()), (Part::Hello, true));
     }
@@ -855,7 +843,9 @@ mod tests {
         for g in Batch::seal_all(&sender(), &first, false, 7, &mut seq, NOW, &p).unwrap() {
             r.apply(&open(&g), secs(1), 100);
         }
-        let tally = open(&Batch::tally(&sender(), 10, 7, &mut seq, NOW, &p).unwrap());
+        let tally = open(
+            &Batch::lone(&sender(), Part::Tally { copied: 10 }, 7, &mut seq, NOW, &p).unwrap(),
+        );
         assert_eq!(tally.part, Part::Tally { copied: 10 });
         assert!(r.tally(&me, 10, secs(2), 100), "7 held of 10: ask");
         assert!(!r.tally(&me, 10, secs(3), 100), "asked within ASK_EVERY");

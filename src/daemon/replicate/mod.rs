@@ -194,14 +194,14 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
         if started.elapsed() < HELLO_FOR
             && last_hello.is_none_or(|t: Instant| t.elapsed() >= HELLO_EVERY)
             && !unsynced(&ctx).is_empty()
-            && let Some(h) = seal.hello()
+            && let Some(h) = seal.lone(Part::Hello)
         {
             last_hello = Some(Instant::now());
             out.push(&targets, vec![h]);
         }
         let ask: Vec<Ipv4Addr> = std::mem::take(&mut *lock(&ctx.replication.ask));
         for ip in ask.iter().filter(|ip| targets.contains(ip)) {
-            out.push(&[*ip], seal.hello().into_iter().collect());
+            out.push(&[*ip], seal.lone(Part::Hello).into_iter().collect());
         }
         let changes = lock(&ctx.replication.outbox).due(ctx.now(), min_age);
         let full = last_full.elapsed() >= resync;
@@ -224,7 +224,7 @@ async fn send(socket: Arc<UdpSocket>, ctx: Arc<Ctx>) {
         }
         let (_, copied) = lock(&ctx.replication.outbox).counts();
         if last_tally.elapsed() >= TALLY_EVERY
-            && let Some(t) = seal.tally(copied)
+            && let Some(t) = seal.lone(Part::Tally { copied })
         {
             last_tally = Instant::now();
             out.push(&targets, vec![t]);
@@ -300,25 +300,10 @@ impl Seal {
         self.policy = ctx.heartbeats.policy().clone();
     }
 
-    fn hello(&mut self) -> Option<Vec<u8>> {
-        Batch::hello(
-            &self.from,
-            self.epoch,
-            &mut self.seq,
-            unix_ms(),
-            &self.policy,
-        )
-    }
-
-    fn tally(&mut self, copied: usize) -> Option<Vec<u8>> {
-        Batch::tally(
-            &self.from,
-            copied,
-            self.epoch,
-            &mut self.seq,
-            unix_ms(),
-            &self.policy,
-        )
+    /// A hello or a tally.
+    fn lone(&mut self, part: Part) -> Option<Vec<u8>> {
+        let (from, epoch, policy) = (&self.from, self.epoch, &self.policy);
+        Batch::lone(from, part, epoch, &mut self.seq, unix_ms(), policy)
     }
 
     fn changes(&mut self, changes: &Changes, full: bool) -> Vec<Vec<u8>> {

@@ -501,17 +501,23 @@ impl Cloud {
 
     /// Auto Scaling's health status of an instance (`Healthy`/`Unhealthy`).
     pub async fn health(&self, instance: &str) -> Result<String> {
+        (self.scaling_instance(instance).await?)
+            .and_then(|i| i.health_status().map(str::to_owned))
+            .ok_or_else(|| anyhow!("{instance} is not in an Auto Scaling group"))
+    }
+
+    /// What Auto Scaling says of an instance, if it is in a group.
+    async fn scaling_instance(
+        &self,
+        instance: &str,
+    ) -> Result<Option<aws_sdk_autoscaling::types::AutoScalingInstanceDetails>> {
         let out = self
             .asg
             .describe_auto_scaling_instances()
             .instance_ids(instance)
             .send()
             .await?;
-        out.auto_scaling_instances()
-            .first()
-            .and_then(|i| i.health_status())
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("{instance} is not in an Auto Scaling group"))
+        Ok(out.auto_scaling_instances().first().cloned())
     }
 
     /// Set an instance's Auto Scaling health (as an operator would after a
@@ -787,15 +793,8 @@ impl Cloud {
     /// capacity was given to the instance launched for it; lowering it
     /// would have the group terminate that one).
     pub async fn terminate_in_group(&self, instance: &str) -> Result<()> {
-        let out = self
-            .asg
-            .describe_auto_scaling_instances()
-            .instance_ids(instance)
-            .send()
-            .await?;
-        let standby = (out.auto_scaling_instances().first())
-            .and_then(|i| i.lifecycle_state())
-            .is_some_and(|s| s == "Standby");
+        let standby = (self.scaling_instance(instance).await?)
+            .is_some_and(|i| i.lifecycle_state() == Some("Standby"));
         self.asg
             .terminate_instance_in_auto_scaling_group()
             .instance_id(instance)
