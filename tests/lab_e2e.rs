@@ -1879,8 +1879,8 @@ async fn nats_reach_aws_through_the_vpc_in_subnets_that_map_no_public_address() 
         assert_eq!(r.sources, vec![elastic_ip(0)], "{all}");
         // The daemons' calls reached the API's proxy outside the instances
         // (the only one: they have none of their own here).
-        let calls: usize = r.api_calls().iter().map(|(_, n)| n).sum();
-        assert!(calls > 0, "{all}");
+        // Over the whole run: the 4 s after the (empty) fault may hold none.
+        assert!(!r.calls.is_empty(), "{all}");
         let said = format!("launched with a public address: Some({public})");
         assert!(r.events.iter().any(|e| e.contains(&said)), "{said}: {all}");
     }
@@ -2161,26 +2161,33 @@ async fn lost_connection_copies_are_made_good_within_seconds() {
     ]);
     let n = 10;
     let sessions = lab.sessions(0, n, chaos::SESSION_EVERY);
+    // The sessions and their UDP stream, which is copied once the kernel
+    // calls it a stream (about 2 s after the TCP sessions).
+    let made = n as u64 + 1;
     let sent = |lab: &Lab| metric(lab, 0, "hanat_replicated_connections").unwrap_or(0);
     let held = |lab: &Lab| metric(lab, 1, "hanat_replicas").unwrap_or(0);
     let began = std::time::Instant::now();
-    while sent(&lab) < n as u64 && began.elapsed() < Duration::from_secs(20) {
+    while sent(&lab) < made && began.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(sessions.all_open());
-    assert_eq!(sent(&lab), n as u64, "AZ 0's NAT copied its sessions");
+    let copied = sent(&lab);
+    assert!(
+        copied >= made,
+        "AZ 0's NAT copied its sessions and stream: {copied} of {made}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(held(&lab), 0, "every copy was dropped on the way");
     nft(&["delete", "table", "inet", "copyloss"]);
     let healed = std::time::Instant::now();
-    while held(&lab) < n as u64 && healed.elapsed() < Duration::from_secs(15) {
+    while held(&lab) < sent(&lab) && healed.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took = healed.elapsed();
-    assert_eq!(
-        held(&lab),
-        n as u64,
-        "AZ 1's NAT holds every copy {took:?} after the path came back"
+    let (held, copied) = (held(&lab), sent(&lab));
+    assert!(
+        held == copied && held >= made,
+        "AZ 1's NAT holds every copy {took:?} after the path came back: {held} of {copied}"
     );
     eprintln!("AZ 1's NAT held every copy {took:?} after the path came back");
     drop(sessions);
