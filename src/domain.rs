@@ -323,6 +323,10 @@ pub struct Conntrack {
     pub tcp_time_wait: u64,
     pub udp: u64,
     pub udp_stream: u64,
+    /// Every entry reports its changes to a listener that starts after it
+    /// was made (replication's watcher); the kernel's default reports
+    /// them only for entries made while a listener was there.
+    pub events: bool,
 }
 
 /// The id of a managed NAT Gateway (`nat-…`).

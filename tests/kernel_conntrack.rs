@@ -2,14 +2,21 @@
 //! a network namespace of its own: every copy lands with its translation,
 //! TCP and UDP, in one `conntrack -R`; written again with some the kernel
 //! has already, the new ones still land and the old ones count as there.
+//! And watching it: a flow made before the watcher started is reported
+//! when it becomes a stream, with the setting hanat makes.
 //! Needs root; skipped otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::net::Ipv4Addr;
 
-use hanat::domain::{Conn, Mapping, Proto};
-use hanat::kernel::conntrack;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hanat::decide::replicate::parse_event;
+use hanat::domain::{Conn, Conntrack, Mapping, Proto};
+use hanat::kernel::{conntrack, sysctl};
 use hanat_lab::netns::{Netns, in_netns, unique_prefix};
 
 /// `n` copies from one private host to one server, TCP and UDP in turn,
@@ -114,4 +121,109 @@ fn copies_land_in_the_kernel_with_their_translation_and_again_without_harm() {
         !table.contains("src=203.0.113.10 dst=198.51.100.7 sport=443 dport=41001 [UNREPLIED]"),
         "the stray entry is gone"
     );
+}
+
+/// A namespace whose kernel tracks connections (a rule that reads the
+/// table, as a NAT's do), with hanat's sysctls for replication on or off.
+fn tracking(name: &str, replication: bool) -> Netns {
+    let ns = Netns::new(&format!("{}-{name}", unique_prefix())).unwrap();
+    for cmd in [
+        "add table ip track",
+        "add chain ip track out { type filter hook output priority 0; }",
+        "add rule ip track out ct state new counter",
+    ] {
+        ns.exec("nft", &[cmd]).unwrap();
+    }
+    let ct = Conntrack {
+        max: None,
+        buckets: None,
+        tcp_established: 7440,
+        tcp_time_wait: 120,
+        udp: 30,
+        udp_stream: 120,
+        events: replication,
+    };
+    in_netns(&ns.path(), move || {
+        sysctl::apply(&sysctl::desired("lo", &ct))?;
+        Ok(())
+    })
+    .unwrap();
+    ns
+}
+
+/// Whether hanat's watcher, started 0.5 s into a UDP exchange (every
+/// 100 ms, each answered), is told within 4 s that it became a stream.
+fn stream_reported(ns: &Netns) -> bool {
+    in_netns(&ns.path(), || {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        client.connect(server.local_addr()?)?;
+        server.set_read_timeout(Some(Duration::from_secs(1)))?;
+        client.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let port = client.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let until = stop.clone();
+        let exchange = std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            while !until.load(Ordering::Relaxed) {
+                let _ = client.send(b"q");
+                if let Ok((_, from)) = server.recv_from(&mut buf) {
+                    let _ = server.send_to(b"a", from);
+                }
+                let _ = client.recv(&mut buf);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let reported = rt.block_on(async {
+            let (_child, mut lines) = conntrack::events()?;
+            let watch = async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if parse_event(&line).is_some_and(|e| e.conn.sport == port && e.established()) {
+                        return true;
+                    }
+                }
+                false
+            };
+            let seen = tokio::time::timeout(Duration::from_secs(4), watch).await;
+            anyhow::Ok(seen.unwrap_or(false))
+        });
+        stop.store(true, Ordering::Relaxed);
+        exchange.join().ok();
+        reported
+    })
+    .unwrap()
+}
+
+/// A UDP flow becomes a stream (assured) about 2 s after its first
+/// answer; replication copies it then. A flow made before the watcher
+/// started (the daemon started or restarted, or its `conntrack -E` did)
+/// is reported only with `nf_conntrack_events = 1`, which hanat sets with
+/// replication on; under the kernel's default (2) it is not, and its copy
+/// would wait for the next resync (60 s).
+#[test]
+fn a_flow_made_before_the_watcher_is_reported_when_it_becomes_a_stream() {
+    if !hanat_lab::can_run_kernel_tests() {
+        return;
+    }
+    let on = tracking("ev1", true);
+    assert_eq!(
+        on.exec("sysctl", &["-n", "net.netfilter.nf_conntrack_events"])
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    assert!(stream_reported(&on), "reported with replication's setting");
+
+    // The kernel's default, where it is 2: the same flow goes unreported.
+    let off = tracking("ev2", false);
+    let default = off
+        .exec("sysctl", &["-n", "net.netfilter.nf_conntrack_events"])
+        .unwrap();
+    if default.trim() == "2" {
+        assert!(!stream_reported(&off), "unreported under the default");
+    }
 }

@@ -126,6 +126,7 @@ impl Kernel {
             tcp_time_wait: self.tcp_timeout_time_wait.as_secs(),
             udp: self.udp_timeout.as_secs(),
             udp_stream: self.udp_timeout_stream.as_secs(),
+            events: false,
         }
     }
 }

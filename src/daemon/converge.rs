@@ -27,11 +27,15 @@ pub fn flow_handoff_on(config: &Config) -> bool {
 }
 
 /// Conntrack's settings for this instance (`auto` sizes from its memory;
-/// unreadable memory counts as the smallest instance, 512 MiB).
+/// unreadable memory counts as the smallest instance, 512 MiB); with
+/// replication on, every entry reports its changes.
 pub fn conntrack(config: &Config) -> Conntrack {
-    config
-        .kernel
-        .conntrack(sysctl::memory().unwrap_or(512 << 20))
+    Conntrack {
+        events: config.peers.failover == Failover::Peer && config.replication.enabled,
+        ..config
+            .kernel
+            .conntrack(sysctl::memory().unwrap_or(512 << 20))
+    }
 }
 
 /// What one converge did besides succeeding.

@@ -10,6 +10,7 @@
 //! | `net.netfilter.nf_conntrack_buckets` | `kernel.conntrack_buckets` | the table's hash buckets (optional: writable in the initial namespace only) |
 //! | `net.netfilter.nf_conntrack_tcp_timeout_established` | `kernel.tcp_timeout_established` (7440) | RFC 5382's 2 h 4 min instead of 5 days, so dead flows do not fill the table (optional) |
 //! | `net.netfilter.nf_conntrack_tcp_loose` | 1 (the kernel's default) | a mid-flow packet of a connection conntrack does not know is seen as `new`, so the forward chain can answer it with a reset (as a NAT Gateway does) instead of dropping it as invalid and leaving the host to time out (optional) |
+//! | `net.netfilter.nf_conntrack_events` | 1, with replication on | every connection reports its changes to replication's watcher, also one made before the watcher (re)started; the kernel's default (2) reports them only for connections made while a listener was there, so a UDP flow that became a stream, or a TCP connection established, after the watcher started went uncopied until the next resync (optional) |
 //! | `…_tcp_timeout_time_wait`, `…_udp_timeout`, `…_udp_timeout_stream` | `kernel.*` (120, 30, 120: the kernel's) | how long a closed TCP connection and a UDP flow without and with answers keep their port (optional) |
 //!
 //! Values are only written when they differ, so converging is cheap.
@@ -55,6 +56,9 @@ pub fn desired(iface: &str, ct: &Conntrack) -> Vec<Sysctl> {
     // Buckets before the maximum: a resize rehashes what is there.
     v.extend(ct.buckets.map(|n| nf("buckets", n)));
     v.extend(ct.max.map(|n| nf("max", n)));
+    if ct.events {
+        v.push(nf("events", 1));
+    }
     v
 }
 
@@ -170,6 +174,7 @@ mod tests {
             tcp_time_wait: 60,
             udp: 30,
             udp_stream: 180,
+            events: false,
         }
     }
 
@@ -194,6 +199,13 @@ mod tests {
                 Some(v)
             );
         }
+        assert_eq!(value(&d, "net.netfilter.nf_conntrack_events"), None);
+        let events = Conntrack {
+            events: true,
+            ..conntrack(None, None)
+        };
+        let on = desired("ens5", &events);
+        assert_eq!(value(&on, "net.netfilter.nf_conntrack_events"), Some("1"));
         let d = desired("ens5", &conntrack(Some(1000), Some(250)));
         assert_eq!(value(&d, "net.netfilter.nf_conntrack_max"), Some("1000"));
         let at = |k: &str| d.iter().position(|x| x.key == k);
