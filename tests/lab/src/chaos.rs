@@ -360,6 +360,17 @@ impl Report {
         );
         let sources: Vec<String> = self.sources.iter().map(ToString::to_string).collect();
         s.push_str(&format!("  AZ 0 seen as: {}\n", sources.join(" then ")));
+        // When each lost request was sent, to set beside the events.
+        let lost: Vec<String> = (self.timelines.iter().enumerate())
+            .flat_map(|(az, t)| {
+                (t.iter().filter(|(_, answered)| !answered))
+                    .map(move |(at, _)| format!("AZ {az} at {:+.0} ms", at * 1000.0))
+            })
+            .take(10)
+            .collect();
+        if !lost.is_empty() {
+            s.push_str(&format!("  requests lost, sent: {}\n", lost.join(", ")));
+        }
         let t = &self.sessions;
         if t.sessions > 0 {
             let stalls: Vec<u64> = (t.longest_stalls.iter())
